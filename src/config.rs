@@ -1,0 +1,362 @@
+//! Configuration: one typed struct, layered as built-in defaults, then the TOML file, then `TOWNSHIP_`
+//! environment variables, then CLI flags (applied by the caller).
+//!
+//! Unknown keys are errors, not warnings: a misspelt key in a flood season means a setting that
+//! silently does not apply. Environment variables name a key by its path with `__` between the
+//! section and the key (`TOWNSHIP_HTTP__LISTEN` is `http.listen`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub const ENV_PREFIX: &str = "TOWNSHIP_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error(
+        "environment variable {var} is not a config key: config variables look like TOWNSHIP_<SECTION>__<KEY>, for example TOWNSHIP_HTTP__LISTEN"
+    )]
+    EnvName { var: String },
+    #[error("config key `{key}`{origin}: {message}")]
+    Invalid {
+        key: String,
+        origin: String,
+        message: String,
+    },
+}
+
+/// A value that must never reach a log line or a Debug print.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"[redacted]\"")
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub http: HttpConfig,
+    pub log: LogConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where the web UI and API listen. Grid workers' phones reach the hub over the LAN.
+    pub listen: SocketAddr,
+    /// Largest request body accepted by default; routes that take uploads set their own limit.
+    pub max_body_bytes: usize,
+    /// A request that takes longer than this is answered 408 so a stuck client cannot pin a worker.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// How long in-flight requests may run after SIGTERM before the process exits anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_token: Option<Secret>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            max_body_bytes: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(8),
+            metrics_token: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter; `RUST_LOG` overrides it when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Human,
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Read-only connections in the pool that serves queries.
+    pub read_connections: usize,
+    /// How long a connection waits on a lock held by another process (backup, doctor) before failing.
+    #[serde(with = "humantime_serde")]
+    pub busy_timeout: Duration,
+    /// Most write jobs committed together in one transaction (group commit).
+    pub write_batch_max: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            read_connections: 4,
+            busy_timeout: Duration::from_secs(5),
+            write_batch_max: 256,
+        }
+    }
+}
+
+impl Config {
+    /// Loads defaults, then `file` if given, then `TOWNSHIP_` variables from `env`.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut merged = toml::Table::try_from(Config::default()).map_err(|e| {
+            ConfigError::Invalid {
+                key: "(defaults)".into(),
+                origin: String::new(),
+                message: e.to_string(),
+            }
+        })?;
+
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            // Parsing straight into the struct first gives errors with line, column and key name.
+            toml::from_str::<Config>(&text).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::File {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            merge(&mut merged, table);
+        }
+
+        let mut env_keys = Vec::new();
+        for (var, raw) in env {
+            let Some(rest) = var.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let path: Vec<String> = rest.split("__").map(|p| p.to_ascii_lowercase()).collect();
+            if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+                return Err(ConfigError::EnvName { var });
+            }
+            insert_path(&mut merged, &path, env_value(&raw));
+            env_keys.push((path.join("."), var));
+        }
+
+        let value = toml::Value::Table(merged);
+        serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
+            let key = e.path().to_string();
+            let origin = env_keys
+                .iter()
+                .find(|(k, _)| key.starts_with(k.as_str()) || k.starts_with(key.as_str()))
+                .map(|(_, var)| format!(" (from {var})"))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                key,
+                origin,
+                message: e.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// Loads with the process environment.
+    pub fn load_from_process(file: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load(file, std::env::vars())
+    }
+}
+
+/// Environment values are TOML values when they parse as one (numbers, booleans, quoted strings,
+/// arrays) and plain strings otherwise, so `TOWNSHIP_HTTP__LISTEN=0.0.0.0:80` needs no quoting.
+fn env_value(raw: &str) -> toml::Value {
+    let wrapped = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&wrapped) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(key, v);
+            }
+        }
+    }
+}
+
+fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
+    let (last, parents) = match path.split_last() {
+        Some(split) => split,
+        None => return,
+    };
+    let mut current = table;
+    for part in parents {
+        let entry = current
+            .entry(part.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        current = match entry {
+            toml::Value::Table(t) => t,
+            _ => return,
+        };
+    }
+    current.insert(last.clone(), value);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_without_sources() {
+        let config = Config::load(None, env(&[])).unwrap();
+        assert_eq!(config, Config::default());
+    }
+
+    #[test]
+    fn file_then_env_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[http]\nlisten = \"127.0.0.1:9000\"\nrequest_timeout = \"5s\"\n[log]\nformat = \"json\"\n",
+        )
+        .unwrap();
+        let config = Config::load(
+            Some(&path),
+            env(&[
+                ("TOWNSHIP_HTTP__LISTEN", "127.0.0.1:9100"),
+                ("TOWNSHIP_STORE__READ_CONNECTIONS", "2"),
+                ("PATH", "/usr/bin"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.http.listen.port(), 9100);
+        assert_eq!(config.http.request_timeout, Duration::from_secs(5));
+        assert_eq!(config.log.format, LogFormat::Json);
+        assert_eq!(config.store.read_connections, 2);
+        assert_eq!(config.store.write_batch_max, 256);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[http]\nlisen = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("lisen"), "{err}");
+        std::fs::write(&path, "[htttp]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        let err = Config::load(Some(&path), env(&[])).unwrap_err().to_string();
+        assert!(err.contains("htttp"), "{err}");
+    }
+
+    #[test]
+    fn unknown_env_key_is_named() {
+        let err = Config::load(None, env(&[("TOWNSHIP_HTTP__LISEN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen") && err.contains("TOWNSHIP_HTTP__LISEN"), "{err}");
+        let err = Config::load(None, env(&[("TOWNSHIP_LISTEN", "x")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("TOWNSHIP_LISTEN"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_names_key_and_origin() {
+        let err = Config::load(None, env(&[("TOWNSHIP_HTTP__LISTEN", "not-an-address")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.listen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug() {
+        let mut config = Config::default();
+        config.http.metrics_token = Some(Secret::new("hunter2-token"));
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn example_config_is_complete_and_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/township-node.example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        // Every key, uncommented, must parse and equal the defaults.
+        let uncommented: String = text
+            .lines()
+            .map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")).map_or(l, |r| r))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let parsed: Config = toml::from_str(&uncommented).unwrap();
+        let mut expected = Config::default();
+        expected.http.metrics_token = parsed.http.metrics_token.clone();
+        assert_eq!(parsed, expected, "the example must document the defaults");
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        for (section, keys) in defaults {
+            let keys = keys.as_table().cloned().unwrap_or_default();
+            for key in keys.keys() {
+                assert!(
+                    text.contains(&format!("{key} = ")),
+                    "example config lacks {section}.{key}"
+                );
+            }
+        }
+    }
+}

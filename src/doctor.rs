@@ -1,0 +1,201 @@
+//! `township-node doctor`: checks a data directory and says what to fix.
+//!
+//! Every check reports ok, warn or FAIL with a one-line fix, so a township's IT contact can act on it
+//! without reading source. It only reads: the database is opened read-only and nothing is repaired.
+
+use std::fmt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::config::{Config, StoreConfig};
+use crate::node::{self, DataDir, DataDirLock};
+use crate::store::{self, migrations};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Warn,
+    Fail,
+}
+
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub verdict: Verdict,
+    pub name: &'static str,
+    pub detail: String,
+    pub fix: Option<String>,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.verdict {
+            Verdict::Pass => "ok  ",
+            Verdict::Warn => "warn",
+            Verdict::Fail => "FAIL",
+        };
+        write!(f, "{tag}  {}: {}", self.name, self.detail)?;
+        if let Some(fix) = &self.fix {
+            write!(f, "\n      fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+fn check(verdict: Verdict, name: &'static str, detail: impl Into<String>, fix: Option<String>) -> Check {
+    Check {
+        verdict,
+        name,
+        detail: detail.into(),
+        fix,
+    }
+}
+
+/// Runs every check. `config_file` is the file `serve` would use.
+pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
+    use Verdict::{Fail, Pass, Warn};
+    let mut out = Vec::new();
+    let root = dir.root();
+    let shown = root.display();
+
+    match std::fs::metadata(root) {
+        Ok(meta) if meta.is_dir() => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(check(
+                    Warn,
+                    "data directory",
+                    format!("{shown} is accessible to other users (mode {mode:o})"),
+                    Some(format!("chmod 700 {shown}")),
+                ));
+            } else {
+                out.push(check(Pass, "data directory", format!("{shown} (mode {mode:o})"), None));
+            }
+        }
+        Ok(_) => {
+            out.push(check(Fail, "data directory", format!("{shown} is not a directory"), Some("pass the directory made by `township-node init`".into())));
+            return out;
+        }
+        Err(e) => {
+            out.push(check(
+                Fail,
+                "data directory",
+                format!("{shown}: {e}"),
+                Some(format!("run `township-node init --data-dir {shown} --area CODE --name NAME --role ROLE`, or pass the right --data-dir")),
+            ));
+            return out;
+        }
+    }
+
+    if let Some(pid) = DataDirLock::is_held(dir) {
+        out.push(check(Pass, "running node", format!("a node is serving this directory (pid {pid}); checks read a live database"), None));
+    }
+
+    let store_config = StoreConfig::default();
+    let config = match config_file {
+        Some(path) => match Config::load_from_process(Some(path)) {
+            Ok(config) => {
+                out.push(check(Pass, "config", format!("{} loads", path.display()), None));
+                Some(config)
+            }
+            Err(e) => {
+                out.push(check(Fail, "config", e.to_string(), Some("correct or remove the key named above; deploy/township-node.example.toml lists every key".into())));
+                None
+            }
+        },
+        None => match Config::load_from_process(None) {
+            Ok(config) => {
+                out.push(check(Pass, "config", "no config file; defaults and TOWNSHIP_ variables load", None));
+                Some(config)
+            }
+            Err(e) => {
+                out.push(check(Fail, "config", e.to_string(), Some("unset or correct the TOWNSHIP_ variable named above".into())));
+                None
+            }
+        },
+    };
+    let store_config = config.map(|c| c.store).unwrap_or(store_config);
+
+    let key_path = dir.key();
+    let key_ok = match std::fs::metadata(&key_path) {
+        Ok(meta) => {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(check(
+                    Fail,
+                    "key permissions",
+                    format!("{} has mode {mode:o}; other users could read the node's private key", key_path.display()),
+                    Some(format!("chmod 600 {}", key_path.display())),
+                ));
+                false
+            } else {
+                out.push(check(Pass, "key permissions", format!("{} (mode {mode:o})", key_path.display()), None));
+                true
+            }
+        }
+        Err(e) => {
+            out.push(check(
+                Fail,
+                "key",
+                format!("{}: {e}", key_path.display()),
+                Some("restore node.key from the node's backup; without it the node must be initialised and enrolled again".into()),
+            ));
+            false
+        }
+    };
+
+    let db_path = dir.db();
+    let conn = match store::open_read_only(&db_path, &store_config) {
+        Ok(conn) => conn,
+        Err(e) => {
+            out.push(check(Fail, "database", e.to_string(), Some("restore the database from a backup (`township-node backup` makes them)".into())));
+            return out;
+        }
+    };
+    match migrations::schema_version(&conn) {
+        Ok(v) if v == migrations::LATEST => out.push(check(Pass, "schema version", format!("{v} (current)"), None)),
+        Ok(v) => out.push(check(Warn, "schema version", format!("{v}; this binary will migrate it to {} at the next start", migrations::LATEST), Some("take a backup before starting the new version".into()))),
+        Err(e) => out.push(check(Fail, "schema version", e.to_string(), None)),
+    }
+    match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
+        Ok(v) if v == "ok" => out.push(check(Pass, "database integrity", "integrity_check ok", None)),
+        Ok(v) => out.push(check(Fail, "database integrity", v, Some("stop the node and restore the latest backup".into()))),
+        Err(e) => out.push(check(Fail, "database integrity", e.to_string(), Some("stop the node and restore the latest backup".into()))),
+    }
+    match conn.prepare("PRAGMA foreign_key_check").and_then(|mut s| s.query_map([], |_| Ok(())).map(|rows| rows.count())) {
+        Ok(0) => out.push(check(Pass, "foreign keys", "no violations", None)),
+        Ok(n) => out.push(check(Fail, "foreign keys", format!("{n} violations"), Some("restore the latest backup".into()))),
+        Err(e) => out.push(check(Warn, "foreign keys", e.to_string(), None)),
+    }
+    match conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)) {
+        Ok(mode) if mode.eq_ignore_ascii_case("wal") => out.push(check(Pass, "journal mode", "wal", None)),
+        Ok(mode) => out.push(check(Warn, "journal mode", format!("{mode}; the node switches it to WAL at start"), None)),
+        Err(e) => out.push(check(Warn, "journal mode", e.to_string(), None)),
+    }
+
+    match node::read_identity(&conn) {
+        Ok(info) => {
+            if key_ok {
+                match node::load_key_checked(dir, &info) {
+                    Ok(_) => out.push(check(Pass, "identity", format!("node {} ({} {}, area {})", info.node_id, info.role, info.name, info.area), None)),
+                    Err(e) => out.push(check(Fail, "identity", e.to_string(), None)),
+                }
+            }
+        }
+        Err(e) => out.push(check(Fail, "identity", e.to_string(), None)),
+    }
+
+    match rustix::fs::statvfs(root) {
+        Ok(stat) => {
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            let total = stat.f_blocks.saturating_mul(stat.f_frsize).max(1);
+            let mib = free / (1024 * 1024);
+            if free < 512 * 1024 * 1024 || free * 20 < total {
+                out.push(check(Warn, "disk space", format!("{mib} MiB free"), Some("free space on this disk; the node needs room for its WAL, attachments and backups".into())));
+            } else {
+                out.push(check(Pass, "disk space", format!("{mib} MiB free"), None));
+            }
+        }
+        Err(e) => out.push(check(Warn, "disk space", e.to_string(), None)),
+    }
+    out
+}

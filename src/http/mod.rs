@@ -1,0 +1,111 @@
+//! Assembles the HTTP router: system routes, the API, the embedded UI, and the middleware every
+//! request passes through (request id, tracing, metrics, security headers, problem details, limits).
+//!
+//! Domains own their routes; this module only mounts them. [`app`] needs no socket, so most handler
+//! tests call it with `tower::ServiceExt::oneshot`.
+
+pub mod problem;
+mod system;
+pub mod ui;
+
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::get;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::app::AppState;
+
+/// The route label used for metrics when no route template matched (UI files, the shell, 404s).
+const FALLBACK_ROUTE: &str = "fallback";
+
+/// A matched route template, carried from routing to the metrics middleware on the response.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+pub fn app(state: AppState) -> Router {
+    let http = &state.config.http;
+    let api = Router::new().route("/api/v1/node", get(system::node_info)).route(
+        "/api/v1/openapi.json",
+        get(system::openapi),
+    );
+
+    // Layers wrap everything added before them, so the last one here sees a request first: request
+    // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/readyz", get(system::readyz))
+        .route("/metrics", get(system::metrics))
+        .merge(api)
+        .route_layer(middleware::from_fn(label_route))
+        .fallback(ui::fallback)
+        // Extractors (JSON, form, multipart) refuse bodies over the limit with 413.
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
+        .layer(CatchPanicLayer::new())
+        .layer(middleware::map_response(problem::normalize))
+        .layer(middleware::from_fn(security_headers))
+        .layer(CompressionLayer::new())
+        .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .and_then(|id| id.header_value().to_str().ok())
+                .unwrap_or("-");
+            tracing::info_span!("http", method = %request.method(), path = %request.uri().path(), request_id)
+        }))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn label_route(request: Request, next: Next) -> Response {
+    let label = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let mut response = next.run(request).await;
+    if let Some(label) = label {
+        response.extensions_mut().insert(RouteLabel(label));
+    }
+    response
+}
+
+async fn record_metrics(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map_or(FALLBACK_ROUTE, |l| l.0.as_str())
+        .to_string();
+    state
+        .metrics
+        .record_request(&route, &method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Headers that cost nothing and close whole classes of browser attacks on a LAN service.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    let set = |headers: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
+        headers.entry(name).or_insert(HeaderValue::from_static(value));
+    };
+    set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(headers, header::X_FRAME_OPTIONS, "DENY");
+    set(headers, header::REFERRER_POLICY, "no-referrer");
+    set(
+        headers,
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    );
+    response
+}

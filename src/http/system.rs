@@ -1,0 +1,119 @@
+//! System routes: liveness, readiness, Prometheus metrics, node identity and the OpenAPI document.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::http::problem::ApiError;
+use crate::metrics::Sample;
+
+/// Liveness: the process is up and serving. Cheap, no database access, safe to poll every second.
+pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "status": "ok",
+        "version": env!("CARGO_PKG_VERSION"),
+        "node_id": state.node.node_id,
+        "area": state.node.area,
+        "role": state.node.role,
+    }))
+}
+
+/// Readiness: the database answers and the node is not draining for shutdown.
+pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    if state.shutdown.is_cancelled() {
+        return Err(ApiError::Unavailable("shutting down".into()));
+    }
+    state
+        .store
+        .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("database not answering: {e}")))?;
+    Ok(Json(json!({"status": "ready"})))
+}
+
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    if let Some(token) = &state.config.http.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let expected = ring::digest::digest(&ring::digest::SHA256, token.expose().as_bytes());
+        let given = ring::digest::digest(&ring::digest::SHA256, presented.as_bytes());
+        // Comparing digests keeps the comparison independent of where the strings first differ.
+        if expected.as_ref() != given.as_ref() {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    let writes = state.store.write_metrics();
+    let extra = [
+        Sample {
+            name: "township_db_size_bytes",
+            help: "Bytes on disk for the database and its WAL.",
+            kind: "gauge",
+            value: state.store.size_on_disk() as f64,
+        },
+        Sample {
+            name: "township_store_write_batches_total",
+            help: "Write transactions committed by the writer (group commits).",
+            kind: "counter",
+            value: writes.batches() as f64,
+        },
+        Sample {
+            name: "township_store_write_jobs_total",
+            help: "Write jobs run by the writer.",
+            kind: "counter",
+            value: writes.jobs() as f64,
+        },
+        Sample {
+            name: "township_store_write_jobs_failed_total",
+            help: "Write jobs that failed and were rolled back.",
+            kind: "counter",
+            value: writes.failed_jobs() as f64,
+        },
+        Sample {
+            name: "township_store_commits_failed_total",
+            help: "Write batches whose commit failed.",
+            kind: "counter",
+            value: writes.failed_commits() as f64,
+        },
+        Sample {
+            name: "township_store_reads_total",
+            help: "Queries run on the read pool.",
+            kind: "counter",
+            value: state.store.reads_total() as f64,
+        },
+    ];
+    let body = state.metrics.render(&extra);
+    let mut response = body.into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(response)
+}
+
+/// What the UI shows in its header: who this node is.
+pub async fn node_info(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({
+        "node_id": state.node.node_id,
+        "name": state.node.name,
+        "area": state.node.area,
+        "role": state.node.role,
+        "public_key": state.node.public_key,
+        "version": env!("CARGO_PKG_VERSION"),
+        "ui_version": state.ui.version(),
+        "uptime_seconds": state.metrics.uptime().as_secs(),
+    }))
+}
+
+pub async fn openapi() -> Response {
+    let mut response = include_str!("openapi.json").into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,163 @@
+//! The writer thread: takes queued jobs, runs each in its own savepoint inside one transaction,
+//! commits once, then answers every job in the batch.
+//!
+//! A plain OS thread rather than a tokio task, because it blocks on SQLite and `fsync` for its whole
+//! life and must never starve the async workers.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::Connection;
+use tokio::sync::{mpsc, oneshot};
+
+use super::StoreError;
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct WriteMetrics {
+    batches: AtomicU64,
+    jobs: AtomicU64,
+    failed_jobs: AtomicU64,
+    failed_commits: AtomicU64,
+}
+
+impl WriteMetrics {
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+    pub fn jobs(&self) -> u64 {
+        self.jobs.load(Ordering::Relaxed)
+    }
+    pub fn failed_jobs(&self) -> u64 {
+        self.failed_jobs.load(Ordering::Relaxed)
+    }
+    pub fn failed_commits(&self) -> u64 {
+        self.failed_commits.load(Ordering::Relaxed)
+    }
+}
+
+trait RunJob: Send {
+    /// Runs the job's body; returns whether it succeeded (so the savepoint is kept).
+    fn run(&mut self, conn: &Connection) -> bool;
+    /// Delivers the job's result once the batch's fate is known.
+    fn finish(self: Box<Self>, commit: Result<(), String>);
+}
+
+struct TypedJob<T, F> {
+    body: Option<F>,
+    result: Option<Result<T, StoreError>>,
+    reply: oneshot::Sender<Result<T, StoreError>>,
+}
+
+impl<T, F> RunJob for TypedJob<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(body) = self.body.take() else {
+            return false;
+        };
+        let outcome = match catch_unwind(AssertUnwindSafe(|| body(conn))) {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Job("a write job panicked; its changes were rolled back".into())),
+        };
+        let ok = outcome.is_ok();
+        self.result = Some(outcome);
+        ok
+    }
+
+    fn finish(self: Box<Self>, commit: Result<(), String>) {
+        let result = match (commit, self.result) {
+            (Ok(()), Some(result)) => result,
+            (Err(e), Some(Ok(_))) => Err(StoreError::Job(format!("commit failed: {e}"))),
+            (_, Some(Err(e))) => Err(e),
+            (_, None) => Err(StoreError::Job("job was not run".into())),
+        };
+        // The caller may have given up waiting; nothing to do then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// A queued write job.
+pub struct Job(Box<dyn RunJob>);
+
+impl Job {
+    pub fn new<T, F>(body: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        (
+            Job(Box::new(TypedJob {
+                body: Some(body),
+                result: None,
+                reply,
+            })),
+            rx,
+        )
+    }
+}
+
+pub fn spawn(
+    conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    batch_max: usize,
+    metrics: std::sync::Arc<WriteMetrics>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || {
+            let mut batch: Vec<Box<dyn RunJob>> = Vec::with_capacity(batch_max);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first.0);
+                while batch.len() < batch_max {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job.0),
+                        Err(_) => break,
+                    }
+                }
+                run_batch(&conn, &mut batch, &metrics);
+            }
+            // All senders are gone: the node is shutting down. Fold the WAL back into the main file
+            // so the next start (or a copy of the directory) begins clean.
+            if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)") {
+                tracing::warn!(error = %e, "WAL checkpoint at shutdown failed");
+            }
+        })
+}
+
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &WriteMetrics) {
+    metrics.batches.fetch_add(1, Ordering::Relaxed);
+    metrics.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        let message = e.to_string();
+        tracing::error!(error = %message, "cannot begin a write transaction");
+        metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+        for job in batch.drain(..) {
+            job.finish(Err(message.clone()));
+        }
+        return;
+    }
+    for job in batch.iter_mut() {
+        if conn.execute_batch("SAVEPOINT job").is_err() {
+            continue;
+        }
+        if job.run(conn) {
+            let _ = conn.execute_batch("RELEASE job");
+        } else {
+            metrics.failed_jobs.fetch_add(1, Ordering::Relaxed);
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+        }
+    }
+    let commit = conn.execute_batch("COMMIT").map_err(|e| {
+        let _ = conn.execute_batch("ROLLBACK");
+        metrics.failed_commits.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %e, "write batch commit failed; every job in it was refused");
+        e.to_string()
+    });
+    for job in batch.drain(..) {
+        job.finish(commit.clone());
+    }
+}
