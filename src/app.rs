@@ -96,10 +96,25 @@ pub async fn open(dir: &DataDir, config: Config) -> Result<OpenedNode, NodeError
 /// Serves HTTP on `listener` until `state.shutdown` is cancelled, then lets in-flight requests finish
 /// for up to `http.shutdown_grace`. Tests call this with a listener bound to port 0.
 pub async fn run(listener: TcpListener, state: AppState) -> std::io::Result<()> {
-    let shutdown = state.shutdown.clone();
-    let grace = state.config.http.shutdown_grace;
     let router = crate::http::app(state.clone());
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    run_router(
+        listener,
+        router,
+        state.shutdown.clone(),
+        state.config.http.shutdown_grace,
+    )
+    .await
+}
+
+/// Serves `router` until `shutdown`, then waits at most `grace` for open requests.
+pub async fn run_router(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let server =
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;
@@ -107,7 +122,7 @@ pub async fn run(listener: TcpListener, state: AppState) -> std::io::Result<()> 
     tokio::select! {
         result = server => result,
         () = deadline => {
-            tracing::warn!(grace_seconds = grace.as_secs(), "requests still running after the shutdown grace period; closing them");
+            tracing::warn!(grace_ms = grace.as_millis() as u64, "requests still running after the shutdown grace period; closing them");
             Ok(())
         }
     }
@@ -117,7 +132,10 @@ pub async fn run(listener: TcpListener, state: AppState) -> std::io::Result<()> 
 pub async fn finish(state: &AppState, wait: Duration) {
     state.shutdown.cancel();
     state.tasks.close();
-    if tokio::time::timeout(wait, state.tasks.wait()).await.is_err() {
+    if tokio::time::timeout(wait, state.tasks.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!("background tasks did not stop in time");
     }
     state.store.close().await;

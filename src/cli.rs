@@ -149,7 +149,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 name: args.name,
             };
             let info = runtime()?.block_on(node::init(&dir, request, &config.store))?;
-            println!("initialised {} node \"{}\" for area {} in {}", info.role, info.name, info.area, dir.root().display());
+            println!(
+                "initialised {} node \"{}\" for area {} in {}",
+                info.role,
+                info.name,
+                info.area,
+                dir.root().display()
+            );
             println!("node_id:    {}", info.node_id);
             println!("public_key: {}", info.public_key);
             Ok(ExitCode::SUCCESS)
@@ -203,10 +209,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let dir = DataDir::new(&args.data_dir);
             dir.ensure_exists()?;
             let config = Config::load_from_process(config_path(&dir, None).as_deref())?;
-            let bytes = store::online_backup(&dir.db(), &args.out, &config.store)
-                .with_context(|| format!("backup of {} to {} failed", dir.db().display(), args.out.display()))?;
+            let bytes =
+                store::online_backup(&dir.db(), &args.out, &config.store).with_context(|| {
+                    format!(
+                        "backup of {} to {} failed",
+                        dir.db().display(),
+                        args.out.display()
+                    )
+                })?;
             println!("backup written to {} ({bytes} bytes)", args.out.display());
-            println!("the node key is not in the backup: keep a copy of {} somewhere safe as well", dir.key().display());
+            println!(
+                "the node key is not in the backup: keep a copy of {} somewhere safe as well",
+                dir.key().display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Doctor(args) => {
@@ -250,7 +265,9 @@ async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
             bail!("cannot listen on {listen}: {e}");
         }
     };
-    let addr = listener.local_addr().context("listener has no local address")?;
+    let addr = listener
+        .local_addr()
+        .context("listener has no local address")?;
     tracing::info!(node_id = %state.node.node_id, area = %state.node.area, role = %state.node.role, "listening on http://{addr}");
     if demo.is_some() {
         let shown = if addr.ip().is_unspecified() {
@@ -258,7 +275,9 @@ async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
         } else {
             addr
         };
-        println!("township-node demo is running: open http://{shown}/ in a browser (Ctrl+C to stop)");
+        println!(
+            "township-node demo is running: open http://{shown}/ in a browser (Ctrl+C to stop)"
+        );
     }
     app::spawn_signal_handler(state.shutdown.clone());
     let served = app::run(listener, state.clone()).await;
@@ -268,4 +287,3 @@ async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
     tracing::info!("stopped cleanly");
     Ok(())
 }
-

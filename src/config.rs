@@ -147,13 +147,12 @@ impl Config {
         file: Option<&Path>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
-        let mut merged = toml::Table::try_from(Config::default()).map_err(|e| {
-            ConfigError::Invalid {
+        let mut merged =
+            toml::Table::try_from(Config::default()).map_err(|e| ConfigError::Invalid {
                 key: "(defaults)".into(),
                 origin: String::new(),
                 message: e.to_string(),
-            }
-        })?;
+            })?;
 
         if let Some(path) = file {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -310,7 +309,10 @@ mod tests {
         let err = Config::load(None, env(&[("TOWNSHIP_HTTP__LISEN", "x")]))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("lisen") && err.contains("TOWNSHIP_HTTP__LISEN"), "{err}");
+        assert!(
+            err.contains("lisen") && err.contains("TOWNSHIP_HTTP__LISEN"),
+            "{err}"
+        );
         let err = Config::load(None, env(&[("TOWNSHIP_LISTEN", "x")]))
             .unwrap_err()
             .to_string();
@@ -341,7 +343,11 @@ mod tests {
         // Every key, uncommented, must parse and equal the defaults.
         let uncommented: String = text
             .lines()
-            .map(|l| l.strip_prefix("# ").filter(|r| r.contains(" = ")).map_or(l, |r| r))
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = "))
+                    .map_or(l, |r| r)
+            })
             .map(|l| format!("{l}\n"))
             .collect();
         let parsed: Config = toml::from_str(&uncommented).unwrap();

@@ -41,7 +41,12 @@ impl fmt::Display for Check {
     }
 }
 
-fn check(verdict: Verdict, name: &'static str, detail: impl Into<String>, fix: Option<String>) -> Check {
+fn check(
+    verdict: Verdict,
+    name: &'static str,
+    detail: impl Into<String>,
+    fix: Option<String>,
+) -> Check {
     Check {
         verdict,
         name,
@@ -68,11 +73,21 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
                     Some(format!("chmod 700 {shown}")),
                 ));
             } else {
-                out.push(check(Pass, "data directory", format!("{shown} (mode {mode:o})"), None));
+                out.push(check(
+                    Pass,
+                    "data directory",
+                    format!("{shown} (mode {mode:o})"),
+                    None,
+                ));
             }
         }
         Ok(_) => {
-            out.push(check(Fail, "data directory", format!("{shown} is not a directory"), Some("pass the directory made by `township-node init`".into())));
+            out.push(check(
+                Fail,
+                "data directory",
+                format!("{shown} is not a directory"),
+                Some("pass the directory made by `township-node init`".into()),
+            ));
             return out;
         }
         Err(e) => {
@@ -87,14 +102,24 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
     }
 
     if let Some(pid) = DataDirLock::is_held(dir) {
-        out.push(check(Pass, "running node", format!("a node is serving this directory (pid {pid}); checks read a live database"), None));
+        out.push(check(
+            Pass,
+            "running node",
+            format!("a node is serving this directory (pid {pid}); checks read a live database"),
+            None,
+        ));
     }
 
     let store_config = StoreConfig::default();
     let config = match config_file {
         Some(path) => match Config::load_from_process(Some(path)) {
             Ok(config) => {
-                out.push(check(Pass, "config", format!("{} loads", path.display()), None));
+                out.push(check(
+                    Pass,
+                    "config",
+                    format!("{} loads", path.display()),
+                    None,
+                ));
                 Some(config)
             }
             Err(e) => {
@@ -104,11 +129,21 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         },
         None => match Config::load_from_process(None) {
             Ok(config) => {
-                out.push(check(Pass, "config", "no config file; defaults and TOWNSHIP_ variables load", None));
+                out.push(check(
+                    Pass,
+                    "config",
+                    "no config file; defaults and TOWNSHIP_ variables load",
+                    None,
+                ));
                 Some(config)
             }
             Err(e) => {
-                out.push(check(Fail, "config", e.to_string(), Some("unset or correct the TOWNSHIP_ variable named above".into())));
+                out.push(check(
+                    Fail,
+                    "config",
+                    e.to_string(),
+                    Some("unset or correct the TOWNSHIP_ variable named above".into()),
+                ));
                 None
             }
         },
@@ -123,12 +158,20 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
                 out.push(check(
                     Fail,
                     "key permissions",
-                    format!("{} has mode {mode:o}; other users could read the node's private key", key_path.display()),
+                    format!(
+                        "{} has mode {mode:o}; other users could read the node's private key",
+                        key_path.display()
+                    ),
                     Some(format!("chmod 600 {}", key_path.display())),
                 ));
                 false
             } else {
-                out.push(check(Pass, "key permissions", format!("{} (mode {mode:o})", key_path.display()), None));
+                out.push(check(
+                    Pass,
+                    "key permissions",
+                    format!("{} (mode {mode:o})", key_path.display()),
+                    None,
+                ));
                 true
             }
         }
@@ -147,28 +190,78 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
     let conn = match store::open_read_only(&db_path, &store_config) {
         Ok(conn) => conn,
         Err(e) => {
-            out.push(check(Fail, "database", e.to_string(), Some("restore the database from a backup (`township-node backup` makes them)".into())));
+            out.push(check(
+                Fail,
+                "database",
+                e.to_string(),
+                Some(
+                    "restore the database from a backup (`township-node backup` makes them)".into(),
+                ),
+            ));
             return out;
         }
     };
     match migrations::schema_version(&conn) {
-        Ok(v) if v == migrations::LATEST => out.push(check(Pass, "schema version", format!("{v} (current)"), None)),
-        Ok(v) => out.push(check(Warn, "schema version", format!("{v}; this binary will migrate it to {} at the next start", migrations::LATEST), Some("take a backup before starting the new version".into()))),
+        Ok(v) if v == migrations::LATEST => out.push(check(
+            Pass,
+            "schema version",
+            format!("{v} (current)"),
+            None,
+        )),
+        Ok(v) => out.push(check(
+            Warn,
+            "schema version",
+            format!(
+                "{v}; this binary will migrate it to {} at the next start",
+                migrations::LATEST
+            ),
+            Some("take a backup before starting the new version".into()),
+        )),
         Err(e) => out.push(check(Fail, "schema version", e.to_string(), None)),
     }
     match conn.query_row("PRAGMA integrity_check", [], |r| r.get::<_, String>(0)) {
-        Ok(v) if v == "ok" => out.push(check(Pass, "database integrity", "integrity_check ok", None)),
-        Ok(v) => out.push(check(Fail, "database integrity", v, Some("stop the node and restore the latest backup".into()))),
-        Err(e) => out.push(check(Fail, "database integrity", e.to_string(), Some("stop the node and restore the latest backup".into()))),
+        Ok(v) if v == "ok" => out.push(check(
+            Pass,
+            "database integrity",
+            "integrity_check ok",
+            None,
+        )),
+        Ok(v) => out.push(check(
+            Fail,
+            "database integrity",
+            v,
+            Some("stop the node and restore the latest backup".into()),
+        )),
+        Err(e) => out.push(check(
+            Fail,
+            "database integrity",
+            e.to_string(),
+            Some("stop the node and restore the latest backup".into()),
+        )),
     }
-    match conn.prepare("PRAGMA foreign_key_check").and_then(|mut s| s.query_map([], |_| Ok(())).map(|rows| rows.count())) {
+    match conn
+        .prepare("PRAGMA foreign_key_check")
+        .and_then(|mut s| s.query_map([], |_| Ok(())).map(|rows| rows.count()))
+    {
         Ok(0) => out.push(check(Pass, "foreign keys", "no violations", None)),
-        Ok(n) => out.push(check(Fail, "foreign keys", format!("{n} violations"), Some("restore the latest backup".into()))),
+        Ok(n) => out.push(check(
+            Fail,
+            "foreign keys",
+            format!("{n} violations"),
+            Some("restore the latest backup".into()),
+        )),
         Err(e) => out.push(check(Warn, "foreign keys", e.to_string(), None)),
     }
     match conn.pragma_query_value(None, "journal_mode", |r| r.get::<_, String>(0)) {
-        Ok(mode) if mode.eq_ignore_ascii_case("wal") => out.push(check(Pass, "journal mode", "wal", None)),
-        Ok(mode) => out.push(check(Warn, "journal mode", format!("{mode}; the node switches it to WAL at start"), None)),
+        Ok(mode) if mode.eq_ignore_ascii_case("wal") => {
+            out.push(check(Pass, "journal mode", "wal", None))
+        }
+        Ok(mode) => out.push(check(
+            Warn,
+            "journal mode",
+            format!("{mode}; the node switches it to WAL at start"),
+            None,
+        )),
         Err(e) => out.push(check(Warn, "journal mode", e.to_string(), None)),
     }
 
@@ -176,7 +269,15 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         Ok(info) => {
             if key_ok {
                 match node::load_key_checked(dir, &info) {
-                    Ok(_) => out.push(check(Pass, "identity", format!("node {} ({} {}, area {})", info.node_id, info.role, info.name, info.area), None)),
+                    Ok(_) => out.push(check(
+                        Pass,
+                        "identity",
+                        format!(
+                            "node {} ({} {}, area {})",
+                            info.node_id, info.role, info.name, info.area
+                        ),
+                        None,
+                    )),
                     Err(e) => out.push(check(Fail, "identity", e.to_string(), None)),
                 }
             }

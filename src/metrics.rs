@@ -85,25 +85,44 @@ impl Metrics {
     pub fn render(&self, extra: &[Sample]) -> String {
         let mut out = String::with_capacity(4096);
         let version = env!("CARGO_PKG_VERSION");
-        let _ = writeln!(out, "# HELP township_build_info Build information; the value is always 1.");
+        let _ = writeln!(
+            out,
+            "# HELP township_build_info Build information; the value is always 1."
+        );
         let _ = writeln!(out, "# TYPE township_build_info gauge");
         let _ = writeln!(out, "township_build_info{{version=\"{version}\"}} 1");
 
-        let _ = writeln!(out, "# HELP process_start_time_seconds Start time of the process since the Unix epoch.");
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch."
+        );
         let _ = writeln!(out, "# TYPE process_start_time_seconds gauge");
         let _ = writeln!(out, "process_start_time_seconds {:.3}", self.started_unix);
-        let _ = writeln!(out, "# HELP township_uptime_seconds Seconds since the node started.");
+        let _ = writeln!(
+            out,
+            "# HELP township_uptime_seconds Seconds since the node started."
+        );
         let _ = writeln!(out, "# TYPE township_uptime_seconds gauge");
-        let _ = writeln!(out, "township_uptime_seconds {:.3}", self.uptime().as_secs_f64());
+        let _ = writeln!(
+            out,
+            "township_uptime_seconds {:.3}",
+            self.uptime().as_secs_f64()
+        );
 
         if let Some(rss) = resident_memory_bytes() {
-            let _ = writeln!(out, "# HELP process_resident_memory_bytes Resident memory size in bytes.");
+            let _ = writeln!(
+                out,
+                "# HELP process_resident_memory_bytes Resident memory size in bytes."
+            );
             let _ = writeln!(out, "# TYPE process_resident_memory_bytes gauge");
             let _ = writeln!(out, "process_resident_memory_bytes {rss}");
         }
 
         if let Ok(http) = self.http.lock() {
-            let _ = writeln!(out, "# HELP http_requests_total HTTP requests by route template, method and status.");
+            let _ = writeln!(
+                out,
+                "# HELP http_requests_total HTTP requests by route template, method and status."
+            );
             let _ = writeln!(out, "# TYPE http_requests_total counter");
             for ((route, method, status), count) in &http.requests {
                 let _ = writeln!(
@@ -113,7 +132,10 @@ impl Metrics {
                     escape(method)
                 );
             }
-            let _ = writeln!(out, "# HELP http_request_duration_seconds HTTP request latency by route template.");
+            let _ = writeln!(
+                out,
+                "# HELP http_request_duration_seconds HTTP request latency by route template."
+            );
             let _ = writeln!(out, "# TYPE http_request_duration_seconds histogram");
             for (route, h) in &http.latency {
                 let route = escape(route);
@@ -128,8 +150,16 @@ impl Metrics {
                     "http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {}",
                     h.count
                 );
-                let _ = writeln!(out, "http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum);
-                let _ = writeln!(out, "http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count);
+                let _ = writeln!(
+                    out,
+                    "http_request_duration_seconds_sum{{route=\"{route}\"}} {}",
+                    h.sum
+                );
+                let _ = writeln!(
+                    out,
+                    "http_request_duration_seconds_count{{route=\"{route}\"}} {}",
+                    h.count
+                );
             }
         }
 
@@ -152,7 +182,10 @@ pub struct Sample {
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Resident set size from `/proc/self/statm` (Linux), in bytes.
@@ -177,9 +210,19 @@ mod tests {
             kind: "gauge",
             value: 4096.0,
         }]);
-        assert!(text.contains("http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2"));
-        assert!(text.contains("http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"));
-        assert!(text.contains("http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 2"));
+        assert!(
+            text.contains(
+                "http_requests_total{route=\"/healthz\",method=\"GET\",status=\"200\"} 2"
+            )
+        );
+        assert!(
+            text.contains(
+                "http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"
+            )
+        );
+        assert!(
+            text.contains("http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 2")
+        );
         assert!(text.contains("township_db_size_bytes 4096"));
         assert!(text.contains("process_resident_memory_bytes"));
         assert!(text.contains("township_build_info{version="));

@@ -46,7 +46,9 @@ pub enum NodeError {
         found: String,
         expected: String,
     },
-    #[error("the database has no node identity (field `{0}`); it was not made by `township-node init`")]
+    #[error(
+        "the database has no node identity (field `{0}`); it was not made by `township-node init`"
+    )]
     NoIdentity(&'static str),
     #[error("another township-node is already serving {dir} (pid {pid}); stop it first")]
     Locked { dir: PathBuf, pid: String },
@@ -121,7 +123,11 @@ pub struct InitRequest {
 /// Creates a data directory with its database and key pair. The directory is assembled under a
 /// temporary name beside the target and renamed into place at the end, so a crash or a full disk
 /// never leaves a half-made node that a later `init` would refuse and `serve` would choke on.
-pub async fn init(dir: &DataDir, request: InitRequest, store_config: &StoreConfig) -> Result<NodeInfo, NodeError> {
+pub async fn init(
+    dir: &DataDir,
+    request: InitRequest,
+    store_config: &StoreConfig,
+) -> Result<NodeInfo, NodeError> {
     request.role.check_area(&request.area)?;
     let name = request.name.trim().to_string();
     if name.is_empty() || name.chars().count() > 100 {
@@ -142,9 +148,19 @@ pub async fn init(dir: &DataDir, request: InitRequest, store_config: &StoreConfi
         .unwrap_or_else(|| "data".into());
     let staging = parent.join(format!(".{file_name}.init-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    fs::DirBuilder::new().mode(0o700).create(&staging).map_err(io(&staging))?;
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&staging)
+        .map_err(io(&staging))?;
 
-    let result = populate(&DataDir::new(&staging), &request.area, request.role, &name, store_config).await;
+    let result = populate(
+        &DataDir::new(&staging),
+        &request.area,
+        request.role,
+        &name,
+        store_config,
+    )
+    .await;
     match result {
         Ok(info) => {
             if target.exists() {
@@ -205,10 +221,12 @@ async fn populate(
 }
 
 fn meta(conn: &Connection, key: &'static str) -> Result<String, NodeError> {
-    conn.query_row("SELECT value FROM node_meta WHERE key = ?1", [key], |r| r.get(0))
-        .optional()
-        .map_err(StoreError::from)?
-        .ok_or(NodeError::NoIdentity(key))
+    conn.query_row("SELECT value FROM node_meta WHERE key = ?1", [key], |r| {
+        r.get(0)
+    })
+    .optional()
+    .map_err(StoreError::from)?
+    .ok_or(NodeError::NoIdentity(key))
 }
 
 /// Reads the identity recorded in the database.
@@ -237,7 +255,10 @@ pub fn load_key_checked(dir: &DataDir, info: &NodeInfo) -> Result<NodeKey, NodeE
 }
 
 /// Reads the identity without a running store (for `id`, `doctor`): read-only, refuses newer schemas.
-pub fn read_identity_offline(dir: &DataDir, store_config: &StoreConfig) -> Result<NodeInfo, NodeError> {
+pub fn read_identity_offline(
+    dir: &DataDir,
+    store_config: &StoreConfig,
+) -> Result<NodeInfo, NodeError> {
     dir.ensure_exists()?;
     let conn = store::open_read_only(&dir.db(), store_config)?;
     read_identity(&conn)
@@ -261,10 +282,17 @@ impl DataDirLock {
             .open(&path)
             .map_err(io(&path))?;
         if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
-            let pid = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+            let pid = fs::read_to_string(&path)
+                .unwrap_or_default()
+                .trim()
+                .to_string();
             return Err(NodeError::Locked {
                 dir: dir.root().to_path_buf(),
-                pid: if pid.is_empty() { "unknown".into() } else { pid },
+                pid: if pid.is_empty() {
+                    "unknown".into()
+                } else {
+                    pid
+                },
             });
         }
         let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o600));
@@ -282,7 +310,12 @@ impl DataDirLock {
                 let _ = rustix::fs::flock(&file, rustix::fs::FlockOperation::Unlock);
                 None
             }
-            Err(_) => Some(fs::read_to_string(dir.lock()).unwrap_or_default().trim().to_string()),
+            Err(_) => Some(
+                fs::read_to_string(dir.lock())
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string(),
+            ),
         }
     }
 }
@@ -303,7 +336,9 @@ mod tests {
     async fn init_creates_identity_and_refuses_existing_dirs() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("node"));
-        let info = init(&dir, request(), &StoreConfig::default()).await.unwrap();
+        let info = init(&dir, request(), &StoreConfig::default())
+            .await
+            .unwrap();
         assert_eq!(info.area.as_str(), "330723001");
         let mode = fs::metadata(dir.root()).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
@@ -311,7 +346,9 @@ mod tests {
         assert_eq!(read, info);
         load_key_checked(&dir, &info).unwrap();
 
-        let err = init(&dir, request(), &StoreConfig::default()).await.unwrap_err();
+        let err = init(&dir, request(), &StoreConfig::default())
+            .await
+            .unwrap_err();
         assert!(matches!(err, NodeError::DataDirExists(_)));
         // Nothing half-made is left beside it.
         let leftovers: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
@@ -322,7 +359,9 @@ mod tests {
     async fn a_replaced_key_is_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = DataDir::new(tmp.path().join("node"));
-        let info = init(&dir, request(), &StoreConfig::default()).await.unwrap();
+        let info = init(&dir, request(), &StoreConfig::default())
+            .await
+            .unwrap();
         fs::remove_file(dir.key()).unwrap();
         let (_, other) = NodeKey::generate().unwrap();
         NodeKey::write_new_file(&dir.key(), &other).unwrap();
@@ -347,7 +386,10 @@ mod tests {
         let held = DataDirLock::acquire(&dir).unwrap();
         assert!(DataDirLock::is_held(&dir).is_some());
         // flock locks belong to the open file description, so a second open conflicts.
-        assert!(matches!(DataDirLock::acquire(&dir), Err(NodeError::Locked { .. })));
+        assert!(matches!(
+            DataDirLock::acquire(&dir),
+            Err(NodeError::Locked { .. })
+        ));
         drop(held);
         assert!(DataDirLock::is_held(&dir).is_none());
     }

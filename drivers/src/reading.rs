@@ -59,10 +59,22 @@ mod tests {
 
     #[test]
     fn range_marks_but_keeps() {
-        assert_eq!(reading(5.0).with_range(Some(0.0), Some(20.0)).quality, Quality::Good);
-        assert_eq!(reading(25.0).with_range(Some(0.0), Some(20.0)).quality, Quality::OutOfRange);
-        assert_eq!(reading(-1.0).with_range(Some(0.0), None).quality, Quality::OutOfRange);
-        assert_eq!(reading(f64::NAN).with_range(None, None).quality, Quality::OutOfRange);
+        assert_eq!(
+            reading(5.0).with_range(Some(0.0), Some(20.0)).quality,
+            Quality::Good
+        );
+        assert_eq!(
+            reading(25.0).with_range(Some(0.0), Some(20.0)).quality,
+            Quality::OutOfRange
+        );
+        assert_eq!(
+            reading(-1.0).with_range(Some(0.0), None).quality,
+            Quality::OutOfRange
+        );
+        assert_eq!(
+            reading(f64::NAN).with_range(None, None).quality,
+            Quality::OutOfRange
+        );
         assert_eq!(reading(25.0).with_range(None, None).value, 25.0);
     }
 }

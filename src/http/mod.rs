@@ -18,7 +18,9 @@ use axum::response::Response;
 use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -33,10 +35,9 @@ struct RouteLabel(String);
 
 pub fn app(state: AppState) -> Router {
     let http = &state.config.http;
-    let api = Router::new().route("/api/v1/node", get(system::node_info)).route(
-        "/api/v1/openapi.json",
-        get(system::openapi),
-    );
+    let api = Router::new()
+        .route("/api/v1/node", get(system::node_info))
+        .route("/api/v1/openapi.json", get(system::openapi));
 
     // Layers wrap everything added before them, so the last one here sees a request first: request
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
@@ -69,7 +70,10 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn label_route(request: Request, next: Next) -> Response {
-    let label = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let label = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
     let mut response = next.run(request).await;
     if let Some(label) = label {
         response.extensions_mut().insert(RouteLabel(label));
@@ -86,9 +90,12 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
         .get::<RouteLabel>()
         .map_or(FALLBACK_ROUTE, |l| l.0.as_str())
         .to_string();
-    state
-        .metrics
-        .record_request(&route, &method, response.status().as_u16(), started.elapsed());
+    state.metrics.record_request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -97,7 +104,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     let set = |headers: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
-        headers.entry(name).or_insert(HeaderValue::from_static(value));
+        headers
+            .entry(name)
+            .or_insert(HeaderValue::from_static(value));
     };
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
@@ -108,4 +117,90 @@ async fn security_headers(request: Request, next: Next) -> Response {
         "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use axum::http::{Request as HttpRequest, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::app::AppState;
+    use crate::clock::Clock;
+    use crate::config::Config;
+    use crate::node::NodeInfo;
+    use crate::store::{DB_FILE, Store};
+
+    async fn state(dir: &std::path::Path) -> AppState {
+        let config = Config::default();
+        let store = Store::create(&dir.join(DB_FILE), &config.store).unwrap();
+        let node = NodeInfo {
+            node_id: "0123456789abcdef0123456789abcdef".into(),
+            public_key: "k".into(),
+            area: "330723001001".parse().unwrap(),
+            role: township_sync::NodeRole::Village,
+            name: "王宅村".into(),
+        };
+        AppState::new(node, config, store, Clock::manual(0))
+    }
+
+    async fn call(
+        state: &AppState,
+        method: &str,
+        uri: &str,
+    ) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+        let request = HttpRequest::builder()
+            .method(method)
+            .uri(uri)
+            .body(Body::empty())
+            .unwrap();
+        let response = super::app(state.clone()).oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            to_bytes(body, 1 << 20).await.unwrap().to_vec(),
+        )
+    }
+
+    #[tokio::test]
+    async fn healthz_has_the_contract_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path()).await;
+        let (status, headers, body) = call(&state, "GET", "/healthz").await;
+        assert_eq!(status, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], "ok");
+        assert_eq!(v["role"], "village");
+        assert_eq!(v["area"], "330723001001");
+        assert_eq!(v["node_id"], "0123456789abcdef0123456789abcdef");
+        assert!(headers.contains_key("x-request-id"));
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        state.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn readyz_turns_503_while_draining() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path()).await;
+        assert_eq!(call(&state, "GET", "/readyz").await.0, StatusCode::OK);
+        state.shutdown.cancel();
+        let (status, headers, _) = call(&state, "GET", "/readyz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        state.store.close().await;
+    }
+
+    #[tokio::test]
+    async fn rejections_become_problem_documents() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = state(tmp.path()).await;
+        let (status, headers, body) = call(&state, "PUT", "/metrics").await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["status"], 405);
+        assert!(headers.contains_key("allow"));
+        state.store.close().await;
+    }
 }

@@ -153,4 +153,3 @@ pub async fn normalize(response: Response) -> Response {
     }
     fresh
 }
-

@@ -34,7 +34,10 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(json!({"status": "ready"})))
 }
 
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+pub async fn metrics(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if let Some(token) = &state.config.http.metrics_token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -112,8 +115,9 @@ pub async fn node_info(State(state): State<AppState>) -> Json<serde_json::Value>
 
 pub async fn openapi() -> Response {
     let mut response = include_str!("openapi.json").into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

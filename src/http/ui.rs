@@ -52,7 +52,10 @@ impl Ui {
         let version = hex::encode(&ctx.finish().as_ref()[..6]);
         let shell = Assets::get(SHELL)
             .map(|f| String::from_utf8_lossy(&f.data).replace(VERSION_PLACEHOLDER, &version))
-            .unwrap_or_else(|| "<!doctype html><title>township-node</title><p>UI missing from this build.</p>".into())
+            .unwrap_or_else(|| {
+                "<!doctype html><title>township-node</title><p>UI missing from this build.</p>"
+                    .into()
+            })
             .into_bytes();
         Ui { version, shell }
     }
@@ -68,14 +71,26 @@ impl Ui {
             Response::new(Body::from(self.shell.clone()))
         };
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NEVER_CACHE));
         response
     }
 }
 
-fn file_response(name: &str, cache: &'static str, method: &Method, request: &HeaderMap) -> Option<Response> {
-    if name == SHELL || name.split('/').any(|seg| seg.is_empty() || seg == "." || seg == "..") {
+fn file_response(
+    name: &str,
+    cache: &'static str,
+    method: &Method,
+    request: &HeaderMap,
+) -> Option<Response> {
+    if name == SHELL
+        || name
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
         return None;
     }
     let file = Assets::get(name)?;
@@ -94,7 +109,11 @@ fn file_response(name: &str, cache: &'static str, method: &Method, request: &Hea
         Response::new(Body::from(file.data.into_owned()))
     };
     let mime = file.metadata.mimetype();
-    let content_type = if mime.starts_with("text/") || mime.contains("javascript") || mime.contains("json") || mime.contains("svg") {
+    let content_type = if mime.starts_with("text/")
+        || mime.contains("javascript")
+        || mime.contains("json")
+        || mime.contains("svg")
+    {
         format!("{mime}; charset=utf-8")
     } else {
         mime.to_string()
@@ -111,21 +130,33 @@ fn file_response(name: &str, cache: &'static str, method: &Method, request: &Hea
 }
 
 /// The router's fallback: UI files, the SPA shell, and 404s for unknown API and asset paths.
-pub async fn fallback(State(state): State<AppState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+pub async fn fallback(
+    State(state): State<AppState>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let path = uri.path();
     if path == "/api" || path.starts_with("/api/") {
         return ApiError::NotFound.into_response();
     }
     if method != Method::GET && method != Method::HEAD {
         let mut response = Problem::new(StatusCode::METHOD_NOT_ALLOWED, None).into_response();
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return response;
     }
     let ui = &state.ui;
     if let Some(rest) = path.strip_prefix("/assets/") {
         let (version, name) = rest.split_once('/').unwrap_or((rest, ""));
-        let cache = if version == ui.version() { CACHE_FOREVER } else { REVALIDATE };
-        return file_response(name, cache, &method, &headers).unwrap_or_else(|| ApiError::NotFound.into_response());
+        let cache = if version == ui.version() {
+            CACHE_FOREVER
+        } else {
+            REVALIDATE
+        };
+        return file_response(name, cache, &method, &headers)
+            .unwrap_or_else(|| ApiError::NotFound.into_response());
     }
     let last_segment = path.rsplit('/').next().unwrap_or("");
     if last_segment.contains('.') {
@@ -133,7 +164,8 @@ pub async fn fallback(State(state): State<AppState>, method: Method, uri: Uri, h
             return ui.shell_response(&method);
         }
         let name = path.trim_start_matches('/');
-        return file_response(name, REVALIDATE, &method, &headers).unwrap_or_else(|| ApiError::NotFound.into_response());
+        return file_response(name, REVALIDATE, &method, &headers)
+            .unwrap_or_else(|| ApiError::NotFound.into_response());
     }
     ui.shell_response(&method)
 }

@@ -90,7 +90,11 @@ fn configure(conn: &Connection, config: &StoreConfig, writer: bool) -> Result<()
     Ok(())
 }
 
-fn open_write_connection(path: &Path, config: &StoreConfig, create: bool) -> Result<Connection, StoreError> {
+fn open_write_connection(
+    path: &Path,
+    config: &StoreConfig,
+    create: bool,
+) -> Result<Connection, StoreError> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     if create {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
@@ -143,8 +147,13 @@ impl Store {
 
         let write_metrics = Arc::new(WriteMetrics::default());
         let (tx, rx) = mpsc::channel(config.write_batch_max.max(1) * 4);
-        let thread = writer::spawn(conn, rx, config.write_batch_max.max(1), write_metrics.clone())
-            .map_err(|e| StoreError::Job(format!("cannot start the writer thread: {e}")))?;
+        let thread = writer::spawn(
+            conn,
+            rx,
+            config.write_batch_max.max(1),
+            write_metrics.clone(),
+        )
+        .map_err(|e| StoreError::Job(format!("cannot start the writer thread: {e}")))?;
 
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -229,7 +238,12 @@ impl Store {
     pub async fn close(&self) {
         let sender = self.inner.writer.lock().ok().and_then(|mut g| g.take());
         drop(sender);
-        let thread = self.inner.writer_thread.lock().ok().and_then(|mut g| g.take());
+        let thread = self
+            .inner
+            .writer_thread
+            .lock()
+            .ok()
+            .and_then(|mut g| g.take());
         if let Some(thread) = thread {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -281,13 +295,16 @@ pub fn online_backup(db: &Path, out: &Path, config: &StoreConfig) -> Result<u64,
         let copy = Connection::open(&partial)?;
         let verdict: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if verdict != "ok" {
-            return Err(StoreError::Job(format!("the backup copy failed its integrity check: {verdict}")));
+            return Err(StoreError::Job(format!(
+                "the backup copy failed its integrity check: {verdict}"
+            )));
         }
         // Leave the copy self-contained: no WAL beside it.
         copy.pragma_update(None, "journal_mode", "DELETE")?;
     }
     let file = std::fs::File::open(&partial).map_err(|e| StoreError::Job(e.to_string()))?;
-    file.sync_all().map_err(|e| StoreError::Job(e.to_string()))?;
+    file.sync_all()
+        .map_err(|e| StoreError::Job(e.to_string()))?;
     std::fs::rename(&partial, out).map_err(|e| StoreError::Job(e.to_string()))?;
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
@@ -346,7 +363,10 @@ mod tests {
         assert_eq!((count, bad), (40, 0));
         assert!(store.write_metrics().batches() <= 61);
         store.close().await;
-        assert!(matches!(store.write(|_| Ok(())).await, Err(StoreError::Closed)));
+        assert!(matches!(
+            store.write(|_| Ok(())).await,
+            Err(StoreError::Closed)
+        ));
     }
 
     #[tokio::test]
@@ -355,7 +375,10 @@ mod tests {
         let store = Store::create(&dir.path().join(DB_FILE), &config()).unwrap();
         let result: Result<(), _> = store.write(|_| panic!("boom")).await;
         assert!(result.is_err());
-        store.write(|c| Ok(c.execute_batch("CREATE TABLE ok (x)")?)).await.unwrap();
+        store
+            .write(|c| Ok(c.execute_batch("CREATE TABLE ok (x)")?))
+            .await
+            .unwrap();
         store.close().await;
     }
 
@@ -389,9 +412,14 @@ mod tests {
         let bytes = online_backup(&path, &out, &config()).unwrap();
         assert!(bytes > 0);
         let copy = Connection::open(&out).unwrap();
-        let n: i64 = copy.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        let n: i64 = copy
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(n, 3);
-        assert!(online_backup(&path, &out, &config()).is_err(), "never overwrites");
+        assert!(
+            online_backup(&path, &out, &config()).is_err(),
+            "never overwrites"
+        );
         store.close().await;
     }
 }

@@ -60,7 +60,9 @@ where
         };
         let outcome = match catch_unwind(AssertUnwindSafe(|| body(conn))) {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Job("a write job panicked; its changes were rolled back".into())),
+            Err(_) => Err(StoreError::Job(
+                "a write job panicked; its changes were rolled back".into(),
+            )),
         };
         let ok = outcome.is_ok();
         self.result = Some(outcome);
@@ -130,7 +132,9 @@ pub fn spawn(
 
 fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &WriteMetrics) {
     metrics.batches.fetch_add(1, Ordering::Relaxed);
-    metrics.jobs.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    metrics
+        .jobs
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
     if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
         let message = e.to_string();
         tracing::error!(error = %message, "cannot begin a write transaction");

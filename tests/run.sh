@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every test of township-node: formatting and lints, the Rust workspace tests, and the
+# end-to-end tests against real peers (headless Chromium for the UI). Installs what those tests need
+# when it is missing (Debian packages with apt-get, npm packages from the lock file); CI runs it as root.
+#
+# Usage: tests/run.sh            everything
+#        SKIP_E2E=1 tests/run.sh only the Rust workspace
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+log() { printf '\n==> %s\n' "$*"; }
+
+APT_UPDATED=0
+need_debian_packages() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -eq 0 ]; then return 0; fi
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${missing[*]}; run as root or install them first" >&2
+    exit 1
+  fi
+  log "installing ${missing[*]}"
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+if [ -z "${SKIP_E2E:-}" ]; then
+  need_debian_packages chromium fonts-wqy-microhei
+fi
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "cargo test --workspace"
+cargo test --workspace --locked
+
+if [ -n "${SKIP_E2E:-}" ]; then
+  log "SKIP_E2E set: end-to-end tests skipped"
+  exit 0
+fi
+
+log "browser end-to-end tests (headless Chromium)"
+cargo build --locked --bin township-node
+(
+  cd tests/e2e
+  if [ ! -d node_modules/playwright-core ]; then
+    npm ci --no-audit --no-fund --loglevel=error
+  fi
+  mkdir -p "$ROOT/target/e2e"
+  E2E_NODE_BIN="$ROOT/target/debug/township-node" E2E_ARTIFACTS="$ROOT/target/e2e" \
+    node --test --test-reporter=spec ui.test.mjs
+)
+
+log "all tests passed"
