@@ -1,11 +1,23 @@
 //! township-sync: everything that crosses the sync boundary between nodes.
 //!
-//! Today this is peer identity (the node's Ed25519 key and the node id derived from it) and the area-code
-//! topology that decides which records flow where. The document store and the sync protocol build on
-//! these; they know documents and peers, never incidents or sensors.
+//! - [`identity`]: the node's Ed25519 key and the node id derived from it.
+//! - [`area`]: area codes and the containment rules that decide which records flow where.
+//! - [`docstore`]: collaborative records as automerge documents in SQLite, with projections.
+//! - [`workflow`]: append-only transition lists folded deterministically into a state.
+//! - [`hlc`]: the hybrid logical clock that orders transitions.
+//! - [`fields`]: typed reads of record fields and their concurrent values.
+//!
+//! This crate knows documents, peers and areas; never incidents or sensors.
 
 pub mod area;
+pub mod docstore;
+pub mod fields;
+pub mod hlc;
 pub mod identity;
+pub mod workflow;
 
 pub use area::{AreaCode, AreaError, NodeRole};
+pub use docstore::{DocError, DocMeta, DocStore, Merged, Projection, ProjectionError};
+pub use hlc::{Hlc, Timestamp};
 pub use identity::{IdentityError, NodeId, NodeKey, PublicKey};
+pub use workflow::{Conflict, Folded, Machine, Transition};

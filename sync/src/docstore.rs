@@ -1,0 +1,853 @@
+//! The record store: collaborative records as automerge documents in SQLite.
+//!
+//! Each record is one document keyed by a UUIDv7, with a `kind` and a `scope` (area code). Its bytes
+//! are a compacted save plus appended incremental changes, folded back into the save once enough pile
+//! up (and in the background). Every change, local or merged, bumps a per-node sequence number, so
+//! sync can ask "what changed since N". After every change the kind's registered [`Projection`] runs
+//! in the same transaction, so query tables never disagree with the documents they come from.
+//!
+//! All functions take a `&Connection` that the caller has inside a transaction: the node's writer
+//! thread. Automerge calls that could panic on hostile bytes run under `catch_unwind`; a document that
+//! fails to load is reported as [`DocError::Corrupt`] so the caller can quarantine it, and one bad
+//! document never takes the node down.
+
+use std::collections::BTreeMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use automerge::{ActorId, AutoCommit, ChangeHash, transaction::Transactable};
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::area::AreaCode;
+use crate::identity::PublicKey;
+
+/// Schema for the record store; the node runs it as one of its numbered migrations.
+pub const SCHEMA: &str = "
+CREATE TABLE documents (
+    id              TEXT PRIMARY KEY,
+    kind            TEXT NOT NULL,
+    scope           TEXT NOT NULL,
+    heads           TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    snapshot        BLOB NOT NULL,
+    pending_changes INTEGER NOT NULL DEFAULT 0,
+    quarantined     TEXT,
+    created_ms      INTEGER NOT NULL,
+    updated_ms      INTEGER NOT NULL
+) STRICT;
+CREATE UNIQUE INDEX documents_by_seq ON documents(seq);
+CREATE INDEX documents_by_kind ON documents(kind, scope);
+CREATE TABLE document_changes (
+    doc_id TEXT NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    n      INTEGER NOT NULL,
+    bytes  BLOB NOT NULL,
+    PRIMARY KEY (doc_id, n)
+) STRICT;
+CREATE TABLE doc_counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) STRICT;
+INSERT INTO doc_counters (name, value) VALUES ('seq', 0);
+";
+
+/// Root keys every record document carries, so a document is self-describing when it arrives alone.
+pub const KIND_KEY: &str = "_kind";
+pub const SCOPE_KEY: &str = "_scope";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DocError {
+    #[error("record {0} not found")]
+    NotFound(Uuid),
+    #[error("record {id} is a {found}, not a {expected}")]
+    WrongKind {
+        id: Uuid,
+        expected: String,
+        found: String,
+    },
+    #[error("record {id} is quarantined: {reason}")]
+    Quarantined { id: Uuid, reason: String },
+    /// The stored or received bytes do not load; the caller should quarantine the record.
+    #[error("record {id} is corrupt: {reason}")]
+    Corrupt { id: Uuid, reason: String },
+    #[error("automerge: {0}")]
+    Automerge(String),
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("projection for {kind}: {message}")]
+    Projection { kind: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl From<automerge::AutomergeError> for DocError {
+    fn from(e: automerge::AutomergeError) -> Self {
+        DocError::Automerge(e.to_string())
+    }
+}
+
+impl From<crate::workflow::TransitionDocError> for DocError {
+    fn from(e: crate::workflow::TransitionDocError) -> Self {
+        DocError::Automerge(e.to_string())
+    }
+}
+
+impl DocError {
+    /// Lock contention is transient; everything else will fail the same way again.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, DocError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
+            if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
+    }
+}
+
+/// What the store knows about a document without loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocMeta {
+    pub id: Uuid,
+    pub kind: String,
+    pub scope: AreaCode,
+    pub heads: Vec<ChangeHash>,
+    pub seq: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ProjectionError(pub String);
+
+impl From<rusqlite::Error> for ProjectionError {
+    fn from(e: rusqlite::Error) -> Self {
+        ProjectionError(e.to_string())
+    }
+}
+
+/// Keeps a kind's query tables in step with its documents. Runs inside the change's transaction.
+pub trait Projection: Send + Sync {
+    fn kind(&self) -> &'static str;
+    /// Brings the rows for this document up to date.
+    fn project(
+        &self,
+        conn: &Connection,
+        meta: &DocMeta,
+        doc: &AutoCommit,
+    ) -> Result<(), ProjectionError>;
+    /// Removes every row this projection owns (before a rebuild).
+    fn clear(&self, conn: &Connection) -> Result<(), ProjectionError>;
+}
+
+/// An actor id for this node and database: the same node key with a different database (a restored
+/// backup on a new machine gets a new salt) gives a different actor, so two live copies never share one.
+pub fn derive_actor(public_key: &PublicKey, db_salt: &[u8]) -> ActorId {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"township-node actor v1\0");
+    ctx.update(public_key.as_bytes());
+    ctx.update(db_salt);
+    let digest = ctx.finish();
+    ActorId::from(&digest.as_ref()[..16])
+}
+
+fn encode_heads(heads: &[ChangeHash]) -> String {
+    let mut hex: Vec<String> = heads.iter().map(|h| h.to_string()).collect();
+    hex.sort();
+    hex.join(",")
+}
+
+fn decode_heads(text: &str) -> Vec<ChangeHash> {
+    text.split(',')
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Runs an automerge operation, turning a panic into an error.
+fn guarded<T>(
+    id: Uuid,
+    f: impl FnOnce() -> Result<T, automerge::AutomergeError>,
+) -> Result<T, DocError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(DocError::Corrupt {
+            id,
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(DocError::Corrupt {
+            id,
+            reason: "automerge panicked on these bytes".into(),
+        }),
+    }
+}
+
+/// Outcome of merging changes received from a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Merged {
+    /// New changes were applied (or the document was new here).
+    Changed(DocMeta),
+    /// Everything received was already known.
+    Unchanged,
+}
+
+/// The record store. Cheap to clone.
+#[derive(Clone)]
+pub struct DocStore {
+    actor: ActorId,
+    projections: Arc<BTreeMap<&'static str, Arc<dyn Projection>>>,
+    compact_after: i64,
+    now_ms: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for DocStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DocStore")
+            .field("actor", &self.actor.to_hex_string())
+            .field("kinds", &self.projections.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl DocStore {
+    pub fn new(
+        actor: ActorId,
+        projections: Vec<Arc<dyn Projection>>,
+        now_ms: impl Fn() -> i64 + Send + Sync + 'static,
+    ) -> DocStore {
+        DocStore {
+            actor,
+            projections: Arc::new(projections.into_iter().map(|p| (p.kind(), p)).collect()),
+            compact_after: 64,
+            now_ms: Arc::new(now_ms),
+        }
+    }
+
+    /// Sets how many incremental changes may pile up before a write compacts them inline.
+    pub fn with_compact_after(mut self, n: i64) -> Self {
+        self.compact_after = n.max(1);
+        self
+    }
+
+    pub fn actor(&self) -> &ActorId {
+        &self.actor
+    }
+
+    pub fn kinds(&self) -> Vec<&'static str> {
+        self.projections.keys().copied().collect()
+    }
+
+    fn next_seq(conn: &Connection) -> Result<i64, DocError> {
+        Ok(conn.query_row(
+            "UPDATE doc_counters SET value = value + 1 WHERE name = 'seq' RETURNING value",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The highest sequence number issued so far.
+    pub fn current_seq(conn: &Connection) -> Result<i64, DocError> {
+        Ok(conn.query_row(
+            "SELECT value FROM doc_counters WHERE name = 'seq'",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn project(&self, conn: &Connection, meta: &DocMeta, doc: &AutoCommit) -> Result<(), DocError> {
+        if let Some(p) = self.projections.get(meta.kind.as_str()) {
+            p.project(conn, meta, doc)
+                .map_err(|e| DocError::Projection {
+                    kind: meta.kind.clone(),
+                    message: e.0,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Creates a new record of `kind` in `scope`, filled in by `build`.
+    pub fn create(
+        &self,
+        conn: &Connection,
+        kind: &str,
+        scope: &AreaCode,
+        build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
+    ) -> Result<DocMeta, DocError> {
+        let id = Uuid::now_v7();
+        let mut doc = AutoCommit::new().with_actor(self.actor.clone());
+        doc.put(automerge::ROOT, KIND_KEY, kind)?;
+        doc.put(automerge::ROOT, SCOPE_KEY, scope.as_str())?;
+        build(&mut doc)?;
+        doc.commit();
+        let snapshot = doc.save();
+        let heads = doc.get_heads();
+        let seq = Self::next_seq(conn)?;
+        let now = (self.now_ms)();
+        conn.execute(
+            "INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
+            params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
+        )?;
+        let meta = DocMeta {
+            id,
+            kind: kind.to_string(),
+            scope: scope.clone(),
+            heads,
+            seq,
+            created_ms: now,
+            updated_ms: now,
+        };
+        self.project(conn, &meta, &doc)?;
+        Ok(meta)
+    }
+
+    /// Reads a document's metadata without loading it.
+    pub fn meta(
+        conn: &Connection,
+        id: Uuid,
+    ) -> Result<Option<(DocMeta, Option<String>)>, DocError> {
+        let row = conn
+            .query_row(
+                "SELECT kind, scope, heads, seq, created_ms, updated_ms, quarantined FROM documents WHERE id = ?1",
+                [id.to_string()],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, Option<String>>(6)?,
+                    ))
+                },
+            )
+            .optional()?;
+        let Some((kind, scope, heads, seq, created_ms, updated_ms, quarantined)) = row else {
+            return Ok(None);
+        };
+        let scope = scope.parse().map_err(|_| DocError::Corrupt {
+            id,
+            reason: format!("bad scope {scope}"),
+        })?;
+        Ok(Some((
+            DocMeta {
+                id,
+                kind,
+                scope,
+                heads: decode_heads(&heads),
+                seq,
+                created_ms,
+                updated_ms,
+            },
+            quarantined,
+        )))
+    }
+
+    /// Loads a document: its snapshot plus every pending incremental change.
+    pub fn load(&self, conn: &Connection, id: Uuid) -> Result<(DocMeta, AutoCommit), DocError> {
+        let (meta, quarantined) = Self::meta(conn, id)?.ok_or(DocError::NotFound(id))?;
+        if let Some(reason) = quarantined {
+            return Err(DocError::Quarantined { id, reason });
+        }
+        let snapshot: Vec<u8> = conn.query_row(
+            "SELECT snapshot FROM documents WHERE id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )?;
+        let mut doc = guarded(id, || AutoCommit::load(&snapshot))?;
+        let mut stmt =
+            conn.prepare_cached("SELECT bytes FROM document_changes WHERE doc_id = ?1 ORDER BY n")?;
+        let changes = stmt.query_map([id.to_string()], |r| r.get::<_, Vec<u8>>(0))?;
+        for bytes in changes {
+            let bytes = bytes?;
+            guarded(id, || doc.load_incremental(&bytes))?;
+        }
+        doc.set_actor(self.actor.clone());
+        Ok((meta, doc))
+    }
+
+    /// Loads a document and checks its kind.
+    pub fn load_kind(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+    ) -> Result<(DocMeta, AutoCommit), DocError> {
+        let (meta, doc) = self.load(conn, id)?;
+        if meta.kind != kind {
+            return Err(DocError::WrongKind {
+                id,
+                expected: kind.into(),
+                found: meta.kind,
+            });
+        }
+        Ok((meta, doc))
+    }
+
+    /// Applies a local change made by `edit`. If `edit` changes nothing, nothing is written.
+    pub fn change<T>(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        edit: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
+    ) -> Result<(DocMeta, T), DocError> {
+        let (meta, mut doc) = self.load(conn, id)?;
+        let before = doc.get_heads();
+        let out = edit(&mut doc)?;
+        doc.commit();
+        let heads = doc.get_heads();
+        if heads == before {
+            return Ok((meta, out));
+        }
+        let bytes = doc.save_after(&before);
+        let meta = self.record_change(conn, meta, &mut doc, &bytes)?;
+        Ok((meta, out))
+    }
+
+    /// Appends `bytes` as the next incremental change, bumps the sequence, compacts when due, projects.
+    fn record_change(
+        &self,
+        conn: &Connection,
+        mut meta: DocMeta,
+        doc: &mut AutoCommit,
+        bytes: &[u8],
+    ) -> Result<DocMeta, DocError> {
+        let id = meta.id.to_string();
+        let pending: i64 = conn.query_row(
+            "SELECT pending_changes FROM documents WHERE id = ?1",
+            [&id],
+            |r| r.get(0),
+        )?;
+        let seq = Self::next_seq(conn)?;
+        let now = (self.now_ms)();
+        let heads = doc.get_heads();
+        if pending + 1 >= self.compact_after {
+            let snapshot = doc.save();
+            conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
+            conn.execute(
+                "UPDATE documents SET snapshot = ?2, pending_changes = 0, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1",
+                params![id, snapshot, encode_heads(&heads), seq, now],
+            )?;
+        } else {
+            conn.execute(
+                "INSERT INTO document_changes (doc_id, n, bytes) VALUES (?1, ?2, ?3)",
+                params![id, pending + 1, bytes],
+            )?;
+            conn.execute(
+                "UPDATE documents SET pending_changes = ?2, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1",
+                params![id, pending + 1, encode_heads(&heads), seq, now],
+            )?;
+        }
+        meta.heads = heads;
+        meta.seq = seq;
+        meta.updated_ms = now;
+        self.project(conn, &meta, doc)?;
+        Ok(meta)
+    }
+
+    /// Merges changes received from a peer (bytes from `save`, `save_after` or concatenated changes).
+    /// Creates the document if this node has not seen it. The caller has already checked that the
+    /// peer may write records of this kind in this scope.
+    pub fn merge_remote(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        bytes: &[u8],
+    ) -> Result<Merged, DocError> {
+        match Self::meta(conn, id)? {
+            None => {
+                let mut doc = guarded(id, || {
+                    let mut d = AutoCommit::new();
+                    d.load_incremental(bytes)?;
+                    Ok(d)
+                })?;
+                let stated_kind = crate::fields::text(&doc, KIND_KEY);
+                let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
+                if stated_kind.as_deref() != Some(kind)
+                    || stated_scope.as_deref() != Some(scope.as_str())
+                {
+                    return Err(DocError::Invalid(format!(
+                        "record {id}: its content says kind {stated_kind:?} scope {stated_scope:?}, the envelope {kind} {scope}"
+                    )));
+                }
+                let snapshot = doc.save();
+                let heads = doc.get_heads();
+                let seq = Self::next_seq(conn)?;
+                let now = (self.now_ms)();
+                conn.execute(
+                    "INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
+                    params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
+                )?;
+                let meta = DocMeta {
+                    id,
+                    kind: kind.into(),
+                    scope: scope.clone(),
+                    heads,
+                    seq,
+                    created_ms: now,
+                    updated_ms: now,
+                };
+                self.project(conn, &meta, &doc)?;
+                Ok(Merged::Changed(meta))
+            }
+            Some((meta, _)) => {
+                if meta.kind != kind || meta.scope != *scope {
+                    return Err(DocError::Invalid(format!(
+                        "record {id} is {} in {} here; a peer sent it as {kind} in {scope}",
+                        meta.kind, meta.scope
+                    )));
+                }
+                let (meta, mut doc) = self.load(conn, id)?;
+                let before = doc.get_heads();
+                guarded(id, || doc.load_incremental(bytes))?;
+                let after = doc.get_heads();
+                if after == before {
+                    return Ok(Merged::Unchanged);
+                }
+                let new_bytes = doc.save_after(&before);
+                Ok(Merged::Changed(
+                    self.record_change(conn, meta, &mut doc, &new_bytes)?,
+                ))
+            }
+        }
+    }
+
+    /// Marks a document as quarantined: it is skipped by loads, projections and sync until repaired.
+    pub fn quarantine(conn: &Connection, id: Uuid, reason: &str) -> Result<(), DocError> {
+        conn.execute(
+            "UPDATE documents SET quarantined = ?2 WHERE id = ?1",
+            params![id.to_string(), reason.chars().take(500).collect::<String>()],
+        )?;
+        Ok(())
+    }
+
+    /// Quarantined documents: id, kind, reason.
+    pub fn quarantined(conn: &Connection) -> Result<Vec<(Uuid, String, String)>, DocError> {
+        let mut stmt = conn.prepare(
+            "SELECT id, kind, quarantined FROM documents WHERE quarantined IS NOT NULL ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, reason) = row?;
+            if let Ok(id) = id.parse() {
+                out.push((id, kind, reason));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Documents changed after `since`, in sequence order, at most `limit`.
+    pub fn changed_since(
+        conn: &Connection,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<DocMeta>, DocError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id FROM documents WHERE seq > ?1 AND quarantined IS NULL ORDER BY seq LIMIT ?2",
+        )?;
+        let ids: Vec<String> = stmt
+            .query_map(params![since, limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Ok(uuid) = id.parse()
+                && let Some((meta, _)) = Self::meta(conn, uuid)?
+            {
+                out.push(meta);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Folds pending incremental changes into snapshots for up to `limit` documents with at least
+    /// `min_pending` changes. Returns how many were compacted. Compaction changes bytes, not content,
+    /// so it does not bump the sequence.
+    pub fn compact_some(
+        &self,
+        conn: &Connection,
+        min_pending: i64,
+        limit: usize,
+    ) -> Result<usize, DocError> {
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM documents WHERE pending_changes >= ?1 AND quarantined IS NULL LIMIT ?2")?
+            .query_map(params![min_pending.max(1), limit as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut done = 0;
+        for id in ids {
+            let Ok(uuid) = id.parse() else { continue };
+            let (_, mut doc) = match self.load(conn, uuid) {
+                Ok(loaded) => loaded,
+                Err(DocError::Corrupt { id, reason }) => {
+                    Self::quarantine(conn, id, &reason)?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let snapshot = doc.save();
+            conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
+            conn.execute(
+                "UPDATE documents SET snapshot = ?2, pending_changes = 0 WHERE id = ?1",
+                params![id, snapshot],
+            )?;
+            done += 1;
+        }
+        Ok(done)
+    }
+
+    /// Drops every projection's rows and rebuilds them from the documents. Returns the number of
+    /// documents projected; corrupt ones are quarantined and skipped.
+    pub fn rebuild_projections(&self, conn: &Connection) -> Result<usize, DocError> {
+        for p in self.projections.values() {
+            p.clear(conn).map_err(|e| DocError::Projection {
+                kind: p.kind().into(),
+                message: e.0,
+            })?;
+        }
+        let ids: Vec<String> = conn
+            .prepare("SELECT id FROM documents WHERE quarantined IS NULL ORDER BY seq")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut count = 0;
+        for id in ids {
+            let Ok(uuid) = id.parse() else { continue };
+            match self.load(conn, uuid) {
+                Ok((meta, doc)) => {
+                    self.project(conn, &meta, &doc)?;
+                    count += 1;
+                }
+                Err(DocError::Corrupt { id, reason }) => Self::quarantine(conn, id, &reason)?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    struct TitleProjection {
+        calls: Mutex<usize>,
+    }
+
+    impl Projection for TitleProjection {
+        fn kind(&self) -> &'static str {
+            "note"
+        }
+        fn project(
+            &self,
+            conn: &Connection,
+            meta: &DocMeta,
+            doc: &AutoCommit,
+        ) -> Result<(), ProjectionError> {
+            *self.calls.lock().unwrap() += 1;
+            conn.execute(
+                "INSERT INTO notes (id, title) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET title = excluded.title",
+                params![meta.id.to_string(), crate::fields::text(doc, "title").unwrap_or_default()],
+            )?;
+            Ok(())
+        }
+        fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
+            conn.execute("DELETE FROM notes", [])?;
+            Ok(())
+        }
+    }
+
+    fn setup() -> (Connection, DocStore, Arc<TitleProjection>) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, title TEXT)")
+            .unwrap();
+        let projection = Arc::new(TitleProjection {
+            calls: Mutex::new(0),
+        });
+        let store = DocStore::new(ActorId::from([7u8; 16]), vec![projection.clone()], || 1_000)
+            .with_compact_after(4);
+        (conn, store, projection)
+    }
+
+    fn title(conn: &Connection, id: Uuid) -> String {
+        conn.query_row(
+            "SELECT title FROM notes WHERE id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn create_change_compact_and_rebuild() {
+        let (conn, store, projection) = setup();
+        let scope: AreaCode = "330723001001".parse().unwrap();
+        let meta = store
+            .create(&conn, "note", &scope, |d| {
+                Ok(d.put(automerge::ROOT, "title", "v0").map(|_| ())?)
+            })
+            .unwrap();
+        assert_eq!(meta.seq, 1);
+        assert_eq!(title(&conn, meta.id), "v0");
+        for i in 1..10 {
+            let (m, ()) = store
+                .change(&conn, meta.id, |d| {
+                    Ok(d.put(automerge::ROOT, "title", format!("v{i}"))?)
+                })
+                .unwrap();
+            assert_eq!(m.seq, i + 1);
+        }
+        assert_eq!(title(&conn, meta.id), "v9");
+        let pending: i64 = conn
+            .query_row("SELECT count(*) FROM document_changes", [], |r| r.get(0))
+            .unwrap();
+        assert!(
+            pending < 4,
+            "inline compaction keeps the change log short ({pending})"
+        );
+
+        // A no-op change writes nothing.
+        let seq_before = DocStore::current_seq(&conn).unwrap();
+        store.change(&conn, meta.id, |_| Ok(())).unwrap();
+        assert_eq!(DocStore::current_seq(&conn).unwrap(), seq_before);
+
+        assert_eq!(
+            store.compact_some(&conn, 1, 10).unwrap(),
+            usize::from(pending > 0)
+        );
+        let (_, doc) = store.load(&conn, meta.id).unwrap();
+        assert_eq!(crate::fields::text(&doc, "title").as_deref(), Some("v9"));
+
+        conn.execute("DELETE FROM notes", []).unwrap();
+        let before = *projection.calls.lock().unwrap();
+        assert_eq!(store.rebuild_projections(&conn).unwrap(), 1);
+        assert_eq!(*projection.calls.lock().unwrap(), before + 1);
+        assert_eq!(title(&conn, meta.id), "v9");
+        assert_eq!(DocStore::changed_since(&conn, 0, 10).unwrap().len(), 1);
+        assert!(
+            DocStore::changed_since(&conn, seq_before, 10)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn remote_merges_converge_and_are_idempotent() {
+        let (conn_a, store_a, _) = setup();
+        let (conn_b, _, _) = setup();
+        let store_b = DocStore::new(
+            ActorId::from([9u8; 16]),
+            vec![Arc::new(TitleProjection {
+                calls: Mutex::new(0),
+            })],
+            || 2_000,
+        );
+        let scope: AreaCode = "330723001".parse().unwrap();
+        let meta = store_a
+            .create(&conn_a, "note", &scope, |d| {
+                Ok(d.put(automerge::ROOT, "title", "a").map(|_| ())?)
+            })
+            .unwrap();
+        let (_, mut doc_a) = store_a.load(&conn_a, meta.id).unwrap();
+        let full = doc_a.save();
+        assert!(matches!(
+            store_b
+                .merge_remote(&conn_b, meta.id, "note", &scope, &full)
+                .unwrap(),
+            Merged::Changed(_)
+        ));
+        assert_eq!(
+            store_b
+                .merge_remote(&conn_b, meta.id, "note", &scope, &full)
+                .unwrap(),
+            Merged::Unchanged
+        );
+
+        // Concurrent edits on both sides, exchanged both ways.
+        store_a
+            .change(&conn_a, meta.id, |d| {
+                Ok(d.put(automerge::ROOT, "body", "from a")?)
+            })
+            .unwrap();
+        store_b
+            .change(&conn_b, meta.id, |d| {
+                Ok(d.put(automerge::ROOT, "extra", "from b")?)
+            })
+            .unwrap();
+        let (_, mut a) = store_a.load(&conn_a, meta.id).unwrap();
+        let (_, mut b) = store_b.load(&conn_b, meta.id).unwrap();
+        let a_bytes = a.save();
+        let b_bytes = b.save();
+        store_a
+            .merge_remote(&conn_a, meta.id, "note", &scope, &b_bytes)
+            .unwrap();
+        store_b
+            .merge_remote(&conn_b, meta.id, "note", &scope, &a_bytes)
+            .unwrap();
+        let (ma, _) = store_a.load(&conn_a, meta.id).unwrap();
+        let (mb, _) = store_b.load(&conn_b, meta.id).unwrap();
+        assert_eq!(encode_heads(&ma.heads), encode_heads(&mb.heads));
+
+        // Wrong envelope is refused.
+        let other: AreaCode = "330723002".parse().unwrap();
+        assert!(
+            store_b
+                .merge_remote(&conn_b, meta.id, "note", &other, &a_bytes)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn garbage_bytes_are_reported_corrupt_not_panics() {
+        let (conn, store, _) = setup();
+        let scope: AreaCode = "330723001".parse().unwrap();
+        let id = Uuid::now_v7();
+        for junk in [
+            &b""[..],
+            b"\x85\x6f\x4a\x83garbage",
+            &[0u8; 64],
+            &[0xffu8; 300],
+        ] {
+            let result = store.merge_remote(&conn, id, "note", &scope, junk);
+            assert!(
+                result.is_err() || matches!(result, Ok(Merged::Changed(_))),
+                "{result:?}"
+            );
+        }
+        // A stored document whose bytes went bad is reported, and quarantine keeps it out.
+        let meta = store
+            .create(&conn, "note", &scope, |d| {
+                Ok(d.put(automerge::ROOT, "title", "x").map(|_| ())?)
+            })
+            .unwrap();
+        conn.execute(
+            "UPDATE documents SET snapshot = x'00ff00ff' WHERE id = ?1",
+            [meta.id.to_string()],
+        )
+        .unwrap();
+        let err = store.load(&conn, meta.id).unwrap_err();
+        assert!(matches!(err, DocError::Corrupt { .. }), "{err}");
+        DocStore::quarantine(&conn, meta.id, "test").unwrap();
+        assert!(matches!(
+            store.load(&conn, meta.id),
+            Err(DocError::Quarantined { .. })
+        ));
+        assert_eq!(DocStore::quarantined(&conn).unwrap().len(), 1);
+        assert_eq!(store.rebuild_projections(&conn).unwrap(), 0);
+    }
+
+    #[test]
+    fn actor_depends_on_key_and_salt() {
+        let (key, _) = crate::identity::NodeKey::generate().unwrap();
+        let a = derive_actor(&key.public_key(), b"salt-1");
+        let b = derive_actor(&key.public_key(), b"salt-2");
+        assert_ne!(a, b);
+        assert_eq!(a, derive_actor(&key.public_key(), b"salt-1"));
+    }
+}

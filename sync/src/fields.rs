@@ -1,0 +1,92 @@
+//! Typed reads of plain fields in a record document, and the concurrent values behind a field.
+//!
+//! Free fields (title, description, category...) are ordinary automerge map values. When two places
+//! set one while apart, automerge picks a winner deterministically and keeps the others; [`all_texts`]
+//! returns them so the UI can show the conflict instead of hiding it.
+
+use automerge::{AutoCommit, ObjId, ReadDoc, ScalarValue, Value};
+
+fn scalar(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<ScalarValue> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => Some(s.into_owned()),
+        _ => None,
+    }
+}
+
+pub fn text(doc: &AutoCommit, key: &str) -> Option<String> {
+    text_in(doc, &automerge::ROOT, key)
+}
+
+pub fn text_in(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
+    match scalar(doc, obj, key)? {
+        ScalarValue::Str(s) => Some(s.to_string()),
+        _ => None,
+    }
+}
+
+pub fn int(doc: &AutoCommit, key: &str) -> Option<i64> {
+    match scalar(doc, &automerge::ROOT, key)? {
+        ScalarValue::Int(i) => Some(i),
+        ScalarValue::Uint(u) => i64::try_from(u).ok(),
+        ScalarValue::Timestamp(t) => Some(t),
+        _ => None,
+    }
+}
+
+pub fn float(doc: &AutoCommit, key: &str) -> Option<f64> {
+    match scalar(doc, &automerge::ROOT, key)? {
+        ScalarValue::F64(f) => Some(f),
+        ScalarValue::Int(i) => Some(i as f64),
+        _ => None,
+    }
+}
+
+pub fn boolean(doc: &AutoCommit, key: &str) -> Option<bool> {
+    match scalar(doc, &automerge::ROOT, key)? {
+        ScalarValue::Boolean(b) => Some(b),
+        _ => None,
+    }
+}
+
+/// Every concurrent text value of a root field; more than one means the field is in conflict.
+pub fn all_texts(doc: &AutoCommit, key: &str) -> Vec<String> {
+    let Ok(values) = doc.get_all(automerge::ROOT, key) else {
+        return Vec::new();
+    };
+    values
+        .into_iter()
+        .filter_map(|(v, _)| match v {
+            Value::Scalar(s) => match s.as_ref() {
+                ScalarValue::Str(t) => Some(t.to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::transaction::Transactable;
+
+    #[test]
+    fn concurrent_edits_keep_both_values() {
+        let mut a = AutoCommit::new().with_actor(automerge::ActorId::from([1u8; 16]));
+        a.put(automerge::ROOT, "title", "路灯损坏").unwrap();
+        a.put(automerge::ROOT, "n", 3).unwrap();
+        a.put(automerge::ROOT, "ok", true).unwrap();
+        let mut b = a.fork().with_actor(automerge::ActorId::from([2u8; 16]));
+        a.put(automerge::ROOT, "title", "路灯不亮").unwrap();
+        b.put(automerge::ROOT, "title", "路灯坏了").unwrap();
+        a.merge(&mut b).unwrap();
+        let mut all = all_texts(&a, "title");
+        all.sort();
+        assert_eq!(all, vec!["路灯不亮".to_string(), "路灯坏了".to_string()]);
+        assert!(text(&a, "title").is_some());
+        assert_eq!(int(&a, "n"), Some(3));
+        assert_eq!(boolean(&a, "ok"), Some(true));
+        assert_eq!(text(&a, "missing"), None);
+        assert_eq!(int(&a, "title"), None);
+    }
+}
