@@ -12,11 +12,18 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+use township_sync::{DocStore, Hlc, NodeKey};
+
+use crate::auth::throttle::{Throttle, ThrottleConfig};
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::metrics::Metrics;
 use crate::node::{self, DataDir, DataDirLock, NodeError, NodeInfo};
-use crate::store::Store;
+use crate::records::WriteCtx;
+use crate::store::{Store, StoreError};
+use crate::users::{self, Actor, NewUser, UserError, UserView};
 
 /// Everything a handler or background task may need; cheap to clone.
 #[derive(Clone)]
@@ -26,8 +33,15 @@ pub struct AppState {
 
 pub struct AppInner {
     pub node: NodeInfo,
+    pub key: Arc<NodeKey>,
     pub config: Config,
     pub store: Store,
+    /// The record store, with every domain's projection registered.
+    pub docs: DocStore,
+    pub hlc: Hlc,
+    pub throttle: Throttle,
+    /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
+    pub hash_permits: Semaphore,
     pub metrics: Metrics,
     pub ui: crate::http::ui::Ui,
     pub clock: Clock,
@@ -44,13 +58,43 @@ impl Deref for AppState {
     }
 }
 
+/// Every kind's projection, registered with the record store at start.
+fn projections() -> Vec<Arc<dyn township_sync::Projection>> {
+    vec![users::UserProjection::shared()]
+}
+
 impl AppState {
-    pub fn new(node: NodeInfo, config: Config, store: Store, clock: Clock) -> AppState {
+    pub fn new(
+        node: NodeInfo,
+        key: NodeKey,
+        db_salt: &[u8],
+        config: Config,
+        store: Store,
+        clock: Clock,
+    ) -> AppState {
+        let key = Arc::new(key);
+        let actor = township_sync::docstore::derive_actor(&key.public_key(), db_salt);
+        let doc_clock = clock.clone();
+        let docs = DocStore::new(actor, projections(), move || doc_clock.now_ms());
+        let hlc_clock = clock.clone();
+        let hlc = Hlc::new(move || u64::try_from(hlc_clock.now_ms()).unwrap_or(0));
+        let auth = &config.auth;
+        let throttle = Throttle::new(ThrottleConfig {
+            failures_per_account: auth.login_failures_per_account,
+            failures_per_address: auth.login_failures_per_address,
+            window_ms: auth.login_window.as_millis() as i64,
+            evaluations_per_hour: auth.login_evaluations_per_hour,
+        });
         AppState {
             inner: Arc::new(AppInner {
                 node,
+                key,
                 config,
                 store,
+                docs,
+                hlc,
+                throttle,
+                hash_permits: Semaphore::new(2),
                 metrics: Metrics::new(),
                 ui: crate::http::ui::Ui::load(),
                 clock,
@@ -59,6 +103,131 @@ impl AppState {
             }),
         }
     }
+}
+
+impl AppState {
+    /// The context a write job needs to change records and append to the audit chain.
+    pub fn write_ctx(&self) -> WriteCtx {
+        WriteCtx {
+            docs: self.docs.clone(),
+            key: self.key.clone(),
+            clock: self.clock.clone(),
+            hlc: self.hlc.clone(),
+        }
+    }
+
+    /// Queues a write nobody waits for (bookkeeping such as a session's last-seen time). Failures
+    /// are logged; the store refuses new work once shutdown has begun, which is fine for these.
+    pub fn spawn_write<F>(&self, job: F)
+    where
+        F: FnOnce(&Connection) -> Result<(), StoreError> + Send + 'static,
+    {
+        let store = self.store.clone();
+        self.tasks.spawn(async move {
+            if let Err(e) = store.write(job).await {
+                tracing::debug!(error = %e, "background bookkeeping write failed");
+            }
+        });
+    }
+
+    /// Whether cookies should be marked Secure. The node serves plain HTTP until LAN TLS exists.
+    pub fn serves_https(&self) -> bool {
+        false
+    }
+
+    async fn hash_password(&self, password: Secret) -> Result<String, UserError> {
+        let iterations = self.config.auth.password_iterations;
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| UserError::Store(StoreError::Closed))?;
+        tokio::task::spawn_blocking(move || {
+            crate::auth::password::check_policy(password.expose()).map_err(|e| {
+                UserError::Invalid {
+                    field: "password",
+                    detail: e.to_string(),
+                }
+            })?;
+            crate::auth::password::hash(password.expose(), iterations)
+                .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))
+        })
+        .await
+        .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))?
+    }
+
+    /// Creates an account record; the password is hashed off the async workers first.
+    pub async fn add_user(&self, actor: Actor, new: NewUser) -> Result<UserView, UserError> {
+        let iterations = self.config.auth.password_iterations;
+        let node_area = self.node.area.clone();
+        let checked = new.clone();
+        let _permit = self
+            .hash_permits
+            .acquire()
+            .await
+            .map_err(|_| UserError::Store(StoreError::Closed))?;
+        let hash =
+            tokio::task::spawn_blocking(move || users::prepare(&checked, &node_area, iterations))
+                .await
+                .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))??;
+        drop(_permit);
+        let ctx = self.write_ctx();
+        self.store
+            .write(move |conn| users::create(conn, &ctx, &actor, &new, hash))
+            .await
+    }
+
+    pub async fn set_user_password(
+        &self,
+        actor: Actor,
+        username: String,
+        password: Secret,
+    ) -> Result<(), UserError> {
+        let hash = self.hash_password(password).await?;
+        let ctx = self.write_ctx();
+        self.store
+            .write(move |conn| users::set_password(conn, &ctx, &actor, &username, hash, None))
+            .await
+    }
+}
+
+/// Starts the node's own background work: signed audit checkpoints, expired-session cleanup and
+/// background compaction of record documents. All of it stops on the shutdown signal.
+pub fn spawn_background(state: &AppState) {
+    crate::audit::spawn_checkpointer(state);
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let state = task_state;
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = state.shutdown.cancelled() => break,
+            }
+            let now = state.clock.now_ms();
+            let idle = state.config.auth.session_idle.as_millis() as i64;
+            let max = state.config.auth.session_max.as_millis() as i64;
+            if let Err(e) = state
+                .store
+                .write(move |conn| crate::auth::session::purge_expired(conn, now, idle, max))
+                .await
+            {
+                tracing::warn!(error = %e, "expired-session cleanup failed");
+            }
+            // Compaction in small batches so it never holds the writer for long.
+            let docs = state.docs.clone();
+            match state
+                .store
+                .write(move |conn| docs.compact_some(conn, 8, 50).map_err(StoreError::from))
+                .await
+            {
+                Ok(n) if n > 0 => tracing::debug!(documents = n, "compacted record documents"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "document compaction failed"),
+            }
+        }
+    });
 }
 
 /// A node opened from its data directory, holding the directory lock until dropped.
@@ -72,25 +241,32 @@ pub async fn open(dir: &DataDir, config: Config) -> Result<OpenedNode, NodeError
     dir.ensure_exists()?;
     let lock = DataDirLock::acquire(dir)?;
     let store = Store::open(&dir.db(), &config.store)?;
-    let info = match store.read(|conn| Ok(node::read_identity(conn))).await {
-        Ok(Ok(info)) => info,
-        Ok(Err(e)) => {
+    let info = match store.read(node::read_identity).await {
+        Ok(info) => info,
+        Err(e) => {
             store.close().await;
             return Err(e);
         }
+    };
+    let key = match node::load_key_checked(dir, &info) {
+        Ok(key) => key,
         Err(e) => {
             store.close().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
-    if let Err(e) = node::load_key_checked(dir, &info) {
-        store.close().await;
-        return Err(e);
+    let salt = match store.read(node::db_salt).await {
+        Ok(salt) => salt,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let state = AppState::new(info, key, &salt, config, store, Clock::System);
+    if let Err(e) = crate::audit::record_config(&state).await {
+        tracing::warn!(error = %e, "could not record the configuration in the audit log");
     }
-    Ok(OpenedNode {
-        state: AppState::new(info, config, store, Clock::System),
-        _lock: lock,
-    })
+    Ok(OpenedNode { state, _lock: lock })
 }
 
 /// Serves HTTP on `listener` until `state.shutdown` is cancelled, then lets in-flight requests finish

@@ -2,7 +2,7 @@
 //! printed as one readable chain, with exit status 1 (clap's usage errors exit 2).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use township_sync::{AreaCode, NodeRole};
 
 use crate::app;
 use crate::config::{Config, LogFormat};
+use crate::control;
 use crate::doctor::{self, Verdict};
 use crate::node::{self, DataDir, InitRequest};
 use crate::store;
@@ -47,6 +48,105 @@ enum Command {
     Backup(BackupArgs),
     /// Check a data directory (permissions, database integrity, key, config) and say what to fix.
     Doctor(DoctorArgs),
+    /// Manage accounts: add, passwd, disable, list. Works whether or not the node is running.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Create API tokens for county scripts (`Authorization: Bearer ...`).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Drop and rebuild every query table (projection) from the record documents.
+    Rebuild(DataDirArg),
+    /// Check the audit chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Add an account. Without --password-file a random password is generated and printed once.
+    Add(UserAddArgs),
+    /// Set an account's password; ends its sessions. Without --password-file one is generated.
+    Passwd(UserPasswdArgs),
+    /// Disable an account: it can no longer sign in, and its sessions and tokens end.
+    Disable(UsernameArgs),
+    /// List the accounts this node knows.
+    List(UserListArgs),
+}
+
+#[derive(Debug, Args)]
+struct UserAddArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    username: String,
+    /// grid_worker, township_staff, dept_handler, county_it or admin.
+    #[arg(long)]
+    role: String,
+    /// The area code the person works in; must lie inside this node's area.
+    #[arg(long)]
+    area: String,
+    /// Department id, required for dept_handler (for example water).
+    #[arg(long)]
+    department: Option<String>,
+    #[arg(long)]
+    display_name: Option<String>,
+    #[arg(long)]
+    phone: Option<String>,
+    /// A file holding the password (first line). Keep it readable only by you.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct UserPasswdArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    username: String,
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct UsernameArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    #[arg(long)]
+    username: String,
+}
+
+#[derive(Debug, Args)]
+struct UserListArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token for a user; it is printed once and stored only as a hash.
+    Create(TokenCreateArgs),
+}
+
+#[derive(Debug, Args)]
+struct TokenCreateArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The account the token acts as.
+    #[arg(long)]
+    user: String,
+    /// What the token is for, for example "county nightly export".
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Verify every entry's hash, the chain's links and the signed checkpoints. Exits non-zero naming
+    /// the first bad sequence number.
+    Verify(DataDirArg),
 }
 
 #[derive(Debug, Args)]
@@ -70,6 +170,10 @@ struct InitArgs {
     /// Where this node sits in the tree; must match the area code's level.
     #[arg(long)]
     role: NodeRole,
+    /// A file holding the password of the local `admin` account. Without it a random password is
+    /// generated and printed once.
+    #[arg(long)]
+    admin_password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -143,10 +247,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let config = Config::load_from_process(None)?;
             crate::logging::init(log_format.unwrap_or(config.log.format), "warn");
             let dir = DataDir::new(&args.data_dir);
+            let (admin_password, generated) = password_from(args.admin_password_file.as_deref())?;
             let request = InitRequest {
                 area: args.area,
                 role: args.role,
                 name: args.name,
+                admin_password_hash: hash_password(
+                    &admin_password,
+                    config.auth.password_iterations,
+                )?,
             };
             let info = runtime()?.block_on(node::init(&dir, request, &config.store))?;
             println!(
@@ -158,6 +267,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             println!("node_id:    {}", info.node_id);
             println!("public_key: {}", info.public_key);
+            if generated {
+                println!("admin password (shown once, write it down): {admin_password}");
+            } else {
+                println!("admin password: taken from the password file");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Id(args) => {
@@ -198,8 +312,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             crate::logging::init(config.log.format, &config.log.filter);
             runtime()?.block_on(async {
                 if !dir.root().exists() {
-                    let info = node::init(&dir, demo_request()?, &config.store).await?;
+                    let (password, _) = password_from(None)?;
+                    let hash = hash_password(&password, config.auth.password_iterations)?;
+                    let info = node::init(&dir, demo_request(hash)?, &config.store).await?;
                     tracing::info!(node_id = %info.node_id, dir = %dir.root().display(), "demo node initialised");
+                    println!("demo node created in {}; sign in as admin with password {password} (shown once)", dir.root().display());
                 }
                 serve(&dir, config, Some(())).await
             })?;
@@ -241,14 +358,102 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
         }
+        Command::User(cmd) => user_command(cmd),
+        Command::Token(TokenCommand::Create(args)) => {
+            let result = control(
+                &args.data_dir,
+                control::Request::TokenCreate {
+                    username: args.user,
+                    name: args.name,
+                },
+            )?;
+            println!(
+                "token for {} (shown once; store it in the script's secret store):",
+                result["user"].as_str().unwrap_or("")
+            );
+            println!("{}", result["token"].as_str().unwrap_or(""));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Rebuild(args) => {
+            let result = control(&args.data_dir, control::Request::Rebuild)?;
+            println!(
+                "rebuilt projections from {} documents in {} ms",
+                result["documents"], result["millis"]
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit(AuditCommand::Verify(args)) => {
+            let dir = DataDir::new(&args.data_dir);
+            dir.ensure_exists()?;
+            let key = township_sync::NodeKey::load_file(&dir.key())?;
+            let conn = store::open_read_only(&dir.db(), &Default::default())?;
+            match crate::audit::verify::verify(&conn, &key.public_key()) {
+                Ok(report) => {
+                    println!(
+                        "audit chain intact: {} entries, {} signed checkpoints, {} entries after the last checkpoint",
+                        report.entries, report.checkpoints, report.unsigned_tail
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(crate::audit::verify::VerifyError::Broken { seq, reason }) => {
+                    eprintln!("audit chain BROKEN at sequence {seq}: {reason}");
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
     }
 }
 
-fn demo_request() -> Result<InitRequest> {
+/// Reads a password from the first line of a file, or generates one. Returns whether it was generated.
+fn password_from(file: Option<&Path>) -> Result<(String, bool)> {
+    match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read password file {}", path.display()))?;
+            let first = text.lines().next().unwrap_or("").to_string();
+            crate::auth::password::check_policy(&first)
+                .with_context(|| format!("password in {}", path.display()))?;
+            Ok((first, false))
+        }
+        None => Ok((
+            crate::auth::password::generate().context("cannot generate a password")?,
+            true,
+        )),
+    }
+}
+
+fn hash_password(password: &str, iterations: u32) -> Result<String> {
+    crate::auth::password::hash(password, iterations).context("cannot hash the password")
+}
+
+/// Runs a control request: through the running node's socket if it is up, otherwise against the
+/// data directory directly (taking its lock), with the same code either way.
+fn control(data_dir: &Path, request: control::Request) -> Result<serde_json::Value> {
+    let dir = DataDir::new(data_dir);
+    dir.ensure_exists()?;
+    runtime()?.block_on(async {
+        if let Some(result) = control::call(dir.root(), &request)
+            .await
+            .map_err(anyhow::Error::msg)?
+        {
+            return Ok(result);
+        }
+        let config = Config::load_from_process(config_path(&dir, None).as_deref())?;
+        let opened = app::open(&dir, config).await?;
+        let uid = rustix::process::getuid().as_raw();
+        let result = control::execute(&opened.state, request, Some(uid)).await;
+        app::finish(&opened.state, Duration::from_secs(5)).await;
+        result.map_err(anyhow::Error::msg)
+    })
+}
+
+fn demo_request(admin_password_hash: String) -> Result<InitRequest> {
     Ok(InitRequest {
         area: "330723001".parse()?,
         role: NodeRole::Township,
         name: "熟溪街道（演示）".into(),
+        admin_password_hash,
     })
 }
 
@@ -280,10 +485,97 @@ async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
         );
     }
     app::spawn_signal_handler(state.shutdown.clone());
+    app::spawn_background(&state);
+    if let Err(e) = control::spawn_server(&state, control::socket_path(dir.root())) {
+        tracing::warn!(error = %e, "control socket unavailable; CLI account commands will wait for the node to stop");
+    }
     let served = app::run(listener, state.clone()).await;
     app::finish(&state, grace.min(Duration::from_secs(5))).await;
     drop(opened);
     served.context("the HTTP server failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+fn user_command(cmd: UserCommand) -> Result<ExitCode> {
+    match cmd {
+        UserCommand::Add(args) => {
+            let (password, generated) = password_from(args.password_file.as_deref())?;
+            let request = control::Request::UserAdd {
+                username: args.username,
+                role: args.role,
+                area: args.area,
+                department: args.department,
+                display_name: args.display_name,
+                phone: args.phone,
+                password: password.clone(),
+            };
+            let user = control(&args.data_dir, request)?;
+            println!(
+                "added {} ({}, area {})",
+                user["username"].as_str().unwrap_or(""),
+                user["role"].as_str().unwrap_or(""),
+                user["area"].as_str().unwrap_or("")
+            );
+            if generated {
+                println!("password (shown once): {password}");
+            }
+        }
+        UserCommand::Passwd(args) => {
+            let (password, generated) = password_from(args.password_file.as_deref())?;
+            control(
+                &args.data_dir,
+                control::Request::UserPasswd {
+                    username: args.username.clone(),
+                    password: password.clone(),
+                },
+            )?;
+            println!(
+                "password of {} changed; their sessions were ended",
+                args.username
+            );
+            if generated {
+                println!("new password (shown once): {password}");
+            }
+        }
+        UserCommand::Disable(args) => {
+            control(
+                &args.data_dir,
+                control::Request::UserDisable {
+                    username: args.username.clone(),
+                },
+            )?;
+            println!(
+                "{} disabled; their sessions and tokens were ended",
+                args.username
+            );
+        }
+        UserCommand::List(args) => {
+            let users = control(&args.data_dir, control::Request::UserList)?;
+            if args.json {
+                println!("{users}");
+            } else {
+                println!(
+                    "USERNAME                 ROLE             AREA           DEPARTMENT     STATE"
+                );
+                for u in users.as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<16} {:<14} {:<14} {}",
+                        u["username"].as_str().unwrap_or(""),
+                        u["role"].as_str().unwrap_or(""),
+                        u["area"].as_str().unwrap_or(""),
+                        u["department"].as_str().unwrap_or("-"),
+                        if u["disabled"].as_bool() == Some(true) {
+                            "disabled"
+                        } else if u["local"].as_bool() == Some(true) {
+                            "local"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

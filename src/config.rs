@@ -62,6 +62,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,7 +142,70 @@ impl Default for StoreConfig {
     }
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A session unused for this long ends.
+    #[serde(with = "humantime_serde")]
+    pub session_idle: Duration,
+    /// A session ends this long after login, used or not.
+    #[serde(with = "humantime_serde")]
+    pub session_max: Duration,
+    /// PBKDF2-HMAC-SHA256 iterations for new password hashes; at least 600000.
+    pub password_iterations: u32,
+    /// Failed logins for one account within `login_window` before further attempts get 429.
+    pub login_failures_per_account: usize,
+    /// Failed logins from one client address within `login_window` before it gets 429.
+    pub login_failures_per_address: usize,
+    #[serde(with = "humantime_serde")]
+    pub login_window: Duration,
+    /// Most password evaluations for one account per hour, whatever the outcome.
+    pub login_evaluations_per_hour: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        AuthConfig {
+            session_idle: Duration::from_secs(30 * 60),
+            session_max: Duration::from_secs(12 * 60 * 60),
+            password_iterations: 600_000,
+            login_failures_per_account: 5,
+            login_failures_per_address: 5,
+            login_window: Duration::from_secs(15 * 60),
+            login_evaluations_per_hour: 100,
+        }
+    }
+}
+
 impl Config {
+    /// Checks rules that types alone cannot express.
+    fn validate(self) -> Result<Config, ConfigError> {
+        let invalid = |key: &str, message: &str| ConfigError::Invalid {
+            key: key.into(),
+            origin: String::new(),
+            message: message.into(),
+        };
+        if self.auth.password_iterations < 600_000 {
+            return Err(invalid(
+                "auth.password_iterations",
+                "must be at least 600000",
+            ));
+        }
+        if self.auth.session_idle.is_zero() || self.auth.session_max < self.auth.session_idle {
+            return Err(invalid(
+                "auth.session_max",
+                "must be at least auth.session_idle, which must be above zero",
+            ));
+        }
+        if self.auth.login_failures_per_account == 0 || self.auth.login_failures_per_address == 0 {
+            return Err(invalid(
+                "auth.login_failures_per_account",
+                "login failure limits must be at least 1",
+            ));
+        }
+        Ok(self)
+    }
+
     /// Loads defaults, then `file` if given, then `TOWNSHIP_` variables from `env`.
     pub fn load(
         file: Option<&Path>,
@@ -185,7 +249,7 @@ impl Config {
         }
 
         let value = toml::Value::Table(merged);
-        serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
+        let config = serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
             let key = e.path().to_string();
             let origin = env_keys
                 .iter()
@@ -197,7 +261,8 @@ impl Config {
                 origin,
                 message: e.into_inner().to_string(),
             }
-        })
+        })?;
+        config.validate()
     }
 
     /// Loads with the process environment.

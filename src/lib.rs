@@ -6,17 +6,27 @@
 //! - [`config`]: the layered, typed configuration.
 //! - [`node`]: the data directory, `init`, identity checks and the directory lock.
 //! - [`store`]: SQLite, the writer thread, the read pool and migrations.
+//! - [`records`]: record writes through the document store, always with their audit entry.
+//! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
+//! - [`users`]: accounts as records, their projection and API.
+//! - [`audit`]: the hash-chained, signed audit log.
+//! - [`control`]: the local control socket the CLI uses while the node runs.
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`doctor`]: the data-directory checks behind `township-node doctor`.
 
 pub mod app;
+pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod doctor;
 pub mod http;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod records;
 pub mod store;
+pub mod users;

@@ -118,6 +118,8 @@ pub struct InitRequest {
     pub area: AreaCode,
     pub role: NodeRole,
     pub name: String,
+    /// PBKDF2 hash of the local `admin` password (hashed by the caller, off the async workers).
+    pub admin_password_hash: String,
 }
 
 /// Creates a data directory with its database and key pair. The directory is assembled under a
@@ -153,14 +155,7 @@ pub async fn init(
         .create(&staging)
         .map_err(io(&staging))?;
 
-    let result = populate(
-        &DataDir::new(&staging),
-        &request.area,
-        request.role,
-        &name,
-        store_config,
-    )
-    .await;
+    let result = populate(&DataDir::new(&staging), &request, &name, store_config).await;
     match result {
         Ok(info) => {
             if target.exists() {
@@ -182,8 +177,7 @@ pub async fn init(
 
 async fn populate(
     dir: &DataDir,
-    area: &AreaCode,
-    role: NodeRole,
+    request: &InitRequest,
     name: &str,
     store_config: &StoreConfig,
 ) -> Result<NodeInfo, NodeError> {
@@ -192,14 +186,16 @@ async fn populate(
     let info = NodeInfo {
         node_id: key.node_id().to_string(),
         public_key: key.public_key().to_string(),
-        area: area.clone(),
-        role,
+        area: request.area.clone(),
+        role: request.role,
         name: name.to_string(),
     };
     let store = Store::create(&dir.db(), store_config)?;
     let record = info.clone();
+    let admin_hash = request.admin_password_hash.clone();
     let created = store
         .write(move |conn| {
+            let now_ms = crate::clock::system_now_ms();
             let now = crate::clock::now_rfc3339();
             let mut stmt = conn.prepare("INSERT INTO node_meta (key, value) VALUES (?1, ?2)")?;
             for (k, v) in [
@@ -212,7 +208,18 @@ async fn populate(
             ] {
                 stmt.execute(params![k, v])?;
             }
-            Ok(())
+            crate::users::create_local_admin(conn, &record.area, &admin_hash, now_ms)?;
+            crate::audit::append(
+                conn,
+                &key,
+                now_ms,
+                crate::audit::Event::new("cli", "node.init", &record.node_id).detail(
+                    serde_json::json!({
+                        "area": record.area, "role": record.role, "name": record.name,
+                    }),
+                ),
+            )?;
+            Ok::<(), StoreError>(())
         })
         .await;
     store.close().await;
@@ -238,6 +245,11 @@ pub fn read_identity(conn: &Connection) -> Result<NodeInfo, NodeError> {
         role: meta(conn, "role")?.parse()?,
         name: meta(conn, "name")?,
     })
+}
+
+/// The per-database salt behind the automerge actor id.
+pub fn db_salt(conn: &Connection) -> Result<Vec<u8>, NodeError> {
+    hex::decode(meta(conn, "db_salt")?).map_err(|_| NodeError::NoIdentity("db_salt"))
 }
 
 /// Loads the key and checks it is the one the database was made with.
@@ -329,6 +341,7 @@ mod tests {
             area: "330723001".parse().unwrap(),
             role: NodeRole::Township,
             name: "熟溪街道".into(),
+            admin_password_hash: crate::auth::password::decoy_hash().into(),
         }
     }
 

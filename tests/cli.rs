@@ -139,7 +139,13 @@ fn serve_refuses_a_newer_database_naming_both_versions() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(err.contains("schema version 42"), "{err}");
-    assert!(err.contains("supports up to 1"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "supports up to {}",
+            township_node::store::migrations::LATEST
+        )),
+        "{err}"
+    );
     let out = run(&["id", "--data-dir", dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
 }

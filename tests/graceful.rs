@@ -72,7 +72,11 @@ async fn in_flight_requests_finish_and_tasks_are_awaited() {
         "finish() waited for the background task"
     );
     assert!(
-        state.store.write(|_| Ok(())).await.is_err(),
+        state
+            .store
+            .write(|_| Ok::<(), township_node::store::StoreError>(()))
+            .await
+            .is_err(),
         "store closed last"
     );
 }

@@ -4,7 +4,9 @@
 //! Domains own their routes; this module only mounts them. [`app`] needs no socket, so most handler
 //! tests call it with `tower::ServiceExt::oneshot`.
 
+pub mod extract;
 pub mod problem;
+pub mod routes;
 mod system;
 pub mod ui;
 
@@ -15,7 +17,6 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::get;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{
@@ -33,19 +34,22 @@ const FALLBACK_ROUTE: &str = "fallback";
 #[derive(Clone)]
 struct RouteLabel(String);
 
+/// Every route of the node, through the one builder that records them (see [`routes::Routes`]).
+pub fn all_routes() -> routes::Routes {
+    let r = routes::Routes::new();
+    let r = system::routes(r);
+    let r = crate::auth::routes(r);
+    let r = crate::users::routes(r);
+    crate::audit::routes(r)
+}
+
 pub fn app(state: AppState) -> Router {
     let http = &state.config.http;
-    let api = Router::new()
-        .route("/api/v1/node", get(system::node_info))
-        .route("/api/v1/openapi.json", get(system::openapi));
-
     // Layers wrap everything added before them, so the last one here sees a request first: request
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
-    Router::new()
-        .route("/healthz", get(system::healthz))
-        .route("/readyz", get(system::readyz))
-        .route("/metrics", get(system::metrics))
-        .merge(api)
+    all_routes()
+        .into_router()
+        .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize))
         .route_layer(middleware::from_fn(label_route))
         .fallback(ui::fallback)
         // Extractors (JSON, form, multipart) refuse bodies over the limit with 413.
@@ -134,14 +138,15 @@ mod tests {
     async fn state(dir: &std::path::Path) -> AppState {
         let config = Config::default();
         let store = Store::create(&dir.join(DB_FILE), &config.store).unwrap();
+        let (key, _) = township_sync::NodeKey::generate().unwrap();
         let node = NodeInfo {
             node_id: "0123456789abcdef0123456789abcdef".into(),
-            public_key: "k".into(),
+            public_key: key.public_key().to_string(),
             area: "330723001001".parse().unwrap(),
             role: township_sync::NodeRole::Village,
             name: "王宅村".into(),
         };
-        AppState::new(node, config, store, Clock::manual(0))
+        AppState::new(node, key, b"salt", config, store, Clock::manual(0))
     }
 
     async fn call(

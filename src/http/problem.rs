@@ -66,6 +66,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("too many attempts; try again in {0} seconds")]
+    TooManyRequests(u64),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
     /// The cause is logged, never sent.
@@ -82,6 +86,8 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -108,7 +114,13 @@ impl IntoResponse for ApiError {
         if let ApiError::InvalidField { field, .. } = &self {
             problem.field = Some(field.clone());
         }
-        problem.into_response()
+        let mut response = problem.into_response();
+        if let ApiError::TooManyRequests(secs) = &self
+            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
     }
 }
 

@@ -9,6 +9,15 @@ use serde_json::json;
 use crate::app::AppState;
 use crate::http::problem::ApiError;
 use crate::metrics::Sample;
+use crate::store::StoreError;
+
+pub fn routes(r: crate::http::routes::Routes) -> crate::http::routes::Routes {
+    r.get("/healthz", healthz)
+        .get("/readyz", readyz)
+        .get("/metrics", metrics)
+        .get("/api/v1/node", node_info)
+        .get("/api/v1/openapi.json", openapi)
+}
 
 /// Liveness: the process is up and serving. Cheap, no database access, safe to poll every second.
 pub async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
@@ -28,7 +37,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     }
     state
         .store
-        .read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        .read(|conn| Ok::<_, StoreError>(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
         .await
         .map_err(|e| ApiError::Unavailable(format!("database not answering: {e}")))?;
     Ok(Json(json!({"status": "ready"})))

@@ -13,7 +13,7 @@ use super::StoreError;
 type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Index `i` upgrades the schema from version `i` to version `i + 1`.
-const MIGRATIONS: &[Migration] = &[v1_node_meta];
+const MIGRATIONS: &[Migration] = &[v1_node_meta, v2_record_store, v3_accounts, v4_audit];
 
 /// The schema version this binary writes.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -26,6 +26,101 @@ fn v1_node_meta(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             value TEXT NOT NULL
         ) STRICT;",
     )
+}
+
+fn v2_record_store(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(township_sync::docstore::SCHEMA)?;
+    // The per-database salt behind the automerge actor id: a restored copy gets a new one.
+    let mut salt = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt).map_err(|_| {
+        rusqlite::Error::InvalidParameterName("the system random source failed".into())
+    })?;
+    tx.execute(
+        "INSERT OR IGNORE INTO node_meta (key, value) VALUES ('db_salt', ?1)",
+        [hex::encode(salt)],
+    )?;
+    Ok(())
+}
+
+fn v3_accounts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        -- Projection of `user` records. Keyed by record: two records may claim one username after a
+        -- partition; lookups then pick the oldest record deterministically.
+        CREATE TABLE users (
+            doc_id        TEXT PRIMARY KEY,
+            username      TEXT NOT NULL,
+            display_name  TEXT NOT NULL,
+            phone         TEXT,
+            role          TEXT NOT NULL,
+            area          TEXT NOT NULL,
+            department    TEXT,
+            disabled      INTEGER NOT NULL,
+            password_hash TEXT NOT NULL,
+            created_by    TEXT NOT NULL,
+            updated_ms    INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX users_by_username ON users(username, doc_id);
+        CREATE INDEX users_by_area ON users(area);
+        -- The break-glass admin of this box: never a record, never synced.
+        CREATE TABLE local_accounts (
+            username      TEXT PRIMARY KEY,
+            display_name  TEXT NOT NULL,
+            role          TEXT NOT NULL,
+            area          TEXT NOT NULL,
+            password_hash TEXT NOT NULL,
+            disabled      INTEGER NOT NULL DEFAULT 0,
+            created_ms    INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE sessions (
+            token_hash   TEXT PRIMARY KEY,
+            username     TEXT NOT NULL,
+            csrf_token   TEXT NOT NULL,
+            created_ms   INTEGER NOT NULL,
+            last_seen_ms INTEGER NOT NULL,
+            client       TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX sessions_by_user ON sessions(username);
+        CREATE TABLE api_tokens (
+            id           TEXT PRIMARY KEY,
+            token_hash   TEXT NOT NULL UNIQUE,
+            username     TEXT NOT NULL,
+            name         TEXT NOT NULL,
+            created_ms   INTEGER NOT NULL,
+            last_used_ms INTEGER,
+            revoked_ms   INTEGER
+        ) STRICT;
+        ",
+    )
+}
+
+/// The audit chain's tables; also used by tests that check the chain on its own.
+pub const AUDIT_SCHEMA: &str = "
+    CREATE TABLE audit_log (
+        seq       INTEGER PRIMARY KEY,
+        at_ms     INTEGER NOT NULL,
+        actor     TEXT NOT NULL,
+        action    TEXT NOT NULL,
+        target    TEXT NOT NULL,
+        detail    TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash      TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX audit_by_actor ON audit_log(actor, seq);
+    CREATE INDEX audit_by_action ON audit_log(action, seq);
+    CREATE INDEX audit_by_target ON audit_log(target, seq);
+    CREATE INDEX audit_by_time ON audit_log(at_ms);
+    CREATE TABLE audit_checkpoints (
+        seq        INTEGER PRIMARY KEY,
+        hash       TEXT NOT NULL,
+        signature  TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        at_ms      INTEGER NOT NULL
+    ) STRICT;
+";
+
+fn v4_audit(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(AUDIT_SCHEMA)
 }
 
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

@@ -44,6 +44,8 @@ pub enum StoreError {
     Closed,
     #[error("a store job failed: {0}")]
     Job(String),
+    #[error("record store: {0}")]
+    Record(#[from] township_sync::DocError),
 }
 
 impl StoreError {
@@ -56,6 +58,7 @@ impl StoreError {
                 rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
             ),
             StoreError::Closed => true,
+            StoreError::Record(e) => e.is_retryable(),
             _ => false,
         }
     }
@@ -175,10 +178,11 @@ impl Store {
 
     /// Runs `job` inside a write transaction and returns its result once the transaction that holds it
     /// has committed. If the job fails, its changes are rolled back and nothing else in the batch is.
-    pub async fn write<T, F>(&self, job: F) -> Result<T, StoreError>
+    pub async fn write<T, E, F>(&self, job: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let sender = {
             let guard = self.inner.writer.lock().map_err(|_| StoreError::Closed)?;
@@ -190,10 +194,11 @@ impl Store {
     }
 
     /// Runs `query` on a pooled read-only connection off the async runtime.
-    pub async fn read<T, F>(&self, query: F) -> Result<T, StoreError>
+    pub async fn read<T, E, F>(&self, query: F) -> Result<T, E>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let _permit = self
             .inner
@@ -203,7 +208,7 @@ impl Store {
             .map_err(|_| StoreError::Closed)?;
         let conn = match self.inner.readers.lock().await.pop() {
             Some(conn) => conn,
-            None => open_reader(&self.inner.path, &self.inner.config)?,
+            None => open_reader(&self.inner.path, &self.inner.config).map_err(E::from)?,
         };
         self.inner.reads.fetch_add(1, Ordering::Relaxed);
         let joined = tokio::task::spawn_blocking(move || {
@@ -217,7 +222,7 @@ impl Store {
                 result
             }
             // The connection went down with the panicking query; the next read opens a fresh one.
-            Err(e) => Err(StoreError::Job(format!("read task failed: {e}"))),
+            Err(e) => Err(E::from(StoreError::Job(format!("read task failed: {e}")))),
         }
     }
 
@@ -324,7 +329,7 @@ mod tests {
         store
             .write(|c| {
                 c.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY)")?;
-                Ok(())
+                Ok::<(), StoreError>(())
             })
             .await
             .unwrap();
@@ -340,7 +345,7 @@ mod tests {
                         if i % 3 == 0 {
                             return Err(StoreError::Job("refused".into()));
                         }
-                        Ok(i)
+                        Ok::<_, StoreError>(i)
                     })
                     .await
             }));
@@ -353,11 +358,23 @@ mod tests {
         }
         assert_eq!(ok, 40);
         let count: i64 = store
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE v % 3 != 0", [], |r| r.get(0))?))
+            .read(|c| {
+                Ok::<i64, StoreError>(c.query_row(
+                    "SELECT count(*) FROM t WHERE v % 3 != 0",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
             .await
             .unwrap();
         let bad: i64 = store
-            .read(|c| Ok(c.query_row("SELECT count(*) FROM t WHERE v % 3 = 0", [], |r| r.get(0))?))
+            .read(|c| {
+                Ok::<i64, StoreError>(c.query_row(
+                    "SELECT count(*) FROM t WHERE v % 3 = 0",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
             .await
             .unwrap();
         assert_eq!((count, bad), (40, 0));
@@ -373,10 +390,10 @@ mod tests {
     async fn a_panicking_job_does_not_kill_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(&dir.path().join(DB_FILE), &config()).unwrap();
-        let result: Result<(), _> = store.write(|_| panic!("boom")).await;
+        let result: Result<(), StoreError> = store.write(|_| panic!("boom")).await;
         assert!(result.is_err());
         store
-            .write(|c| Ok(c.execute_batch("CREATE TABLE ok (x)")?))
+            .write(|c| Ok::<(), StoreError>(c.execute_batch("CREATE TABLE ok (x)")?))
             .await
             .unwrap();
         store.close().await;
@@ -404,7 +421,7 @@ mod tests {
         store
             .write(|c| {
                 c.execute_batch("CREATE TABLE t (v); INSERT INTO t VALUES (1), (2), (3);")?;
-                Ok(())
+                Ok::<(), StoreError>(())
             })
             .await
             .unwrap();

@@ -43,16 +43,17 @@ trait RunJob: Send {
     fn finish(self: Box<Self>, commit: Result<(), String>);
 }
 
-struct TypedJob<T, F> {
+struct TypedJob<T, E, F> {
     body: Option<F>,
-    result: Option<Result<T, StoreError>>,
-    reply: oneshot::Sender<Result<T, StoreError>>,
+    result: Option<Result<T, E>>,
+    reply: oneshot::Sender<Result<T, E>>,
 }
 
-impl<T, F> RunJob for TypedJob<T, F>
+impl<T, E, F> RunJob for TypedJob<T, E, F>
 where
     T: Send + 'static,
-    F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    E: From<StoreError> + Send + 'static,
+    F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
 {
     fn run(&mut self, conn: &Connection) -> bool {
         let Some(body) = self.body.take() else {
@@ -60,9 +61,9 @@ where
         };
         let outcome = match catch_unwind(AssertUnwindSafe(|| body(conn))) {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Job(
+            Err(_) => Err(E::from(StoreError::Job(
                 "a write job panicked; its changes were rolled back".into(),
-            )),
+            ))),
         };
         let ok = outcome.is_ok();
         self.result = Some(outcome);
@@ -72,9 +73,9 @@ where
     fn finish(self: Box<Self>, commit: Result<(), String>) {
         let result = match (commit, self.result) {
             (Ok(()), Some(result)) => result,
-            (Err(e), Some(Ok(_))) => Err(StoreError::Job(format!("commit failed: {e}"))),
+            (Err(e), Some(Ok(_))) => Err(E::from(StoreError::Job(format!("commit failed: {e}")))),
             (_, Some(Err(e))) => Err(e),
-            (_, None) => Err(StoreError::Job("job was not run".into())),
+            (_, None) => Err(E::from(StoreError::Job("job was not run".into()))),
         };
         // The caller may have given up waiting; nothing to do then.
         let _ = self.reply.send(result);
@@ -85,10 +86,11 @@ where
 pub struct Job(Box<dyn RunJob>);
 
 impl Job {
-    pub fn new<T, F>(body: F) -> (Job, oneshot::Receiver<Result<T, StoreError>>)
+    pub fn new<T, E, F>(body: F) -> (Job, oneshot::Receiver<Result<T, E>>)
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        E: From<StoreError> + Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, E> + Send + 'static,
     {
         let (reply, rx) = oneshot::channel();
         (

@@ -1,0 +1,75 @@
+//! `GET /api/v1/audit`: the audit log, newest first, filtered by actor, action, target and time.
+
+use axum::Json;
+use axum::extract::{Query, State};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::Filter;
+use crate::app::AppState;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/audit", list)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    actor: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    before: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// Times are RFC 3339 (`2026-11-29T08:00:00Z`) or milliseconds since the epoch.
+pub fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
+    if let Ok(ms) = value.parse::<i64>() {
+        return Ok(ms);
+    }
+    humantime::parse_rfc3339_weak(value)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_millis()).ok())
+        .ok_or_else(|| ApiError::InvalidField {
+            field: field.into(),
+            detail: format!("{field} must be RFC 3339 or epoch milliseconds"),
+        })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<AuditQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::InvalidField {
+            field: "limit".into(),
+            detail: "limit is 1 to 1000".into(),
+        });
+    }
+    let filter = Filter {
+        actor: q.actor.filter(|s| !s.is_empty()),
+        action: q.action.filter(|s| !s.is_empty()),
+        target: q.target.filter(|s| !s.is_empty()),
+        from_ms: q
+            .from
+            .as_deref()
+            .map(|v| parse_time("from", v))
+            .transpose()?,
+        to_ms: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
+        before_seq: q.before,
+        limit,
+    };
+    let entries = state
+        .store
+        .read(move |conn| super::query(conn, &filter))
+        .await?;
+    let next = (entries.len() == limit)
+        .then(|| entries.last().map(|e| e.seq))
+        .flatten();
+    Ok(Json(json!({ "entries": entries, "next_before": next })))
+}

@@ -1,0 +1,188 @@
+//! Authentication and authorization: who is calling (session cookie or API token), whether their role
+//! may use the route (one table, [`access`]), CSRF for cookie-authenticated changes, login throttling.
+
+pub mod access;
+pub mod password;
+pub mod roles;
+mod routes;
+pub mod session;
+pub mod throttle;
+
+pub use routes::routes;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, header};
+use serde::Serialize;
+use township_sync::AreaCode;
+
+use crate::app::AppState;
+use crate::http::problem::ApiError;
+use crate::store::StoreError;
+use crate::users::{self, Actor};
+use roles::Role;
+
+/// How the caller proved who they are.
+#[derive(Debug, Clone)]
+pub enum Via {
+    Session { token_hash: String, csrf: String },
+    Token { id: String },
+}
+
+/// An authenticated caller, put into request extensions by the access middleware.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub area: AreaCode,
+    pub department: Option<String>,
+    pub via: Via,
+}
+
+/// What the API says about the current user.
+#[derive(Debug, Clone, Serialize)]
+pub struct Me {
+    pub username: String,
+    pub display_name: String,
+    pub role: Role,
+    pub area: AreaCode,
+    pub department: Option<String>,
+}
+
+impl Caller {
+    pub fn actor(&self) -> Actor {
+        Actor {
+            name: self.username.clone(),
+            role: self.role,
+            area: self.area.clone(),
+        }
+    }
+
+    /// The area rule: a user sees and changes only records inside their own area.
+    pub fn can_reach(&self, area: &AreaCode) -> bool {
+        self.area.contains(area)
+    }
+
+    pub fn me(&self) -> Me {
+        Me {
+            username: self.username.clone(),
+            display_name: self.display_name.clone(),
+            role: self.role,
+            area: self.area.clone(),
+            department: self.department.clone(),
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+/// The value of one cookie from the request headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Refreshing `last_seen` on every request would be a write per click; a minute is precise enough
+/// for a 30-minute idle timeout.
+const TOUCH_AFTER_MS: i64 = 60_000;
+
+/// Identifies the caller from an API token or a session cookie. Unknown, expired or disabled
+/// credentials identify nobody (the route's rule then decides between 401 and public access).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<Caller>, ApiError> {
+    let now = state.clock.now_ms();
+    if let Some(token) = bearer(headers).filter(|t| t.starts_with(session::TOKEN_PREFIX)) {
+        let hash = session::secret_hash(token);
+        let found = state
+            .store
+            .read(move |conn| {
+                let Some(row) = session::lookup_token(conn, &hash)? else {
+                    return Ok::<_, StoreError>(None);
+                };
+                Ok(users::find_account(conn, &row.username)?.map(|a| (row, a)))
+            })
+            .await?;
+        let Some((row, account)) = found else {
+            return Ok(None);
+        };
+        if account.disabled {
+            return Ok(None);
+        }
+        let id = row.id.clone();
+        state.spawn_write(move |conn| session::touch_token(conn, &id, now));
+        return Ok(Some(Caller {
+            username: account.username,
+            display_name: account.display_name,
+            role: account.role,
+            area: account.area,
+            department: account.department,
+            via: Via::Token { id: row.id },
+        }));
+    }
+    let Some(token) = cookie(headers, session::COOKIE_NAME) else {
+        return Ok(None);
+    };
+    let hash = session::secret_hash(token);
+    let lookup_hash = hash.clone();
+    let found = state
+        .store
+        .read(move |conn| {
+            let Some(row) = session::lookup(conn, &lookup_hash)? else {
+                return Ok::<_, StoreError>(None);
+            };
+            Ok(users::find_account(conn, &row.username)?.map(|a| (row, a)))
+        })
+        .await?;
+    let Some((row, account)) = found else {
+        return Ok(None);
+    };
+    let auth = &state.config.auth;
+    let idle_ms = auth.session_idle.as_millis() as i64;
+    let max_ms = auth.session_max.as_millis() as i64;
+    if now - row.last_seen_ms > idle_ms || now - row.created_ms > max_ms || account.disabled {
+        let expired = hash.clone();
+        state.spawn_write(move |conn| session::delete(conn, &expired).map(|_| ()));
+        return Ok(None);
+    }
+    if now - row.last_seen_ms > TOUCH_AFTER_MS {
+        let touched = hash.clone();
+        state.spawn_write(move |conn| session::touch(conn, &touched, now));
+    }
+    Ok(Some(Caller {
+        username: account.username,
+        display_name: account.display_name,
+        role: account.role,
+        area: account.area,
+        department: account.department,
+        via: Via::Session {
+            token_hash: hash,
+            csrf: row.csrf_token,
+        },
+    }))
+}

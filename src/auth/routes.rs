@@ -1,0 +1,207 @@
+//! Sign-in and sign-out: `POST /api/v1/session`, `GET /api/v1/session`, `DELETE /api/v1/session`.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::Json;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Caller, Via, password, session};
+use crate::app::AppState;
+use crate::audit::Event;
+use crate::http::extract::ApiJson;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::store::StoreError;
+use crate::users;
+
+pub fn routes(r: Routes) -> Routes {
+    r.post("/api/v1/session", login)
+        .get("/api/v1/session", current)
+        .delete("/api/v1/session", logout)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Login {
+    username: String,
+    password: String,
+}
+
+fn session_cookie(token: &str, max_age_secs: u64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={token}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age_secs}{secure}",
+        session::COOKIE_NAME
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("tn_session=; Path=/; Max-Age=0"))
+}
+
+fn client_address(request_addr: Option<SocketAddr>) -> Option<IpAddr> {
+    request_addr.map(|a| a.ip())
+}
+
+async fn login(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let addr = client_address(
+        request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0),
+    );
+    let headers = request.headers().clone();
+    let ApiJson(body): ApiJson<Login> = ApiJson::from_request_compat(request, &state).await?;
+    let username = body.username.trim().to_string();
+    if username.is_empty() || username.len() > 64 {
+        return Err(ApiError::InvalidField {
+            field: "username".into(),
+            detail: "username is required".into(),
+        });
+    }
+    if body.password.is_empty() || body.password.len() > 1024 {
+        return Err(ApiError::InvalidField {
+            field: "password".into(),
+            detail: "password is required".into(),
+        });
+    }
+    let now = state.clock.now_ms();
+    if let Err(super::throttle::RetryAfter(secs)) = state.throttle.check(&username, addr, now) {
+        return Err(ApiError::TooManyRequests(secs));
+    }
+
+    let lookup = username.clone();
+    let account = state
+        .store
+        .read(move |conn| users::find_account(conn, &lookup))
+        .await?;
+    let stored = account
+        .as_ref()
+        .map(|a| a.password_hash.clone())
+        .unwrap_or_else(|| password::decoy_hash().to_string());
+    state.throttle.evaluated(&username, now);
+    let permit = state
+        .hash_permits
+        .acquire()
+        .await
+        .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+    let given = body.password;
+    let matches =
+        tokio::task::spawn_blocking(move || password::verify(&given, &stored).unwrap_or(false))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    drop(permit);
+
+    let client = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
+    let ctx = state.write_ctx();
+    let Some(account) = account.filter(|_| matches) else {
+        state.throttle.failed(&username, addr, now);
+        let (who, from) = (username.clone(), client.clone());
+        state
+            .store
+            .write(move |conn| {
+                ctx.audit(
+                    conn,
+                    Event::new(&who, "auth.login_failed", &who).detail(json!({"client": from})),
+                )
+            })
+            .await?;
+        return Err(ApiError::Unauthorized);
+    };
+    if account.disabled {
+        let who = username.clone();
+        state
+            .store
+            .write(move |conn| {
+                ctx.audit(
+                    conn,
+                    Event::new(&who, "auth.login_refused", &who)
+                        .detail(json!({"reason": "disabled"})),
+                )
+            })
+            .await?;
+        return Err(ApiError::Forbidden("this account is disabled".into()));
+    }
+    state.throttle.succeeded(&username);
+
+    // A fresh token at every login: a cookie planted before login is never promoted to a session.
+    let token = session::random_secret()?;
+    let csrf = session::random_secret()?;
+    let token_hash = session::secret_hash(&token);
+    let previous = super::cookie(&headers, session::COOKIE_NAME).map(session::secret_hash);
+    let (who, csrf_row) = (account.username.clone(), csrf.clone());
+    state
+        .store
+        .write(move |conn| {
+            if let Some(old) = previous {
+                session::delete(conn, &old)?;
+            }
+            session::insert(conn, &token_hash, &who, &csrf_row, now, &client)?;
+            ctx.audit(
+                conn,
+                Event::new(&who, "auth.login", &who).detail(json!({"client": client})),
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+
+    let max_age = state.config.auth.session_max.as_secs();
+    let me = json!({
+        "user": {
+            "username": account.username, "display_name": account.display_name, "role": account.role,
+            "area": account.area, "department": account.department,
+        },
+        "csrf_token": csrf,
+    });
+    let mut response = Json(me).into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie(&token, max_age, state.serves_https()),
+    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+async fn current(caller: Caller) -> Response {
+    let csrf = match &caller.via {
+        Via::Session { csrf, .. } => Some(csrf.clone()),
+        Via::Token { .. } => None,
+    };
+    let mut response = Json(json!({ "user": caller.me(), "csrf_token": csrf })).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    caller: Caller,
+    _headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let ctx = state.write_ctx();
+    let who = caller.username.clone();
+    let token_hash = match &caller.via {
+        Via::Session { token_hash, .. } => Some(token_hash.clone()),
+        Via::Token { .. } => None,
+    };
+    state
+        .store
+        .write(move |conn| {
+            if let Some(hash) = token_hash {
+                session::delete(conn, &hash)?;
+            }
+            ctx.audit(conn, Event::new(&who, "auth.logout", &who))?;
+            Ok::<_, StoreError>(())
+        })
+        .await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        session_cookie("", 0, state.serves_https()),
+    );
+    Ok(response)
+}

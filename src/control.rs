@@ -1,0 +1,305 @@
+//! The local control socket. The running node owns the database, so CLI commands that change it
+//! (`user add`, `token create`, `rebuild`...) send their request here, one JSON line each way, and the
+//! node carries it out with the same code the API uses. When no node is running, the CLI opens the
+//! data directory itself (taking the lock) and runs the same [`execute`].
+//!
+//! The socket lives in the data directory (mode 0700) with mode 0600, so only the service user, who
+//! could read the database anyway, can use it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::app::AppState;
+use crate::audit::Event;
+use crate::auth::roles::Role;
+use crate::auth::session;
+use crate::config::Secret;
+use crate::store::StoreError;
+use crate::users::{self, Actor, NewUser};
+
+pub const SOCKET_FILE: &str = "control.sock";
+const MAX_REQUEST_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    UserAdd {
+        username: String,
+        role: String,
+        area: String,
+        department: Option<String>,
+        display_name: Option<String>,
+        phone: Option<String>,
+        password: String,
+    },
+    UserPasswd {
+        username: String,
+        password: String,
+    },
+    UserDisable {
+        username: String,
+    },
+    UserList,
+    TokenCreate {
+        username: String,
+        name: String,
+    },
+    Rebuild,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Response {
+    ok: bool,
+    #[serde(default)]
+    result: Value,
+    #[serde(default)]
+    error: String,
+}
+
+/// The actor the CLI acts as: the node's own administrator, named by the Unix user that asked.
+fn cli_actor(state: &AppState, uid: Option<u32>) -> Actor {
+    Actor {
+        name: match uid {
+            Some(uid) => format!("cli(uid {uid})"),
+            None => "cli".into(),
+        },
+        role: Role::Admin,
+        area: state.node.area.clone(),
+    }
+}
+
+/// Carries out one request. Errors are messages for a person at a terminal.
+pub async fn execute(
+    state: &AppState,
+    request: Request,
+    uid: Option<u32>,
+) -> Result<Value, String> {
+    let actor = cli_actor(state, uid);
+    match request {
+        Request::UserAdd {
+            username,
+            role,
+            area,
+            department,
+            display_name,
+            phone,
+            password,
+        } => {
+            let new = NewUser {
+                username,
+                role: role
+                    .parse()
+                    .map_err(|e: crate::auth::roles::UnknownRole| e.to_string())?,
+                area: area
+                    .parse()
+                    .map_err(|e: township_sync::AreaError| e.to_string())?,
+                department,
+                display_name,
+                phone,
+                password: Secret::new(password),
+            };
+            let view = state
+                .add_user(actor, new)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!(view))
+        }
+        Request::UserPasswd { username, password } => {
+            state
+                .set_user_password(actor, username, Secret::new(password))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!({}))
+        }
+        Request::UserDisable { username } => {
+            let ctx = state.write_ctx();
+            state
+                .store
+                .write(move |conn| users::disable(conn, &ctx, &actor, &username))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!({}))
+        }
+        Request::UserList => {
+            let area = state.node.area.clone();
+            let list = state
+                .store
+                .read(move |conn| users::list(conn, &area))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!(list))
+        }
+        Request::TokenCreate { username, name } => {
+            let name = name.trim().to_string();
+            if name.is_empty() || name.chars().count() > 60 {
+                return Err("token name must be 1 to 60 characters".into());
+            }
+            let token = format!(
+                "{}{}",
+                session::TOKEN_PREFIX,
+                session::random_secret().map_err(|e| e.to_string())?
+            );
+            let hash = session::secret_hash(&token);
+            let id = uuid::Uuid::now_v7().to_string();
+            let ctx = state.write_ctx();
+            let (who, token_id) = (username.clone(), id.clone());
+            state
+                .store
+                .write(move |conn| {
+                    let account = users::find_account(conn, &who)?
+                        .ok_or_else(|| StoreError::Job(format!("no user `{who}`")))?;
+                    if account.disabled {
+                        return Err(StoreError::Job(format!("user `{who}` is disabled")));
+                    }
+                    session::insert_token(conn, &token_id, &hash, &who, &name, ctx.now_ms())?;
+                    ctx.audit(
+                        conn,
+                        Event::new(&actor.name, "token.create", &who)
+                            .detail(json!({"token_id": token_id, "name": name})),
+                    )?;
+                    Ok(())
+                })
+                .await
+                .map_err(|e| match e {
+                    StoreError::Job(m) => m,
+                    other => other.to_string(),
+                })?;
+            Ok(json!({ "token": token, "id": id, "user": username }))
+        }
+        Request::Rebuild => {
+            let ctx = state.write_ctx();
+            let started = std::time::Instant::now();
+            let count = state
+                .store
+                .write(move |conn| {
+                    let count = ctx.docs.rebuild_projections(conn)?;
+                    ctx.audit(
+                        conn,
+                        Event::new(&actor.name, "projections.rebuild", "projections")
+                            .detail(json!({"documents": count})),
+                    )?;
+                    Ok::<_, StoreError>(count)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!({ "documents": count, "millis": started.elapsed().as_millis() as u64 }))
+        }
+    }
+}
+
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_FILE)
+}
+
+/// Serves the control socket until shutdown.
+pub fn spawn_server(state: &AppState, path: PathBuf) -> std::io::Result<()> {
+    // We hold the data-directory lock, so a socket file here is a leftover from a crash.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    let state_for_task = state.clone();
+    state.tasks.spawn(async move {
+        let state = state_for_task;
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "control socket accept failed");
+                        continue;
+                    }
+                },
+                () = state.shutdown.cancelled() => break,
+            };
+            let conn_state = state.clone();
+            state
+                .tasks
+                .spawn(async move { serve_one(conn_state, stream).await });
+        }
+        let _ = std::fs::remove_file(&path);
+    });
+    Ok(())
+}
+
+async fn serve_one(state: AppState, stream: UnixStream) {
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
+    let response = match reader.read_line(&mut line).await {
+        Ok(0) => return,
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Ok(request) => match execute(&state, request, uid).await {
+                Ok(result) => Response {
+                    ok: true,
+                    result,
+                    error: String::new(),
+                },
+                Err(error) => Response {
+                    ok: false,
+                    result: Value::Null,
+                    error,
+                },
+            },
+            Err(e) => Response {
+                ok: false,
+                result: Value::Null,
+                error: format!("bad request: {e}"),
+            },
+        },
+        Err(e) => Response {
+            ok: false,
+            result: Value::Null,
+            error: format!("cannot read request: {e}"),
+        },
+    };
+    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
+    text.push('\n');
+    let _ = write.write_all(text.as_bytes()).await;
+}
+
+/// Sends a request to a running node. `Ok(None)` when no node is listening.
+pub async fn call(data_dir: &Path, request: &Request) -> Result<Option<Value>, String> {
+    let path = socket_path(data_dir);
+    let stream = match UnixStream::connect(&path).await {
+        Ok(s) => s,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(format!(
+                "cannot reach the running node at {}: {e}",
+                path.display()
+            ));
+        }
+    };
+    let (read, mut write) = stream.into_split();
+    let mut text = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    text.push('\n');
+    write
+        .write_all(text.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut line = String::new();
+    BufReader::new(read)
+        .read_line(&mut line)
+        .await
+        .map_err(|e| e.to_string())?;
+    let response: Response =
+        serde_json::from_str(&line).map_err(|e| format!("bad answer from the node: {e}"))?;
+    if response.ok {
+        Ok(Some(response.result))
+    } else {
+        Err(response.error)
+    }
+}

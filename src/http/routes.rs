@@ -1,0 +1,68 @@
+//! The one way to add an HTTP route. It records every (method, path) it registers, so the access
+//! table can be checked against the routes the router really has, not a list kept by hand.
+
+use axum::Router;
+use axum::handler::Handler;
+use axum::http::Method;
+use axum::routing::{delete, get, post};
+
+use crate::app::AppState;
+
+pub struct Routes {
+    router: Router<AppState>,
+    table: Vec<(Method, &'static str)>,
+}
+
+impl Default for Routes {
+    fn default() -> Self {
+        Routes::new()
+    }
+}
+
+impl Routes {
+    pub fn new() -> Routes {
+        Routes {
+            router: Router::new(),
+            table: Vec::new(),
+        }
+    }
+
+    pub fn get<H, T>(mut self, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, get(handler));
+        self.table.push((Method::GET, path));
+        self
+    }
+
+    pub fn post<H, T>(mut self, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, post(handler));
+        self.table.push((Method::POST, path));
+        self
+    }
+
+    pub fn delete<H, T>(mut self, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, delete(handler));
+        self.table.push((Method::DELETE, path));
+        self
+    }
+
+    /// Every route registered so far.
+    pub fn table(&self) -> &[(Method, &'static str)] {
+        &self.table
+    }
+
+    pub fn into_router(self) -> Router<AppState> {
+        self.router
+    }
+}
