@@ -158,6 +158,7 @@ impl AppState {
 
     /// Creates an account record; the password is hashed off the async workers first.
     pub async fn add_user(&self, actor: Actor, new: NewUser) -> Result<UserView, UserError> {
+        users::check_authority(&actor, new.role, &new.area)?;
         let iterations = self.config.auth.password_iterations;
         let node_area = self.node.area.clone();
         let checked = new.clone();
@@ -238,6 +239,15 @@ pub struct OpenedNode {
 
 /// Opens the data directory for serving: takes the lock, migrates the store, and checks the key.
 pub async fn open(dir: &DataDir, config: Config) -> Result<OpenedNode, NodeError> {
+    open_with_clock(dir, config, Clock::System).await
+}
+
+/// [`open`] with a chosen clock; tests pass a manual one to drive deadlines.
+pub async fn open_with_clock(
+    dir: &DataDir,
+    config: Config,
+    clock: Clock,
+) -> Result<OpenedNode, NodeError> {
     dir.ensure_exists()?;
     let lock = DataDirLock::acquire(dir)?;
     let store = Store::open(&dir.db(), &config.store)?;
@@ -262,7 +272,7 @@ pub async fn open(dir: &DataDir, config: Config) -> Result<OpenedNode, NodeError
             return Err(e);
         }
     };
-    let state = AppState::new(info, key, &salt, config, store, Clock::System);
+    let state = AppState::new(info, key, &salt, config, store, clock);
     if let Err(e) = crate::audit::record_config(&state).await {
         tracing::warn!(error = %e, "could not record the configuration in the audit log");
     }

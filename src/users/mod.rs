@@ -246,7 +246,7 @@ pub struct Actor {
 
 /// May `actor` manage an account of `role` in `area`? Admins and county IT manage accounts inside
 /// their own area; only an admin may create or change another admin.
-fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(), UserError> {
+pub fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(), UserError> {
     if !matches!(actor.role, Role::Admin | Role::CountyIt) {
         return Err(UserError::Forbidden(
             "only admin and county_it manage accounts".into(),

@@ -71,12 +71,71 @@ pub fn run_init(dir: &Path, area: &str, name: &str, role: &str) -> Output {
     ])
 }
 
+/// The local admin password every test node gets (through --admin-password-file).
+pub const ADMIN_PASSWORD: &str = "Admin-Test-Pass-2026";
+
 /// Initialises a township node in `parent/node` and returns the data directory.
 pub fn init_node(parent: &Path) -> PathBuf {
     let dir = parent.join("node");
-    let out = run_init(&dir, "330723001", "熟溪街道", "township");
+    let pw = parent.join("admin.pw");
+    std::fs::create_dir_all(parent).unwrap();
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let out = run(&[
+        "init",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--area",
+        "330723001",
+        "--name",
+        "熟溪街道",
+        "--role",
+        "township",
+        "--admin-password-file",
+        pw.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "init failed: {}", stderr(&out));
     dir
+}
+
+/// A signed-in browser session: the cookie to send and the CSRF token for changes.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub cookie: String,
+    pub csrf: String,
+}
+
+impl Session {
+    pub fn headers(&self) -> Vec<(&str, &str)> {
+        vec![
+            ("cookie", self.cookie.as_str()),
+            ("x-csrf-token", self.csrf.as_str()),
+        ]
+    }
+}
+
+/// Signs in over HTTP and returns the session; panics unless the answer is 200.
+pub fn login(base: &str, username: &str, password: &str) -> Session {
+    let (status, headers, body) = send_json(
+        "POST",
+        &format!("{base}/api/v1/session"),
+        &[],
+        &serde_json::json!({"username": username, "password": password}),
+    );
+    assert_eq!(
+        status,
+        200,
+        "login as {username}: {}",
+        String::from_utf8_lossy(&body)
+    );
+    let set_cookie = header(&headers, "set-cookie")
+        .expect("set-cookie")
+        .to_string();
+    let cookie = set_cookie.split(';').next().unwrap().to_string();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    Session {
+        cookie,
+        csrf: json["csrf_token"].as_str().unwrap().to_string(),
+    }
 }
 
 /// A serving node process; killed on drop if the test did not stop it.
@@ -223,6 +282,27 @@ pub fn blocking_request(
     url: &str,
     headers: &[(&str, &str)],
 ) -> std::io::Result<Reply> {
+    blocking_send(method, url, headers, &[])
+}
+
+/// Sends a JSON body.
+pub fn send_json(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &serde_json::Value,
+) -> Reply {
+    let mut all = headers.to_vec();
+    all.push(("content-type", "application/json"));
+    blocking_send(method, url, &all, body.to_string().as_bytes()).expect("request")
+}
+
+pub fn blocking_send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Reply> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (host, path) = rest
@@ -235,8 +315,12 @@ pub fn blocking_request(
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
+    if !body.is_empty() || method != "GET" {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
     stream.write_all(request.as_bytes())?;
+    stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
     let split = raw

@@ -1,0 +1,961 @@
+//! Accounts, sessions and the access table, in process with a controllable clock: every route against
+//! every role, timeouts, logout, CSRF, Origin, throttling, the area rule, disabled users, API tokens,
+//! input validation, and the audit entries all of it leaves.
+
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::{Body, to_bytes};
+use axum::extract::ConnectInfo;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use township_node::app::{self, AppState, OpenedNode};
+use township_node::auth::access::{Access, RULES, rule_for};
+use township_node::auth::roles::{ALL_ROLES, Role};
+use township_node::auth::{password, session};
+use township_node::clock::Clock;
+use township_node::config::{Config, Secret};
+use township_node::control;
+use township_node::node::{self, DataDir, InitRequest};
+use township_node::store::StoreError;
+use township_node::users::{Actor, NewUser};
+
+const START_MS: i64 = 1_790_000_000_000;
+const MINUTE: i64 = 60_000;
+const ADMIN_PW: &str = "Admin-Pass-2026";
+
+struct Harness {
+    _tmp: tempfile::TempDir,
+    opened: OpenedNode,
+    clock: Clock,
+}
+
+#[derive(Clone, Debug)]
+struct Sess {
+    cookie: String,
+    csrf: String,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = DataDir::new(tmp.path().join("node"));
+        let config = Config::default();
+        node::init(
+            &dir,
+            InitRequest {
+                area: "330723001".parse().unwrap(),
+                role: township_sync::NodeRole::Township,
+                name: "熟溪街道".into(),
+                admin_password_hash: password::hash(ADMIN_PW, password::MIN_ITERATIONS).unwrap(),
+            },
+            &config.store,
+        )
+        .await
+        .unwrap();
+        let clock = Clock::manual(START_MS);
+        let opened = app::open_with_clock(&dir, config, clock.clone())
+            .await
+            .unwrap();
+        Harness {
+            _tmp: tmp,
+            opened,
+            clock,
+        }
+    }
+
+    fn state(&self) -> &AppState {
+        &self.opened.state
+    }
+
+    fn router(&self) -> Router {
+        township_node::http::app(self.state().clone())
+    }
+
+    fn cli(&self) -> Actor {
+        Actor {
+            name: "test".into(),
+            role: Role::Admin,
+            area: self.state().node.area.clone(),
+        }
+    }
+
+    async fn add_user(&self, username: &str, role: Role, area: &str, department: Option<&str>) {
+        self.state()
+            .add_user(
+                self.cli(),
+                NewUser {
+                    username: username.into(),
+                    role,
+                    area: area.parse().unwrap(),
+                    department: department.map(String::from),
+                    display_name: None,
+                    phone: None,
+                    password: Secret::new(format!("{username}-password")),
+                },
+            )
+            .await
+            .unwrap();
+    }
+
+    /// A session made directly in the store, so walking every route does not cost a PBKDF2 each.
+    async fn session_for(&self, username: &str) -> Sess {
+        let token = session::random_secret().unwrap();
+        let csrf = session::random_secret().unwrap();
+        let (hash, user, c, now) = (
+            session::secret_hash(&token),
+            username.to_string(),
+            csrf.clone(),
+            self.clock.now_ms(),
+        );
+        self.state()
+            .store
+            .write(move |conn| session::insert(conn, &hash, &user, &c, now, "test"))
+            .await
+            .unwrap();
+        Sess {
+            cookie: format!("{}={token}", session::COOKIE_NAME),
+            csrf,
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        headers: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        let mut builder = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("host", "node.test");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header("content-type", "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        let mut request = builder.body(body).unwrap();
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));
+        let response = self.router().oneshot(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let bytes = to_bytes(body, 1 << 22).await.unwrap();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (parts.status, parts.headers, json)
+    }
+
+    async fn as_(
+        &self,
+        s: &Sess,
+        method: &str,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
+        self.call(
+            method,
+            uri,
+            &[("cookie", &s.cookie), ("x-csrf-token", &s.csrf)],
+            body,
+        )
+        .await
+    }
+
+    async fn login(&self, username: &str, password: &str) -> Result<Sess, (StatusCode, HeaderMap)> {
+        let (status, headers, body) = self
+            .call(
+                "POST",
+                "/api/v1/session",
+                &[],
+                Some(json!({"username": username, "password": password})),
+            )
+            .await;
+        if status != StatusCode::OK {
+            return Err((status, headers));
+        }
+        let cookie = headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        Ok(Sess {
+            cookie,
+            csrf: body["csrf_token"].as_str().unwrap().to_string(),
+        })
+    }
+
+    async fn audit_actions(&self) -> Vec<String> {
+        self.state()
+            .store
+            .read(|conn| {
+                let mut stmt = conn.prepare("SELECT action FROM audit_log ORDER BY seq")?;
+                let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+                Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap()
+    }
+}
+
+#[tokio::test]
+async fn every_route_has_exactly_one_rule_and_no_rule_is_stale() {
+    let routes = township_node::http::all_routes();
+    let table = routes.table();
+    assert!(table.len() >= RULES.len());
+    for (method, path) in table {
+        assert!(
+            rule_for(method, path).is_some(),
+            "route {method} {path} has no access rule"
+        );
+    }
+    for rule in RULES {
+        assert!(
+            table
+                .iter()
+                .any(|(m, p)| m.as_str() == rule.method && *p == rule.path),
+            "rule {} {} names no route",
+            rule.method,
+            rule.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_role_and_anonymous_against_every_route() {
+    let h = Harness::new().await;
+    for role in ALL_ROLES {
+        if role == Role::Admin {
+            continue;
+        }
+        let dept = (role == Role::DeptHandler).then_some("water");
+        h.add_user(&format!("u-{role}"), role, "330723001", dept)
+            .await;
+    }
+    let mut sessions = vec![(Role::Admin, h.session_for("admin").await)];
+    for role in ALL_ROLES.into_iter().filter(|r| *r != Role::Admin) {
+        sessions.push((role, h.session_for(&format!("u-{role}")).await));
+    }
+    let routes = township_node::http::all_routes();
+    // Sign-out last, since it ends the session it is called with.
+    let mut table: Vec<_> = routes.table().to_vec();
+    table.sort_by_key(|(m, p)| (*m == Method::DELETE && *p == "/api/v1/session", *p));
+    for (method, path) in table {
+        let uri = path.replace("{username}", "nobody");
+        let access = rule_for(&method, path).unwrap().access;
+        let (status, _, _) = h.call(method.as_str(), &uri, &[], None).await;
+        match access {
+            Access::Public => assert!(
+                status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                "anonymous {method} {path}: {status}"
+            ),
+            _ => assert_eq!(
+                status,
+                StatusCode::UNAUTHORIZED,
+                "anonymous {method} {path}"
+            ),
+        }
+        for (role, s) in &sessions {
+            let (status, _, body) = h.as_(s, method.as_str(), &uri, None).await;
+            let allowed = match access {
+                Access::Public | Access::SignedIn => true,
+                Access::Roles(roles) => roles.contains(role),
+            };
+            if allowed {
+                assert!(
+                    status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN,
+                    "{role} {method} {path} should be allowed: {status} {body}"
+                );
+            } else {
+                assert_eq!(
+                    status,
+                    StatusCode::FORBIDDEN,
+                    "{role} {method} {path} should be forbidden: {body}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn sessions_end_after_idle_and_absolute_limits() {
+    let h = Harness::new().await;
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    h.clock.advance_ms(29 * MINUTE);
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::OK
+    );
+    // Wait for the bookkeeping write that refreshed last-seen.
+    wait_for_touch(&h, START_MS + 29 * MINUTE).await;
+    h.clock.advance_ms(29 * MINUTE);
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::OK,
+        "idle timer was reset"
+    );
+    h.clock.advance_ms(31 * MINUTE);
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED,
+        "idle timeout"
+    );
+
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let login_at = h.clock.now_ms();
+    for _ in 0..(12 * 60 / 20) {
+        h.clock.advance_ms(20 * MINUTE);
+        let now = h.clock.now_ms();
+        let (status, _, _) = h.as_(&s, "GET", "/api/v1/session", None).await;
+        if now - login_at > 12 * 60 * MINUTE {
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "absolute limit");
+        } else {
+            assert_eq!(status, StatusCode::OK);
+            wait_for_touch(&h, now).await;
+        }
+    }
+    h.clock.advance_ms(20 * MINUTE);
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+async fn wait_for_touch(h: &Harness, at_least: i64) {
+    for _ in 0..200 {
+        let latest: i64 = h
+            .state()
+            .store
+            .read(|c| {
+                Ok::<_, StoreError>(c.query_row(
+                    "SELECT COALESCE(MAX(last_seen_ms), 0) FROM sessions",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        if latest >= at_least {
+            return;
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    panic!("session was never touched");
+}
+
+#[tokio::test]
+async fn logout_invalidates_the_token_server_side() {
+    let h = Harness::new().await;
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let (status, headers, _) = h.as_(&s, "DELETE", "/api/v1/session", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(
+        headers["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    // A copy of the old cookie is worthless now.
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/users", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn login_rotates_the_token_and_sets_a_strict_cookie() {
+    let h = Harness::new().await;
+    let (status, headers, body) = h
+        .call(
+            "POST",
+            "/api/v1/session",
+            &[],
+            Some(json!({"username": "admin", "password": ADMIN_PW})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let cookie = headers["set-cookie"].to_str().unwrap();
+    assert!(
+        cookie.contains("HttpOnly")
+            && cookie.contains("SameSite=Strict")
+            && cookie.contains("Path=/"),
+        "{cookie}"
+    );
+    assert_eq!(body["user"]["username"], "admin");
+    assert_eq!(body["user"]["role"], "admin");
+    assert!(body["csrf_token"].as_str().unwrap().len() >= 43);
+    let first = cookie.split(';').next().unwrap().to_string();
+    // Signing in again with the old cookie ends the old session and issues a new token.
+    let (_, headers2, _) = h
+        .call(
+            "POST",
+            "/api/v1/session",
+            &[("cookie", &first)],
+            Some(json!({"username": "admin", "password": ADMIN_PW})),
+        )
+        .await;
+    let second = headers2["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_ne!(first, second);
+    let old = Sess {
+        cookie: first,
+        csrf: String::new(),
+    };
+    assert_eq!(
+        h.as_(&old, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Only hashes are stored.
+    let raw = second.split('=').nth(1).unwrap().to_string();
+    let stored: i64 = h
+        .state()
+        .store
+        .read(move |c| {
+            Ok::<_, StoreError>(c.query_row(
+                "SELECT count(*) FROM sessions WHERE token_hash = ?1",
+                [raw],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(stored, 0);
+}
+
+#[tokio::test]
+async fn wrong_password_unknown_user_and_no_default_password() {
+    let h = Harness::new().await;
+    for (user, pw) in [
+        ("admin", "admin"),
+        ("admin", "wrong-password"),
+        ("nobody", ADMIN_PW),
+        ("admin", ""),
+    ] {
+        let err = h.login(user, pw).await.unwrap_err();
+        assert!(
+            matches!(err.0, StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST),
+            "{user}/{pw}: {}",
+            err.0
+        );
+    }
+    let actions = h.audit_actions().await;
+    assert_eq!(
+        actions.iter().filter(|a| *a == "auth.login_failed").count(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn five_failures_then_429_with_retry_after_until_the_window_passes() {
+    let h = Harness::new().await;
+    for _ in 0..5 {
+        assert_eq!(
+            h.login("admin", "not-the-password").await.unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    let (status, headers) = h.login("admin", ADMIN_PW).await.unwrap_err();
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "even the right password waits"
+    );
+    let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=900).contains(&retry), "{retry}");
+    h.clock.advance_ms(15 * MINUTE + 1000);
+    assert!(h.login("admin", ADMIN_PW).await.is_ok());
+}
+
+#[tokio::test]
+async fn csrf_token_and_origin_are_required_for_changes() {
+    let h = Harness::new().await;
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let body = json!({"username": "wang.wei", "role": "grid_worker", "area": "330723001001", "password": "Grid-Worker-1"});
+    let (status, _, _) = h
+        .call(
+            "POST",
+            "/api/v1/users",
+            &[("cookie", &s.cookie)],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "missing token");
+    let (status, _, _) = h
+        .call(
+            "POST",
+            "/api/v1/users",
+            &[("cookie", &s.cookie), ("x-csrf-token", "forged")],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "wrong token");
+    let (status, _, _) = h
+        .call(
+            "POST",
+            "/api/v1/users",
+            &[
+                ("cookie", &s.cookie),
+                ("x-csrf-token", &s.csrf),
+                ("origin", "http://evil.example"),
+            ],
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "foreign origin");
+    let (status, _, created) = h
+        .call(
+            "POST",
+            "/api/v1/users",
+            &[
+                ("cookie", &s.cookie),
+                ("x-csrf-token", &s.csrf),
+                ("origin", "http://node.test"),
+            ],
+            Some(body),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["username"], "wang.wei");
+    assert!(created.get("password_hash").is_none());
+    // Nothing was stored by the refused attempts: exactly one record.create.
+    assert_eq!(
+        h.audit_actions()
+            .await
+            .iter()
+            .filter(|a| *a == "record.create")
+            .count(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn the_area_rule_limits_what_an_account_admin_sees_and_changes() {
+    let h = Harness::new().await;
+    h.add_user("it-village", Role::CountyIt, "330723001001", None)
+        .await;
+    h.add_user("grid-a", Role::GridWorker, "330723001001", None)
+        .await;
+    h.add_user("grid-b", Role::GridWorker, "330723001002", None)
+        .await;
+    let s = h.session_for("it-village").await;
+    let (status, _, body) = h.as_(&s, "GET", "/api/v1/users", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["username"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"grid-a") && !names.contains(&"grid-b") && !names.contains(&"admin"),
+        "{names:?}"
+    );
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/users?area=330723001", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _, _) = h
+        .as_(&s, "POST", "/api/v1/users", Some(json!({"username": "grid-c", "role": "grid_worker", "area": "330723001002", "password": "Grid-Worker-1"})))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "other village");
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users/grid-b/disable", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (status, _, _) = h
+        .as_(&s, "POST", "/api/v1/users", Some(json!({"username": "boss", "role": "admin", "area": "330723001001", "password": "Grid-Worker-1"})))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "county_it cannot make admins"
+    );
+}
+
+#[tokio::test]
+async fn disabling_ends_sessions_and_tokens_and_blocks_login() {
+    let h = Harness::new().await;
+    h.add_user("li.na", Role::TownshipStaff, "330723001", None)
+        .await;
+    let s = h.login("li.na", "li.na-password").await.unwrap();
+    let token = control::execute(
+        h.state(),
+        control::Request::TokenCreate {
+            username: "li.na".into(),
+            name: "script".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    assert_eq!(
+        h.call(
+            "GET",
+            "/api/v1/session",
+            &[("authorization", &bearer)],
+            None
+        )
+        .await
+        .0,
+        StatusCode::OK
+    );
+
+    let admin = h.login("admin", ADMIN_PW).await.unwrap();
+    assert_eq!(
+        h.as_(&admin, "POST", "/api/v1/users/li.na/disable", None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.call(
+            "GET",
+            "/api/v1/session",
+            &[("authorization", &bearer)],
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        h.login("li.na", "li.na-password").await.unwrap_err().0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        h.as_(&admin, "POST", "/api/v1/users/admin/disable", None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN,
+        "not yourself"
+    );
+}
+
+#[tokio::test]
+async fn api_tokens_work_like_cookies_without_csrf() {
+    let h = Harness::new().await;
+    let token = control::execute(
+        h.state(),
+        control::Request::TokenCreate {
+            username: "admin".into(),
+            name: "county export".into(),
+        },
+        None,
+    )
+    .await
+    .unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let bearer = format!("Bearer {token}");
+    let (status, _, body) = h
+        .call(
+            "POST",
+            "/api/v1/users",
+            &[("authorization", &bearer)],
+            Some(json!({"username": "zhao.gang", "role": "dept_handler", "department": "water", "area": "330723001", "password": "Handler-Pass-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        h.call(
+            "GET",
+            "/api/v1/users",
+            &[("authorization", "Bearer tn_forged")],
+            None
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn changing_a_password_ends_the_users_sessions() {
+    let h = Harness::new().await;
+    h.add_user("sun.li", Role::GridWorker, "330723001001", None)
+        .await;
+    let worker = h.login("sun.li", "sun.li-password").await.unwrap();
+    let admin = h.login("admin", ADMIN_PW).await.unwrap();
+    let (status, _, body) = h
+        .as_(
+            &admin,
+            "POST",
+            "/api/v1/users/sun.li/password",
+            Some(json!({"password": "short"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "password");
+    assert_eq!(
+        h.as_(
+            &admin,
+            "POST",
+            "/api/v1/users/sun.li/password",
+            Some(json!({"password": "New-Password-9"}))
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.as_(&worker, "GET", "/api/v1/session", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(h.login("sun.li", "sun.li-password").await.is_err());
+    assert!(h.login("sun.li", "New-Password-9").await.is_ok());
+    assert_eq!(
+        h.as_(
+            &admin,
+            "POST",
+            "/api/v1/users/ghost/password",
+            Some(json!({"password": "New-Password-9"}))
+        )
+        .await
+        .0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_with_the_field_named_and_nothing_stored() {
+    let h = Harness::new().await;
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let cases = [
+        (
+            json!({"username": "x1", "area": "330723001", "password": "Long-Enough-1"}),
+            "role",
+        ),
+        (
+            json!({"username": "Bad Name", "role": "grid_worker", "area": "330723001", "password": "Long-Enough-1"}),
+            "username",
+        ),
+        (
+            json!({"username": "ok.name", "role": "mayor", "area": "330723001", "password": "Long-Enough-1"}),
+            "role",
+        ),
+        (
+            json!({"username": "ok.name", "role": "grid_worker", "area": "33072", "password": "Long-Enough-1"}),
+            "area",
+        ),
+        (
+            json!({"username": "ok.name", "role": "grid_worker", "area": "330724001", "password": "Long-Enough-1"}),
+            "area",
+        ),
+        (
+            json!({"username": "ok.name", "role": "dept_handler", "area": "330723001", "password": "Long-Enough-1"}),
+            "department",
+        ),
+        (
+            json!({"username": "ok.name", "role": "grid_worker", "area": "330723001", "password": "short"}),
+            "password",
+        ),
+        (
+            json!({"username": "ok.name", "role": "grid_worker", "area": "330723001", "password": "Long-Enough-1", "extra": 1}),
+            "extra",
+        ),
+    ];
+    for (body, field) in cases {
+        let (status, headers, problem) =
+            h.as_(&s, "POST", "/api/v1/users", Some(body.clone())).await;
+        let expected = if field == "area" && body["area"] == "330724001" {
+            StatusCode::FORBIDDEN
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        assert_eq!(status, expected, "{body}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        if expected == StatusCode::BAD_REQUEST {
+            assert_eq!(problem["field"], field, "{body}: {problem}");
+        }
+    }
+    // Not JSON at all: 415.
+    let request = Request::builder()
+        .method("POST")
+        .uri("/api/v1/users")
+        .header("host", "node.test")
+        .header("cookie", &s.cookie)
+        .header("x-csrf-token", &s.csrf)
+        .header("content-type", "text/plain")
+        .body(Body::from("username=x"))
+        .unwrap();
+    assert_eq!(
+        h.router().oneshot(request).await.unwrap().status(),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    // Too large: 413.
+    let big = json!({"username": "x".repeat(2 * 1024 * 1024), "role": "grid_worker", "area": "330723001", "password": "Long-Enough-1"});
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users", Some(big)).await.0,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Taken username: 409.
+    let ok = json!({"username": "dup.user", "role": "grid_worker", "area": "330723001001", "password": "Long-Enough-1"});
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users", Some(ok.clone())).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users", Some(ok)).await.0,
+        StatusCode::CONFLICT
+    );
+    let taken_admin = json!({"username": "admin", "role": "grid_worker", "area": "330723001001", "password": "Long-Enough-1"});
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users", Some(taken_admin))
+            .await
+            .0,
+        StatusCode::CONFLICT
+    );
+    let users = h
+        .state()
+        .store
+        .read(|c| {
+            Ok::<_, StoreError>(
+                c.query_row("SELECT count(*) FROM users", [], |r| r.get::<_, i64>(0))?,
+            )
+        })
+        .await
+        .unwrap();
+    assert_eq!(users, 1);
+}
+
+#[tokio::test]
+async fn every_change_is_audited_and_the_chain_verifies() {
+    let h = Harness::new().await;
+    let _ = h.login("admin", "bad-password-1").await;
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let body = json!({"username": "chen.jie", "role": "township_staff", "area": "330723001", "password": "Staff-Pass-2026"});
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users", Some(body)).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        h.as_(
+            &s,
+            "POST",
+            "/api/v1/users/chen.jie/password",
+            Some(json!({"password": "Staff-Pass-2027"}))
+        )
+        .await
+        .0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        h.as_(&s, "POST", "/api/v1/users/chen.jie/disable", None)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    h.as_(&s, "DELETE", "/api/v1/session", None).await;
+    let actions = h.audit_actions().await;
+    for expected in [
+        "node.init",
+        "config.change",
+        "auth.login_failed",
+        "auth.login",
+        "record.create",
+        "record.change",
+        "auth.logout",
+    ] {
+        assert!(
+            actions.iter().any(|a| a == expected),
+            "{expected} missing from {actions:?}"
+        );
+    }
+    assert_eq!(
+        actions.iter().filter(|a| *a == "record.change").count(),
+        2,
+        "{actions:?}"
+    );
+
+    let s = h.login("admin", ADMIN_PW).await.unwrap();
+    let (status, _, body) = h
+        .as_(&s, "GET", "/api/v1/audit?action=record&limit=10", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let entries = body["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["action"].as_str().unwrap().starts_with("record."))
+    );
+    let (_, _, body) = h
+        .as_(&s, "GET", "/api/v1/audit?actor=admin&limit=2", None)
+        .await;
+    assert_eq!(body["entries"].as_array().unwrap().len(), 2);
+    assert!(body["next_before"].is_i64());
+    assert_eq!(
+        h.as_(&s, "GET", "/api/v1/audit?from=yesterday", None)
+            .await
+            .0,
+        StatusCode::BAD_REQUEST
+    );
+
+    let key = h.state().key.public_key();
+    let report = h
+        .state()
+        .store
+        .read(move |c| {
+            township_node::audit::verify::verify(c, &key)
+                .map_err(|e| StoreError::Job(e.to_string()))
+        })
+        .await
+        .unwrap();
+    assert_eq!(report.entries as usize, h.audit_actions().await.len());
+}
+
+#[tokio::test]
+async fn rebuild_restores_projections_from_documents() {
+    let h = Harness::new().await;
+    for i in 0..5 {
+        h.add_user(
+            &format!("worker{i}"),
+            Role::GridWorker,
+            "330723001001",
+            None,
+        )
+        .await;
+    }
+    h.state()
+        .store
+        .write(|c| Ok::<_, StoreError>(c.execute("DELETE FROM users", [])?))
+        .await
+        .unwrap();
+    assert!(h.login("worker3", "worker3-password").await.is_err());
+    let result = control::execute(h.state(), control::Request::Rebuild, None)
+        .await
+        .unwrap();
+    assert_eq!(result["documents"], 5);
+    assert!(h.login("worker3", "worker3-password").await.is_ok());
+}
