@@ -959,3 +959,15 @@ async fn rebuild_restores_projections_from_documents() {
     assert_eq!(result["documents"], 5);
     assert!(h.login("worker3", "worker3-password").await.is_ok());
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_every_route() {
+    let doc: Value = serde_json::from_str(include_str!("../src/http/openapi.json")).unwrap();
+    for (method, path) in township_node::http::all_routes().table() {
+        let op = &doc["paths"][*path][method.as_str().to_lowercase()];
+        assert!(
+            op.is_object(),
+            "{method} {path} is missing from openapi.json"
+        );
+    }
+}

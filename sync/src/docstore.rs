@@ -275,6 +275,18 @@ impl DocStore {
         doc.put(automerge::ROOT, SCOPE_KEY, scope.as_str())?;
         build(&mut doc)?;
         doc.commit();
+        self.insert_new(conn, id, kind, scope, &mut doc)
+    }
+
+    /// Stores a document this node has not had before, with a fresh sequence number, and projects it.
+    fn insert_new(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        doc: &mut AutoCommit,
+    ) -> Result<DocMeta, DocError> {
         let snapshot = doc.save();
         let heads = doc.get_heads();
         let seq = Self::next_seq(conn)?;
@@ -293,7 +305,7 @@ impl DocStore {
             created_ms: now,
             updated_ms: now,
         };
-        self.project(conn, &meta, &doc)?;
+        self.project(conn, &meta, doc)?;
         Ok(meta)
     }
 
@@ -469,26 +481,9 @@ impl DocStore {
                         "record {id}: its content says kind {stated_kind:?} scope {stated_scope:?}, the envelope {kind} {scope}"
                     )));
                 }
-                let snapshot = doc.save();
-                let heads = doc.get_heads();
-                let seq = Self::next_seq(conn)?;
-                let now = (self.now_ms)();
-                conn.execute(
-                    "INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
-                    params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
-                )?;
-                let meta = DocMeta {
-                    id,
-                    kind: kind.into(),
-                    scope: scope.clone(),
-                    heads,
-                    seq,
-                    created_ms: now,
-                    updated_ms: now,
-                };
-                self.project(conn, &meta, &doc)?;
-                Ok(Merged::Changed(meta))
+                Ok(Merged::Changed(
+                    self.insert_new(conn, id, kind, scope, &mut doc)?,
+                ))
             }
             Some((meta, _)) => {
                 if meta.kind != kind || meta.scope != *scope {

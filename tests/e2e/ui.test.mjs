@@ -4,7 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -15,6 +15,14 @@ let dir;
 let node;
 let base;
 let browser;
+const ADMIN_PASSWORD = 'E2e-Admin-Pass-2026';
+
+async function signIn(page, username, password) {
+  await page.goto(base + '/login');
+  await page.locator('#login-username').fill(username);
+  await page.locator('#login-password').fill(password);
+  await page.locator('#login-form button[type=submit]').click();
+}
 
 function startNode(dataDir) {
   return new Promise((resolve, reject) => {
@@ -40,7 +48,9 @@ function startNode(dataDir) {
 before(async () => {
   assert.ok(BIN, 'set E2E_NODE_BIN to the township-node binary');
   dir = mkdtempSync(join(tmpdir(), 'township-e2e-'));
-  execFileSync(BIN, ['init', '--data-dir', join(dir, 'node'), '--area', '330723001', '--name', '熟溪街道', '--role', 'township']);
+  writeFileSync(join(dir, 'admin.pw'), `${ADMIN_PASSWORD}\n`);
+  execFileSync(BIN, ['init', '--data-dir', join(dir, 'node'), '--area', '330723001', '--name', '熟溪街道', '--role', 'township',
+    '--admin-password-file', join(dir, 'admin.pw')], { env: { PATH: process.env.PATH } });
   ({ child: node, base } = await startNode(join(dir, 'node')));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -59,7 +69,8 @@ test('renders the overview in Chinese first with the node identity', async () =>
   const page = await browser.newPage({ viewport: { width: 360, height: 640 } });
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+  // Chromium logs every 4xx as a console error; a 401 from the session probe just means "signed out".
+  page.on('console', (m) => { if (m.type() === 'error' && !/status of 401/.test(m.text())) errors.push(m.text()); });
   await page.goto(base + '/');
   await page.getByRole('heading', { name: '节点概览' }).waitFor();
   assert.equal(await page.locator('html').getAttribute('lang'), 'zh-CN');
@@ -89,7 +100,7 @@ test('switches to English and remembers the choice', async () => {
 
 test('navigates without reloading and deep links load the shell', async () => {
   const page = await browser.newPage();
-  await page.goto(base + '/');
+  await signIn(page, 'admin', ADMIN_PASSWORD);
   await page.getByRole('heading', { name: '节点概览' }).waitFor();
   await page.evaluate(() => { window.__marker = 'same-document'; });
   await page.locator('#nav a[href="/sensors"]').click();
@@ -105,4 +116,68 @@ test('navigates without reloading and deep links load the shell', async () => {
   await page.goto(base + '/audit');
   await page.getByRole('heading', { name: '审计日志' }).waitFor();
   await page.close();
+});
+
+test('protected pages ask for sign-in and return afterwards; wrong passwords are refused', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(base + '/users');
+  await page.getByRole('heading', { name: '登录' }).waitFor();
+  assert.equal(new URL(page.url()).searchParams.get('next'), '/users');
+  await page.locator('#login-username').fill('admin');
+  await page.locator('#login-password').fill('not-the-password');
+  await page.locator('#login-form button[type=submit]').click();
+  await page.getByText('用户名或密码错误。').waitFor();
+  await page.locator('#login-password').fill(ADMIN_PASSWORD);
+  await page.locator('#login-form button[type=submit]').click();
+  await page.getByRole('heading', { name: '用户管理' }).waitFor();
+  assert.match(await page.locator('#user-name').textContent(), /管理员/);
+  await context.close();
+});
+
+test('an admin adds a grid worker, sees it in the audit log, and signs out', async () => {
+  const context = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await signIn(page, 'admin', ADMIN_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.locator('#nav a[href="/users"]').click();
+  await page.getByRole('heading', { name: '用户管理' }).waitFor();
+  await page.locator('#user-username').fill('wang.xiaoming');
+  await page.locator('#user-display-name').fill('王小明');
+  await page.locator('#user-role').selectOption('grid_worker');
+  await page.locator('#user-area').fill('330723001001');
+  await page.locator('#user-password').fill('Grid-Worker-2026');
+  await page.locator('#user-add-form button[type=submit]').click();
+  await page.locator('#users-table tr[data-username="wang.xiaoming"]').waitFor();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'users-zh.png'), fullPage: true });
+
+  // A bad area is refused with the server's message, and nothing is added.
+  await page.locator('#user-username').fill('li.si');
+  await page.locator('#user-area').fill('330799001001');
+  await page.locator('#user-password').fill('Grid-Worker-2026');
+  await page.locator('#user-add-form button[type=submit]').click();
+  await page.locator('#user-add-form .error').waitFor();
+  assert.equal(await page.locator('#users-table tr[data-username="li.si"]').count(), 0);
+
+  await page.locator('#nav a[href="/audit"]').click();
+  await page.getByRole('heading', { name: '审计日志' }).waitFor();
+  await page.locator('#audit-table td', { hasText: 'record.create' }).first().waitFor();
+  await page.locator('#audit-action').fill('auth.login');
+  await page.locator('#audit-filters button[type=submit]').click();
+  await page.waitForFunction(() => [...document.querySelectorAll('#audit-table tbody tr td:nth-child(4)')].every((td) => td.textContent.startsWith('auth.login')));
+
+  await page.locator('#logout').click();
+  await page.getByRole('heading', { name: '登录' }).waitFor();
+  await page.goto(base + '/audit');
+  await page.getByRole('heading', { name: '登录' }).waitFor();
+  assert.deepEqual(errors, []);
+
+  // The new grid worker can sign in and does not see account pages.
+  await signIn(page, 'wang.xiaoming', 'Grid-Worker-2026');
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  assert.equal(await page.locator('#nav a[href="/users"]').isHidden(), true);
+  assert.equal(await page.locator('#nav a[href="/incidents"]').isVisible(), true);
+  await context.close();
 });

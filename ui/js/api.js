@@ -1,29 +1,53 @@
 // A small fetch wrapper: JSON in and out, RFC 9457 problem details turned into errors with a message,
-// and a timeout so a phone on bad Wi-Fi gets an answer instead of a spinner forever.
+// the CSRF token on every change, and a timeout so a phone on bad Wi-Fi gets an answer instead of a
+// spinner forever.
 const DEFAULT_TIMEOUT_MS = 15000;
+let csrfToken = null;
+
+export function setCsrf(token) {
+  csrfToken = token || null;
+}
 
 export class ApiError extends Error {
   constructor(status, problem) {
     super(problem?.detail || problem?.title || `HTTP ${status}`);
     this.status = status;
     this.problem = problem;
+    this.field = problem?.field;
   }
 }
 
-export async function getJson(path, { timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+async function request(method, path, body, { timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(), timeoutMs);
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  if (method !== 'GET' && csrfToken) headers['X-CSRF-Token'] = csrfToken;
   try {
     const response = await fetch(path, {
-      headers: { Accept: 'application/json' },
+      method,
+      headers,
+      body: body === undefined ? undefined : JSON.stringify(body),
       credentials: 'same-origin',
       signal: controller.signal,
     });
     const type = response.headers.get('content-type') || '';
-    const body = type.includes('json') ? await response.json() : null;
-    if (!response.ok) throw new ApiError(response.status, body);
-    return body;
+    const data = type.includes('json') ? await response.json() : null;
+    if (!response.ok) throw new ApiError(response.status, data);
+    return data;
   } finally {
     clearTimeout(timer);
   }
+}
+
+export function getJson(path, options) {
+  return request('GET', path, undefined, options);
+}
+
+export function postJson(path, body, options) {
+  return request('POST', path, body, options);
+}
+
+export function del(path, options) {
+  return request('DELETE', path, undefined, options);
 }

@@ -1,11 +1,35 @@
-// Entry point: language, navigation state, the header's node name and link state, then the router.
+// Entry point: language, the signed-in user, the header, navigation by role, then the router.
 import { applyTranslations, toggleLang, t } from './i18n.js';
-import { route, fallback, start, afterNavigate } from './router.js';
+import { route, fallback, start, afterNavigate, navigate } from './router.js';
 import { getJson } from './api.js';
+import { refresh, currentUser, onChange, signOut, hasRole } from './session.js';
 import * as overview from './pages/overview.js';
+import * as login from './pages/login.js';
+import * as users from './pages/users.js';
+import * as audit from './pages/audit.js';
 import { pending, notFound } from './pages/pending.js';
 
+const ACCOUNT_ADMINS = ['admin', 'county_it'];
+
+// Pages that need a signed-in user (and, where given, one of these roles).
+function guarded(render, roles) {
+  return async (main, params) => {
+    if (!currentUser()) {
+      navigate(`/login?next=${encodeURIComponent(location.pathname)}`, { replace: true });
+      return;
+    }
+    if (roles && !hasRole(...roles)) {
+      await notFound(main);
+      return;
+    }
+    await render(main, params);
+  };
+}
+
 route('/', (main) => overview.render(main));
+route('/login', (main) => login.render(main));
+route('/users', guarded(users.render, ACCOUNT_ADMINS));
+route('/audit', guarded(audit.render, ACCOUNT_ADMINS));
 for (const [path, key] of [
   ['/incidents', 'page.incidents'],
   ['/tasks', 'page.tasks'],
@@ -13,10 +37,8 @@ for (const [path, key] of [
   ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],
   ['/nodes', 'page.nodes'],
-  ['/users', 'page.users'],
-  ['/audit', 'page.audit'],
 ]) {
-  route(path, pending(key));
+  route(path, guarded(pending(key)));
 }
 fallback(notFound);
 
@@ -29,6 +51,43 @@ afterNavigate((path) => {
   }
   document.getElementById('main').focus({ preventScroll: true });
 });
+
+function renderUser(user) {
+  const box = document.getElementById('user-box');
+  box.replaceChildren();
+  if (user) {
+    const name = document.createElement('span');
+    name.className = 'user-name';
+    name.id = 'user-name';
+    name.textContent = `${user.display_name} · ${t(`role.${user.role}`)}`;
+    const out = document.createElement('button');
+    out.type = 'button';
+    out.id = 'logout';
+    out.className = 'header-button';
+    out.dataset.i18n = 'login.logout';
+    out.textContent = t('login.logout');
+    out.addEventListener('click', async () => {
+      await signOut();
+      navigate('/login');
+    });
+    box.append(name, out);
+  } else {
+    const link = document.createElement('a');
+    link.href = '/login';
+    link.dataset.link = '';
+    link.dataset.i18n = 'login.title';
+    link.className = 'header-link';
+    link.textContent = t('login.title');
+    box.append(link);
+  }
+  // Only offer what the role can use.
+  for (const a of document.querySelectorAll('#nav a[data-roles]')) {
+    a.hidden = !(user && a.dataset.roles.split(',').includes(user.role));
+  }
+  for (const a of document.querySelectorAll('#nav a[data-signed-in]')) {
+    a.hidden = !user;
+  }
+}
 
 async function header() {
   const state = document.getElementById('link-state');
@@ -46,10 +105,17 @@ async function header() {
 
 document.getElementById('lang-toggle').addEventListener('click', () => {
   toggleLang();
+  renderUser(currentUser());
   // Re-render the page so text built from data (not only data-i18n) follows the language.
-  import('./router.js').then((r) => r.navigate(location.pathname, { push: false }));
+  navigate(location.pathname + location.search, { push: false });
 });
 
+onChange(renderUser);
 applyTranslations(document);
 header();
-start();
+refresh()
+  .catch(() => null)
+  .finally(() => {
+    renderUser(currentUser());
+    start();
+  });

@@ -18,8 +18,9 @@ export function afterNavigate(fn) {
   onNavigate = fn;
 }
 
-export async function navigate(path, { push = true } = {}) {
-  if (push && path !== location.pathname) history.pushState({}, '', path);
+export async function navigate(path, { push = true, replace = false } = {}) {
+  if (replace) history.replaceState({}, '', path);
+  else if (push && path !== location.pathname + location.search) history.pushState({}, '', path);
   const main = document.getElementById('main');
   for (const r of routes) {
     const m = r.regex.exec(location.pathname);
@@ -39,7 +40,8 @@ export function start() {
     const link = event.target.closest('a[data-link]');
     if (!link || event.metaKey || event.ctrlKey || event.shiftKey || link.target) return;
     event.preventDefault();
-    navigate(new URL(link.href).pathname);
+    const url = new URL(link.href);
+    navigate(url.pathname + url.search);
   });
   window.addEventListener('popstate', () => navigate(location.pathname, { push: false }));
   return navigate(location.pathname, { push: false });

@@ -1,0 +1,103 @@
+// The accounts page for admin and county_it: list, add, reset a password, disable.
+import { getJson, postJson } from '../api.js';
+import { t } from '../i18n.js';
+import { el, clear, errorBox } from '../dom.js';
+import { currentUser } from '../session.js';
+
+const ROLES = ['grid_worker', 'township_staff', 'dept_handler', 'county_it', 'admin'];
+
+function field(id, labelKey, input) {
+  input.id = id;
+  return [el('label', { for: id, 'data-i18n': labelKey }, t(labelKey)), input];
+}
+
+function addForm(onDone) {
+  const me = currentUser();
+  const role = el('select', { name: 'role' }, ...ROLES.filter((r) => r !== 'admin' || me.role === 'admin')
+    .map((r) => el('option', { value: r }, t(`role.${r}`))));
+  const inputs = {
+    username: el('input', { name: 'username', required: true, autocapitalize: 'none', pattern: '[a-z0-9][a-z0-9._-]{1,31}' }),
+    display_name: el('input', { name: 'display_name' }),
+    area: el('input', { name: 'area', required: true, inputmode: 'numeric', value: me.area }),
+    department: el('input', { name: 'department' }),
+    phone: el('input', { name: 'phone', inputmode: 'tel' }),
+    password: el('input', { name: 'password', type: 'password', required: true, minlength: 8, autocomplete: 'new-password' }),
+  };
+  const error = el('p', { class: 'error', role: 'alert', hidden: true });
+  const submit = el('button', { type: 'submit', 'data-i18n': 'users.add' }, t('users.add'));
+  const form = el('form', { class: 'card form', id: 'user-add-form' },
+    el('h2', { 'data-i18n': 'users.add_title' }, t('users.add_title')),
+    ...field('user-username', 'users.username', inputs.username),
+    ...field('user-display-name', 'users.display_name', inputs.display_name),
+    ...field('user-role', 'users.role', role),
+    ...field('user-area', 'users.area', inputs.area),
+    ...field('user-department', 'users.department', inputs.department),
+    ...field('user-phone', 'users.phone', inputs.phone),
+    ...field('user-password', 'users.password', inputs.password),
+    error, submit);
+  form.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    submit.disabled = true;
+    error.hidden = true;
+    const body = { username: inputs.username.value.trim(), role: role.value, area: inputs.area.value.trim(), password: inputs.password.value };
+    for (const key of ['display_name', 'department', 'phone']) {
+      if (inputs[key].value.trim()) body[key] = inputs[key].value.trim();
+    }
+    try {
+      await postJson('/api/v1/users', body);
+      form.reset();
+      inputs.area.value = me.area;
+      onDone();
+    } catch (e) {
+      error.hidden = false;
+      error.textContent = e.message;
+      (inputs[e.field] || (e.field === 'role' ? role : null))?.focus();
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+function row(user, onDone) {
+  const state = user.disabled ? t('users.disabled') : user.local ? t('users.local') : t('users.active');
+  const actions = el('td', { class: 'actions' });
+  if (!user.disabled && user.username !== currentUser().username) {
+    const reset = el('button', { type: 'button', class: 'secondary small', 'data-i18n': 'users.reset' }, t('users.reset'));
+    reset.addEventListener('click', async () => {
+      const password = prompt(`${t('users.new_password')} ${user.username}`);
+      if (!password) return;
+      try { await postJson(`/api/v1/users/${encodeURIComponent(user.username)}/password`, { password }); alert(t('users.done')); } catch (e) { alert(e.message); }
+    });
+    const disable = el('button', { type: 'button', class: 'secondary small danger', 'data-i18n': 'users.disable' }, t('users.disable'));
+    disable.addEventListener('click', async () => {
+      if (!confirm(`${t('users.confirm_disable')} ${user.username}?`)) return;
+      try { await postJson(`/api/v1/users/${encodeURIComponent(user.username)}/disable`); onDone(); } catch (e) { alert(e.message); }
+    });
+    actions.append(reset, ' ', disable);
+  }
+  return el('tr', { 'data-username': user.username },
+    el('td', {}, user.username), el('td', {}, user.display_name), el('td', {}, t(`role.${user.role}`)),
+    el('td', {}, user.area), el('td', {}, user.department || '—'), el('td', {}, state), actions);
+}
+
+export async function render(main) {
+  clear(main);
+  main.append(el('h1', { 'data-i18n': 'page.users' }, t('page.users')));
+  const list = el('section', { class: 'card' });
+  const reload = async () => {
+    clear(list);
+    try {
+      const { users } = await getJson('/api/v1/users');
+      const head = ['users.username', 'users.display_name', 'users.role', 'users.area', 'users.department', 'users.state', 'users.actions']
+        .map((k) => el('th', { 'data-i18n': k }, t(k)));
+      const table = el('table', { class: 'table', id: 'users-table' }, el('thead', {}, el('tr', {}, ...head)),
+        el('tbody', {}, ...users.map((u) => row(u, reload))));
+      list.append(el('div', { class: 'scroll' }, table));
+    } catch (e) {
+      list.append(errorBox(e.message, reload));
+    }
+  };
+  main.append(list, addForm(reload));
+  await reload();
+}
