@@ -54,6 +54,9 @@ enum Command {
     /// Create API tokens for county scripts (`Authorization: Bearer ...`).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Restore a database made by `backup` into a stopped node's data directory. The restored node
+    /// writes with a new automerge actor id; an existing database is kept beside it.
+    Restore(RestoreArgs),
     /// Drop and rebuild every query table (projection) from the record documents.
     Rebuild(DataDirArg),
     /// Check the audit chain.
@@ -203,6 +206,19 @@ struct BackupArgs {
     /// The backup file to write; must not exist yet.
     #[arg(long)]
     out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The data directory to restore into; created when missing (then --key is needed).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The backup file made by `township-node backup`.
+    #[arg(long)]
+    from: PathBuf,
+    /// The node's key file, when the data directory does not hold it yet (a new machine).
+    #[arg(long)]
+    key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -359,6 +375,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::User(cmd) => user_command(cmd),
+        Command::Restore(args) => {
+            let dir = DataDir::new(&args.data_dir);
+            let config = Config::load_from_process(config_path(&dir, None).as_deref())?;
+            let report = runtime()?.block_on(node::restore(
+                &dir,
+                &args.from,
+                args.key.as_deref(),
+                &config.store,
+            ))?;
+            println!(
+                "restored node {} ({} records) from {} into {}",
+                report.node_id,
+                report.documents,
+                args.from.display(),
+                dir.root().display()
+            );
+            if let Some(previous) = report.previous {
+                println!("the database it replaced is kept at {}", previous.display());
+            }
+            println!(
+                "the restored node writes with a new actor id; sessions from before were cleared"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Token(TokenCommand::Create(args)) => {
             let result = control(
                 &args.data_dir,

@@ -265,6 +265,20 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         Err(e) => out.push(check(Warn, "journal mode", e.to_string(), None)),
     }
 
+    match conn.query_row(
+        "SELECT count(*) FROM documents WHERE quarantined IS NOT NULL",
+        [],
+        |r| r.get::<_, i64>(0),
+    ) {
+        Ok(0) => out.push(check(Pass, "records", "no quarantined records", None)),
+        Ok(n) => out.push(check(
+            Warn,
+            "records",
+            format!("{n} record(s) failed to load and are quarantined"),
+            Some("they are kept out of use; send the data directory's backup to county IT for repair".into()),
+        )),
+        Err(_) => {}
+    }
     match node::read_identity(&conn) {
         Ok(info) => {
             if key_ok {

@@ -407,3 +407,131 @@ mod tests {
         assert!(DataDirLock::is_held(&dir).is_none());
     }
 }
+
+/// What `restore` did.
+#[derive(Debug, Clone)]
+pub struct RestoreReport {
+    pub node_id: String,
+    pub previous: Option<PathBuf>,
+    pub documents: i64,
+}
+
+/// Restores a database copy made by `backup` into a data directory that holds (or is given) the node's
+/// key. The copy is checked (integrity, schema, and that it belongs to this key) before anything is
+/// replaced; an existing database is kept beside it. The restored database gets a new per-database
+/// salt, so the node writes with a new automerge actor id and never collides with the live copy the
+/// backup came from; its sessions are cleared, since they belonged to the old machine.
+pub async fn restore(
+    dir: &DataDir,
+    from: &Path,
+    key_from: Option<&Path>,
+    store_config: &StoreConfig,
+) -> Result<RestoreReport, NodeError> {
+    if !dir.root().exists() {
+        fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir.root())
+            .map_err(io(dir.root()))?;
+    }
+    let _lock = DataDirLock::acquire(dir)?;
+    if let Some(key_file) = key_from {
+        let given = NodeKey::load_file(key_file)?;
+        if dir.key().exists() {
+            let present = NodeKey::load_file(&dir.key())?;
+            if present.public_key() != given.public_key() {
+                return Err(NodeError::KeyChanged {
+                    key_path: dir.key(),
+                    found: given.public_key().to_string(),
+                    expected: present.public_key().to_string(),
+                });
+            }
+        } else {
+            let bytes = fs::read(key_file).map_err(io(key_file))?;
+            NodeKey::write_new_file(&dir.key(), &bytes)?;
+        }
+    }
+    let key = NodeKey::load_file(&dir.key())?;
+
+    // Check the copy before touching anything.
+    let source = store::open_read_only(from, store_config)?;
+    let verdict: String = source
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .map_err(StoreError::from)?;
+    if verdict != "ok" {
+        return Err(StoreError::Job(format!(
+            "{} fails its integrity check: {verdict}",
+            from.display()
+        ))
+        .into());
+    }
+    let info = read_identity(&source)?;
+    if info.public_key != key.public_key().to_string() {
+        return Err(NodeError::KeyChanged {
+            key_path: dir.key(),
+            found: key.public_key().to_string(),
+            expected: info.public_key,
+        });
+    }
+
+    let target = dir.db();
+    let staged = dir.root().join("township.db.restoring");
+    let _ = fs::remove_file(&staged);
+    {
+        let mut dest = Connection::open(&staged).map_err(StoreError::from)?;
+        let backup = rusqlite::backup::Backup::new(&source, &mut dest).map_err(StoreError::from)?;
+        backup
+            .run_to_completion(512, std::time::Duration::ZERO, None)
+            .map_err(StoreError::from)?;
+    }
+    drop(source);
+    let previous = if target.exists() {
+        let aside = dir.root().join(format!(
+            "township.db.before-restore-{}",
+            crate::clock::system_now_ms()
+        ));
+        fs::rename(&target, &aside).map_err(io(&target))?;
+        for suffix in ["-wal", "-shm"] {
+            let mut name = target.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = fs::remove_file(PathBuf::from(name));
+        }
+        Some(aside)
+    } else {
+        None
+    };
+    fs::rename(&staged, &target).map_err(io(&target))?;
+
+    let store = Store::open(&target, store_config)?;
+    let key = std::sync::Arc::new(key);
+    let from_shown = from.display().to_string();
+    let node_id = info.node_id.clone();
+    let result = store
+        .write(move |conn| {
+            let mut salt = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
+                .map_err(|_| StoreError::Job("the system random source failed".into()))?;
+            conn.execute(
+                "UPDATE node_meta SET value = ?1 WHERE key = 'db_salt'",
+                [hex::encode(salt)],
+            )?;
+            conn.execute("DELETE FROM sessions", [])?;
+            let documents: i64 =
+                conn.query_row("SELECT count(*) FROM documents", [], |r| r.get(0))?;
+            crate::audit::append(
+                conn,
+                &key,
+                crate::clock::system_now_ms(),
+                crate::audit::Event::new("cli", "node.restore", &node_id)
+                    .detail(serde_json::json!({ "from": from_shown, "documents": documents })),
+            )?;
+            Ok::<_, StoreError>(documents)
+        })
+        .await;
+    store.close().await;
+    Ok(RestoreReport {
+        node_id: info.node_id,
+        previous,
+        documents: result?,
+    })
+}

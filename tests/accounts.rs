@@ -424,3 +424,149 @@ fn audit_verify_passes_intact_chains_and_names_the_first_bad_entry() {
         );
     }
 }
+
+#[test]
+fn refused_paths_over_real_http() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start(&init_node(tmp.path()), &[], &[]);
+    let admin = login(&server.base, "admin", ADMIN_PASSWORD);
+    let users = server.url("/api/v1/users");
+    let new_user = |name: &str| json!({"username": name, "role": "grid_worker", "area": "330723001001", "password": "Grid-Worker-2026"});
+
+    // Missing and wrong CSRF token, foreign Origin: 403 and nothing stored.
+    let (status, _, _) = send_json(
+        "POST",
+        &users,
+        &[("cookie", &admin.cookie)],
+        &new_user("no.csrf"),
+    );
+    assert_eq!(status, 403);
+    let (status, _, _) = send_json(
+        "POST",
+        &users,
+        &[("cookie", &admin.cookie), ("x-csrf-token", "nope")],
+        &new_user("bad.csrf"),
+    );
+    assert_eq!(status, 403);
+    let mut foreign = admin.headers();
+    foreign.push(("origin", "http://192.0.2.66"));
+    let (status, _, _) = send_json("POST", &users, &foreign, &new_user("foreign"));
+    assert_eq!(status, 403);
+    let (status, _, _) = send_json("POST", &users, &admin.headers(), &new_user("grid.one"));
+    assert_eq!(status, 201);
+    let (_, _, body) = blocking_request("GET", &users, &admin.headers()).unwrap();
+    let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        list["users"].as_array().unwrap().len(),
+        2,
+        "only admin and grid.one: {list}"
+    );
+
+    // A grid worker may not manage accounts or read the audit log.
+    let worker = login(&server.base, "grid.one", "Grid-Worker-2026");
+    assert_eq!(
+        blocking_request("GET", &users, &worker.headers())
+            .unwrap()
+            .0,
+        403
+    );
+    assert_eq!(
+        blocking_request("GET", &server.url("/api/v1/audit"), &worker.headers())
+            .unwrap()
+            .0,
+        403
+    );
+    assert_eq!(blocking_request("GET", &users, &[]).unwrap().0, 401);
+
+    // Sign-out ends the session on the server: replaying the cookie fails.
+    assert_eq!(
+        blocking_request("DELETE", &server.url("/api/v1/session"), &worker.headers())
+            .unwrap()
+            .0,
+        204
+    );
+    assert_eq!(
+        blocking_request("GET", &server.url("/api/v1/session"), &worker.headers())
+            .unwrap()
+            .0,
+        401
+    );
+}
+
+#[test]
+fn restore_onto_a_new_machine_gets_a_new_actor_and_keeps_everything_else() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = node_with_history(tmp.path());
+    let backup = tmp.path().join("nightly.db");
+    let out = run(&[
+        "backup",
+        "--data-dir",
+        data(&dir),
+        "--out",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // A new machine: an empty place, the key brought from safe keeping.
+    let fresh = tmp.path().join("new-machine");
+    let key = dir.join("node.key");
+    let out = run(&[
+        "restore",
+        "--data-dir",
+        data(&fresh),
+        "--from",
+        backup.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let salt = |d: &std::path::Path| -> String {
+        let c = rusqlite::Connection::open(d.join("township.db")).unwrap();
+        c.query_row(
+            "SELECT value FROM node_meta WHERE key = 'db_salt'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_ne!(
+        salt(&dir),
+        salt(&fresh),
+        "a restored copy writes with a new actor id"
+    );
+    let out = run(&["audit", "verify", "--data-dir", data(&fresh)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = Server::start(&fresh, &[], &[]);
+    login(&server.base, "worker3", "Worker-Pass-1");
+    drop(server);
+
+    // A backup of another node is refused, and nothing is replaced.
+    let other = init_node(&tmp.path().join("other"));
+    let out = run(&[
+        "restore",
+        "--data-dir",
+        data(&other),
+        "--from",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not the key"), "{}", stderr(&out));
+    assert!(std::fs::read_dir(&other).unwrap().all(|e| {
+        !e.unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("before-restore")
+    }));
+
+    // A running node is never restored under its feet.
+    let _running = Server::start(&fresh, &[], &[]);
+    let out = run(&[
+        "restore",
+        "--data-dir",
+        data(&fresh),
+        "--from",
+        backup.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already serving"), "{}", stderr(&out));
+}

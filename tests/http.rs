@@ -89,6 +89,8 @@ fn metrics_are_prometheus_text_with_the_required_families() {
         "http_request_duration_seconds_bucket{route=\"/healthz\",le=\"+Inf\"} 3",
         "http_request_duration_seconds_count{route=\"/healthz\"} 3",
         "township_db_size_bytes ",
+        "township_records_quarantined 0",
+        "township_audit_entries ",
     ] {
         assert!(text.contains(family), "missing {family} in:\n{text}");
     }

@@ -61,7 +61,36 @@ pub async fn metrics(
         }
     }
     let writes = state.store.write_metrics();
+    let (documents, quarantined, audit_entries) = state
+        .store
+        .read(|conn| {
+            let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
+            Ok::<_, StoreError>((
+                count("SELECT count(*) FROM documents")?,
+                count("SELECT count(*) FROM documents WHERE quarantined IS NOT NULL")?,
+                count("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?,
+            ))
+        })
+        .await?;
     let extra = [
+        Sample {
+            name: "township_records",
+            help: "Record documents in the store.",
+            kind: "gauge",
+            value: documents as f64,
+        },
+        Sample {
+            name: "township_records_quarantined",
+            help: "Record documents that failed to load and are kept out of use until repaired.",
+            kind: "gauge",
+            value: quarantined as f64,
+        },
+        Sample {
+            name: "township_audit_entries",
+            help: "Entries in the audit chain.",
+            kind: "gauge",
+            value: audit_entries as f64,
+        },
         Sample {
             name: "township_db_size_bytes",
             help: "Bytes on disk for the database and its WAL.",
