@@ -38,6 +38,7 @@ pub struct AppInner {
     pub store: Store,
     /// The record store, with every domain's projection registered.
     pub docs: DocStore,
+    pub blobs: crate::blobs::BlobStore,
     pub hlc: Hlc,
     pub throttle: Throttle,
     /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
@@ -59,8 +60,11 @@ impl Deref for AppState {
 }
 
 /// Every kind's projection, registered with the record store at start.
-fn projections() -> Vec<Arc<dyn township_sync::Projection>> {
-    vec![users::UserProjection::shared()]
+fn projections(config: &Config) -> Vec<Arc<dyn township_sync::Projection>> {
+    vec![
+        users::UserProjection::shared(),
+        crate::incidents::IncidentProjection::shared(config.categories.clone()),
+    ]
 }
 
 impl AppState {
@@ -75,7 +79,10 @@ impl AppState {
         let key = Arc::new(key);
         let actor = township_sync::docstore::derive_actor(&key.public_key(), db_salt);
         let doc_clock = clock.clone();
-        let docs = DocStore::new(actor, projections(), move || doc_clock.now_ms());
+        let docs = DocStore::new(actor, projections(&config), move || doc_clock.now_ms());
+        let blobs = crate::blobs::BlobStore::new(
+            store.path().parent().unwrap_or(std::path::Path::new(".")),
+        );
         let hlc_clock = clock.clone();
         let hlc = Hlc::new(move || u64::try_from(hlc_clock.now_ms()).unwrap_or(0));
         let auth = &config.auth;
@@ -92,6 +99,7 @@ impl AppState {
                 config,
                 store,
                 docs,
+                blobs,
                 hlc,
                 throttle,
                 hash_permits: Semaphore::new(2),
@@ -196,6 +204,7 @@ impl AppState {
 /// background compaction of record documents. All of it stops on the shutdown signal.
 pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
+    crate::incidents::deadlines::spawn(state);
     let task_state = state.clone();
     state.tasks.spawn(async move {
         let state = task_state;

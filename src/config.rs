@@ -56,13 +56,101 @@ impl fmt::Debug for Secret {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
     pub log: LogConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub incidents: IncidentsConfig,
+    /// The departments incidents are dispatched to. Replaces the built-in list when given.
+    pub departments: Vec<Department>,
+    /// Incident categories with their deadlines. Replaces the built-in list when given.
+    pub categories: Vec<Category>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Department {
+    /// Stable id used in records and by `user add --department`: lowercase letters and `_`.
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Category {
+    pub name: String,
+    /// A reported incident not accepted within this is overdue.
+    #[serde(with = "humantime_serde")]
+    pub accept_within: Duration,
+    /// A dispatched incident not resolved within this (unless the dispatcher set a deadline) is overdue.
+    #[serde(with = "humantime_serde")]
+    pub resolve_within: Duration,
+    /// Overdue incidents of this category are escalated to the county automatically.
+    #[serde(default)]
+    pub auto_escalate: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IncidentsConfig {
+    /// Largest photo or video accepted as an attachment.
+    pub max_attachment_bytes: usize,
+}
+
+impl Default for IncidentsConfig {
+    fn default() -> Self {
+        IncidentsConfig {
+            max_attachment_bytes: 20 * 1024 * 1024,
+        }
+    }
+}
+
+fn department(id: &str, name: &str) -> Department {
+    Department {
+        id: id.into(),
+        name: name.into(),
+    }
+}
+
+pub fn default_departments() -> Vec<Department> {
+    vec![
+        department("emergency", "应急管理"),
+        department("natural_resources", "自然资源"),
+        department("housing", "住房建设"),
+        department("water", "水利"),
+        department("environment", "生态环境"),
+        department("market", "市场监管"),
+        department("police", "公安"),
+        department("enforcement", "综合执法"),
+    ]
+}
+
+fn category(name: &str, accept_hours: u64, resolve_hours: u64, auto_escalate: bool) -> Category {
+    Category {
+        name: name.into(),
+        accept_within: Duration::from_secs(accept_hours * 3600),
+        resolve_within: Duration::from_secs(resolve_hours * 3600),
+        auto_escalate,
+    }
+}
+
+/// The built-in categories: urgent safety matters get short deadlines and escalate on their own.
+pub fn default_categories() -> Vec<Category> {
+    vec![
+        category("安全隐患", 2, 72, true),
+        category("矛盾纠纷", 24, 168, false),
+        category("环境卫生", 24, 120, false),
+        category("消防安全", 1, 24, true),
+        category("防汛防台", 1, 24, true),
+        category("违章建筑", 24, 240, false),
+        category("道路交通", 8, 72, false),
+        category("食品安全", 4, 72, true),
+        category("民生服务", 24, 168, false),
+        category("其他", 24, 168, false),
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,7 +265,29 @@ impl Default for AuthConfig {
     }
 }
 
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http: HttpConfig::default(),
+            log: LogConfig::default(),
+            store: StoreConfig::default(),
+            auth: AuthConfig::default(),
+            incidents: IncidentsConfig::default(),
+            departments: default_departments(),
+            categories: default_categories(),
+        }
+    }
+}
+
 impl Config {
+    pub fn department(&self, id: &str) -> Option<&Department> {
+        self.departments.iter().find(|d| d.id == id)
+    }
+
+    pub fn category(&self, name: &str) -> Option<&Category> {
+        self.categories.iter().find(|c| c.name == name)
+    }
+
     /// Checks rules that types alone cannot express.
     fn validate(self) -> Result<Config, ConfigError> {
         let invalid = |key: &str, message: &str| ConfigError::Invalid {

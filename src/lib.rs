@@ -9,6 +9,8 @@
 //! - [`records`]: record writes through the document store, always with their audit entry.
 //! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
 //! - [`users`]: accounts as records, their projection and API.
+//! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
+//! - [`blobs`]: content-addressed attachments and thumbnails.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
@@ -18,12 +20,14 @@
 pub mod app;
 pub mod audit;
 pub mod auth;
+pub mod blobs;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;
 pub mod doctor;
 pub mod http;
+pub mod incidents;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -35,6 +35,7 @@ impl Histogram {
 
 #[derive(Debug, Default)]
 struct HttpMetrics {
+    gauges: BTreeMap<&'static str, f64>,
     requests: BTreeMap<(String, String, u16), u64>,
     latency: BTreeMap<String, Histogram>,
 }
@@ -66,6 +67,13 @@ impl Metrics {
 
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// Sets a gauge that some background task owns (overdue incidents, for example).
+    pub fn set_gauge(&self, name: &'static str, value: f64) {
+        if let Ok(mut http) = self.http.lock() {
+            http.gauges.insert(name, value);
+        }
     }
 
     pub fn record_request(&self, route: &str, method: &str, status: u16, elapsed: Duration) {
@@ -163,6 +171,12 @@ impl Metrics {
             }
         }
 
+        if let Ok(http) = self.http.lock() {
+            for (name, value) in &http.gauges {
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
         for sample in extra {
             let _ = writeln!(out, "# HELP {} {}", sample.name, sample.help);
             let _ = writeln!(out, "# TYPE {} {}", sample.name, sample.kind);

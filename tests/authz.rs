@@ -208,7 +208,7 @@ impl Harness {
 
 #[tokio::test]
 async fn every_route_has_exactly_one_rule_and_no_rule_is_stale() {
-    let routes = township_node::http::all_routes();
+    let routes = township_node::http::all_routes(&Config::default());
     let table = routes.table();
     assert!(table.len() >= RULES.len());
     for (method, path) in table {
@@ -244,7 +244,7 @@ async fn every_role_and_anonymous_against_every_route() {
     for role in ALL_ROLES.into_iter().filter(|r| *r != Role::Admin) {
         sessions.push((role, h.session_for(&format!("u-{role}")).await));
     }
-    let routes = township_node::http::all_routes();
+    let routes = township_node::http::all_routes(&Config::default());
     // Sign-out last, since it ends the session it is called with.
     let mut table: Vec<_> = routes.table().to_vec();
     table.sort_by_key(|(m, p)| (*m == Method::DELETE && *p == "/api/v1/session", *p));
@@ -963,7 +963,7 @@ async fn rebuild_restores_projections_from_documents() {
 #[tokio::test]
 async fn the_openapi_document_describes_every_route() {
     let doc: Value = serde_json::from_str(include_str!("../src/http/openapi.json")).unwrap();
-    for (method, path) in township_node::http::all_routes().table() {
+    for (method, path) in township_node::http::all_routes(&Config::default()).table() {
         let op = &doc["paths"][*path][method.as_str().to_lowercase()];
         assert!(
             op.is_object(),

@@ -7,7 +7,7 @@
 mod routes;
 pub mod verify;
 
-pub use routes::routes;
+pub use routes::{parse_time, routes};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;

@@ -40,6 +40,8 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule 
 }
 
 const ACCOUNT_ADMINS: &[Role] = &[Admin, CountyIt];
+/// Who may report an incident: everyone but department handlers, who handle rather than report.
+const REPORTERS: &[Role] = &[GridWorker, TownshipStaff, CountyIt, Admin];
 pub const EVERY_ROLE: &[Role] = &[GridWorker, TownshipStaff, DeptHandler, CountyIt, Admin];
 
 pub const RULES: &[Rule] = &[
@@ -65,6 +67,32 @@ pub const RULES: &[Rule] = &[
         Access::Roles(ACCOUNT_ADMINS),
     ),
     rule("GET", "/api/v1/audit", Access::Roles(ACCOUNT_ADMINS)),
+    rule("POST", "/api/v1/incidents", Access::Roles(REPORTERS)),
+    rule("GET", "/api/v1/incidents", Access::SignedIn),
+    rule("GET", "/api/v1/incidents/export.csv", Access::SignedIn),
+    rule("GET", "/api/v1/incidents/export.geojson", Access::SignedIn),
+    rule("GET", "/api/v1/incidents/{id}", Access::SignedIn),
+    // Which action each role may take depends on the incident's state; the workflow decides (403).
+    rule(
+        "POST",
+        "/api/v1/incidents/{id}/transitions",
+        Access::SignedIn,
+    ),
+    rule("POST", "/api/v1/incidents/{id}/comments", Access::SignedIn),
+    rule(
+        "POST",
+        "/api/v1/incidents/{id}/rating",
+        Access::Roles(&[GridWorker, TownshipStaff, Admin]),
+    ),
+    rule(
+        "POST",
+        "/api/v1/incidents/{id}/attachments",
+        Access::SignedIn,
+    ),
+    rule("GET", "/api/v1/indicators", Access::SignedIn),
+    rule("GET", "/api/v1/catalog", Access::SignedIn),
+    rule("GET", "/api/v1/blobs/{sha256}", Access::SignedIn),
+    rule("GET", "/api/v1/blobs/{sha256}/thumbnail", Access::SignedIn),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {

@@ -35,19 +35,21 @@ const FALLBACK_ROUTE: &str = "fallback";
 struct RouteLabel(String);
 
 /// Every route of the node, through the one builder that records them (see [`routes::Routes`]).
-pub fn all_routes() -> routes::Routes {
+pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = routes::Routes::new();
     let r = system::routes(r);
     let r = crate::auth::routes(r);
     let r = crate::users::routes(r);
-    crate::audit::routes(r)
+    let r = crate::audit::routes(r);
+    let r = crate::incidents::routes(r, config.incidents.max_attachment_bytes);
+    crate::blobs::routes(r)
 }
 
 pub fn app(state: AppState) -> Router {
     let http = &state.config.http;
     // Layers wrap everything added before them, so the last one here sees a request first: request
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
-    all_routes()
+    all_routes(&state.config)
         .into_router()
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize))
         .route_layer(middleware::from_fn(label_route))

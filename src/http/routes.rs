@@ -47,6 +47,25 @@ impl Routes {
         self
     }
 
+    /// A POST route whose body may be larger than the default limit (uploads).
+    pub fn post_with_limit<H, T>(
+        mut self,
+        path: &'static str,
+        handler: H,
+        max_body_bytes: usize,
+    ) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(
+            path,
+            post(handler).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)),
+        );
+        self.table.push((Method::POST, path));
+        self
+    }
+
     pub fn delete<H, T>(mut self, path: &'static str, handler: H) -> Self
     where
         H: Handler<T, AppState>,

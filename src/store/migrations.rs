@@ -13,7 +13,13 @@ use super::StoreError;
 type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
 /// Index `i` upgrades the schema from version `i` to version `i + 1`.
-const MIGRATIONS: &[Migration] = &[v1_node_meta, v2_record_store, v3_accounts, v4_audit];
+const MIGRATIONS: &[Migration] = &[
+    v1_node_meta,
+    v2_record_store,
+    v3_accounts,
+    v4_audit,
+    v5_incidents,
+];
 
 /// The schema version this binary writes.
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
@@ -121,6 +127,79 @@ pub const AUDIT_SCHEMA: &str = "
 
 fn v4_audit(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(AUDIT_SCHEMA)
+}
+
+fn v5_incidents(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        -- Projection of `incident` records. `row` gives the full-text index an integer key.
+        CREATE TABLE incidents (
+            row                INTEGER PRIMARY KEY,
+            id                 TEXT NOT NULL UNIQUE,
+            area               TEXT NOT NULL,
+            category           TEXT NOT NULL,
+            title              TEXT NOT NULL,
+            description        TEXT NOT NULL,
+            state              TEXT NOT NULL,
+            reporter           TEXT NOT NULL,
+            lead_department    TEXT,
+            -- ',water,housing,' so one LIKE finds a department anywhere in the list
+            assist_departments TEXT NOT NULL,
+            assignee           TEXT,
+            lat                REAL,
+            lon                REAL,
+            place              TEXT,
+            escalated          INTEGER NOT NULL,
+            created_ms         INTEGER NOT NULL,
+            updated_ms         INTEGER NOT NULL,
+            accepted_ms        INTEGER,
+            dispatched_ms      INTEGER,
+            resolved_ms        INTEGER,
+            closed_ms          INTEGER,
+            rejected_ms        INTEGER,
+            due_start_ms       INTEGER,
+            due_ms             INTEGER,
+            due_kind           TEXT,
+            due_state          TEXT NOT NULL,
+            on_time            INTEGER,
+            rating             INTEGER,
+            conflicts          INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX incidents_by_created ON incidents(created_ms DESC, id DESC);
+        CREATE INDEX incidents_by_state ON incidents(state, created_ms DESC);
+        CREATE INDEX incidents_by_area ON incidents(area, created_ms DESC);
+        CREATE INDEX incidents_by_lead ON incidents(lead_department, created_ms DESC);
+        CREATE INDEX incidents_by_due ON incidents(due_state, due_ms);
+        CREATE INDEX incidents_by_reporter ON incidents(reporter, created_ms DESC);
+        -- Trigram tokens make substring search work for Chinese, which has no spaces between words.
+        CREATE VIRTUAL TABLE incidents_fts USING fts5(
+            title, description, content='incidents', content_rowid='row', tokenize='trigram'
+        );
+        CREATE TRIGGER incidents_fts_insert AFTER INSERT ON incidents BEGIN
+            INSERT INTO incidents_fts (rowid, title, description) VALUES (new.row, new.title, new.description);
+        END;
+        CREATE TRIGGER incidents_fts_delete AFTER DELETE ON incidents BEGIN
+            INSERT INTO incidents_fts (incidents_fts, rowid, title, description) VALUES ('delete', old.row, old.title, old.description);
+        END;
+        CREATE TRIGGER incidents_fts_update AFTER UPDATE OF title, description ON incidents BEGIN
+            INSERT INTO incidents_fts (incidents_fts, rowid, title, description) VALUES ('delete', old.row, old.title, old.description);
+            INSERT INTO incidents_fts (rowid, title, description) VALUES (new.row, new.title, new.description);
+        END;
+        CREATE TABLE incident_attachments (
+            incident_id TEXT NOT NULL,
+            sha256      TEXT NOT NULL,
+            PRIMARY KEY (incident_id, sha256)
+        ) STRICT;
+        CREATE INDEX incident_attachments_by_blob ON incident_attachments(sha256);
+        -- Blobs stored on disk under the data directory, by SHA-256.
+        CREATE TABLE blobs (
+            sha256       TEXT PRIMARY KEY,
+            size         INTEGER NOT NULL,
+            content_type TEXT NOT NULL,
+            created_ms   INTEGER NOT NULL
+        ) STRICT;
+        ",
+    )
 }
 
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

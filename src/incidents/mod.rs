@@ -1,0 +1,790 @@
+//! Incidents: the grassroots governance platform (基层治理四平台). Grid workers report what they find,
+//! township staff accept and dispatch it to departments, departments handle it, the township verifies
+//! and closes the loop — all of it on the node, whether or not the county can be reached.
+//!
+//! Each incident is a record of kind `incident` scoped to the area where it happened. Free fields
+//! are plain document values; the workflow is a transition list folded by [`workflow`]; comments and
+//! attachments are lists, so additions made apart all survive a merge. The `incidents` table and its
+//! trigram full-text index are the projection that serves lists, search, exports and indicators.
+
+pub mod deadlines;
+pub mod query;
+mod routes;
+pub mod workflow;
+
+pub use routes::routes;
+
+use std::sync::Arc;
+
+use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ObjType, ReadDoc, Value};
+use rusqlite::{Connection, params};
+use serde::Serialize;
+use serde_json::json;
+use township_sync::docstore::{DocMeta, Projection, ProjectionError};
+use township_sync::{AreaCode, DocError, Transition, fields};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::auth::roles::Role;
+use crate::config::{Category, Config};
+use crate::records::{RecordChange, WriteCtx};
+use crate::store::StoreError;
+use workflow::{Action, Folded, IncidentMachine, State};
+
+pub const KIND: &str = "incident";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IncidentError {
+    #[error("{detail}")]
+    Invalid { field: String, detail: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("incident not found")]
+    NotFound,
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<DocError> for IncidentError {
+    fn from(e: DocError) -> Self {
+        match e {
+            DocError::NotFound(_) | DocError::WrongKind { .. } => IncidentError::NotFound,
+            other => IncidentError::Store(other.into()),
+        }
+    }
+}
+
+impl From<IncidentError> for crate::http::problem::ApiError {
+    fn from(e: IncidentError) -> Self {
+        use crate::http::problem::ApiError;
+        match e {
+            IncidentError::Invalid { field, detail } => ApiError::InvalidField { field, detail },
+            IncidentError::Forbidden(m) => ApiError::Forbidden(m),
+            IncidentError::NotFound => ApiError::NotFound,
+            IncidentError::Conflict(m) => ApiError::Conflict(m),
+            IncidentError::Store(StoreError::Record(DocError::NotFound(_))) => ApiError::NotFound,
+            IncidentError::Store(s) => s.into(),
+        }
+    }
+}
+
+pub fn invalid(field: &str, detail: impl Into<String>) -> IncidentError {
+    IncidentError::Invalid {
+        field: field.into(),
+        detail: detail.into(),
+    }
+}
+
+/// A new report.
+#[derive(Debug, Clone)]
+pub struct NewIncident {
+    pub category: String,
+    pub title: String,
+    pub description: String,
+    pub area: AreaCode,
+    pub location: Option<(f64, f64)>,
+    pub place: Option<String>,
+}
+
+/// Validates a report against the catalog and the caller's reach.
+pub fn check_new(
+    config: &Config,
+    node_area: &AreaCode,
+    caller: &Caller,
+    new: &NewIncident,
+) -> Result<(), IncidentError> {
+    if config.category(&new.category).is_none() {
+        return Err(invalid(
+            "category",
+            format!("unknown category `{}`", new.category),
+        ));
+    }
+    let title_len = new.title.trim().chars().count();
+    if !(1..=100).contains(&title_len) {
+        return Err(invalid("title", "title is 1 to 100 characters"));
+    }
+    if new.description.chars().count() > 5000 {
+        return Err(invalid(
+            "description",
+            "description is at most 5000 characters",
+        ));
+    }
+    if let Some((lat, lon)) = new.location
+        && !(lat.is_finite()
+            && lon.is_finite()
+            && (-90.0..=90.0).contains(&lat)
+            && (-180.0..=180.0).contains(&lon))
+    {
+        return Err(invalid(
+            "location",
+            "location needs lat in -90..90 and lon in -180..180",
+        ));
+    }
+    if new
+        .place
+        .as_deref()
+        .is_some_and(|p| p.chars().count() > 200)
+    {
+        return Err(invalid("place", "place is at most 200 characters"));
+    }
+    if !node_area.contains(&new.area) {
+        return Err(invalid(
+            "area",
+            format!("area {} is outside this node's area {node_area}", new.area),
+        ));
+    }
+    if !caller.can_reach(&new.area) {
+        return Err(IncidentError::Forbidden(format!(
+            "area {} is outside your area {}",
+            new.area, caller.area
+        )));
+    }
+    Ok(())
+}
+
+/// Creates the incident record in the caller's transaction.
+pub fn create(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    caller: &Caller,
+    new: NewIncident,
+) -> Result<Uuid, IncidentError> {
+    let now = ctx.now_ms();
+    let detail = json!({"category": new.category, "title": new.title, "area": new.area});
+    let reporter = caller.username.clone();
+    let role = caller.role.as_str();
+    let scope = new.area.clone();
+    let meta = ctx.create_record(conn, &caller.username, KIND, &scope, detail, move |doc| {
+        doc.put(automerge::ROOT, "category", new.category.as_str())?;
+        doc.put(automerge::ROOT, "title", new.title.trim())?;
+        doc.put(automerge::ROOT, "description", new.description.as_str())?;
+        doc.put(automerge::ROOT, "area", new.area.as_str())?;
+        if let Some((lat, lon)) = new.location {
+            doc.put(automerge::ROOT, "lat", lat)?;
+            doc.put(automerge::ROOT, "lon", lon)?;
+        }
+        if let Some(place) = new
+            .place
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            doc.put(automerge::ROOT, "place", place)?;
+        }
+        doc.put(automerge::ROOT, "reporter", reporter.as_str())?;
+        doc.put(automerge::ROOT, "reporter_role", role)?;
+        doc.put(automerge::ROOT, "created_ms", now)?;
+        township_sync::workflow::init(doc)?;
+        doc.put_object(automerge::ROOT, "comments", ObjType::List)?;
+        doc.put_object(automerge::ROOT, "attachments", ObjType::List)?;
+        Ok(())
+    })?;
+    Ok(meta.id)
+}
+
+/// A transition request, before it is checked.
+#[derive(Debug, Clone, Default)]
+pub struct TransitionRequest {
+    pub action: String,
+    pub note: Option<String>,
+    pub department: Option<String>,
+    pub assist_departments: Vec<String>,
+    pub deadline_ms: Option<i64>,
+}
+
+fn fold_doc(doc: &AutoCommit) -> (township_sync::Folded<Folded>, String) {
+    let reporter = fields::text(doc, "reporter").unwrap_or_default();
+    let transitions = township_sync::workflow::read(doc);
+    let folded = township_sync::workflow::fold(
+        &IncidentMachine {
+            reporter: &reporter,
+        },
+        &transitions,
+    );
+    (folded, reporter)
+}
+
+/// Applies a workflow action: checks the caller's role (403) and the current state (409), then appends
+/// the transition in the same transaction.
+pub fn transition(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    config: &Config,
+    caller: &Caller,
+    id: Uuid,
+    req: TransitionRequest,
+) -> Result<State, IncidentError> {
+    let action: Action = req
+        .action
+        .parse()
+        .map_err(|e: String| invalid("action", e))?;
+    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
+    if !caller.can_reach(&meta.scope) {
+        return Err(IncidentError::NotFound);
+    }
+    let (folded, reporter) = fold_doc(&doc);
+    let current = folded.state.current();
+    let note = req
+        .note
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .map(String::from);
+    if note.as_deref().is_some_and(|n| n.chars().count() > 2000) {
+        return Err(invalid("note", "note is at most 2000 characters"));
+    }
+    if !workflow::role_may(
+        action,
+        caller.role.as_str(),
+        &caller.username,
+        caller.department.as_deref(),
+        &reporter,
+        &folded.state,
+    ) {
+        return Err(IncidentError::Forbidden(format!(
+            "the {} role may not {} this incident now",
+            caller.role,
+            action.as_str()
+        )));
+    }
+    if workflow::next_state(current, action).is_none() {
+        return Err(IncidentError::Conflict(format!(
+            "cannot {} an incident that is {current}",
+            action.as_str()
+        )));
+    }
+    if action.needs_note() && note.is_none() {
+        return Err(invalid(
+            "note",
+            format!("{} needs a note saying why", action.as_str()),
+        ));
+    }
+    let mut t: Transition = ctx.transition(&caller.username, caller.role.as_str(), action.as_str());
+    if let Some(dept) = &caller.department {
+        t.data.insert("actor_department".into(), dept.clone());
+    }
+    if let Some(n) = &note {
+        t.data.insert("note".into(), n.clone());
+    }
+    if action == Action::Dispatch {
+        let lead = req
+            .department
+            .as_deref()
+            .map(str::trim)
+            .filter(|d| !d.is_empty())
+            .ok_or_else(|| invalid("department", "dispatch needs the lead department"))?;
+        if config.department(lead).is_none() {
+            return Err(invalid(
+                "department",
+                format!("unknown department `{lead}`"),
+            ));
+        }
+        let mut assist = Vec::new();
+        for d in &req.assist_departments {
+            if config.department(d).is_none() {
+                return Err(invalid(
+                    "assist_departments",
+                    format!("unknown department `{d}`"),
+                ));
+            }
+            if d != lead && !assist.contains(d) {
+                assist.push(d.clone());
+            }
+        }
+        if let Some(deadline) = req.deadline_ms
+            && deadline <= ctx.now_ms()
+        {
+            return Err(invalid("deadline", "the deadline must be in the future"));
+        }
+        t.data.insert("department".into(), lead.to_string());
+        t.data.insert("assist_departments".into(), assist.join(","));
+        if let Some(d) = req.deadline_ms {
+            t.data.insert("deadline_ms".into(), d.to_string());
+        }
+    }
+    let detail = json!({"action": action.as_str(), "from": current.as_str(), "data": t.data});
+    let (_, next) = ctx.change_record(
+        conn,
+        &caller.username,
+        RecordChange {
+            id,
+            kind: KIND,
+            action: &format!("incident.{}", action.as_str()),
+            detail,
+        },
+        move |doc| {
+            township_sync::workflow::append(doc, &t)?;
+            Ok(fold_doc(doc).0.state.current())
+        },
+    )?;
+    Ok(next)
+}
+
+fn list_obj(doc: &mut AutoCommit, key: &str) -> Result<automerge::ObjId, DocError> {
+    match doc.get(automerge::ROOT, key)? {
+        Some((Value::Object(ObjType::List), id)) => Ok(id),
+        _ => Ok(doc.put_object(automerge::ROOT, key, ObjType::List)?),
+    }
+}
+
+pub fn comment(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    caller: &Caller,
+    id: Uuid,
+    text: &str,
+) -> Result<(), IncidentError> {
+    let text = text.trim();
+    if !(1..=2000).contains(&text.chars().count()) {
+        return Err(invalid("text", "a comment is 1 to 2000 characters"));
+    }
+    let (meta, _) = township_sync::DocStore::meta(conn, id)?.ok_or(IncidentError::NotFound)?;
+    if meta.kind != KIND || !caller.can_reach(&meta.scope) {
+        return Err(IncidentError::NotFound);
+    }
+    let (author, now, body, comment_id) = (
+        caller.username.clone(),
+        ctx.now_ms(),
+        text.to_string(),
+        Uuid::now_v7().to_string(),
+    );
+    ctx.change_record(
+        conn,
+        &caller.username,
+        RecordChange {
+            id,
+            kind: KIND,
+            action: "incident.comment",
+            detail: json!({"length": body.chars().count()}),
+        },
+        move |doc| {
+            let list = list_obj(doc, "comments")?;
+            let index = doc.length(&list);
+            let item = doc.insert_object(&list, index, ObjType::Map)?;
+            doc.put(&item, "id", comment_id.as_str())?;
+            doc.put(&item, "author", author.as_str())?;
+            doc.put(&item, "text", body.as_str())?;
+            doc.put(&item, "at_ms", now)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+pub fn rate(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    caller: &Caller,
+    id: Uuid,
+    score: i64,
+    comment: Option<String>,
+) -> Result<(), IncidentError> {
+    if !(1..=5).contains(&score) {
+        return Err(invalid("score", "score is 1 to 5"));
+    }
+    if comment.as_deref().is_some_and(|c| c.chars().count() > 500) {
+        return Err(invalid("comment", "comment is at most 500 characters"));
+    }
+    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
+    if !caller.can_reach(&meta.scope) {
+        return Err(IncidentError::NotFound);
+    }
+    let (folded, reporter) = fold_doc(&doc);
+    if !(caller.username == reporter || matches!(caller.role, Role::TownshipStaff | Role::Admin)) {
+        return Err(IncidentError::Forbidden(
+            "only the reporter or township staff rate an incident".into(),
+        ));
+    }
+    if folded.state.current() != State::Closed {
+        return Err(IncidentError::Conflict(
+            "an incident is rated after it is closed".into(),
+        ));
+    }
+    let (by, now) = (caller.username.clone(), ctx.now_ms());
+    ctx.change_record(
+        conn,
+        &caller.username,
+        RecordChange {
+            id,
+            kind: KIND,
+            action: "incident.rating",
+            detail: json!({"score": score}),
+        },
+        move |doc| {
+            let map = doc.put_object(automerge::ROOT, "rating", ObjType::Map)?;
+            doc.put(&map, "score", score)?;
+            if let Some(c) = comment.as_deref().map(str::trim).filter(|c| !c.is_empty()) {
+                doc.put(&map, "comment", c)?;
+            }
+            doc.put(&map, "by", by.as_str())?;
+            doc.put(&map, "at_ms", now)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// A stored attachment, as the API reports it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Attachment {
+    pub sha256: String,
+    pub size: i64,
+    pub content_type: String,
+    pub added_by: String,
+    pub at_ms: i64,
+}
+
+pub fn attach(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    caller: &Caller,
+    id: Uuid,
+    file: Attachment,
+) -> Result<(), IncidentError> {
+    let (meta, _) = township_sync::DocStore::meta(conn, id)?.ok_or(IncidentError::NotFound)?;
+    if meta.kind != KIND || !caller.can_reach(&meta.scope) {
+        return Err(IncidentError::NotFound);
+    }
+    crate::blobs::register(
+        conn,
+        &file.sha256,
+        file.size as usize,
+        &file.content_type,
+        ctx.now_ms(),
+    )?;
+    let detail =
+        json!({"sha256": file.sha256, "size": file.size, "content_type": file.content_type});
+    ctx.change_record(
+        conn,
+        &caller.username,
+        RecordChange {
+            id,
+            kind: KIND,
+            action: "incident.attach",
+            detail,
+        },
+        move |doc| {
+            let list = list_obj(doc, "attachments")?;
+            if read_attachments(doc)
+                .iter()
+                .any(|a| a.sha256 == file.sha256)
+            {
+                return Ok(());
+            }
+            let index = doc.length(&list);
+            let item = doc.insert_object(&list, index, ObjType::Map)?;
+            doc.put(&item, "sha256", file.sha256.as_str())?;
+            doc.put(&item, "size", file.size)?;
+            doc.put(&item, "content_type", file.content_type.as_str())?;
+            doc.put(&item, "added_by", file.added_by.as_str())?;
+            doc.put(&item, "at_ms", file.at_ms)?;
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+fn int_in(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Option<i64> {
+    match doc.get(obj, key).ok()?? {
+        (Value::Scalar(s), _) => s.as_i64(),
+        _ => None,
+    }
+}
+
+fn maps_in_list(doc: &AutoCommit, key: &str) -> Vec<automerge::ObjId> {
+    let Ok(lists) = doc.get_all(automerge::ROOT, key) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (value, list) in lists {
+        if !matches!(value, Value::Object(ObjType::List)) {
+            continue;
+        }
+        for i in 0..doc.length(&list) {
+            if let Ok(Some((Value::Object(ObjType::Map), item))) = doc.get(&list, i) {
+                out.push(item);
+            }
+        }
+    }
+    out
+}
+
+pub fn read_attachments(doc: &AutoCommit) -> Vec<Attachment> {
+    let mut out: Vec<Attachment> = Vec::new();
+    for item in maps_in_list(doc, "attachments") {
+        let Some(sha256) =
+            fields::text_in(doc, &item, "sha256").filter(|s| crate::blobs::is_sha256_hex(s))
+        else {
+            continue;
+        };
+        if out.iter().any(|a| a.sha256 == sha256) {
+            continue;
+        }
+        out.push(Attachment {
+            sha256,
+            size: int_in(doc, &item, "size").unwrap_or(0),
+            content_type: fields::text_in(doc, &item, "content_type").unwrap_or_default(),
+            added_by: fields::text_in(doc, &item, "added_by").unwrap_or_default(),
+            at_ms: int_in(doc, &item, "at_ms").unwrap_or(0),
+        });
+    }
+    out
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Comment {
+    pub id: String,
+    pub author: String,
+    pub text: String,
+    pub at_ms: i64,
+}
+
+pub fn read_comments(doc: &AutoCommit) -> Vec<Comment> {
+    let mut out: Vec<Comment> = maps_in_list(doc, "comments")
+        .into_iter()
+        .filter_map(|item| {
+            Some(Comment {
+                id: fields::text_in(doc, &item, "id")?,
+                author: fields::text_in(doc, &item, "author")?,
+                text: fields::text_in(doc, &item, "text")?,
+                at_ms: int_in(doc, &item, "at_ms").unwrap_or(0),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+    out
+}
+
+fn rating(doc: &AutoCommit) -> Option<serde_json::Value> {
+    let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(automerge::ROOT, "rating") else {
+        return None;
+    };
+    Some(json!({
+        "score": int_in(doc, &map, "score"),
+        "comment": fields::text_in(doc, &map, "comment"),
+        "by": fields::text_in(doc, &map, "by"),
+        "at_ms": int_in(doc, &map, "at_ms"),
+    }))
+}
+
+/// When the incident is due, from its category and workflow: (start, due, kind).
+pub fn due(
+    category: Option<&Category>,
+    created_ms: i64,
+    folded: &Folded,
+) -> Option<(i64, i64, &'static str)> {
+    let category = category?;
+    match folded.current() {
+        State::Reported => Some((
+            created_ms,
+            created_ms + category.accept_within.as_millis() as i64,
+            "accept",
+        )),
+        State::Accepted | State::Escalated | State::Dispatched | State::InProgress => {
+            let start = folded.accepted_ms.unwrap_or(created_ms);
+            let due = folded
+                .deadline_ms
+                .unwrap_or(start + category.resolve_within.as_millis() as i64);
+            Some((start, due, "resolve"))
+        }
+        State::Resolved | State::Closed | State::Rejected => None,
+    }
+}
+
+/// ok, near (80% of the time used) or overdue.
+pub fn due_state(now: i64, start: i64, due: i64) -> &'static str {
+    if now > due {
+        "overdue"
+    } else if (now - start) * 10 >= (due - start) * 8 {
+        "near"
+    } else {
+        "ok"
+    }
+}
+
+/// The full incident as the API shows it, with the actions `caller` may take now.
+pub fn view(
+    doc: &AutoCommit,
+    meta: &DocMeta,
+    config: &Config,
+    caller: &Caller,
+    now: i64,
+) -> serde_json::Value {
+    let (folded, reporter) = fold_doc(doc);
+    let state = folded.state.current();
+    let category = fields::text(doc, "category").unwrap_or_default();
+    let created_ms = fields::int(doc, "created_ms").unwrap_or(meta.created_ms);
+    let due = due(config.category(&category), created_ms, &folded.state);
+    let location = match (fields::float(doc, "lat"), fields::float(doc, "lon")) {
+        (Some(lat), Some(lon)) => json!({"lat": lat, "lon": lon}),
+        _ => serde_json::Value::Null,
+    };
+    let allowed: Vec<&str> = workflow::ALL_ACTIONS
+        .into_iter()
+        .filter(|a| workflow::next_state(state, *a).is_some())
+        .filter(|a| {
+            workflow::role_may(
+                *a,
+                caller.role.as_str(),
+                &caller.username,
+                caller.department.as_deref(),
+                &reporter,
+                &folded.state,
+            )
+        })
+        .map(Action::as_str)
+        .collect();
+    let field_conflicts: serde_json::Map<String, serde_json::Value> =
+        ["title", "description", "category"]
+            .into_iter()
+            .filter_map(|k| {
+                let all = fields::all_texts(doc, k);
+                (all.len() > 1).then(|| (k.to_string(), json!(all)))
+            })
+            .collect();
+    json!({
+        "id": meta.id.to_string(),
+        "category": category,
+        "title": fields::text(doc, "title").unwrap_or_default(),
+        "description": fields::text(doc, "description").unwrap_or_default(),
+        "area": meta.scope,
+        "location": location,
+        "place": fields::text(doc, "place"),
+        "reporter": reporter,
+        "state": state,
+        "lead_department": folded.state.lead_department,
+        "assist_departments": folded.state.assist_departments,
+        "assignee": folded.state.assignee,
+        "escalated": folded.state.escalated,
+        "deadline_ms": due.map(|d| d.1),
+        "deadline_kind": due.map(|d| d.2),
+        "due_state": due.map(|(s, d, _)| due_state(now, s, d)).unwrap_or("ok"),
+        "result_note": folded.state.result_note,
+        "transitions": folded.applied,
+        "conflicts": folded.conflicts,
+        "field_conflicts": field_conflicts,
+        "comments": read_comments(doc),
+        "attachments": read_attachments(doc),
+        "rating": rating(doc),
+        "allowed_actions": allowed,
+        "created_ms": created_ms,
+        "updated_ms": meta.updated_ms,
+    })
+}
+
+/// Keeps the `incidents` table, its full-text index and the attachment index in step.
+pub struct IncidentProjection {
+    categories: Arc<Vec<Category>>,
+}
+
+impl IncidentProjection {
+    pub fn shared(categories: Vec<Category>) -> Arc<dyn Projection> {
+        Arc::new(IncidentProjection {
+            categories: Arc::new(categories),
+        })
+    }
+}
+
+impl Projection for IncidentProjection {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn project(
+        &self,
+        conn: &Connection,
+        meta: &DocMeta,
+        doc: &AutoCommit,
+    ) -> Result<(), ProjectionError> {
+        let (folded, reporter) = fold_doc(doc);
+        let f = &folded.state;
+        let category = fields::text(doc, "category").unwrap_or_default();
+        let created_ms = fields::int(doc, "created_ms").unwrap_or(meta.created_ms);
+        let due = due(
+            self.categories.iter().find(|c| c.name == category),
+            created_ms,
+            f,
+        );
+        let due_state_now = due
+            .map(|(s, d, _)| due_state(meta.updated_ms, s, d))
+            .unwrap_or("ok");
+        let on_time = match (f.resolved_ms, f.current()) {
+            (Some(resolved), State::Resolved | State::Closed) => {
+                let start = f.accepted_ms.unwrap_or(created_ms);
+                let limit = f.deadline_ms.or_else(|| {
+                    self.categories
+                        .iter()
+                        .find(|c| c.name == category)
+                        .map(|c| start + c.resolve_within.as_millis() as i64)
+                });
+                limit.map(|l| i64::from(resolved <= l))
+            }
+            _ => None,
+        };
+        let score = rating(doc).and_then(|r| r["score"].as_i64());
+        conn.execute(
+            "INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department, assist_departments,
+                assignee, lat, lon, place, escalated, created_ms, updated_ms, accepted_ms, dispatched_ms, resolved_ms, closed_ms,
+                rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+             ON CONFLICT(id) DO UPDATE SET area = excluded.area, category = excluded.category, title = excluded.title,
+                description = excluded.description, state = excluded.state, reporter = excluded.reporter,
+                lead_department = excluded.lead_department, assist_departments = excluded.assist_departments,
+                assignee = excluded.assignee, lat = excluded.lat, lon = excluded.lon, place = excluded.place,
+                escalated = excluded.escalated, updated_ms = excluded.updated_ms, accepted_ms = excluded.accepted_ms,
+                dispatched_ms = excluded.dispatched_ms, resolved_ms = excluded.resolved_ms, closed_ms = excluded.closed_ms,
+                rejected_ms = excluded.rejected_ms, due_start_ms = excluded.due_start_ms, due_ms = excluded.due_ms,
+                due_kind = excluded.due_kind, due_state = excluded.due_state, on_time = excluded.on_time,
+                rating = excluded.rating, conflicts = excluded.conflicts",
+            params![
+                meta.id.to_string(),
+                meta.scope.as_str(),
+                category,
+                fields::text(doc, "title").unwrap_or_default(),
+                fields::text(doc, "description").unwrap_or_default(),
+                f.current().as_str(),
+                reporter,
+                f.lead_department,
+                if f.assist_departments.is_empty() { String::new() } else { format!(",{},", f.assist_departments.join(",")) },
+                f.assignee,
+                fields::float(doc, "lat"),
+                fields::float(doc, "lon"),
+                fields::text(doc, "place"),
+                f.escalated,
+                created_ms,
+                meta.updated_ms,
+                f.accepted_ms,
+                f.dispatched_ms,
+                f.resolved_ms,
+                f.closed_ms,
+                f.rejected_ms,
+                due.map(|d| d.0),
+                due.map(|d| d.1),
+                due.map(|d| d.2),
+                due_state_now,
+                on_time,
+                score,
+                folded.conflicts.len() as i64,
+            ],
+        )?;
+        conn.execute(
+            "DELETE FROM incident_attachments WHERE incident_id = ?1",
+            [meta.id.to_string()],
+        )?;
+        for a in read_attachments(doc) {
+            conn.execute(
+                "INSERT OR IGNORE INTO incident_attachments (incident_id, sha256) VALUES (?1, ?2)",
+                params![meta.id.to_string(), a.sha256],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
+        conn.execute_batch("DELETE FROM incident_attachments; DELETE FROM incidents;")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,555 @@
+//! The incidents API: report, list and search, detail, workflow actions, comments, ratings,
+//! attachments, exports and indicators.
+
+use axum::Json;
+use axum::extract::{Multipart, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use township_sync::AreaCode;
+use uuid::Uuid;
+
+use super::query::{self, Filter};
+use super::{Attachment, IncidentError, NewIncident, TransitionRequest, invalid};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::auth::roles::Role;
+use crate::http::extract::ApiJson;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::store::StoreError;
+
+/// Uploads may be this much larger than the file itself (multipart framing).
+const MULTIPART_OVERHEAD: usize = 64 * 1024;
+const MAX_EXPORT_ROWS: usize = 100_000;
+
+pub fn routes(r: Routes, max_attachment_bytes: usize) -> Routes {
+    r.post("/api/v1/incidents", create)
+        .get("/api/v1/incidents", list)
+        .get("/api/v1/incidents/export.csv", export_csv)
+        .get("/api/v1/incidents/export.geojson", export_geojson)
+        .get("/api/v1/incidents/{id}", detail)
+        .post("/api/v1/incidents/{id}/transitions", transition)
+        .post("/api/v1/incidents/{id}/comments", comment)
+        .post("/api/v1/incidents/{id}/rating", rate)
+        .post_with_limit(
+            "/api/v1/incidents/{id}/attachments",
+            attach,
+            max_attachment_bytes + MULTIPART_OVERHEAD,
+        )
+        .get("/api/v1/indicators", indicators)
+        .get("/api/v1/catalog", catalog)
+}
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    id.parse().map_err(|_| ApiError::NotFound)
+}
+
+/// The incident as the caller may see it, loaded from the read pool.
+async fn load_view(
+    state: &AppState,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<serde_json::Value, ApiError> {
+    let (docs, config, who, now) = (
+        state.docs.clone(),
+        state.config.clone(),
+        caller.clone(),
+        state.clock.now_ms(),
+    );
+    state
+        .store
+        .read(move |conn| {
+            let (meta, doc) = docs
+                .load_kind(conn, id, super::KIND)
+                .map_err(IncidentError::from)?;
+            if !who.can_reach(&meta.scope) || !department_may_see(&who, &doc) {
+                return Err(IncidentError::NotFound);
+            }
+            Ok(super::view(&doc, &meta, &config, &who, now))
+        })
+        .await
+        .map_err(ApiError::from)
+}
+
+/// Department handlers see what is dispatched to their department (lead or assisting), and what they
+/// acted on before.
+fn department_may_see(caller: &Caller, doc: &automerge::AutoCommit) -> bool {
+    if caller.role != Role::DeptHandler {
+        return true;
+    }
+    let (folded, _) = super::fold_doc(doc);
+    let dept = caller.department.as_deref();
+    folded.state.lead_department.as_deref() == dept
+        || folded
+            .state
+            .assist_departments
+            .iter()
+            .any(|d| Some(d.as_str()) == dept)
+        || folded.applied.iter().any(|t| t.actor == caller.username)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Location {
+    lat: f64,
+    lon: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    category: String,
+    title: String,
+    #[serde(default)]
+    description: String,
+    area: String,
+    location: Option<Location>,
+    place: Option<String>,
+}
+
+async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    let new = NewIncident {
+        category: body.category.trim().to_string(),
+        title: body.title,
+        description: body.description,
+        area: body
+            .area
+            .parse::<AreaCode>()
+            .map_err(|e| invalid("area", e.to_string()))?,
+        location: body.location.map(|l| (l.lat, l.lon)),
+        place: body.place,
+    };
+    super::check_new(&state.config, &state.node.area, &caller, &new)?;
+    let ctx = state.write_ctx();
+    let who = caller.clone();
+    let id = state
+        .store
+        .write(move |conn| super::create(conn, &ctx, &who, new))
+        .await?;
+    let view = load_view(&state, &caller, id).await?;
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize, Default)]
+pub struct ListQuery {
+    state: Option<String>,
+    category: Option<String>,
+    area: Option<String>,
+    department: Option<String>,
+    assignee: Option<String>,
+    reporter: Option<String>,
+    overdue: Option<String>,
+    due_state: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
+    let bad = |field: &str, detail: &str| ApiError::InvalidField {
+        field: field.into(),
+        detail: detail.into(),
+    };
+    let states: Vec<String> = q
+        .state
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    for s in &states {
+        s.parse::<super::workflow::State>()
+            .map_err(|e| bad("state", &e))?;
+    }
+    let area = match q.area.filter(|a| !a.is_empty()) {
+        Some(a) => Some(
+            a.parse::<AreaCode>()
+                .map_err(|e| bad("area", &e.to_string()))?,
+        ),
+        None => None,
+    };
+    let overdue = match q.overdue.as_deref() {
+        None | Some("") => None,
+        Some("true" | "1") => Some(true),
+        Some("false" | "0") => Some(false),
+        Some(_) => return Err(bad("overdue", "overdue is true or false")),
+    };
+    if let Some(d) = q.due_state.as_deref().filter(|d| !d.is_empty())
+        && !matches!(d, "ok" | "near" | "overdue")
+    {
+        return Err(bad("due_state", "due_state is ok, near or overdue"));
+    }
+    let limit = match q.limit.as_deref() {
+        None | Some("") => 50,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=200).contains(l))
+            .ok_or_else(|| bad("limit", "limit is 1 to 200"))?,
+    };
+    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        Some(c) => Some(
+            query::decode_cursor(c)
+                .ok_or_else(|| bad("cursor", "cursor is not one this node issued"))?,
+        ),
+        None => None,
+    };
+    let time = |field: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
+        v.filter(|s| !s.is_empty())
+            .map(|s| crate::audit::parse_time(field, &s))
+            .transpose()
+    };
+    let mut department = q.department.filter(|d| !d.is_empty());
+    if caller.role == Role::DeptHandler {
+        department = caller.department.clone();
+    }
+    if q.q.as_deref().is_some_and(|s| s.chars().count() > 100) {
+        return Err(bad("q", "search text is at most 100 characters"));
+    }
+    Ok(Filter {
+        states,
+        category: q.category.filter(|c| !c.is_empty()),
+        area,
+        department,
+        assignee: q.assignee.filter(|a| !a.is_empty()),
+        reporter: q.reporter.filter(|r| !r.is_empty()),
+        overdue,
+        due_state: q.due_state.filter(|d| !d.is_empty()),
+        from_ms: time("from", q.from)?,
+        to_ms: time("to", q.to)?,
+        q: q.q,
+        within: Some(caller.area.clone()),
+        limit,
+        after,
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let filter = filter_from(q, &caller)?;
+    let (rows, next, total) = state
+        .store
+        .read(move |conn| {
+            let (rows, next) = query::list(conn, &filter)?;
+            let total = query::count(
+                conn,
+                &Filter {
+                    after: None,
+                    ..filter
+                },
+            )?;
+            Ok::<_, StoreError>((rows, next, total))
+        })
+        .await?;
+    Ok(Json(
+        json!({ "incidents": rows, "next_cursor": next, "total": total }),
+    ))
+}
+
+async fn export_rows(
+    state: &AppState,
+    caller: &Caller,
+    q: ListQuery,
+) -> Result<Vec<query::Row>, ApiError> {
+    let filter = filter_from(q, caller)?;
+    Ok(state
+        .store
+        .read(move |conn| query::all(conn, &filter, MAX_EXPORT_ROWS))
+        .await?)
+}
+
+async fn export_csv(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let rows = export_rows(&state, &caller, q).await?;
+    let mut response = query::to_csv(&rows).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"incidents.csv\""),
+    );
+    Ok(response)
+}
+
+async fn export_geojson(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let rows = export_rows(&state, &caller, q).await?;
+    let mut response = Json(query::to_geojson(&rows)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/geo+json"),
+    );
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static("attachment; filename=\"incidents.geojson\""),
+    );
+    Ok(response)
+}
+
+async fn detail(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(load_view(&state, &caller, parse_id(&id)?).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    action: String,
+    note: Option<String>,
+    department: Option<String>,
+    #[serde(default)]
+    assist_departments: Vec<String>,
+    /// RFC 3339 or epoch milliseconds.
+    deadline: Option<serde_json::Value>,
+}
+
+async fn transition(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TransitionBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let deadline_ms = match body.deadline {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => {
+            Some(n.as_i64().ok_or_else(|| ApiError::InvalidField {
+                field: "deadline".into(),
+                detail: "deadline is RFC 3339 or epoch milliseconds".into(),
+            })?)
+        }
+        Some(serde_json::Value::String(s)) => Some(crate::audit::parse_time("deadline", &s)?),
+        Some(_) => {
+            return Err(ApiError::InvalidField {
+                field: "deadline".into(),
+                detail: "deadline is RFC 3339 or epoch milliseconds".into(),
+            });
+        }
+    };
+    let request = TransitionRequest {
+        action: body.action,
+        note: body.note,
+        department: body.department,
+        assist_departments: body.assist_departments,
+        deadline_ms,
+    };
+    let (ctx, config, who) = (state.write_ctx(), state.config.clone(), caller.clone());
+    state
+        .store
+        .write(move |conn| super::transition(conn, &ctx, &config, &who, id, request))
+        .await?;
+    Ok(Json(load_view(&state, &caller, id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommentBody {
+    text: String,
+}
+
+async fn comment(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<CommentBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let (ctx, who) = (state.write_ctx(), caller.clone());
+    state
+        .store
+        .write(move |conn| super::comment(conn, &ctx, &who, id, &body.text))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(load_view(&state, &caller, id).await?),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RatingBody {
+    score: i64,
+    comment: Option<String>,
+}
+
+async fn rate(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<RatingBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_id(&id)?;
+    let (ctx, who) = (state.write_ctx(), caller.clone());
+    state
+        .store
+        .write(move |conn| super::rate(conn, &ctx, &who, id, body.score, body.comment))
+        .await?;
+    Ok(Json(load_view(&state, &caller, id).await?))
+}
+
+async fn attach(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    mut multipart: Multipart,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    // The incident must exist and be the caller's to touch before a byte is stored.
+    load_view(&state, &caller, id).await?;
+    let limit = state.config.incidents.max_attachment_bytes;
+    let mut bytes: Option<Vec<u8>> = None;
+    while let Some(mut field) = multipart.next_field().await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(e.body_text())
+            }
+        })? {
+            if data.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        bytes = Some(data);
+        break;
+    }
+    let bytes = bytes.ok_or_else(|| ApiError::InvalidField {
+        field: "file".into(),
+        detail: "send the file in a multipart field named `file`".into(),
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::InvalidField {
+            field: "file".into(),
+            detail: "the file is empty".into(),
+        });
+    }
+    let content_type = crate::blobs::sniff(&bytes).ok_or_else(|| {
+        ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string())
+    })?;
+    let size = bytes.len();
+    let blobs = state.blobs.clone();
+    let sha = tokio::task::spawn_blocking(move || blobs.put(&bytes))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let file = Attachment {
+        sha256: sha.clone(),
+        size: size as i64,
+        content_type: content_type.to_string(),
+        added_by: caller.username.clone(),
+        at_ms: state.clock.now_ms(),
+    };
+    let (ctx, who) = (state.write_ctx(), caller.clone());
+    state
+        .store
+        .write(move |conn| super::attach(conn, &ctx, &who, id, file))
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"sha256": sha, "size": size, "content_type": content_type})),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+struct IndicatorQuery {
+    from: Option<String>,
+    to: Option<String>,
+    area: Option<String>,
+}
+
+async fn indicators(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<IndicatorQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let now = state.clock.now_ms();
+    let from = q
+        .from
+        .filter(|s| !s.is_empty())
+        .map(|s| crate::audit::parse_time("from", &s))
+        .transpose()?
+        .unwrap_or(now - 30 * 24 * 3600 * 1000);
+    let to =
+        q.to.filter(|s| !s.is_empty())
+            .map(|s| crate::audit::parse_time("to", &s))
+            .transpose()?
+            .unwrap_or(now);
+    if from > to {
+        return Err(ApiError::InvalidField {
+            field: "from".into(),
+            detail: "from must not be after to".into(),
+        });
+    }
+    let within = match q.area.filter(|a| !a.is_empty()) {
+        Some(a) => a.parse::<AreaCode>().map_err(|e| ApiError::InvalidField {
+            field: "area".into(),
+            detail: e.to_string(),
+        })?,
+        None => caller.area.clone(),
+    };
+    if !caller.can_reach(&within) {
+        return Err(ApiError::Forbidden(format!(
+            "area {within} is outside your area {}",
+            caller.area
+        )));
+    }
+    Ok(Json(
+        state
+            .store
+            .read(move |conn| query::indicators(conn, &within, from, to))
+            .await?,
+    ))
+}
+
+async fn catalog(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let categories: Vec<serde_json::Value> = state
+        .config
+        .categories
+        .iter()
+        .map(|c| json!({"name": c.name, "accept_within_minutes": c.accept_within.as_secs() / 60, "resolve_within_minutes": c.resolve_within.as_secs() / 60, "auto_escalate": c.auto_escalate}))
+        .collect();
+    Json(json!({
+        "categories": categories,
+        "departments": state.config.departments,
+        "node_area": state.node.area,
+        "max_attachment_bytes": state.config.incidents.max_attachment_bytes,
+    }))
+}

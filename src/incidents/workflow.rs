@@ -1,0 +1,442 @@
+//! The incident workflow (closed-loop handling, 闭环): states, actions, who may take each, and the
+//! machine the record store's fold runs. The current state is never stored; every replica folds the
+//! same transitions to the same state, and transitions that do not fit where they land (two offices
+//! accepting and rejecting while apart) become visible conflicts.
+//!
+//! ```text
+//! reported ──accept──▶ accepted ──dispatch──▶ dispatched ──start──▶ in_progress ──resolve──▶ resolved ──verify──▶ closed
+//!     │                   │  ▲                    │                                            │
+//!     └─reject─▶ rejected │  └──────return────────┘                   dispatched ◀──reopen─────┘
+//!  (reported, accepted, dispatched, in_progress) ──escalate──▶ escalated ──dispatch (county)──▶ dispatched
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+use township_sync::{Machine, Transition};
+
+use crate::auth::roles::Role;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Reported,
+    Accepted,
+    Rejected,
+    Escalated,
+    Dispatched,
+    InProgress,
+    Resolved,
+    Closed,
+}
+
+pub const ALL_STATES: [State; 8] = [
+    State::Reported,
+    State::Accepted,
+    State::Rejected,
+    State::Escalated,
+    State::Dispatched,
+    State::InProgress,
+    State::Resolved,
+    State::Closed,
+];
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Reported => "reported",
+            State::Accepted => "accepted",
+            State::Rejected => "rejected",
+            State::Escalated => "escalated",
+            State::Dispatched => "dispatched",
+            State::InProgress => "in_progress",
+            State::Resolved => "resolved",
+            State::Closed => "closed",
+        }
+    }
+
+    /// States in which the incident still needs someone to act.
+    pub fn is_open(self) -> bool {
+        !matches!(self, State::Rejected | State::Closed)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for State {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_STATES
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown state `{s}`"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Accept,
+    Reject,
+    Dispatch,
+    Escalate,
+    Start,
+    Return,
+    Resolve,
+    Verify,
+    Reopen,
+}
+
+pub const ALL_ACTIONS: [Action; 9] = [
+    Action::Accept,
+    Action::Reject,
+    Action::Dispatch,
+    Action::Escalate,
+    Action::Start,
+    Action::Return,
+    Action::Resolve,
+    Action::Verify,
+    Action::Reopen,
+];
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Accept => "accept",
+            Action::Reject => "reject",
+            Action::Dispatch => "dispatch",
+            Action::Escalate => "escalate",
+            Action::Start => "start",
+            Action::Return => "return",
+            Action::Resolve => "resolve",
+            Action::Verify => "verify",
+            Action::Reopen => "reopen",
+        }
+    }
+
+    /// Actions that must say why.
+    pub fn needs_note(self) -> bool {
+        matches!(
+            self,
+            Action::Reject | Action::Return | Action::Reopen | Action::Resolve
+        )
+    }
+}
+
+impl FromStr for Action {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ALL_ACTIONS
+            .into_iter()
+            .find(|a| a.as_str() == s)
+            .ok_or_else(|| format!("unknown action `{s}`: expected accept, reject, dispatch, escalate, start, return, resolve, verify or reopen"))
+    }
+}
+
+/// The folded state of one incident, with what the workflow has decided so far.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Folded {
+    pub state: Option<State>,
+    pub lead_department: Option<String>,
+    pub assist_departments: Vec<String>,
+    /// Resolve-by time set at dispatch, if the dispatcher gave one.
+    pub deadline_ms: Option<i64>,
+    pub escalated: bool,
+    pub accepted_ms: Option<i64>,
+    pub dispatched_ms: Option<i64>,
+    pub started_ms: Option<i64>,
+    /// Who started work on the current dispatch.
+    pub assignee: Option<String>,
+    pub resolved_ms: Option<i64>,
+    pub closed_ms: Option<i64>,
+    pub rejected_ms: Option<i64>,
+    pub result_note: Option<String>,
+}
+
+impl Folded {
+    pub fn current(&self) -> State {
+        self.state.unwrap_or(State::Reported)
+    }
+}
+
+/// Who may take an action, given the caller and the incident as folded so far. `reporter` is the
+/// username that reported the incident. Checked when an action is taken and again in the fold, so a
+/// transition a peer forged with the wrong role never takes effect anywhere.
+pub fn role_may(
+    action: Action,
+    role: &str,
+    actor: &str,
+    actor_department: Option<&str>,
+    reporter: &str,
+    folded: &Folded,
+) -> bool {
+    let Ok(role) = role.parse::<Role>() else {
+        // The node itself: automatic escalation of overdue incidents.
+        return role == "system" && action == Action::Escalate;
+    };
+    if role == Role::Admin {
+        return true;
+    }
+    let lead = folded.lead_department.as_deref();
+    let is_lead_handler =
+        role == Role::DeptHandler && actor_department.is_some() && actor_department == lead;
+    match action {
+        Action::Accept | Action::Reject | Action::Escalate | Action::Reopen => {
+            role == Role::TownshipStaff
+        }
+        Action::Dispatch => {
+            if folded.current() == State::Escalated {
+                role == Role::CountyIt
+            } else {
+                role == Role::TownshipStaff
+            }
+        }
+        Action::Start | Action::Return | Action::Resolve => is_lead_handler,
+        Action::Verify => role == Role::TownshipStaff || actor == reporter,
+    }
+}
+
+/// The state an action leads to from `from`, if it is valid there.
+pub fn next_state(from: State, action: Action) -> Option<State> {
+    use Action as A;
+    use State as S;
+    Some(match (from, action) {
+        (S::Reported, A::Accept) => S::Accepted,
+        (S::Reported, A::Reject) => S::Rejected,
+        (S::Accepted | S::Escalated, A::Dispatch) => S::Dispatched,
+        (S::Reported | S::Accepted | S::Dispatched | S::InProgress, A::Escalate) => S::Escalated,
+        (S::Dispatched, A::Start) => S::InProgress,
+        (S::Dispatched, A::Return) => S::Accepted,
+        (S::InProgress, A::Resolve) => S::Resolved,
+        (S::Resolved, A::Verify) => S::Closed,
+        (S::Resolved, A::Reopen) => S::Dispatched,
+        _ => return None,
+    })
+}
+
+/// The fold for one incident: knows its reporter, so "the reporting grid worker may verify" holds on
+/// every replica.
+pub struct IncidentMachine<'a> {
+    pub reporter: &'a str,
+}
+
+impl Machine for IncidentMachine<'_> {
+    type State = Folded;
+
+    fn initial(&self) -> Folded {
+        Folded {
+            state: Some(State::Reported),
+            ..Folded::default()
+        }
+    }
+
+    fn apply(&self, folded: &Folded, t: &Transition) -> Result<Folded, String> {
+        let action: Action = t.action.parse()?;
+        let from = folded.current();
+        let to = next_state(from, action).ok_or_else(|| {
+            format!(
+                "{} is not possible when the incident is {from}",
+                action.as_str()
+            )
+        })?;
+        let department = t.data.get("actor_department").map(String::as_str);
+        if !role_may(action, &t.role, &t.actor, department, self.reporter, folded) {
+            return Err(format!(
+                "{} ({}) may not {} this incident",
+                t.actor,
+                t.role,
+                action.as_str()
+            ));
+        }
+        let at = i64::try_from(t.at.wall_ms).unwrap_or(i64::MAX);
+        let mut next = folded.clone();
+        next.state = Some(to);
+        match action {
+            Action::Accept => next.accepted_ms = Some(at),
+            Action::Reject => next.rejected_ms = Some(at),
+            Action::Dispatch => {
+                let lead = t
+                    .data
+                    .get("department")
+                    .filter(|d| !d.is_empty())
+                    .ok_or("dispatch needs a lead department")?;
+                next.lead_department = Some(lead.clone());
+                next.assist_departments = t
+                    .data
+                    .get("assist_departments")
+                    .map(|a| {
+                        a.split(',')
+                            .filter(|d| !d.is_empty() && d != lead)
+                            .map(String::from)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                next.deadline_ms = t.data.get("deadline_ms").and_then(|d| d.parse().ok());
+                next.dispatched_ms = Some(at);
+                next.assignee = None;
+                next.started_ms = None;
+                next.accepted_ms = next.accepted_ms.or(Some(at));
+            }
+            Action::Escalate => next.escalated = true,
+            Action::Start => {
+                next.started_ms = Some(at);
+                next.assignee = Some(t.actor.clone());
+            }
+            Action::Return => {
+                next.lead_department = None;
+                next.assist_departments.clear();
+                next.deadline_ms = None;
+                next.assignee = None;
+            }
+            Action::Resolve => {
+                next.resolved_ms = Some(at);
+                next.result_note = t.data.get("note").cloned();
+            }
+            Action::Verify => next.closed_ms = Some(at),
+            Action::Reopen => {
+                next.resolved_ms = None;
+                next.started_ms = None;
+                next.assignee = None;
+                next.dispatched_ms = Some(at);
+            }
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+    use township_sync::{Timestamp, workflow::fold};
+
+    fn t(
+        id: &str,
+        ms: u64,
+        actor: &str,
+        role: &str,
+        action: &str,
+        data: &[(&str, &str)],
+    ) -> Transition {
+        Transition {
+            id: id.into(),
+            at: Timestamp {
+                wall_ms: ms,
+                counter: 0,
+            },
+            actor: actor.into(),
+            role: role.into(),
+            action: action.into(),
+            data: data
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn the_whole_loop_folds_to_closed() {
+        let m = IncidentMachine { reporter: "grid1" };
+        let list = [
+            t("1", 10, "staff", "township_staff", "accept", &[]),
+            t(
+                "2",
+                20,
+                "staff",
+                "township_staff",
+                "dispatch",
+                &[
+                    ("department", "water"),
+                    ("assist_departments", "housing,water"),
+                ],
+            ),
+            t(
+                "3",
+                30,
+                "h1",
+                "dept_handler",
+                "start",
+                &[("actor_department", "water")],
+            ),
+            t(
+                "4",
+                40,
+                "h1",
+                "dept_handler",
+                "resolve",
+                &[("actor_department", "water"), ("note", "修好了")],
+            ),
+            t("5", 50, "grid1", "grid_worker", "verify", &[]),
+        ];
+        let f = fold(&m, &list);
+        assert!(f.conflicts.is_empty(), "{:?}", f.conflicts);
+        assert_eq!(f.state.current(), State::Closed);
+        assert_eq!(f.state.lead_department.as_deref(), Some("water"));
+        assert_eq!(f.state.assist_departments, vec!["housing".to_string()]);
+        assert_eq!(f.state.assignee.as_deref(), Some("h1"));
+        assert_eq!(f.state.result_note.as_deref(), Some("修好了"));
+    }
+
+    #[test]
+    fn wrong_department_and_forged_roles_do_not_take_effect() {
+        let m = IncidentMachine { reporter: "grid1" };
+        let list = [
+            t("1", 10, "staff", "township_staff", "accept", &[]),
+            t(
+                "2",
+                20,
+                "staff",
+                "township_staff",
+                "dispatch",
+                &[("department", "water")],
+            ),
+            t(
+                "3",
+                30,
+                "h2",
+                "dept_handler",
+                "start",
+                &[("actor_department", "police")],
+            ),
+            t("4", 35, "grid9", "grid_worker", "reopen", &[]),
+            t("5", 40, "someone", "mayor", "start", &[]),
+        ];
+        let f = fold(&m, &list);
+        assert_eq!(f.state.current(), State::Dispatched);
+        assert_eq!(f.conflicts.len(), 3);
+    }
+
+    #[test]
+    fn escalated_incidents_are_dispatched_by_the_county() {
+        let m = IncidentMachine { reporter: "g" };
+        let list = [
+            t("1", 10, "system", "system", "escalate", &[]),
+            t(
+                "2",
+                20,
+                "staff",
+                "township_staff",
+                "dispatch",
+                &[("department", "water")],
+            ),
+            t(
+                "3",
+                30,
+                "it",
+                "county_it",
+                "dispatch",
+                &[("department", "emergency")],
+            ),
+        ];
+        let f = fold(&m, &list);
+        assert_eq!(f.state.current(), State::Dispatched);
+        assert!(f.state.escalated);
+        assert_eq!(f.state.lead_department.as_deref(), Some("emergency"));
+        assert_eq!(f.conflicts.len(), 1);
+    }
+}
