@@ -195,6 +195,38 @@ pub struct TransitionRequest {
     pub deadline_ms: Option<i64>,
 }
 
+/// Department handlers see what is dispatched to their department (lead or assisting) and what they
+/// acted on before; everyone else is limited by area alone.
+pub fn visible_to(caller: &Caller, doc: &AutoCommit) -> bool {
+    if caller.role != Role::DeptHandler {
+        return true;
+    }
+    let (folded, _) = fold_doc(doc);
+    let dept = caller.department.as_deref();
+    folded.state.lead_department.as_deref() == dept
+        || folded
+            .state
+            .assist_departments
+            .iter()
+            .any(|d| Some(d.as_str()) == dept)
+        || folded.applied.iter().any(|t| t.actor == caller.username)
+}
+
+/// Loads an incident the caller may see, or reports it as not found (never "forbidden", which would
+/// confirm that it exists).
+fn load_visible(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    caller: &Caller,
+    id: Uuid,
+) -> Result<(DocMeta, AutoCommit), IncidentError> {
+    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
+    if !caller.can_reach(&meta.scope) || !visible_to(caller, &doc) {
+        return Err(IncidentError::NotFound);
+    }
+    Ok((meta, doc))
+}
+
 fn fold_doc(doc: &AutoCommit) -> (township_sync::Folded<Folded>, String) {
     let reporter = fields::text(doc, "reporter").unwrap_or_default();
     let transitions = township_sync::workflow::read(doc);
@@ -221,10 +253,7 @@ pub fn transition(
         .action
         .parse()
         .map_err(|e: String| invalid("action", e))?;
-    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
-    if !caller.can_reach(&meta.scope) {
-        return Err(IncidentError::NotFound);
-    }
+    let (_, doc) = load_visible(conn, ctx, caller, id)?;
     let (folded, reporter) = fold_doc(&doc);
     let current = folded.state.current();
     let note = req
@@ -341,10 +370,7 @@ pub fn comment(
     if !(1..=2000).contains(&text.chars().count()) {
         return Err(invalid("text", "a comment is 1 to 2000 characters"));
     }
-    let (meta, _) = township_sync::DocStore::meta(conn, id)?.ok_or(IncidentError::NotFound)?;
-    if meta.kind != KIND || !caller.can_reach(&meta.scope) {
-        return Err(IncidentError::NotFound);
-    }
+    load_visible(conn, ctx, caller, id)?;
     let (author, now, body, comment_id) = (
         caller.username.clone(),
         ctx.now_ms(),
@@ -388,10 +414,7 @@ pub fn rate(
     if comment.as_deref().is_some_and(|c| c.chars().count() > 500) {
         return Err(invalid("comment", "comment is at most 500 characters"));
     }
-    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
-    if !caller.can_reach(&meta.scope) {
-        return Err(IncidentError::NotFound);
-    }
+    let (_, doc) = load_visible(conn, ctx, caller, id)?;
     let (folded, reporter) = fold_doc(&doc);
     if !(caller.username == reporter || matches!(caller.role, Role::TownshipStaff | Role::Admin)) {
         return Err(IncidentError::Forbidden(
@@ -444,10 +467,7 @@ pub fn attach(
     id: Uuid,
     file: Attachment,
 ) -> Result<(), IncidentError> {
-    let (meta, _) = township_sync::DocStore::meta(conn, id)?.ok_or(IncidentError::NotFound)?;
-    if meta.kind != KIND || !caller.can_reach(&meta.scope) {
-        return Err(IncidentError::NotFound);
-    }
+    load_visible(conn, ctx, caller, id)?;
     crate::blobs::register(
         conn,
         &file.sha256,

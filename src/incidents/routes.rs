@@ -64,30 +64,13 @@ async fn load_view(
             let (meta, doc) = docs
                 .load_kind(conn, id, super::KIND)
                 .map_err(IncidentError::from)?;
-            if !who.can_reach(&meta.scope) || !department_may_see(&who, &doc) {
+            if !who.can_reach(&meta.scope) || !super::visible_to(&who, &doc) {
                 return Err(IncidentError::NotFound);
             }
             Ok(super::view(&doc, &meta, &config, &who, now))
         })
         .await
         .map_err(ApiError::from)
-}
-
-/// Department handlers see what is dispatched to their department (lead or assisting), and what they
-/// acted on before.
-fn department_may_see(caller: &Caller, doc: &automerge::AutoCommit) -> bool {
-    if caller.role != Role::DeptHandler {
-        return true;
-    }
-    let (folded, _) = super::fold_doc(doc);
-    let dept = caller.department.as_deref();
-    folded.state.lead_department.as_deref() == dept
-        || folded
-            .state
-            .assist_departments
-            .iter()
-            .any(|d| Some(d.as_str()) == dept)
-        || folded.applied.iter().any(|t| t.actor == caller.username)
 }
 
 #[derive(Deserialize)]
