@@ -331,8 +331,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     let (password, _) = password_from(None)?;
                     let hash = hash_password(&password, config.auth.password_iterations)?;
                     let info = node::init(&dir, demo_request(hash)?, &config.store).await?;
-                    tracing::info!(node_id = %info.node_id, dir = %dir.root().display(), "demo node initialised");
-                    println!("demo node created in {}; sign in as admin with password {password} (shown once)", dir.root().display());
+                    let (people_password, _) = password_from(None)?;
+                    let incidents = crate::demo::seed(&dir, config.clone(), &people_password).await?;
+                    tracing::info!(node_id = %info.node_id, dir = %dir.root().display(), incidents, "demo node initialised");
+                    println!("demo node created in {} with {incidents} incidents", dir.root().display());
+                    println!("  admin (local administrator): {password}");
+                    println!("  zhang.min (township staff), wang.fang and li.qiang (grid workers), zhao.lei (water),");
+                    println!("  chen.jing (emergency), sun.hao (enforcement), it.zhou (county IT): {people_password}");
+                    println!("  (passwords are shown once; keep them)");
                 }
                 serve(&dir, config, Some(())).await
             })?;

@@ -16,6 +16,10 @@ let node;
 let base;
 let browser;
 const ADMIN_PASSWORD = 'E2e-Admin-Pass-2026';
+const PEOPLE_PASSWORD = 'E2e-People-Pass-2026';
+
+// A small valid PNG (an 8x8 gradient), enough for an upload and a thumbnail.
+const PNG = Buffer.from('iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAbElEQVR4nBXNQRUAUQhCUZOYhCQmeUlIQhISzR+XXA7ODDtouIHBQ4YOM8suWm5h8ZKl+0CskDiBsIioHhx76LiDw0eO3oN/4FVf+J8h0PduzBqZ8x/bxNQPwgaFy192SGgelC0q13/CJaXlA+odUoHdRJQGAAAAAElFTkSuQmCC', 'base64');
 
 async function signIn(page, username, password) {
   await page.goto(base + '/login');
@@ -51,6 +55,17 @@ before(async () => {
   writeFileSync(join(dir, 'admin.pw'), `${ADMIN_PASSWORD}\n`);
   execFileSync(BIN, ['init', '--data-dir', join(dir, 'node'), '--area', '330723001', '--name', '熟溪街道', '--role', 'township',
     '--admin-password-file', join(dir, 'admin.pw')], { env: { PATH: process.env.PATH } });
+  writeFileSync(join(dir, 'people.pw'), `${PEOPLE_PASSWORD}\n`);
+  for (const [username, role, area, dept] of [
+    ['grid.wang', 'grid_worker', '330723001001', null],
+    ['staff.li', 'township_staff', '330723001', null],
+    ['water.zhao', 'dept_handler', '330723001', 'water'],
+  ]) {
+    const args = ['user', 'add', '--data-dir', join(dir, 'node'), '--username', username, '--role', role, '--area', area,
+      '--password-file', join(dir, 'people.pw')];
+    if (dept) args.push('--department', dept);
+    execFileSync(BIN, args, { env: { PATH: process.env.PATH } });
+  }
   ({ child: node, base } = await startNode(join(dir, 'node')));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -180,4 +195,75 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   assert.equal(await page.locator('#nav a[href="/users"]').isHidden(), true);
   assert.equal(await page.locator('#nav a[href="/incidents"]').isVisible(), true);
   await context.close();
+});
+
+test('an incident goes round the whole loop in the browser: report with a photo, accept, dispatch, handle, verify', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 375, height: 800 } });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+
+  // The grid worker reports from a phone, with a photo and a typed place (no GPS over plain HTTP).
+  await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.goto(base + '/incidents/new');
+  await page.locator('#r-category').selectOption('安全隐患');
+  await page.locator('#r-title').fill('桥头护栏断裂');
+  await page.locator('#r-description').fill('熟溪桥东侧护栏断了一段，小孩容易掉下去。');
+  await page.locator('#r-place').fill('熟溪桥东侧');
+  await page.locator('#r-photos').setInputFiles({ name: 'IMG_1001.png', mimeType: 'image/png', buffer: PNG });
+  await page.locator('#report-form button[type=submit]').click();
+  await page.locator('#incident-title', { hasText: '桥头护栏断裂' }).waitFor();
+  await page.locator('#photos img').waitFor();
+  await page.waitForFunction(() => document.querySelector('#photos img').complete && document.querySelector('#photos img').naturalWidth > 0);
+  const url = page.url();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'incident-reported.png'), fullPage: true });
+  await page.locator('#logout').click();
+
+  // Township staff accept and dispatch it to water, with housing assisting.
+  await signIn(page, 'staff.li', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.goto(base + '/tasks');
+  await page.locator('#incident-list li', { hasText: '桥头护栏断裂' }).click();
+  await page.locator('#actions button[data-action="accept"]').click();
+  await page.locator('form[data-action="accept"] button[type=submit]').click();
+  await page.locator('#actions button[data-action="dispatch"]').click();
+  await page.locator('form[data-action="dispatch"] select[name="department"]').selectOption('water');
+  await page.locator('form[data-action="dispatch"] select[name="assist"]').selectOption(['housing']);
+  await page.locator('form[data-action="dispatch"] button[type=submit]').click();
+  await page.locator('.badge[data-state="dispatched"]').waitFor();
+  await page.locator('#logout').click();
+
+  // The water department handles it.
+  await signIn(page, 'water.zhao', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.goto(url);
+  await page.locator('#actions button[data-action="start"]').click();
+  await page.locator('form[data-action="start"] button[type=submit]').click();
+  await page.locator('#actions button[data-action="resolve"]').click();
+  await page.locator('form[data-action="resolve"] textarea').fill('已焊接修复护栏');
+  await page.locator('form[data-action="resolve"] button[type=submit]').click();
+  await page.locator('.badge[data-state="resolved"]').waitFor();
+  assert.equal(await page.locator('#actions button[data-action="verify"]').count(), 0, 'handlers do not verify');
+  await page.locator('#logout').click();
+
+  // The reporter verifies and rates; search finds it; indicators count it.
+  await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.goto(url);
+  await page.locator('#actions button[data-action="verify"]').click();
+  await page.locator('form[data-action="verify"] button[type=submit]').click();
+  await page.locator('.badge[data-state="closed"]').waitFor();
+  await page.locator('#rating-form button[type=submit]').click();
+  await page.locator('#rating-form').waitFor({ state: 'detached' });
+  assert.equal(await page.locator('#timeline li').count(), 6);
+  await page.goto(base + '/incidents');
+  await page.locator('#f-q').fill('护栏');
+  await page.locator('#incident-filters button[type=submit]').click();
+  await page.locator('#incident-list li', { hasText: '桥头护栏断裂' }).waitFor();
+  await page.goto(base + '/indicators');
+  await page.locator('.tile strong').first().waitFor();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'indicators.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+  await ctx.close();
 });

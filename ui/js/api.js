@@ -40,6 +40,22 @@ async function request(method, path, body, { timeoutMs = DEFAULT_TIMEOUT_MS } = 
   }
 }
 
+// Uploads one file as multipart/form-data field `file`; reports progress for slow links.
+export function upload(path, file, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', path);
+    if (csrfToken) xhr.setRequestHeader('X-CSRF-Token', csrfToken);
+    xhr.responseType = 'json';
+    xhr.upload.onprogress = (e) => { if (e.lengthComputable && onProgress) onProgress(e.loaded / e.total); };
+    xhr.onload = () => (xhr.status >= 200 && xhr.status < 300 ? resolve(xhr.response) : reject(new ApiError(xhr.status, xhr.response)));
+    xhr.onerror = () => reject(new ApiError(0, { detail: 'network error' }));
+    const form = new FormData();
+    form.append('file', file);
+    xhr.send(form);
+  });
+}
+
 export function getJson(path, options) {
   return request('GET', path, undefined, options);
 }

@@ -7,6 +7,10 @@ import * as overview from './pages/overview.js';
 import * as login from './pages/login.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
+import * as incidents from './pages/incidents.js';
+import * as report from './pages/report.js';
+import * as incident from './pages/incident.js';
+import * as indicators from './pages/indicators.js';
 import { pending, notFound } from './pages/pending.js';
 
 const ACCOUNT_ADMINS = ['admin', 'county_it'];
@@ -30,9 +34,12 @@ route('/', (main) => overview.render(main));
 route('/login', (main) => login.render(main));
 route('/users', guarded(users.render, ACCOUNT_ADMINS));
 route('/audit', guarded(audit.render, ACCOUNT_ADMINS));
+route('/incidents', guarded(incidents.renderList));
+route('/incidents/new', guarded(report.render, ['grid_worker', 'township_staff', 'county_it', 'admin']));
+route('/incidents/:id', guarded(incident.render));
+route('/tasks', guarded(incidents.renderTasks));
+route('/indicators', guarded(indicators.render));
 for (const [path, key] of [
-  ['/incidents', 'page.incidents'],
-  ['/tasks', 'page.tasks'],
   ['/sensors', 'page.sensors'],
   ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],

@@ -1,0 +1,294 @@
+//! Demo data for `township-node demo`: a handful of people and a few dozen realistic incidents across
+//! the villages of 熟溪街道, in every state, made through the same code paths as real use (records,
+//! workflow transitions, audit entries) on a clock running from ten days ago, so lists, deadlines and
+//! indicators have something true to show.
+
+use crate::app::{self, AppState};
+use crate::auth::Caller;
+use crate::auth::roles::Role;
+use crate::clock::Clock;
+use crate::config::{Config, Secret};
+use crate::incidents::{self, NewIncident, TransitionRequest};
+use crate::node::{DataDir, NodeError};
+use crate::users::{Actor, NewUser};
+
+const VILLAGES: [(&str, &str, f64, f64); 5] = [
+    ("330723001001", "王宅村", 28.8975, 119.8123),
+    ("330723001002", "上茭道村", 28.8862, 119.8241),
+    ("330723001003", "下茭道村", 28.8810, 119.8302),
+    ("330723001004", "新屋村", 28.9031, 119.8055),
+    ("330723001005", "熟溪村", 28.8921, 119.8165),
+];
+
+const REPORTS: [(&str, &str, &str); 12] = [
+    (
+        "安全隐患",
+        "路灯损坏不亮",
+        "村口主干道三盏路灯不亮，夜间行人和电动车通行有安全隐患。",
+    ),
+    (
+        "环境卫生",
+        "河道垃圾堆积",
+        "熟溪支流桥下垃圾堆积，有异味，需清理。",
+    ),
+    (
+        "防汛防台",
+        "山塘水位偏高",
+        "连续降雨后山塘水位接近溢洪道，请水利部门查看。",
+    ),
+    (
+        "违章建筑",
+        "村民私自搭建彩钢棚",
+        "三组有村民在宅基地外搭建彩钢棚，影响邻居通行。",
+    ),
+    (
+        "矛盾纠纷",
+        "邻里装修噪音纠纷",
+        "楼上装修噪音持续到晚上十点后，邻里争执，需调解。",
+    ),
+    (
+        "道路交通",
+        "占道经营影响通行",
+        "菜市场门口早市摊位占用机动车道。",
+    ),
+    (
+        "消防安全",
+        "楼道堆放杂物",
+        "老旧小区楼道堆放纸箱和电动车，堵塞消防通道。",
+    ),
+    (
+        "食品安全",
+        "小餐馆卫生问题",
+        "群众反映街边小餐馆后厨卫生差，需市场监管核查。",
+    ),
+    (
+        "民生服务",
+        "独居老人需要帮扶",
+        "五组独居老人行动不便，家中漏雨，需协调帮扶。",
+    ),
+    (
+        "安全隐患",
+        "电线私拉乱接",
+        "出租房外墙电线私拉乱接给电动车充电。",
+    ),
+    (
+        "环境卫生",
+        "垃圾分类投放点满溢",
+        "垃圾分类投放点清运不及时，满溢。",
+    ),
+    ("其他", "公交站牌破损", "站牌玻璃破损，有划伤风险。"),
+];
+
+/// Who the demo has: username, display name, role, area, department.
+const PEOPLE: [(&str, &str, Role, &str, Option<&str>); 7] = [
+    ("zhang.min", "张敏", Role::TownshipStaff, "330723001", None),
+    ("wang.fang", "王芳", Role::GridWorker, "330723001001", None),
+    ("li.qiang", "李强", Role::GridWorker, "330723001002", None),
+    (
+        "zhao.lei",
+        "赵磊",
+        Role::DeptHandler,
+        "330723001",
+        Some("water"),
+    ),
+    (
+        "chen.jing",
+        "陈静",
+        Role::DeptHandler,
+        "330723001",
+        Some("emergency"),
+    ),
+    (
+        "sun.hao",
+        "孙浩",
+        Role::DeptHandler,
+        "330723001",
+        Some("enforcement"),
+    ),
+    ("it.zhou", "周工", Role::CountyIt, "330723001", None),
+];
+
+fn caller(
+    username: &str,
+    role: Role,
+    area: &str,
+    department: Option<&str>,
+) -> Result<Caller, String> {
+    Ok(Caller {
+        username: username.into(),
+        display_name: username.into(),
+        role,
+        area: area
+            .parse()
+            .map_err(|e: township_sync::AreaError| e.to_string())?,
+        department: department.map(String::from),
+        via: crate::auth::Via::Token { id: "demo".into() },
+    })
+}
+
+/// Creates the demo people (all with `password`) and incidents. Returns how many incidents.
+pub async fn seed(dir: &DataDir, config: Config, password: &str) -> Result<usize, NodeError> {
+    let now = crate::clock::system_now_ms();
+    let clock = Clock::manual(now - 10 * 24 * 3600 * 1000);
+    let opened = app::open_with_clock(dir, config, clock.clone()).await?;
+    let state = opened.state.clone();
+    let result = seed_into(&state, &clock, password).await;
+    app::finish(&state, std::time::Duration::from_secs(5)).await;
+    drop(opened);
+    result.map_err(|e| NodeError::Io {
+        path: dir.root().to_path_buf(),
+        source: std::io::Error::other(e),
+    })
+}
+
+async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<usize, String> {
+    let cli = Actor {
+        name: "demo".into(),
+        role: Role::Admin,
+        area: state.node.area.clone(),
+    };
+    for (username, name, role, area, dept) in PEOPLE {
+        let new = NewUser {
+            username: username.into(),
+            role,
+            area: area
+                .parse()
+                .map_err(|e: township_sync::AreaError| e.to_string())?,
+            department: dept.map(String::from),
+            display_name: Some(name.into()),
+            phone: None,
+            password: Secret::new(password),
+        };
+        state
+            .add_user(cli.clone(), new)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let staff = caller("zhang.min", Role::TownshipStaff, "330723001", None)?;
+    let handlers = [
+        caller("zhao.lei", Role::DeptHandler, "330723001", Some("water"))?,
+        caller(
+            "chen.jing",
+            Role::DeptHandler,
+            "330723001",
+            Some("emergency"),
+        )?,
+        caller(
+            "sun.hao",
+            Role::DeptHandler,
+            "330723001",
+            Some("enforcement"),
+        )?,
+    ];
+    let total = 36;
+    for n in 0..total {
+        let (village, _, lat, lon) = VILLAGES[n % VILLAGES.len()];
+        let (category, title, description) = REPORTS[n % REPORTS.len()];
+        // Grid workers report in their own villages; the township staff report the rest.
+        let reporter = match village {
+            "330723001001" => caller("wang.fang", Role::GridWorker, village, None)?,
+            "330723001002" => caller("li.qiang", Role::GridWorker, village, None)?,
+            _ => staff.clone(),
+        };
+        let jitter = ((n * 37) % 100) as f64 / 10_000.0;
+        let new = NewIncident {
+            category: category.into(),
+            title: title.into(),
+            description: description.into(),
+            area: village
+                .parse()
+                .map_err(|e: township_sync::AreaError| e.to_string())?,
+            location: (n % 4 != 3).then_some((lat + jitter, lon - jitter)),
+            place: Some(format!("{}附近", VILLAGES[n % VILLAGES.len()].1)),
+        };
+        let ctx = state.write_ctx();
+        let who = reporter.clone();
+        let id = state
+            .store
+            .write(move |conn| incidents::create(conn, &ctx, &who, new))
+            .await
+            .map_err(|e| e.to_string())?;
+        clock.advance_ms(20 * 60 * 1000 + (n as i64 % 5) * 7 * 60 * 1000);
+
+        // Walk each incident some way along the loop: the older ones further.
+        let handler = &handlers[n % handlers.len()];
+        let department = handler.department.clone().unwrap_or_default();
+        let steps: Vec<(&Caller, &str, Option<&str>)> = match n % 9 {
+            0 => vec![],
+            1 => vec![(&staff, "accept", None)],
+            2 => vec![(&staff, "reject", Some("重复上报，已合并处理"))],
+            3 | 4 => vec![(&staff, "accept", None), (&staff, "dispatch", None)],
+            5 => vec![
+                (&staff, "accept", None),
+                (&staff, "dispatch", None),
+                (handler, "start", None),
+            ],
+            6 => vec![
+                (&staff, "accept", None),
+                (&staff, "dispatch", None),
+                (handler, "start", None),
+                (handler, "resolve", Some("已现场处置完毕")),
+            ],
+            7 => vec![
+                (&staff, "accept", None),
+                (&staff, "escalate", Some("涉及多个部门，请县级协调")),
+            ],
+            _ => vec![
+                (&staff, "accept", None),
+                (&staff, "dispatch", None),
+                (handler, "start", None),
+                (handler, "resolve", Some("已处置，群众认可")),
+                (&reporter, "verify", None),
+            ],
+        };
+        for (who, action, note) in steps {
+            let request = TransitionRequest {
+                action: action.into(),
+                note: note.map(String::from),
+                department: (action == "dispatch").then(|| department.clone()),
+                assist_departments: if action == "dispatch" && n % 3 == 0 {
+                    vec!["housing".into()]
+                } else {
+                    vec![]
+                },
+                deadline_ms: None,
+            };
+            let (ctx, config, who) = (state.write_ctx(), state.config.clone(), who.clone());
+            state
+                .store
+                .write(move |conn| incidents::transition(conn, &ctx, &config, &who, id, request))
+                .await
+                .map_err(|e| e.to_string())?;
+            clock.advance_ms(35 * 60 * 1000);
+        }
+        if n % 9 == 8 && n % 2 == 0 {
+            let (ctx, who) = (state.write_ctx(), reporter.clone());
+            state
+                .store
+                .write(move |conn| {
+                    incidents::rate(
+                        conn,
+                        &ctx,
+                        &who,
+                        id,
+                        4 + (n as i64 % 2),
+                        Some("处理及时".into()),
+                    )
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if n % 6 == 1 {
+            let (ctx, who) = (state.write_ctx(), staff.clone());
+            state
+                .store
+                .write(move |conn| {
+                    incidents::comment(conn, &ctx, &who, id, "已联系村干部现场核实。")
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        clock.advance_ms(3 * 3600 * 1000);
+    }
+    Ok(total)
+}

@@ -1,0 +1,53 @@
+// Shared pieces of the incident pages: labels for states and departments, badges, the catalog.
+import { getJson } from './api.js';
+import { t, lang } from './i18n.js';
+import { el } from './dom.js';
+
+let catalog = null;
+export async function loadCatalog() {
+  if (!catalog) catalog = await getJson('/api/v1/catalog');
+  return catalog;
+}
+
+export function departmentName(id) {
+  const d = catalog?.departments.find((x) => x.id === id);
+  return d ? d.name : id;
+}
+
+export function stateBadge(state) {
+  return el('span', { class: `badge state-${state}`, 'data-state': state }, t(`state.${state}`));
+}
+
+export function dueBadge(dueState) {
+  if (!dueState || dueState === 'ok') return null;
+  return el('span', { class: `badge due-${dueState}` }, t(`due.${dueState}`));
+}
+
+export function formatTime(ms) {
+  if (!ms) return '—';
+  const d = new Date(ms);
+  const pad = (n) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+export function relative(ms) {
+  const minutes = Math.round((ms - Date.now()) / 60000);
+  const abs = Math.abs(minutes);
+  const unit = abs >= 1440 ? [Math.round(abs / 1440), t('unit.days')] : abs >= 60 ? [Math.round(abs / 60), t('unit.hours')] : [abs, t('unit.minutes')];
+  const span = `${unit[0]} ${unit[1]}`;
+  if (lang() === 'en') return minutes >= 0 ? `in ${span}` : `${span} ago`;
+  return minutes >= 0 ? `${span}后` : `${span}前`;
+}
+
+// One row of an incident list.
+export function incidentItem(i) {
+  const thumb = i.thumbnail
+    ? el('img', { class: 'thumb', src: `/api/v1/blobs/${i.thumbnail}/thumbnail`, alt: '', loading: 'lazy', width: 64, height: 64 })
+    : el('div', { class: 'thumb empty' }, i.category.slice(0, 2));
+  const meta = el('p', { class: 'muted small' }, `${i.category} · ${i.area} · ${formatTime(i.created_ms)}`);
+  const badges = el('p', { class: 'badges' }, stateBadge(i.state), ' ', dueBadge(i.due_state),
+    i.conflicts > 0 ? el('span', { class: 'badge bad' }, t('incident.has_conflicts')) : null);
+  return el('li', { class: 'incident-item', 'data-id': i.id },
+    el('a', { href: `/incidents/${i.id}`, 'data-link': true, class: 'incident-link' }, thumb,
+      el('div', { class: 'incident-text' }, el('strong', {}, i.title), meta, badges)));
+}

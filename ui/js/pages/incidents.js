@@ -1,0 +1,86 @@
+// The incident list with filters and search, and the "my tasks" view built on the same list.
+import { getJson } from '../api.js';
+import { t } from '../i18n.js';
+import { el, clear, errorBox } from '../dom.js';
+import { currentUser, hasRole } from '../session.js';
+import { loadCatalog, incidentItem } from '../incidents-common.js';
+
+const STATES = ['reported', 'accepted', 'escalated', 'dispatched', 'in_progress', 'resolved', 'closed', 'rejected'];
+
+function listView(main, titleKey, baseQuery, { filters = true } = {}) {
+  clear(main);
+  const header = el('div', { class: 'page-head' }, el('h1', { 'data-i18n': titleKey }, t(titleKey)));
+  if (hasRole('grid_worker', 'township_staff', 'county_it', 'admin')) {
+    header.append(el('a', { href: '/incidents/new', 'data-link': true, class: 'button', id: 'new-incident', 'data-i18n': 'incident.report' }, t('incident.report')));
+  }
+  main.append(header);
+  const form = el('form', { class: 'card form filters', id: 'incident-filters', hidden: !filters });
+  const q = el('input', { id: 'f-q', name: 'q', type: 'search', placeholder: t('incident.search_hint') });
+  const state = el('select', { id: 'f-state', name: 'state' }, el('option', { value: '' }, t('incident.any_state')),
+    ...STATES.map((s) => el('option', { value: s }, t(`state.${s}`))));
+  const category = el('select', { id: 'f-category', name: 'category' }, el('option', { value: '' }, t('incident.any_category')));
+  const overdue = el('select', { id: 'f-due', name: 'due_state' }, el('option', { value: '' }, t('incident.any_due')),
+    el('option', { value: 'near' }, t('due.near')), el('option', { value: 'overdue' }, t('due.overdue')));
+  form.append(
+    el('label', { for: 'f-q', 'data-i18n': 'incident.search' }, t('incident.search')), q,
+    el('label', { for: 'f-state', 'data-i18n': 'incident.state' }, t('incident.state')), state,
+    el('label', { for: 'f-category', 'data-i18n': 'incident.category' }, t('incident.category')), category,
+    el('label', { for: 'f-due', 'data-i18n': 'incident.due' }, t('incident.due')), overdue,
+    el('button', { type: 'submit', 'data-i18n': 'audit.search' }, t('audit.search')));
+  const summary = el('p', { class: 'muted', id: 'incident-total' });
+  const list = el('ul', { class: 'incident-list', id: 'incident-list' });
+  const more = el('button', { type: 'button', class: 'secondary', hidden: true, 'data-i18n': 'audit.more' }, t('audit.more'));
+  const exports = el('p', { class: 'muted small' });
+  main.append(form, summary, list, more, exports);
+  loadCatalog().then((c) => category.append(...c.categories.map((x) => el('option', { value: x.name }, x.name)))).catch(() => {});
+
+  let cursor = null;
+  const params = () => {
+    const p = new URLSearchParams(baseQuery);
+    if (q.value.trim()) p.set('q', q.value.trim());
+    if (state.value) p.set('state', state.value);
+    if (category.value) p.set('category', category.value);
+    if (overdue.value) p.set('due_state', overdue.value);
+    return p;
+  };
+  const load = async (reset) => {
+    const p = params();
+    p.set('limit', '30');
+    if (!reset && cursor) p.set('cursor', cursor);
+    if (reset) clear(list);
+    try {
+      const data = await getJson(`/api/v1/incidents?${p}`);
+      list.append(...data.incidents.map(incidentItem));
+      cursor = data.next_cursor;
+      more.hidden = !cursor;
+      summary.textContent = `${t('incident.total')} ${data.total}`;
+      const ep = params();
+      exports.replaceChildren(t('incident.export'), ' ',
+        el('a', { href: `/api/v1/incidents/export.csv?${ep}`, download: 'incidents.csv' }, 'CSV'), ' · ',
+        el('a', { href: `/api/v1/incidents/export.geojson?${ep}`, download: 'incidents.geojson' }, 'GeoJSON'));
+      if (data.total === 0) list.append(el('li', { class: 'muted' }, t('incident.none')));
+    } catch (e) {
+      list.append(errorBox(e.message, () => load(reset)));
+    }
+  };
+  form.addEventListener('submit', (e) => { e.preventDefault(); load(true); });
+  more.addEventListener('click', () => load(false));
+  return load(true);
+}
+
+export function renderList(main) {
+  return listView(main, 'page.incidents', '');
+}
+
+// What needs this person now, by role.
+export function renderTasks(main) {
+  const me = currentUser();
+  const query = {
+    grid_worker: `reporter=${encodeURIComponent(me.username)}`,
+    dept_handler: 'state=dispatched,in_progress',
+    township_staff: 'state=reported,accepted,resolved',
+    county_it: 'state=escalated',
+    admin: 'state=reported,accepted,escalated,resolved',
+  }[me.role] || '';
+  return listView(main, 'page.tasks', query, { filters: false });
+}
