@@ -225,6 +225,14 @@ pub fn spawn_background(state: &AppState) {
             {
                 tracing::warn!(error = %e, "expired-session cleanup failed");
             }
+            // Keeps the query planner's statistics current as tables grow (cheap when nothing changed).
+            if let Err(e) = state
+                .store
+                .write(|conn| Ok::<_, StoreError>(conn.execute_batch("PRAGMA optimize")?))
+                .await
+            {
+                tracing::debug!(error = %e, "PRAGMA optimize failed");
+            }
             // Compaction in small batches so it never holds the writer for long.
             let docs = state.docs.clone();
             match state

@@ -17,8 +17,18 @@ fn acknowledged_incidents_survive_repeated_kill_9() {
     let pw = tmp.path().join("grid.pw");
     std::fs::write(&pw, "Grid-Worker-2026\n").unwrap();
     let out = run(&[
-        "user", "add", "--data-dir", dir.to_str().unwrap(), "--username", "grid.crash", "--role", "grid_worker",
-        "--area", "330723001001", "--password-file", pw.to_str().unwrap(),
+        "user",
+        "add",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--username",
+        "grid.crash",
+        "--role",
+        "grid_worker",
+        "--area",
+        "330723001001",
+        "--password-file",
+        pw.to_str().unwrap(),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
 
@@ -30,8 +40,13 @@ fn acknowledged_incidents_survive_repeated_kill_9() {
         let round_acks = Arc::new(Mutex::new(0usize));
         let mut writers = Vec::new();
         for w in 0..4 {
-            let (base, session, stop, acks, round_acks) =
-                (server.base.clone(), session.clone(), stop.clone(), acknowledged.clone(), round_acks.clone());
+            let (base, session, stop, acks, round_acks) = (
+                server.base.clone(),
+                session.clone(),
+                stop.clone(),
+                acknowledged.clone(),
+                round_acks.clone(),
+            );
             writers.push(std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
@@ -55,7 +70,10 @@ fn acknowledged_incidents_survive_repeated_kill_9() {
         // Kill while writes are in flight, once a good number have been acknowledged.
         let deadline = Instant::now() + Duration::from_secs(30);
         while *round_acks.lock().unwrap() < 40 {
-            assert!(Instant::now() < deadline, "writes are not being acknowledged");
+            assert!(
+                Instant::now() < deadline,
+                "writes are not being acknowledged"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let (status, _) = server.signal_and_wait(rustix::process::Signal::KILL);
@@ -72,11 +90,23 @@ fn acknowledged_incidents_survive_repeated_kill_9() {
     let acked = acknowledged.lock().unwrap().clone();
     assert!(acked.len() >= 160, "{} acknowledged", acked.len());
     for id in &acked {
-        let (status, _, _) = blocking_request("GET", &server.url(&format!("/api/v1/incidents/{id}")), &session.headers()).unwrap();
+        let (status, _, _) = blocking_request(
+            "GET",
+            &server.url(&format!("/api/v1/incidents/{id}")),
+            &session.headers(),
+        )
+        .unwrap();
         assert_eq!(status, 200, "acknowledged incident {id} was lost");
     }
-    let (_, _, body) = blocking_request("GET", &server.url("/api/v1/incidents?limit=1"), &session.headers()).unwrap();
-    let total = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["total"].as_u64().unwrap();
+    let (_, _, body) = blocking_request(
+        "GET",
+        &server.url("/api/v1/incidents?limit=1"),
+        &session.headers(),
+    )
+    .unwrap();
+    let total = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["total"]
+        .as_u64()
+        .unwrap();
     assert!(total as usize >= acked.len());
     drop(server);
     let out = run(&["doctor", "--data-dir", dir.to_str().unwrap()]);

@@ -36,7 +36,7 @@ def free_port():
 def wrk(url, seconds, conns, script, token):
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", f.name, url],
+    out = subprocess.run(["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", f.name, url],
                          capture_output=True, text=True, check=True, env=ENV | {"TOKEN": token}).stdout
     os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -53,13 +53,19 @@ def rss_mib(pid):
 
 
 def total(base, token):
-    req = urllib.request.Request(f"{base}/api/v1/incidents?limit=1", headers={"Authorization": f"Bearer {token}"})
-    return json.load(urllib.request.urlopen(req))["total"]
+    """Records in the store, from /metrics (the list's total stops counting at 10,000)."""
+    text = urllib.request.urlopen(f"{base}/metrics").read().decode()
+    return int(float(re.search(r"^township_records (\S+)$", text, re.M).group(1)))
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
+    keep = os.environ.get("KEEP_DIR")
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = keep or scratch
+        os.makedirs(tmp, exist_ok=True)
         node = f"{tmp}/node"
+        if os.path.exists(node):
+            raise SystemExit(f"{node} exists; remove it or choose another KEEP_DIR")
         pw = f"{tmp}/pw"
         open(pw, "w").write("Bench-Pass-2026\n")
         subprocess.run([BIN, "init", "--data-dir", node, "--area", "330723001", "--name", "bench", "--role", "township",

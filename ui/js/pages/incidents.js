@@ -53,7 +53,7 @@ function listView(main, titleKey, baseQuery, { filters = true } = {}) {
       list.append(...data.incidents.map(incidentItem));
       cursor = data.next_cursor;
       more.hidden = !cursor;
-      summary.textContent = `${t('incident.total')} ${data.total}`;
+      summary.textContent = `${t('incident.total')} ${data.total}${data.total_capped ? '+' : ''}`;
       const ep = params();
       exports.replaceChildren(t('incident.export'), ' ',
         el('a', { href: `/api/v1/incidents/export.csv?${ep}`, download: 'incidents.csv' }, 'CSV'), ' · ',
