@@ -42,7 +42,9 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "cargo test --workspace"
-cargo test --workspace --locked
+cargo test --workspace --locked -- --show-output 2>&1 | tee "$ROOT/target/cargo-test.log"
+test "${PIPESTATUS[0]}" -eq 0
+grep -h "^simulation:" "$ROOT/target/cargo-test.log" || true
 
 if [ -n "${SKIP_E2E:-}" ]; then
   log "SKIP_E2E set: end-to-end tests skipped"

@@ -430,7 +430,8 @@ impl DocStore {
         let seq = Self::next_seq(conn)?;
         let now = (self.now_ms)();
         let heads = doc.get_heads();
-        if pending + 1 >= self.compact_after {
+        // A save holds only applied changes; while some wait for dependencies, keep the log instead.
+        if pending + 1 >= self.compact_after && doc.get_missing_deps(&[]).is_empty() {
             let snapshot = doc.save();
             conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
             conn.execute(
@@ -585,6 +586,9 @@ impl DocStore {
                 }
                 Err(e) => return Err(e),
             };
+            if !doc.get_missing_deps(&[]).is_empty() {
+                continue;
+            }
             let snapshot = doc.save();
             conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
             conn.execute(
@@ -622,6 +626,164 @@ impl DocStore {
             }
         }
         Ok(count)
+    }
+}
+
+/// Automerge sync over stored documents: one side of the per-document sync protocol, with the
+/// caller holding the per-peer, per-connection [`automerge::sync::State`].
+impl DocStore {
+    /// Loads a document for sync, or an empty one if this node has never seen it (so the peer learns
+    /// it must send everything).
+    fn load_or_empty(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+    ) -> Result<Option<(DocMeta, AutoCommit)>, DocError> {
+        match self.load(conn, id) {
+            Ok(loaded) => Ok(Some(loaded)),
+            Err(DocError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next sync message for `id` to the peer behind `state`, if there is one.
+    pub fn sync_generate(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        state: &mut automerge::sync::State,
+    ) -> Result<Option<Vec<u8>>, DocError> {
+        use automerge::sync::SyncDoc;
+        let mut doc = match self.load_or_empty(conn, id)? {
+            Some((_, doc)) => doc,
+            None => AutoCommit::new(),
+        };
+        let message = catch_unwind(AssertUnwindSafe(|| doc.sync().generate_sync_message(state)))
+            .map_err(|_| DocError::Corrupt {
+                id,
+                reason: "automerge panicked generating a sync message".into(),
+            })?;
+        Ok(message.map(|m| m.encode()))
+    }
+
+    /// Applies a sync message from a peer. The caller has already decided the peer may write
+    /// records of this kind in this scope; the content must agree with that envelope or nothing is
+    /// stored.
+    pub fn sync_receive(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        message: &[u8],
+        state: &mut automerge::sync::State,
+    ) -> Result<Merged, DocError> {
+        use automerge::sync::SyncDoc;
+        let message = automerge::sync::Message::decode(message).map_err(|e| {
+            DocError::Invalid(format!("record {id}: undecodable sync message: {e}"))
+        })?;
+        let existing = self.load_or_empty(conn, id)?;
+        if let Some((meta, _)) = &existing
+            && (meta.kind != kind || meta.scope != *scope)
+        {
+            return Err(DocError::Invalid(format!(
+                "record {id} is {} in {} here; a peer sent it as {kind} in {scope}",
+                meta.kind, meta.scope
+            )));
+        }
+        let (meta, mut doc) = match existing {
+            Some((meta, doc)) => (Some(meta), doc),
+            None => (None, AutoCommit::new().with_actor(self.actor.clone())),
+        };
+        let before = doc.get_heads();
+        let raw_changes: Vec<u8> = message
+            .changes
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .collect();
+        catch_unwind(AssertUnwindSafe(|| {
+            doc.sync().receive_sync_message(state, message)
+        }))
+        .map_err(|_| DocError::Corrupt {
+            id,
+            reason: "automerge panicked on a sync message".into(),
+        })?
+        .map_err(|e| DocError::Corrupt {
+            id,
+            reason: e.to_string(),
+        })?;
+        let after = doc.get_heads();
+        if after == before {
+            // Changes whose dependencies have not arrived yet are queued by automerge, not applied.
+            // The peer will not send them again (it believes they arrived), so they are kept with the
+            // document and applied when a later load finds their dependencies.
+            if let Some(meta) = &meta
+                && !raw_changes.is_empty()
+            {
+                self.keep_pending(conn, meta.id, &raw_changes)?;
+            }
+            return Ok(Merged::Unchanged);
+        }
+        let stated_kind = crate::fields::text(&doc, KIND_KEY);
+        let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
+        if stated_kind.as_deref() != Some(kind) || stated_scope.as_deref() != Some(scope.as_str()) {
+            return Err(DocError::Invalid(format!(
+                "record {id}: its content says kind {stated_kind:?} scope {stated_scope:?}, the envelope {kind} {scope}"
+            )));
+        }
+        doc.set_actor(self.actor.clone());
+        match meta {
+            None => Ok(Merged::Changed(
+                self.insert_new(conn, id, kind, scope, &mut doc)?,
+            )),
+            Some(meta) => {
+                let bytes = doc.save_after(&before);
+                Ok(Merged::Changed(
+                    self.record_change(conn, meta, &mut doc, &bytes)?,
+                ))
+            }
+        }
+    }
+
+    /// Appends received changes that cannot be applied yet to the document's change log, without a
+    /// new sequence number (nothing visible changed).
+    fn keep_pending(&self, conn: &Connection, id: Uuid, bytes: &[u8]) -> Result<(), DocError> {
+        let key = id.to_string();
+        let pending: i64 = conn.query_row(
+            "SELECT pending_changes FROM documents WHERE id = ?1",
+            [&key],
+            |r| r.get(0),
+        )?;
+        conn.execute(
+            "INSERT INTO document_changes (doc_id, n, bytes) VALUES (?1, ?2, ?3)",
+            params![key, pending + 1, bytes],
+        )?;
+        conn.execute(
+            "UPDATE documents SET pending_changes = ?2 WHERE id = ?1",
+            params![key, pending + 1],
+        )?;
+        Ok(())
+    }
+
+    /// Whether this node's copy of `id` already contains every change in `heads`.
+    pub fn has_heads(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        heads: &[ChangeHash],
+    ) -> Result<bool, DocError> {
+        if heads.is_empty() {
+            return Ok(true);
+        }
+        match self.load_or_empty(conn, id)? {
+            None => Ok(false),
+            Some((meta, mut doc)) => {
+                if meta.heads == heads {
+                    return Ok(true);
+                }
+                Ok(heads.iter().all(|h| doc.get_change_by_hash(h).is_some()))
+            }
+        }
     }
 }
 

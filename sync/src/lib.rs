@@ -3,6 +3,8 @@
 //! - [`identity`]: the node's Ed25519 key and the node id derived from it.
 //! - [`area`]: area codes and the containment rules that decide which records flow where.
 //! - [`docstore`]: collaborative records as automerge documents in SQLite, with projections.
+//! - [`engine`]: the transport-agnostic record sync between two nodes (manifests, automerge sync,
+//!   acknowledgements, scope and authority).
 //! - [`workflow`]: append-only transition lists folded deterministically into a state.
 //! - [`hlc`]: the hybrid logical clock that orders transitions.
 //! - [`fields`]: typed reads of record fields and their concurrent values.
@@ -11,6 +13,7 @@
 
 pub mod area;
 pub mod docstore;
+pub mod engine;
 pub mod fields;
 pub mod hlc;
 pub mod identity;
