@@ -413,7 +413,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     name: args.name,
                 },
             )?;
-            println!(
+            // The token alone on stdout, so scripts can capture it; the advice goes to stderr.
+            eprintln!(
                 "token for {} (shown once; store it in the script's secret store):",
                 result["user"].as_str().unwrap_or("")
             );

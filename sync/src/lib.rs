@@ -6,6 +6,7 @@
 //! - [`engine`]: the transport-agnostic record sync between two nodes (manifests, automerge sync,
 //!   acknowledgements, scope and authority).
 //! - [`workflow`]: append-only transition lists folded deterministically into a state.
+//! - [`handshake`]: mutual Ed25519 challenge-response that opens every sync connection.
 //! - [`hlc`]: the hybrid logical clock that orders transitions.
 //! - [`fields`]: typed reads of record fields and their concurrent values.
 //!
@@ -15,6 +16,7 @@ pub mod area;
 pub mod docstore;
 pub mod engine;
 pub mod fields;
+pub mod handshake;
 pub mod hlc;
 pub mod identity;
 pub mod workflow;

@@ -74,7 +74,7 @@ def main():
                         "--area", "330723001", "--password-file", pw], check=True, stdout=subprocess.DEVNULL, env=ENV)
         out = subprocess.run([BIN, "token", "create", "--data-dir", node, "--user", "bench.staff", "--name", "bench"],
                              check=True, capture_output=True, text=True, env=ENV).stdout
-        token = [l for l in out.splitlines() if l.startswith("tn_")][0]
+        token = out.strip()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
         proc = subprocess.Popen([BIN, "serve", "--data-dir", node, "--listen", f"127.0.0.1:{port}"],
