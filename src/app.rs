@@ -50,6 +50,9 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Every background task is spawned on this, so shutdown can wait for all of them.
     pub tasks: TaskTracker,
+    pub sync: crate::peers::SyncStatus,
+    /// The upstream's URL and pinned key, if this node has one.
+    pub upstream: Option<(String, township_sync::PublicKey)>,
 }
 
 impl Deref for AppState {
@@ -108,12 +111,19 @@ impl AppState {
                 clock,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
+                sync: crate::peers::SyncStatus::default(),
+                upstream: None,
             }),
         }
     }
 }
 
 impl AppState {
+    /// The upstream's URL and pinned key, if this node has one.
+    pub fn upstream(&self) -> Option<(String, township_sync::PublicKey)> {
+        self.upstream.clone()
+    }
+
     /// The context a write job needs to change records and append to the audit chain.
     pub fn write_ctx(&self) -> WriteCtx {
         WriteCtx {
@@ -204,6 +214,7 @@ impl AppState {
 /// background compaction of record documents. All of it stops on the shutdown signal.
 pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
+    crate::peers::spawn_upstream(state);
     crate::incidents::deadlines::spawn(state);
     let task_state = state.clone();
     state.tasks.spawn(async move {
@@ -289,7 +300,21 @@ pub async fn open_with_clock(
             return Err(e);
         }
     };
-    let state = AppState::new(info, key, &salt, config, store, clock);
+    let upstream = match store.read(node::upstream_from_meta).await {
+        Ok(u) => u,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    let config_upstream = match (&config.sync.upstream_url, &config.sync.upstream_key) {
+        (Some(url), Some(key)) => Some((url.clone(), key.parse().map_err(NodeError::from)?)),
+        _ => None,
+    };
+    let mut state = AppState::new(info, key, &salt, config, store, clock);
+    if let Some(inner) = Arc::get_mut(&mut state.inner) {
+        inner.upstream = config_upstream.or(upstream);
+    }
     if let Err(e) = crate::audit::record_config(&state).await {
         tracing::warn!(error = %e, "could not record the configuration in the audit log");
     }

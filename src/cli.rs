@@ -57,6 +57,9 @@ enum Command {
     /// Restore a database made by `backup` into a stopped node's data directory. The restored node
     /// writes with a new automerge actor id; an existing database is kept beside it.
     Restore(RestoreArgs),
+    /// Enroll downstream nodes (townships, villages) by their public key.
+    #[command(subcommand)]
+    Enroll(EnrollCommand),
     /// Drop and rebuild every query table (projection) from the record documents.
     Rebuild(DataDirArg),
     /// Check the audit chain.
@@ -146,6 +149,26 @@ struct TokenCreateArgs {
 }
 
 #[derive(Debug, Subcommand)]
+enum EnrollCommand {
+    /// Enroll a node below this one; it may then connect with the key it made at `init`.
+    Add(EnrollAddArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnrollAddArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The node's public key, from `township-node id` on that node.
+    #[arg(long)]
+    public_key: String,
+    /// The node's area code; must lie below this node's area.
+    #[arg(long)]
+    area: String,
+    #[arg(long)]
+    name: String,
+}
+
+#[derive(Debug, Subcommand)]
 enum AuditCommand {
     /// Verify every entry's hash, the chain's links and the signed checkpoints. Exits non-zero naming
     /// the first bad sequence number.
@@ -177,6 +200,12 @@ struct InitArgs {
     /// generated and printed once.
     #[arg(long)]
     admin_password_file: Option<PathBuf>,
+    /// The upstream node's URL (township or county), for example http://10.1.0.2:8080.
+    #[arg(long, requires = "upstream_key")]
+    upstream: Option<String>,
+    /// The upstream's public key (from `township-node id` there), pinned from now on.
+    #[arg(long, requires = "upstream")]
+    upstream_key: Option<township_sync::PublicKey>,
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +301,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     &admin_password,
                     config.auth.password_iterations,
                 )?,
+                upstream: args.upstream.zip(args.upstream_key),
             };
             let info = runtime()?.block_on(node::init(&dir, request, &config.store))?;
             println!(
@@ -381,6 +411,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Command::User(cmd) => user_command(cmd),
+        Command::Enroll(EnrollCommand::Add(args)) => {
+            let result = control(
+                &args.data_dir,
+                control::Request::EnrollAdd {
+                    public_key: args.public_key,
+                    area: args.area,
+                    name: args.name,
+                },
+            )?;
+            println!(
+                "enrolled node {} for area {}",
+                result["node_id"].as_str().unwrap_or(""),
+                result["area"].as_str().unwrap_or("")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Restore(args) => {
             let dir = DataDir::new(&args.data_dir);
             let config = Config::load_from_process(config_path(&dir, None).as_deref())?;
@@ -501,6 +547,7 @@ fn demo_request(admin_password_hash: String) -> Result<InitRequest> {
         role: NodeRole::Township,
         name: "熟溪街道（演示）".into(),
         admin_password_hash,
+        upstream: None,
     })
 }
 

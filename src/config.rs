@@ -64,10 +64,23 @@ pub struct Config {
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub incidents: IncidentsConfig,
+    pub sync: SyncConfig,
     /// The departments incidents are dispatched to. Replaces the built-in list when given.
     pub departments: Vec<Department>,
     /// Incident categories with their deadlines. Replaces the built-in list when given.
     pub categories: Vec<Category>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// The upstream node's URL (a township or the county), for example http://10.1.0.2:8080. Overrides
+    /// the one given to `init --upstream`. Not set on the county.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_url: Option<String>,
+    /// The upstream's public key, pinned: a node presenting any other key is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,6 +286,7 @@ impl Default for Config {
             store: StoreConfig::default(),
             auth: AuthConfig::default(),
             incidents: IncidentsConfig::default(),
+            sync: SyncConfig::default(),
             departments: default_departments(),
             categories: default_categories(),
         }
@@ -528,6 +542,7 @@ mod tests {
         let parsed: Config = toml::from_str(&uncommented).unwrap();
         let mut expected = Config::default();
         expected.http.metrics_token = parsed.http.metrics_token.clone();
+        expected.sync = parsed.sync.clone();
         assert_eq!(parsed, expected, "the example must document the defaults");
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in defaults {

@@ -50,6 +50,11 @@ pub enum Request {
         name: String,
     },
     Rebuild,
+    EnrollAdd {
+        public_key: String,
+        area: String,
+        name: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -170,6 +175,26 @@ pub async fn execute(
                     other => other.to_string(),
                 })?;
             Ok(json!({ "token": token, "id": id, "user": username }))
+        }
+        Request::EnrollAdd {
+            public_key,
+            area,
+            name,
+        } => {
+            let (ctx, our_area) = (state.write_ctx(), state.node.area.clone());
+            let row = state
+                .store
+                .write(move |conn| {
+                    let request = crate::peers::EnrollRequest {
+                        public_key,
+                        area,
+                        name,
+                    };
+                    crate::peers::enroll(conn, &ctx, &our_area, &actor.name, request)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(json!(row))
         }
         Request::Rebuild => {
             let ctx = state.write_ctx();

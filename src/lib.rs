@@ -12,6 +12,7 @@
 //! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
 //! - [`blobs`]: content-addressed attachments and thumbnails.
 //! - [`audit`]: the hash-chained, signed audit log.
+//! - [`peers`]: enrollment, the sync WebSocket, the upstream client and the sync sessions.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
 //! - [`metrics`]: the Prometheus registry.
@@ -32,6 +33,7 @@ pub mod incidents;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod peers;
 pub mod records;
 pub mod store;
 pub mod users;

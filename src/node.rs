@@ -120,6 +120,8 @@ pub struct InitRequest {
     pub name: String,
     /// PBKDF2 hash of the local `admin` password (hashed by the caller, off the async workers).
     pub admin_password_hash: String,
+    /// The upstream node's URL and pinned public key (not for the county).
+    pub upstream: Option<(String, PublicKey)>,
 }
 
 /// Creates a data directory with its database and key pair. The directory is assembled under a
@@ -193,6 +195,7 @@ async fn populate(
     let store = Store::create(&dir.db(), store_config)?;
     let record = info.clone();
     let admin_hash = request.admin_password_hash.clone();
+    let upstream = request.upstream.clone();
     let created = store
         .write(move |conn| {
             let now_ms = crate::clock::system_now_ms();
@@ -207,6 +210,10 @@ async fn populate(
                 ("created_at", now.as_str()),
             ] {
                 stmt.execute(params![k, v])?;
+            }
+            if let Some((url, key)) = &upstream {
+                stmt.execute(params!["upstream_url", url])?;
+                stmt.execute(params!["upstream_key", key.to_string()])?;
             }
             crate::users::create_local_admin(conn, &record.area, &admin_hash, now_ms)?;
             crate::audit::append(
@@ -245,6 +252,22 @@ pub fn read_identity(conn: &Connection) -> Result<NodeInfo, NodeError> {
         role: meta(conn, "role")?.parse()?,
         name: meta(conn, "name")?,
     })
+}
+
+/// The upstream recorded at `init` (URL and pinned key), if any.
+pub fn upstream_from_meta(conn: &Connection) -> Result<Option<(String, PublicKey)>, NodeError> {
+    let get = |k: &str| -> Result<Option<String>, NodeError> {
+        Ok(conn
+            .query_row("SELECT value FROM node_meta WHERE key = ?1", [k], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(StoreError::from)?)
+    };
+    match (get("upstream_url")?, get("upstream_key")?) {
+        (Some(url), Some(key)) => Ok(Some((url, key.parse()?))),
+        _ => Ok(None),
+    }
 }
 
 /// The per-database salt behind the automerge actor id.
@@ -342,6 +365,7 @@ mod tests {
             role: NodeRole::Township,
             name: "熟溪街道".into(),
             admin_password_hash: crate::auth::password::decoy_hash().into(),
+            upstream: None,
         }
     }
 

@@ -93,6 +93,16 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/catalog", Access::SignedIn),
     rule("GET", "/api/v1/blobs/{sha256}", Access::SignedIn),
     rule("GET", "/api/v1/blobs/{sha256}/thumbnail", Access::SignedIn),
+    // Nodes authenticate with the Ed25519 handshake inside the WebSocket, not with accounts.
+    rule("GET", "/api/v1/sync", Access::Public),
+    rule("GET", "/api/v1/sync/status", Access::SignedIn),
+    rule("GET", "/api/v1/nodes", Access::Roles(ACCOUNT_ADMINS)),
+    rule("POST", "/api/v1/nodes", Access::Roles(ACCOUNT_ADMINS)),
+    rule(
+        "DELETE",
+        "/api/v1/nodes/{id}",
+        Access::Roles(ACCOUNT_ADMINS),
+    ),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {

@@ -19,6 +19,7 @@ const MIGRATIONS: &[Migration] = &[
     v3_accounts,
     v4_audit,
     v5_incidents,
+    v6_sync_peers,
 ];
 
 /// The schema version this binary writes.
@@ -199,6 +200,28 @@ fn v5_incidents(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             size         INTEGER NOT NULL,
             content_type TEXT NOT NULL,
             created_ms   INTEGER NOT NULL
+        ) STRICT;
+        ",
+    )
+}
+
+fn v6_sync_peers(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        -- Nodes this node syncs with: enrolled downstream nodes and its upstream. acked_seq is our
+        -- sequence number up to which the peer confirmed holding our records.
+        CREATE TABLE sync_peers (
+            node_id      TEXT PRIMARY KEY,
+            public_key   TEXT NOT NULL UNIQUE,
+            area         TEXT NOT NULL,
+            name         TEXT NOT NULL,
+            relation     TEXT NOT NULL CHECK (relation IN ('upstream', 'downstream')),
+            enrolled_ms  INTEGER NOT NULL,
+            revoked_ms   INTEGER,
+            acked_seq    INTEGER NOT NULL DEFAULT 0,
+            last_seen_ms INTEGER,
+            version      TEXT,
+            last_error   TEXT
         ) STRICT;
         ",
     )

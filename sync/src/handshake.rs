@@ -37,7 +37,10 @@ pub enum HandshakeFrame {
     ClientProof {
         signature: Vec<u8>,
     },
-    Welcome,
+    /// Sent by the upstream when the proof checks out, with the area it serves.
+    Welcome {
+        area: String,
+    },
     Refused {
         reason: String,
     },

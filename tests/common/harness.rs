@@ -51,6 +51,7 @@ impl Harness {
                 role: township_sync::NodeRole::Township,
                 name: "熟溪街道".into(),
                 admin_password_hash: password::hash(ADMIN_PW, password::MIN_ITERATIONS).unwrap(),
+                upstream: None,
             },
             &config.store,
         )

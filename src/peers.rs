@@ -1,0 +1,741 @@
+//! The node's side of sync: enrollment of downstream nodes, the WebSocket at `/api/v1/sync` that
+//! downstream nodes open, the client that keeps a connection to the upstream with backoff, and the
+//! session that runs the record sync engine of `township-sync` over either.
+//!
+//! The engine itself is transport-agnostic; here it runs inside write jobs (it reads and writes the
+//! record store), frames travel as binary WebSocket messages with a size limit, and local changes are
+//! found by watching the record store's sequence number, so a change made anywhere on this node
+//! reaches connected peers within about a second.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use township_sync::engine::{self, Link, PeerInfo, Relation};
+use township_sync::handshake::{self, Enrollment, HandshakeFrame};
+use township_sync::{AreaCode, DocStore, PublicKey};
+
+use crate::app::AppState;
+use crate::audit::Event;
+use crate::auth::Caller;
+use crate::http::extract::ApiJson;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::store::StoreError;
+
+/// Largest frame accepted on a sync connection; larger ones close it.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+const POLL: Duration = Duration::from_millis(300);
+const TICK_EVERY: u32 = 6;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the node knows about its links, for `/api/v1/sync/status`, `/api/v1/nodes` and the header.
+#[derive(Debug, Default)]
+pub struct SyncStatus {
+    inner: Mutex<StatusInner>,
+    sessions: Mutex<HashMap<String, CancellationToken>>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct LinkStatus {
+    connected: bool,
+    since_ms: Option<i64>,
+    last_success_ms: Option<i64>,
+    last_error: Option<String>,
+    pending_out: usize,
+}
+
+#[derive(Debug, Default)]
+struct StatusInner {
+    upstream: Option<LinkStatus>,
+    downstream: HashMap<String, LinkStatus>,
+}
+
+impl SyncStatus {
+    fn update(&self, peer: Option<&str>, f: impl FnOnce(&mut LinkStatus)) {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let link = match peer {
+            None => inner.upstream.get_or_insert_with(LinkStatus::default),
+            Some(id) => inner.downstream.entry(id.to_string()).or_default(),
+        };
+        f(link);
+    }
+
+    fn snapshot(&self) -> (Option<LinkStatus>, HashMap<String, LinkStatus>) {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        (inner.upstream.clone(), inner.downstream.clone())
+    }
+}
+
+/// An enrolled or upstream peer as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerRow {
+    pub node_id: String,
+    pub public_key: String,
+    pub area: String,
+    pub name: String,
+    pub relation: String,
+    pub enrolled_ms: i64,
+    pub revoked_ms: Option<i64>,
+    pub acked_seq: i64,
+    pub last_seen_ms: Option<i64>,
+    pub version: Option<String>,
+    pub last_error: Option<String>,
+}
+
+fn read_peer(r: &rusqlite::Row<'_>) -> rusqlite::Result<PeerRow> {
+    Ok(PeerRow {
+        node_id: r.get(0)?,
+        public_key: r.get(1)?,
+        area: r.get(2)?,
+        name: r.get(3)?,
+        relation: r.get(4)?,
+        enrolled_ms: r.get(5)?,
+        revoked_ms: r.get(6)?,
+        acked_seq: r.get(7)?,
+        last_seen_ms: r.get(8)?,
+        version: r.get(9)?,
+        last_error: r.get(10)?,
+    })
+}
+
+const PEER_COLUMNS: &str = "node_id, public_key, area, name, relation, enrolled_ms, revoked_ms, acked_seq, last_seen_ms, version, last_error";
+
+pub fn peer_by_key(conn: &Connection, key: &str) -> Result<Option<PeerRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {PEER_COLUMNS} FROM sync_peers WHERE public_key = ?1"),
+            [key],
+            read_peer,
+        )
+        .optional()?)
+}
+
+pub fn peers(conn: &Connection, relation: &str) -> Result<Vec<PeerRow>, StoreError> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {PEER_COLUMNS} FROM sync_peers WHERE relation = ?1 ORDER BY area, name"
+    ))?;
+    Ok(stmt
+        .query_map([relation], read_peer)?
+        .collect::<Result<_, _>>()?)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    #[error("{detail}")]
+    Invalid { field: &'static str, detail: String },
+    #[error("this key is already enrolled as node {0}")]
+    Exists(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> Self {
+        match e {
+            EnrollError::Invalid { field, detail } => ApiError::InvalidField {
+                field: field.into(),
+                detail,
+            },
+            EnrollError::Exists(_) => ApiError::Conflict(e.to_string()),
+            EnrollError::Store(s) => s.into(),
+        }
+    }
+}
+
+/// A request to enroll a downstream node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    pub public_key: String,
+    pub area: String,
+    pub name: String,
+}
+
+/// Enrolls a downstream node by its public key and area (in the caller's transaction).
+pub fn enroll(
+    conn: &Connection,
+    ctx: &crate::records::WriteCtx,
+    our_area: &AreaCode,
+    actor: &str,
+    request: EnrollRequest,
+) -> Result<PeerRow, EnrollError> {
+    let state_area = our_area;
+    let now_ms = ctx.now_ms();
+    let EnrollRequest {
+        public_key: key,
+        area,
+        name,
+    } = request;
+    let key: PublicKey = key.trim().parse().map_err(|_| EnrollError::Invalid {
+        field: "public_key",
+        detail: "not a node public key (43 characters of base64url)".into(),
+    })?;
+    let area: AreaCode =
+        area.parse()
+            .map_err(|e: township_sync::AreaError| EnrollError::Invalid {
+                field: "area",
+                detail: e.to_string(),
+            })?;
+    if !state_area.contains(&area) || *state_area == area {
+        return Err(EnrollError::Invalid {
+            field: "area",
+            detail: format!(
+                "a downstream node's area must lie below this node's area {state_area}"
+            ),
+        });
+    }
+    let name = name.trim();
+    if !(1..=100).contains(&name.chars().count()) {
+        return Err(EnrollError::Invalid {
+            field: "name",
+            detail: "name is 1 to 100 characters".into(),
+        });
+    }
+    if let Some(existing) = peer_by_key(conn, &key.to_string())? {
+        return Err(EnrollError::Exists(existing.node_id));
+    }
+    let node_id = key.node_id().to_string();
+    conn.execute(
+        "INSERT INTO sync_peers (node_id, public_key, area, name, relation, enrolled_ms) VALUES (?1, ?2, ?3, ?4, 'downstream', ?5)",
+        params![node_id, key.to_string(), area.as_str(), name, now_ms],
+    )
+    .map_err(StoreError::from)?;
+    ctx.audit(
+        conn,
+        Event::new(actor, "sync.enroll", &node_id).detail(json!({"area": area, "name": name})),
+    )?;
+    Ok(PeerRow {
+        node_id,
+        public_key: key.to_string(),
+        area: area.to_string(),
+        name: name.to_string(),
+        relation: "downstream".into(),
+        enrolled_ms: now_ms,
+        revoked_ms: None,
+        acked_seq: 0,
+        last_seen_ms: None,
+        version: None,
+        last_error: None,
+    })
+}
+
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/sync", accept)
+        .get("/api/v1/sync/status", status)
+        .get("/api/v1/nodes", list_nodes)
+        .post("/api/v1/nodes", add_node)
+        .delete("/api/v1/nodes/{id}", revoke_node)
+}
+
+async fn add_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<EnrollRequest>,
+) -> Result<Response, ApiError> {
+    let (ctx, area, who) = (
+        state.write_ctx(),
+        state.node.area.clone(),
+        caller.username.clone(),
+    );
+    let row = state
+        .store
+        .write(move |conn| enroll(conn, &ctx, &area, &who, body))
+        .await?;
+    Ok((StatusCode::CREATED, Json(row)).into_response())
+}
+
+async fn list_nodes(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let rows = state.store.read(|conn| peers(conn, "downstream")).await?;
+    let (_, live) = state.sync.snapshot();
+    let nodes: Vec<serde_json::Value> = rows
+        .into_iter()
+        .map(|p| {
+            let link = live.get(&p.node_id).cloned().unwrap_or_default();
+            json!({
+                "node_id": p.node_id, "public_key": p.public_key, "area": p.area, "name": p.name,
+                "enrolled_ms": p.enrolled_ms, "revoked": p.revoked_ms.is_some(), "revoked_ms": p.revoked_ms,
+                "connected": link.connected, "last_seen_ms": p.last_seen_ms, "version": p.version,
+                "pending_out": link.pending_out, "pending_in": serde_json::Value::Null,
+                "acked_seq": p.acked_seq, "last_error": p.last_error.or(link.last_error),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes })))
+}
+
+async fn revoke_node(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (ctx, who, target) = (state.write_ctx(), caller.username.clone(), id.clone());
+    let changed = state
+        .store
+        .write(move |conn| {
+            let n = conn.execute(
+                "UPDATE sync_peers SET revoked_ms = ?2 WHERE node_id = ?1 AND relation = 'downstream' AND revoked_ms IS NULL",
+                params![target, ctx.now_ms()],
+            )?;
+            if n > 0 {
+                ctx.audit(conn, Event::new(&who, "sync.revoke", &target))?;
+            }
+            Ok::<_, StoreError>(n)
+        })
+        .await?;
+    if changed == 0 {
+        return Err(ApiError::NotFound);
+    }
+    // A revoked node's live connection is closed at once.
+    if let Some(token) = state
+        .sync
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id)
+    {
+        token.cancel();
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let (upstream, downstream) = state.sync.snapshot();
+    let seq = state
+        .store
+        .read(|conn| Ok::<_, StoreError>(DocStore::current_seq(conn)?))
+        .await?;
+    let configured = state.upstream().is_some();
+    Ok(Json(json!({
+        "node_id": state.node.node_id,
+        "area": state.node.area,
+        "seq": seq,
+        "upstream": if configured {
+            let u = upstream.unwrap_or_default();
+            json!({
+                "url": state.upstream().map(|u| u.0),
+                "state": if u.connected { "connected" } else { "offline" },
+                "since_ms": u.since_ms, "last_success_ms": u.last_success_ms,
+                "last_error": u.last_error, "pending_out": u.pending_out,
+            })
+        } else { serde_json::Value::Null },
+        "downstream_connected": downstream.values().filter(|l| l.connected).count(),
+    })))
+}
+
+/// The upgrade for downstream nodes. Authentication is the handshake, not a session.
+async fn accept(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = serve_downstream(state, socket).await {
+                tracing::info!(reason = %e, "sync connection from downstream closed");
+            }
+        })
+}
+
+/// A bidirectional byte-frame channel: the server's axum socket or the client's tungstenite one.
+trait FrameIo: Send {
+    fn send_frame(
+        &mut self,
+        bytes: Vec<u8>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+    fn recv_frame(
+        &mut self,
+    ) -> impl std::future::Future<Output = Option<Result<Vec<u8>, String>>> + Send;
+}
+
+impl FrameIo for WebSocket {
+    async fn send_frame(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        SinkExt::send(self, Message::Binary(bytes.into()))
+            .await
+            .map_err(|e| e.to_string())
+    }
+    async fn recv_frame(&mut self) -> Option<Result<Vec<u8>, String>> {
+        loop {
+            return match StreamExt::next(self).await? {
+                Ok(Message::Binary(b)) => Some(Ok(b.to_vec())),
+                Ok(Message::Close(_)) => None,
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(Message::Text(_)) => Some(Err("text frame on a binary protocol".into())),
+                Err(e) => Some(Err(e.to_string())),
+            };
+        }
+    }
+}
+
+type ClientSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl FrameIo for ClientSocket {
+    async fn send_frame(&mut self, bytes: Vec<u8>) -> Result<(), String> {
+        SinkExt::send(
+            self,
+            tokio_tungstenite::tungstenite::Message::Binary(bytes.into()),
+        )
+        .await
+        .map_err(|e| e.to_string())
+    }
+    async fn recv_frame(&mut self) -> Option<Result<Vec<u8>, String>> {
+        use tokio_tungstenite::tungstenite::Message as M;
+        loop {
+            return match StreamExt::next(self).await? {
+                Ok(M::Binary(b)) => Some(Ok(b.to_vec())),
+                Ok(M::Close(_)) => None,
+                Ok(M::Ping(_) | M::Pong(_) | M::Frame(_)) => continue,
+                Ok(M::Text(_)) => Some(Err("text frame on a binary protocol".into())),
+                Err(e) => Some(Err(e.to_string())),
+            };
+        }
+    }
+}
+
+async fn recv_handshake<S: FrameIo>(io: &mut S) -> Result<HandshakeFrame, String> {
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, io.recv_frame()).await {
+        Ok(Some(Ok(bytes))) => handshake::decode(&bytes).map_err(|e| e.to_string()),
+        Ok(Some(Err(e))) => Err(e),
+        Ok(None) => Err("closed during the handshake".into()),
+        Err(_) => Err("handshake timed out".into()),
+    }
+}
+
+async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), String> {
+    let hello = recv_handshake(&mut socket).await?;
+    let key = state.key.clone();
+    let peers_lookup = state.clone();
+    let claimed = match &hello {
+        HandshakeFrame::ClientHello { public_key, .. } => public_key.clone(),
+        _ => String::new(),
+    };
+    let row = peers_lookup
+        .store
+        .read(move |conn| peer_by_key(conn, &claimed))
+        .await
+        .map_err(|e| e.to_string())?;
+    let enrolled = row.clone().filter(|r| r.relation == "downstream");
+    let answer = handshake::Server::answer(&key, hello, |_| {
+        enrolled.as_ref().map(|r| {
+            if r.revoked_ms.is_some() {
+                Enrollment::Revoked
+            } else {
+                Enrollment::Active
+            }
+        })
+    });
+    let (server, server_hello) = match answer {
+        Ok(ok) => ok,
+        Err(e) => {
+            let _ = socket
+                .send_frame(handshake::encode(&HandshakeFrame::Refused {
+                    reason: e.to_string(),
+                }))
+                .await;
+            audit_refusal(&state, &e.to_string()).await;
+            return Err(e.to_string());
+        }
+    };
+    socket.send_frame(handshake::encode(&server_hello)).await?;
+    let proof = recv_handshake(&mut socket).await?;
+    let proven = match server.finish(proof) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = socket
+                .send_frame(handshake::encode(&HandshakeFrame::Refused {
+                    reason: e.to_string(),
+                }))
+                .await;
+            audit_refusal(&state, &e.to_string()).await;
+            return Err(e.to_string());
+        }
+    };
+    socket
+        .send_frame(handshake::encode(&HandshakeFrame::Welcome {
+            area: state.node.area.to_string(),
+        }))
+        .await?;
+    let row = row.ok_or("enrollment vanished")?;
+    let area: AreaCode = row
+        .area
+        .parse()
+        .map_err(|e: township_sync::AreaError| e.to_string())?;
+    let peer = PeerInfo {
+        node_id: proven.node_id.clone(),
+        area,
+        relation: Relation::Downstream,
+    };
+    let cancel = state.shutdown.child_token();
+    state
+        .sync
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(proven.node_id.clone(), cancel.clone());
+    state.sync.update(Some(&proven.node_id), |l| {
+        l.connected = true;
+        l.since_ms = Some(state.clock.now_ms());
+        l.last_error = None;
+    });
+    let result = run_session(
+        &state,
+        &mut socket,
+        peer,
+        row.acked_seq,
+        Some(proven.node_id.clone()),
+        cancel,
+    )
+    .await;
+    state.sync.update(Some(&proven.node_id), |l| {
+        l.connected = false;
+        l.last_error = result.as_ref().err().cloned();
+    });
+    state
+        .sync
+        .sessions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&proven.node_id);
+    result
+}
+
+async fn audit_refusal(state: &AppState, reason: &str) {
+    let (ctx, reason) = (state.write_ctx(), reason.to_string());
+    let _ = state
+        .store
+        .write(move |conn| {
+            ctx.audit(
+                conn,
+                Event::new("sync", "sync.refused", "handshake").detail(json!({"reason": reason})),
+            )
+        })
+        .await;
+}
+
+/// Runs the record sync engine over an authenticated connection until it closes, fails, or `cancel`.
+async fn run_session<S: FrameIo>(
+    state: &AppState,
+    io: &mut S,
+    peer: PeerInfo,
+    acked_seq: i64,
+    peer_row: Option<String>,
+    cancel: CancellationToken,
+) -> Result<(), String> {
+    let our_area = state.node.area.clone();
+    let peer_id = peer.node_id.clone();
+    let mut link = Some(Link::new(our_area, peer, acked_seq));
+    let docs = state.docs.clone();
+
+    let (l, frames, mut seen) = {
+        let mut l = link.take().ok_or("no link")?;
+        state
+            .store
+            .write(move |conn| {
+                let frames = l.start(conn)?;
+                let seq = DocStore::current_seq(conn)?;
+                Ok::<_, StoreError>((l, frames, seq))
+            })
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    link = Some(l);
+    for f in frames {
+        io.send_frame(engine::encode(&f)).await?;
+    }
+    let mut polls = 0u32;
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Err("closed by this node (revoked or shutting down)".into()),
+            incoming = io.recv_frame() => {
+                let bytes = match incoming {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(b)) => b,
+                };
+                let frame = engine::decode(&bytes)?;
+                let mut l = link.take().ok_or("no link")?;
+                let (docs, ctx, peer_id2) = (docs.clone(), state.write_ctx(), peer_id.clone());
+                let (l, outcome) = state
+                    .store
+                    .write(move |conn| {
+                        let outcome = l.receive(conn, &docs, frame)?;
+                        for (id, reason) in &outcome.refused {
+                            ctx.audit(conn, Event::new(&format!("node:{peer_id2}"), "sync.refused", &format!("record/{id}")).detail(json!({"reason": reason})))?;
+                        }
+                        Ok::<_, StoreError>((l, outcome))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                link = Some(l);
+                for f in &outcome.frames {
+                    io.send_frame(engine::encode(f)).await?;
+                }
+                if let Some(upto) = outcome.acked {
+                    persist_ack(state, &peer_id, peer_row.as_deref(), upto).await;
+                }
+                state.sync.update(peer_row.as_deref(), |l| l.last_success_ms = Some(state.clock.now_ms()));
+            }
+            () = tokio::time::sleep(POLL) => {
+                polls += 1;
+                let mut l = link.take().ok_or("no link")?;
+                let docs = docs.clone();
+                let tick = polls.is_multiple_of(TICK_EVERY);
+                let (l, frames, now_seq, pending) = state
+                    .store
+                    .write(move |conn| {
+                        let mut frames = Vec::new();
+                        let now_seq = DocStore::current_seq(conn)?;
+                        if now_seq > seen {
+                            for meta in DocStore::changed_since(conn, seen, 10_000)? {
+                                frames.extend(l.local_change(conn, &docs, &meta)?);
+                            }
+                        }
+                        if tick {
+                            frames.extend(l.tick(conn, &docs)?);
+                        }
+                        let pending = l.pending(conn);
+                        Ok::<_, StoreError>((l, frames, now_seq, pending))
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                link = Some(l);
+                seen = now_seq;
+                for f in &frames {
+                    io.send_frame(engine::encode(f)).await?;
+                }
+                state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
+            }
+        }
+    }
+}
+
+async fn persist_ack(state: &AppState, peer_id: &str, _peer_row: Option<&str>, upto: i64) {
+    let (id, now) = (peer_id.to_string(), state.clock.now_ms());
+    let _ = state
+        .store
+        .write(move |conn| {
+            conn.execute(
+                "UPDATE sync_peers SET acked_seq = max(acked_seq, ?2), last_seen_ms = ?3, version = ?4 WHERE node_id = ?1",
+                params![id, upto, now, env!("CARGO_PKG_VERSION")],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await;
+}
+
+/// Keeps a connection to the upstream, reconnecting with exponential backoff and jitter.
+pub fn spawn_upstream(state: &AppState) {
+    let Some((url, key)) = state.upstream() else {
+        return;
+    };
+    let task_state = state.clone();
+    state.tasks.spawn(async move {
+        let state = task_state;
+        let mut delay = Duration::from_secs(1);
+        state.sync.update(None, |l| l.since_ms = Some(state.clock.now_ms()));
+        loop {
+            let result = connect_upstream(&state, &url, &key).await;
+            state.sync.update(None, |l| {
+                l.connected = false;
+                l.since_ms = Some(state.clock.now_ms());
+                l.last_error = result.as_ref().err().cloned();
+            });
+            match &result {
+                Ok(()) => delay = Duration::from_secs(1),
+                Err(e) => tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "upstream link down"),
+            }
+            let jitter = Duration::from_millis(u64::from(ring_jitter()) % (delay.as_millis() as u64 / 2 + 1));
+            tokio::select! {
+                () = state.shutdown.cancelled() => break,
+                () = tokio::time::sleep(delay + jitter) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(60));
+        }
+    });
+}
+
+fn ring_jitter() -> u16 {
+    let mut b = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    u16::from_le_bytes(b)
+}
+
+async fn connect_upstream(state: &AppState, url: &str, pinned: &PublicKey) -> Result<(), String> {
+    let ws_url = format!(
+        "{}/api/v1/sync",
+        url.trim_end_matches('/')
+            .replacen("http://", "ws://", 1)
+            .replacen("https://", "wss://", 1)
+    );
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES));
+    let (mut socket, _) = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        tokio_tungstenite::connect_async_with_config(ws_url.as_str(), Some(config), false),
+    )
+    .await
+    .map_err(|_| format!("connecting to {ws_url} timed out"))?
+    .map_err(|e| format!("cannot connect to {ws_url}: {e}"))?;
+    let (client, hello) =
+        handshake::Client::start(&state.key, *pinned).map_err(|e| e.to_string())?;
+    socket.send_frame(handshake::encode(&hello)).await?;
+    let server_hello = recv_handshake(&mut socket).await?;
+    let (proven, proof) = client.finish(server_hello).map_err(|e| e.to_string())?;
+    socket.send_frame(handshake::encode(&proof)).await?;
+    let area = match recv_handshake(&mut socket).await? {
+        HandshakeFrame::Welcome { area } => area.parse::<AreaCode>().map_err(|e| e.to_string())?,
+        HandshakeFrame::Refused { reason } => return Err(format!("upstream refused us: {reason}")),
+        _ => return Err("unexpected handshake frame".into()),
+    };
+    if !area.contains(&state.node.area) || area == state.node.area {
+        return Err(format!(
+            "the upstream serves {area}, which does not contain this node's area"
+        ));
+    }
+    // Remember the upstream so its acknowledgements persist across reconnects.
+    let (id, key_text, area_text, now) = (
+        proven.node_id.clone(),
+        proven.public_key.to_string(),
+        area.to_string(),
+        state.clock.now_ms(),
+    );
+    let acked = state
+        .store
+        .write(move |conn| {
+            conn.execute(
+                "INSERT INTO sync_peers (node_id, public_key, area, name, relation, enrolled_ms) VALUES (?1, ?2, ?3, 'upstream', 'upstream', ?4)
+                 ON CONFLICT(node_id) DO UPDATE SET area = excluded.area",
+                params![id, key_text, area_text, now],
+            )?;
+            Ok::<_, StoreError>(conn.query_row("SELECT acked_seq FROM sync_peers WHERE node_id = ?1", [&id], |r| r.get::<_, i64>(0))?)
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    state.sync.update(None, |l| {
+        l.connected = true;
+        l.since_ms = Some(state.clock.now_ms());
+        l.last_error = None;
+    });
+    tracing::info!(upstream = %proven.node_id, %area, "connected to upstream");
+    let peer = PeerInfo {
+        node_id: proven.node_id,
+        area,
+        relation: Relation::Upstream,
+    };
+    run_session(
+        state,
+        &mut socket,
+        peer,
+        acked,
+        None,
+        state.shutdown.child_token(),
+    )
+    .await
+}

@@ -1,0 +1,310 @@
+//! Sync between real processes over loopback: a county and two villages, edits made while the county
+//! is stopped, the county started again, convergence checked through the HTTP API; enrollment,
+//! revocation, an impostor county and an unenrolled node refused.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn id_of(dir: &std::path::Path) -> Value {
+    serde_json::from_slice(&run(&["id", "--data-dir", dir.to_str().unwrap()]).stdout).unwrap()
+}
+
+fn init(
+    parent: &std::path::Path,
+    name: &str,
+    area: &str,
+    role: &str,
+    upstream: Option<(&str, &str)>,
+) -> std::path::PathBuf {
+    let dir = parent.join(name);
+    let pw = parent.join(format!("{name}.pw"));
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let mut args = vec![
+        "init",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--area",
+        area,
+        "--name",
+        name,
+        "--role",
+        role,
+        "--admin-password-file",
+        pw.to_str().unwrap(),
+    ];
+    if let Some((url, key)) = upstream {
+        args.extend(["--upstream", url, "--upstream-key", key]);
+    }
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+fn serve_on(dir: &std::path::Path, port: u16) -> Server {
+    let listen = format!("127.0.0.1:{port}");
+    Server::spawn(command(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]))
+}
+
+fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn incident_titles(server: &Server, session: &Session) -> Vec<String> {
+    let (status, _, body) = blocking_request(
+        "GET",
+        &server.url("/api/v1/incidents?limit=200"),
+        &session.headers(),
+    )
+    .unwrap();
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let mut titles: Vec<String> = v["incidents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["title"].as_str().unwrap().to_string())
+        .collect();
+    titles.sort();
+    titles
+}
+
+fn report(server: &Server, session: &Session, title: &str, area: &str) {
+    let (status, _, body) = send_json(
+        "POST",
+        &server.url("/api/v1/incidents"),
+        &session.headers(),
+        &json!({"category": "其他", "title": title, "area": area}),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+}
+
+#[test]
+fn villages_and_county_converge_after_the_county_was_down() {
+    let tmp = tempfile::tempdir().unwrap();
+    let county_port = free_port();
+    let county = init(tmp.path(), "county", "330723", "county", None);
+    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{county_port}");
+    let v1 = init(
+        tmp.path(),
+        "v1",
+        "330723001001",
+        "village",
+        Some((&url, &county_key)),
+    );
+    let v2 = init(
+        tmp.path(),
+        "v2",
+        "330723002001",
+        "village",
+        Some((&url, &county_key)),
+    );
+    for (dir, area, name) in [
+        (&v1, "330723001001", "王宅村"),
+        (&v2, "330723002001", "上茭道村"),
+    ] {
+        let key = id_of(dir)["public_key"].as_str().unwrap().to_string();
+        let out = run(&[
+            "enroll",
+            "add",
+            "--data-dir",
+            county.to_str().unwrap(),
+            "--public-key",
+            &key,
+            "--area",
+            area,
+            "--name",
+            name,
+        ]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    // The county is down: each village works on its own.
+    let s1 = serve_on(&v1, free_port());
+    let s2 = serve_on(&v2, free_port());
+    let a1 = login(&s1.base, "admin", ADMIN_PASSWORD);
+    let a2 = login(&s2.base, "admin", ADMIN_PASSWORD);
+    for i in 0..3 {
+        report(&s1, &a1, &format!("王宅村事件{i}"), "330723001001");
+        report(&s2, &a2, &format!("上茭道村事件{i}"), "330723002001");
+    }
+    let (_, _, body) =
+        blocking_request("GET", &s1.url("/api/v1/sync/status"), &a1.headers()).unwrap();
+    let status: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["upstream"]["state"], "offline");
+
+    // The county comes back; both villages converge with it, and neither sees the other's records.
+    let county_server = serve_on(&county, county_port);
+    let ca = login(&county_server.base, "admin", ADMIN_PASSWORD);
+    wait_for("county to hold all six incidents", || {
+        incident_titles(&county_server, &ca).len() == 6
+    });
+    assert_eq!(incident_titles(&s1, &a1).len(), 3);
+    assert_eq!(incident_titles(&s2, &a2).len(), 3);
+    let (_, _, body) =
+        blocking_request("GET", &county_server.url("/api/v1/nodes"), &ca.headers()).unwrap();
+    let nodes: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["connected"] == true),
+        "{nodes}"
+    );
+
+    // Live: an edit at a connected village reaches the county in about a second.
+    let started = Instant::now();
+    report(&s1, &a1, "实时同步事件", "330723001001");
+    wait_for("live push", || {
+        incident_titles(&county_server, &ca).contains(&"实时同步事件".to_string())
+    });
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // A change made at the county to a village's record flows down to that village.
+    let (_, _, body) = blocking_request(
+        "GET",
+        &county_server.url("/api/v1/incidents?q=%E5%AE%9E%E6%97%B6%E5%90%8C%E6%AD%A5"),
+        &ca.headers(),
+    )
+    .unwrap();
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["incidents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _, _) = send_json(
+        "POST",
+        &county_server.url(&format!("/api/v1/incidents/{id}/comments")),
+        &ca.headers(),
+        &json!({"text": "县里已知悉"}),
+    );
+    assert_eq!(status, 201);
+    wait_for("the comment at the village", || {
+        let (_, _, body) = blocking_request(
+            "GET",
+            &s1.url(&format!("/api/v1/incidents/{id}")),
+            &a1.headers(),
+        )
+        .unwrap();
+        serde_json::from_slice::<Value>(&body).unwrap()["comments"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+    });
+
+    // Revoking a node closes its connection at once.
+    let v2_id = id_of(&v2)["node_id"].as_str().unwrap().to_string();
+    let (status, _, _) = blocking_request(
+        "DELETE",
+        &county_server.url(&format!("/api/v1/nodes/{v2_id}")),
+        &ca.headers(),
+    )
+    .unwrap();
+    assert_eq!(status, 204);
+    wait_for("v2 offline", || {
+        let (_, _, body) =
+            blocking_request("GET", &s2.url("/api/v1/sync/status"), &a2.headers()).unwrap();
+        serde_json::from_slice::<Value>(&body).unwrap()["upstream"]["state"] == "offline"
+    });
+    report(&s2, &a2, "撤销后的事件", "330723002001");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        !incident_titles(&county_server, &ca).contains(&"撤销后的事件".to_string()),
+        "a revoked node syncs nothing"
+    );
+}
+
+#[test]
+fn an_impostor_county_and_an_unenrolled_village_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let county = init(tmp.path(), "county", "330723", "county", None);
+    let impostor = init(tmp.path(), "impostor", "330723", "county", None);
+    let real_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    let url = format!("http://127.0.0.1:{port}");
+    let village = init(
+        tmp.path(),
+        "v",
+        "330723001001",
+        "village",
+        Some((&url, &real_key)),
+    );
+    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
+    run(&[
+        "enroll",
+        "add",
+        "--data-dir",
+        impostor.to_str().unwrap(),
+        "--public-key",
+        &key,
+        "--area",
+        "330723001001",
+        "--name",
+        "v",
+    ]);
+
+    // The impostor answers at the county's address with its own key: the village refuses it.
+    let fake = serve_on(&impostor, port);
+    let sv = serve_on(&village, free_port());
+    let av = login(&sv.base, "admin", ADMIN_PASSWORD);
+    report(&sv, &av, "不该泄露的事件", "330723001001");
+    wait_for("a refusal", || {
+        let (_, _, body) =
+            blocking_request("GET", &sv.url("/api/v1/sync/status"), &av.headers()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["upstream"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("impostor") || e.contains("pinned"))
+    });
+    let ai = login(&fake.base, "admin", ADMIN_PASSWORD);
+    assert!(
+        incident_titles(&fake, &ai).is_empty(),
+        "nothing reached the impostor"
+    );
+    drop(fake);
+
+    // The real county without an enrollment refuses the village.
+    let real = serve_on(&county, port);
+    let ac = login(&real.base, "admin", ADMIN_PASSWORD);
+    wait_for("an unenrolled refusal", || {
+        let (_, _, body) =
+            blocking_request("GET", &sv.url("/api/v1/sync/status"), &av.headers()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["upstream"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not enrolled"))
+    });
+    assert!(incident_titles(&real, &ac).is_empty());
+    let (_, _, body) = blocking_request(
+        "GET",
+        &real.url("/api/v1/audit?action=sync.refused"),
+        &ac.headers(),
+    )
+    .unwrap();
+    let audit: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        !audit["entries"].as_array().unwrap().is_empty(),
+        "refusals are audited"
+    );
+}
