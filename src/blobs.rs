@@ -99,6 +99,80 @@ impl BlobStore {
         }
     }
 
+    fn partial_path(&self, sha: &str) -> PathBuf {
+        self.root.join("partial").join(sha)
+    }
+
+    /// How much of a blob being fetched from a peer is already here (to resume after a break).
+    pub fn partial_len(&self, sha: &str) -> u64 {
+        std::fs::metadata(self.partial_path(sha))
+            .map(|m| m.len())
+            .unwrap_or(0)
+    }
+
+    /// Appends a fetched chunk at `offset`; a chunk that does not continue the partial file restarts it.
+    pub fn append_partial(&self, sha: &str, offset: u64, data: &[u8]) -> Result<u64, BlobError> {
+        use std::io::{Seek, SeekFrom};
+        let path = self.partial_path(sha);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        if offset != len {
+            file.set_len(0)?;
+            if offset != 0 {
+                return Ok(0);
+            }
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        file.write_all(data)?;
+        file.sync_data()?;
+        Ok(offset + data.len() as u64)
+    }
+
+    /// Verifies a completed fetch against its hash and moves it into place. Returns its bytes' type
+    /// and size, or `None` (and discards it) when the bytes do not match the hash.
+    pub fn finish_partial(&self, sha: &str) -> Result<Option<(&'static str, u64)>, BlobError> {
+        let path = self.partial_path(sha);
+        let bytes = std::fs::read(&path)?;
+        if sha256_hex(&bytes) != sha {
+            std::fs::remove_file(&path)?;
+            return Ok(None);
+        }
+        let content_type = sniff(&bytes).unwrap_or("application/octet-stream");
+        let target = self.path(sha);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(&path, &target)?;
+        Ok(Some((content_type, bytes.len() as u64)))
+    }
+
+    /// Part of a stored blob, for a peer fetching it.
+    pub fn read_chunk(
+        &self,
+        sha: &str,
+        offset: u64,
+        max: usize,
+    ) -> Result<Option<(Vec<u8>, u64)>, BlobError> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match std::fs::File::open(self.path(sha)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let total = file.metadata()?.len();
+        file.seek(SeekFrom::Start(offset.min(total)))?;
+        let mut data = vec![0u8; max.min((total.saturating_sub(offset)) as usize)];
+        file.read_exact(&mut data)?;
+        Ok(Some((data, total)))
+    }
+
     /// The thumbnail of an image blob, made on first use. `None` for blobs that are not images or
     /// that do not decode (which is reported, not fatal: the photo itself is still served).
     pub fn thumbnail(&self, sha: &str) -> Result<Option<Vec<u8>>, BlobError> {

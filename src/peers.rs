@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use township_sync::engine::{self, Link, PeerInfo, Relation};
+use township_sync::engine::{self, Frame, Link, PeerInfo, Relation};
 use township_sync::handshake::{self, Enrollment, HandshakeFrame};
 use township_sync::{AreaCode, DocStore, PublicKey};
 
@@ -38,6 +38,10 @@ pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const POLL: Duration = Duration::from_millis(300);
 const TICK_EVERY: u32 = 6;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
+/// Attachments travel in chunks this large, so a break costs at most one chunk.
+pub const BLOB_CHUNK: usize = 256 * 1024;
+/// Polls between looks for attachments this node still lacks.
+const BLOB_LOOK_EVERY: u32 = 3;
 
 /// What the node knows about its links, for `/api/v1/sync/status`, `/api/v1/nodes` and the header.
 #[derive(Debug, Default)]
@@ -550,6 +554,9 @@ async fn run_session<S: FrameIo>(
         io.send_frame(engine::encode(&f)).await?;
     }
     let mut polls = 0u32;
+    let mut fetching: Option<String> = None;
+    let mut unavailable: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let peer_for_blobs = link.as_ref().map(|l| l.peer().clone()).ok_or("no link")?;
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Err("closed by this node (revoked or shutting down)".into()),
@@ -579,6 +586,11 @@ async fn run_session<S: FrameIo>(
                 }
                 if let Some(upto) = outcome.acked {
                     persist_ack(state, &peer_id, peer_row.as_deref(), upto).await;
+                }
+                for frame in outcome.blobs {
+                    for reply in handle_blob(state, &peer_for_blobs, frame, &mut fetching, &mut unavailable).await? {
+                        io.send_frame(engine::encode(&reply)).await?;
+                    }
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.last_success_ms = Some(state.clock.now_ms()));
             }
@@ -611,8 +623,149 @@ async fn run_session<S: FrameIo>(
                     io.send_frame(engine::encode(f)).await?;
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
+                // Records first, then the attachments they reference, one at a time.
+                if fetching.is_none() && pending == 0 && polls.is_multiple_of(BLOB_LOOK_EVERY)
+                    && let Some(sha) = next_missing_blob(state, &unavailable).await
+                {
+                    let offset = state.blobs.partial_len(&sha);
+                    io.send_frame(engine::encode(&Frame::BlobRequest { sha256: sha.clone(), offset })).await?;
+                    fetching = Some(sha);
+                }
             }
         }
+    }
+}
+
+/// An attachment referenced by a record here whose bytes are not here yet.
+async fn next_missing_blob(
+    state: &AppState,
+    unavailable: &std::collections::HashSet<String>,
+) -> Option<String> {
+    let skip: Vec<String> = unavailable.iter().cloned().collect();
+    state
+        .store
+        .read(move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT DISTINCT a.sha256 FROM incident_attachments a LEFT JOIN blobs b ON b.sha256 = a.sha256
+                 WHERE b.sha256 IS NULL LIMIT 50",
+            )?;
+            let shas: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok::<_, StoreError>(shas.into_iter().find(|s| !skip.contains(s) && crate::blobs::is_sha256_hex(s)))
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Serves and fetches attachments in chunks. Only attachments of records the peer holds are served;
+/// fetched ones are verified against their hash before anything refers to them.
+async fn handle_blob(
+    state: &AppState,
+    peer: &PeerInfo,
+    frame: Frame,
+    fetching: &mut Option<String>,
+    unavailable: &mut std::collections::HashSet<String>,
+) -> Result<Vec<Frame>, String> {
+    match frame {
+        Frame::BlobRequest { sha256, offset } => {
+            let sha = sha256.clone();
+            let areas: Vec<String> = state
+                .store
+                .read(move |conn| {
+                    let mut stmt = conn.prepare(
+                        "SELECT i.area FROM incident_attachments a JOIN incidents i ON i.id = a.incident_id WHERE a.sha256 = ?1",
+                    )?;
+                    Ok::<_, StoreError>(stmt.query_map([sha], |r| r.get(0))?.collect::<Result<_, _>>()?)
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            let allowed = crate::blobs::is_sha256_hex(&sha256)
+                && areas
+                    .iter()
+                    .filter_map(|a| a.parse::<AreaCode>().ok())
+                    .any(|a| peer.holds(&state.node.area, &a));
+            if !allowed {
+                return Ok(vec![Frame::BlobMissing { sha256 }]);
+            }
+            let blobs = state.blobs.clone();
+            let sha = sha256.clone();
+            let chunk =
+                tokio::task::spawn_blocking(move || blobs.read_chunk(&sha, offset, BLOB_CHUNK))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            Ok(vec![match chunk {
+                Some((data, total)) => Frame::BlobChunk {
+                    sha256,
+                    offset,
+                    total,
+                    data,
+                },
+                None => Frame::BlobMissing { sha256 },
+            }])
+        }
+        Frame::BlobChunk {
+            sha256,
+            offset,
+            total,
+            data,
+        } => {
+            if fetching.as_deref() != Some(sha256.as_str()) || total > 1 << 32 {
+                return Ok(Vec::new());
+            }
+            let blobs = state.blobs.clone();
+            let sha = sha256.clone();
+            let len =
+                tokio::task::spawn_blocking(move || blobs.append_partial(&sha, offset, &data))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+            if len < total {
+                return Ok(vec![Frame::BlobRequest {
+                    sha256,
+                    offset: len,
+                }]);
+            }
+            *fetching = None;
+            let blobs = state.blobs.clone();
+            let sha = sha256.clone();
+            let finished = tokio::task::spawn_blocking(move || blobs.finish_partial(&sha))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            match finished {
+                Some((content_type, size)) => {
+                    let (ctx, sha) = (state.write_ctx(), sha256.clone());
+                    state
+                        .store
+                        .write(move |conn| {
+                            crate::blobs::register(
+                                conn,
+                                &sha,
+                                size as usize,
+                                content_type,
+                                ctx.now_ms(),
+                            )
+                        })
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tracing::debug!(sha256 = %sha256, size, "attachment fetched and verified");
+                }
+                None => {
+                    tracing::warn!(sha256 = %sha256, "a fetched attachment did not match its hash; discarded");
+                    unavailable.insert(sha256);
+                }
+            }
+            Ok(Vec::new())
+        }
+        Frame::BlobMissing { sha256 } => {
+            if fetching.as_deref() == Some(sha256.as_str()) {
+                *fetching = None;
+            }
+            unavailable.insert(sha256);
+            Ok(Vec::new())
+        }
+        _ => Ok(Vec::new()),
     }
 }
 

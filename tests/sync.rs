@@ -213,6 +213,50 @@ fn villages_and_county_converge_after_the_county_was_down() {
             .is_some_and(|c| !c.is_empty())
     });
 
+    // A photo attached at the village reaches the county in chunks and verifies byte for byte.
+    // Noise does not compress, so this photo spans several chunks.
+    let photo = {
+        let mut x: u32 = 2463534242;
+        let img = image::RgbImage::from_fn(600, 500, |_, _| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    assert!(
+        photo.len() > 3 * township_node::peers::BLOB_CHUNK,
+        "{} bytes",
+        photo.len()
+    );
+    let (ct, body) = common::harness::multipart("file", "photo.png", &photo);
+    let mut headers = a1.headers();
+    headers.push(("content-type", &ct));
+    let (status, _, reply) = blocking_send(
+        "POST",
+        &s1.url(&format!("/api/v1/incidents/{id}/attachments")),
+        &headers,
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&reply));
+    let sha = serde_json::from_slice::<Value>(&reply).unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for("the photo at the county", || {
+        let (status, _, bytes) = blocking_request(
+            "GET",
+            &county_server.url(&format!("/api/v1/blobs/{sha}")),
+            &ca.headers(),
+        )
+        .unwrap();
+        status == 200 && bytes == photo
+    });
+
     // Revoking a node closes its connection at once.
     let v2_id = id_of(&v2)["node_id"].as_str().unwrap().to_string();
     let (status, _, _) = blocking_request(

@@ -62,6 +62,18 @@ pub enum Frame {
     Ack { upto: i64 },
     /// A record the receiver would not take from this peer, and why.
     Refused { id: Uuid, reason: String },
+    /// Asks for part of an attachment referenced by a synced record, from `offset` on (resumable).
+    BlobRequest { sha256: String, offset: u64 },
+    /// Part of an attachment; `total` is its full size.
+    BlobChunk {
+        sha256: String,
+        offset: u64,
+        total: u64,
+        #[serde(with = "serde_bytes_compat")]
+        data: Vec<u8>,
+    },
+    /// The sender does not have (or will not give) this attachment.
+    BlobMissing { sha256: String },
 }
 
 mod serde_bytes_compat {
@@ -156,6 +168,8 @@ pub struct Outcome {
     pub refused: Vec<(Uuid, String)>,
     /// Records that changed here (to push on to other peers).
     pub changed: Vec<DocMeta>,
+    /// Attachment frames, which the node handles (the engine knows records, not files).
+    pub blobs: Vec<Frame>,
 }
 
 struct DocSync {
@@ -438,6 +452,9 @@ impl Link {
                 self.docs.remove(&id);
                 out.refused.push((id, format!("peer refused: {reason}")));
             }
+            blob @ (Frame::BlobRequest { .. }
+            | Frame::BlobChunk { .. }
+            | Frame::BlobMissing { .. }) => out.blobs.push(blob),
         }
         out.frames.extend(self.acks());
         Ok(out)
