@@ -183,6 +183,11 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   await page.locator('#audit-filters button[type=submit]').click();
   await page.waitForFunction(() => [...document.querySelectorAll('#audit-table tbody tr td:nth-child(4)')].every((td) => td.textContent.startsWith('auth.login')));
 
+  await page.locator('#nav a[href="/nodes"]').click();
+  await page.getByRole('heading', { name: '下级节点' }).waitFor();
+  await page.getByText('还没有登记下级节点。').waitFor();
+  assert.equal(await page.locator('#link-state').textContent(), '本地运行', 'no upstream configured');
+
   await page.locator('#logout').click();
   await page.getByRole('heading', { name: '登录' }).waitFor();
   await page.goto(base + '/audit');

@@ -11,6 +11,7 @@ import * as incidents from './pages/incidents.js';
 import * as report from './pages/report.js';
 import * as incident from './pages/incident.js';
 import * as indicators from './pages/indicators.js';
+import * as nodes from './pages/nodes.js';
 import { pending, notFound } from './pages/pending.js';
 
 const ACCOUNT_ADMINS = ['admin', 'county_it'];
@@ -39,11 +40,11 @@ route('/incidents/new', guarded(report.render, ['grid_worker', 'township_staff',
 route('/incidents/:id', guarded(incident.render));
 route('/tasks', guarded(incidents.renderTasks));
 route('/indicators', guarded(indicators.render));
+route('/nodes', guarded(nodes.render, ACCOUNT_ADMINS));
 for (const [path, key] of [
   ['/sensors', 'page.sensors'],
   ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],
-  ['/nodes', 'page.nodes'],
 ]) {
   route(path, guarded(pending(key)));
 }
@@ -97,18 +98,43 @@ function renderUser(user) {
 }
 
 async function header() {
-  const state = document.getElementById('link-state');
   try {
     const node = await getJson('/api/v1/node', { timeoutMs: 8000 });
     document.getElementById('node-name').textContent = node.name;
-    state.dataset.state = node.role === 'county' ? 'online' : 'unknown';
-    state.dataset.i18n = node.role === 'county' ? 'link.local' : 'link.unknown';
-    state.textContent = t(state.dataset.i18n);
+  } catch (_) {
+    const state = document.getElementById('link-state');
+    state.dataset.state = 'offline';
+    state.textContent = '⚠';
+  }
+}
+
+// The sync state in the header: connected, offline since when, changes waiting. Polled gently.
+async function linkState() {
+  const state = document.getElementById('link-state');
+  if (!currentUser()) {
+    state.textContent = '';
+    return;
+  }
+  try {
+    const s = await getJson('/api/v1/sync/status', { timeoutMs: 8000 });
+    if (!s.upstream) {
+      state.dataset.state = 'online';
+      state.textContent = t('link.local');
+    } else if (s.upstream.state === 'connected') {
+      state.dataset.state = 'online';
+      state.textContent = s.upstream.pending_out > 0 ? `${t('link.connected')} · ${s.upstream.pending_out}` : t('link.connected');
+    } else {
+      state.dataset.state = 'offline';
+      const since = s.upstream.since_ms ? new Date(s.upstream.since_ms) : null;
+      const when = since ? `${String(since.getHours()).padStart(2, '0')}:${String(since.getMinutes()).padStart(2, '0')}` : '';
+      state.textContent = `${t('link.offline_since')} ${when}`;
+    }
   } catch (_) {
     state.dataset.state = 'offline';
     state.textContent = '⚠';
   }
 }
+setInterval(linkState, 15000);
 
 document.getElementById('lang-toggle').addEventListener('click', () => {
   toggleLang();
@@ -117,7 +143,7 @@ document.getElementById('lang-toggle').addEventListener('click', () => {
   navigate(location.pathname + location.search, { push: false });
 });
 
-onChange(renderUser);
+onChange((user) => { renderUser(user); linkState(); });
 applyTranslations(document);
 header();
 refresh()
