@@ -555,6 +555,7 @@ async fn run_session<S: FrameIo>(
     }
     let mut polls = 0u32;
     let mut fetching: Option<String> = None;
+    let mut streaming = false;
     let mut unavailable: std::collections::HashSet<String> = std::collections::HashSet::new();
     let peer_for_blobs = link.as_ref().map(|l| l.peer().clone()).ok_or("no link")?;
     loop {
@@ -588,7 +589,13 @@ async fn run_session<S: FrameIo>(
                     persist_ack(state, &peer_id, peer_row.as_deref(), upto).await;
                 }
                 for frame in outcome.blobs {
-                    for reply in handle_blob(state, &peer_for_blobs, frame, &mut fetching, &mut unavailable).await? {
+                    let replies = match frame {
+                        Frame::StreamBatch { .. } | Frame::StreamAck { .. } => {
+                            handle_stream(state, &peer_for_blobs, frame, &mut streaming).await?
+                        }
+                        other => handle_blob(state, &peer_for_blobs, other, &mut fetching, &mut unavailable).await?,
+                    };
+                    for reply in replies {
                         io.send_frame(engine::encode(&reply)).await?;
                     }
                 }
@@ -623,8 +630,14 @@ async fn run_session<S: FrameIo>(
                     io.send_frame(engine::encode(f)).await?;
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
-                // Records first, then the attachments they reference, one at a time.
-                if fetching.is_none() && pending == 0 && polls.is_multiple_of(BLOB_LOOK_EVERY)
+                // Records first, then append-only streams up the tree, then attachments.
+                if pending == 0 && !streaming && peer_for_blobs.relation == Relation::Upstream
+                    && let Some(batch) = next_stream_batch(state, &peer_for_blobs.node_id).await
+                {
+                    io.send_frame(engine::encode(&batch)).await?;
+                    streaming = true;
+                }
+                if fetching.is_none() && !streaming && pending == 0 && polls.is_multiple_of(BLOB_LOOK_EVERY)
                     && let Some(sha) = next_missing_blob(state, &unavailable).await
                 {
                     let offset = state.blobs.partial_len(&sha);
@@ -633,6 +646,137 @@ async fn run_session<S: FrameIo>(
                 }
             }
         }
+    }
+}
+
+/// Stream records shipped per batch at most.
+const STREAM_BATCH: i64 = 500;
+
+/// The next batch of stream records the upstream has not confirmed: this node's own audit chain
+/// first, then what downstream nodes shipped here (relayed with their origin).
+async fn next_stream_batch(state: &AppState, upstream: &str) -> Option<Frame> {
+    let (own, peer) = (state.node.node_id.clone(), upstream.to_string());
+    state
+        .store
+        .read(move |conn| {
+            let cursor = |origin: &str| -> rusqlite::Result<i64> {
+                Ok(conn
+                    .query_row(
+                        "SELECT acked FROM stream_cursors WHERE peer = ?1 AND origin = ?2 AND stream = 'audit'",
+                        params![peer, origin],
+                        |r| r.get(0),
+                    )
+                    .optional()?
+                    .unwrap_or(0))
+            };
+            let after = cursor(&own)?;
+            let mut stmt = conn.prepare(
+                "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let records: Vec<engine::StreamRecord> = stmt
+                .query_map(params![after, STREAM_BATCH], |r| {
+                    let entry = json!({
+                        "seq": r.get::<_, i64>(0)?, "at_ms": r.get::<_, i64>(1)?, "actor": r.get::<_, String>(2)?,
+                        "action": r.get::<_, String>(3)?, "target": r.get::<_, String>(4)?, "detail": r.get::<_, String>(5)?,
+                        "prev_hash": r.get::<_, String>(6)?, "hash": r.get::<_, String>(7)?,
+                    });
+                    Ok(engine::StreamRecord { seq: r.get(0)?, payload: entry.to_string().into_bytes() })
+                })?
+                .collect::<Result<_, _>>()?;
+            if !records.is_empty() {
+                return Ok::<_, StoreError>(Some(Frame::StreamBatch { stream: "audit".into(), origin: own, records }));
+            }
+            let origins: Vec<String> = conn
+                .prepare("SELECT DISTINCT origin FROM stream_records WHERE stream = 'audit' ORDER BY origin")?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for origin in origins {
+                let after = cursor(&origin)?;
+                let mut stmt = conn.prepare(
+                    "SELECT seq, payload FROM stream_records WHERE origin = ?1 AND stream = 'audit' AND seq > ?2 ORDER BY seq LIMIT ?3",
+                )?;
+                let records: Vec<engine::StreamRecord> = stmt
+                    .query_map(params![origin, after, STREAM_BATCH], |r| Ok(engine::StreamRecord { seq: r.get(0)?, payload: r.get(1)? }))?
+                    .collect::<Result<_, _>>()?;
+                if !records.is_empty() {
+                    return Ok(Some(Frame::StreamBatch { stream: "audit".into(), origin, records }));
+                }
+            }
+            Ok(None)
+        })
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Stores stream records from a downstream node (idempotently) and acknowledges them; persists
+/// acknowledgements from the upstream.
+async fn handle_stream(
+    state: &AppState,
+    peer: &PeerInfo,
+    frame: Frame,
+    streaming: &mut bool,
+) -> Result<Vec<Frame>, String> {
+    match frame {
+        Frame::StreamBatch {
+            stream,
+            origin,
+            records,
+        } => {
+            if peer.relation != Relation::Downstream || stream != "audit" || records.len() > 10_000
+            {
+                return Ok(Vec::new());
+            }
+            let Some(upto) = records.iter().map(|r| r.seq).max() else {
+                return Ok(Vec::new());
+            };
+            let (via, now, origin_row, stream_row) = (
+                peer.node_id.clone(),
+                state.clock.now_ms(),
+                origin.clone(),
+                stream.clone(),
+            );
+            state
+                .store
+                .write(move |conn| {
+                    let mut stmt = conn.prepare_cached(
+                        "INSERT OR IGNORE INTO stream_records (origin, stream, seq, payload, via, received_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    )?;
+                    for r in &records {
+                        stmt.execute(params![origin_row, stream_row, r.seq, r.payload, via, now])?;
+                    }
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(vec![Frame::StreamAck {
+                stream,
+                origin,
+                upto,
+            }])
+        }
+        Frame::StreamAck {
+            stream,
+            origin,
+            upto,
+        } => {
+            *streaming = false;
+            let peer_id = peer.node_id.clone();
+            state
+                .store
+                .write(move |conn| {
+                    conn.execute(
+                        "INSERT INTO stream_cursors (peer, origin, stream, acked) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT(peer, origin, stream) DO UPDATE SET acked = max(acked, excluded.acked)",
+                        params![peer_id, origin, stream, upto],
+                    )?;
+                    Ok::<_, StoreError>(())
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Vec::new())
+        }
+        _ => Ok(Vec::new()),
     }
 }
 

@@ -257,6 +257,33 @@ fn villages_and_county_converge_after_the_county_was_down() {
         status == 200 && bytes == photo
     });
 
+    // The village's audit chain is shipped up by cursor and stored once per entry at the county.
+    let v1_id = id_of(&v1)["node_id"].as_str().unwrap().to_string();
+    let county_db = county.join("township.db");
+    wait_for("the village's audit chain at the county", || {
+        let conn = rusqlite::Connection::open_with_flags(
+            &county_db,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let shipped: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM stream_records WHERE origin = ?1 AND stream = 'audit'",
+                [&v1_id],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        let own = rusqlite::Connection::open_with_flags(
+            v1.join("township.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let entries: i64 = own
+            .query_row("SELECT count(*) FROM audit_log", [], |r| r.get(0))
+            .unwrap();
+        shipped > 0 && shipped == entries
+    });
+
     // Revoking a node closes its connection at once.
     let v2_id = id_of(&v2)["node_id"].as_str().unwrap().to_string();
     let (status, _, _) = blocking_request(
@@ -351,4 +378,50 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
         !audit["entries"].as_array().unwrap().is_empty(),
         "refusals are audited"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_node_carries_on() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let county = init(tmp.path(), "county", "330723", "county", None);
+    let port = free_port();
+    let server = tokio::task::spawn_blocking(move || serve_on(&county, port))
+        .await
+        .unwrap();
+    let url = format!("ws://127.0.0.1:{port}/api/v1/sync");
+    let (_, hello) = township_sync::handshake::Client::start(
+        &township_sync::NodeKey::generate().unwrap().0,
+        township_sync::NodeKey::generate().unwrap().0.public_key(),
+    )
+    .unwrap();
+    let valid = township_sync::handshake::encode(&hello);
+    let attempts: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0xff; 64],
+        valid[..valid.len() / 2].to_vec(),
+        b"{\"json\": \"is not the protocol\"}".to_vec(),
+        vec![7u8; 17 * 1024 * 1024],
+    ];
+    for (i, bytes) in attempts.into_iter().enumerate() {
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let _ = ws.send(Message::Binary(bytes.into())).await;
+        // The node answers with a refusal or closes; either way the connection ends.
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(ended.is_ok(), "attempt {i}: connection stayed open");
+    }
+    let health =
+        tokio::task::spawn_blocking(move || blocking_get(&server.url("/healthz")).unwrap().0)
+            .await
+            .unwrap();
+    assert_eq!(health, 200, "the node carries on");
 }

@@ -20,6 +20,7 @@ const MIGRATIONS: &[Migration] = &[
     v4_audit,
     v5_incidents,
     v6_sync_peers,
+    v7_streams,
 ];
 
 /// The schema version this binary writes.
@@ -222,6 +223,32 @@ fn v6_sync_peers(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             last_seen_ms INTEGER,
             version      TEXT,
             last_error   TEXT
+        ) STRICT;
+        ",
+    )
+}
+
+fn v7_streams(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        -- Append-only stream records received from downstream nodes (their audit chains, and later
+        -- readings and receipts), kept by origin and sequence so a replay changes nothing.
+        CREATE TABLE stream_records (
+            origin      TEXT NOT NULL,
+            stream      TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            payload     BLOB NOT NULL,
+            via         TEXT NOT NULL,
+            received_ms INTEGER NOT NULL,
+            PRIMARY KEY (origin, stream, seq)
+        ) STRICT;
+        -- How far each peer has confirmed each origin's stream.
+        CREATE TABLE stream_cursors (
+            peer   TEXT NOT NULL,
+            origin TEXT NOT NULL,
+            stream TEXT NOT NULL,
+            acked  INTEGER NOT NULL,
+            PRIMARY KEY (peer, origin, stream)
         ) STRICT;
         ",
     )

@@ -74,6 +74,27 @@ pub enum Frame {
     },
     /// The sender does not have (or will not give) this attachment.
     BlobMissing { sha256: String },
+    /// Records of an append-only stream (the audit chain, later sensor readings and receipts)
+    /// written at node `origin`, in sequence order, shipped upstream by cursor.
+    StreamBatch {
+        stream: String,
+        origin: String,
+        records: Vec<StreamRecord>,
+    },
+    /// The receiver stored everything of `origin`'s `stream` up to `upto`.
+    StreamAck {
+        stream: String,
+        origin: String,
+        upto: i64,
+    },
+}
+
+/// One record of an append-only stream: its sequence number at its origin and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub seq: i64,
+    #[serde(with = "serde_bytes_compat")]
+    pub payload: Vec<u8>,
 }
 
 mod serde_bytes_compat {
@@ -168,7 +189,7 @@ pub struct Outcome {
     pub refused: Vec<(Uuid, String)>,
     /// Records that changed here (to push on to other peers).
     pub changed: Vec<DocMeta>,
-    /// Attachment frames, which the node handles (the engine knows records, not files).
+    /// Attachment and stream frames, which the node handles (the engine knows records only).
     pub blobs: Vec<Frame>,
 }
 
@@ -452,9 +473,11 @@ impl Link {
                 self.docs.remove(&id);
                 out.refused.push((id, format!("peer refused: {reason}")));
             }
-            blob @ (Frame::BlobRequest { .. }
+            other @ (Frame::BlobRequest { .. }
             | Frame::BlobChunk { .. }
-            | Frame::BlobMissing { .. }) => out.blobs.push(blob),
+            | Frame::BlobMissing { .. }
+            | Frame::StreamBatch { .. }
+            | Frame::StreamAck { .. }) => out.blobs.push(other),
         }
         out.frames.extend(self.acks());
         Ok(out)
