@@ -81,6 +81,9 @@ pub struct SyncConfig {
     /// The upstream's public key, pinned: a node presenting any other key is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upstream_key: Option<String>,
+    /// Most bytes per second this node sends on each sync connection (0: no cap), for slow links
+    /// that other traffic must share.
+    pub bandwidth_limit: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

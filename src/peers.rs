@@ -550,8 +550,11 @@ async fn run_session<S: FrameIo>(
             .map_err(|e| e.to_string())?
     };
     link = Some(l);
+    let mut throttle = Throttle::new(state.config.sync.bandwidth_limit);
     for f in frames {
-        io.send_frame(engine::encode(&f)).await?;
+        let bytes = engine::encode(&f);
+        throttle.take(bytes.len()).await;
+        io.send_frame(bytes).await?;
     }
     let mut polls = 0u32;
     let mut fetching: Option<String> = None;
@@ -583,7 +586,11 @@ async fn run_session<S: FrameIo>(
                     .map_err(|e| e.to_string())?;
                 link = Some(l);
                 for f in &outcome.frames {
-                    io.send_frame(engine::encode(f)).await?;
+                    {
+                    let bytes = engine::encode(f);
+                    throttle.take(bytes.len()).await;
+                    io.send_frame(bytes).await?;
+                }
                 }
                 if let Some(upto) = outcome.acked {
                     persist_ack(state, &peer_id, peer_row.as_deref(), upto).await;
@@ -596,7 +603,11 @@ async fn run_session<S: FrameIo>(
                         other => handle_blob(state, &peer_for_blobs, other, &mut fetching, &mut unavailable).await?,
                     };
                     for reply in replies {
-                        io.send_frame(engine::encode(&reply)).await?;
+                        {
+                    let bytes = engine::encode(&reply);
+                    throttle.take(bytes.len()).await;
+                    io.send_frame(bytes).await?;
+                }
                     }
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.last_success_ms = Some(state.clock.now_ms()));
@@ -627,14 +638,22 @@ async fn run_session<S: FrameIo>(
                 link = Some(l);
                 seen = now_seq;
                 for f in &frames {
-                    io.send_frame(engine::encode(f)).await?;
+                    {
+                    let bytes = engine::encode(f);
+                    throttle.take(bytes.len()).await;
+                    io.send_frame(bytes).await?;
+                }
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
                 // Records first, then append-only streams up the tree, then attachments.
                 if pending == 0 && !streaming && peer_for_blobs.relation == Relation::Upstream
                     && let Some(batch) = next_stream_batch(state, &peer_for_blobs.node_id).await
                 {
-                    io.send_frame(engine::encode(&batch)).await?;
+                    {
+                    let bytes = engine::encode(&batch);
+                    throttle.take(bytes.len()).await;
+                    io.send_frame(bytes).await?;
+                }
                     streaming = true;
                 }
                 if fetching.is_none() && !streaming && pending == 0 && polls.is_multiple_of(BLOB_LOOK_EVERY)
@@ -913,6 +932,38 @@ async fn handle_blob(
     }
 }
 
+/// A token bucket for the optional bandwidth cap: sending waits until the bytes fit the rate.
+struct Throttle {
+    bytes_per_sec: u64,
+    allowance: f64,
+    last: tokio::time::Instant,
+}
+
+impl Throttle {
+    fn new(bytes_per_sec: u64) -> Throttle {
+        Throttle {
+            bytes_per_sec,
+            allowance: bytes_per_sec as f64,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    async fn take(&mut self, bytes: usize) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let rate = self.bytes_per_sec as f64;
+        let now = tokio::time::Instant::now();
+        self.allowance =
+            (self.allowance + now.duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        self.allowance -= bytes as f64;
+        if self.allowance < 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(-self.allowance / rate)).await;
+        }
+    }
+}
+
 async fn persist_ack(state: &AppState, peer_id: &str, _peer_row: Option<&str>, upto: i64) {
     let (id, now) = (peer_id.to_string(), state.clock.now_ms());
     let _ = state
@@ -938,15 +989,20 @@ pub fn spawn_upstream(state: &AppState) {
         let mut delay = Duration::from_secs(1);
         state.sync.update(None, |l| l.since_ms = Some(state.clock.now_ms()));
         loop {
-            let result = connect_upstream(&state, &url, &key).await;
+            let mut established = false;
+            let result = connect_upstream(&state, &url, &key, &mut established).await;
             state.sync.update(None, |l| {
                 l.connected = false;
                 l.since_ms = Some(state.clock.now_ms());
                 l.last_error = result.as_ref().err().cloned();
             });
-            match &result {
-                Ok(()) => delay = Duration::from_secs(1),
-                Err(e) => tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "upstream link down"),
+            // A link that came up and later broke starts again from a short delay; only repeated
+            // failures to connect back off towards a minute.
+            if established || result.is_ok() {
+                delay = Duration::from_secs(1);
+            }
+            if let Err(e) = &result {
+                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "upstream link down");
             }
             let jitter = Duration::from_millis(u64::from(ring_jitter()) % (delay.as_millis() as u64 / 2 + 1));
             tokio::select! {
@@ -964,7 +1020,12 @@ fn ring_jitter() -> u16 {
     u16::from_le_bytes(b)
 }
 
-async fn connect_upstream(state: &AppState, url: &str, pinned: &PublicKey) -> Result<(), String> {
+async fn connect_upstream(
+    state: &AppState,
+    url: &str,
+    pinned: &PublicKey,
+    established: &mut bool,
+) -> Result<(), String> {
     let ws_url = format!(
         "{}/api/v1/sync",
         url.trim_end_matches('/')
@@ -1021,6 +1082,7 @@ async fn connect_upstream(state: &AppState, url: &str, pinned: &PublicKey) -> Re
         l.last_error = None;
     });
     tracing::info!(upstream = %proven.node_id, %area, "connected to upstream");
+    *established = true;
     let peer = PeerInfo {
         node_id: proven.node_id,
         area,

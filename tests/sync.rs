@@ -425,3 +425,153 @@ async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_nod
             .unwrap();
     assert_eq!(health, 200, "the node carries on");
 }
+
+/// A TCP proxy that cuts every connection after `cut_after` bytes have crossed it, counting cuts.
+fn cutting_proxy(
+    target: u16,
+    cut_after: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+    let cuts_out = cuts.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming().flatten() {
+            let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                continue;
+            };
+            let moved = std::sync::Arc::new(AtomicUsize::new(0));
+            let cuts = cuts.clone();
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server.try_clone().unwrap(), client.try_clone().unwrap()),
+            ] {
+                let (moved, cuts) = (moved.clone(), cuts.clone());
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16 * 1024];
+                    loop {
+                        let n = match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        if moved.fetch_add(n, Ordering::SeqCst) + n > cut_after {
+                            if moved.swap(usize::MAX / 2, Ordering::SeqCst) < usize::MAX / 2 {
+                                cuts.fetch_add(1, Ordering::SeqCst);
+                            }
+                            break;
+                        }
+                    }
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (port, cuts_out)
+}
+
+#[test]
+fn a_link_cut_again_and_again_mid_sync_and_mid_blob_still_delivers_everything_verified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let county_port = free_port();
+    let county = init(tmp.path(), "county", "330723", "county", None);
+    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    // Every connection through the proxy dies after 300 KB: a 1 MB photo only arrives by resuming.
+    let (proxy_port, cuts) = cutting_proxy(county_port, 300 * 1024);
+    let url = format!("http://127.0.0.1:{proxy_port}");
+    let village = init(
+        tmp.path(),
+        "v",
+        "330723001001",
+        "village",
+        Some((&url, &county_key)),
+    );
+    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
+    assert!(
+        run(&[
+            "enroll",
+            "add",
+            "--data-dir",
+            county.to_str().unwrap(),
+            "--public-key",
+            &key,
+            "--area",
+            "330723001001",
+            "--name",
+            "v"
+        ])
+        .status
+        .success()
+    );
+
+    let sv = serve_on(&village, free_port());
+    let av = login(&sv.base, "admin", ADMIN_PASSWORD);
+    for i in 0..40 {
+        report(&sv, &av, &format!("断线测试{i:02}"), "330723001001");
+    }
+    let (_, _, body) =
+        blocking_request("GET", &sv.url("/api/v1/incidents?limit=1"), &av.headers()).unwrap();
+    let id = serde_json::from_slice::<Value>(&body).unwrap()["incidents"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let photo = {
+        let mut x: u32 = 88172645;
+        let img = image::RgbImage::from_fn(620, 560, |_, _| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            image::Rgb([x as u8, (x >> 8) as u8, (x >> 16) as u8])
+        });
+        let mut out = std::io::Cursor::new(Vec::new());
+        img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    assert!(photo.len() > 1_000_000);
+    let (ct, body) = common::harness::multipart("file", "big.png", &photo);
+    let mut headers = av.headers();
+    headers.push(("content-type", &ct));
+    let (status, _, reply) = blocking_send(
+        "POST",
+        &sv.url(&format!("/api/v1/incidents/{id}/attachments")),
+        &headers,
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201);
+    let sha = serde_json::from_slice::<Value>(&reply).unwrap()["sha256"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let cs = serve_on(&county, county_port);
+    let ac = login(&cs.base, "admin", ADMIN_PASSWORD);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let records = incident_titles(&cs, &ac).len();
+        let (status, _, bytes) = blocking_request(
+            "GET",
+            &cs.url(&format!("/api/v1/blobs/{sha}")),
+            &ac.headers(),
+        )
+        .unwrap();
+        if records == 40 && status == 200 {
+            assert_eq!(bytes, photo, "the photo verifies byte for byte");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not delivered through the cutting proxy: {records} records, blob {status}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        cuts.load(std::sync::atomic::Ordering::SeqCst) >= 3,
+        "the link was cut several times"
+    );
+}
