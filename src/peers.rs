@@ -75,6 +75,40 @@ impl SyncStatus {
         f(link);
     }
 
+    /// Samples for `/metrics`: upstream connected, changes waiting to go up, downstream connections.
+    pub fn samples(&self, now_ms: i64) -> Vec<crate::metrics::Sample> {
+        let (up, down) = self.snapshot();
+        let mut out = vec![crate::metrics::Sample {
+            name: "township_sync_downstream_connected",
+            help: "Downstream nodes connected now.",
+            kind: "gauge",
+            value: down.values().filter(|l| l.connected).count() as f64,
+        }];
+        if let Some(u) = up {
+            out.push(crate::metrics::Sample {
+                name: "township_sync_upstream_connected",
+                help: "1 while the link to the upstream is up.",
+                kind: "gauge",
+                value: if u.connected { 1.0 } else { 0.0 },
+            });
+            out.push(crate::metrics::Sample {
+                name: "township_sync_upstream_pending",
+                help: "Records whose sync with the upstream has not settled.",
+                kind: "gauge",
+                value: u.pending_out as f64,
+            });
+            if let Some(ok) = u.last_success_ms {
+                out.push(crate::metrics::Sample {
+                    name: "township_sync_upstream_seconds_since_success",
+                    help: "Seconds since the last frame from the upstream was applied.",
+                    kind: "gauge",
+                    value: ((now_ms - ok).max(0) as f64) / 1000.0,
+                });
+            }
+        }
+        out
+    }
+
     fn snapshot(&self) -> (Option<LinkStatus>, HashMap<String, LinkStatus>) {
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         (inner.upstream.clone(), inner.downstream.clone())

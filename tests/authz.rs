@@ -780,3 +780,55 @@ async fn the_openapi_document_describes_every_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_username_made_on_two_nodes_apart_is_resolved_deterministically_and_shown() {
+    let a = Harness::new().await;
+    let b = Harness::new().await;
+    a.add_user("same.name", Role::GridWorker, "330723001001", None)
+        .await;
+    b.add_user("same.name", Role::GridWorker, "330723001002", None)
+        .await;
+    // B's record reaches A (as sync would deliver it).
+    let docs = b.state().docs.clone();
+    let (id, bytes) = b
+        .state()
+        .store
+        .read(move |c| {
+            let id: String = c.query_row(
+                "SELECT doc_id FROM users WHERE username = 'same.name'",
+                [],
+                |r| r.get(0),
+            )?;
+            let id: uuid::Uuid = id.parse().unwrap();
+            Ok::<_, StoreError>((id, docs.load(c, id)?.1.save()))
+        })
+        .await
+        .unwrap();
+    let docs = a.state().docs.clone();
+    a.state()
+        .store
+        .write(move |c| {
+            let scope: township_sync::AreaCode = "330723001002".parse().unwrap();
+            Ok::<_, StoreError>(
+                docs.merge_remote(c, id, "user", &scope, &bytes)
+                    .map(|_| ())?,
+            )
+        })
+        .await
+        .unwrap();
+    let admin = a.session_for("admin").await;
+    let (_, _, body) = a.as_(&admin, "GET", "/api/v1/users", None).await;
+    let same: Vec<&Value> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["username"] == "same.name")
+        .collect();
+    assert_eq!(same.len(), 2);
+    assert!(same.iter().all(|u| u["clash"] == true), "{body}");
+    // Sign-in picks the oldest record, the same one on every node: A's own, made first.
+    let s = a.login("same.name", "same.name-password").await.unwrap();
+    let (_, _, me) = a.as_(&s, "GET", "/api/v1/session", None).await;
+    assert_eq!(me["user"]["area"], "330723001001");
+}

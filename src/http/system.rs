@@ -128,6 +128,8 @@ pub async fn metrics(
             value: state.store.reads_total() as f64,
         },
     ];
+    let mut extra = extra.to_vec();
+    extra.extend(state.sync.samples(state.clock.now_ms()));
     let body = state.metrics.render(&extra);
     let mut response = body.into_response();
     response.headers_mut().insert(

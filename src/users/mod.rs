@@ -87,6 +87,8 @@ pub struct UserView {
     pub department: Option<String>,
     pub disabled: bool,
     pub local: bool,
+    /// Two records claim this username (made apart on two nodes); sign-in uses the oldest record.
+    pub clash: bool,
 }
 
 impl Account {
@@ -100,6 +102,7 @@ impl Account {
             department: self.department.clone(),
             disabled: self.disabled,
             local: self.doc_id.is_none(),
+            clash: false,
         }
     }
 }
@@ -220,6 +223,15 @@ pub fn list(conn: &Connection, within: &AreaCode) -> Result<Vec<UserView>, Store
             view.phone = phone;
             out.push(view);
         }
+    }
+    // Usernames two records claim (made apart on two nodes) are shown, so county IT can rename one;
+    // sign-in keeps using the oldest record, the same on every node.
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for v in &out {
+        *counts.entry(v.username.clone()).or_default() += 1;
+    }
+    for v in &mut out {
+        v.clash = counts.get(&v.username).is_some_and(|n| *n > 1);
     }
     Ok(out)
 }
@@ -365,6 +377,7 @@ pub fn create(
         department,
         disabled: false,
         local: false,
+        clash: false,
     })
 }
 

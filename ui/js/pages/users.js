@@ -61,6 +61,7 @@ function addForm(onDone) {
 
 function row(user, onDone) {
   const state = user.disabled ? t('users.disabled') : user.local ? t('users.local') : t('users.active');
+  const clash = user.clash ? el('span', { class: 'badge bad', title: t('users.clash_help') }, t('users.clash')) : null;
   const actions = el('td', { class: 'actions' });
   if (!user.disabled && user.username !== currentUser().username) {
     const reset = el('button', { type: 'button', class: 'secondary small', 'data-i18n': 'users.reset' }, t('users.reset'));
@@ -77,7 +78,7 @@ function row(user, onDone) {
     actions.append(reset, ' ', disable);
   }
   return el('tr', { 'data-username': user.username },
-    el('td', {}, user.username), el('td', {}, user.display_name), el('td', {}, t(`role.${user.role}`)),
+    el('td', {}, user.username, ' ', clash), el('td', {}, user.display_name), el('td', {}, t(`role.${user.role}`)),
     el('td', {}, user.area), el('td', {}, user.department || '—'), el('td', {}, state), actions);
 }
 
