@@ -158,8 +158,8 @@ enum EnrollCommand {
 struct EnrollAddArgs {
     #[arg(long)]
     data_dir: PathBuf,
-    /// The node's public key, from `township-node id` on that node.
-    #[arg(long)]
+    /// The node's public key, from `township-node id` on that node (may start with '-').
+    #[arg(long, allow_hyphen_values = true)]
     public_key: String,
     /// The node's area code; must lie below this node's area.
     #[arg(long)]
@@ -203,8 +203,9 @@ struct InitArgs {
     /// The upstream node's URL (township or county), for example http://10.1.0.2:8080.
     #[arg(long, requires = "upstream_key")]
     upstream: Option<String>,
-    /// The upstream's public key (from `township-node id` there), pinned from now on.
-    #[arg(long, requires = "upstream")]
+    /// The upstream's public key (from `township-node id` there), pinned from now on. Base64url keys
+    /// may start with '-', so hyphen values are allowed.
+    #[arg(long, requires = "upstream", allow_hyphen_values = true)]
     upstream_key: Option<township_sync::PublicKey>,
 }
 

@@ -411,3 +411,47 @@ fn demo_initialises_once_and_prints_the_url() {
         assert!(status.success());
     }
 }
+
+#[test]
+fn public_keys_that_start_with_a_hyphen_are_accepted_as_values() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A valid key whose base64url text starts with '-': 0xF8 encodes to '-' in the first position.
+    let key = {
+        use base64::Engine as _;
+        let mut bytes = [7u8; 32];
+        bytes[0] = 0xF8;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    };
+    assert!(key.starts_with('-'), "{key}");
+    let dir = tmp.path().join("v");
+    let out = run(&[
+        "init",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--area",
+        "330723001001",
+        "--name",
+        "v",
+        "--role",
+        "village",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--upstream-key",
+        &key,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let county = init_node(&tmp.path().join("c"));
+    let out = run(&[
+        "enroll",
+        "add",
+        "--data-dir",
+        county.to_str().unwrap(),
+        "--public-key",
+        &key,
+        "--area",
+        "330723001001",
+        "--name",
+        "v",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
