@@ -40,6 +40,8 @@ pub struct AppInner {
     pub docs: DocStore,
     pub blobs: crate::blobs::BlobStore,
     pub hlc: Hlc,
+    /// The highest record sequence number issued (see [`WriteCtx::saw_seq`]).
+    pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
     pub throttle: Throttle,
     /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
     pub hash_permits: Semaphore,
@@ -104,6 +106,7 @@ impl AppState {
                 docs,
                 blobs,
                 hlc,
+                latest_seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
                 throttle,
                 hash_permits: Semaphore::new(2),
                 metrics: Metrics::new(),
@@ -131,6 +134,7 @@ impl AppState {
             key: self.key.clone(),
             clock: self.clock.clone(),
             hlc: self.hlc.clone(),
+            latest_seq: self.latest_seq.clone(),
         }
     }
 

@@ -71,7 +71,7 @@ pub struct Config {
     pub categories: Vec<Category>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SyncConfig {
     /// The upstream node's URL (a township or the county), for example http://10.1.0.2:8080. Overrides
@@ -84,6 +84,21 @@ pub struct SyncConfig {
     /// Most bytes per second this node sends on each sync connection (0: no cap), for slow links
     /// that other traffic must share.
     pub bandwidth_limit: u64,
+    /// A sync connection that carries nothing for this long (not even a keepalive) is stalled: it is
+    /// closed and opened again.
+    #[serde(with = "humantime_serde")]
+    pub stall_timeout: Duration,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            upstream_url: None,
+            upstream_key: None,
+            bandwidth_limit: 0,
+            stall_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,7 +36,8 @@ use crate::store::StoreError;
 /// Largest frame accepted on a sync connection; larger ones close it.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
 const POLL: Duration = Duration::from_millis(300);
-const TICK_EVERY: u32 = 6;
+/// Polls between engine ticks (stall checks); the engine restarts a record after five quiet ticks.
+const TICK_EVERY: u32 = 10;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Attachments travel in chunks this large, so a break costs at most one chunk.
 pub const BLOB_CHUNK: usize = 256 * 1024;
@@ -585,16 +586,17 @@ async fn run_session<S: FrameIo>(
     };
     link = Some(l);
     let mut throttle = Throttle::new(state.config.sync.bandwidth_limit);
+    let stall_timeout = state.config.sync.stall_timeout;
     for f in frames {
-        let bytes = engine::encode(&f);
-        throttle.take(bytes.len()).await;
-        io.send_frame(bytes).await?;
+        send(io, &mut throttle, engine::encode(&f), stall_timeout).await?;
     }
     let mut polls = 0u32;
     let mut fetching: Option<String> = None;
     let mut streaming = false;
     let mut unavailable: std::collections::HashSet<String> = std::collections::HashSet::new();
     let peer_for_blobs = link.as_ref().map(|l| l.peer().clone()).ok_or("no link")?;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut last_ping = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Err("closed by this node (revoked or shutting down)".into()),
@@ -604,9 +606,11 @@ async fn run_session<S: FrameIo>(
                     Some(Err(e)) => return Err(e),
                     Some(Ok(b)) => b,
                 };
+                last_heard = tokio::time::Instant::now();
                 let frame = engine::decode(&bytes)?;
                 let mut l = link.take().ok_or("no link")?;
                 let (docs, ctx, peer_id2) = (docs.clone(), state.write_ctx(), peer_id.clone());
+                let seq_ctx = state.write_ctx();
                 let (l, outcome) = state
                     .store
                     .write(move |conn| {
@@ -619,11 +623,12 @@ async fn run_session<S: FrameIo>(
                     .await
                     .map_err(|e| e.to_string())?;
                 link = Some(l);
+                for meta in &outcome.changed {
+                    seq_ctx.saw_seq(meta.seq);
+                }
                 for f in &outcome.frames {
                     {
-                    let bytes = engine::encode(f);
-                    throttle.take(bytes.len()).await;
-                    io.send_frame(bytes).await?;
+                    send(io, &mut throttle, engine::encode(f), stall_timeout).await?;
                 }
                 }
                 if let Some(upto) = outcome.acked {
@@ -638,9 +643,7 @@ async fn run_session<S: FrameIo>(
                     };
                     for reply in replies {
                         {
-                    let bytes = engine::encode(&reply);
-                    throttle.take(bytes.len()).await;
-                    io.send_frame(bytes).await?;
+                    send(io, &mut throttle, engine::encode(&reply), stall_timeout).await?;
                 }
                     }
                 }
@@ -648,9 +651,20 @@ async fn run_session<S: FrameIo>(
             }
             () = tokio::time::sleep(POLL) => {
                 polls += 1;
+                if last_heard.elapsed() > stall_timeout {
+                    return Err(format!("link stalled: nothing heard for {} s", stall_timeout.as_secs()));
+                }
+                if last_ping.elapsed() > stall_timeout / 3 {
+                    last_ping = tokio::time::Instant::now();
+                    send(io, &mut throttle, engine::encode(&Frame::Ping), stall_timeout).await?;
+                }
+                let tick = polls.is_multiple_of(TICK_EVERY);
+                // Most polls find nothing new: skip the database unless a record changed or a tick is due.
+                if !tick && state.latest_seq.load(std::sync::atomic::Ordering::Relaxed) <= seen {
+                    continue;
+                }
                 let mut l = link.take().ok_or("no link")?;
                 let docs = docs.clone();
-                let tick = polls.is_multiple_of(TICK_EVERY);
                 let (l, frames, now_seq, pending) = state
                     .store
                     .write(move |conn| {
@@ -673,9 +687,7 @@ async fn run_session<S: FrameIo>(
                 seen = now_seq;
                 for f in &frames {
                     {
-                    let bytes = engine::encode(f);
-                    throttle.take(bytes.len()).await;
-                    io.send_frame(bytes).await?;
+                    send(io, &mut throttle, engine::encode(f), stall_timeout).await?;
                 }
                 }
                 state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
@@ -684,9 +696,7 @@ async fn run_session<S: FrameIo>(
                     && let Some(batch) = next_stream_batch(state, &peer_for_blobs.node_id).await
                 {
                     {
-                    let bytes = engine::encode(&batch);
-                    throttle.take(bytes.len()).await;
-                    io.send_frame(bytes).await?;
+                    send(io, &mut throttle, engine::encode(&batch), stall_timeout).await?;
                 }
                     streaming = true;
                 }
@@ -694,7 +704,8 @@ async fn run_session<S: FrameIo>(
                     && let Some(sha) = next_missing_blob(state, &unavailable).await
                 {
                     let offset = state.blobs.partial_len(&sha);
-                    io.send_frame(engine::encode(&Frame::BlobRequest { sha256: sha.clone(), offset })).await?;
+                    let request = Frame::BlobRequest { sha256: sha.clone(), offset };
+                    send(io, &mut throttle, engine::encode(&request), stall_timeout).await?;
                     fetching = Some(sha);
                 }
             }
@@ -963,6 +974,24 @@ async fn handle_blob(
             Ok(Vec::new())
         }
         _ => Ok(Vec::new()),
+    }
+}
+
+/// Sends one frame within the bandwidth cap; a send that cannot complete within the stall timeout
+/// (the peer stopped reading) ends the session.
+async fn send<S: FrameIo>(
+    io: &mut S,
+    throttle: &mut Throttle,
+    bytes: Vec<u8>,
+    stall_timeout: Duration,
+) -> Result<(), String> {
+    throttle.take(bytes.len()).await;
+    match tokio::time::timeout(stall_timeout, io.send_frame(bytes)).await {
+        Ok(result) => result,
+        Err(_) => Err(format!(
+            "link stalled: a send did not complete in {} s",
+            stall_timeout.as_secs()
+        )),
     }
 }
 

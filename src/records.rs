@@ -28,11 +28,20 @@ pub struct WriteCtx {
     pub key: Arc<NodeKey>,
     pub clock: Clock,
     pub hlc: township_sync::Hlc,
+    /// The highest record sequence number issued, so sync sessions notice changes without a query.
+    pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl WriteCtx {
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// Notes that a record reached sequence `seq` (the write may still roll back; a spurious wake-up
+    /// only costs a sync session one look).
+    pub fn saw_seq(&self, seq: i64) {
+        self.latest_seq
+            .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A timestamp for a workflow transition made here now.
@@ -55,6 +64,7 @@ impl WriteCtx {
         build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
     ) -> Result<DocMeta, StoreError> {
         let meta = self.docs.create(conn, kind, scope, build)?;
+        self.saw_seq(meta.seq);
         let target = format!("{kind}/{}", meta.id);
         self.audit(
             conn,
@@ -90,6 +100,7 @@ impl WriteCtx {
             .into());
         }
         let (meta, out) = self.docs.change(conn, id, edit)?;
+        self.saw_seq(meta.seq);
         let target = format!("{kind}/{id}");
         self.audit(
             conn,

@@ -90,6 +90,18 @@ fn incident_titles(server: &Server, session: &Session) -> Vec<String> {
     titles
 }
 
+fn incident_count(server: &Server, session: &Session) -> u64 {
+    let (_, _, body) = blocking_request(
+        "GET",
+        &server.url("/api/v1/incidents?limit=1"),
+        &session.headers(),
+    )
+    .unwrap();
+    serde_json::from_slice::<Value>(&body).unwrap()["total"]
+        .as_u64()
+        .unwrap()
+}
+
 fn report(server: &Server, session: &Session, title: &str, area: &str) {
     let (status, _, body) = send_json(
         "POST",
@@ -426,10 +438,19 @@ async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_nod
     assert_eq!(health, 200, "the node carries on");
 }
 
-/// A TCP proxy that cuts every connection after `cut_after` bytes have crossed it, counting cuts.
+/// A TCP proxy that breaks every connection after `cut_after` bytes have crossed it, counting the
+/// breaks: it either cuts the connection, or (`stall`) stops forwarding while keeping it open.
 fn cutting_proxy(
     target: u16,
     cut_after: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    breaking_proxy(target, cut_after, false)
+}
+
+fn breaking_proxy(
+    target: u16,
+    cut_after: usize,
+    stall: bool,
 ) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{Read, Write};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -462,6 +483,12 @@ fn cutting_proxy(
                         if moved.fetch_add(n, Ordering::SeqCst) + n > cut_after {
                             if moved.swap(usize::MAX / 2, Ordering::SeqCst) < usize::MAX / 2 {
                                 cuts.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if stall {
+                                // Hold the connection open and carry nothing more, for good.
+                                loop {
+                                    std::thread::sleep(std::time::Duration::from_secs(3600));
+                                }
                             }
                             break;
                         }
@@ -573,5 +600,93 @@ fn a_link_cut_again_and_again_mid_sync_and_mid_blob_still_delivers_everything_ve
     assert!(
         cuts.load(std::sync::atomic::Ordering::SeqCst) >= 3,
         "the link was cut several times"
+    );
+}
+
+#[test]
+fn a_stalled_link_is_noticed_and_reopened_and_everything_arrives() {
+    let tmp = tempfile::tempdir().unwrap();
+    let county_port = free_port();
+    let county = init(tmp.path(), "county", "330723", "county", None);
+    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    // Every connection stops carrying anything (but stays open) after 160 KB.
+    let (proxy_port, stalls) = breaking_proxy(county_port, 160 * 1024, true);
+    let url = format!("http://127.0.0.1:{proxy_port}");
+    let village = init(
+        tmp.path(),
+        "v",
+        "330723001001",
+        "village",
+        Some((&url, &county_key)),
+    );
+    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
+    assert!(
+        run(&[
+            "enroll",
+            "add",
+            "--data-dir",
+            county.to_str().unwrap(),
+            "--public-key",
+            &key,
+            "--area",
+            "330723001001",
+            "--name",
+            "v"
+        ])
+        .status
+        .success()
+    );
+    let quick = [("TOWNSHIP_SYNC__STALL_TIMEOUT", "2s")];
+    let mut cmd = command(&[
+        "serve",
+        "--data-dir",
+        village.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    cmd.envs(quick);
+    let sv = Server::spawn(cmd);
+    let av = login(&sv.base, "admin", ADMIN_PASSWORD);
+    for i in 0..300 {
+        report(&sv, &av, &format!("停滞测试{i:03}"), "330723001001");
+    }
+    let mut cmd = command(&[
+        "serve",
+        "--data-dir",
+        county.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{county_port}"),
+    ]);
+    cmd.envs(quick);
+    let cs = Server::spawn(cmd);
+    let ac = login(&cs.base, "admin", ADMIN_PASSWORD);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while incident_count(&cs, &ac) < 300 {
+        if Instant::now() > deadline {
+            let (_, _, body) =
+                blocking_request("GET", &sv.url("/api/v1/sync/status"), &av.headers()).unwrap();
+            let lines: Vec<String> = sv
+                .drain_lines()
+                .into_iter()
+                .filter(|l| !l.contains("http"))
+                .collect();
+            let clines: Vec<String> = cs
+                .drain_lines()
+                .into_iter()
+                .filter(|l| !l.contains("http"))
+                .collect();
+            panic!(
+                "stalled links were not reopened: {} of 300; village status {}; village log {:?}; county log {:?}",
+                incident_count(&cs, &ac),
+                String::from_utf8_lossy(&body),
+                &lines[lines.len().saturating_sub(8)..],
+                &clines[clines.len().saturating_sub(8)..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        stalls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the link stalled at least once"
     );
 }

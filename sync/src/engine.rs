@@ -57,13 +57,23 @@ pub enum Frame {
         last: bool,
     },
     /// Automerge sync messages, one per record.
-    Sync { docs: Vec<DocMessage> },
+    Sync {
+        docs: Vec<DocMessage>,
+    },
     /// The receiver holds everything the sender's manifest up to `upto` named.
-    Ack { upto: i64 },
+    Ack {
+        upto: i64,
+    },
     /// A record the receiver would not take from this peer, and why.
-    Refused { id: Uuid, reason: String },
+    Refused {
+        id: Uuid,
+        reason: String,
+    },
     /// Asks for part of an attachment referenced by a synced record, from `offset` on (resumable).
-    BlobRequest { sha256: String, offset: u64 },
+    BlobRequest {
+        sha256: String,
+        offset: u64,
+    },
     /// Part of an attachment; `total` is its full size.
     BlobChunk {
         sha256: String,
@@ -73,7 +83,9 @@ pub enum Frame {
         data: Vec<u8>,
     },
     /// The sender does not have (or will not give) this attachment.
-    BlobMissing { sha256: String },
+    BlobMissing {
+        sha256: String,
+    },
     /// Records of an append-only stream (the audit chain, later sensor readings and receipts)
     /// written at node `origin`, in sequence order, shipped upstream by cursor.
     StreamBatch {
@@ -87,6 +99,9 @@ pub enum Frame {
         origin: String,
         upto: i64,
     },
+    /// Liveness: a link that carries nothing, not even these, is stalled and gets reconnected.
+    Ping,
+    Pong,
 }
 
 /// One record of an append-only stream: its sequence number at its origin and its bytes.
@@ -473,6 +488,8 @@ impl Link {
                 self.docs.remove(&id);
                 out.refused.push((id, format!("peer refused: {reason}")));
             }
+            Frame::Ping => out.frames.push(Frame::Pong),
+            Frame::Pong => {}
             other @ (Frame::BlobRequest { .. }
             | Frame::BlobChunk { .. }
             | Frame::BlobMissing { .. }
