@@ -58,6 +58,7 @@ struct LinkStatus {
     last_success_ms: Option<i64>,
     last_error: Option<String>,
     pending_out: usize,
+    pending_in: usize,
 }
 
 #[derive(Debug, Default)]
@@ -305,7 +306,7 @@ async fn list_nodes(State(state): State<AppState>) -> Result<Json<serde_json::Va
                 "node_id": p.node_id, "public_key": p.public_key, "area": p.area, "name": p.name,
                 "enrolled_ms": p.enrolled_ms, "revoked": p.revoked_ms.is_some(), "revoked_ms": p.revoked_ms,
                 "connected": link.connected, "last_seen_ms": p.last_seen_ms, "version": p.version,
-                "pending_out": link.pending_out, "pending_in": serde_json::Value::Null,
+                "pending_out": link.pending_out, "pending_in": link.pending_in,
                 "acked_seq": p.acked_seq, "last_error": p.last_error.or(link.last_error),
             })
         })
@@ -365,7 +366,7 @@ async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>
                 "url": state.upstream().map(|u| u.0),
                 "state": if u.connected { "connected" } else { "offline" },
                 "since_ms": u.since_ms, "last_success_ms": u.last_success_ms,
-                "last_error": u.last_error, "pending_out": u.pending_out,
+                "last_error": u.last_error, "pending_out": u.pending_out, "pending_in": u.pending_in,
             })
         } else { serde_json::Value::Null },
         "downstream_connected": downstream.values().filter(|l| l.connected).count(),
@@ -679,7 +680,8 @@ async fn run_session<S: FrameIo>(
                             frames.extend(l.tick(conn, &docs)?);
                         }
                         let pending = l.pending(conn);
-                        Ok::<_, StoreError>((l, frames, now_seq, pending))
+                        let pending_in = l.pending_in();
+                        Ok::<_, StoreError>((l, frames, now_seq, (pending, pending_in)))
                     })
                     .await
                     .map_err(|e| e.to_string())?;
@@ -690,7 +692,11 @@ async fn run_session<S: FrameIo>(
                     send(io, &mut throttle, engine::encode(f), stall_timeout).await?;
                 }
                 }
-                state.sync.update(peer_row.as_deref(), |l| l.pending_out = pending);
+                let (pending, pending_in) = pending;
+                state.sync.update(peer_row.as_deref(), |l| {
+                    l.pending_out = pending;
+                    l.pending_in = pending_in;
+                });
                 // Records first, then append-only streams up the tree, then attachments.
                 if pending == 0 && !streaming && peer_for_blobs.relation == Relation::Upstream
                     && let Some(batch) = next_stream_batch(state, &peer_for_blobs.node_id).await

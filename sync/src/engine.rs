@@ -267,6 +267,11 @@ impl Link {
             .count()
     }
 
+    /// Records the peer announced that this node does not hold yet (incoming changes still to arrive).
+    pub fn pending_in(&self) -> usize {
+        self.incoming.values().map(BTreeSet::len).sum()
+    }
+
     /// The manifest that opens the connection.
     pub fn start(&mut self, conn: &Connection) -> Result<Vec<Frame>, DocError> {
         let upto = DocStore::current_seq(conn)?;
