@@ -440,13 +440,6 @@ async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_nod
 
 /// A TCP proxy that breaks every connection after `cut_after` bytes have crossed it, counting the
 /// breaks: it either cuts the connection, or (`stall`) stops forwarding while keeping it open.
-fn cutting_proxy(
-    target: u16,
-    cut_after: usize,
-) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
-    breaking_proxy(target, cut_after, false)
-}
-
 fn breaking_proxy(
     target: u16,
     cut_after: usize,
@@ -505,37 +498,8 @@ fn breaking_proxy(
 #[test]
 fn a_link_cut_again_and_again_mid_sync_and_mid_blob_still_delivers_everything_verified() {
     let tmp = tempfile::tempdir().unwrap();
-    let county_port = free_port();
-    let county = init(tmp.path(), "county", "330723", "county", None);
-    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
     // Every connection through the proxy dies after 300 KB: a 1 MB photo only arrives by resuming.
-    let (proxy_port, cuts) = cutting_proxy(county_port, 300 * 1024);
-    let url = format!("http://127.0.0.1:{proxy_port}");
-    let village = init(
-        tmp.path(),
-        "v",
-        "330723001001",
-        "village",
-        Some((&url, &county_key)),
-    );
-    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
-    assert!(
-        run(&[
-            "enroll",
-            "add",
-            "--data-dir",
-            county.to_str().unwrap(),
-            "--public-key",
-            &key,
-            "--area",
-            "330723001001",
-            "--name",
-            "v"
-        ])
-        .status
-        .success()
-    );
-
+    let (county, county_port, village, cuts) = proxied_pair(tmp.path(), 300 * 1024, false);
     let sv = serve_on(&village, free_port());
     let av = login(&sv.base, "admin", ADMIN_PASSWORD);
     for i in 0..40 {
@@ -606,36 +570,8 @@ fn a_link_cut_again_and_again_mid_sync_and_mid_blob_still_delivers_everything_ve
 #[test]
 fn a_stalled_link_is_noticed_and_reopened_and_everything_arrives() {
     let tmp = tempfile::tempdir().unwrap();
-    let county_port = free_port();
-    let county = init(tmp.path(), "county", "330723", "county", None);
-    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
     // Every connection stops carrying anything (but stays open) after 160 KB.
-    let (proxy_port, stalls) = breaking_proxy(county_port, 160 * 1024, true);
-    let url = format!("http://127.0.0.1:{proxy_port}");
-    let village = init(
-        tmp.path(),
-        "v",
-        "330723001001",
-        "village",
-        Some((&url, &county_key)),
-    );
-    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
-    assert!(
-        run(&[
-            "enroll",
-            "add",
-            "--data-dir",
-            county.to_str().unwrap(),
-            "--public-key",
-            &key,
-            "--area",
-            "330723001001",
-            "--name",
-            "v"
-        ])
-        .status
-        .success()
-    );
+    let (county, county_port, village, stalls) = proxied_pair(tmp.path(), 160 * 1024, true);
     let quick = [("TOWNSHIP_SYNC__STALL_TIMEOUT", "2s")];
     let mut cmd = command(&[
         "serve",
@@ -689,4 +625,46 @@ fn a_stalled_link_is_noticed_and_reopened_and_everything_arrives() {
         stalls.load(std::sync::atomic::Ordering::SeqCst) >= 1,
         "the link stalled at least once"
     );
+}
+
+/// A county and one village enrolled at it, the village's upstream reached through a proxy that
+/// breaks every connection after `break_after` bytes (cut, or `stall`ed). Returns the county's data
+/// directory and port, the village's data directory, and the break counter.
+fn proxied_pair(
+    tmp: &std::path::Path,
+    break_after: usize,
+    stall: bool,
+) -> (
+    std::path::PathBuf,
+    u16,
+    std::path::PathBuf,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let county_port = free_port();
+    let county = init(tmp, "county", "330723", "county", None);
+    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    let (proxy_port, breaks) = breaking_proxy(county_port, break_after, stall);
+    let url = format!("http://127.0.0.1:{proxy_port}");
+    let village = init(
+        tmp,
+        "v",
+        "330723001001",
+        "village",
+        Some((&url, &county_key)),
+    );
+    let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
+    let out = run(&[
+        "enroll",
+        "add",
+        "--data-dir",
+        county.to_str().unwrap(),
+        "--public-key",
+        &key,
+        "--area",
+        "330723001001",
+        "--name",
+        "v",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    (county, county_port, village, breaks)
 }

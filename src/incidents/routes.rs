@@ -253,23 +253,32 @@ async fn export_rows(
         .await?)
 }
 
+/// A download: the body with its type, named so browsers save it as a file.
+fn download(
+    mut response: Response,
+    content_type: &'static str,
+    filename: &'static str,
+) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(filename),
+    );
+    response
+}
+
 async fn export_csv(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let rows = export_rows(&state, &caller, q).await?;
-    let mut response = query::to_csv(&rows).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/csv; charset=utf-8"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"incidents.csv\""),
-    );
-    Ok(response)
+    Ok(download(
+        query::to_csv(&rows).into_response(),
+        "text/csv; charset=utf-8",
+        "attachment; filename=\"incidents.csv\"",
+    ))
 }
 
 async fn export_geojson(
@@ -278,17 +287,11 @@ async fn export_geojson(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let rows = export_rows(&state, &caller, q).await?;
-    let mut response = Json(query::to_geojson(&rows)).into_response();
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/geo+json"),
-    );
-    headers.insert(
-        header::CONTENT_DISPOSITION,
-        HeaderValue::from_static("attachment; filename=\"incidents.geojson\""),
-    );
-    Ok(response)
+    Ok(download(
+        Json(query::to_geojson(&rows)).into_response(),
+        "application/geo+json",
+        "attachment; filename=\"incidents.geojson\"",
+    ))
 }
 
 async fn detail(
