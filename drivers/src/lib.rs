@@ -4,6 +4,7 @@
 //! module persists them, so a stuck serial port or a flood of MQTT messages cannot block a write
 //! transaction, and a driver can be tested without a store.
 
+pub mod hj212;
 pub mod reading;
 
 pub use reading::{Quality, Reading};
