@@ -6,5 +6,6 @@
 
 pub mod hj212;
 pub mod reading;
+pub mod registers;
 
 pub use reading::{Quality, Reading};
