@@ -5,6 +5,7 @@
 //! transaction, and a driver can be tested without a store.
 
 pub mod hj212;
+pub mod payload;
 pub mod reading;
 pub mod registers;
 
