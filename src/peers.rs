@@ -503,6 +503,23 @@ async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), 
         }))
         .await?;
     let row = row.ok_or("enrollment vanished")?;
+    // The downstream's own version (from its hello) and when it was last seen, for the nodes page.
+    let (seen_id, seen_version, seen_at) = (
+        proven.node_id.clone(),
+        proven.software.clone(),
+        state.clock.now_ms(),
+    );
+    state
+        .store
+        .write(move |conn| {
+            conn.execute(
+                "UPDATE sync_peers SET version = ?2, last_seen_ms = ?3, last_error = NULL WHERE node_id = ?1",
+                params![seen_id, seen_version, seen_at],
+            )?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(|e| e.to_string())?;
     let area: AreaCode = row
         .area
         .parse()
@@ -633,7 +650,7 @@ async fn run_session<S: FrameIo>(
                 }
                 }
                 if let Some(upto) = outcome.acked {
-                    persist_ack(state, &peer_id, peer_row.as_deref(), upto).await;
+                    persist_ack(state, &peer_id, upto).await;
                 }
                 for frame in outcome.blobs {
                     let replies = match frame {
@@ -1033,14 +1050,14 @@ impl Throttle {
     }
 }
 
-async fn persist_ack(state: &AppState, peer_id: &str, _peer_row: Option<&str>, upto: i64) {
+async fn persist_ack(state: &AppState, peer_id: &str, upto: i64) {
     let (id, now) = (peer_id.to_string(), state.clock.now_ms());
     let _ = state
         .store
         .write(move |conn| {
             conn.execute(
-                "UPDATE sync_peers SET acked_seq = max(acked_seq, ?2), last_seen_ms = ?3, version = ?4 WHERE node_id = ?1",
-                params![id, upto, now, env!("CARGO_PKG_VERSION")],
+                "UPDATE sync_peers SET acked_seq = max(acked_seq, ?2), last_seen_ms = ?3 WHERE node_id = ?1",
+                params![id, upto, now],
             )?;
             Ok::<_, StoreError>(())
         })

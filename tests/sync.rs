@@ -186,6 +186,15 @@ fn villages_and_county_converge_after_the_county_was_down() {
             .all(|n| n["connected"] == true),
         "{nodes}"
     );
+    // Each node's own version, reported in its hello, and when it was last seen.
+    assert!(
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["version"] == env!("CARGO_PKG_VERSION") && n["last_seen_ms"].is_i64()),
+        "{nodes}"
+    );
 
     // Live: an edit at a connected village reaches the county in about a second.
     let started = Instant::now();

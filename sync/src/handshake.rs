@@ -26,6 +26,8 @@ pub enum HandshakeFrame {
         node_id: String,
         public_key: String,
         nonce: Vec<u8>,
+        /// The downstream's software version, shown to county IT on the nodes page.
+        software: String,
     },
     ServerHello {
         version: u32,
@@ -71,6 +73,8 @@ pub enum HandshakeError {
 pub struct Proven {
     pub node_id: String,
     pub public_key: PublicKey,
+    /// The peer's software version, when it said (downstream nodes do in their hello).
+    pub software: Option<String>,
 }
 
 /// What the upstream knows about an enrolled downstream key.
@@ -154,6 +158,7 @@ impl<'k> Client<'k> {
             node_id: key.node_id().to_string(),
             public_key: key.public_key().to_string(),
             nonce: nonce.clone(),
+            software: env!("CARGO_PKG_VERSION").to_string(),
         };
         Ok((
             Client {
@@ -218,6 +223,7 @@ impl<'k> Client<'k> {
             Proven {
                 node_id,
                 public_key: server_key,
+                software: None,
             },
             proof,
         ))
@@ -230,6 +236,7 @@ pub struct Server<'k> {
     client_id: String,
     client_key: PublicKey,
     client_nonce: Vec<u8>,
+    client_software: String,
     nonce: Vec<u8>,
 }
 
@@ -245,6 +252,7 @@ impl<'k> Server<'k> {
             node_id,
             public_key,
             nonce: client_nonce,
+            software,
         } = frame
         else {
             return Err(HandshakeError::Malformed("expected a hello".into()));
@@ -287,6 +295,7 @@ impl<'k> Server<'k> {
                 client_id: node_id,
                 client_key,
                 client_nonce,
+                client_software: software.chars().take(40).collect(),
                 nonce,
             },
             hello,
@@ -317,6 +326,7 @@ impl<'k> Server<'k> {
         Ok(Proven {
             node_id: self.client_id,
             public_key: self.client_key,
+            software: Some(self.client_software),
         })
     }
 }
@@ -418,6 +428,7 @@ mod tests {
             node_id: other.node_id().to_string(),
             public_key: public_key.clone(),
             nonce: nonce.clone(),
+            software: "test".into(),
         };
         assert_eq!(
             Server::answer(&county, forged, |_| Some(Enrollment::Active)).err(),
@@ -428,6 +439,7 @@ mod tests {
             node_id: village.node_id().to_string(),
             public_key,
             nonce,
+            software: "test".into(),
         };
         assert!(matches!(
             Server::answer(&county, old, enrolled(&village)),
