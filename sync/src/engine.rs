@@ -539,10 +539,15 @@ impl Link {
     pub fn tick(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
         self.tick += 1;
         let now = self.tick;
+        // Settled records need no state: a later change starts a fresh exchange. Dropping them keeps
+        // this map, and every look at it, the size of the work in flight rather than of every record
+        // the connection ever carried.
+        self.docs
+            .retain(|id, d| now - d.progress < STALL_TICKS || !settled(conn, *id, d));
         let stalled: Vec<Uuid> = self
             .docs
             .iter()
-            .filter(|(id, d)| now - d.progress >= STALL_TICKS && !settled(conn, **id, d))
+            .filter(|(_, d)| now - d.progress >= STALL_TICKS)
             .map(|(id, _)| *id)
             .collect();
         let mut messages = Vec::new();
