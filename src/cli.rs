@@ -345,7 +345,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config.log.format = format;
             }
             crate::logging::init(config.log.format, &config.log.filter);
-            runtime()?.block_on(serve(&dir, config, None))?;
+            runtime()?.block_on(serve(&dir, config, false))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => {
@@ -371,7 +371,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("  chen.jing (emergency), sun.hao (enforcement), it.zhou (county IT): {people_password}");
                     println!("  (passwords are shown once; keep them)");
                 }
-                serve(&dir, config, Some(())).await
+                serve(&dir, config, true).await
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -553,7 +553,7 @@ fn demo_request(admin_password_hash: String) -> Result<InitRequest> {
 }
 
 /// Opens the node, serves until a signal, and shuts down in order. `demo` prints where to look.
-async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
+async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
     let listen = config.http.listen;
     let grace = config.http.shutdown_grace;
     let opened = app::open(dir, config).await?;
@@ -569,7 +569,7 @@ async fn serve(dir: &DataDir, config: Config, demo: Option<()>) -> Result<()> {
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(node_id = %state.node.node_id, area = %state.node.area, role = %state.node.role, "listening on http://{addr}");
-    if demo.is_some() {
+    if demo {
         let shown = if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port()))
         } else {
