@@ -629,6 +629,21 @@ impl DocStore {
     }
 }
 
+/// The next sync message from an in-memory document, with automerge's panics turned into errors.
+fn generate(
+    doc: &mut AutoCommit,
+    id: Uuid,
+    state: &mut automerge::sync::State,
+) -> Result<Option<Vec<u8>>, DocError> {
+    use automerge::sync::SyncDoc;
+    let message = catch_unwind(AssertUnwindSafe(|| doc.sync().generate_sync_message(state)))
+        .map_err(|_| DocError::Corrupt {
+            id,
+            reason: "automerge panicked generating a sync message".into(),
+        })?;
+    Ok(message.map(|m| m.encode()))
+}
+
 /// Automerge sync over stored documents: one side of the per-document sync protocol, with the
 /// caller holding the per-peer, per-connection [`automerge::sync::State`].
 impl DocStore {
@@ -653,17 +668,11 @@ impl DocStore {
         id: Uuid,
         state: &mut automerge::sync::State,
     ) -> Result<Option<Vec<u8>>, DocError> {
-        use automerge::sync::SyncDoc;
         let mut doc = match self.load_or_empty(conn, id)? {
             Some((_, doc)) => doc,
             None => AutoCommit::new(),
         };
-        let message = catch_unwind(AssertUnwindSafe(|| doc.sync().generate_sync_message(state)))
-            .map_err(|_| DocError::Corrupt {
-                id,
-                reason: "automerge panicked generating a sync message".into(),
-            })?;
-        Ok(message.map(|m| m.encode()))
+        generate(&mut doc, id, state)
     }
 
     /// Applies a sync message from a peer. The caller has already decided the peer may write
@@ -678,6 +687,24 @@ impl DocStore {
         message: &[u8],
         state: &mut automerge::sync::State,
     ) -> Result<Merged, DocError> {
+        Ok(self
+            .sync_exchange(conn, id, kind, scope, message, state, false)?
+            .0)
+    }
+
+    /// [`Self::sync_receive`] and, with `reply`, the answer to send back, made from the document
+    /// already in memory rather than loaded a second time.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sync_exchange(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        message: &[u8],
+        state: &mut automerge::sync::State,
+        reply: bool,
+    ) -> Result<(Merged, Option<Vec<u8>>), DocError> {
         use automerge::sync::SyncDoc;
         let message = automerge::sync::Message::decode(message).map_err(|e| {
             DocError::Invalid(format!("record {id}: undecodable sync message: {e}"))
@@ -722,7 +749,12 @@ impl DocStore {
             {
                 self.keep_pending(conn, meta.id, &raw_changes)?;
             }
-            return Ok(Merged::Unchanged);
+            let answer = if reply {
+                generate(&mut doc, id, state)?
+            } else {
+                None
+            };
+            return Ok((Merged::Unchanged, answer));
         }
         let stated_kind = crate::fields::text(&doc, KIND_KEY);
         let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
@@ -732,17 +764,19 @@ impl DocStore {
             )));
         }
         doc.set_actor(self.actor.clone());
-        match meta {
-            None => Ok(Merged::Changed(
-                self.insert_new(conn, id, kind, scope, &mut doc)?,
-            )),
+        let merged = match meta {
+            None => Merged::Changed(self.insert_new(conn, id, kind, scope, &mut doc)?),
             Some(meta) => {
                 let bytes = doc.save_after(&before);
-                Ok(Merged::Changed(
-                    self.record_change(conn, meta, &mut doc, &bytes)?,
-                ))
+                Merged::Changed(self.record_change(conn, meta, &mut doc, &bytes)?)
             }
-        }
+        };
+        let answer = if reply {
+            generate(&mut doc, id, state)?
+        } else {
+            None
+        };
+        Ok((merged, answer))
     }
 
     /// Appends received changes that cannot be applied yet to the document's change log, without a

@@ -436,10 +436,19 @@ impl Link {
                         .get_mut(&m.id)
                         .map(|d| std::mem::replace(&mut d.state, automerge::sync::State::new()))
                         .unwrap_or_default();
-                    let result = if writable {
-                        store.sync_receive(conn, m.id, &m.kind, &scope, &m.message, &mut st)
+                    // The writable path answers from the document it already loaded.
+                    let (result, answer) = if writable {
+                        match store
+                            .sync_exchange(conn, m.id, &m.kind, &scope, &m.message, &mut st, true)
+                        {
+                            Ok((merged, answer)) => (Ok(merged), Some(answer)),
+                            Err(e) => (Err(e), None),
+                        }
                     } else {
-                        receive_read_only(conn, store, m.id, &m.message, &mut st)
+                        (
+                            receive_read_only(conn, store, m.id, &m.message, &mut st),
+                            None,
+                        )
                     };
                     if let Some(d) = self.docs.get_mut(&m.id) {
                         d.state = st;
@@ -475,7 +484,16 @@ impl Link {
                         }
                         Err(e) => return Err(e),
                     }
-                    if let Some(reply) = self.generate(conn, store, m.id)? {
+                    let reply = match answer {
+                        Some(message) => message.map(|message| DocMessage {
+                            id: m.id,
+                            kind: m.kind.clone(),
+                            scope: scope.to_string(),
+                            message,
+                        }),
+                        None => self.generate(conn, store, m.id)?,
+                    };
+                    if let Some(reply) = reply {
                         replies.push(reply);
                     }
                     self.settle(conn, store, m.id)?;
