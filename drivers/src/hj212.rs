@@ -232,6 +232,42 @@ pub fn factor_values(frame: &Frame) -> (Option<String>, Vec<FactorValue>) {
     (data_time, values)
 }
 
+/// Built-in display names and units for common HJ 212-2017 factor codes (air and surface water).
+/// Configuration can add codes (`[hj212] factors`); the metric name stays the code.
+const FACTORS: &[(&str, &str, &str)] = &[
+    ("a01001", "温度", "℃"),
+    ("a01002", "湿度", "%"),
+    ("a01006", "气压", "kPa"),
+    ("a01007", "风速", "m/s"),
+    ("a01008", "风向", "°"),
+    ("a05024", "臭氧", "μg/m³"),
+    ("a21004", "二氧化氮", "μg/m³"),
+    ("a21005", "一氧化碳", "mg/m³"),
+    ("a21026", "二氧化硫", "μg/m³"),
+    ("a34001", "总悬浮颗粒物", "μg/m³"),
+    ("a34002", "PM10", "μg/m³"),
+    ("a34004", "PM2.5", "μg/m³"),
+    ("w00000", "污水流量", "L/s"),
+    ("w01001", "pH 值", ""),
+    ("w01003", "浊度", "NTU"),
+    ("w01009", "溶解氧", "mg/L"),
+    ("w01010", "水温", "℃"),
+    ("w01014", "电导率", "μS/cm"),
+    ("w01018", "化学需氧量", "mg/L"),
+    ("w01019", "高锰酸盐指数", "mg/L"),
+    ("w21001", "总氮", "mg/L"),
+    ("w21003", "氨氮", "mg/L"),
+    ("w21011", "总磷", "mg/L"),
+];
+
+/// The built-in display name and unit of a factor code.
+pub fn factor_info(code: &str) -> Option<(&'static str, &'static str)> {
+    FACTORS
+        .iter()
+        .find(|(c, _, _)| *c == code)
+        .map(|(_, name, unit)| (*name, *unit))
+}
+
 /// The data response (CN 9014) the standard requires when an upload asks for one.
 pub fn data_response(frame: &Frame) -> Option<Vec<u8>> {
     if !frame.wants_response() || upload_kind(&frame.cn).is_none() {

@@ -3,10 +3,22 @@
 //! Drivers never touch the database. They emit [`Reading`]s on a channel and the node's telemetry
 //! module persists them, so a stuck serial port or a flood of MQTT messages cannot block a write
 //! transaction, and a driver can be tested without a store.
+//!
+//! Code map: [`driver`] (the trait, the sink, health counters, the supervisor), [`simulator`],
+//! [`modbus`] (RTU master over [`serial`]), [`hj212`] (frames) and [`hj212_link`] (TCP and serial),
+//! [`mqtt_broker`] (embedded) and [`mqtt_client`] (external broker), [`payload`] (JSON and SenML),
+//! [`registers`] (Modbus value decoding), [`reading`] (the typed reading).
 
+pub mod driver;
 pub mod hj212;
+pub mod hj212_link;
+pub mod modbus;
+pub mod mqtt_broker;
+pub mod mqtt_client;
 pub mod payload;
 pub mod reading;
 pub mod registers;
+pub mod serial;
+pub mod simulator;
 
 pub use reading::{Quality, Reading};

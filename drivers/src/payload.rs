@@ -44,7 +44,7 @@ fn parse_time(value: &Value) -> Option<i64> {
     }
 }
 
-fn metric_name_ok(name: &str) -> bool {
+pub fn metric_name_ok(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()

@@ -1,0 +1,473 @@
+//! HJ 212 stations on the wire: a TCP listener that stations connect to, and a serial-port reader.
+//! Both split the byte stream into frames, check them ([`crate::hj212::parse`]), refuse frames from
+//! stations the node does not know, turn data uploads into readings, and answer with the data
+//! response the standard requires once the readings are committed, so a station that hears back
+//! knows its data is safe. Bad frames are counted and dropped; the connection carries on.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
+use crate::hj212::{self, Frame, Hj212Error};
+use crate::reading::{Quality, Reading};
+
+/// Which device each station's MN belongs to.
+#[derive(Debug, Clone, Default)]
+pub struct Stations {
+    by_mn: HashMap<String, String>,
+}
+
+impl Stations {
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Stations {
+        Stations {
+            by_mn: pairs.into_iter().collect(),
+        }
+    }
+
+    pub fn device(&self, mn: &str) -> Option<&str> {
+        self.by_mn.get(mn).map(String::as_str)
+    }
+}
+
+/// Splits a byte stream into candidate frames: from `##` through the stated length, CRC and CRLF.
+/// Bytes before a `##` are skipped; a length field that is not four digits or is too large makes the
+/// splitter skip that `##` and look for the next one.
+#[derive(Debug, Default)]
+pub struct FrameSplitter {
+    buf: Vec<u8>,
+}
+
+/// What the splitter found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Bytes that span exactly one frame as stated by its header; still to be checked.
+    Frame(Vec<u8>),
+    /// Bytes skipped while looking for a frame start.
+    Garbage(usize),
+}
+
+const MAX_BUFFER: usize = 64 * 1024;
+
+/// Errors that cannot be pinned on a station (noise, unknown MNs) are counted under this name.
+pub const LINK: &str = "hj212";
+
+impl FrameSplitter {
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn next_piece(&mut self) -> Option<Piece> {
+        let start = self.buf.windows(2).position(|w| w == b"##");
+        match start {
+            None => {
+                // Keep a trailing '#' that may begin the next frame.
+                let keep = usize::from(self.buf.last() == Some(&b'#'));
+                let skipped = self.buf.len() - keep;
+                if skipped == 0 {
+                    return None;
+                }
+                self.buf.drain(..skipped);
+                return Some(Piece::Garbage(skipped));
+            }
+            Some(0) => {}
+            Some(n) => {
+                self.buf.drain(..n);
+                return Some(Piece::Garbage(n));
+            }
+        }
+        let header = self.buf.get(2..6)?;
+        let len = std::str::from_utf8(header)
+            .ok()
+            .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|t| t.parse::<usize>().ok())
+            .filter(|&l| l <= hj212::MAX_DATA_LEN);
+        let Some(len) = len else {
+            self.buf.drain(..2);
+            return Some(Piece::Garbage(2));
+        };
+        let total = len + 12;
+        if self.buf.len() < total {
+            if self.buf.len() > MAX_BUFFER {
+                let n = self.buf.len();
+                self.buf.clear();
+                return Some(Piece::Garbage(n));
+            }
+            return None;
+        }
+        Some(Piece::Frame(self.buf.drain(..total).collect()))
+    }
+}
+
+/// `DataTime=YYYYMMDDhhmmss` in Beijing time (UTC+8, which the standard's stations use), as epoch ms.
+pub fn parse_data_time(text: &str) -> Option<i64> {
+    if text.len() != 14 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| text.get(r).and_then(|s| s.parse::<i64>().ok());
+    let (y, mo, d, h, mi, s) = (
+        n(0..4)?,
+        n(4..6)?,
+        n(6..8)?,
+        n(8..10)?,
+        n(10..12)?,
+        n(12..14)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let (y2, m2) = if mo <= 2 {
+        (y - 1, mo + 9)
+    } else {
+        (y, mo - 3)
+    };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * m2 + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + h * 3600 + mi * 60 + s) - 8 * 3600) * 1000)
+}
+
+/// The readings in a data upload: real-time values (`Rtd`) and period averages (`Avg`) under the
+/// factor code, cumulative values (`Cou`) under `{code}-Cou`. Min and max are left to the node's own
+/// aggregates. A flag other than `N` marks the value as flagged by the device.
+pub fn readings(frame: &Frame, device: &str, receive_ms: i64) -> Result<Vec<Reading>, Hj212Error> {
+    let (data_time, values) = hj212::factor_values(frame);
+    let time_ms = match data_time {
+        Some(t) => parse_data_time(&t).ok_or_else(|| {
+            Hj212Error::Malformed(format!(
+                "DataTime `{}`",
+                t.chars().take(20).collect::<String>()
+            ))
+        })?,
+        None => receive_ms,
+    };
+    Ok(values
+        .into_iter()
+        .filter_map(|v| {
+            let metric = match v.statistic.as_str() {
+                "Rtd" | "Avg" => v.code.clone(),
+                "Cou" => format!("{}-Cou", v.code),
+                _ => return None,
+            };
+            let quality = match v.flag.as_deref() {
+                None | Some("N") => Quality::Good,
+                Some(_) => Quality::DeviceFlagged,
+            };
+            Some(Reading {
+                device: device.to_string(),
+                metric,
+                time_ms,
+                value: v.value,
+                unit: None,
+                quality,
+            })
+        })
+        .collect())
+}
+
+/// Reads frames from one stream until it ends, the idle timeout passes, or shutdown.
+async fn serve_stream<S>(
+    mut stream: S,
+    stations: &Stations,
+    ctx: &DriverContext,
+    idle: Duration,
+    peer: &str,
+) -> Result<(), DriverError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut splitter = FrameSplitter::default();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let n = tokio::select! {
+            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+                Ok(Err(e)) => return Err(DriverError::io(format!("reading from {peer}"), e)),
+                Err(_) => {
+                    tracing::debug!(%peer, "HJ 212 connection idle; closing");
+                    return Ok(());
+                }
+            },
+            () = ctx.shutdown.cancelled() => return Ok(()),
+        };
+        splitter.push(&buf[..n]);
+        while let Some(piece) = splitter.next_piece() {
+            let bytes = match piece {
+                Piece::Garbage(n) => {
+                    ctx.health.error(
+                        LINK,
+                        ErrorKind::Malformed,
+                        format!("{n} bytes outside a frame"),
+                        ctx.now(),
+                    );
+                    continue;
+                }
+                Piece::Frame(bytes) => bytes,
+            };
+            let frame = match hj212::parse(&bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    let kind = match e {
+                        Hj212Error::Crc { .. } => ErrorKind::Crc,
+                        _ => ErrorKind::Malformed,
+                    };
+                    // Count against the station if its MN can be read, else against the link.
+                    let who = mn_hint(&bytes)
+                        .and_then(|mn| stations.device(&mn).map(String::from))
+                        .unwrap_or_else(|| LINK.to_string());
+                    ctx.health.error(&who, kind, e.to_string(), ctx.now());
+                    continue;
+                }
+            };
+            let Some(device) = stations.device(&frame.mn) else {
+                ctx.health.error(
+                    LINK,
+                    ErrorKind::Refused,
+                    format!("unknown MN {}", frame.mn),
+                    ctx.now(),
+                );
+                tracing::warn!(%peer, mn = %frame.mn, "HJ 212 frame from an unknown station refused");
+                continue;
+            };
+            let now = ctx.now();
+            if hj212::upload_kind(&frame.cn).is_some() {
+                match readings(&frame, device, now) {
+                    Ok(readings) => {
+                        let committed = ctx.sink.send_acked(readings).await?;
+                        // Answer only once the data is durable; a station that hears nothing resends.
+                        if !committed.await.unwrap_or(false) {
+                            return Err(DriverError::Other(
+                                "readings could not be committed".into(),
+                            ));
+                        }
+                        ctx.health.ok(device, now);
+                    }
+                    Err(e) => {
+                        ctx.health
+                            .error(device, ErrorKind::Malformed, e.to_string(), now);
+                        continue;
+                    }
+                }
+            } else {
+                // Heartbeats and other commands still show the station is alive.
+                ctx.health.ok(device, now);
+            }
+            if let Some(answer) = hj212::data_response(&frame) {
+                stream
+                    .write_all(&answer)
+                    .await
+                    .map_err(|e| DriverError::io(format!("answering {peer}"), e))?;
+            }
+        }
+    }
+}
+
+/// The MN of a frame that failed its checks, if the text holds one (to count the error against it).
+fn mn_hint(bytes: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let start = text.find("MN=")? + 3;
+    let rest = &text[start..];
+    let end = rest.find(';')?;
+    Some(rest[..end].to_string())
+}
+
+/// The TCP listener stations connect to.
+pub struct Hj212Listener {
+    pub addr: SocketAddr,
+    pub stations: Arc<Stations>,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Driver for Hj212Listener {
+    fn name(&self) -> String {
+        "hj212".into()
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a DriverContext) -> DriverFuture<'a> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(self.addr).await.map_err(|e| {
+                DriverError::io(format!("binding HJ 212 listener on {}", self.addr), e)
+            })?;
+            tracing::info!(
+                "hj212 listening on tcp://{}",
+                listener.local_addr().map_or(self.addr, |a| a)
+            );
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
+            let tracker = tokio_util::task::TaskTracker::new();
+            let result = loop {
+                let (socket, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(pair) => pair,
+                        // Out of file descriptors and the like: pause rather than spin.
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HJ 212 accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    () = ctx.shutdown.cancelled() => break Ok(()),
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many HJ 212 connections; refused");
+                    continue;
+                };
+                let ctx = ctx.clone();
+                let stations = self.stations.clone();
+                let idle = self.idle_timeout;
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    let peer = peer.to_string();
+                    if let Err(e) = serve_stream(socket, &stations, &ctx, idle, &peer).await {
+                        tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
+                    }
+                });
+            };
+            tracker.close();
+            tracker.wait().await;
+            result
+        })
+    }
+}
+
+/// A station on a serial line (RS-232/485), read continuously.
+pub struct Hj212Serial {
+    pub port: String,
+    pub baud: u32,
+    pub stations: Arc<Stations>,
+}
+
+impl Driver for Hj212Serial {
+    fn name(&self) -> String {
+        format!("hj212_serial:{}", self.port)
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a DriverContext) -> DriverFuture<'a> {
+        Box::pin(async move {
+            let stream = crate::serial::open(&self.port, self.baud, crate::serial::Parity::None)?;
+            serve_stream_serial(stream, &self.stations, ctx, &self.port).await
+        })
+    }
+}
+
+async fn serve_stream_serial(
+    stream: tokio_serial::SerialStream,
+    stations: &Stations,
+    ctx: &DriverContext,
+    port: &str,
+) -> Result<(), DriverError> {
+    serve_stream(
+        stream,
+        stations,
+        ctx,
+        Duration::from_secs(365 * 86_400),
+        port,
+    )
+    .await?;
+    if ctx.shutdown.is_cancelled() {
+        Ok(())
+    } else {
+        Err(DriverError::Other(format!("serial port {port} closed")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn upload(cn: &str, cp: &str) -> Vec<u8> {
+        hj212::encode(&format!(
+            "QN=20240601120000001;ST=22;CN={cn};PW=123456;MN=010000A8900016F000169DC0;Flag=5;CP=&&{cp}&&"
+        ))
+    }
+
+    #[test]
+    fn splits_frames_out_of_noise_and_halves() {
+        let mut s = FrameSplitter::default();
+        let frame = upload(
+            "2011",
+            "DataTime=20240601120000;a34004-Rtd=35.2,a34004-Flag=N",
+        );
+        s.push(b"noise##xx");
+        s.push(&frame[..10]);
+        assert_eq!(s.next_piece(), Some(Piece::Garbage(5)));
+        assert_eq!(
+            s.next_piece(),
+            Some(Piece::Garbage(2)),
+            "a ## with no length is skipped"
+        );
+        assert_eq!(s.next_piece(), Some(Piece::Garbage(2)));
+        assert_eq!(s.next_piece(), None, "waits for the rest");
+        s.push(&frame[10..]);
+        assert_eq!(s.next_piece(), Some(Piece::Frame(frame.clone())));
+        assert_eq!(s.next_piece(), None);
+    }
+
+    #[test]
+    fn data_time_is_beijing_time() {
+        // 2024-06-01 12:00:00 +08:00 is 04:00:00 UTC.
+        assert_eq!(parse_data_time("20240601120000"), Some(1_717_214_400_000));
+        assert_eq!(parse_data_time("20241301120000"), None);
+        assert_eq!(parse_data_time("2024060112000"), None);
+    }
+
+    #[test]
+    fn upload_becomes_readings_with_flags() {
+        let frame = hj212::parse(&upload(
+            "2051",
+            "DataTime=20240601120000;a34004-Avg=35.2,a34004-Min=30,a34004-Max=40,a34004-Flag=N;a21026-Avg=8,a21026-Flag=D;w00000-Cou=120.5",
+        ))
+        .unwrap();
+        let r = readings(&frame, "aq-01", 0).unwrap();
+        assert_eq!(r.len(), 3);
+        assert_eq!(
+            (r[0].metric.as_str(), r[0].value, r[0].quality),
+            ("a34004", 35.2, Quality::Good)
+        );
+        assert_eq!(
+            (r[1].metric.as_str(), r[1].quality),
+            ("a21026", Quality::DeviceFlagged)
+        );
+        assert_eq!(r[2].metric, "w00000-Cou");
+        assert!(r.iter().all(|x| x.time_ms == 1_717_214_400_000));
+    }
+
+    proptest! {
+        #[test]
+        fn splitter_and_parser_never_panic(chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 0..10)) {
+            let mut s = FrameSplitter::default();
+            for c in chunks {
+                s.push(&c);
+                while let Some(p) = s.next_piece() {
+                    if let Piece::Frame(f) = p {
+                        let _ = hj212::parse(&f).map(|fr| readings(&fr, "d", 0));
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn valid_frames_survive_any_noise_around_them(pre in proptest::collection::vec(any::<u8>().prop_filter("no #", |b| *b != b'#'), 0..100), cut in 1usize..100) {
+            let frame = upload("2011", "DataTime=20240601120000;a34004-Rtd=35.2,a34004-Flag=N");
+            let mut bytes = pre.clone();
+            bytes.extend_from_slice(&frame);
+            let mut s = FrameSplitter::default();
+            let cut = cut.min(bytes.len());
+            s.push(&bytes[..cut]);
+            let mut found = Vec::new();
+            while let Some(p) = s.next_piece() { if let Piece::Frame(f) = p { found.push(f) } }
+            s.push(&bytes[cut..]);
+            while let Some(p) = s.next_piece() { if let Piece::Frame(f) = p { found.push(f) } }
+            prop_assert_eq!(found, vec![frame]);
+        }
+    }
+}

@@ -1,0 +1,624 @@
+//! The embedded MQTT 3.1.1 broker, so a sensor can publish to the node with nothing else installed.
+//!
+//! Every device signs in with its own username and password and may publish and subscribe only under
+//! its own topic, `sensors/{device_id}` and below. Readings on `sensors/{id}` (JSON) or
+//! `sensors/{id}/senml` (SenML) go to the node, and a QoS 1 or 2 message is acknowledged only after
+//! its readings are committed, so once a sensor has its PUBACK the reading survives a crash. Other
+//! subscribers get messages at QoS 0; there are no retained messages and no persistent sessions.
+//!
+//! Packets are encoded and decoded with rumqttc's MQTT codec. The broker itself is written here
+//! rather than taken from rumqttd because rumqttd (0.20) can neither restrict a client to its own
+//! topics nor hold an acknowledgement until the node has committed the message.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use rumqttc::mqttbytes::v4::{
+    ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, Publish, SubAck,
+    SubscribeReasonCode, UnsubAck,
+};
+use rumqttc::mqttbytes::{Error as CodecError, QoS};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
+use crate::payload;
+
+/// How a device's payloads are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `{"ts": …, "<metric>": number}` on `sensors/{id}`.
+    Json,
+    /// An RFC 8428 array on `sensors/{id}/senml`.
+    Senml,
+}
+
+/// One device's sign-in.
+#[derive(Clone)]
+pub struct Account {
+    pub device: String,
+    pub password: String,
+    pub format: Format,
+}
+
+impl std::fmt::Debug for Account {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Account")
+            .field("device", &self.device)
+            .field("format", &self.format)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Largest packet accepted; payloads above 64 KiB are refused by the parsers anyway.
+const MAX_PACKET: usize = 256 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether `topic` (a publish topic or a subscription filter) lies under the device's own topic.
+pub fn topic_allowed(device: &str, topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix("sensors/") else {
+        return false;
+    };
+    let Some(after) = rest.strip_prefix(device) else {
+        return false;
+    };
+    after.is_empty() || after.starts_with('/')
+}
+
+/// MQTT filter matching with `+` and `#`.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+fn filter_valid(filter: &str) -> bool {
+    !filter.is_empty()
+        && filter.split('/').enumerate().all(|(i, level)| {
+            let last = i == filter.split('/').count() - 1;
+            match level {
+                "#" => last,
+                "+" => true,
+                l => !l.contains(['#', '+']),
+            }
+        })
+}
+
+/// Readings from a publish on the device's own topic; `None` when the topic carries no readings.
+pub fn readings_for(
+    account: &Account,
+    topic: &str,
+    body: &[u8],
+    now_ms: i64,
+) -> Option<Result<Vec<crate::Reading>, payload::PayloadError>> {
+    let own = format!("sensors/{}", account.device);
+    let senml = format!("{own}/senml");
+    match (account.format, topic) {
+        (Format::Json, t) if t == own => Some(payload::parse_json(&account.device, body, now_ms)),
+        (Format::Senml, t) if t == senml => {
+            Some(payload::parse_senml(&account.device, body, now_ms))
+        }
+        (Format::Json, t) if t == senml => Some(Err(payload::PayloadError::Shape(
+            "this device is configured for JSON on sensors/{id}".into(),
+        ))),
+        (Format::Senml, t) if t == own => Some(Err(payload::PayloadError::Shape(
+            "this device is configured for SenML on sensors/{id}/senml".into(),
+        ))),
+        _ => None,
+    }
+}
+
+struct Shared {
+    accounts: HashMap<String, Account>,
+    /// Messages for subscribers: (topic, payload).
+    fanout: broadcast::Sender<(Arc<str>, Bytes)>,
+    /// Client id → the token that ends its connection, so a reconnect with the same id takes over.
+    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    next_session: std::sync::atomic::AtomicU64,
+}
+
+/// The embedded broker as a supervised driver.
+pub struct EmbeddedBroker {
+    pub addr: SocketAddr,
+    pub accounts: HashMap<String, Account>,
+    pub max_connections: usize,
+}
+
+impl Driver for EmbeddedBroker {
+    fn name(&self) -> String {
+        "mqtt".into()
+    }
+
+    fn run<'a>(&'a mut self, ctx: &'a DriverContext) -> DriverFuture<'a> {
+        Box::pin(async move {
+            let listener = TcpListener::bind(self.addr).await.map_err(|e| {
+                DriverError::io(format!("binding the MQTT broker on {}", self.addr), e)
+            })?;
+            let bound = listener
+                .local_addr()
+                .map_err(|e| DriverError::io("MQTT broker address", e))?;
+            tracing::info!("mqtt broker listening on mqtt://{bound}");
+            let (fanout, _) = broadcast::channel(1024);
+            let shared = Arc::new(Shared {
+                accounts: self.accounts.clone(),
+                fanout,
+                sessions: Mutex::new(HashMap::new()),
+                next_session: std::sync::atomic::AtomicU64::new(1),
+            });
+            let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
+            let tracker = tokio_util::task::TaskTracker::new();
+            loop {
+                let (socket, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(pair) => pair,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "MQTT accept failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    },
+                    () = ctx.shutdown.cancelled() => break,
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many MQTT connections; refused");
+                    continue;
+                };
+                let _ = socket.set_nodelay(true);
+                let ctx = ctx.clone();
+                let shared = shared.clone();
+                tracker.spawn(async move {
+                    let _permit = permit;
+                    if let Err(e) = serve_client(socket, &shared, &ctx).await {
+                        tracing::debug!(%peer, error = %e, "MQTT connection ended");
+                    }
+                });
+            }
+            tracker.close();
+            tracker.wait().await;
+            Ok(())
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ClientError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the node stopped taking readings")]
+    SinkClosed,
+}
+
+impl From<CodecError> for ClientError {
+    fn from(e: CodecError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+/// What the writer half sends, in order.
+enum Out {
+    Now(Packet),
+    /// Sent once the readings are committed; if they could not be, the connection closes unanswered
+    /// so the client sends the message again.
+    AfterCommit(oneshot::Receiver<bool>, Packet),
+}
+
+async fn read_packet(
+    rd: &mut tokio::net::tcp::OwnedReadHalf,
+    buf: &mut BytesMut,
+) -> Result<Option<Packet>, ClientError> {
+    loop {
+        match Packet::read(buf, MAX_PACKET) {
+            Ok(p) => return Ok(Some(p)),
+            Err(CodecError::InsufficientBytes(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if rd.read_buf(buf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
+async fn write_packet(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    packet: &Packet,
+) -> Result<(), ClientError> {
+    let mut out = BytesMut::with_capacity(packet.size() + 8);
+    packet.write(&mut out, MAX_PACKET)?;
+    wr.write_all(&out).await?;
+    Ok(())
+}
+
+async fn serve_client(
+    socket: TcpStream,
+    shared: &Shared,
+    ctx: &DriverContext,
+) -> Result<(), ClientError> {
+    let (mut rd, mut wr) = socket.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf)).await
+    {
+        Ok(Ok(Some(Packet::Connect(c)))) => c,
+        Ok(Ok(None)) | Err(_) => return Ok(()),
+        Ok(Ok(Some(_))) => return Err(ClientError::Protocol("first packet is not CONNECT".into())),
+        Ok(Err(e)) => return Err(e),
+    };
+    let refuse = |code| Packet::ConnAck(ConnAck::new(code, false));
+    if connect.protocol != rumqttc::mqttbytes::Protocol::V4 {
+        write_packet(&mut wr, &refuse(ConnectReturnCode::RefusedProtocolVersion)).await?;
+        return Err(ClientError::Refused("only MQTT 3.1.1 is spoken".into()));
+    }
+    let account = connect.login.as_ref().and_then(|login| {
+        let a = shared.accounts.get(&login.username)?;
+        constant_time_eq(a.password.as_bytes(), login.password.as_bytes()).then(|| a.clone())
+    });
+    let Some(account) = account else {
+        let who = connect
+            .login
+            .as_ref()
+            .map(|l| l.username.clone())
+            .unwrap_or_default();
+        tracing::warn!(username = %who, "MQTT sign-in refused");
+        if let Some(a) = shared.accounts.get(&who) {
+            ctx.health.error(
+                &a.device,
+                ErrorKind::Refused,
+                "wrong MQTT password",
+                ctx.now(),
+            );
+        }
+        write_packet(&mut wr, &refuse(ConnectReturnCode::BadUserNamePassword)).await?;
+        return Err(ClientError::Refused(format!("bad credentials for `{who}`")));
+    };
+    if connect.client_id.is_empty() && !connect.clean_session {
+        write_packet(&mut wr, &refuse(ConnectReturnCode::BadClientId)).await?;
+        return Err(ClientError::Refused(
+            "a persistent session needs a client id".into(),
+        ));
+    }
+    let client_id = if connect.client_id.is_empty() {
+        format!(
+            "{}-{}",
+            account.device,
+            shared
+                .next_session
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    } else {
+        connect.client_id.clone()
+    };
+    if client_id.contains(['#', '+']) {
+        write_packet(&mut wr, &refuse(ConnectReturnCode::BadClientId)).await?;
+        return Err(ClientError::Refused(
+            "client ids may not contain '#' or '+'".into(),
+        ));
+    }
+    // A reconnect with the same client id ends the old connection (MQTT 3.1.1 §3.1.4).
+    let session = shared
+        .next_session
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mine = ctx.shutdown.child_token();
+    if let Ok(mut sessions) = shared.sessions.lock()
+        && let Some((_, old)) = sessions.insert(client_id.clone(), (session, mine.clone()))
+    {
+        old.cancel();
+    }
+    write_packet(
+        &mut wr,
+        &Packet::ConnAck(ConnAck::new(ConnectReturnCode::Success, false)),
+    )
+    .await?;
+    let result = connected(
+        rd,
+        wr,
+        buf,
+        &account,
+        connect.keep_alive,
+        shared,
+        ctx,
+        &mine,
+    )
+    .await;
+    if let Ok(mut sessions) = shared.sessions.lock()
+        && sessions
+            .get(&client_id)
+            .is_some_and(|(id, _)| *id == session)
+    {
+        sessions.remove(&client_id);
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connected(
+    mut rd: tokio::net::tcp::OwnedReadHalf,
+    mut wr: tokio::net::tcp::OwnedWriteHalf,
+    mut buf: BytesMut,
+    account: &Account,
+    keep_alive: u16,
+    shared: &Shared,
+    ctx: &DriverContext,
+    stop: &CancellationToken,
+) -> Result<(), ClientError> {
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(1024);
+    let writer_stop = stop.clone();
+    let writer = async move {
+        while let Some(item) = out_rx.recv().await {
+            let packet = match item {
+                Out::Now(p) => p,
+                Out::AfterCommit(rx, p) => {
+                    if !rx.await.unwrap_or(false) {
+                        writer_stop.cancel();
+                        return Err(ClientError::SinkClosed);
+                    }
+                    p
+                }
+            };
+            if let Err(e) = write_packet(&mut wr, &packet).await {
+                writer_stop.cancel();
+                return Err(e);
+            }
+        }
+        let _ = wr.shutdown().await;
+        Ok(())
+    };
+    // A client silent for one and a half keep-alive periods is gone (MQTT 3.1.1 §3.1.2.10).
+    let idle = if keep_alive == 0 {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_millis(u64::from(keep_alive) * 1500)
+    };
+    let reader = async move {
+        let mut subscriptions: Vec<String> = Vec::new();
+        let mut fanout = shared.fanout.subscribe();
+        loop {
+            // Packets already buffered are handled before waiting for more bytes.
+            let packet = match Packet::read(&mut buf, MAX_PACKET) {
+                Ok(p) => p,
+                Err(CodecError::InsufficientBytes(_)) => {
+                    tokio::select! {
+                        r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
+                            Ok(Ok(0)) => return Ok(()),
+                            Ok(Ok(_)) => continue,
+                            Ok(Err(e)) => return Err(e.into()),
+                            Err(_) => return Err(ClientError::Protocol("keep-alive expired".into())),
+                        },
+                        m = fanout.recv(), if !subscriptions.is_empty() => {
+                            match m {
+                                Ok((topic, payload)) => {
+                                    if subscriptions.iter().any(|f| filter_matches(f, &topic)) {
+                                        let p = Publish::from_bytes(topic.to_string(), QoS::AtMostOnce, payload);
+                                        if out_tx.send(Out::Now(Packet::Publish(p))).await.is_err() {
+                                            return Ok(());
+                                        }
+                                    }
+                                }
+                                Err(broadcast::error::RecvError::Lagged(n)) => {
+                                    tracing::debug!(skipped = n, "slow MQTT subscriber skipped messages");
+                                }
+                                Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                            }
+                            continue;
+                        }
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let reply = match packet {
+                Packet::Publish(p) => {
+                    if p.topic.contains(['#', '+']) || p.topic.is_empty() {
+                        return Err(ClientError::Protocol("wildcards in a publish topic".into()));
+                    }
+                    if !topic_allowed(&account.device, &p.topic) {
+                        tracing::warn!(device = %account.device, topic = %p.topic, "MQTT publish outside the device's topic refused");
+                        ctx.health.error(
+                            &account.device,
+                            ErrorKind::Refused,
+                            format!("publish to {}", p.topic),
+                            ctx.now(),
+                        );
+                        return Err(ClientError::Refused(format!(
+                            "{} may not publish to {}",
+                            account.device, p.topic
+                        )));
+                    }
+                    let now = ctx.now();
+                    let committed = match readings_for(account, &p.topic, &p.payload, now) {
+                        Some(Ok(readings)) => {
+                            ctx.health.ok(&account.device, now);
+                            if p.qos == QoS::AtMostOnce {
+                                ctx.sink
+                                    .send(readings)
+                                    .await
+                                    .map_err(|_| ClientError::SinkClosed)?;
+                                None
+                            } else {
+                                Some(
+                                    ctx.sink
+                                        .send_acked(readings)
+                                        .await
+                                        .map_err(|_| ClientError::SinkClosed)?,
+                                )
+                            }
+                        }
+                        Some(Err(e)) => {
+                            // A payload that cannot be read will not improve by resending: it is
+                            // counted and acknowledged.
+                            ctx.health.error(
+                                &account.device,
+                                ErrorKind::Malformed,
+                                e.to_string(),
+                                now,
+                            );
+                            None
+                        }
+                        None => None,
+                    };
+                    let _ = shared
+                        .fanout
+                        .send((Arc::from(p.topic.as_str()), p.payload.clone()));
+                    let ack = match p.qos {
+                        QoS::AtMostOnce => None,
+                        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
+                        QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(p.pkid))),
+                    };
+                    match (ack, committed) {
+                        (Some(ack), Some(rx)) => Some(Out::AfterCommit(rx, ack)),
+                        (Some(ack), None) => Some(Out::Now(ack)),
+                        (None, _) => None,
+                    }
+                }
+                Packet::PubRel(r) => Some(Out::Now(Packet::PubComp(PubComp::new(r.pkid)))),
+                Packet::Subscribe(s) => {
+                    let codes = s
+                        .filters
+                        .iter()
+                        .map(|f| {
+                            if filter_valid(&f.path) && topic_allowed(&account.device, &f.path) {
+                                if !subscriptions.contains(&f.path) {
+                                    subscriptions.push(f.path.clone());
+                                }
+                                SubscribeReasonCode::Success(QoS::AtMostOnce)
+                            } else {
+                                tracing::warn!(device = %account.device, filter = %f.path, "MQTT subscription outside the device's topic refused");
+                                ctx.health.error(&account.device, ErrorKind::Refused, format!("subscribe to {}", f.path), ctx.now());
+                                SubscribeReasonCode::Failure
+                            }
+                        })
+                        .collect();
+                    Some(Out::Now(Packet::SubAck(SubAck::new(s.pkid, codes))))
+                }
+                Packet::Unsubscribe(u) => {
+                    subscriptions.retain(|f| !u.topics.contains(f));
+                    Some(Out::Now(Packet::UnsubAck(UnsubAck::new(u.pkid))))
+                }
+                Packet::PingReq => Some(Out::Now(Packet::PingResp)),
+                Packet::Disconnect => return Ok(()),
+                // Acks for QoS 0 deliveries cannot come; anything else is a client bug.
+                Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => None,
+                other => {
+                    return Err(ClientError::Protocol(format!(
+                        "unexpected packet {:?}",
+                        packet_name(&other)
+                    )));
+                }
+            };
+            if let Some(out) = reply
+                && out_tx.send(out).await.is_err()
+            {
+                return Ok(());
+            }
+        }
+    };
+    let (read_result, write_result) = tokio::join!(reader, writer);
+    read_result.and(write_result)
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(_) => "CONNECT",
+        Packet::ConnAck(_) => "CONNACK",
+        Packet::SubAck(_) => "SUBACK",
+        Packet::UnsubAck(_) => "UNSUBACK",
+        Packet::PingResp => "PINGRESP",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_are_confined_to_the_device() {
+        assert!(topic_allowed("rain-02", "sensors/rain-02"));
+        assert!(topic_allowed("rain-02", "sensors/rain-02/senml"));
+        assert!(topic_allowed("rain-02", "sensors/rain-02/#"));
+        assert!(!topic_allowed("rain-02", "sensors/rain-020"));
+        assert!(!topic_allowed("rain-02", "sensors/rain-03"));
+        assert!(!topic_allowed("rain-02", "sensors/#"));
+        assert!(!topic_allowed("rain-02", "sensors/+/senml"));
+        assert!(!topic_allowed("rain-02", "#"));
+        assert!(!topic_allowed("rain-02", "other/rain-02"));
+    }
+
+    #[test]
+    fn filters_match_like_mqtt() {
+        assert!(filter_matches("sensors/a/#", "sensors/a/senml"));
+        assert!(filter_matches("sensors/a/#", "sensors/a"));
+        assert!(filter_matches("sensors/+/senml", "sensors/a/senml"));
+        assert!(!filter_matches("sensors/+", "sensors/a/senml"));
+        assert!(filter_valid("sensors/a/#"));
+        assert!(!filter_valid("sensors/a#"));
+        assert!(!filter_valid("sensors/#/a"));
+    }
+
+    #[test]
+    fn payload_format_follows_the_device() {
+        let json = Account {
+            device: "d".into(),
+            password: "x".into(),
+            format: Format::Json,
+        };
+        assert_eq!(
+            readings_for(&json, "sensors/d", br#"{"level": 1.5}"#, 5)
+                .unwrap()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert!(
+            readings_for(&json, "sensors/d/senml", b"[]", 5)
+                .unwrap()
+                .is_err()
+        );
+        assert!(readings_for(&json, "sensors/d/status", b"up", 5).is_none());
+        let senml = Account {
+            format: Format::Senml,
+            ..json
+        };
+        let r = readings_for(
+            &senml,
+            "sensors/d/senml",
+            br#"[{"n":"level","v":1.5,"t":1700000000}]"#,
+            1_700_000_000_000,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            (r[0].metric.as_str(), r[0].time_ms),
+            ("level", 1_700_000_000_000)
+        );
+    }
+
+    #[test]
+    fn constant_time_comparison_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+    }
+}
