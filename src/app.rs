@@ -55,6 +55,8 @@ pub struct AppInner {
     pub sync: crate::peers::SyncStatus,
     /// The upstream's URL and pinned key, if this node has one.
     pub upstream: Option<(String, township_sync::PublicKey)>,
+    /// Devices, drivers and the readings stream.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Deref for AppState {
@@ -97,6 +99,13 @@ impl AppState {
             window_ms: auth.login_window.as_millis() as i64,
             evaluations_per_hour: auth.login_evaluations_per_hour,
         });
+        let telemetry = crate::telemetry::Telemetry::new(Arc::new(
+            crate::telemetry::devices::ConfiguredDevices::new(
+                &config.devices,
+                &config.hj212.factors,
+                &config.mqtt,
+            ),
+        ));
         AppState {
             inner: Arc::new(AppInner {
                 node,
@@ -116,6 +125,7 @@ impl AppState {
                 tasks: TaskTracker::new(),
                 sync: crate::peers::SyncStatus::default(),
                 upstream: None,
+                telemetry,
             }),
         }
     }
@@ -220,6 +230,7 @@ pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
     crate::peers::spawn_upstream(state);
     crate::incidents::deadlines::spawn(state);
+    crate::telemetry::spawn(state);
     let task_state = state.clone();
     state.tasks.spawn(async move {
         let state = task_state;

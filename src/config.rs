@@ -69,6 +69,12 @@ pub struct Config {
     pub departments: Vec<Department>,
     /// Incident categories with their deadlines. Replaces the built-in list when given.
     pub categories: Vec<Category>,
+    pub mqtt: crate::telemetry::config::MqttConfig,
+    pub hj212: crate::telemetry::config::Hj212Config,
+    pub telemetry: crate::telemetry::config::TelemetryConfig,
+    pub simulator: crate::telemetry::config::SimulatorConfig,
+    /// The sensors this node reads.
+    pub devices: Vec<crate::telemetry::config::DeviceConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +313,11 @@ impl Default for Config {
             sync: SyncConfig::default(),
             departments: default_departments(),
             categories: default_categories(),
+            mqtt: Default::default(),
+            hj212: Default::default(),
+            telemetry: Default::default(),
+            simulator: Default::default(),
+            devices: Vec::new(),
         }
     }
 }
@@ -345,6 +356,21 @@ impl Config {
                 "login failure limits must be at least 1",
             ));
         }
+        let t = &self.telemetry;
+        if t.batch_max == 0 || t.stale_after < 1.0 || !(0.0..=1.0).contains(&t.faulty_error_rate) {
+            return Err(invalid(
+                "telemetry.batch_max",
+                "batch_max must be at least 1, stale_after at least 1, faulty_error_rate within 0..1",
+            ));
+        }
+        if !(self.simulator.speedup > 0.0 && self.simulator.speedup <= 10_000.0) {
+            return Err(invalid(
+                "simulator.speedup",
+                "must be above 0 and at most 10000",
+            ));
+        }
+        crate::telemetry::config::validate_devices(&self.devices, &self.mqtt)
+            .map_err(|(key, message)| invalid(&key, &message))?;
         Ok(self)
     }
 
@@ -561,6 +587,9 @@ mod tests {
         let mut expected = Config::default();
         expected.http.metrics_token = parsed.http.metrics_token.clone();
         expected.sync = parsed.sync.clone();
+        expected.mqtt = parsed.mqtt.clone();
+        expected.hj212.listen = parsed.hj212.listen;
+        expected.simulator.storm_after = parsed.simulator.storm_after;
         assert_eq!(parsed, expected, "the example must document the defaults");
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in defaults {

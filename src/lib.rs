@@ -10,6 +10,7 @@
 //! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
 //! - [`users`]: accounts as records, their projection and API.
 //! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
+//! - [`telemetry`]: devices, drivers, the readings stream, retention, status and the sensors API.
 //! - [`blobs`]: content-addressed attachments and thumbnails.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`peers`]: enrollment, the sync WebSocket, the upstream client and the sync sessions.
@@ -36,4 +37,5 @@ pub mod node;
 pub mod peers;
 pub mod records;
 pub mod store;
+pub mod telemetry;
 pub mod users;

@@ -103,6 +103,11 @@ pub const RULES: &[Rule] = &[
         "/api/v1/nodes/{id}",
         Access::Roles(ACCOUNT_ADMINS),
     ),
+    // Sensors: every signed-in role, filtered to the caller's area by the handlers.
+    rule("GET", "/api/v1/sensors", Access::SignedIn),
+    rule("GET", "/api/v1/sensors/{id}/readings", Access::SignedIn),
+    rule("GET", "/api/v1/sensors/{id}/readings.csv", Access::SignedIn),
+    rule("GET", "/api/v1/stream", Access::SignedIn),
 ];
 
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {

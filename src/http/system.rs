@@ -130,7 +130,12 @@ pub async fn metrics(
     ];
     let mut extra = extra.to_vec();
     extra.extend(state.sync.samples(state.clock.now_ms()));
-    let body = state.metrics.render(&extra);
+    let mut body = state.metrics.render(&extra);
+    body.push_str(
+        &state
+            .telemetry
+            .render_metrics(state.clock.now_ms(), &state.config.telemetry),
+    );
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

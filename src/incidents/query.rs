@@ -265,7 +265,7 @@ pub fn all(conn: &Connection, f: &Filter, max: usize) -> Result<Vec<Row>, StoreE
     Ok(list(conn, &f)?.0)
 }
 
-fn csv_field(s: &str) -> String {
+pub(crate) fn csv_field(s: &str) -> String {
     // Cells starting with these would be read as formulas by spreadsheet programs.
     let s = if s.starts_with(['=', '+', '-', '@']) {
         format!("'{s}")

@@ -21,6 +21,7 @@ const MIGRATIONS: &[Migration] = &[
     v5_incidents,
     v6_sync_peers,
     v7_streams,
+    v8_telemetry,
 ];
 
 /// The schema version this binary writes.
@@ -250,6 +251,49 @@ fn v7_streams(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             acked  INTEGER NOT NULL,
             PRIMARY KEY (peer, origin, stream)
         ) STRICT;
+        ",
+    )
+}
+
+fn v8_telemetry(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        -- One row per (device, metric) ever seen, so readings carry a small integer, not two strings.
+        CREATE TABLE telemetry_series (
+            id     INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            metric TEXT NOT NULL,
+            unit   TEXT,
+            UNIQUE (device, metric)
+        ) STRICT;
+        -- Raw readings, append-only. The key makes a replayed reading (same series and time) a no-op.
+        -- quality: 0 good, 1 out of range, 2 clock corrected, 3 flagged by the device.
+        CREATE TABLE telemetry_raw (
+            series  INTEGER NOT NULL REFERENCES telemetry_series (id),
+            t       INTEGER NOT NULL,
+            value   REAL NOT NULL,
+            quality INTEGER NOT NULL,
+            PRIMARY KEY (series, t)
+        ) STRICT, WITHOUT ROWID;
+        -- Aggregates kept after raw readings are pruned: per minute and per hour.
+        CREATE TABLE telemetry_minute (
+            series INTEGER NOT NULL REFERENCES telemetry_series (id),
+            bucket INTEGER NOT NULL,
+            min    REAL NOT NULL,
+            max    REAL NOT NULL,
+            sum    REAL NOT NULL,
+            count  INTEGER NOT NULL,
+            PRIMARY KEY (series, bucket)
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE telemetry_hour (
+            series INTEGER NOT NULL REFERENCES telemetry_series (id),
+            bucket INTEGER NOT NULL,
+            min    REAL NOT NULL,
+            max    REAL NOT NULL,
+            sum    REAL NOT NULL,
+            count  INTEGER NOT NULL,
+            PRIMARY KEY (series, bucket)
+        ) STRICT, WITHOUT ROWID;
         ",
     )
 }

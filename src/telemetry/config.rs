@@ -1,0 +1,444 @@
+//! The sensor-related configuration sections: `[mqtt]`, `[hj212]`, `[telemetry]`, `[simulator]` and
+//! `[[devices]]`, with the checks types alone cannot express (unique ids, the fields each driver
+//! needs, no wildcard identities, no example passwords).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use township_drivers::registers::{DataType, WordOrder};
+
+use crate::config::Secret;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// The embedded broker's address; leave out to run none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// An external broker the node subscribes to instead of (or beside) the embedded one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalBroker>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalBroker {
+    pub host: String,
+    #[serde(default = "default_mqtt_port")]
+    pub port: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls: bool,
+    /// PEM file with the CA that signed the broker's certificate; the system roots otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The MQTT client id; a persistent session keeps QoS 1 messages while the node is down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+fn default_mqtt_port() -> u16 {
+    1883
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Hj212Config {
+    /// TCP listener for HJ 212 stations; leave out to run none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+    /// Factor codes beyond the built-in table, e.g. `w01018 = { name = "化学需氧量", unit = "mg/L" }`.
+    pub factors: BTreeMap<String, FactorName>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactorName {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// How long raw readings are kept.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// How long 1-minute aggregates are kept.
+    #[serde(with = "humantime_serde")]
+    pub minute_retention: Duration,
+    /// How long 1-hour aggregates are kept.
+    #[serde(with = "humantime_serde")]
+    pub hour_retention: Duration,
+    /// When the database grows past this many MiB, the oldest raw readings go first (aggregates stay).
+    pub disk_budget_mb: u64,
+    /// Largest number of readings committed in one transaction.
+    pub batch_max: usize,
+    /// Longest a reading waits for others to share its commit.
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
+    /// A device is stale after this many of its intervals without a reading.
+    pub stale_after: f64,
+    /// A device whose recent exchanges fail at least this often is faulty.
+    pub faulty_error_rate: f64,
+    /// The interval assumed for devices that do not set one (MQTT and HJ 212 stations report on
+    /// their own schedule).
+    #[serde(with = "humantime_serde")]
+    pub default_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            raw_retention: Duration::from_secs(30 * 86_400),
+            minute_retention: Duration::from_secs(180 * 86_400),
+            hour_retention: Duration::from_secs(3650 * 86_400),
+            disk_budget_mb: 4096,
+            batch_max: 5000,
+            batch_delay: Duration::from_millis(20),
+            stale_after: 3.0,
+            faulty_error_rate: 0.5,
+            default_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SimulatorConfig {
+    /// Simulated seconds per real second, so a storm can play out in minutes for a demonstration.
+    pub speedup: f64,
+    pub seed: u64,
+    /// A scripted storm this long after start; leave out for none.
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub storm_after: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub storm_for: Duration,
+    /// Peak rain intensity of the scripted storm in mm/h.
+    pub storm_peak: f64,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            speedup: 1.0,
+            seed: 1,
+            storm_after: None,
+            storm_for: Duration::from_secs(3 * 3600),
+            storm_peak: 40.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DriverKind {
+    ModbusRtu,
+    Hj212,
+    Mqtt,
+    Simulator,
+}
+
+impl DriverKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            DriverKind::ModbusRtu => "modbus_rtu",
+            DriverKind::Hj212 => "hj212",
+            DriverKind::Mqtt => "mqtt",
+            DriverKind::Simulator => "simulator",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RegisterKind {
+    #[default]
+    Holding,
+    Input,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadFormat {
+    #[default]
+    Json,
+    Senml,
+}
+
+/// One measured quantity of a device. For Modbus it also says where the value lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PointConfig {
+    pub metric: String,
+    /// A display name; the built-in factor table names HJ 212 codes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub register: Option<u16>,
+    #[serde(default)]
+    pub kind: RegisterKind,
+    #[serde(rename = "type", default = "default_type")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub word_order: WordOrder,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+}
+
+fn default_type() -> DataType {
+    DataType::U16
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    /// Also the MQTT topic segment and the API id.
+    pub id: String,
+    pub name: String,
+    pub area: String,
+    pub driver: DriverKind,
+    /// How often the device is polled (Modbus, simulator) or is expected to report (MQTT, HJ 212).
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub interval: Option<Duration>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub points: Vec<PointConfig>,
+    // Modbus RTU and HJ 212 over serial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baud: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parity: Option<Parity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slave: Option<u8>,
+    /// How long to wait for a Modbus answer.
+    #[serde(
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
+    pub timeout: Option<Duration>,
+    // MQTT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<PayloadFormat>,
+    // HJ 212.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mn: Option<String>,
+    // Simulator: rain | river | air, and which stations share rain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catchment: Option<String>,
+}
+
+/// A device id is a topic segment and a URL segment: letters, digits, `-`, `_` and `.` only.
+pub fn device_id_ok(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Passwords printed in documentation, refused so a copied example never goes live.
+const EXAMPLE_PASSWORDS: &[&str] = &["change-me", "changeme", "password", "123456"];
+
+impl DeviceConfig {
+    /// The MQTT password, read from `password_file` when that is how it is given.
+    pub fn mqtt_password(&self) -> Result<Option<Secret>, String> {
+        if let Some(p) = &self.password {
+            return Ok(Some(p.clone()));
+        }
+        match &self.password_file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Checks every device; the error names the key (`devices[2].slave`) and what to do.
+pub fn validate_devices(
+    devices: &[DeviceConfig],
+    mqtt: &MqttConfig,
+) -> Result<(), (String, String)> {
+    let mut ids = HashSet::new();
+    let mut usernames = HashSet::new();
+    let mut mns = HashSet::new();
+    for (i, d) in devices.iter().enumerate() {
+        let key = |field: &str| format!("devices[{i}].{field}");
+        if !device_id_ok(&d.id) {
+            return Err((
+                key("id"),
+                "must be 1 to 64 letters, digits, '-', '_' or '.' (it is a topic and URL segment)"
+                    .into(),
+            ));
+        }
+        if !ids.insert(d.id.clone()) {
+            return Err((key("id"), format!("`{}` is used by two devices", d.id)));
+        }
+        if d.area.parse::<township_sync::AreaCode>().is_err() {
+            return Err((key("area"), format!("`{}` is not an area code", d.area)));
+        }
+        if d.interval.is_some_and(|i| i < Duration::from_millis(100)) {
+            return Err((key("interval"), "must be at least 100ms".into()));
+        }
+        let mut metrics = HashSet::new();
+        for (j, p) in d.points.iter().enumerate() {
+            if !township_drivers::payload::metric_name_ok(&p.metric) {
+                return Err((
+                    format!("devices[{i}].points[{j}].metric"),
+                    "must be 1 to 64 letters, digits, '_', '-' or '.'".into(),
+                ));
+            }
+            if !metrics.insert(p.metric.clone()) {
+                return Err((
+                    format!("devices[{i}].points[{j}].metric"),
+                    format!("`{}` appears twice", p.metric),
+                ));
+            }
+            if !p.scale.is_finite() || !p.offset.is_finite() {
+                return Err((
+                    format!("devices[{i}].points[{j}].scale"),
+                    "scale and offset must be finite".into(),
+                ));
+            }
+        }
+        match d.driver {
+            DriverKind::ModbusRtu => {
+                if d.port.is_none() {
+                    return Err((
+                        key("port"),
+                        "a modbus_rtu device needs a serial port".into(),
+                    ));
+                }
+                if !d.slave.is_some_and(|s| (1..=247).contains(&s)) {
+                    return Err((
+                        key("slave"),
+                        "a modbus_rtu device needs a slave id from 1 to 247".into(),
+                    ));
+                }
+                if d.points.is_empty() {
+                    return Err((
+                        key("points"),
+                        "a modbus_rtu device needs at least one point".into(),
+                    ));
+                }
+                for (j, p) in d.points.iter().enumerate() {
+                    if p.register.is_none() {
+                        return Err((
+                            format!("devices[{i}].points[{j}].register"),
+                            "every modbus_rtu point needs a register".into(),
+                        ));
+                    }
+                }
+            }
+            DriverKind::Mqtt => {
+                let username = d.username.clone().unwrap_or_else(|| d.id.clone());
+                if username.is_empty() || username.contains(['#', '+', '/']) {
+                    return Err((
+                        key("username"),
+                        "must not be empty or contain '#', '+' or '/'".into(),
+                    ));
+                }
+                if !usernames.insert(username.clone()) {
+                    return Err((
+                        key("username"),
+                        format!("`{username}` is used by two devices"),
+                    ));
+                }
+                let password = d.mqtt_password().map_err(|e| (key("password_file"), e))?;
+                // The embedded broker checks device passwords; an external broker does its own.
+                match password {
+                    None if mqtt.listen.is_some() => {
+                        return Err((
+                            key("password"),
+                            "an mqtt device needs its own password or password_file for the embedded broker (there is no default)".into(),
+                        ));
+                    }
+                    Some(p) if p.expose().len() < 8 || EXAMPLE_PASSWORDS.contains(&p.expose()) => {
+                        return Err((
+                            key("password"),
+                            "needs at least 8 characters and must not be the example's".into(),
+                        ));
+                    }
+                    _ => {}
+                }
+                if mqtt.listen.is_none() && mqtt.external.is_none() {
+                    return Err((
+                        key("driver"),
+                        "an mqtt device needs mqtt.listen (the embedded broker) or mqtt.external"
+                            .into(),
+                    ));
+                }
+            }
+            DriverKind::Hj212 => {
+                let Some(mn) = &d.mn else {
+                    return Err((key("mn"), "an hj212 device needs the station's MN".into()));
+                };
+                if mn.is_empty() || mn.len() > 24 || !mn.bytes().all(|b| b.is_ascii_alphanumeric())
+                {
+                    return Err((key("mn"), "an MN is up to 24 letters and digits".into()));
+                }
+                if !mns.insert(mn.clone()) {
+                    return Err((key("mn"), format!("`{mn}` is used by two devices")));
+                }
+            }
+            DriverKind::Simulator => {
+                let profile = d.profile.as_deref().unwrap_or("");
+                if township_drivers::simulator::Profile::parse(profile).is_none() {
+                    return Err((
+                        key("profile"),
+                        "a simulator device needs profile = \"rain\", \"river\" or \"air\"".into(),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}

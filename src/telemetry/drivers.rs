@@ -1,0 +1,194 @@
+//! Builds the drivers the configuration asks for and starts each under the supervisor: one Modbus
+//! driver per serial port (devices on one RS-485 line share it), one HJ 212 listener, one HJ 212
+//! reader per serial station, the embedded MQTT broker and/or the external broker client, and one
+//! simulator for every simulated station.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use township_drivers::driver::{Driver, DriverContext, supervise};
+use township_drivers::hj212_link::{Hj212Listener, Hj212Serial, Stations};
+use township_drivers::modbus::{ModbusDevice, ModbusPoint, ModbusPort};
+use township_drivers::mqtt_broker::{Account, EmbeddedBroker, Format};
+use township_drivers::mqtt_client::{ExternalBroker, ExternalBrokerSettings};
+use township_drivers::serial::Parity as SerialParity;
+use township_drivers::simulator::{Profile, SimulatedStation, Simulator, Storm};
+
+use super::config::{DeviceConfig, DriverKind, Parity, PayloadFormat, RegisterKind};
+use crate::app::AppState;
+use crate::config::Config;
+
+/// How long a Modbus device has to answer when the configuration does not say.
+const DEFAULT_MODBUS_TIMEOUT: Duration = Duration::from_millis(500);
+
+fn format_of(d: &DeviceConfig) -> Format {
+    match d.format.unwrap_or_default() {
+        PayloadFormat::Json => Format::Json,
+        PayloadFormat::Senml => Format::Senml,
+    }
+}
+
+fn modbus_device(d: &DeviceConfig, default_interval: Duration) -> ModbusDevice {
+    ModbusDevice {
+        id: d.id.clone(),
+        slave: d.slave.unwrap_or(1),
+        interval: d.interval.unwrap_or(default_interval),
+        timeout: d.timeout.unwrap_or(DEFAULT_MODBUS_TIMEOUT),
+        points: d
+            .points
+            .iter()
+            .filter_map(|p| {
+                Some(ModbusPoint {
+                    metric: p.metric.clone(),
+                    register: p.register?,
+                    input: p.kind == RegisterKind::Input,
+                    data_type: p.data_type,
+                    word_order: p.word_order,
+                    scale: p.scale,
+                    offset: p.offset,
+                    unit: p.unit.clone(),
+                    min: p.min,
+                    max: p.max,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// Every driver the configuration describes, each with a name unique on the node.
+pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
+    let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
+    let devices = &config.devices;
+    let default_interval = config.telemetry.default_interval;
+
+    // Modbus: one driver per port; the first device on a port sets its baud rate and parity.
+    let mut ports: BTreeMap<String, ModbusPort> = BTreeMap::new();
+    for d in devices.iter().filter(|d| d.driver == DriverKind::ModbusRtu) {
+        let Some(port) = d.port.clone() else { continue };
+        let entry = ports.entry(port.clone()).or_insert_with(|| ModbusPort {
+            port,
+            baud: d.baud.unwrap_or(9600),
+            parity: match d.parity.unwrap_or_default() {
+                Parity::None => SerialParity::None,
+                Parity::Even => SerialParity::Even,
+                Parity::Odd => SerialParity::Odd,
+            },
+            devices: Vec::new(),
+        });
+        entry.devices.push(modbus_device(d, default_interval));
+    }
+    drivers.extend(ports.into_values().map(|p| Box::new(p) as Box<dyn Driver>));
+
+    // HJ 212: the TCP listener serves every station without a serial port.
+    let hj: Vec<&DeviceConfig> = devices
+        .iter()
+        .filter(|d| d.driver == DriverKind::Hj212)
+        .collect();
+    let stations = Arc::new(Stations::new(
+        hj.iter()
+            .filter_map(|d| Some((d.mn.clone()?, d.id.clone()))),
+    ));
+    if let Some(addr) = config.hj212.listen {
+        drivers.push(Box::new(Hj212Listener {
+            addr,
+            stations: stations.clone(),
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_connections: 256,
+        }));
+    }
+    for d in hj.iter().filter(|d| d.port.is_some()) {
+        if let Some(port) = d.port.clone() {
+            drivers.push(Box::new(Hj212Serial {
+                port,
+                baud: d.baud.unwrap_or(9600),
+                stations: stations.clone(),
+            }));
+        }
+    }
+
+    // MQTT.
+    let mqtt: Vec<&DeviceConfig> = devices
+        .iter()
+        .filter(|d| d.driver == DriverKind::Mqtt)
+        .collect();
+    if let Some(addr) = config.mqtt.listen {
+        let accounts: HashMap<String, Account> = mqtt
+            .iter()
+            .filter_map(|d| {
+                let password = d.mqtt_password().ok()??;
+                Some((
+                    d.username.clone().unwrap_or_else(|| d.id.clone()),
+                    Account {
+                        device: d.id.clone(),
+                        password: password.expose().to_string(),
+                        format: format_of(d),
+                    },
+                ))
+            })
+            .collect();
+        drivers.push(Box::new(EmbeddedBroker {
+            addr,
+            accounts,
+            max_connections: 1024,
+        }));
+    }
+    if let Some(ext) = &config.mqtt.external {
+        drivers.push(Box::new(ExternalBroker {
+            settings: ExternalBrokerSettings {
+                host: ext.host.clone(),
+                port: ext.port,
+                username: ext.username.clone(),
+                password: ext.password.as_ref().map(|p| p.expose().to_string()),
+                password_file: ext.password_file.clone(),
+                tls: ext.tls,
+                ca_file: ext.ca_file.clone(),
+                client_id: ext
+                    .client_id
+                    .clone()
+                    .unwrap_or_else(|| "township-node".into()),
+            },
+            devices: mqtt.iter().map(|d| (d.id.clone(), format_of(d))).collect(),
+        }));
+    }
+
+    // Simulated stations.
+    let sims: Vec<SimulatedStation> = devices
+        .iter()
+        .filter(|d| d.driver == DriverKind::Simulator)
+        .filter_map(|d| {
+            Some(SimulatedStation {
+                device: d.id.clone(),
+                profile: Profile::parse(d.profile.as_deref()?)?,
+                interval: d.interval.unwrap_or(default_interval),
+                catchment: d.catchment.clone().unwrap_or_else(|| d.area.clone()),
+            })
+        })
+        .collect();
+    if !sims.is_empty() {
+        let s = &config.simulator;
+        let storm = s.storm_after.map(|after| Storm {
+            after,
+            duration: s.storm_for,
+            peak_mm_per_h: s.storm_peak,
+        });
+        drivers.push(Box::new(Simulator::new(sims, s.seed, storm, s.speedup)));
+    }
+    drivers
+}
+
+/// Starts every driver on the node's task tracker, under its shutdown signal.
+pub fn spawn_all(state: &AppState) {
+    let clock = state.clock.clone();
+    let ctx = DriverContext {
+        sink: state.telemetry.sink(),
+        health: state.telemetry.health.clone(),
+        shutdown: state.shutdown.clone(),
+        now_ms: Arc::new(move || clock.now_ms()),
+    };
+    for driver in build(&state.config) {
+        state
+            .tasks
+            .spawn(supervise(driver, ctx.clone(), Duration::from_secs(1)));
+    }
+}

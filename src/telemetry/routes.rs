@@ -1,0 +1,400 @@
+//! The sensors API: the device list with latest values and status, series (raw or aggregated), CSV,
+//! and the Server-Sent Events stream the UI listens to. Every route shows only devices inside the
+//! caller's area; a device outside it is "not found", so its existence is not confirmed.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+
+use super::devices::Device;
+use super::{StreamEvent, store};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::store::StoreError;
+
+/// The most points one series request returns; a wider request must choose a larger step.
+const MAX_POINTS: usize = 20_000;
+/// The most rows one CSV export holds.
+const MAX_CSV_ROWS: usize = 500_000;
+
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/sensors", list)
+        .get("/api/v1/sensors/{id}/readings", readings)
+        .get("/api/v1/sensors/{id}/readings.csv", readings_csv)
+        .get("/api/v1/stream", stream)
+}
+
+fn reachable(state: &AppState, caller: &Caller, id: &str) -> Result<Device, ApiError> {
+    state
+        .telemetry
+        .devices
+        .get(id)
+        .filter(|d| caller.can_reach(&d.area))
+        .ok_or(ApiError::NotFound)
+}
+
+fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
+    let t = &state.telemetry;
+    let latest = t.latest(&d.id);
+    let mut metrics: Vec<String> = d.config.points.iter().map(|p| p.metric.clone()).collect();
+    let mut seen: Vec<&String> = latest.keys().filter(|m| !metrics.contains(m)).collect();
+    seen.sort();
+    metrics.extend(seen.into_iter().cloned());
+    let points: Vec<Value> = metrics
+        .iter()
+        .map(|m| {
+            let p = d.point(m);
+            json!({
+                "metric": m,
+                "name": d.display_name(m),
+                "unit": latest.get(m).and_then(|l| l.unit.clone()).or_else(|| d.default_unit(m)),
+                "min": p.and_then(|p| p.min),
+                "max": p.and_then(|p| p.max),
+                "latest": latest.get(m),
+            })
+        })
+        .collect();
+    let health = t.health.device(&d.id);
+    let errors: serde_json::Map<String, Value> = health
+        .as_ref()
+        .map(|h| {
+            h.errors
+                .iter()
+                .map(|(k, n)| (k.label().to_string(), json!(n)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let interval = d
+        .interval
+        .unwrap_or(state.config.telemetry.default_interval);
+    json!({
+        "id": d.id,
+        "name": d.name,
+        "area": d.area.to_string(),
+        "driver": d.kind.label(),
+        "interval_s": interval.as_secs_f64(),
+        "status": t.status(d, now, &state.config.telemetry),
+        "last_seen": t.last_seen(&d.id),
+        "readings_total": t.readings_total(&d.id),
+        "errors": errors,
+        "last_error": health.and_then(|h| h.last_error.map(|(at, kind, message)| json!({
+            "at": at, "kind": kind.label(), "message": message,
+        }))),
+        "points": points,
+    })
+}
+
+async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
+    let now = state.clock.now_ms();
+    let devices: Vec<Value> = state
+        .telemetry
+        .devices
+        .all()
+        .iter()
+        .filter(|d| caller.can_reach(&d.area))
+        .map(|d| device_view(&state, d, now))
+        .collect();
+    Json(json!({ "devices": devices, "now": now }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SeriesQuery {
+    metric: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// `raw` (the default) or a duration such as `1m`, `15m`, `1h`, `1d`.
+    step: Option<String>,
+}
+
+struct Range {
+    from: i64,
+    to: i64,
+    step_ms: Option<i64>,
+}
+
+fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
+    let to = match &q.to {
+        Some(t) => crate::audit::routes::parse_time("to", t)?,
+        None => now + 1,
+    };
+    let from = match &q.from {
+        Some(f) => crate::audit::routes::parse_time("from", f)?,
+        None => to - 24 * 3_600_000,
+    };
+    if from >= to {
+        return Err(ApiError::InvalidField {
+            field: "from".into(),
+            detail: "from must be before to".into(),
+        });
+    }
+    let step_ms = match q.step.as_deref() {
+        None | Some("") | Some("raw") => None,
+        Some(s) => {
+            let d = humantime::parse_duration(s).map_err(|_| ApiError::InvalidField {
+                field: "step".into(),
+                detail: "step is `raw` or a duration such as 1m, 1h or 1d".into(),
+            })?;
+            let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+            if ms < 1000 {
+                return Err(ApiError::InvalidField {
+                    field: "step".into(),
+                    detail: "step must be at least one second".into(),
+                });
+            }
+            Some(ms)
+        }
+    };
+    if let Some(step) = step_ms
+        && (to - from) / step > MAX_POINTS as i64
+    {
+        return Err(ApiError::InvalidField {
+            field: "step".into(),
+            detail: format!(
+                "more than {MAX_POINTS} buckets; choose a larger step or a shorter range"
+            ),
+        });
+    }
+    // Buckets start on whole steps (whole minutes, hours, days in UTC), so the first bucket is whole.
+    let from = step_ms.map_or(from, |step| from.div_euclid(step) * step);
+    Ok(Range { from, to, step_ms })
+}
+
+async fn readings(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let device = reachable(&state, &caller, &id)?;
+    let Some(metric) = q.metric.clone().filter(|m| !m.is_empty()) else {
+        return Err(ApiError::InvalidField {
+            field: "metric".into(),
+            detail: "name the metric, e.g. metric=water_level".into(),
+        });
+    };
+    let range = parse_range(&q, state.clock.now_ms())?;
+    let device_id = device.id.clone();
+    let m = metric.clone();
+    let (unit, points, truncated) = state
+        .store
+        .read(move |conn| {
+            let Some((series, unit)) = store::find_series(conn, &device_id, &m)? else {
+                return Ok::<_, StoreError>((None, json!([]), false));
+            };
+            let (points, n) = match range.step_ms {
+                None => {
+                    let p = store::raw_range(conn, series, range.from, range.to, MAX_POINTS + 1)?;
+                    let n = p.len();
+                    (json!(p.into_iter().take(MAX_POINTS).collect::<Vec<_>>()), n)
+                }
+                Some(step) => {
+                    let p = store::aggregated_range(
+                        conn,
+                        series,
+                        range.from,
+                        range.to,
+                        step,
+                        MAX_POINTS + 1,
+                    )?;
+                    let n = p.len();
+                    (json!(p.into_iter().take(MAX_POINTS).collect::<Vec<_>>()), n)
+                }
+            };
+            Ok((unit, points, n > MAX_POINTS))
+        })
+        .await?;
+    Ok(Json(json!({
+        "device": device.id,
+        "metric": metric,
+        "name": device.display_name(&metric),
+        "unit": unit.or_else(|| device.default_unit(&metric)),
+        "from": range.from,
+        "to": range.to,
+        "step_s": range.step_ms.map(|s| s as f64 / 1000.0),
+        "truncated": truncated,
+        "points": points,
+    })))
+}
+
+fn rfc3339(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| {
+            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+async fn readings_csv(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<SeriesQuery>,
+) -> Result<Response, ApiError> {
+    let device = reachable(&state, &caller, &id)?;
+    let range = parse_range(&q, state.clock.now_ms())?;
+    let mut metrics: Vec<String> = match q.metric.clone().filter(|m| !m.is_empty()) {
+        Some(m) => vec![m],
+        None => {
+            let mut all: Vec<String> = device
+                .config
+                .points
+                .iter()
+                .map(|p| p.metric.clone())
+                .collect();
+            all.extend(state.telemetry.latest(&device.id).into_keys());
+            all
+        }
+    };
+    metrics.sort();
+    metrics.dedup();
+    let device_id = device.id.clone();
+    let body = state
+        .store
+        .read(move |conn| {
+            let mut out = String::from("\u{feff}");
+            match range.step_ms {
+                None => out.push_str("time,device,metric,value,unit,quality\r\n"),
+                Some(_) => out.push_str("time,device,metric,min,max,mean,sum,count,unit\r\n"),
+            }
+            let mut rows = 0usize;
+            for metric in metrics {
+                let Some((series, unit)) = store::find_series(conn, &device_id, &metric)? else {
+                    continue;
+                };
+                let unit = crate::incidents::query::csv_field(unit.as_deref().unwrap_or(""));
+                let (dev, met) = (
+                    crate::incidents::query::csv_field(&device_id),
+                    crate::incidents::query::csv_field(&metric),
+                );
+                let left = MAX_CSV_ROWS.saturating_sub(rows);
+                match range.step_ms {
+                    None => {
+                        for p in store::raw_range(conn, series, range.from, range.to, left)? {
+                            let quality = serde_json::to_value(p.quality)
+                                .ok()
+                                .and_then(|v| v.as_str().map(String::from))
+                                .unwrap_or_default();
+                            out.push_str(&format!(
+                                "{},{dev},{met},{},{unit},{quality}\r\n",
+                                rfc3339(p.t),
+                                p.value
+                            ));
+                            rows += 1;
+                        }
+                    }
+                    Some(step) => {
+                        for p in
+                            store::aggregated_range(conn, series, range.from, range.to, step, left)?
+                        {
+                            out.push_str(&format!(
+                                "{},{dev},{met},{},{},{},{},{},{unit}\r\n",
+                                rfc3339(p.t),
+                                p.min,
+                                p.max,
+                                p.mean,
+                                p.sum,
+                                p.count
+                            ));
+                            rows += 1;
+                        }
+                    }
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await?;
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/csv; charset=utf-8"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "attachment; filename=\"{}-readings.csv\"",
+        device.id
+    )) {
+        headers.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(response)
+}
+
+/// Live readings and status changes for the devices the caller can see. The stream ends when the
+/// node shuts down, so an open browser tab never holds up a restart.
+async fn stream(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.telemetry.events.subscribe();
+    let shutdown = state.shutdown.clone();
+    let telemetry_state = state.clone();
+    let events = futures_util::stream::unfold(
+        (rx, caller, telemetry_state, shutdown, Vec::<Event>::new()),
+        |(mut rx, caller, state, shutdown, mut pending)| async move {
+            loop {
+                if let Some(e) = pending.pop() {
+                    return Some((Ok(e), (rx, caller, state, shutdown, pending)));
+                }
+                let event = tokio::select! {
+                    e = rx.recv() => e,
+                    () = shutdown.cancelled() => return None,
+                };
+                match event {
+                    Ok(StreamEvent::Readings(readings)) => {
+                        let visible: Vec<&township_drivers::Reading> = readings
+                            .iter()
+                            .filter(|r| {
+                                state
+                                    .telemetry
+                                    .devices
+                                    .get(&r.device)
+                                    .is_some_and(|d| caller.can_reach(&d.area))
+                            })
+                            .collect();
+                        if !visible.is_empty()
+                            && let Ok(e) = Event::default().event("readings").json_data(&visible)
+                        {
+                            pending.push(e);
+                        }
+                    }
+                    Ok(StreamEvent::Status {
+                        device,
+                        status,
+                        last_seen,
+                    }) => {
+                        let can_see = state
+                            .telemetry
+                            .devices
+                            .get(&device)
+                            .is_some_and(|d| caller.can_reach(&d.area));
+                        if can_see
+                            && let Ok(e) = Event::default().event("status").json_data(json!({
+                                "device": device, "status": status, "last_seen": last_seen,
+                            }))
+                        {
+                            pending.push(e);
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // The client fell behind; it should reload the list rather than trust gaps.
+                        pending.push(Event::default().event("lagged").data(n.to_string()));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
