@@ -353,6 +353,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let file = config_path(&dir, None);
             let mut config = Config::load_from_process(file.as_deref())?;
             config.http.listen = args.listen;
+            if config.devices.is_empty() {
+                crate::demo::add_stations(&mut config);
+            }
             if let Some(format) = log_format {
                 config.log.format = format;
             }
@@ -578,6 +581,25 @@ async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
         println!(
             "township-node demo is running: open http://{shown}/ in a browser (Ctrl+C to stop)"
         );
+        let simulated = state
+            .config
+            .devices
+            .iter()
+            .filter(|d| d.driver == crate::telemetry::config::DriverKind::Simulator)
+            .count();
+        if simulated > 0 {
+            println!(
+                "  {simulated} simulated stations report on the sensors page; a scripted storm starts about {} minutes in",
+                state
+                    .config
+                    .simulator
+                    .storm_after
+                    .map_or(0.0, |d| d.as_secs_f64()
+                        / state.config.simulator.speedup
+                        / 60.0)
+                    .round()
+            );
+        }
     }
     app::spawn_signal_handler(state.shutdown.clone());
     app::spawn_background(&state);

@@ -127,6 +127,68 @@ fn caller(
 }
 
 /// Creates the demo people (all with `password`) and incidents. Returns how many incidents.
+/// Simulated stations for the demo: a rain gauge and a river gauge in one catchment, a second river
+/// gauge in a village, and an air station. Simulated time runs 30 times faster than real time, and a
+/// scripted storm starts after about two minutes, so the river visibly rises while a newcomer watches.
+pub fn add_stations(config: &mut Config) {
+    let station = |id: &str, name: &str, area: &str, profile: &str, catchment: &str| {
+        crate::telemetry::config::DeviceConfig {
+            id: id.into(),
+            name: name.into(),
+            area: area.into(),
+            driver: crate::telemetry::config::DriverKind::Simulator,
+            interval: Some(std::time::Duration::from_secs(5)),
+            points: Vec::new(),
+            port: None,
+            baud: None,
+            parity: None,
+            slave: None,
+            timeout: None,
+            username: None,
+            password: None,
+            password_file: None,
+            format: None,
+            mn: None,
+            profile: Some(profile.into()),
+            catchment: Some(catchment.into()),
+        }
+    };
+    config.devices = vec![
+        station(
+            "rain-shuxi",
+            "熟溪雨量站（模拟）",
+            "330723001",
+            "rain",
+            "shuxi",
+        ),
+        station(
+            "wl-shuxi",
+            "熟溪水位站（模拟）",
+            "330723001",
+            "river",
+            "shuxi",
+        ),
+        station(
+            "wl-wangzhai",
+            "王宅村水位站（模拟）",
+            "330723001001",
+            "river",
+            "wangzhai",
+        ),
+        station(
+            "aq-county",
+            "县城空气站（模拟）",
+            "330723001",
+            "air",
+            "shuxi",
+        ),
+    ];
+    config.simulator.speedup = 30.0;
+    config.simulator.storm_after = Some(std::time::Duration::from_secs(3600));
+    config.simulator.storm_for = std::time::Duration::from_secs(3 * 3600);
+    config.simulator.storm_peak = 45.0;
+}
+
 pub async fn seed(dir: &DataDir, config: Config, password: &str) -> Result<usize, NodeError> {
     let now = crate::clock::system_now_ms();
     let clock = Clock::manual(now - 10 * 24 * 3600 * 1000);
