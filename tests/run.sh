@@ -31,6 +31,23 @@ need_debian_packages() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
+# Real peers for the sensor tests (tests/sensors.rs): a serial line from socat's pseudo-terminals,
+# the mosquitto broker and its command-line clients, and Python for the pymodbus slave.
+need_debian_packages socat mosquitto mosquitto-clients
+command -v python3 >/dev/null || need_debian_packages python3 python3-pip
+need_python_packages() {
+  if python3 -c "import pymodbus, serial, paho.mqtt; assert pymodbus.__version__ == '3.16.1'" 2>/dev/null; then
+    return 0
+  fi
+  log "installing pymodbus, pyserial and paho-mqtt from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
+      "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0"
+}
+need_python_packages
+# With the peers installed, a sensor test that cannot find one fails instead of skipping.
+export TOWNSHIP_REQUIRE_PEERS=1
+
 if [ -z "${SKIP_E2E:-}" ]; then
   need_debian_packages chromium fonts-wqy-microhei
 fi

@@ -145,6 +145,8 @@ pub struct Server {
     pub child: Child,
     pub base: String,
     pub lines: mpsc::Receiver<String>,
+    /// Lines logged before the HTTP listener was up (drivers log their addresses there).
+    pub early: Vec<String>,
 }
 
 impl Server {
@@ -212,6 +214,7 @@ impl Server {
             child,
             base,
             lines: rx,
+            early: seen,
         };
         server.wait_ready();
         server
@@ -255,6 +258,35 @@ impl Server {
                 "node did not exit after signal"
             );
             std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for a logged line containing `needle` and returns the text after it up to the next space.
+    pub fn wait_for_line(&mut self, needle: &str, timeout: Duration) -> String {
+        let after = |line: &str| {
+            line.find(needle).map(|pos| {
+                line[pos + needle.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or("")
+                    .to_string()
+            })
+        };
+        if let Some(i) = self.early.iter().position(|l| l.contains(needle)) {
+            let line = self.early.remove(i);
+            return after(&line).unwrap_or_default();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = after(&line) {
+                        return rest;
+                    }
+                }
+                Err(_) => panic!("the node never logged `{needle}`"),
+            }
         }
     }
 
