@@ -83,7 +83,8 @@ pub struct TelemetryConfig {
     pub disk_budget_mb: u64,
     /// Largest number of readings committed in one transaction.
     pub batch_max: usize,
-    /// Longest a reading waits for others to share its commit.
+    /// Longest a reading waits for others to share its commit. At 0 the writer commits as soon as the
+    /// previous commit is done, and whatever arrived meanwhile shares the next one (group commit).
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
     /// A device is stale after this many of its intervals without a reading.
@@ -104,7 +105,7 @@ impl Default for TelemetryConfig {
             hour_retention: Duration::from_secs(3650 * 86_400),
             disk_budget_mb: 4096,
             batch_max: 5000,
-            batch_delay: Duration::from_millis(20),
+            batch_delay: Duration::ZERO,
             stale_after: 3.0,
             faulty_error_rate: 0.5,
             default_interval: Duration::from_secs(60),

@@ -360,8 +360,9 @@ async fn commit_group(state: &AppState, group: Vec<Batch>) {
     }
 }
 
-/// The writer: groups batches up to `telemetry.batch_max` readings or `telemetry.batch_delay`,
-/// whichever comes first, and on shutdown commits whatever is queued before it returns.
+/// The writer: takes everything queued (up to `telemetry.batch_max` readings), waits at most
+/// `telemetry.batch_delay` for more, and commits; readings arriving during a commit share the next
+/// one. On shutdown it commits whatever is queued before it returns.
 async fn run_writer(state: AppState, mut rx: mpsc::Receiver<Batch>) {
     let max = state.config.telemetry.batch_max;
     let delay = state.config.telemetry.batch_delay;
