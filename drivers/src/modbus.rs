@@ -306,6 +306,22 @@ pub fn block_readings(
     out
 }
 
+/// Waits out the silent interval precisely. Tokio's timer works in whole milliseconds, which would
+/// stretch a 1.75 ms gap to 2-3 ms and cost a fifth of the line's capacity at 115,200 baud; a thread
+/// sleep is accurate to tens of microseconds, and `block_in_place` lets the runtime move other tasks
+/// off this worker meanwhile.
+async fn silent_gap(gap: Duration) {
+    if gap > Duration::from_millis(5) {
+        tokio::time::sleep(gap).await;
+    } else if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(|| std::thread::sleep(gap));
+    } else {
+        std::thread::sleep(gap);
+    }
+}
+
 /// Every device on one serial port.
 pub struct ModbusPort {
     pub port: String,
@@ -387,7 +403,7 @@ where
                     .health
                     .error(&device.id, e.kind(), e.to_string(), now_ms),
             }
-            tokio::time::sleep(silent).await;
+            silent_gap(silent).await;
         }
         ctx.sink.send(readings).await?;
     }
