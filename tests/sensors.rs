@@ -323,6 +323,66 @@ fn hj212_stations_over_tcp_with_frames_from_the_standard() {
     assert!(status.success());
 }
 
+#[test]
+fn hj212_station_on_a_serial_line() {
+    if !have("socat", &["-V"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_node(tmp.path());
+    let ptys = pty_pair(tmp.path());
+    let server = start(
+        &dir,
+        &format!(
+            "[[devices]]\nid = \"aq-02\"\nname = \"污水站\"\narea = \"330723001\"\ndriver = \"hj212\"\nmn = \"{MN}\"\nport = \"{}\"\nbaud = 9600\n",
+            ptys.master
+        ),
+    );
+    let admin = login(&server.base, "admin", ADMIN_PASSWORD);
+    let mut line = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&ptys.slave)
+        .unwrap();
+    let t0 = (now_ms() - 300_000) / 1000 * 1000;
+    let frame = hj212::encode(&format!(
+        "QN=20240601120000009;ST=32;CN=2061;PW=123456;MN={MN};Flag=5;CP=&&DataTime={};w01018-Avg=21.5,w01018-Flag=N;w00000-Cou=350.0,w00000-Flag=N&&",
+        data_time(t0)
+    ));
+    // Noise first, as a line that was just plugged in gives.
+    line.write_all(b"\x00\x13noise").unwrap();
+    line.write_all(&frame).unwrap();
+    eventually(Duration::from_secs(20), "the hourly data", || {
+        latest(&server, &admin, "aq-02", "w01018") == Some(21.5)
+    });
+    assert_eq!(latest(&server, &admin, "aq-02", "w00000-Cou"), Some(350.0));
+    // The data response comes back on the same line.
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") {
+        line.read_exact(&mut byte).unwrap();
+        answer.push(byte[0]);
+    }
+    let start = answer.windows(2).position(|w| w == b"##").unwrap();
+    let answer = hj212::parse(&answer[start..]).unwrap();
+    assert_eq!(
+        (answer.cn.as_str(), answer.qn.as_deref()),
+        ("9014", Some("20240601120000009"))
+    );
+    let list = get_json(&server, &admin, "/api/v1/sensors");
+    let point = device(&list, "aq-02")["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["metric"] == "w01018")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (point["name"].as_str(), point["unit"].as_str()),
+        (Some("化学需氧量"), Some("mg/L"))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // MQTT, embedded broker
 
@@ -502,6 +562,19 @@ fn mqtt_sensors_publish_to_the_embedded_broker_with_their_own_credentials_only()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("denied"), "mosquitto_sub: {said}");
+    // Garbage on the broker's port ends that connection only.
+    for junk in [
+        &b"\x10\xff\xff\xff\xff\x0f"[..],
+        b"GET / HTTP/1.1\r\n\r\n",
+        &[0x30; 300],
+    ] {
+        let mut s = TcpStream::connect(&addr).unwrap();
+        let _ = s.write_all(junk);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
     // A payload that is not JSON is counted, acknowledged, and not stored.
     let out = mosquitto_pub(&addr, "rain-02", RAIN_PW, "sensors/rain-02", "not json");
     assert!(out.status.success());
