@@ -302,6 +302,48 @@ impl Backoff {
     }
 }
 
+/// Accepts TCP connections until shutdown and serves each on its own task with `serve`, at most
+/// `max_connections` at once (more are closed at once, so a flood cannot exhaust the hub). Returns
+/// after every connection task has finished.
+pub async fn accept_connections<F, Fut>(
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    ctx: &DriverContext,
+    what: &'static str,
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
+    let tracker = tokio_util::task::TaskTracker::new();
+    loop {
+        let (socket, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                // Out of file descriptors and the like: pause rather than spin.
+                Err(e) => {
+                    tracing::warn!(error = %e, "{what}: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = ctx.shutdown.cancelled() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "{what}: too many connections; refused");
+            continue;
+        };
+        let task = serve(socket, peer);
+        tracker.spawn(async move {
+            let _permit = permit;
+            task.await;
+        });
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
 /// How long a driver must have run for its next failure to count as a fresh one.
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 

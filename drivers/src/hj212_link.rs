@@ -12,7 +12,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
+use crate::driver::{
+    Driver, DriverContext, DriverError, DriverFuture, ErrorKind, accept_connections,
+};
 use crate::hj212::{self, Frame, Hj212Error};
 use crate::reading::{Quality, Reading};
 
@@ -301,39 +303,24 @@ impl Driver for Hj212Listener {
                 "hj212 listening on tcp://{}",
                 listener.local_addr().map_or(self.addr, |a| a)
             );
-            let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
-            let tracker = tokio_util::task::TaskTracker::new();
-            let result = loop {
-                let (socket, peer) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(pair) => pair,
-                        // Out of file descriptors and the like: pause rather than spin.
-                        Err(e) => {
-                            tracing::warn!(error = %e, "HJ 212 accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
+            let (stations, idle) = (self.stations.clone(), self.idle_timeout);
+            accept_connections(
+                listener,
+                self.max_connections,
+                ctx,
+                "HJ 212",
+                |socket, peer| {
+                    let (ctx, stations) = (ctx.clone(), stations.clone());
+                    async move {
+                        let peer = peer.to_string();
+                        if let Err(e) = serve_stream(socket, &stations, &ctx, idle, &peer).await {
+                            tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
                         }
-                    },
-                    () = ctx.shutdown.cancelled() => break Ok(()),
-                };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many HJ 212 connections; refused");
-                    continue;
-                };
-                let ctx = ctx.clone();
-                let stations = self.stations.clone();
-                let idle = self.idle_timeout;
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    let peer = peer.to_string();
-                    if let Err(e) = serve_stream(socket, &stations, &ctx, idle, &peer).await {
-                        tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
                     }
-                });
-            };
-            tracker.close();
-            tracker.wait().await;
-            result
+                },
+            )
+            .await;
+            Ok(())
         })
     }
 }

@@ -26,7 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
+use crate::driver::{
+    Driver, DriverContext, DriverError, DriverFuture, ErrorKind, accept_connections,
+};
 use crate::payload;
 
 /// How a device's payloads are written.
@@ -165,36 +167,22 @@ impl Driver for EmbeddedBroker {
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
             });
-            let permits = Arc::new(tokio::sync::Semaphore::new(self.max_connections.max(1)));
-            let tracker = tokio_util::task::TaskTracker::new();
-            loop {
-                let (socket, peer) = tokio::select! {
-                    r = listener.accept() => match r {
-                        Ok(pair) => pair,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "MQTT accept failed");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
+            accept_connections(
+                listener,
+                self.max_connections,
+                ctx,
+                "MQTT",
+                |socket, peer| {
+                    let (ctx, shared) = (ctx.clone(), shared.clone());
+                    async move {
+                        let _ = socket.set_nodelay(true);
+                        if let Err(e) = serve_client(socket, &shared, &ctx).await {
+                            tracing::debug!(%peer, error = %e, "MQTT connection ended");
                         }
-                    },
-                    () = ctx.shutdown.cancelled() => break,
-                };
-                let Ok(permit) = permits.clone().try_acquire_owned() else {
-                    tracing::warn!(%peer, "too many MQTT connections; refused");
-                    continue;
-                };
-                let _ = socket.set_nodelay(true);
-                let ctx = ctx.clone();
-                let shared = shared.clone();
-                tracker.spawn(async move {
-                    let _permit = permit;
-                    if let Err(e) = serve_client(socket, &shared, &ctx).await {
-                        tracing::debug!(%peer, error = %e, "MQTT connection ended");
                     }
-                });
-            }
-            tracker.close();
-            tracker.wait().await;
+                },
+            )
+            .await;
             Ok(())
         })
     }

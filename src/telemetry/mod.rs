@@ -107,6 +107,17 @@ pub struct Telemetry {
     pub stats: IngestStats,
 }
 
+impl Latest {
+    fn of(r: &Reading) -> Latest {
+        Latest {
+            t: r.time_ms,
+            value: r.value,
+            unit: r.unit.clone(),
+            quality: r.quality,
+        }
+    }
+}
+
 impl Telemetry {
     pub fn new(devices: Arc<dyn DeviceDirectory>) -> Telemetry {
         let (sink, rx) = Sink::channel(QUEUE_BATCHES);
@@ -236,15 +247,7 @@ impl Telemetry {
             for r in readings {
                 let metrics = latest.entry(r.device.clone()).or_default();
                 if metrics.get(&r.metric).is_none_or(|l| l.t <= r.time_ms) {
-                    metrics.insert(
-                        r.metric.clone(),
-                        Latest {
-                            t: r.time_ms,
-                            value: r.value,
-                            unit: r.unit.clone(),
-                            quality: r.quality,
-                        },
-                    );
+                    metrics.insert(r.metric.clone(), Latest::of(r));
                 }
             }
         }
@@ -273,15 +276,9 @@ async fn warm_up(state: &AppState) -> Result<(), StoreError> {
     }
     if let Ok(mut map) = t.latest.write() {
         for r in &latest {
-            map.entry(r.device.clone()).or_default().insert(
-                r.metric.clone(),
-                Latest {
-                    t: r.time_ms,
-                    value: r.value,
-                    unit: r.unit.clone(),
-                    quality: r.quality,
-                },
-            );
+            map.entry(r.device.clone())
+                .or_default()
+                .insert(r.metric.clone(), Latest::of(r));
         }
     }
     if let Ok(mut seen) = t.last_seen.write() {
