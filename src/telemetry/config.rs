@@ -311,6 +311,9 @@ pub fn validate_devices(
     let mut ids = HashSet::new();
     let mut usernames = HashSet::new();
     let mut mns = HashSet::new();
+    // Devices on one serial line must agree on how the line is driven.
+    let mut lines: std::collections::HashMap<&str, (DriverKind, Option<u32>, Option<Parity>)> =
+        std::collections::HashMap::new();
     for (i, d) in devices.iter().enumerate() {
         let key = |field: &str| format!("devices[{i}].{field}");
         if !device_id_ok(&d.id) {
@@ -347,6 +350,28 @@ pub fn validate_devices(
                 return Err((
                     format!("devices[{i}].points[{j}].scale"),
                     "scale and offset must be finite".into(),
+                ));
+            }
+        }
+        if let Some(port) = d.port.as_deref()
+            && matches!(d.driver, DriverKind::ModbusRtu | DriverKind::Hj212)
+        {
+            let line = (d.driver, d.baud, d.parity);
+            let first = *lines.entry(port).or_insert(line);
+            if first.0 != line.0 {
+                return Err((
+                    key("port"),
+                    format!(
+                        "{port} is used by a modbus_rtu and an hj212 device; one line speaks one protocol"
+                    ),
+                ));
+            }
+            if first.1.unwrap_or(9600) != line.1.unwrap_or(9600)
+                || first.2.unwrap_or_default() != line.2.unwrap_or_default()
+            {
+                return Err((
+                    key("baud"),
+                    format!("devices on {port} must share one baud rate and parity"),
                 ));
             }
         }
@@ -442,4 +467,114 @@ pub fn validate_devices(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(devices: &str, mqtt_listen: bool) -> Result<(), (String, String)> {
+        #[derive(Deserialize)]
+        struct File {
+            devices: Vec<DeviceConfig>,
+        }
+        let file: File = toml::from_str(devices).unwrap();
+        let mqtt = MqttConfig {
+            listen: mqtt_listen.then(|| "127.0.0.1:1883".parse().unwrap()),
+            external: None,
+        };
+        validate_devices(&file.devices, &mqtt)
+    }
+
+    const MODBUS: &str = r#"
+[[devices]]
+id = "wl-01"
+name = "a"
+area = "330723001"
+driver = "modbus_rtu"
+port = "/dev/ttyUSB0"
+slave = 1
+points = [ { metric = "water_level", register = 0 } ]
+"#;
+
+    #[test]
+    fn a_good_set_passes() {
+        assert_eq!(parse(MODBUS, false), Ok(()));
+    }
+
+    #[test]
+    fn each_mistake_is_named() {
+        let cases = [
+            (MODBUS.replace("wl-01", "wl#01"), "devices[0].id"),
+            (MODBUS.replace("slave = 1", "slave = 0"), "devices[0].slave"),
+            (
+                MODBUS.replace("register = 0 ", ""),
+                "devices[0].points[0].register",
+            ),
+            (MODBUS.replace("330723001", "33"), "devices[0].area"),
+            (
+                format!("{MODBUS}{}", MODBUS.replace("slave = 1", "slave = 2")),
+                "devices[1].id",
+            ),
+            (
+                format!(
+                    "{MODBUS}{}",
+                    MODBUS
+                        .replace("wl-01", "wl-02")
+                        .replace("slave = 1", "slave = 2\nbaud = 19200")
+                ),
+                "devices[1].baud",
+            ),
+            (
+                format!(
+                    "{MODBUS}[[devices]]\nid = \"aq\"\nname = \"b\"\narea = \"330723001\"\ndriver = \"hj212\"\nmn = \"X1\"\nport = \"/dev/ttyUSB0\"\n"
+                ),
+                "devices[1].port",
+            ),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text, false).expect_err(key);
+            assert_eq!(err.0, key, "{}", err.1);
+        }
+    }
+
+    #[test]
+    fn mqtt_devices_need_their_own_real_password_for_the_embedded_broker() {
+        let device = |extra: &str| {
+            format!(
+                "[[devices]]\nid = \"rain-02\"\nname = \"r\"\narea = \"330723001\"\ndriver = \"mqtt\"\n{extra}\n"
+            )
+        };
+        assert_eq!(
+            parse(&device(""), true).unwrap_err().0,
+            "devices[0].password"
+        );
+        assert_eq!(
+            parse(&device("password = \"change-me\""), true)
+                .unwrap_err()
+                .0,
+            "devices[0].password"
+        );
+        assert_eq!(
+            parse(&device("password = \"short\""), true).unwrap_err().0,
+            "devices[0].password"
+        );
+        assert_eq!(parse(&device("password = \"a-long-secret\""), true), Ok(()));
+        assert_eq!(
+            parse(
+                &device("username = \"r+\"\npassword = \"a-long-secret\""),
+                true
+            )
+            .unwrap_err()
+            .0,
+            "devices[0].username"
+        );
+        // No broker at all: nowhere for the device to publish.
+        assert_eq!(
+            parse(&device("password = \"a-long-secret\""), false)
+                .unwrap_err()
+                .0,
+            "devices[0].driver"
+        );
+    }
 }

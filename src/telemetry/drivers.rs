@@ -97,14 +97,21 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
             max_connections: 256,
         }));
     }
-    for d in hj.iter().filter(|d| d.port.is_some()) {
-        if let Some(port) = d.port.clone() {
-            drivers.push(Box::new(Hj212Serial {
-                port,
-                baud: d.baud.unwrap_or(9600),
-                stations: stations.clone(),
-            }));
+    // One reader per serial line, whichever of its stations a frame comes from.
+    let mut serial_lines: BTreeMap<String, u32> = BTreeMap::new();
+    for d in &hj {
+        if let Some(port) = &d.port {
+            serial_lines
+                .entry(port.clone())
+                .or_insert(d.baud.unwrap_or(9600));
         }
+    }
+    for (port, baud) in serial_lines {
+        drivers.push(Box::new(Hj212Serial {
+            port,
+            baud,
+            stations: stations.clone(),
+        }));
     }
 
     // MQTT.
