@@ -152,6 +152,14 @@ name = "县城空气站"
 area = "330723001"
 driver = "hj212"
 mn = "{MN}"
+
+[[devices]]
+id = "aq-pw"
+name = "有密码的站"
+area = "330723001"
+driver = "hj212"
+mn = "PWSTATION01"
+password = "hj212-station-pw"
 "#
     )
 }
@@ -289,6 +297,39 @@ fn hj212_stations_over_tcp_with_frames_from_the_standard() {
     assert!(
         answered.contains(&"20240601120300001".to_string()),
         "{answered:?}"
+    );
+    // A station with an access password: the right PW is answered, a wrong one refused.
+    station
+        .write_all(&upload(
+            "20240601120400001",
+            "2011",
+            5,
+            &format!("DataTime={};a34004-Rtd=11.0", data_time(t0)),
+            "PWSTATION01",
+        ))
+        .unwrap();
+    assert!(
+        read_answer(&mut station).is_none(),
+        "wrong PW (123456) is refused"
+    );
+    let right = hj212::encode(&format!(
+        "QN=20240601120400002;ST=22;CN=2011;PW=hj212-station-pw;MN=PWSTATION01;Flag=5;CP=&&DataTime={};a34004-Rtd=12.0&&",
+        data_time(t0)
+    ));
+    station.write_all(&right).unwrap();
+    assert!(read_answer(&mut station).is_some());
+    assert_eq!(latest(&server, &admin, "aq-pw", "a34004"), Some(12.0));
+    assert!(
+        metric_value(
+            &server,
+            "township_sensor_errors_total{device=\"aq-pw\",driver=\"hj212\",kind=\"refused\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric_value(
+            &server,
+            "township_link_errors_total{link=\"hj212\",kind=\"refused\"}"
+        ) >= 1.0
     );
     let values: Vec<f64> = raw_values(&server, &admin, "aq-01", "a34004")
         .into_iter()

@@ -18,22 +18,50 @@ use crate::driver::{
 use crate::hj212::{self, Frame, Hj212Error};
 use crate::reading::{Quality, Reading};
 
-/// Which device each station's MN belongs to.
-#[derive(Debug, Clone, Default)]
+/// Which device each station's MN belongs to, and the access password (`PW`) it must send, if one
+/// is configured.
+#[derive(Clone, Default)]
 pub struct Stations {
-    by_mn: HashMap<String, String>,
+    by_mn: HashMap<String, (String, Option<String>)>,
+}
+
+impl std::fmt::Debug for Stations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.by_mn.keys()).finish()
+    }
 }
 
 impl Stations {
-    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Stations {
+    /// `(MN, device id, password)` for every station.
+    pub fn new(stations: impl IntoIterator<Item = (String, String, Option<String>)>) -> Stations {
         Stations {
-            by_mn: pairs.into_iter().collect(),
+            by_mn: stations
+                .into_iter()
+                .map(|(mn, device, pw)| (mn, (device, pw)))
+                .collect(),
         }
     }
 
     pub fn device(&self, mn: &str) -> Option<&str> {
-        self.by_mn.get(mn).map(String::as_str)
+        self.by_mn.get(mn).map(|(d, _)| d.as_str())
     }
+
+    /// The device a frame comes from, if its MN is known and its PW matches the configured one.
+    pub fn admit(&self, frame: &Frame) -> Result<&str, String> {
+        let Some((device, pw)) = self.by_mn.get(&frame.mn) else {
+            return Err(format!("unknown MN {}", frame.mn));
+        };
+        match pw {
+            Some(expected) if !constant_time_eq(expected.as_bytes(), frame.pw.as_bytes()) => {
+                Err(format!("wrong PW from MN {}", frame.mn))
+            }
+            _ => Ok(device),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Splits a byte stream into candidate frames: from `##` through the stated length, CRC and CRLF.
@@ -229,15 +257,15 @@ where
                     continue;
                 }
             };
-            let Some(device) = stations.device(&frame.mn) else {
-                ctx.health.error(
-                    LINK,
-                    ErrorKind::Refused,
-                    format!("unknown MN {}", frame.mn),
-                    ctx.now(),
-                );
-                tracing::warn!(%peer, mn = %frame.mn, "HJ 212 frame from an unknown station refused");
-                continue;
+            let device = match stations.admit(&frame) {
+                Ok(device) => device,
+                Err(why) => {
+                    let who = stations.device(&frame.mn).unwrap_or(LINK);
+                    ctx.health
+                        .error(who, ErrorKind::Refused, why.clone(), ctx.now());
+                    tracing::warn!(%peer, mn = %frame.mn, "HJ 212 frame refused: {why}");
+                    continue;
+                }
             };
             let now = ctx.now();
             if hj212::upload_kind(&frame.cn).is_some() {
@@ -397,6 +425,28 @@ mod tests {
         s.push(&frame[10..]);
         assert_eq!(s.next_piece(), Some(Piece::Frame(frame.clone())));
         assert_eq!(s.next_piece(), None);
+    }
+
+    #[test]
+    fn stations_are_admitted_by_mn_and_password() {
+        let stations = Stations::new([
+            ("MN1".to_string(), "aq-01".to_string(), None),
+            (
+                "MN2".to_string(),
+                "aq-02".to_string(),
+                Some("123456".to_string()),
+            ),
+        ]);
+        let frame = |mn: &str, pw: &str| {
+            hj212::parse(&hj212::encode(&format!(
+                "QN=1;ST=22;CN=2011;PW={pw};MN={mn};Flag=4;CP=&&&&"
+            )))
+            .unwrap()
+        };
+        assert_eq!(stations.admit(&frame("MN1", "anything")), Ok("aq-01"));
+        assert_eq!(stations.admit(&frame("MN2", "123456")), Ok("aq-02"));
+        assert!(stations.admit(&frame("MN2", "654321")).is_err());
+        assert!(stations.admit(&frame("MN3", "123456")).is_err());
     }
 
     #[test]

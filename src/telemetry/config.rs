@@ -258,7 +258,7 @@ pub struct DeviceConfig {
         default
     )]
     pub timeout: Option<Duration>,
-    // MQTT.
+    // MQTT (username and password), HJ 212 (password: the station's PW, checked when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -289,8 +289,9 @@ pub fn device_id_ok(id: &str) -> bool {
 const EXAMPLE_PASSWORDS: &[&str] = &["change-me", "changeme", "password", "123456"];
 
 impl DeviceConfig {
-    /// The MQTT password, read from `password_file` when that is how it is given.
-    pub fn mqtt_password(&self) -> Result<Option<Secret>, String> {
+    /// The device's password (MQTT sign-in, or an HJ 212 station's `PW`), read from `password_file`
+    /// when that is how it is given.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
         if let Some(p) = &self.password {
             return Ok(Some(p.clone()));
         }
@@ -418,7 +419,7 @@ pub fn validate_devices(
                         format!("`{username}` is used by two devices"),
                     ));
                 }
-                let password = d.mqtt_password().map_err(|e| (key("password_file"), e))?;
+                let password = d.password().map_err(|e| (key("password_file"), e))?;
                 // The embedded broker checks device passwords; an external broker does its own.
                 match password {
                     None if mqtt.listen.is_some() => {
@@ -454,6 +455,7 @@ pub fn validate_devices(
                 if !mns.insert(mn.clone()) {
                     return Err((key("mn"), format!("`{mn}` is used by two devices")));
                 }
+                d.password().map_err(|e| (key("password_file"), e))?;
             }
             DriverKind::Simulator => {
                 let profile = d.profile.as_deref().unwrap_or("");

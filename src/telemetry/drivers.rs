@@ -85,10 +85,10 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
         .iter()
         .filter(|d| d.driver == DriverKind::Hj212)
         .collect();
-    let stations = Arc::new(Stations::new(
-        hj.iter()
-            .filter_map(|d| Some((d.mn.clone()?, d.id.clone()))),
-    ));
+    let stations = Arc::new(Stations::new(hj.iter().filter_map(|d| {
+        let password = d.password().ok().flatten().map(|p| p.expose().to_string());
+        Some((d.mn.clone()?, d.id.clone(), password))
+    })));
     if let Some(addr) = config.hj212.listen {
         drivers.push(Box::new(Hj212Listener {
             addr,
@@ -123,7 +123,7 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
         let accounts: HashMap<String, Account> = mqtt
             .iter()
             .filter_map(|d| {
-                let password = d.mqtt_password().ok()??;
+                let password = d.password().ok()??;
                 Some((
                     d.username.clone().unwrap_or_else(|| d.id.clone()),
                     Account {

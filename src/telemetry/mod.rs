@@ -627,6 +627,22 @@ impl Telemetry {
         }
         let _ = writeln!(
             out,
+            "# HELP township_link_errors_total Errors not attributable to a configured device (line noise, unknown stations).\n# TYPE township_link_errors_total counter"
+        );
+        for (name, h) in &health {
+            if self.devices.get(name).is_none() {
+                for (kind, n) in &h.errors {
+                    let _ = writeln!(
+                        out,
+                        "township_link_errors_total{{link=\"{}\",kind=\"{}\"}} {n}",
+                        label(name),
+                        kind.label()
+                    );
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
             "# HELP township_sensor_last_seen_timestamp_seconds When the device last delivered a reading.\n# TYPE township_sensor_last_seen_timestamp_seconds gauge"
         );
         for d in &devices {
