@@ -603,6 +603,24 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        /// The codec and the payload parsers sit on the broker's open port: garbage must never panic.
+        #[test]
+        fn garbage_never_panics(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600), topic_tail in "[a-z/#+]{0,12}") {
+            let mut buf = BytesMut::from(bytes.as_slice());
+            for _ in 0..16 {
+                match Packet::read(&mut buf, MAX_PACKET) {
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+            let account = Account { device: "d".into(), password: String::new(), format: Format::Json };
+            let _ = readings_for(&account, &format!("sensors/d{topic_tail}"), &bytes, 0);
+            let _ = readings_for(&Account { format: Format::Senml, ..account }, "sensors/d/senml", &bytes, 0);
+            let _ = filter_valid(&topic_tail);
+        }
+    }
+
     #[test]
     fn constant_time_comparison_is_equality() {
         assert!(constant_time_eq(b"abc", b"abc"));
