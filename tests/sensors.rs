@@ -859,6 +859,7 @@ name = "南溪水位站"
 area = "330723001"
 driver = "modbus_rtu"
 port = "{port}"
+baud = 115200
 slave = 2
 interval = "200ms"
 timeout = "150ms"
