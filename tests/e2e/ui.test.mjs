@@ -66,6 +66,17 @@ before(async () => {
     if (dept) args.push('--department', dept);
     execFileSync(BIN, args, { env: { PATH: process.env.PATH } });
   }
+  // A simulated river station reporting every second, so the sensors page has something live to show.
+  writeFileSync(join(dir, 'node', 'township-node.toml'), [
+    '[[devices]]',
+    'id = "sim-river"',
+    'name = "模拟水位站"',
+    'area = "330723001"',
+    'driver = "simulator"',
+    'profile = "river"',
+    'interval = "1s"',
+    '',
+  ].join('\n'));
   ({ child: node, base } = await startNode(join(dir, 'node')));
   browser = await chromium.launch({
     executablePath: CHROMIUM,
@@ -261,6 +272,8 @@ test('an incident goes round the whole loop in the browser: report with a photo,
   await page.locator('.badge[data-state="closed"]').waitFor();
   await page.locator('#rating-form button[type=submit]').click();
   await page.locator('#rating-form').waitFor({ state: 'detached' });
+  // Rating re-renders the page: cleared first, filled again once the incident has reloaded.
+  await page.locator('#timeline li').nth(5).waitFor();
   assert.equal(await page.locator('#timeline li').count(), 6);
   await page.goto(base + '/incidents');
   await page.locator('#f-q').fill('护栏');
@@ -269,6 +282,90 @@ test('an incident goes round the whole loop in the browser: report with a photo,
   await page.goto(base + '/indicators');
   await page.locator('.tile strong').first().waitFor();
   await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'indicators.png'), fullPage: true });
+  assert.deepEqual(errors, []);
+  await ctx.close();
+});
+
+test('the sensors page shows a simulated station live, charts it, and follows the language', async () => {
+  const ctx = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const page = await ctx.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  page.on('console', (m) => { if (m.type() === 'error' && !/status of 401/.test(m.text())) errors.push(m.text()); });
+
+  // Township staff: not an account admin, and the station lies inside their area.
+  await signIn(page, 'staff.li', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.evaluate(() => { window.__marker = 'same-document'; });
+  await page.locator('#nav a[href="/sensors"]').click();
+  await page.getByRole('heading', { name: '监测站点' }).waitFor();
+  const station = page.locator('.station[data-device="sim-river"]');
+  await station.locator('.station-name', { hasText: '模拟水位站' }).waitFor();
+  await station.locator('.badge.status-online', { hasText: '在线' }).waitFor();
+  assert.match(await station.locator('.station-meta').textContent(), /330723001 · 模拟器/);
+  const level = station.locator('li[data-metric="water_level"]');
+  await level.locator('.metric-value strong').waitFor();
+  assert.match(await level.locator('.metric-value strong').textContent(), /^-?\d+(\.\d+)?$/);
+  assert.equal(await level.locator('.metric-unit').textContent(), 'm');
+  assert.match(await level.textContent(), /水位\s*\(water_level\)/);
+
+  // A reading arrives over the event stream and the value's time moves on, without a reload.
+  const shown = await level.getAttribute('data-t');
+  await page.waitForFunction((before) => {
+    const li = document.querySelector('.station[data-device="sim-river"] li[data-metric="water_level"]');
+    return li && li.dataset.t && li.dataset.t !== before;
+  }, shown, { timeout: 15000 });
+  assert.equal(await page.evaluate(() => window.__marker), 'same-document', 'no full reload');
+  await page.locator('#sensors-live[data-state="live"]').waitFor();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'sensors-zh.png'), fullPage: true });
+
+  // Tapping the metric opens the station's charts.
+  await level.locator('a').click();
+  await page.getByRole('heading', { name: '模拟水位站' }).waitFor();
+  assert.equal(new URL(page.url()).pathname, '/sensors/sim-river');
+  const chart = page.locator('.chart-card[data-metric="water_level"]');
+  await chart.locator('.uplot canvas').waitFor();
+  const box = await chart.locator('.uplot').boundingBox();
+  const card = await chart.boundingBox();
+  assert.ok(box.width > 200 && box.width <= card.width, `chart fits its card: ${box.width} in ${card.width}`);
+  assert.equal(await page.locator('.range-picker button[aria-pressed="true"]').textContent(), '24 小时');
+  await page.locator('.chart-card[data-metric="battery"] .uplot canvas').waitFor();
+  await page.locator('#station-errors').getByText('没有通信错误。').waitFor();
+
+  // The CSV link covers the chosen range and downloads with this session.
+  await page.locator('.range-picker button[data-range="1h"]').click();
+  await page.locator('.range-picker button[data-range="1h"][aria-pressed="true"]').waitFor();
+  await chart.locator('.uplot canvas').waitFor();
+  assert.equal(new URL(page.url()).searchParams.get('range'), '1h');
+  const href = await page.locator('#sensor-csv').getAttribute('href');
+  assert.match(href, /^\/api\/v1\/sensors\/sim-river\/readings\.csv\?from=\d+/);
+  const csv = await ctx.request.get(base + href);
+  assert.equal(csv.status(), 200);
+  assert.match(await csv.text(), /sim-river,water_level,/);
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'sensor-chart-zh.png'), fullPage: true });
+
+  // English: labels follow, the chosen range survives the re-render.
+  await page.locator('#lang-toggle').click();
+  await page.getByText('Download CSV').waitFor();
+  await page.locator('.badge.status-online', { hasText: 'Online' }).waitFor();
+  assert.equal(await page.locator('.range-picker button[aria-pressed="true"]').textContent(), '1 h');
+  await chart.getByText('Water level').waitFor();
+  await chart.locator('.uplot canvas').waitFor();
+  await page.locator('#sensors-back').click();
+  await page.getByRole('heading', { name: 'Monitoring stations' }).waitFor();
+  await station.locator('.badge.status-online', { hasText: 'Online' }).waitFor();
+  assert.match(await station.locator('.station-meta').textContent(), /Simulator · Last report/);
+  assert.equal(await page.evaluate(() => window.__marker), 'same-document', 'no full reload');
+  await page.locator('#lang-toggle').click();
+  await page.getByRole('heading', { name: '监测站点' }).waitFor();
+  await page.locator('#logout').click();
+
+  // A grid worker's village holds no station: the page works and says so.
+  await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
+  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.locator('#nav a[href="/sensors"]').click();
+  await page.locator('#sensors-empty').waitFor();
+  assert.equal(await page.locator('.station').count(), 0);
   assert.deepEqual(errors, []);
   await ctx.close();
 });

@@ -12,6 +12,7 @@ import * as report from './pages/report.js';
 import * as incident from './pages/incident.js';
 import * as indicators from './pages/indicators.js';
 import * as nodes from './pages/nodes.js';
+import * as sensors from './pages/sensors.js';
 import { pending, notFound } from './pages/pending.js';
 
 const ACCOUNT_ADMINS = ['admin', 'county_it'];
@@ -41,8 +42,10 @@ route('/incidents/:id', guarded(incident.render));
 route('/tasks', guarded(incidents.renderTasks));
 route('/indicators', guarded(indicators.render));
 route('/nodes', guarded(nodes.render, ACCOUNT_ADMINS));
+// Every signed-in role sees sensors; the node shows each only the stations inside their area.
+route('/sensors', guarded(sensors.renderList));
+route('/sensors/:id', guarded(sensors.renderStation));
 for (const [path, key] of [
-  ['/sensors', 'page.sensors'],
   ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],
 ]) {

@@ -18,9 +18,26 @@ export function afterNavigate(fn) {
   onNavigate = fn;
 }
 
+// Pages that hold something beyond their DOM (a live EventSource, timers) register its release here;
+// the next navigation, whatever starts it, runs and forgets these before the next page renders, so
+// nothing keeps streaming into a page that is gone.
+let leaving = [];
+export function onLeave(fn) {
+  leaving.push(fn);
+}
+
+function leave() {
+  const fns = leaving;
+  leaving = [];
+  for (const fn of fns) {
+    try { fn(); } catch (_) { /* one page's cleanup must not stop navigation */ }
+  }
+}
+
 export async function navigate(path, { push = true, replace = false } = {}) {
   if (replace) history.replaceState({}, '', path);
   else if (push && path !== location.pathname + location.search) history.pushState({}, '', path);
+  leave();
   const main = document.getElementById('main');
   for (const r of routes) {
     const m = r.regex.exec(location.pathname);
