@@ -407,6 +407,26 @@ fn demo_initialises_once_and_prints_the_url() {
             lines.iter().any(|l| l.contains("open http://127.0.0.1:")),
             "round {round}: {lines:?}"
         );
+        // The simulated stations report at once (the first poll is immediate).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let (_, _, body) = blocking_get(&server.url("/metrics")).unwrap();
+            let text = String::from_utf8_lossy(&body).to_string();
+            let committed = text
+                .lines()
+                .find_map(|l| l.strip_prefix("township_telemetry_readings_committed_total "))
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if committed >= 9.0 {
+                assert!(text.contains("township_sensor_status{device=\"wl-shuxi\""));
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no simulated readings: {text}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let (status, _) = server.signal_and_wait(rustix::process::Signal::TERM);
         assert!(status.success());
     }
