@@ -133,10 +133,16 @@ impl Health {
     /// A successful exchange (a poll answered, a frame or message accepted).
     pub fn ok(&self, device: &str, now_ms: i64) {
         self.with(|h| {
-            let d = h.devices.entry(device.to_string()).or_default();
-            d.ok_total += 1;
-            d.last_ok_ms = Some(now_ms);
-            d.push(true);
+            // Called for every message: no allocation once the device has an entry.
+            if !h.devices.contains_key(device) {
+                h.devices
+                    .insert(device.to_string(), DeviceHealth::default());
+            }
+            if let Some(d) = h.devices.get_mut(device) {
+                d.ok_total += 1;
+                d.last_ok_ms = Some(now_ms);
+                d.push(true);
+            }
         });
     }
 

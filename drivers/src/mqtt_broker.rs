@@ -113,17 +113,17 @@ pub fn readings_for(
     body: &[u8],
     now_ms: i64,
 ) -> Option<Result<Vec<crate::Reading>, payload::PayloadError>> {
-    let own = format!("sensors/{}", account.device);
-    let senml = format!("{own}/senml");
-    match (account.format, topic) {
-        (Format::Json, t) if t == own => Some(payload::parse_json(&account.device, body, now_ms)),
-        (Format::Senml, t) if t == senml => {
-            Some(payload::parse_senml(&account.device, body, now_ms))
-        }
-        (Format::Json, t) if t == senml => Some(Err(payload::PayloadError::Shape(
+    // What follows `sensors/{device}`: "" for JSON, "/senml" for SenML.
+    let rest = topic
+        .strip_prefix("sensors/")
+        .and_then(|t| t.strip_prefix(account.device.as_str()))?;
+    match (account.format, rest) {
+        (Format::Json, "") => Some(payload::parse_json(&account.device, body, now_ms)),
+        (Format::Senml, "/senml") => Some(payload::parse_senml(&account.device, body, now_ms)),
+        (Format::Json, "/senml") => Some(Err(payload::PayloadError::Shape(
             "this device is configured for JSON on sensors/{id}".into(),
         ))),
-        (Format::Senml, t) if t == own => Some(Err(payload::PayloadError::Shape(
+        (Format::Senml, "") => Some(Err(payload::PayloadError::Shape(
             "this device is configured for SenML on sensors/{id}/senml".into(),
         ))),
         _ => None,
@@ -209,9 +209,46 @@ impl From<CodecError> for ClientError {
 /// What the writer half sends, in order.
 enum Out {
     Now(Packet),
-    /// Sent once the readings are committed; if they could not be, the connection closes unanswered
-    /// so the client sends the message again.
-    AfterCommit(oneshot::Receiver<bool>, Packet),
+    /// Sent once the readings of these messages are committed; if they could not be, the connection
+    /// closes unanswered so the client sends the messages again.
+    AfterCommit(oneshot::Receiver<bool>, Vec<Packet>),
+}
+
+/// Publishes parsed from one read, handed to the node as one batch with one commit to wait for.
+#[derive(Default)]
+struct Pending {
+    readings: Vec<crate::Reading>,
+    acks: Vec<Packet>,
+}
+
+/// Most readings gathered before they are handed over without waiting for the socket to run dry.
+const PENDING_MAX: usize = 1000;
+
+impl Pending {
+    /// Hands the gathered readings to the node and queues their acknowledgements behind the commit.
+    async fn flush(
+        &mut self,
+        ctx: &DriverContext,
+        out: &mpsc::Sender<Out>,
+    ) -> Result<(), ClientError> {
+        if self.acks.is_empty() {
+            if !self.readings.is_empty() {
+                ctx.sink
+                    .send(std::mem::take(&mut self.readings))
+                    .await
+                    .map_err(|_| ClientError::SinkClosed)?;
+            }
+            return Ok(());
+        }
+        let committed = ctx
+            .sink
+            .send_acked(std::mem::take(&mut self.readings))
+            .await
+            .map_err(|_| ClientError::SinkClosed)?;
+        out.send(Out::AfterCommit(committed, std::mem::take(&mut self.acks)))
+            .await
+            .map_err(|_| ClientError::SinkClosed)
+    }
 }
 
 async fn read_packet(
@@ -353,21 +390,62 @@ async fn connected(
 ) -> Result<(), ClientError> {
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(1024);
     let writer_stop = stop.clone();
+    // Acknowledgements become ready a commit at a time; everything ready is written with one call.
     let writer = async move {
-        while let Some(item) = out_rx.recv().await {
-            let packet = match item {
-                Out::Now(p) => p,
-                Out::AfterCommit(rx, p) => {
-                    if !rx.await.unwrap_or(false) {
-                        writer_stop.cancel();
-                        return Err(ClientError::SinkClosed);
-                    }
-                    p
-                }
+        let mut bytes = BytesMut::with_capacity(4096);
+        let mut carry: Option<Out> = None;
+        loop {
+            let mut next = match carry.take() {
+                Some(item) => Some(item),
+                None => match out_rx.recv().await {
+                    Some(item) => Some(item),
+                    None => break,
+                },
             };
-            if let Err(e) = write_packet(&mut wr, &packet).await {
+            let mut first = true;
+            let mut failed = false;
+            while let Some(item) = next.take() {
+                let packets = match item {
+                    Out::Now(p) => vec![p],
+                    Out::AfterCommit(mut rx, packets) => {
+                        let ok = if first {
+                            (&mut rx).await.unwrap_or(false)
+                        } else {
+                            match rx.try_recv() {
+                                Ok(ok) => ok,
+                                Err(oneshot::error::TryRecvError::Empty) => {
+                                    carry = Some(Out::AfterCommit(rx, packets));
+                                    break;
+                                }
+                                Err(oneshot::error::TryRecvError::Closed) => false,
+                            }
+                        };
+                        if !ok {
+                            failed = true;
+                            break;
+                        }
+                        packets
+                    }
+                };
+                for p in &packets {
+                    p.write(&mut bytes, MAX_PACKET)?;
+                }
+                first = false;
+                if bytes.len() >= 64 * 1024 {
+                    break;
+                }
+                next = out_rx.try_recv().ok();
+            }
+            if !bytes.is_empty() {
+                if let Err(e) = wr.write_all(&bytes).await {
+                    writer_stop.cancel();
+                    return Err(e.into());
+                }
+                bytes.clear();
+            }
+            if failed {
                 writer_stop.cancel();
-                return Err(e);
+                return Err(ClientError::SinkClosed);
             }
         }
         let _ = wr.shutdown().await;
@@ -381,12 +459,16 @@ async fn connected(
     };
     let reader = async move {
         let mut subscriptions: Vec<String> = Vec::new();
-        let mut fanout = shared.fanout.subscribe();
+        let mut pending = Pending::default();
+        // Only a connection with subscriptions listens, so with none anywhere a publish is not copied.
+        let mut fanout: Option<broadcast::Receiver<(Arc<str>, Bytes)>> = None;
         loop {
             // Packets already buffered are handled before waiting for more bytes.
             let packet = match Packet::read(&mut buf, MAX_PACKET) {
                 Ok(p) => p,
                 Err(CodecError::InsufficientBytes(_)) => {
+                    // The socket has run dry: hand over what it brought before waiting for more.
+                    pending.flush(ctx, &out_tx).await?;
                     tokio::select! {
                         r = tokio::time::timeout(idle, rd.read_buf(&mut buf)) => match r {
                             Ok(Ok(0)) => return Ok(()),
@@ -394,7 +476,12 @@ async fn connected(
                             Ok(Err(e)) => return Err(e.into()),
                             Err(_) => return Err(ClientError::Protocol("keep-alive expired".into())),
                         },
-                        m = fanout.recv(), if !subscriptions.is_empty() => {
+                        m = async {
+                            match fanout.as_mut() {
+                                Some(rx) => rx.recv().await,
+                                None => std::future::pending().await,
+                            }
+                        } => {
                             match m {
                                 Ok((topic, payload)) => {
                                     if subscriptions.iter().any(|f| filter_matches(f, &topic)) {
@@ -429,29 +516,18 @@ async fn connected(
                             format!("publish to {}", p.topic),
                             ctx.now(),
                         );
+                        // What came before the refused message is still the device's to keep.
+                        pending.flush(ctx, &out_tx).await?;
                         return Err(ClientError::Refused(format!(
                             "{} may not publish to {}",
                             account.device, p.topic
                         )));
                     }
                     let now = ctx.now();
-                    let committed = match readings_for(account, &p.topic, &p.payload, now) {
+                    match readings_for(account, &p.topic, &p.payload, now) {
                         Some(Ok(readings)) => {
                             ctx.health.ok(&account.device, now);
-                            if p.qos == QoS::AtMostOnce {
-                                ctx.sink
-                                    .send(readings)
-                                    .await
-                                    .map_err(|_| ClientError::SinkClosed)?;
-                                None
-                            } else {
-                                Some(
-                                    ctx.sink
-                                        .send_acked(readings)
-                                        .await
-                                        .map_err(|_| ClientError::SinkClosed)?,
-                                )
-                            }
+                            pending.readings.extend(readings);
                         }
                         Some(Err(e)) => {
                             // A payload that cannot be read will not improve by resending: it is
@@ -462,23 +538,24 @@ async fn connected(
                                 e.to_string(),
                                 now,
                             );
-                            None
                         }
-                        None => None,
-                    };
-                    let _ = shared
-                        .fanout
-                        .send((Arc::from(p.topic.as_str()), p.payload.clone()));
-                    let ack = match p.qos {
-                        QoS::AtMostOnce => None,
-                        QoS::AtLeastOnce => Some(Packet::PubAck(PubAck::new(p.pkid))),
-                        QoS::ExactlyOnce => Some(Packet::PubRec(PubRec::new(p.pkid))),
-                    };
-                    match (ack, committed) {
-                        (Some(ack), Some(rx)) => Some(Out::AfterCommit(rx, ack)),
-                        (Some(ack), None) => Some(Out::Now(ack)),
-                        (None, _) => None,
+                        None => {}
                     }
+                    // Most nodes have no MQTT subscribers; then a message costs no copy here.
+                    if shared.fanout.receiver_count() > 0 {
+                        let _ = shared
+                            .fanout
+                            .send((Arc::from(p.topic.as_str()), p.payload.clone()));
+                    }
+                    match p.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => pending.acks.push(Packet::PubAck(PubAck::new(p.pkid))),
+                        QoS::ExactlyOnce => pending.acks.push(Packet::PubRec(PubRec::new(p.pkid))),
+                    }
+                    if pending.readings.len() >= PENDING_MAX {
+                        pending.flush(ctx, &out_tx).await?;
+                    }
+                    continue;
                 }
                 Packet::PubRel(r) => Some(Out::Now(Packet::PubComp(PubComp::new(r.pkid)))),
                 Packet::Subscribe(s) => {
@@ -498,14 +575,23 @@ async fn connected(
                             }
                         })
                         .collect();
+                    if !subscriptions.is_empty() && fanout.is_none() {
+                        fanout = Some(shared.fanout.subscribe());
+                    }
                     Some(Out::Now(Packet::SubAck(SubAck::new(s.pkid, codes))))
                 }
                 Packet::Unsubscribe(u) => {
                     subscriptions.retain(|f| !u.topics.contains(f));
+                    if subscriptions.is_empty() {
+                        fanout = None;
+                    }
                     Some(Out::Now(Packet::UnsubAck(UnsubAck::new(u.pkid))))
                 }
                 Packet::PingReq => Some(Out::Now(Packet::PingResp)),
-                Packet::Disconnect => return Ok(()),
+                Packet::Disconnect => {
+                    pending.flush(ctx, &out_tx).await?;
+                    return Ok(());
+                }
                 // Acks for QoS 0 deliveries cannot come; anything else is a client bug.
                 Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_) => None,
                 other => {
@@ -515,10 +601,12 @@ async fn connected(
                     )));
                 }
             };
-            if let Some(out) = reply
-                && out_tx.send(out).await.is_err()
-            {
-                return Ok(());
+            if let Some(out) = reply {
+                // Replies keep the order of the packets they answer.
+                pending.flush(ctx, &out_tx).await?;
+                if out_tx.send(out).await.is_err() {
+                    return Ok(());
+                }
             }
         }
     };

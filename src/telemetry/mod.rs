@@ -29,7 +29,6 @@ use township_drivers::{Quality, Reading};
 use crate::app::AppState;
 use crate::store::StoreError;
 use devices::{Device, DeviceDirectory};
-use store::SeriesKey;
 
 /// How many batches may wait for the writer before drivers have to wait.
 const QUEUE_BATCHES: usize = 4096;
@@ -97,7 +96,9 @@ pub struct Telemetry {
     pub health: Health,
     sink: Sink,
     queue: Mutex<Option<mpsc::Receiver<Batch>>>,
-    series: Mutex<HashMap<SeriesKey, i64>>,
+    /// Series ids known to be committed; replaced (not edited) when a batch adds series, so a commit
+    /// takes a cheap snapshot.
+    series: Mutex<Arc<store::SeriesIds>>,
     latest: RwLock<HashMap<String, HashMap<String, Latest>>>,
     /// When each device last delivered a reading, by the node's clock.
     last_seen: RwLock<HashMap<String, i64>>,
@@ -127,7 +128,7 @@ impl Telemetry {
             health: Health::default(),
             sink,
             queue: Mutex::new(Some(rx)),
-            series: Mutex::new(HashMap::new()),
+            series: Mutex::new(Arc::new(store::SeriesIds::default())),
             latest: RwLock::new(HashMap::new()),
             last_seen: RwLock::new(HashMap::new()),
             per_device: Mutex::new(HashMap::new()),
@@ -197,20 +198,19 @@ impl Telemetry {
     /// valid range and the clock applied.
     fn admit(&self, readings: Vec<Reading>, now_ms: i64) -> Vec<Reading> {
         let mut out = Vec::with_capacity(readings.len());
-        let mut last_device: Option<Device> = None;
+        // A batch holds few devices: look each up once, not once per reading.
+        let mut devices: Vec<(String, Option<Device>)> = Vec::new();
         for reading in readings {
-            let device = match &last_device {
-                Some(d) if d.id == reading.device => d.clone(),
-                _ => match self.devices.get(&reading.device) {
-                    Some(d) => {
-                        last_device = Some(d.clone());
-                        d
-                    }
-                    None => {
-                        self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                },
+            let at = match devices.iter().position(|(id, _)| *id == reading.device) {
+                Some(at) => at,
+                None => {
+                    devices.push((reading.device.clone(), self.devices.get(&reading.device)));
+                    devices.len() - 1
+                }
+            };
+            let Some(device) = &devices[at].1 else {
+                self.stats.unknown_device.fetch_add(1, Ordering::Relaxed);
+                continue;
             };
             let mut reading = township_drivers::payload::clock_checked(reading, now_ms);
             if reading.quality == Quality::ClockCorrected {
@@ -243,22 +243,43 @@ impl Telemetry {
         if readings.is_empty() {
             return;
         }
+        // Entries exist after a device's first reading; looking them up before inserting keeps the
+        // common case free of allocations.
         if let Ok(mut latest) = self.latest.write() {
             for r in readings {
-                let metrics = latest.entry(r.device.clone()).or_default();
-                if metrics.get(&r.metric).is_none_or(|l| l.t <= r.time_ms) {
-                    metrics.insert(r.metric.clone(), Latest::of(r));
+                if !latest.contains_key(&r.device) {
+                    latest.insert(r.device.clone(), HashMap::new());
+                }
+                let Some(metrics) = latest.get_mut(&r.device) else {
+                    continue;
+                };
+                match metrics.get_mut(&r.metric) {
+                    Some(l) if l.t <= r.time_ms => *l = Latest::of(r),
+                    Some(_) => {}
+                    None => {
+                        metrics.insert(r.metric.clone(), Latest::of(r));
+                    }
                 }
             }
         }
         if let Ok(mut seen) = self.last_seen.write() {
             for r in readings {
-                seen.insert(r.device.clone(), now_ms);
+                match seen.get_mut(&r.device) {
+                    Some(t) => *t = now_ms,
+                    None => {
+                        seen.insert(r.device.clone(), now_ms);
+                    }
+                }
             }
         }
         if let Ok(mut counts) = self.per_device.lock() {
             for r in readings {
-                *counts.entry(r.device.clone()).or_default() += 1;
+                match counts.get_mut(&r.device) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(r.device.clone(), 1);
+                    }
+                }
             }
         }
     }
@@ -272,7 +293,7 @@ async fn warm_up(state: &AppState) -> Result<(), StoreError> {
         .await?;
     let t = &state.telemetry;
     if let Ok(mut cache) = t.series.lock() {
-        *cache = series;
+        *cache = Arc::new(series);
     }
     if let Ok(mut map) = t.latest.write() {
         for r in &latest {
@@ -303,7 +324,7 @@ async fn commit_group(state: &AppState, group: Vec<Batch>) {
         }
     }
     let readings = t.admit(readings, now);
-    let known = t.series.lock().map(|c| c.clone()).unwrap_or_default();
+    let known = t.series.lock().map(|c| Arc::clone(&c)).unwrap_or_default();
     let result = if readings.is_empty() {
         Ok((readings, store::Inserted::default()))
     } else {
@@ -325,8 +346,14 @@ async fn commit_group(state: &AppState, group: Vec<Batch>) {
                 (readings.len() - inserted.new.len()) as u64,
                 Ordering::Relaxed,
             );
-            if let Ok(mut cache) = t.series.lock() {
-                cache.extend(inserted.new_series);
+            if !inserted.new_series.is_empty()
+                && let Ok(mut cache) = t.series.lock()
+            {
+                let mut next = (**cache).clone();
+                for (key, id) in inserted.new_series {
+                    next.insert(key, id);
+                }
+                *cache = Arc::new(next);
             }
             for w in waiters {
                 let _ = w.send(true);

@@ -11,6 +11,31 @@ use crate::store::StoreError;
 
 pub type SeriesKey = (String, String);
 
+/// Series ids by device, then metric: looked up with borrowed strings, so the hot path allocates
+/// nothing per reading.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesIds(HashMap<String, HashMap<String, i64>>);
+
+impl SeriesIds {
+    pub fn get(&self, device: &str, metric: &str) -> Option<i64> {
+        self.0.get(device).and_then(|m| m.get(metric)).copied()
+    }
+
+    pub fn insert(&mut self, (device, metric): SeriesKey, id: i64) {
+        self.0.entry(device).or_default().insert(metric, id);
+    }
+}
+
+impl FromIterator<(SeriesKey, i64)> for SeriesIds {
+    fn from_iter<I: IntoIterator<Item = (SeriesKey, i64)>>(iter: I) -> Self {
+        let mut ids = SeriesIds::default();
+        for (key, id) in iter {
+            ids.insert(key, id);
+        }
+        ids
+    }
+}
+
 pub fn quality_code(q: Quality) -> i64 {
     match q {
         Quality::Good => 0,
@@ -74,10 +99,10 @@ pub struct Inserted {
 pub fn insert_batch(
     conn: &Connection,
     readings: &[Reading],
-    known: &HashMap<SeriesKey, i64>,
+    known: &SeriesIds,
 ) -> Result<Inserted, StoreError> {
     let mut out = Inserted::default();
-    let mut created: HashMap<SeriesKey, i64> = HashMap::new();
+    let mut created = SeriesIds::default();
     let mut minute: HashMap<(i64, i64), Agg> = HashMap::new();
     let mut hour: HashMap<(i64, i64), Agg> = HashMap::new();
     let mut insert = conn.prepare_cached(
@@ -85,11 +110,14 @@ pub fn insert_batch(
          ON CONFLICT DO NOTHING",
     )?;
     for (i, r) in readings.iter().enumerate() {
-        let key = (r.device.clone(), r.metric.clone());
-        let series = match known.get(&key).or_else(|| created.get(&key)) {
-            Some(id) => *id,
+        let series = match known
+            .get(&r.device, &r.metric)
+            .or_else(|| created.get(&r.device, &r.metric))
+        {
+            Some(id) => id,
             None => {
                 let id = series_id(conn, &r.device, &r.metric, r.unit.as_deref())?;
+                let key = (r.device.clone(), r.metric.clone());
                 created.insert(key.clone(), id);
                 out.new_series.push((key, id));
                 id
@@ -138,7 +166,7 @@ fn series_id(
         .query_row(params![device, metric], |r| r.get(0))?)
 }
 
-pub fn all_series(conn: &Connection) -> Result<HashMap<SeriesKey, i64>, StoreError> {
+pub fn all_series(conn: &Connection) -> Result<SeriesIds, StoreError> {
     let mut stmt = conn.prepare("SELECT device, metric, id FROM telemetry_series")?;
     let rows = stmt.query_map([], |r| Ok(((r.get(0)?, r.get(1)?), r.get(2)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -347,9 +375,9 @@ mod tests {
             r(60_000, 4.0, Quality::Good),
             r(90_000, 99.0, Quality::OutOfRange),
         ];
-        let first = insert_batch(&conn, &batch, &HashMap::new()).unwrap();
+        let first = insert_batch(&conn, &batch, &SeriesIds::default()).unwrap();
         assert_eq!(first.new, vec![0, 1, 2, 3]);
-        let known: HashMap<_, _> = first.new_series.into_iter().collect();
+        let known: SeriesIds = first.new_series.into_iter().collect();
         let again = insert_batch(&conn, &batch, &known).unwrap();
         assert!(again.new.is_empty() && again.new_series.is_empty());
         let (series, _) = find_series(&conn, "rain-01", "rainfall").unwrap().unwrap();
@@ -386,7 +414,7 @@ mod tests {
     fn pruning_goes_in_bounded_steps_and_keeps_aggregates() {
         let (_d, conn) = db();
         let batch: Vec<Reading> = (0..1000).map(|i| r(i * 1000, 1.0, Quality::Good)).collect();
-        insert_batch(&conn, &batch, &HashMap::new()).unwrap();
+        insert_batch(&conn, &batch, &SeriesIds::default()).unwrap();
         assert_eq!(
             prune_step(&conn, PruneTable::Raw, 500_000, 100).unwrap(),
             100
