@@ -960,3 +960,136 @@ fn modbus_rtu_polls_a_pymodbus_slave_and_survives_restarts_and_a_noisy_line() {
     let (status_code, _, _) = blocking_request("GET", &server.url("/healthz"), &[]).unwrap();
     assert_eq!(status_code, 200);
 }
+
+/// Publishes QoS 1 messages one connection at a time until the node goes away, and returns the
+/// timestamps of the messages whose PUBACK arrived.
+fn publish_until_killed(addr: &str, user: &str, password: &str, base_ts: i64) -> Vec<i64> {
+    use bytes::BytesMut;
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Connect, Login, Packet, Publish};
+    let mut acked = Vec::new();
+    let Ok(mut socket) = TcpStream::connect(addr) else {
+        return acked;
+    };
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut connect = Connect::new("crash-publisher");
+    connect.login = Some(Login::new(user, password));
+    let mut out = BytesMut::new();
+    Packet::Connect(connect).write(&mut out, 1 << 20).unwrap();
+    if socket.write_all(&out).is_err() {
+        return acked;
+    }
+    let mut inbuf = BytesMut::new();
+    let mut chunk = [0u8; 4096];
+    let mut read_packet = |socket: &mut TcpStream, inbuf: &mut BytesMut| -> Option<Packet> {
+        loop {
+            match Packet::read(inbuf, 1 << 20) {
+                Ok(p) => return Some(p),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                Err(_) => return None,
+            }
+            match socket.read(&mut chunk) {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => inbuf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    if !matches!(
+        read_packet(&mut socket, &mut inbuf),
+        Some(Packet::ConnAck(_))
+    ) {
+        return acked;
+    }
+    // A window of 20 unacknowledged messages, as a sensor gateway would keep.
+    let mut in_flight = std::collections::VecDeque::new();
+    for i in 0..100_000i64 {
+        let ts = base_ts + i;
+        let mut p = Publish::new(
+            "sensors/rain-02",
+            QoS::AtLeastOnce,
+            format!(r#"{{"ts": {ts}, "rainfall": 0.5}}"#),
+        );
+        p.pkid = (i % 60_000 + 1) as u16;
+        out.clear();
+        Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+        if socket.write_all(&out).is_err() {
+            return acked;
+        }
+        in_flight.push_back(ts);
+        while in_flight.len() >= 20 {
+            match read_packet(&mut socket, &mut inbuf) {
+                Some(Packet::PubAck(_)) => acked.extend(in_flight.pop_front()),
+                Some(_) => {}
+                None => return acked,
+            }
+        }
+    }
+    acked
+}
+
+#[test]
+fn readings_acknowledged_by_the_embedded_broker_survive_kill_9() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_node(tmp.path());
+    let config = format!("[mqtt]\nlisten = \"127.0.0.1:0\"\n{}", mqtt_devices());
+    let mut server = start(&dir, &config);
+    let addr = server.wait_for_line("mqtt broker listening on mqtt://", Duration::from_secs(10));
+    let base_ts = now_ms() - 3_600_000;
+    let publisher = {
+        let addr = addr.clone();
+        std::thread::spawn(move || publish_until_killed(&addr, "rain-02", RAIN_PW, base_ts))
+    };
+    // Let a few thousand messages through, then pull the plug.
+    let admin = login(&server.base, "admin", ADMIN_PASSWORD);
+    eventually(Duration::from_secs(30), "readings to flow", || {
+        metric_value(&server, "township_telemetry_readings_committed_total") >= 2000.0
+    });
+    drop(admin);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server.pid()).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = server.child.wait();
+    let acked = publisher.join().unwrap();
+    assert!(acked.len() >= 1000, "only {} acknowledged", acked.len());
+    let server = start(&dir, &config);
+    let admin = login(&server.base, "admin", ADMIN_PASSWORD);
+    // Ten thousand readings (one per millisecond) per request, below the API's 20,000-point cap.
+    let mut stored = std::collections::HashSet::new();
+    let last = acked.iter().max().copied().unwrap_or(base_ts);
+    let mut from = base_ts;
+    while from <= last {
+        let body = get_json(
+            &server,
+            &admin,
+            &format!(
+                "/api/v1/sensors/rain-02/readings?metric=rainfall&from={from}&to={}",
+                from + 10_000
+            ),
+        );
+        stored.extend(
+            body["points"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["t"].as_i64().unwrap()),
+        );
+        from += 10_000;
+    }
+    let lost: Vec<&i64> = acked.iter().filter(|t| !stored.contains(t)).collect();
+    eprintln!(
+        "embedded broker kill -9: {} readings acknowledged, {} stored after restart",
+        acked.len(),
+        stored.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged readings lost, first {:?}",
+        lost.len(),
+        acked.len(),
+        lost.first()
+    );
+}
