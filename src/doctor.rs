@@ -55,6 +55,42 @@ fn check(
     }
 }
 
+/// Serial ports the devices use: present, and readable and writable by this user (without opening
+/// them, so a running node's line is not disturbed). A missing port is a warning: the driver waits
+/// for the adapter to come back.
+fn serial_ports(config: &Config, out: &mut Vec<Check>) {
+    use Verdict::{Fail, Pass, Warn};
+    let mut ports: Vec<&str> = config
+        .devices
+        .iter()
+        .filter_map(|d| d.port.as_deref())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    for port in ports {
+        let path = Path::new(port);
+        if !path.exists() {
+            out.push(check(
+                Warn,
+                "serial port",
+                format!("{port} is not present"),
+                Some("plug the adapter in, or name it by /dev/serial/by-id/... so it keeps its name; the node opens it when it appears".into()),
+            ));
+            continue;
+        }
+        let access = rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK;
+        match rustix::fs::access(path, access) {
+            Ok(()) => out.push(check(Pass, "serial port", format!("{port} is readable and writable"), None)),
+            Err(e) => out.push(check(
+                Fail,
+                "serial port",
+                format!("{port}: {e}"),
+                Some("run the node as a member of the port's group (dialout on Debian; the systemd unit adds it)".into()),
+            )),
+        }
+    }
+}
+
 /// Runs every check. `config_file` is the file `serve` would use.
 pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
     use Verdict::{Fail, Pass, Warn};
@@ -148,6 +184,9 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
             }
         },
     };
+    if let Some(config) = &config {
+        serial_ports(config, &mut out);
+    }
     let store_config = config.map(|c| c.store).unwrap_or(store_config);
 
     let key_path = dir.key();

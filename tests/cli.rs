@@ -355,6 +355,20 @@ fn doctor_passes_a_healthy_node_and_names_fixes_for_broken_ones() {
     assert!(stdout(&out).contains("chmod 600"), "{}", stdout(&out));
     std::fs::set_permissions(dir.join("node.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
 
+    // A serial sensor whose adapter is unplugged: a warning naming the port, not a failure.
+    std::fs::write(
+        dir.join("township-node.toml"),
+        "[[devices]]\nid = \"wl-01\"\nname = \"w\"\narea = \"330723001\"\ndriver = \"modbus_rtu\"\nport = \"/dev/ttyUSB-not-here\"\nslave = 1\npoints = [{ metric = \"level\", register = 0 }]\n",
+    )
+    .unwrap();
+    let out = run(&["doctor", "--data-dir", d]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("/dev/ttyUSB-not-here is not present"),
+        "{}",
+        stdout(&out)
+    );
+
     std::fs::write(dir.join("township-node.toml"), "[store]\nwrite_batch = 3\n").unwrap();
     let out = run(&["doctor", "--data-dir", d]);
     assert_eq!(out.status.code(), Some(1));
