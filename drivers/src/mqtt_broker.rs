@@ -130,7 +130,37 @@ pub fn readings_for(
     }
 }
 
+/// How long a refused sign-in waits before its answer.
+const FAILED_SIGN_IN_DELAY: Duration = Duration::from_secs(1);
+/// Failed sign-ins from one address within [`FAILURE_WINDOW_MS`] before it is refused outright.
+const MAX_FAILURES: u32 = 10;
+const FAILURE_WINDOW_MS: i64 = 10 * 60 * 1000;
+
+/// Failed sign-ins per source address, so nobody on the sensor LAN can guess device passwords at
+/// line rate. Counting by address (not by username) means an attacker cannot lock a real sensor out.
+#[derive(Default)]
+struct Failures(Mutex<HashMap<std::net::IpAddr, (i64, u32)>>);
+
+impl Failures {
+    fn record(&self, ip: std::net::IpAddr, now_ms: i64) {
+        if let Ok(mut map) = self.0.lock() {
+            // Old entries go, so the map cannot grow without bound.
+            map.retain(|_, (since, _)| now_ms - *since < FAILURE_WINDOW_MS);
+            let entry = map.entry(ip).or_insert((now_ms, 0));
+            entry.1 += 1;
+        }
+    }
+
+    fn blocked(&self, ip: std::net::IpAddr, now_ms: i64) -> bool {
+        self.0.lock().is_ok_and(|map| {
+            map.get(&ip)
+                .is_some_and(|(since, n)| *n >= MAX_FAILURES && now_ms - *since < FAILURE_WINDOW_MS)
+        })
+    }
+}
+
 struct Shared {
+    failures: Failures,
     accounts: HashMap<String, Account>,
     /// Messages for subscribers: (topic, payload).
     fanout: broadcast::Sender<(Arc<str>, Bytes)>,
@@ -162,6 +192,7 @@ impl Driver for EmbeddedBroker {
             tracing::info!("mqtt broker listening on mqtt://{bound}");
             let (fanout, _) = broadcast::channel(1024);
             let shared = Arc::new(Shared {
+                failures: Failures::default(),
                 accounts: self.accounts.clone(),
                 fanout,
                 sessions: Mutex::new(HashMap::new()),
@@ -282,6 +313,7 @@ async fn serve_client(
     shared: &Shared,
     ctx: &DriverContext,
 ) -> Result<(), ClientError> {
+    let peer = socket.peer_addr().map(|a| a.ip()).ok();
     let (mut rd, mut wr) = socket.into_split();
     let mut buf = BytesMut::with_capacity(4096);
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, read_packet(&mut rd, &mut buf)).await
@@ -296,11 +328,23 @@ async fn serve_client(
         write_packet(&mut wr, &refuse(ConnectReturnCode::RefusedProtocolVersion)).await?;
         return Err(ClientError::Refused("only MQTT 3.1.1 is spoken".into()));
     }
+    if let Some(ip) = peer
+        && shared.failures.blocked(ip, ctx.now())
+    {
+        tracing::warn!(%ip, "MQTT sign-in refused: too many failures from this address");
+        write_packet(&mut wr, &refuse(ConnectReturnCode::NotAuthorized)).await?;
+        return Err(ClientError::Refused(format!("{ip} is blocked for a while")));
+    }
     let account = connect.login.as_ref().and_then(|login| {
         let a = shared.accounts.get(&login.username)?;
         constant_time_eq(a.password.as_bytes(), login.password.as_bytes()).then(|| a.clone())
     });
     let Some(account) = account else {
+        if let Some(ip) = peer {
+            shared.failures.record(ip, ctx.now());
+        }
+        // Each wrong guess costs the guesser a second.
+        tokio::time::sleep(FAILED_SIGN_IN_DELAY).await;
         let who = connect
             .login
             .as_ref()
@@ -707,6 +751,22 @@ mod tests {
             let _ = readings_for(&Account { format: Format::Senml, ..account }, "sensors/d/senml", &bytes, 0);
             let _ = filter_valid(&topic_tail);
         }
+    }
+
+    #[test]
+    fn an_address_that_keeps_guessing_is_refused_for_a_while() {
+        let f = Failures::default();
+        let (ip, other) = ("192.0.2.7".parse().unwrap(), "192.0.2.8".parse().unwrap());
+        for i in 0..MAX_FAILURES {
+            assert!(!f.blocked(ip, i64::from(i)));
+            f.record(ip, i64::from(i));
+        }
+        assert!(f.blocked(ip, 100));
+        assert!(!f.blocked(other, 100), "only the guessing address");
+        assert!(
+            !f.blocked(ip, FAILURE_WINDOW_MS + 1),
+            "and only for the window"
+        );
     }
 
     #[test]
