@@ -191,19 +191,8 @@ impl AppState {
     /// Creates an account record; the password is hashed off the async workers first.
     pub async fn add_user(&self, actor: Actor, new: NewUser) -> Result<UserView, UserError> {
         users::check_authority(&actor, new.role, &new.area)?;
-        let iterations = self.config.auth.password_iterations;
-        let node_area = self.node.area.clone();
-        let checked = new.clone();
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| UserError::Store(StoreError::Closed))?;
-        let hash =
-            tokio::task::spawn_blocking(move || users::prepare(&checked, &node_area, iterations))
-                .await
-                .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))??;
-        drop(_permit);
+        users::validate(&new, &self.node.area)?;
+        let hash = self.hash_password(new.password.clone()).await?;
         let ctx = self.write_ctx();
         self.store
             .write(move |conn| users::create(conn, &ctx, &actor, &new, hash))
@@ -224,6 +213,29 @@ impl AppState {
     }
 }
 
+impl AppState {
+    /// Runs `work` every `period` (the first run at once) until shutdown, on the task tracker; a run
+    /// that overruns its period delays the next rather than bunching them up.
+    pub fn spawn_every<F, Fut>(&self, period: Duration, work: F)
+    where
+        F: Fn(AppState) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let state = self.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    () = state.shutdown.cancelled() => break,
+                }
+                work(state.clone()).await;
+            }
+        });
+    }
+}
+
 /// Starts the node's own background work: signed audit checkpoints, expired-session cleanup and
 /// background compaction of record documents. All of it stops on the shutdown signal.
 pub fn spawn_background(state: &AppState) {
@@ -231,45 +243,35 @@ pub fn spawn_background(state: &AppState) {
     crate::peers::spawn_upstream(state);
     crate::incidents::deadlines::spawn(state);
     crate::telemetry::spawn(state);
-    let task_state = state.clone();
-    state.tasks.spawn(async move {
-        let state = task_state;
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = state.shutdown.cancelled() => break,
-            }
-            let now = state.clock.now_ms();
-            let idle = state.config.auth.session_idle.as_millis() as i64;
-            let max = state.config.auth.session_max.as_millis() as i64;
-            if let Err(e) = state
-                .store
-                .write(move |conn| crate::auth::session::purge_expired(conn, now, idle, max))
-                .await
-            {
-                tracing::warn!(error = %e, "expired-session cleanup failed");
-            }
-            // Keeps the query planner's statistics current as tables grow (cheap when nothing changed).
-            if let Err(e) = state
-                .store
-                .write(|conn| Ok::<_, StoreError>(conn.execute_batch("PRAGMA optimize")?))
-                .await
-            {
-                tracing::debug!(error = %e, "PRAGMA optimize failed");
-            }
-            // Compaction in small batches so it never holds the writer for long.
-            let docs = state.docs.clone();
-            match state
-                .store
-                .write(move |conn| docs.compact_some(conn, 8, 50).map_err(StoreError::from))
-                .await
-            {
-                Ok(n) if n > 0 => tracing::debug!(documents = n, "compacted record documents"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "document compaction failed"),
-            }
+    state.spawn_every(Duration::from_secs(60), |state| async move {
+        let now = state.clock.now_ms();
+        let idle = state.config.auth.session_idle.as_millis() as i64;
+        let max = state.config.auth.session_max.as_millis() as i64;
+        if let Err(e) = state
+            .store
+            .write(move |conn| crate::auth::session::purge_expired(conn, now, idle, max))
+            .await
+        {
+            tracing::warn!(error = %e, "expired-session cleanup failed");
+        }
+        // Keeps the query planner's statistics current as tables grow (cheap when nothing changed).
+        if let Err(e) = state
+            .store
+            .write(|conn| Ok::<_, StoreError>(conn.execute_batch("PRAGMA optimize")?))
+            .await
+        {
+            tracing::debug!(error = %e, "PRAGMA optimize failed");
+        }
+        // Compaction in small batches so it never holds the writer for long.
+        let docs = state.docs.clone();
+        match state
+            .store
+            .write(move |conn| docs.compact_some(conn, 8, 50).map_err(StoreError::from))
+            .await
+        {
+            Ok(n) if n > 0 => tracing::debug!(documents = n, "compacted record documents"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "document compaction failed"),
         }
     });
 }
@@ -291,47 +293,54 @@ pub async fn open_with_clock(
     config: Config,
     clock: Clock,
 ) -> Result<OpenedNode, NodeError> {
+    let opened = open_store(dir, config, clock).await?;
+    if let Err(e) = crate::audit::record_config(&opened.state).await {
+        tracing::warn!(error = %e, "could not record the configuration in the audit log");
+    }
+    Ok(opened)
+}
+
+/// Opens the node for a one-off CLI command while it is not serving. Unlike [`open`] it does not
+/// record the configuration: the command's environment is not the configuration the node runs with,
+/// and recording it would write configuration changes that never took effect into the audit log.
+pub async fn open_for_command(dir: &DataDir, config: Config) -> Result<OpenedNode, NodeError> {
+    open_store(dir, config, Clock::System).await
+}
+
+async fn open_store(dir: &DataDir, config: Config, clock: Clock) -> Result<OpenedNode, NodeError> {
     dir.ensure_exists()?;
     let lock = DataDirLock::acquire(dir)?;
     let store = Store::open(&dir.db(), &config.store)?;
-    let info = match store.read(node::read_identity).await {
-        Ok(info) => info,
+    // Everything that can refuse the start, checked before the state is built; on any refusal the
+    // store is closed in order before the error is returned.
+    let checked = async {
+        let (info, salt, stored_upstream) = store
+            .read(|conn| {
+                Ok::<_, NodeError>((
+                    node::read_identity(conn)?,
+                    node::db_salt(conn)?,
+                    node::upstream_from_meta(conn)?,
+                ))
+            })
+            .await?;
+        let key = node::load_key_checked(dir, &info)?;
+        let config_upstream = match (&config.sync.upstream_url, &config.sync.upstream_key) {
+            (Some(url), Some(key)) => Some((url.clone(), key.parse().map_err(NodeError::from)?)),
+            _ => None,
+        };
+        Ok::<_, NodeError>((info, key, salt, config_upstream.or(stored_upstream)))
+    }
+    .await;
+    let (info, key, salt, upstream) = match checked {
+        Ok(checked) => checked,
         Err(e) => {
             store.close().await;
             return Err(e);
         }
-    };
-    let key = match node::load_key_checked(dir, &info) {
-        Ok(key) => key,
-        Err(e) => {
-            store.close().await;
-            return Err(e);
-        }
-    };
-    let salt = match store.read(node::db_salt).await {
-        Ok(salt) => salt,
-        Err(e) => {
-            store.close().await;
-            return Err(e);
-        }
-    };
-    let upstream = match store.read(node::upstream_from_meta).await {
-        Ok(u) => u,
-        Err(e) => {
-            store.close().await;
-            return Err(e);
-        }
-    };
-    let config_upstream = match (&config.sync.upstream_url, &config.sync.upstream_key) {
-        (Some(url), Some(key)) => Some((url.clone(), key.parse().map_err(NodeError::from)?)),
-        _ => None,
     };
     let mut state = AppState::new(info, key, &salt, config, store, clock);
     if let Some(inner) = Arc::get_mut(&mut state.inner) {
-        inner.upstream = config_upstream.or(upstream);
-    }
-    if let Err(e) = crate::audit::record_config(&state).await {
-        tracing::warn!(error = %e, "could not record the configuration in the audit log");
+        inner.upstream = upstream;
     }
     Ok(OpenedNode { state, _lock: lock })
 }

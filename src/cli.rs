@@ -537,7 +537,7 @@ fn control(data_dir: &Path, request: control::Request) -> Result<serde_json::Val
             return Ok(result);
         }
         let config = Config::load_from_process(config_path(&dir, None).as_deref())?;
-        let opened = app::open(&dir, config).await?;
+        let opened = app::open_for_command(&dir, config).await?;
         let uid = rustix::process::getuid().as_raw();
         let result = control::execute(&opened.state, request, Some(uid)).await;
         app::finish(&opened.state, Duration::from_secs(5)).await;

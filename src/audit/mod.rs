@@ -305,27 +305,17 @@ pub async fn record_config(state: &crate::app::AppState) -> Result<(), StoreErro
 
 /// Signs a checkpoint every few minutes while entries arrive, until shutdown.
 pub fn spawn_checkpointer(state: &crate::app::AppState) {
-    let state_for_task = state.clone();
-    state.tasks.spawn(async move {
-        let state = state_for_task;
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(30));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = state.shutdown.cancelled() => break,
-            }
-            let key = state.key.clone();
-            let now = state.clock.now_ms();
-            match state
-                .store
-                .write(move |conn| checkpoint_if_due(conn, &key, now))
-                .await
-            {
-                Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
-            }
+    state.spawn_every(std::time::Duration::from_secs(30), |state| async move {
+        let key = state.key.clone();
+        let now = state.clock.now_ms();
+        match state
+            .store
+            .write(move |conn| checkpoint_if_due(conn, &key, now))
+            .await
+        {
+            Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
         }
     });
 }

@@ -101,33 +101,23 @@ pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
 
 /// Runs [`check`] every minute until shutdown.
 pub fn spawn(state: &AppState) {
-    let task_state = state.clone();
-    state.tasks.spawn(async move {
-        let state = task_state;
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = state.shutdown.cancelled() => break,
-            }
-            match check(&state).await {
-                Ok(report) => {
-                    state
-                        .metrics
-                        .set_gauge("township_incidents_overdue", report.overdue as f64);
-                    state
-                        .metrics
-                        .set_gauge("township_incidents_near_deadline", report.near as f64);
-                    if !report.escalated.is_empty() {
-                        tracing::info!(
-                            count = report.escalated.len(),
-                            "overdue incidents escalated automatically"
-                        );
-                    }
+    state.spawn_every(std::time::Duration::from_secs(60), |state| async move {
+        match check(&state).await {
+            Ok(report) => {
+                state
+                    .metrics
+                    .set_gauge("township_incidents_overdue", report.overdue as f64);
+                state
+                    .metrics
+                    .set_gauge("township_incidents_near_deadline", report.near as f64);
+                if !report.escalated.is_empty() {
+                    tracing::info!(
+                        count = report.escalated.len(),
+                        "overdue incidents escalated automatically"
+                    );
                 }
-                Err(e) => tracing::warn!(error = %e, "deadline check failed"),
             }
+            Err(e) => tracing::warn!(error = %e, "deadline check failed"),
         }
     });
 }

@@ -16,7 +16,6 @@ use township_sync::docstore::{DocMeta, Projection, ProjectionError};
 use township_sync::{AreaCode, fields};
 use uuid::Uuid;
 
-use crate::auth::password;
 use crate::auth::roles::Role;
 use crate::config::Secret;
 use crate::records::WriteCtx;
@@ -278,8 +277,8 @@ pub fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(),
     Ok(())
 }
 
-/// Validates a new account and hashes its password (slow; call off the async workers).
-pub fn prepare(new: &NewUser, node_area: &AreaCode, iterations: u32) -> Result<String, UserError> {
+/// Checks a new account's fields (the password policy is checked where it is hashed).
+pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
     check_username(&new.username)?;
     if new.username == LOCAL_ADMIN {
         return Err(UserError::Taken(new.username.clone()));
@@ -315,12 +314,7 @@ pub fn prepare(new: &NewUser, node_area: &AreaCode, iterations: u32) -> Result<S
             detail: "phone is at most 20 digits, spaces, '+' or '-'".into(),
         });
     }
-    password::check_policy(new.password.expose()).map_err(|e| UserError::Invalid {
-        field: "password",
-        detail: e.to_string(),
-    })?;
-    password::hash(new.password.expose(), iterations)
-        .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))
+    Ok(())
 }
 
 /// Creates the account record (in the caller's transaction), refusing a username already in use here.
