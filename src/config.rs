@@ -369,7 +369,7 @@ impl Config {
                 "must be above 0 and at most 10000",
             ));
         }
-        crate::telemetry::config::validate_devices(&self.devices, &self.mqtt)
+        crate::telemetry::config::validate_devices(&self.devices, &self.mqtt, &self.hj212)
             .map_err(|(key, message)| invalid(&key, &message))?;
         Ok(self)
     }

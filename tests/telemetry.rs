@@ -148,12 +148,13 @@ async fn readings_flow_to_latest_series_and_status() {
     assert!(buckets.iter().all(|b| b["max"].as_f64().unwrap() < 20.0));
 
     // CSV: header, BOM, one row per raw reading.
-    let (s, headers, _) = h
-        .as_(
+    let (s, headers, csv) = h
+        .send_raw(
             &staff,
             "GET",
             &format!("/api/v1/sensors/wl-01/readings.csv?from={t0}"),
-            None,
+            "text/plain",
+            Vec::new(),
         )
         .await;
     assert_eq!(s, StatusCode::OK);
@@ -163,14 +164,37 @@ async fn readings_flow_to_latest_series_and_status() {
             .unwrap()
             .starts_with("text/csv")
     );
+    let csv = String::from_utf8(csv).unwrap();
+    let lines: Vec<&str> = csv.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines[0], "\u{feff}time,device,metric,value,unit,quality");
+    assert_eq!(lines.len(), 1 + 12, "{csv}");
+    assert!(lines[1].ends_with(",wl-01,water_level,2,m,good"), "{csv}");
+    assert!(csv.contains(",25,m,out_of_range\r\n"), "{csv}");
 
     // Three intervals later with nothing new, the station is stale.
     h.clock.advance_ms(4 * MINUTE);
     let (_, _, list) = h.as_(&staff, "GET", "/api/v1/sensors", None).await;
     assert_eq!(sensor(&list, "wl-01")["status"], "stale");
 
-    let metrics = h.call("GET", "/metrics", &[], None).await;
-    assert_eq!(metrics.0, StatusCode::OK);
+    let (s, _, metrics) = h
+        .send_raw(&staff, "GET", "/metrics", "text/plain", Vec::new())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let metrics = String::from_utf8(metrics).unwrap();
+    for line in [
+        "township_telemetry_readings_committed_total 12",
+        "township_telemetry_readings_duplicate_total 10",
+        "township_telemetry_readings_unknown_device_total 1",
+        "township_telemetry_readings_out_of_range_total 1",
+        "township_telemetry_readings_clock_corrected_total 1",
+        "township_sensor_readings_total{device=\"wl-01\",driver=\"hj212\"} 12",
+        "township_sensor_status{device=\"wl-01\",status=\"stale\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "missing `{line}`:\n{metrics}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -227,22 +251,36 @@ async fn bad_requests_are_refused_and_areas_are_enforced() {
 #[tokio::test]
 async fn the_stream_carries_new_readings_to_those_who_may_see_them() {
     let h = harness().await;
-    let staff = h.session_for("staff").await;
-    let request = Request::builder()
-        .uri("/api/v1/stream")
-        .header("host", "node.test")
-        .header("cookie", &staff.cookie)
-        .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
-            [192, 0, 2, 7],
-            40000,
-        ))))
-        .body(Body::empty())
-        .unwrap();
-    let response = h.router().oneshot(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let mut body = response.into_body().into_data_stream();
-    commit(&h, vec![reading("wl-01", "water_level", START_MS, 4.25)]).await;
+    let open = |cookie: String| {
+        let router = h.router();
+        async move {
+            let request = Request::builder()
+                .uri("/api/v1/stream")
+                .header("host", "node.test")
+                .header("cookie", cookie)
+                .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                    [192, 0, 2, 7],
+                    40000,
+                ))))
+                .body(Body::empty())
+                .unwrap();
+            let response = router.oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.headers()["content-type"], "text/event-stream");
+            response.into_body().into_data_stream()
+        }
+    };
+    let mut body = open(h.session_for("staff").await.cookie).await;
+    // A grid worker of another village sees neither the township's station nor this village's.
+    let mut village = open(h.session_for("village").await.cookie).await;
+    commit(
+        &h,
+        vec![
+            reading("wl-01", "water_level", START_MS, 4.25),
+            reading("aq-01", "a34004", START_MS, 31.0),
+        ],
+    )
+    .await;
     let mut text = String::new();
     while !text.contains("4.25") {
         let chunk = tokio::time::timeout(Duration::from_secs(5), body.next())
@@ -261,6 +299,18 @@ async fn the_stream_carries_new_readings_to_those_who_may_see_them() {
     })
     .await;
     assert!(end.is_ok(), "the stream ended on shutdown");
+    let mut seen_by_village = String::new();
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(chunk)) = village.next().await {
+            seen_by_village.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(end.is_ok());
+    assert!(
+        !seen_by_village.contains("wl-01") && !seen_by_village.contains("aq-01"),
+        "{seen_by_village}"
+    );
 }
 
 #[tokio::test]

@@ -170,6 +170,18 @@ impl Health {
         self.with(|h| h.drivers.entry(driver.to_string()).or_default().failing = false);
     }
 
+    /// Share of failures among the device's recent outcomes, and how many outcomes that is.
+    pub fn recent_error_rate(&self, device: &str) -> (f64, usize) {
+        self.with(|h| h.devices.get(device).map(DeviceHealth::recent_error_rate))
+            .flatten()
+            .unwrap_or((0.0, 0))
+    }
+
+    pub fn driver_failing(&self, driver: &str) -> bool {
+        self.with(|h| h.drivers.get(driver).is_some_and(|d| d.failing))
+            .unwrap_or(false)
+    }
+
     pub fn device(&self, device: &str) -> Option<DeviceHealth> {
         self.with(|h| h.devices.get(device).cloned()).flatten()
     }

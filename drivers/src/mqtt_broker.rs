@@ -108,7 +108,8 @@ fn filter_valid(filter: &str) -> bool {
 
 /// Readings from a publish on the device's own topic; `None` when the topic carries no readings.
 pub fn readings_for(
-    account: &Account,
+    device: &str,
+    format: Format,
     topic: &str,
     body: &[u8],
     now_ms: i64,
@@ -116,10 +117,10 @@ pub fn readings_for(
     // What follows `sensors/{device}`: "" for JSON, "/senml" for SenML.
     let rest = topic
         .strip_prefix("sensors/")
-        .and_then(|t| t.strip_prefix(account.device.as_str()))?;
-    match (account.format, rest) {
-        (Format::Json, "") => Some(payload::parse_json(&account.device, body, now_ms)),
-        (Format::Senml, "/senml") => Some(payload::parse_senml(&account.device, body, now_ms)),
+        .and_then(|t| t.strip_prefix(device))?;
+    match (format, rest) {
+        (Format::Json, "") => Some(payload::parse_json(device, body, now_ms)),
+        (Format::Senml, "/senml") => Some(payload::parse_senml(device, body, now_ms)),
         (Format::Json, "/senml") => Some(Err(payload::PayloadError::Shape(
             "this device is configured for JSON on sensors/{id}".into(),
         ))),
@@ -568,7 +569,7 @@ async fn connected(
                         )));
                     }
                     let now = ctx.now();
-                    match readings_for(account, &p.topic, &p.payload, now) {
+                    match readings_for(&account.device, account.format, &p.topic, &p.payload, now) {
                         Some(Ok(readings)) => {
                             ctx.health.ok(&account.device, now);
                             pending.readings.extend(readings);
@@ -699,30 +700,23 @@ mod tests {
 
     #[test]
     fn payload_format_follows_the_device() {
-        let json = Account {
-            device: "d".into(),
-            password: "x".into(),
-            format: Format::Json,
-        };
+        let json = ("d", Format::Json);
         assert_eq!(
-            readings_for(&json, "sensors/d", br#"{"level": 1.5}"#, 5)
+            readings_for(json.0, json.1, "sensors/d", br#"{"level": 1.5}"#, 5)
                 .unwrap()
                 .unwrap()
                 .len(),
             1
         );
         assert!(
-            readings_for(&json, "sensors/d/senml", b"[]", 5)
+            readings_for(json.0, json.1, "sensors/d/senml", b"[]", 5)
                 .unwrap()
                 .is_err()
         );
-        assert!(readings_for(&json, "sensors/d/status", b"up", 5).is_none());
-        let senml = Account {
-            format: Format::Senml,
-            ..json
-        };
+        assert!(readings_for(json.0, json.1, "sensors/d/status", b"up", 5).is_none());
         let r = readings_for(
-            &senml,
+            "d",
+            Format::Senml,
             "sensors/d/senml",
             br#"[{"n":"level","v":1.5,"t":1700000000}]"#,
             1_700_000_000_000,
@@ -746,9 +740,8 @@ mod tests {
                     Err(_) => break,
                 }
             }
-            let account = Account { device: "d".into(), password: String::new(), format: Format::Json };
-            let _ = readings_for(&account, &format!("sensors/d{topic_tail}"), &bytes, 0);
-            let _ = readings_for(&Account { format: Format::Senml, ..account }, "sensors/d/senml", &bytes, 0);
+            let _ = readings_for("d", Format::Json, &format!("sensors/d{topic_tail}"), &bytes, 0);
+            let _ = readings_for("d", Format::Senml, "sensors/d/senml", &bytes, 0);
             let _ = filter_valid(&topic_tail);
         }
     }

@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, QoS, Transport};
 use tokio::sync::mpsc;
 
 use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
-use crate::mqtt_broker::{Account, Format, readings_for};
+use crate::mqtt_broker::{Format, readings_for};
 
 #[derive(Debug, Clone)]
 pub struct ExternalBrokerSettings {
@@ -156,12 +156,7 @@ impl Driver for ExternalBroker {
                             .unwrap_or("");
                         let committed = match self.devices.get(device) {
                             Some(format) => {
-                                let account = Account {
-                                    device: device.to_string(),
-                                    password: String::new(),
-                                    format: *format,
-                                };
-                                match readings_for(&account, &p.topic, &p.payload, now) {
+                                match readings_for(device, *format, &p.topic, &p.payload, now) {
                                     Some(Ok(readings)) => {
                                         ctx.health.ok(device, now);
                                         Some(ctx.sink.send_acked(readings).await?)

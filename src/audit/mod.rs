@@ -4,7 +4,7 @@
 //! entries, and every 5 minutes while entries arrive, the node signs the latest hash with its Ed25519
 //! key. `township-node audit verify` walks the chain and the signatures.
 
-pub mod routes;
+mod routes;
 pub mod verify;
 
 pub use routes::{parse_time, routes};

@@ -308,6 +308,7 @@ impl DeviceConfig {
 pub fn validate_devices(
     devices: &[DeviceConfig],
     mqtt: &MqttConfig,
+    hj212: &Hj212Config,
 ) -> Result<(), (String, String)> {
     let mut ids = HashSet::new();
     let mut usernames = HashSet::new();
@@ -448,6 +449,13 @@ pub fn validate_devices(
                 let Some(mn) = &d.mn else {
                     return Err((key("mn"), "an hj212 device needs the station's MN".into()));
                 };
+                if d.port.is_none() && hj212.listen.is_none() {
+                    return Err((
+                        key("port"),
+                        "an hj212 station needs a serial port or hj212.listen (the TCP listener)"
+                            .into(),
+                    ));
+                }
                 if mn.is_empty() || mn.len() > 24 || !mn.bytes().all(|b| b.is_ascii_alphanumeric())
                 {
                     return Err((key("mn"), "an MN is up to 24 letters and digits".into()));
@@ -485,7 +493,11 @@ mod tests {
             listen: mqtt_listen.then(|| "127.0.0.1:1883".parse().unwrap()),
             external: None,
         };
-        validate_devices(&file.devices, &mqtt)
+        let hj212 = Hj212Config {
+            listen: Some("127.0.0.1:9212".parse().unwrap()),
+            factors: BTreeMap::new(),
+        };
+        validate_devices(&file.devices, &mqtt, &hj212)
     }
 
     const MODBUS: &str = r#"
@@ -538,6 +550,16 @@ points = [ { metric = "water_level", register = 0 } ]
             let err = parse(&text, false).expect_err(key);
             assert_eq!(err.0, key, "{}", err.1);
         }
+    }
+
+    #[test]
+    fn an_hj212_station_needs_a_way_in() {
+        let station: DeviceConfig = toml::from_str(
+            "id = \"aq\"\nname = \"a\"\narea = \"330723001\"\ndriver = \"hj212\"\nmn = \"MN1\"\n",
+        )
+        .unwrap();
+        let err = validate_devices(&[station], &MqttConfig::default(), &Hj212Config::default());
+        assert_eq!(err.unwrap_err().0, "devices[0].port");
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct ConfiguredDevices {
 
 /// The supervised driver name a device's readings come through.
 pub fn driver_name(d: &DeviceConfig, mqtt: &MqttConfig) -> String {
-    match d.kind_port() {
+    match (d.driver, d.port.as_deref()) {
         (DriverKind::Mqtt, _) if mqtt.listen.is_none() => mqtt.external.as_ref().map_or_else(
             || "mqtt".into(),
             |e| format!("mqtt_external:{}:{}", e.host, e.port),
@@ -76,12 +76,6 @@ pub fn driver_name(d: &DeviceConfig, mqtt: &MqttConfig) -> String {
         (DriverKind::Hj212, None) => "hj212".into(),
         (DriverKind::Mqtt, _) => "mqtt".into(),
         (kind, _) => kind.label().into(),
-    }
-}
-
-impl DeviceConfig {
-    fn kind_port(&self) -> (DriverKind, Option<&str>) {
-        (self.driver, self.port.as_deref())
     }
 }
 

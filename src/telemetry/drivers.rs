@@ -199,3 +199,75 @@ pub fn spawn_all(state: &AppState) {
             .spawn(supervise(driver, ctx.clone(), Duration::from_secs(1)));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::devices::driver_name;
+
+    /// A device's status turns faulty when the driver named by `driver_name` is down, so that name
+    /// must be one a built driver really has.
+    #[test]
+    fn every_device_names_a_driver_that_is_built() {
+        let config: Config = toml::from_str(
+            r#"
+[mqtt]
+listen = "127.0.0.1:1883"
+external = { host = "10.0.0.5" }
+[hj212]
+listen = "127.0.0.1:9212"
+[[devices]]
+id = "wl"
+name = "w"
+area = "330723001"
+driver = "modbus_rtu"
+port = "/dev/ttyUSB0"
+slave = 1
+points = [{ metric = "level", register = 0 }]
+[[devices]]
+id = "aq"
+name = "a"
+area = "330723001"
+driver = "hj212"
+mn = "MN1"
+[[devices]]
+id = "ww"
+name = "w"
+area = "330723001"
+driver = "hj212"
+mn = "MN2"
+port = "/dev/ttyS1"
+[[devices]]
+id = "rain"
+name = "r"
+area = "330723001"
+driver = "mqtt"
+password = "a-long-secret"
+[[devices]]
+id = "sim"
+name = "s"
+area = "330723001"
+driver = "simulator"
+profile = "rain"
+"#,
+        )
+        .unwrap();
+        let built: Vec<String> = build(&config).iter().map(|d| d.name()).collect();
+        for d in &config.devices {
+            let name = driver_name(d, &config.mqtt);
+            assert!(
+                built.contains(&name),
+                "{} names {name}, built: {built:?}",
+                d.id
+            );
+        }
+        let mut external_only = config.clone();
+        external_only.mqtt.listen = None;
+        let built: Vec<String> = build(&external_only).iter().map(|d| d.name()).collect();
+        let rain = &external_only.devices[3];
+        assert!(
+            built.contains(&driver_name(rain, &external_only.mqtt)),
+            "{built:?}"
+        );
+    }
+}

@@ -99,13 +99,20 @@ pub struct Telemetry {
     /// Series ids known to be committed; replaced (not edited) when a batch adds series, so a commit
     /// takes a cheap snapshot.
     series: Mutex<Arc<store::SeriesIds>>,
-    latest: RwLock<HashMap<String, HashMap<String, Latest>>>,
-    /// When each device last delivered a reading, by the node's clock.
-    last_seen: RwLock<HashMap<String, i64>>,
-    per_device: Mutex<HashMap<String, u64>>,
+    seen: RwLock<HashMap<String, DeviceSeen>>,
     statuses: Mutex<HashMap<String, Status>>,
     pub events: broadcast::Sender<StreamEvent>,
     pub stats: IngestStats,
+}
+
+/// What the node has heard from one device.
+#[derive(Debug, Default)]
+struct DeviceSeen {
+    latest: HashMap<String, Latest>,
+    /// When the device last delivered a reading, by the node's clock.
+    last_seen: i64,
+    /// Readings committed since the node started.
+    readings: u64,
 }
 
 impl Latest {
@@ -129,9 +136,7 @@ impl Telemetry {
             sink,
             queue: Mutex::new(Some(rx)),
             series: Mutex::new(Arc::new(store::SeriesIds::default())),
-            latest: RwLock::new(HashMap::new()),
-            last_seen: RwLock::new(HashMap::new()),
-            per_device: Mutex::new(HashMap::new()),
+            seen: RwLock::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             events,
             stats: IngestStats::default(),
@@ -142,41 +147,26 @@ impl Telemetry {
         self.sink.clone()
     }
 
+    fn seen<T>(&self, device: &str, f: impl FnOnce(&DeviceSeen) -> T) -> Option<T> {
+        self.seen.read().ok().and_then(|m| m.get(device).map(f))
+    }
+
     pub fn latest(&self, device: &str) -> HashMap<String, Latest> {
-        self.latest
-            .read()
-            .ok()
-            .and_then(|l| l.get(device).cloned())
-            .unwrap_or_default()
+        self.seen(device, |d| d.latest.clone()).unwrap_or_default()
     }
 
     pub fn last_seen(&self, device: &str) -> Option<i64> {
-        self.last_seen
-            .read()
-            .ok()
-            .and_then(|l| l.get(device).copied())
+        self.seen(device, |d| d.last_seen)
     }
 
     pub fn readings_total(&self, device: &str) -> u64 {
-        self.per_device
-            .lock()
-            .ok()
-            .and_then(|m| m.get(device).copied())
-            .unwrap_or(0)
+        self.seen(device, |d| d.readings).unwrap_or(0)
     }
 
     /// The device's status now: faulty beats stale beats online.
     pub fn status(&self, device: &Device, now_ms: i64, cfg: &config::TelemetryConfig) -> Status {
-        let driver_down = self
-            .health
-            .drivers()
-            .get(&device.driver_name)
-            .is_some_and(|d| d.failing);
-        let (rate, samples) = self
-            .health
-            .device(&device.id)
-            .map(|h| h.recent_error_rate())
-            .unwrap_or((0.0, 0));
+        let driver_down = self.health.driver_failing(&device.driver_name);
+        let (rate, samples) = self.health.recent_error_rate(&device.id);
         if driver_down || (samples >= 3 && rate >= cfg.faulty_error_rate) {
             return Status::Faulty;
         }
@@ -216,14 +206,10 @@ impl Telemetry {
             if reading.quality == Quality::ClockCorrected {
                 self.stats.clock_corrected.fetch_add(1, Ordering::Relaxed);
             }
-            if let Some(point) = device.point(&reading.metric) {
-                if reading.unit.is_none() {
-                    reading.unit = point.unit.clone();
-                }
-                reading = reading.with_range(point.min, point.max);
-            } else if !reading.value.is_finite() {
-                reading.quality = Quality::OutOfRange;
-            }
+            let (min, max) = device
+                .point(&reading.metric)
+                .map_or((None, None), |p| (p.min, p.max));
+            reading = reading.with_range(min, max);
             if !reading.value.is_finite() {
                 // SQLite stores NaN as NULL; keep the row, but as a number it can hold.
                 reading.value = 0.0;
@@ -243,42 +229,25 @@ impl Telemetry {
         if readings.is_empty() {
             return;
         }
-        // Entries exist after a device's first reading; looking them up before inserting keeps the
-        // common case free of allocations.
-        if let Ok(mut latest) = self.latest.write() {
-            for r in readings {
-                if !latest.contains_key(&r.device) {
-                    latest.insert(r.device.clone(), HashMap::new());
-                }
-                let Some(metrics) = latest.get_mut(&r.device) else {
-                    continue;
-                };
-                match metrics.get_mut(&r.metric) {
-                    Some(l) if l.t <= r.time_ms => *l = Latest::of(r),
-                    Some(_) => {}
-                    None => {
-                        metrics.insert(r.metric.clone(), Latest::of(r));
-                    }
-                }
+        let Ok(mut seen) = self.seen.write() else {
+            return;
+        };
+        for r in readings {
+            // Entries exist after a device's first reading; looking them up before inserting keeps
+            // the common case free of allocations.
+            if !seen.contains_key(&r.device) {
+                seen.insert(r.device.clone(), DeviceSeen::default());
             }
-        }
-        if let Ok(mut seen) = self.last_seen.write() {
-            for r in readings {
-                match seen.get_mut(&r.device) {
-                    Some(t) => *t = now_ms,
-                    None => {
-                        seen.insert(r.device.clone(), now_ms);
-                    }
-                }
-            }
-        }
-        if let Ok(mut counts) = self.per_device.lock() {
-            for r in readings {
-                match counts.get_mut(&r.device) {
-                    Some(n) => *n += 1,
-                    None => {
-                        counts.insert(r.device.clone(), 1);
-                    }
+            let Some(d) = seen.get_mut(&r.device) else {
+                continue;
+            };
+            d.last_seen = now_ms;
+            d.readings += 1;
+            match d.latest.get_mut(&r.metric) {
+                Some(l) if l.t <= r.time_ms => *l = Latest::of(r),
+                Some(_) => {}
+                None => {
+                    d.latest.insert(r.metric.clone(), Latest::of(r));
                 }
             }
         }
@@ -295,17 +264,11 @@ async fn warm_up(state: &AppState) -> Result<(), StoreError> {
     if let Ok(mut cache) = t.series.lock() {
         *cache = Arc::new(series);
     }
-    if let Ok(mut map) = t.latest.write() {
-        for r in &latest {
-            map.entry(r.device.clone())
-                .or_default()
-                .insert(r.metric.clone(), Latest::of(r));
-        }
-    }
-    if let Ok(mut seen) = t.last_seen.write() {
+    if let Ok(mut seen) = t.seen.write() {
         for r in latest {
-            let entry = seen.entry(r.device).or_insert(r.time_ms);
-            *entry = (*entry).max(r.time_ms);
+            let d = seen.entry(r.device.clone()).or_default();
+            d.last_seen = d.last_seen.max(r.time_ms);
+            d.latest.insert(r.metric.clone(), Latest::of(&r));
         }
     }
     Ok(())
@@ -530,31 +493,14 @@ pub fn spawn(state: &AppState) {
         }
         run_writer(writer_state, rx).await;
     });
-    let status_state = state.clone();
-    state.tasks.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => refresh_statuses(&status_state),
-                () = status_state.shutdown.cancelled() => break,
-            }
-        }
+    state.spawn_every(Duration::from_secs(1), |state| async move {
+        refresh_statuses(&state);
     });
-    let prune_state = state.clone();
-    state.tasks.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(300));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                () = prune_state.shutdown.cancelled() => break,
-            }
-            match prune(&prune_state, 2000).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned old telemetry"),
-                Err(e) => tracing::warn!(error = %e, "telemetry pruning failed"),
-            }
+    state.spawn_every(Duration::from_secs(300), |state| async move {
+        match prune(&state, 2000).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(rows = n, "pruned old telemetry"),
+            Err(e) => tracing::warn!(error = %e, "telemetry pruning failed"),
         }
     });
     drivers::spawn_all(state);

@@ -126,11 +126,11 @@ struct Range {
 
 fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
     let to = match &q.to {
-        Some(t) => crate::audit::routes::parse_time("to", t)?,
+        Some(t) => crate::audit::parse_time("to", t)?,
         None => now + 1,
     };
     let from = match &q.from {
-        Some(f) => crate::audit::routes::parse_time("from", f)?,
+        Some(f) => crate::audit::parse_time("from", f)?,
         None => to - 24 * 3_600_000,
     };
     if from >= to {

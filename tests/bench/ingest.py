@@ -89,8 +89,12 @@ def main():
 
     # 1. The node: durable ingest (every PUBACK follows the commit).
     p = start_node(node, http, mqtt_port)
+    # Both sides are timed the same way: from just before the publishers start until the last reading
+    # is committed (for the node that is the last PUBACK, which follows the commit).
     cpu0 = cpu_seconds(p.pid)
-    node_load = run_load(mqtt_port, PASSWORD)
+    started = time.perf_counter()
+    run_load(mqtt_port, PASSWORD)
+    node_seconds = time.perf_counter() - started
     node_cpu = cpu_seconds(p.pid) - cpu0
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics").read().decode()
     committed = int(float(re.search(r"^township_telemetry_readings_committed_total (\S+)$", metrics, re.M).group(1)))
@@ -132,22 +136,25 @@ def main():
                              os.path.join(tmp, "peer.db"), str(n)], stdout=subprocess.PIPE, text=True)
     assert peer.stdout.readline().strip() == "ready"
     b0, s0 = cpu_seconds(broker.pid), cpu_seconds(peer.pid)
+    started = time.perf_counter()
     peer_load = run_load(port, "-")
     peer_result = json.loads(peer.stdout.readline())
+    peer_seconds = time.perf_counter() - started
     peer_cpu = cpu_seconds(broker.pid) - b0 + cpu_seconds(peer.pid) - s0
     peer.wait(timeout=60)
     broker.terminate()
     broker.wait()
 
-    node_rate = n / node_load["seconds"]
-    peer_rate = peer_result["per_second"]
+    assert peer_result["readings"] == n, peer_result
+    node_rate = n / node_seconds
+    peer_rate = n / peer_seconds
     node_us = node_cpu / n * 1e6
     peer_us = peer_cpu / n * 1e6
     lat = sorted(latencies)
     print(f"load: {K} connections x {M} QoS 1 messages of one reading, window {W}")
-    print(f"node (embedded broker, PUBACK after commit): {n} readings in {node_load['seconds']:.2f} s = {node_rate:,.0f} readings/s "
+    print(f"node (embedded broker, PUBACK after commit): {n} readings in {node_seconds:.2f} s = {node_rate:,.0f} readings/s "
           f"in {commits} commits; CPU {node_cpu:.2f} s = {node_us:.1f} us/reading")
-    print(f"peer (mosquitto + paho-mqtt + sqlite3): {peer_result['readings']} readings in {peer_result['seconds']:.2f} s = {peer_rate:,.0f} readings/s "
+    print(f"peer (mosquitto + paho-mqtt + sqlite3): {n} readings in {peer_seconds:.2f} s = {peer_rate:,.0f} readings/s "
           f"(publishers done in {peer_load['seconds']:.2f} s); CPU {peer_cpu:.2f} s = {peer_us:.1f} us/reading")
     print(f"ratio: {node_rate / peer_rate:.1f}x the peer's rate at {node_us / peer_us:.2f} of its CPU per reading")
     print(f"publish -> API latency over {len(lat)} readings: p50 {statistics.median(lat):.1f} ms, p99 {lat[int(len(lat) * 0.99) - 1]:.1f} ms")
