@@ -227,7 +227,7 @@ pub fn enroll(
                 field: "area",
                 detail: e.to_string(),
             })?;
-    if !state_area.contains(&area) || *state_area == area {
+    if !state_area.is_above(&area) {
         return Err(EnrollError::Invalid {
             field: "area",
             detail: format!(
@@ -448,21 +448,30 @@ async fn recv_handshake<S: FrameIo>(io: &mut S) -> Result<HandshakeFrame, String
     }
 }
 
+/// Tells a peer its handshake is refused, audits the refusal, and returns the reason.
+async fn refuse(state: &AppState, socket: &mut WebSocket, reason: String) -> String {
+    let _ = socket
+        .send_frame(handshake::encode(&HandshakeFrame::Refused {
+            reason: reason.clone(),
+        }))
+        .await;
+    audit_refusal(state, &reason).await;
+    reason
+}
+
 async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), String> {
     let hello = recv_handshake(&mut socket).await?;
-    let key = state.key.clone();
-    let peers_lookup = state.clone();
     let claimed = match &hello {
         HandshakeFrame::ClientHello { public_key, .. } => public_key.clone(),
         _ => String::new(),
     };
-    let row = peers_lookup
+    let enrolled = state
         .store
         .read(move |conn| peer_by_key(conn, &claimed))
         .await
-        .map_err(|e| e.to_string())?;
-    let enrolled = row.clone().filter(|r| r.relation == "downstream");
-    let answer = handshake::Server::answer(&key, hello, |_| {
+        .map_err(|e| e.to_string())?
+        .filter(|r| r.relation == "downstream");
+    let answer = handshake::Server::answer(&state.key, hello, |_| {
         enrolled.as_ref().map(|r| {
             if r.revoked_ms.is_some() {
                 Enrollment::Revoked
@@ -473,36 +482,20 @@ async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), 
     });
     let (server, server_hello) = match answer {
         Ok(ok) => ok,
-        Err(e) => {
-            let _ = socket
-                .send_frame(handshake::encode(&HandshakeFrame::Refused {
-                    reason: e.to_string(),
-                }))
-                .await;
-            audit_refusal(&state, &e.to_string()).await;
-            return Err(e.to_string());
-        }
+        Err(e) => return Err(refuse(&state, &mut socket, e.to_string()).await),
     };
     socket.send_frame(handshake::encode(&server_hello)).await?;
     let proof = recv_handshake(&mut socket).await?;
     let proven = match server.finish(proof) {
         Ok(p) => p,
-        Err(e) => {
-            let _ = socket
-                .send_frame(handshake::encode(&HandshakeFrame::Refused {
-                    reason: e.to_string(),
-                }))
-                .await;
-            audit_refusal(&state, &e.to_string()).await;
-            return Err(e.to_string());
-        }
+        Err(e) => return Err(refuse(&state, &mut socket, e.to_string()).await),
     };
     socket
         .send_frame(handshake::encode(&HandshakeFrame::Welcome {
             area: state.node.area.to_string(),
         }))
         .await?;
-    let row = row.ok_or("enrollment vanished")?;
+    let row = enrolled.ok_or("enrollment vanished")?;
     // The downstream's own version (from its hello) and when it was last seen, for the nodes page.
     let (seen_id, seen_version, seen_at) = (
         proven.node_id.clone(),
@@ -872,16 +865,22 @@ async fn next_missing_blob(
     state: &AppState,
     unavailable: &std::collections::HashSet<String>,
 ) -> Option<String> {
-    let skip: Vec<String> = unavailable.iter().cloned().collect();
+    let skip = unavailable.clone();
     state
         .store
         .read(move |conn| {
-            let mut stmt = conn.prepare(
+            // No LIMIT: with a fixed window, once that many attachments were unavailable from the peer
+            // the rest would never be asked for. Rows are read lazily and stop at the first match.
+            let mut stmt = conn.prepare_cached(
                 "SELECT DISTINCT a.sha256 FROM incident_attachments a LEFT JOIN blobs b ON b.sha256 = a.sha256
-                 WHERE b.sha256 IS NULL LIMIT 50",
+                 WHERE b.sha256 IS NULL",
             )?;
-            let shas: Vec<String> = stmt.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            Ok::<_, StoreError>(shas.into_iter().find(|s| !skip.contains(s) && crate::blobs::is_sha256_hex(s)))
+            let mut rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            let found = rows.find_map(|row| {
+                row.ok()
+                    .filter(|s| !skip.contains(s) && crate::blobs::is_sha256_hex(s))
+            });
+            Ok::<_, StoreError>(found)
         })
         .await
         .ok()
@@ -1138,7 +1137,7 @@ async fn connect_upstream(
         HandshakeFrame::Refused { reason } => return Err(format!("upstream refused us: {reason}")),
         _ => return Err("unexpected handshake frame".into()),
     };
-    if !area.contains(&state.node.area) || area == state.node.area {
+    if !area.is_above(&state.node.area) {
         return Err(format!(
             "the upstream serves {area}, which does not contain this node's area"
         ));

@@ -178,6 +178,7 @@ fn villages_and_county_converge_after_the_county_was_down() {
     let (_, _, body) =
         blocking_request("GET", &county_server.url("/api/v1/nodes"), &ca.headers()).unwrap();
     let nodes: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(nodes["nodes"].as_array().unwrap().len(), 2, "{nodes}");
     assert!(
         nodes["nodes"]
             .as_array()
@@ -343,7 +344,7 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
         Some((&url, &real_key)),
     );
     let key = id_of(&village)["public_key"].as_str().unwrap().to_string();
-    run(&[
+    let enrolled = run(&[
         "enroll",
         "add",
         "--data-dir",
@@ -355,6 +356,7 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
         "--name",
         "v",
     ]);
+    assert!(enrolled.status.success(), "{}", common::stderr(&enrolled));
 
     // The impostor answers at the county's address with its own key: the village refuses it.
     let fake = serve_on(&impostor, port);

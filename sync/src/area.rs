@@ -48,6 +48,12 @@ impl AreaCode {
         other.0.starts_with(&self.0)
     }
 
+    /// Whether `other` lies strictly below this area (contained, and not the same area): where a
+    /// downstream node must be.
+    pub fn is_above(&self, other: &AreaCode) -> bool {
+        self.contains(other) && self != other
+    }
+
     /// The enclosing area one level up, if any.
     pub fn parent(&self) -> Option<AreaCode> {
         match self.0.len() {

@@ -153,6 +153,31 @@ fn encode_heads(heads: &[ChangeHash]) -> String {
     hex.join(",")
 }
 
+/// A document's metadata from its row's columns.
+fn meta_from_columns(
+    id: Uuid,
+    kind: String,
+    scope: &str,
+    heads: &str,
+    seq: i64,
+    created_ms: i64,
+    updated_ms: i64,
+) -> Result<DocMeta, DocError> {
+    let scope = scope.parse().map_err(|_| DocError::Corrupt {
+        id,
+        reason: format!("bad scope {scope}"),
+    })?;
+    Ok(DocMeta {
+        id,
+        kind,
+        scope,
+        heads: decode_heads(heads),
+        seq,
+        created_ms,
+        updated_ms,
+    })
+}
+
 fn decode_heads(text: &str) -> Vec<ChangeHash> {
     text.split(',')
         .filter(|s| !s.is_empty())
@@ -223,14 +248,6 @@ impl DocStore {
     pub fn with_compact_after(mut self, n: i64) -> Self {
         self.compact_after = n.max(1);
         self
-    }
-
-    pub fn actor(&self) -> &ActorId {
-        &self.actor
-    }
-
-    pub fn kinds(&self) -> Vec<&'static str> {
-        self.projections.keys().copied().collect()
     }
 
     fn next_seq(conn: &Connection) -> Result<i64, DocError> {
@@ -334,20 +351,8 @@ impl DocStore {
         let Some((kind, scope, heads, seq, created_ms, updated_ms, quarantined)) = row else {
             return Ok(None);
         };
-        let scope = scope.parse().map_err(|_| DocError::Corrupt {
-            id,
-            reason: format!("bad scope {scope}"),
-        })?;
         Ok(Some((
-            DocMeta {
-                id,
-                kind,
-                scope,
-                heads: decode_heads(&heads),
-                seq,
-                created_ms,
-                updated_ms,
-            },
+            meta_from_columns(id, kind, &scope, &heads, seq, created_ms, updated_ms)?,
             quarantined,
         )))
     }
@@ -545,18 +550,29 @@ impl DocStore {
         since: i64,
         limit: usize,
     ) -> Result<Vec<DocMeta>, DocError> {
+        // One query for the whole page, not one more per document.
         let mut stmt = conn.prepare_cached(
-            "SELECT id FROM documents WHERE seq > ?1 AND quarantined IS NULL ORDER BY seq LIMIT ?2",
+            "SELECT id, kind, scope, heads, seq, created_ms, updated_ms FROM documents
+             WHERE seq > ?1 AND quarantined IS NULL ORDER BY seq LIMIT ?2",
         )?;
-        let ids: Vec<String> = stmt
-            .query_map(params![since, limit as i64], |r| r.get(0))?
-            .collect::<Result<_, _>>()?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Ok(uuid) = id.parse()
-                && let Some((meta, _)) = Self::meta(conn, uuid)?
-            {
-                out.push(meta);
+        let rows = stmt.query_map(params![since, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, scope, heads, seq, created_ms, updated_ms) = row?;
+            if let Ok(id) = id.parse() {
+                out.push(meta_from_columns(
+                    id, kind, &scope, &heads, seq, created_ms, updated_ms,
+                )?);
             }
         }
         Ok(out)
@@ -807,6 +823,13 @@ impl DocStore {
         heads: &[ChangeHash],
     ) -> Result<bool, DocError> {
         if heads.is_empty() {
+            return Ok(true);
+        }
+        // The common answer (same heads) comes from the row alone; only a difference needs the
+        // document itself, which is much dearer to load.
+        if let Some((meta, None)) = Self::meta(conn, id)?
+            && meta.heads == heads
+        {
             return Ok(true);
         }
         match self.load_or_empty(conn, id)? {

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use automerge::{AutoCommit, ObjType, ReadDoc, ScalarValue, Value, transaction::Transactable};
+use automerge::{AutoCommit, ObjType, ReadDoc, Value, transaction::Transactable};
 use serde::{Deserialize, Serialize};
 
 use crate::hlc::Timestamp;
@@ -118,16 +118,6 @@ pub fn append(doc: &mut AutoCommit, t: &Transition) -> Result<(), TransitionDocE
     Ok(())
 }
 
-fn text_at(doc: &AutoCommit, obj: &automerge::ObjId, key: &str) -> Option<String> {
-    match doc.get(obj, key).ok()?? {
-        (Value::Scalar(s), _) => match s.as_ref() {
-            ScalarValue::Str(text) => Some(text.to_string()),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// Creates the empty transition list. Call it when the record is created, so replicas never race
 /// to create the list concurrently.
 pub fn init(doc: &mut AutoCommit) -> Result<(), TransitionDocError> {
@@ -163,18 +153,18 @@ fn read_list(doc: &AutoCommit, list: &automerge::ObjId, out: &mut Vec<Transition
             continue;
         };
         let (Some(id), Some(at), Some(actor), Some(role), Some(action)) = (
-            text_at(doc, &item, "id"),
-            text_at(doc, &item, "at").and_then(|s| s.parse().ok()),
-            text_at(doc, &item, "actor"),
-            text_at(doc, &item, "role"),
-            text_at(doc, &item, "action"),
+            crate::fields::text_in(doc, &item, "id"),
+            crate::fields::text_in(doc, &item, "at").and_then(|s| s.parse().ok()),
+            crate::fields::text_in(doc, &item, "actor"),
+            crate::fields::text_in(doc, &item, "role"),
+            crate::fields::text_in(doc, &item, "action"),
         ) else {
             continue;
         };
         let mut data = BTreeMap::new();
         if let Ok(Some((Value::Object(ObjType::Map), map))) = doc.get(&item, "data") {
             for key in doc.keys(&map) {
-                if let Some(v) = text_at(doc, &map, &key) {
+                if let Some(v) = crate::fields::text_in(doc, &map, &key) {
                     data.insert(key, v);
                 }
             }
