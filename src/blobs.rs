@@ -27,10 +27,6 @@ const MAX_PIXELS: u64 = 50_000_000;
 pub enum BlobError {
     #[error("unsupported file type: send a JPEG, PNG or WebP photo or an MP4 video")]
     UnsupportedType,
-    #[error("file is larger than the {0} byte limit")]
-    TooLarge(usize),
-    #[error("the file is empty")]
-    Empty,
     #[error("blob storage: {0}")]
     Io(#[from] std::io::Error),
 }

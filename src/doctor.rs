@@ -304,16 +304,22 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         Err(e) => out.push(check(Warn, "journal mode", e.to_string(), None)),
     }
 
-    match conn.query_row(
-        "SELECT count(*) FROM documents WHERE quarantined IS NOT NULL",
-        [],
-        |r| r.get::<_, i64>(0),
-    ) {
-        Ok(0) => out.push(check(Pass, "records", "no quarantined records", None)),
-        Ok(n) => out.push(check(
+    match township_sync::DocStore::quarantined(&conn) {
+        Ok(list) if list.is_empty() => {
+            out.push(check(Pass, "records", "no quarantined records", None))
+        }
+        Ok(list) => out.push(check(
             Warn,
             "records",
-            format!("{n} record(s) failed to load and are quarantined"),
+            format!(
+                "{} record(s) failed to load and are quarantined: {}",
+                list.len(),
+                list.iter()
+                    .take(5)
+                    .map(|(id, kind, _)| format!("{kind}/{id}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             Some("they are kept out of use; send the data directory's backup to county IT for repair".into()),
         )),
         Err(_) => {}

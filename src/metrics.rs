@@ -82,10 +82,15 @@ impl Metrics {
                 .requests
                 .entry((route.to_string(), method.to_string(), status))
                 .or_default() += 1;
-            http.latency
-                .entry(route.to_string())
-                .or_default()
-                .observe(elapsed.as_secs_f64());
+            // Called for every request: a route seen before needs no new key.
+            match http.latency.get_mut(route) {
+                Some(h) => h.observe(elapsed.as_secs_f64()),
+                None => {
+                    let mut h = Histogram::default();
+                    h.observe(elapsed.as_secs_f64());
+                    http.latency.insert(route.to_string(), h);
+                }
+            }
         }
     }
 

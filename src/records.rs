@@ -90,16 +90,20 @@ impl WriteCtx {
             action,
             detail,
         } = change;
-        let (meta, _) = DocStore::meta(conn, id)?.ok_or(DocError::NotFound(id))?;
-        if meta.kind != kind {
+        let (before, _) = DocStore::meta(conn, id)?.ok_or(DocError::NotFound(id))?;
+        if before.kind != kind {
             return Err(DocError::WrongKind {
                 id,
                 expected: kind.into(),
-                found: meta.kind,
+                found: before.kind,
             }
             .into());
         }
         let (meta, out) = self.docs.change(conn, id, edit)?;
+        // An edit that changed nothing wrote nothing, so there is nothing to audit either.
+        if meta.seq == before.seq {
+            return Ok((meta, out));
+        }
         self.saw_seq(meta.seq);
         let target = format!("{kind}/{id}");
         self.audit(

@@ -199,10 +199,10 @@ fn user_commands_work_while_the_node_runs_and_while_it_is_stopped() {
     .unwrap();
     assert_eq!(status, 200);
     let audit: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    assert!(!entries.is_empty(), "{audit}");
     assert!(
-        audit["entries"]
-            .as_array()
-            .unwrap()
+        entries
             .iter()
             .all(|e| e["actor"].as_str().unwrap().starts_with("cli(uid "))
     );

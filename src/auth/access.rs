@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use super::roles::Role::{self, Admin, CountyIt, DeptHandler, GridWorker, TownshipStaff};
+use super::roles::Role::{self, Admin, CountyIt, GridWorker, TownshipStaff};
 use super::{Via, authenticate};
 use crate::app::AppState;
 use crate::http::problem::ApiError;
@@ -42,7 +42,6 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule 
 const ACCOUNT_ADMINS: &[Role] = &[Admin, CountyIt];
 /// Who may report an incident: everyone but department handlers, who handle rather than report.
 const REPORTERS: &[Role] = &[GridWorker, TownshipStaff, CountyIt, Admin];
-pub const EVERY_ROLE: &[Role] = &[GridWorker, TownshipStaff, DeptHandler, CountyIt, Admin];
 
 pub const RULES: &[Rule] = &[
     rule("GET", "/healthz", Access::Public),

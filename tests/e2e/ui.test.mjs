@@ -192,7 +192,10 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   await page.locator('#audit-table td', { hasText: 'record.create' }).first().waitFor();
   await page.locator('#audit-action').fill('auth.login');
   await page.locator('#audit-filters button[type=submit]').click();
-  await page.waitForFunction(() => [...document.querySelectorAll('#audit-table tbody tr td:nth-child(4)')].every((td) => td.textContent.startsWith('auth.login')));
+  await page.waitForFunction(() => {
+    const cells = [...document.querySelectorAll('#audit-table tbody tr td:nth-child(4)')];
+    return cells.length > 0 && cells.every((td) => td.textContent.startsWith('auth.login'));
+  });
 
   await page.locator('#nav a[href="/nodes"]').click();
   await page.getByRole('heading', { name: '下级节点' }).waitFor();
