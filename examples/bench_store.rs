@@ -24,6 +24,7 @@ impl Projection for NoteProjection {
         conn: &rusqlite::Connection,
         meta: &DocMeta,
         doc: &automerge::AutoCommit,
+        _authors: &township_sync::Authors,
     ) -> Result<(), ProjectionError> {
         conn.execute(
             "INSERT INTO notes (id, title, category, area) VALUES (?1, ?2, ?3, ?4)
@@ -90,7 +91,8 @@ async fn create_records(
                 let (docs, scope) = (docs.clone(), scope.clone());
                 store
                     .write(move |conn| {
-                        docs.create(conn, "note", &scope, |d| {
+                        let author = township_sync::Author::node(scope.clone());
+                        docs.create(conn, &author, "note", &scope, |d| {
                             for (k, v) in fields(i) {
                                 d.put(automerge::ROOT, k, v)?;
                             }

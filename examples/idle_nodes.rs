@@ -65,7 +65,7 @@ async fn idle(port: u16, county: PublicKey, key: NodeKey, area: String, hold: Du
         },
         0,
     );
-    for f in link.start(&conn).expect("start") {
+    for f in link.start(&conn, &store).expect("start") {
         ws.send(Message::Binary(engine::encode(&f).into()))
             .await
             .expect("send");

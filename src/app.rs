@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Semaphore;
 use township_sync::{DocStore, Hlc, NodeKey};
 
@@ -43,6 +43,9 @@ pub struct AppInner {
     /// The highest record sequence number issued (see [`WriteCtx::saw_seq`]).
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
     pub throttle: Throttle,
+    /// Signs the device cookies that let a browser that signed in before past the account-wide
+    /// sign-in limit (see [`crate::auth::throttle`]). Derived from the node key, never stored.
+    pub device_key: ring::hmac::Key,
     /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
     pub hash_permits: Semaphore,
     pub metrics: Metrics,
@@ -67,11 +70,23 @@ impl Deref for AppState {
 }
 
 /// Every kind's projection, registered with the record store at start.
-fn projections(config: &Config) -> Vec<Arc<dyn township_sync::Projection>> {
+fn projections(
+    config: &Config,
+    key: &Arc<NodeKey>,
+    clock: &Clock,
+) -> Vec<Arc<dyn township_sync::Projection>> {
     vec![
-        users::UserProjection::shared(),
+        users::UserProjection::shared(key.clone(), clock.clone()),
         crate::incidents::IncidentProjection::shared(config.categories.clone()),
     ]
+}
+
+/// A secret only this node can compute, for one purpose: an HMAC-SHA256 key from the node key's
+/// (deterministic) Ed25519 signature over the purpose.
+fn derived_key(key: &NodeKey, purpose: &str) -> ring::hmac::Key {
+    let signature = key.sign(format!("township-node derived key v1\0{purpose}").as_bytes());
+    let secret = ring::digest::digest(&ring::digest::SHA256, &signature);
+    ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref())
 }
 
 impl AppState {
@@ -86,7 +101,10 @@ impl AppState {
         let key = Arc::new(key);
         let actor = township_sync::docstore::derive_actor(&key.public_key(), db_salt);
         let doc_clock = clock.clone();
-        let docs = DocStore::new(actor, projections(&config), move || doc_clock.now_ms());
+        let docs = DocStore::new(actor, projections(&config, &key, &clock), move || {
+            doc_clock.now_ms()
+        });
+        let device_key = derived_key(&key, "device cookie");
         let blobs = crate::blobs::BlobStore::new(
             store.path().parent().unwrap_or(std::path::Path::new(".")),
         );
@@ -94,7 +112,7 @@ impl AppState {
         let hlc = Hlc::new(move || u64::try_from(hlc_clock.now_ms()).unwrap_or(0));
         let auth = &config.auth;
         let throttle = Throttle::new(ThrottleConfig {
-            failures_per_account: auth.login_failures_per_account,
+            failures_per_client: auth.login_failures_per_account,
             failures_per_address: auth.login_failures_per_address,
             window_ms: auth.login_window.as_millis() as i64,
             evaluations_per_hour: auth.login_evaluations_per_hour,
@@ -117,6 +135,7 @@ impl AppState {
                 hlc,
                 latest_seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
                 throttle,
+                device_key,
                 hash_permits: Semaphore::new(2),
                 metrics: Metrics::new(),
                 ui: crate::http::ui::Ui::load(),
@@ -141,6 +160,7 @@ impl AppState {
     pub fn write_ctx(&self) -> WriteCtx {
         WriteCtx {
             docs: self.docs.clone(),
+            area: self.node.area.clone(),
             key: self.key.clone(),
             clock: self.clock.clone(),
             hlc: self.hlc.clone(),
@@ -342,7 +362,61 @@ async fn open_store(dir: &DataDir, config: Config, clock: Clock) -> Result<Opene
     if let Some(inner) = Arc::get_mut(&mut state.inner) {
         inner.upstream = upstream;
     }
+    if let Err(e) = prepare_records(&state).await {
+        state.store.close().await;
+        return Err(e);
+    }
     Ok(OpenedNode { state, _lock: lock })
+}
+
+/// Start-up housekeeping on records: forgets records of kinds this node should no longer hold (the
+/// accounts of areas above it, which came down before credentials flowed up only), and rebuilds the
+/// projections when a migration asked for it. Both are audited.
+async fn prepare_records(state: &AppState) -> Result<(), NodeError> {
+    let (docs, ctx, area) = (
+        state.docs.clone(),
+        state.write_ctx(),
+        state.node.area.clone(),
+    );
+    state
+        .store
+        .write(move |conn| {
+            for (kind, count) in docs.forget_out_of_flow(conn, &area)? {
+                tracing::info!(kind, count, "forgot records this node no longer holds");
+                ctx.audit(
+                    conn,
+                    crate::audit::Event::new("system", "record.forget", kind).detail(
+                        serde_json::json!({"count": count, "reason": "outside this node's flow"}),
+                    ),
+                )?;
+            }
+            let stale: Option<String> = conn
+                .query_row(
+                    "SELECT value FROM node_meta WHERE key = ?1",
+                    [crate::store::migrations::PROJECTIONS_STALE],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(version) = stale {
+                let count = docs.rebuild_projections(conn)?;
+                conn.execute(
+                    "DELETE FROM node_meta WHERE key = ?1",
+                    [crate::store::migrations::PROJECTIONS_STALE],
+                )?;
+                tracing::info!(
+                    documents = count,
+                    "projections rebuilt after the schema upgrade"
+                );
+                ctx.audit(
+                    conn,
+                    crate::audit::Event::new("system", "projections.rebuild", "projections")
+                        .detail(serde_json::json!({"documents": count, "schema": version})),
+                )?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .map_err(NodeError::from)
 }
 
 /// Serves HTTP on `listener` until `state.shutdown` is cancelled, then lets in-flight requests finish

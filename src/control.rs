@@ -161,7 +161,7 @@ pub async fn execute(
                     if account.disabled {
                         return Err(StoreError::Job(format!("user `{who}` is disabled")));
                     }
-                    session::insert_token(conn, &token_id, &hash, &who, &name, ctx.now_ms())?;
+                    session::insert_token(conn, &token_id, &hash, &account, &name, ctx.now_ms())?;
                     ctx.audit(
                         conn,
                         Event::new(&actor.name, "token.create", &who)

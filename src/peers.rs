@@ -585,10 +585,11 @@ async fn run_session<S: FrameIo>(
 
     let (l, frames, mut seen) = {
         let mut l = link.take().ok_or("no link")?;
+        let docs = docs.clone();
         state
             .store
             .write(move |conn| {
-                let frames = l.start(conn)?;
+                let frames = l.start(conn, &docs)?;
                 let seq = DocStore::current_seq(conn)?;
                 Ok::<_, StoreError>((l, frames, seq))
             })
@@ -913,7 +914,13 @@ async fn handle_blob(
                 && areas
                     .iter()
                     .filter_map(|a| a.parse::<AreaCode>().ok())
-                    .any(|a| peer.holds(&state.node.area, &a));
+                    .any(|a| {
+                        peer.holds(
+                            &state.node.area,
+                            state.docs.flow(crate::incidents::KIND),
+                            &a,
+                        )
+                    });
             if !allowed {
                 return Ok(vec![Frame::BlobMissing { sha256 }]);
             }

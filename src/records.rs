@@ -1,12 +1,19 @@
 //! The node's side of the record store: every record created or changed here goes through
 //! [`WriteCtx`], which writes the document, its projection and its audit entry in one transaction.
 //! Domains never call the document store directly for writes, so no change escapes the audit chain.
+//!
+//! Every change carries its author claim (this node's area and the person who acted, see
+//! `township_sync::author`), and projections record a verdict per record: a record whose fields
+//! exceed what their writers could grant is quarantined — kept, listed for admins, never effective —
+//! and the quarantine is audited once ([`record_verdict`]).
 
 use std::sync::Arc;
 
 use automerge::AutoCommit;
-use rusqlite::Connection;
-use township_sync::{AreaCode, DocError, DocMeta, DocStore, NodeKey, Timestamp, Transition};
+use rusqlite::{Connection, OptionalExtension};
+use township_sync::{
+    AreaCode, Author, DocError, DocMeta, DocStore, NodeKey, Timestamp, Transition,
+};
 use uuid::Uuid;
 
 use crate::audit::{self, Event};
@@ -25,6 +32,8 @@ pub struct RecordChange<'a> {
 #[derive(Clone)]
 pub struct WriteCtx {
     pub docs: DocStore,
+    /// This node's area: the node part of every author claim it writes.
+    pub area: AreaCode,
     pub key: Arc<NodeKey>,
     pub clock: Clock,
     pub hlc: township_sync::Hlc,
@@ -44,6 +53,16 @@ impl WriteCtx {
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The author claim for a change `actor` makes through this node.
+    pub fn author(&self, actor: &crate::users::Actor) -> Author {
+        Author::person(self.area.clone(), actor.person())
+    }
+
+    /// The author claim for a change this node makes on its own (automatic escalation).
+    pub fn system(&self) -> Author {
+        Author::node(self.area.clone())
+    }
+
     /// A timestamp for a workflow transition made here now.
     pub fn timestamp(&self) -> Timestamp {
         self.hlc.now()
@@ -53,17 +72,19 @@ impl WriteCtx {
         audit::append(conn, &self.key, self.now_ms(), event)
     }
 
-    /// Creates a record and audits it as `record.create` by `actor`.
+    /// Creates a record and audits it as `record.create` by `by`.
     pub fn create_record(
         &self,
         conn: &Connection,
-        actor: &str,
+        by: &Author,
         kind: &str,
         scope: &AreaCode,
         detail: serde_json::Value,
         build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
     ) -> Result<DocMeta, StoreError> {
-        let meta = self.docs.create(conn, kind, scope, build)?;
+        let actor = audit_name(by);
+        let actor = actor.as_str();
+        let meta = self.docs.create(conn, by, kind, scope, build)?;
         self.saw_seq(meta.seq);
         let target = format!("{kind}/{}", meta.id);
         self.audit(
@@ -80,10 +101,12 @@ impl WriteCtx {
     pub fn change_record<T>(
         &self,
         conn: &Connection,
-        actor: &str,
+        by: &Author,
         change: RecordChange<'_>,
         edit: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
     ) -> Result<(DocMeta, T), StoreError> {
+        let actor = audit_name(by);
+        let actor = actor.as_str();
         let RecordChange {
             id,
             kind,
@@ -99,7 +122,7 @@ impl WriteCtx {
             }
             .into());
         }
-        let (meta, out) = self.docs.change(conn, id, edit)?;
+        let (meta, out) = self.docs.change(conn, by, id, edit)?;
         // An edit that changed nothing wrote nothing, so there is nothing to audit either.
         if meta.seq == before.seq {
             return Ok((meta, out));
@@ -125,6 +148,65 @@ impl WriteCtx {
             role: role.into(),
             action: action.into(),
             data: Default::default(),
+            written: Default::default(),
         }
     }
+}
+
+/// The name the audit log records for a change's author.
+fn audit_name(by: &Author) -> String {
+    by.person
+        .as_ref()
+        .map_or_else(|| "system".to_string(), |p| p.name.clone())
+}
+
+/// Records a projection's verdict on a record: quarantined with `reason`, or effective (`None`). A
+/// new or changed quarantine, and a release, are audited; an unchanged verdict writes nothing. The
+/// verdicts outlive projection rebuilds, so a rebuild does not audit the same quarantine again.
+pub fn record_verdict(
+    conn: &Connection,
+    key: &NodeKey,
+    now_ms: i64,
+    meta: &DocMeta,
+    reason: Option<&str>,
+) -> Result<(), StoreError> {
+    let id = meta.id.to_string();
+    let previous: Option<String> = conn
+        .query_row(
+            "SELECT reason FROM record_verdicts WHERE doc_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if previous.as_deref() == reason {
+        return Ok(());
+    }
+    let target = format!("{}/{id}", meta.kind);
+    match reason {
+        Some(reason) => {
+            conn.execute(
+                "INSERT INTO record_verdicts (doc_id, kind, reason, since_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(doc_id) DO UPDATE SET reason = excluded.reason, since_ms = excluded.since_ms",
+                rusqlite::params![id, meta.kind, reason, now_ms],
+            )?;
+            tracing::warn!(record = %target, reason, "record quarantined: it claims more than its writers could grant");
+            audit::append(
+                conn,
+                key,
+                now_ms,
+                Event::new("system", "record.quarantine", &target)
+                    .detail(serde_json::json!({"reason": reason, "scope": meta.scope})),
+            )?;
+        }
+        None => {
+            conn.execute("DELETE FROM record_verdicts WHERE doc_id = ?1", [&id])?;
+            audit::append(
+                conn,
+                key,
+                now_ms,
+                Event::new("system", "record.release", &target),
+            )?;
+        }
+    }
+    Ok(())
 }

@@ -360,7 +360,7 @@ async fn csrf_token_and_origin_are_required_for_changes() {
 #[tokio::test]
 async fn the_area_rule_limits_what_an_account_admin_sees_and_changes() {
     let h = Harness::new().await;
-    h.add_user("it-village", Role::CountyIt, "330723001001", None)
+    h.add_user("it-village", Role::Admin, "330723001001", None)
         .await;
     h.add_user("grid-a", Role::GridWorker, "330723001001", None)
         .await;
@@ -395,14 +395,25 @@ async fn the_area_rule_limits_what_an_account_admin_sees_and_changes() {
             .0,
         StatusCode::FORBIDDEN
     );
+    h.add_user("it-township", Role::CountyIt, "330723001", None)
+        .await;
+    let it = h.session_for("it-township").await;
     let (status, _, _) = h
-        .as_(&s, "POST", "/api/v1/users", Some(json!({"username": "boss", "role": "admin", "area": "330723001001", "password": "Grid-Worker-1"})))
+        .as_(&it, "POST", "/api/v1/users", Some(json!({"username": "boss", "role": "admin", "area": "330723001001", "password": "Grid-Worker-1"})))
         .await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
         "county_it cannot make admins"
     );
+    // Roles that work for a township or the county do not exist at village level.
+    for role in ["township_staff", "dept_handler", "county_it"] {
+        let (status, _, body) = h
+            .as_(&it, "POST", "/api/v1/users", Some(json!({"username": "low", "role": role, "area": "330723001001", "department": "water", "password": "Grid-Worker-1"})))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{role}: {body}");
+        assert_eq!(body["field"], "role", "{body}");
+    }
 }
 
 #[tokio::test]
@@ -459,9 +470,10 @@ async fn disabling_ends_sessions_and_tokens_and_blocks_login() {
         .0,
         StatusCode::UNAUTHORIZED
     );
+    // The right password of a disabled account gets the same answer as a wrong one.
     assert_eq!(
         h.login("li.na", "li.na-password").await.unwrap_err().0,
-        StatusCode::FORBIDDEN
+        StatusCode::UNAUTHORIZED
     );
     assert_eq!(
         h.as_(&admin, "POST", "/api/v1/users/admin/disable", None)
@@ -813,8 +825,15 @@ async fn a_username_made_on_two_nodes_apart_is_resolved_deterministically_and_sh
         .write(move |c| {
             let scope: township_sync::AreaCode = "330723001002".parse().unwrap();
             Ok::<_, StoreError>(
-                docs.merge_remote(c, id, "user", &scope, &bytes)
-                    .map(|_| ())?,
+                docs.merge_remote(
+                    c,
+                    township_sync::Sender::Trusted,
+                    id,
+                    "user",
+                    &scope,
+                    &bytes,
+                )
+                .map(|_| ())?,
             )
         })
         .await
@@ -829,8 +848,39 @@ async fn a_username_made_on_two_nodes_apart_is_resolved_deterministically_and_sh
         .collect();
     assert_eq!(same.len(), 2);
     assert!(same.iter().all(|u| u["clash"] == true), "{body}");
-    // Sign-in picks the oldest record, the same one on every node: A's own, made first.
+    // Sign-in keeps using the account that was here first (both were made at village level); the
+    // newcomer cannot win by its document id or clock, and does not sign in until renamed.
     let s = a.login("same.name", "same.name-password").await.unwrap();
     let (_, _, me) = a.as_(&s, "GET", "/api/v1/session", None).await;
     assert_eq!(me["user"]["area"], "330723001001");
+    let loser = same.iter().find(|u| u["area"] == "330723001002").unwrap();
+    assert_eq!(loser["signs_in"], false, "{body}");
+    // Without saying which record, a rename is ambiguous.
+    let (status, _, _) = a
+        .as_(
+            &admin,
+            "POST",
+            "/api/v1/users/same.name/rename",
+            Some(json!({"new_username": "same.name2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _, renamed) = a
+        .as_(
+            &admin,
+            "POST",
+            "/api/v1/users/same.name/rename",
+            Some(json!({"new_username": "same.name2", "id": loser["id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{renamed}");
+    assert_eq!(renamed["username"], "same.name2");
+    assert_eq!(renamed["clash"], false);
+    assert_eq!(renamed["signs_in"], true);
+    assert!(a.audit_actions().await.iter().any(|x| x == "record.change"),);
+    // Both sign in now, each under its own name.
+    let s2 = a.login("same.name2", "same.name-password").await.unwrap();
+    let (_, _, me2) = a.as_(&s2, "GET", "/api/v1/session", None).await;
+    assert_eq!(me2["user"]["area"], "330723001002");
+    assert!(a.login("same.name", "same.name-password").await.is_ok());
 }

@@ -507,8 +507,15 @@ async fn transitions_made_apart_fold_the_same_on_both_nodes_with_the_conflict_sh
             .store
             .write(move |c| {
                 Ok::<_, StoreError>(
-                    docs.merge_remote(c, id, "incident", &scope, &bytes)
-                        .map(|_| ())?,
+                    docs.merge_remote(
+                        c,
+                        township_sync::Sender::Trusted,
+                        id,
+                        "incident",
+                        &scope,
+                        &bytes,
+                    )
+                    .map(|_| ())?,
                 )
             })
             .await

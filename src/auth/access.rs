@@ -65,6 +65,11 @@ pub const RULES: &[Rule] = &[
         "/api/v1/users/{username}/disable",
         Access::Roles(ACCOUNT_ADMINS),
     ),
+    rule(
+        "POST",
+        "/api/v1/users/{username}/rename",
+        Access::Roles(ACCOUNT_ADMINS),
+    ),
     rule("GET", "/api/v1/audit", Access::Roles(ACCOUNT_ADMINS)),
     rule("POST", "/api/v1/incidents", Access::Roles(REPORTERS)),
     rule("GET", "/api/v1/incidents", Access::SignedIn),

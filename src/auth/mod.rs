@@ -125,7 +125,10 @@ pub async fn authenticate(
                 let Some(row) = session::lookup_token(conn, &hash)? else {
                     return Ok::<_, StoreError>(None);
                 };
-                Ok(users::find_account(conn, &row.username)?.map(|a| (row, a)))
+                Ok(
+                    users::find_bound_account(conn, &row.username, Some(&row.account))?
+                        .map(|a| (row, a)),
+                )
             })
             .await?;
         let Some((row, account)) = found else {
@@ -156,7 +159,10 @@ pub async fn authenticate(
             let Some(row) = session::lookup(conn, &lookup_hash)? else {
                 return Ok::<_, StoreError>(None);
             };
-            Ok(users::find_account(conn, &row.username)?.map(|a| (row, a)))
+            Ok(
+                users::find_bound_account(conn, &row.username, Some(&row.account))?
+                    .map(|a| (row, a)),
+            )
         })
         .await?;
     let Some((row, account)) = found else {

@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
+use township_sync::{AreaCode, NodeRole};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -25,6 +26,28 @@ pub const ALL_ROLES: [Role; 5] = [
 ];
 
 impl Role {
+    /// Whether an account of this role may belong to `area`. Township staff, department handlers
+    /// and county IT work for a township or the county, so their accounts are never village-level;
+    /// that is what keeps a village hub from hosting (or claiming) one.
+    pub fn allowed_at(self, area: &AreaCode) -> bool {
+        match self {
+            Role::TownshipStaff | Role::DeptHandler | Role::CountyIt => {
+                area.level() != NodeRole::Village
+            }
+            Role::GridWorker | Role::Admin => true,
+        }
+    }
+
+    /// The rule [`Role::allowed_at`] applies, for messages.
+    pub fn level_rule(self) -> &'static str {
+        match self {
+            Role::TownshipStaff => "a township_staff account belongs to a township or the county",
+            Role::DeptHandler => "a dept_handler account belongs to a township or the county",
+            Role::CountyIt => "a county_it account belongs to a township or the county",
+            Role::GridWorker | Role::Admin => "any area",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Role::GridWorker => "grid_worker",

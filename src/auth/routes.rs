@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{Caller, Via, password, session};
+use super::{Caller, Via, password, session, throttle};
 use crate::app::AppState;
 use crate::audit::Event;
 use crate::http::extract::ApiJson;
@@ -44,6 +44,18 @@ fn client_address(request_addr: Option<SocketAddr>) -> Option<IpAddr> {
     request_addr.map(|a| a.ip())
 }
 
+fn device_cookie(value: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "{}={value}; Path=/api/v1/session; HttpOnly; SameSite=Strict; Max-Age={}{secure}",
+        throttle::device::COOKIE_NAME,
+        365 * 24 * 3600
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static("tn_device=; Path=/api/v1/session; Max-Age=0"))
+}
+
+/// Sign-in. The attempt is reserved with the throttle before the password is checked; a wrong
+/// password, an unknown user and a disabled account all get the same answer after the same work.
 async fn login(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
     let addr = client_address(
         request
@@ -67,9 +79,12 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         });
     }
     let now = state.clock.now_ms();
-    if let Err(super::throttle::RetryAfter(secs)) = state.throttle.check(&username, addr, now) {
-        return Err(ApiError::TooManyRequests(secs));
-    }
+    let device = super::cookie(&headers, throttle::device::COOKIE_NAME)
+        .and_then(|c| throttle::device::verify(&state.device_key, c, &username));
+    let attempt = state
+        .throttle
+        .reserve(&username, addr, device.as_deref(), now)
+        .map_err(|throttle::RetryAfter(secs)| ApiError::TooManyRequests(secs))?;
 
     let lookup = username.clone();
     let account = state
@@ -80,7 +95,6 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         .as_ref()
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(|| password::decoy_hash().to_string());
-    state.throttle.evaluated(&username, now);
     let permit = state
         .hash_permits
         .acquire()
@@ -95,52 +109,49 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
 
     let client = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let ctx = state.write_ctx();
-    let Some(account) = account.filter(|_| matches) else {
-        state.throttle.failed(&username, addr, now);
-        let (who, from) = (username.clone(), client.clone());
-        state
-            .store
-            .write(move |conn| {
-                ctx.audit(
-                    conn,
-                    Event::new(&who, "auth.login_failed", &who).detail(json!({"client": from})),
-                )
-            })
-            .await?;
-        return Err(ApiError::Unauthorized);
+    let account = match account {
+        Some(account) if matches && !account.disabled => account,
+        other => {
+            state.throttle.failed(attempt);
+            // The audit says why; the caller learns nothing about which it was.
+            let reason = match other {
+                Some(a) if matches && a.disabled => "disabled",
+                Some(_) => "wrong password",
+                None => "unknown user",
+            };
+            let (who, from) = (username.clone(), client.clone());
+            state
+                .store
+                .write(move |conn| {
+                    ctx.audit(
+                        conn,
+                        Event::new(&who, "auth.login_failed", &who)
+                            .detail(json!({"client": from, "reason": reason})),
+                    )
+                })
+                .await?;
+            return Err(ApiError::Unauthorized);
+        }
     };
-    if account.disabled {
-        let who = username.clone();
-        state
-            .store
-            .write(move |conn| {
-                ctx.audit(
-                    conn,
-                    Event::new(&who, "auth.login_refused", &who)
-                        .detail(json!({"reason": "disabled"})),
-                )
-            })
-            .await?;
-        return Err(ApiError::Forbidden("this account is disabled".into()));
-    }
-    state.throttle.succeeded(&username);
+    state.throttle.succeeded(attempt);
 
     // A fresh token at every login: a cookie planted before login is never promoted to a session.
     let token = session::random_secret()?;
     let csrf = session::random_secret()?;
     let token_hash = session::secret_hash(&token);
     let previous = super::cookie(&headers, session::COOKIE_NAME).map(session::secret_hash);
-    let (who, csrf_row) = (account.username.clone(), csrf.clone());
+    let (bound, csrf_row) = (account.clone(), csrf.clone());
     state
         .store
         .write(move |conn| {
             if let Some(old) = previous {
                 session::delete(conn, &old)?;
             }
-            session::insert(conn, &token_hash, &who, &csrf_row, now, &client)?;
+            session::insert(conn, &token_hash, &bound, &csrf_row, now, &client)?;
             ctx.audit(
                 conn,
-                Event::new(&who, "auth.login", &who).detail(json!({"client": client})),
+                Event::new(&bound.username, "auth.login", &bound.username)
+                    .detail(json!({"client": client})),
             )?;
             Ok::<_, StoreError>(())
         })
@@ -159,6 +170,14 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         header::SET_COOKIE,
         session_cookie(&token, max_age, state.serves_https()),
     );
+    // This browser has now signed in as this account: later attempts from it are not held by the
+    // account-wide limit that strangers elsewhere could fill.
+    if let Some(value) = throttle::device::issue(&state.device_key, &account.username) {
+        response.headers_mut().append(
+            header::SET_COOKIE,
+            device_cookie(&value, state.serves_https()),
+        );
+    }
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

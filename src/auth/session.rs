@@ -29,23 +29,25 @@ pub fn secret_hash(secret: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct SessionRow {
     pub username: String,
+    /// The account record the session was opened for (see `users::Account::account_ref`).
+    pub account: String,
     pub csrf_token: String,
     pub created_ms: i64,
     pub last_seen_ms: i64,
 }
 
-/// Stores a new session for a token the caller generated.
+/// Stores a new session, for a token the caller generated, bound to one account record.
 pub fn insert(
     conn: &Connection,
     token_hash: &str,
-    username: &str,
+    account: &crate::users::Account,
     csrf: &str,
     now: i64,
     client: &str,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO sessions (token_hash, username, csrf_token, created_ms, last_seen_ms, client) VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
-        params![token_hash, username, csrf, now, client],
+        "INSERT INTO sessions (token_hash, username, csrf_token, created_ms, last_seen_ms, client, account) VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+        params![token_hash, account.username, csrf, now, client, account.account_ref()],
     )?;
     Ok(())
 }
@@ -53,7 +55,7 @@ pub fn insert(
 pub fn lookup(conn: &Connection, token_hash: &str) -> Result<Option<SessionRow>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT username, csrf_token, created_ms, last_seen_ms FROM sessions WHERE token_hash = ?1",
+            "SELECT username, csrf_token, created_ms, last_seen_ms, account FROM sessions WHERE token_hash = ?1",
             [token_hash],
             |r| {
                 Ok(SessionRow {
@@ -61,6 +63,7 @@ pub fn lookup(conn: &Connection, token_hash: &str) -> Result<Option<SessionRow>,
                     csrf_token: r.get(1)?,
                     created_ms: r.get(2)?,
                     last_seen_ms: r.get(3)?,
+                    account: r.get(4)?,
                 })
             },
         )
@@ -107,19 +110,20 @@ pub fn purge_expired(
 pub struct TokenRow {
     pub id: String,
     pub username: String,
+    pub account: String,
 }
 
 pub fn insert_token(
     conn: &Connection,
     id: &str,
     token_hash: &str,
-    username: &str,
+    account: &crate::users::Account,
     name: &str,
     now: i64,
 ) -> Result<(), StoreError> {
     conn.execute(
-        "INSERT INTO api_tokens (id, token_hash, username, name, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![id, token_hash, username, name, now],
+        "INSERT INTO api_tokens (id, token_hash, username, name, created_ms, account) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![id, token_hash, account.username, name, now, account.account_ref()],
     )?;
     Ok(())
 }
@@ -127,12 +131,13 @@ pub fn insert_token(
 pub fn lookup_token(conn: &Connection, token_hash: &str) -> Result<Option<TokenRow>, StoreError> {
     Ok(conn
         .query_row(
-            "SELECT id, username FROM api_tokens WHERE token_hash = ?1 AND revoked_ms IS NULL",
+            "SELECT id, username, account FROM api_tokens WHERE token_hash = ?1 AND revoked_ms IS NULL",
             [token_hash],
             |r| {
                 Ok(TokenRow {
                     id: r.get(0)?,
                     username: r.get(1)?,
+                    account: r.get(2)?,
                 })
             },
         )

@@ -75,19 +75,28 @@ pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
                     role: "system".into(),
                     action: Action::Escalate.as_str().into(),
                     data,
+                    written: Default::default(),
                 };
+                // Folded before the change, in this same write job: folding inside the edit would
+                // commit it without its author claim.
+                let loaded = match super::load(&ctx.docs, conn, uuid) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        tracing::warn!(incident = %id, error = %e, "automatic escalation skipped");
+                        continue;
+                    }
+                };
+                let (folded, _) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
+                if super::workflow::next_state(folded.state.current(), Action::Escalate).is_none() {
+                    continue;
+                }
                 let result = ctx.change_record(
                     conn,
-                    "system",
+                    &ctx.system(),
                     RecordChange { id: uuid, kind: KIND, action: "incident.escalate", detail: serde_json::json!({"automatic": true, "deadline": kind}) },
-                    move |doc| {
-                        let (folded, _) = fold_doc(doc);
-                        if super::workflow::next_state(folded.state.current(), Action::Escalate).is_some() {
-                            township_sync::workflow::append(doc, &transition)?;
-                        }
-                        Ok(fold_doc(doc).0.state.current())
-                    },
-                );
+                    move |doc| Ok(township_sync::workflow::append(doc, &transition)?),
+                )
+                .map(|(meta, ())| (meta, State::Escalated));
                 match result {
                     Ok((_, State::Escalated)) => report.escalated.push(uuid),
                     Ok(_) => {}

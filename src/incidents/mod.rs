@@ -22,7 +22,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 use serde_json::json;
 use township_sync::docstore::{DocMeta, Projection, ProjectionError};
-use township_sync::{AreaCode, DocError, Transition, fields};
+use township_sync::{AreaCode, Authors, DocError, Provenance, Transition, fields};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -157,7 +157,8 @@ pub fn create(
     let reporter = caller.username.clone();
     let role = caller.role.as_str();
     let scope = new.area.clone();
-    let meta = ctx.create_record(conn, &caller.username, KIND, &scope, detail, move |doc| {
+    let by = ctx.author(&caller.actor());
+    let meta = ctx.create_record(conn, &by, KIND, &scope, detail, move |doc| {
         doc.put(automerge::ROOT, "category", new.category.as_str())?;
         doc.put(automerge::ROOT, "title", new.title.trim())?;
         doc.put(automerge::ROOT, "description", new.description.as_str())?;
@@ -197,11 +198,11 @@ pub struct TransitionRequest {
 
 /// Department handlers see what is dispatched to their department (lead or assisting) and what they
 /// acted on before; everyone else is limited by area alone.
-pub fn visible_to(caller: &Caller, doc: &AutoCommit) -> bool {
+pub fn visible_to(caller: &Caller, doc: &AutoCommit, authors: &Authors, scope: &AreaCode) -> bool {
     if caller.role != Role::DeptHandler {
         return true;
     }
-    let (folded, _) = fold_doc(doc);
+    let (folded, _) = fold_doc(doc, authors, scope);
     let dept = caller.department.as_deref();
     folded.state.lead_department.as_deref() == dept
         || folded
@@ -212,6 +213,24 @@ pub fn visible_to(caller: &Caller, doc: &AutoCommit) -> bool {
         || folded.applied.iter().any(|t| t.actor == caller.username)
 }
 
+/// An incident as loaded: its row, its document, and who wrote what in it.
+pub struct Loaded {
+    pub meta: DocMeta,
+    pub doc: AutoCommit,
+    pub authors: Authors,
+}
+
+/// Loads an incident with the authorship of its values.
+pub fn load(
+    ctx_docs: &township_sync::DocStore,
+    conn: &Connection,
+    id: Uuid,
+) -> Result<Loaded, IncidentError> {
+    let (meta, mut doc) = ctx_docs.load_kind(conn, id, KIND)?;
+    let authors = Authors::of(&mut doc);
+    Ok(Loaded { meta, doc, authors })
+}
+
 /// Loads an incident the caller may see, or reports it as not found (never "forbidden", which would
 /// confirm that it exists).
 fn load_visible(
@@ -219,20 +238,41 @@ fn load_visible(
     ctx: &WriteCtx,
     caller: &Caller,
     id: Uuid,
-) -> Result<(DocMeta, AutoCommit), IncidentError> {
-    let (meta, doc) = ctx.docs.load_kind(conn, id, KIND)?;
-    if !caller.can_reach(&meta.scope) || !visible_to(caller, &doc) {
+) -> Result<Loaded, IncidentError> {
+    let loaded = load(&ctx.docs, conn, id)?;
+    if !caller.can_reach(&loaded.meta.scope)
+        || !visible_to(caller, &loaded.doc, &loaded.authors, &loaded.meta.scope)
+    {
         return Err(IncidentError::NotFound);
     }
-    Ok((meta, doc))
+    Ok(loaded)
 }
 
-fn fold_doc(doc: &AutoCommit) -> (township_sync::Folded<Folded>, String) {
-    let reporter = fields::text(doc, "reporter").unwrap_or_default();
-    let transitions = township_sync::workflow::read(doc);
+/// A text field naming a person (the reporter) counts only if the change that wrote it was made by
+/// that person (or predates author claims); otherwise it names no one.
+fn attributed(provenance: Option<&Provenance>, name: String) -> Option<String> {
+    match provenance? {
+        Provenance::Legacy => Some(name),
+        Provenance::Claimed(a) => a.person.as_ref().filter(|p| p.name == name).map(|_| name),
+        Provenance::Malformed => None,
+    }
+}
+
+/// The incident's workflow folded, with every transition checked against the change that wrote it,
+/// and the reporter as attributed.
+pub(crate) fn fold_doc(
+    doc: &AutoCommit,
+    authors: &Authors,
+    scope: &AreaCode,
+) -> (township_sync::Folded<Folded>, String) {
+    let reporter = fields::text(doc, "reporter")
+        .and_then(|r| attributed(authors.of_field(doc, &automerge::ROOT, "reporter"), r))
+        .unwrap_or_default();
+    let transitions = township_sync::workflow::read(doc, authors);
     let folded = township_sync::workflow::fold(
         &IncidentMachine {
             reporter: &reporter,
+            scope,
         },
         &transitions,
     );
@@ -253,8 +293,8 @@ pub fn transition(
         .action
         .parse()
         .map_err(|e: String| invalid("action", e))?;
-    let (_, doc) = load_visible(conn, ctx, caller, id)?;
-    let (folded, reporter) = fold_doc(&doc);
+    let loaded = load_visible(conn, ctx, caller, id)?;
+    let (folded, reporter) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
     let current = folded.state.current();
     let note = req
         .note
@@ -279,12 +319,12 @@ pub fn transition(
             action.as_str()
         )));
     }
-    if workflow::next_state(current, action).is_none() {
+    let Some(next) = workflow::next_state(current, action) else {
         return Err(IncidentError::Conflict(format!(
             "cannot {} an incident that is {current}",
             action.as_str()
         )));
-    }
+    };
     if action.needs_note() && note.is_none() {
         return Err(invalid(
             "note",
@@ -335,19 +375,19 @@ pub fn transition(
         }
     }
     let detail = json!({"action": action.as_str(), "from": current.as_str(), "data": t.data});
-    let (_, next) = ctx.change_record(
+    // The state was folded just above in this same write job, so nothing can land in between: the
+    // transition takes the incident to `next`. (Folding again inside the edit would ask automerge
+    // for the document's changes mid-edit, which commits them without their author claim.)
+    ctx.change_record(
         conn,
-        &caller.username,
+        &ctx.author(&caller.actor()),
         RecordChange {
             id,
             kind: KIND,
             action: &format!("incident.{}", action.as_str()),
             detail,
         },
-        move |doc| {
-            township_sync::workflow::append(doc, &t)?;
-            Ok(fold_doc(doc).0.state.current())
-        },
+        move |doc| Ok(township_sync::workflow::append(doc, &t)?),
     )?;
     Ok(next)
 }
@@ -379,7 +419,7 @@ pub fn comment(
     );
     ctx.change_record(
         conn,
-        &caller.username,
+        &ctx.author(&caller.actor()),
         RecordChange {
             id,
             kind: KIND,
@@ -414,8 +454,8 @@ pub fn rate(
     if comment.as_deref().is_some_and(|c| c.chars().count() > 500) {
         return Err(invalid("comment", "comment is at most 500 characters"));
     }
-    let (_, doc) = load_visible(conn, ctx, caller, id)?;
-    let (folded, reporter) = fold_doc(&doc);
+    let loaded = load_visible(conn, ctx, caller, id)?;
+    let (folded, reporter) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
     if !(caller.username == reporter || matches!(caller.role, Role::TownshipStaff | Role::Admin)) {
         return Err(IncidentError::Forbidden(
             "only the reporter or township staff rate an incident".into(),
@@ -429,7 +469,7 @@ pub fn rate(
     let (by, now) = (caller.username.clone(), ctx.now_ms());
     ctx.change_record(
         conn,
-        &caller.username,
+        &ctx.author(&caller.actor()),
         RecordChange {
             id,
             kind: KIND,
@@ -479,7 +519,7 @@ pub fn attach(
         json!({"sha256": file.sha256, "size": file.size, "content_type": file.content_type});
     ctx.change_record(
         conn,
-        &caller.username,
+        &ctx.author(&caller.actor()),
         RecordChange {
             id,
             kind: KIND,
@@ -488,10 +528,7 @@ pub fn attach(
         },
         move |doc| {
             let list = list_obj(doc, "attachments")?;
-            if read_attachments(doc)
-                .iter()
-                .any(|a| a.sha256 == file.sha256)
-            {
+            if attachment_hashes(doc).contains(&file.sha256) {
                 return Ok(());
             }
             let index = doc.length(&list);
@@ -532,7 +569,34 @@ fn maps_in_list(doc: &AutoCommit, key: &str) -> Vec<automerge::ObjId> {
     out
 }
 
-pub fn read_attachments(doc: &AutoCommit) -> Vec<Attachment> {
+/// Who a list item (comment, attachment) is by: the person whose change made it, when the change
+/// names one; the item's own field only for items from before author claims.
+fn item_author(
+    doc: &AutoCommit,
+    authors: &Authors,
+    item: &automerge::ObjId,
+    field: &str,
+) -> String {
+    match authors.of_op(item) {
+        Provenance::Claimed(a) => a
+            .person
+            .as_ref()
+            .map_or_else(|| "system".to_string(), |p| p.name.clone()),
+        Provenance::Legacy => fields::text_in(doc, item, field).unwrap_or_default(),
+        Provenance::Malformed => String::new(),
+    }
+}
+
+/// The hashes of the attachments listed in the document.
+fn attachment_hashes(doc: &AutoCommit) -> Vec<String> {
+    maps_in_list(doc, "attachments")
+        .into_iter()
+        .filter_map(|item| fields::text_in(doc, &item, "sha256"))
+        .filter(|s| crate::blobs::is_sha256_hex(s))
+        .collect()
+}
+
+pub fn read_attachments(doc: &AutoCommit, authors: &Authors) -> Vec<Attachment> {
     let mut out: Vec<Attachment> = Vec::new();
     for item in maps_in_list(doc, "attachments") {
         let Some(sha256) =
@@ -547,7 +611,7 @@ pub fn read_attachments(doc: &AutoCommit) -> Vec<Attachment> {
             sha256,
             size: int_in(doc, &item, "size").unwrap_or(0),
             content_type: fields::text_in(doc, &item, "content_type").unwrap_or_default(),
-            added_by: fields::text_in(doc, &item, "added_by").unwrap_or_default(),
+            added_by: item_author(doc, authors, &item, "added_by"),
             at_ms: int_in(doc, &item, "at_ms").unwrap_or(0),
         });
     }
@@ -562,13 +626,13 @@ pub struct Comment {
     pub at_ms: i64,
 }
 
-pub fn read_comments(doc: &AutoCommit) -> Vec<Comment> {
+pub fn read_comments(doc: &AutoCommit, authors: &Authors) -> Vec<Comment> {
     let mut out: Vec<Comment> = maps_in_list(doc, "comments")
         .into_iter()
         .filter_map(|item| {
             Some(Comment {
                 id: fields::text_in(doc, &item, "id")?,
-                author: fields::text_in(doc, &item, "author")?,
+                author: item_author(doc, authors, &item, "author"),
                 text: fields::text_in(doc, &item, "text")?,
                 at_ms: int_in(doc, &item, "at_ms").unwrap_or(0),
             })
@@ -626,14 +690,9 @@ pub fn due_state(now: i64, start: i64, due: i64) -> &'static str {
 }
 
 /// The full incident as the API shows it, with the actions `caller` may take now.
-pub fn view(
-    doc: &AutoCommit,
-    meta: &DocMeta,
-    config: &Config,
-    caller: &Caller,
-    now: i64,
-) -> serde_json::Value {
-    let (folded, reporter) = fold_doc(doc);
+pub fn view(loaded: &Loaded, config: &Config, caller: &Caller, now: i64) -> serde_json::Value {
+    let (doc, meta, authors) = (&loaded.doc, &loaded.meta, &loaded.authors);
+    let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
     let state = folded.state.current();
     let category = fields::text(doc, "category").unwrap_or_default();
     let created_ms = fields::int(doc, "created_ms").unwrap_or(meta.created_ms);
@@ -686,8 +745,8 @@ pub fn view(
         "transitions": folded.applied,
         "conflicts": folded.conflicts,
         "field_conflicts": field_conflicts,
-        "comments": read_comments(doc),
-        "attachments": read_attachments(doc),
+        "comments": read_comments(doc, authors),
+        "attachments": read_attachments(doc, authors),
         "rating": rating(doc),
         "allowed_actions": allowed,
         "created_ms": created_ms,
@@ -718,8 +777,9 @@ impl Projection for IncidentProjection {
         conn: &Connection,
         meta: &DocMeta,
         doc: &AutoCommit,
+        authors: &Authors,
     ) -> Result<(), ProjectionError> {
-        let (folded, reporter) = fold_doc(doc);
+        let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
         let f = &folded.state;
         let category = fields::text(doc, "category").unwrap_or_default();
         let created_ms = fields::int(doc, "created_ms").unwrap_or(meta.created_ms);
@@ -794,7 +854,7 @@ impl Projection for IncidentProjection {
             "DELETE FROM incident_attachments WHERE incident_id = ?1",
             [meta.id.to_string()],
         )?;
-        for a in read_attachments(doc) {
+        for a in read_attachments(doc, authors) {
             conn.execute(
                 "INSERT OR IGNORE INTO incident_attachments (incident_id, sha256) VALUES (?1, ?2)",
                 params![meta.id.to_string(), a.sha256],

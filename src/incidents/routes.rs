@@ -61,13 +61,13 @@ async fn load_view(
     state
         .store
         .read(move |conn| {
-            let (meta, doc) = docs
-                .load_kind(conn, id, super::KIND)
-                .map_err(IncidentError::from)?;
-            if !who.can_reach(&meta.scope) || !super::visible_to(&who, &doc) {
+            let loaded = super::load(&docs, conn, id)?;
+            if !who.can_reach(&loaded.meta.scope)
+                || !super::visible_to(&who, &loaded.doc, &loaded.authors, &loaded.meta.scope)
+            {
                 return Err(IncidentError::NotFound);
             }
-            Ok(super::view(&doc, &meta, &config, &who, now))
+            Ok(super::view(&loaded, &config, &who, now))
         })
         .await
         .map_err(ApiError::from)

@@ -220,13 +220,45 @@ pub fn next_state(from: State, action: Action) -> Option<State> {
 }
 
 /// The fold for one incident: knows its reporter, so "the reporting grid worker may verify" holds on
-/// every replica.
+/// every replica, and its scope, against which each transition's author is checked.
+///
+/// Authority rule for transitions: the change that wrote a transition must claim the transition's
+/// own actor and role (checked by the generic fold), the claimed node must cover the incident, and
+/// the person must be one who could act on it from there: their area contains the incident and
+/// their role exists at their area's level. So a village hub can act as the people it hosts (its
+/// grid workers, its local admin) but never as township staff or a department.
 pub struct IncidentMachine<'a> {
     pub reporter: &'a str,
+    pub scope: &'a township_sync::AreaCode,
+}
+
+/// Whether the person who wrote `t` (as its change claims) could have taken it on this incident.
+fn author_may_act(t: &Transition, scope: &township_sync::AreaCode) -> Result<(), String> {
+    let township_sync::Written::By(township_sync::Provenance::Claimed(author)) = &t.written else {
+        return Ok(());
+    };
+    let Some(person) = &author.person else {
+        return Ok(());
+    };
+    if !person.area.contains(scope) {
+        return Err(format!(
+            "{} (area {}) cannot reach an incident in {scope}",
+            person.name, person.area
+        ));
+    }
+    match person.role.parse::<Role>() {
+        Ok(role) if role.allowed_at(&person.area) => Ok(()),
+        Ok(role) => Err(format!("{}: {}", person.name, role.level_rule())),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 impl Machine for IncidentMachine<'_> {
     type State = Folded;
+
+    fn scope(&self) -> Option<&township_sync::AreaCode> {
+        Some(self.scope)
+    }
 
     fn initial(&self) -> Folded {
         Folded {
@@ -244,6 +276,7 @@ impl Machine for IncidentMachine<'_> {
                 action.as_str()
             )
         })?;
+        author_may_act(t, self.scope)?;
         let department = t.data.get("actor_department").map(String::as_str);
         if !role_may(action, &t.role, &t.actor, department, self.reporter, folded) {
             return Err(format!(
@@ -336,12 +369,21 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect::<BTreeMap<_, _>>(),
+            written: Default::default(),
         }
+    }
+
+    fn village() -> township_sync::AreaCode {
+        "330723001001".parse().unwrap()
     }
 
     #[test]
     fn the_whole_loop_folds_to_closed() {
-        let m = IncidentMachine { reporter: "grid1" };
+        let scope = village();
+        let m = IncidentMachine {
+            reporter: "grid1",
+            scope: &scope,
+        };
         let list = [
             t("1", 10, "staff", "township_staff", "accept", &[]),
             t(
@@ -384,7 +426,11 @@ mod tests {
 
     #[test]
     fn wrong_department_and_forged_roles_do_not_take_effect() {
-        let m = IncidentMachine { reporter: "grid1" };
+        let scope = village();
+        let m = IncidentMachine {
+            reporter: "grid1",
+            scope: &scope,
+        };
         let list = [
             t("1", 10, "staff", "township_staff", "accept", &[]),
             t(
@@ -413,7 +459,11 @@ mod tests {
 
     #[test]
     fn escalated_incidents_are_dispatched_by_the_county() {
-        let m = IncidentMachine { reporter: "g" };
+        let scope = village();
+        let m = IncidentMachine {
+            reporter: "g",
+            scope: &scope,
+        };
         let list = [
             t("1", 10, "system", "system", "escalate", &[]),
             t(

@@ -22,6 +22,7 @@ const MIGRATIONS: &[Migration] = &[
     v6_sync_peers,
     v7_streams,
     v8_telemetry,
+    v9_authority,
 ];
 
 /// The schema version this binary writes.
@@ -296,6 +297,56 @@ fn v8_telemetry(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ) STRICT, WITHOUT ROWID;
         ",
     )
+}
+
+/// A node_meta key set by migrations whose new projection columns need the documents re-read; the
+/// node rebuilds its projections at the next start and clears it.
+pub const PROJECTIONS_STALE: &str = "projections_stale";
+
+/// Author claims and what they bound: per-record verdicts (quarantine), the account preferred under
+/// a clashing username (rank and local arrival), the record scope beside each account, sessions and
+/// tokens bound to one account record, and per-person upload use for the daily quota.
+fn v9_authority(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "
+        ALTER TABLE users ADD COLUMN scope TEXT NOT NULL DEFAULT '';
+        ALTER TABLE users ADD COLUMN rank INTEGER NOT NULL DEFAULT 12;
+        ALTER TABLE users ADD COLUMN quarantine TEXT;
+        CREATE TABLE account_arrivals (
+            doc_id      TEXT PRIMARY KEY,
+            arrived_seq INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO account_arrivals (doc_id, arrived_seq)
+            SELECT id, seq FROM documents WHERE kind = 'user';
+        CREATE TABLE record_verdicts (
+            doc_id   TEXT PRIMARY KEY,
+            kind     TEXT NOT NULL,
+            reason   TEXT NOT NULL,
+            since_ms INTEGER NOT NULL
+        ) STRICT;
+        -- Sessions from before are bound to no account record: everyone signs in again once.
+        DELETE FROM sessions;
+        ALTER TABLE sessions ADD COLUMN account TEXT NOT NULL DEFAULT '';
+        ALTER TABLE api_tokens ADD COLUMN account TEXT NOT NULL DEFAULT '';
+        UPDATE api_tokens SET account = COALESCE(
+            (SELECT 'local' FROM local_accounts l WHERE l.username = api_tokens.username),
+            (SELECT doc_id FROM users u WHERE u.username = api_tokens.username ORDER BY doc_id LIMIT 1),
+            '');
+        CREATE TABLE upload_use (
+            username TEXT NOT NULL,
+            day      INTEGER NOT NULL,
+            bytes    INTEGER NOT NULL,
+            PRIMARY KEY (username, day)
+        ) STRICT;
+        ",
+    )?;
+    // Only a database with records needs them re-read (a fresh one has none).
+    tx.execute(
+        "INSERT INTO node_meta (key, value) SELECT ?1, '9' WHERE EXISTS (SELECT 1 FROM documents)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [PROJECTIONS_STALE],
+    )?;
+    Ok(())
 }
 
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

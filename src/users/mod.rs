@@ -10,10 +10,11 @@ pub use routes::routes;
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
+use automerge::{AutoCommit, ReadDoc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
-use township_sync::docstore::{DocMeta, Projection, ProjectionError};
-use township_sync::{AreaCode, fields};
+use township_sync::docstore::{DocMeta, Flow, Projection, ProjectionError};
+use township_sync::{AreaCode, Authors, Person, Provenance, fields};
 use uuid::Uuid;
 
 use crate::auth::roles::Role;
@@ -34,6 +35,8 @@ pub enum UserError {
     #[error("no user `{0}`")]
     NotFound(String),
     #[error("{0}")]
+    Ambiguous(String),
+    #[error("{0}")]
     Forbidden(String),
     #[error("{0}")]
     Store(#[from] StoreError),
@@ -53,7 +56,7 @@ impl From<UserError> for crate::http::problem::ApiError {
                 field: field.into(),
                 detail,
             },
-            UserError::Taken(_) => ApiError::Conflict(e.to_string()),
+            UserError::Taken(_) | UserError::Ambiguous(_) => ApiError::Conflict(e.to_string()),
             UserError::NotFound(_) => ApiError::NotFound,
             UserError::Forbidden(m) => ApiError::Forbidden(m),
             UserError::Store(s) => s.into(),
@@ -61,7 +64,8 @@ impl From<UserError> for crate::http::problem::ApiError {
     }
 }
 
-/// An account as authentication sees it.
+/// An account as authentication sees it: an effective account (not quarantined, and the one that
+/// signs in under its username).
 #[derive(Debug, Clone)]
 pub struct Account {
     pub username: String,
@@ -75,33 +79,55 @@ pub struct Account {
     pub doc_id: Option<Uuid>,
 }
 
+impl Account {
+    /// What a session or token is bound to: the record, or `local` for the box's own admin. A session
+    /// only authenticates while its username still leads to this same account, so a clash resolved
+    /// differently later, or a rename, never hands a live session to another account.
+    pub fn account_ref(&self) -> String {
+        self.doc_id
+            .map_or_else(|| LOCAL_ACCOUNT_REF.to_string(), |id| id.to_string())
+    }
+}
+
+/// The account reference of the local admin.
+pub const LOCAL_ACCOUNT_REF: &str = "local";
+
 /// An account as the API shows it: never the hash.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct UserView {
+    /// The record's id (absent for the local admin): the one name that is never ambiguous.
+    pub id: Option<String>,
     pub username: String,
     pub display_name: String,
     pub phone: Option<String>,
-    pub role: Role,
-    pub area: AreaCode,
+    pub role: String,
+    pub area: String,
     pub department: Option<String>,
     pub disabled: bool,
     pub local: bool,
-    /// Two records claim this username (made apart on two nodes); sign-in uses the oldest record.
+    /// Another record claims this username (made apart on two nodes); see [`find_account`].
     pub clash: bool,
+    /// Whether this account is the one that signs in under its username here.
+    pub signs_in: bool,
+    /// Why the record is not effective, if its fields exceed what their writers could grant.
+    pub quarantine: Option<String>,
 }
 
 impl Account {
     pub fn view(&self) -> UserView {
         UserView {
+            id: self.doc_id.map(|d| d.to_string()),
             username: self.username.clone(),
             display_name: self.display_name.clone(),
             phone: None,
-            role: self.role,
-            area: self.area.clone(),
+            role: self.role.as_str().to_string(),
+            area: self.area.to_string(),
             department: self.department.clone(),
             disabled: self.disabled,
             local: self.doc_id.is_none(),
             clash: false,
+            signs_in: !self.disabled,
+            quarantine: None,
         }
     }
 }
@@ -171,8 +197,14 @@ fn read_account(r: &rusqlite::Row<'_>, local: bool) -> rusqlite::Result<Option<A
     }))
 }
 
-/// Finds an account by username: the local admin first, then the oldest record with that name (a
-/// deterministic choice if a partition ever let two records claim it).
+/// The order in which records claiming one username are preferred: the account made higher in the
+/// tree first (its `rank` is the length of its maker's area code), then the one that reached this
+/// node first. Neither can be chosen by a node below: a claim above its own area is refused at the
+/// merge, and arrival order is this node's own. Quarantined records never sign in.
+const EFFECTIVE_ORDER: &str = "u.quarantine IS NULL DESC, u.rank ASC, a.arrived_seq ASC";
+
+/// Finds the account that signs in under `username`: the local admin first, then the preferred
+/// record (see [`EFFECTIVE_ORDER`]). A record that lost a clash, or is quarantined, never signs in.
 pub fn find_account(conn: &Connection, username: &str) -> Result<Option<Account>, StoreError> {
     let local = conn
         .query_row(
@@ -185,18 +217,35 @@ pub fn find_account(conn: &Connection, username: &str) -> Result<Option<Account>
     if local.is_some() {
         return Ok(local);
     }
-    Ok(conn
+    let found = conn
         .query_row(
-            "SELECT username, display_name, role, area, department, disabled, password_hash, doc_id
-             FROM users WHERE username = ?1 ORDER BY doc_id LIMIT 1",
+            &format!(
+                "SELECT u.username, u.display_name, u.role, u.area, u.department, u.disabled, u.password_hash, u.doc_id, u.quarantine
+                 FROM users u JOIN account_arrivals a ON a.doc_id = u.doc_id
+                 WHERE u.username = ?1 ORDER BY {EFFECTIVE_ORDER} LIMIT 1"
+            ),
             [username],
-            |r| read_account(r, false),
+            |r| {
+                let quarantined = r.get::<_, Option<String>>(8)?.is_some();
+                Ok(if quarantined { None } else { read_account(r, false)? })
+            },
         )
         .optional()?
-        .flatten())
+        .flatten();
+    Ok(found)
 }
 
-/// Lists accounts whose area lies inside `within`.
+/// The account a session or token was bound to, if it is still the one its username signs in as.
+pub fn find_bound_account(
+    conn: &Connection,
+    username: &str,
+    account_ref: Option<&str>,
+) -> Result<Option<Account>, StoreError> {
+    Ok(find_account(conn, username)?.filter(|a| account_ref == Some(a.account_ref().as_str())))
+}
+
+/// Lists accounts whose area (or whose record's scope) lies inside `within`, with clashes, which one
+/// signs in, and quarantined records, so county IT and admins see every record that claims a name.
 pub fn list(conn: &Connection, within: &AreaCode) -> Result<Vec<UserView>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare(
@@ -209,28 +258,41 @@ pub fn list(conn: &Connection, within: &AreaCode) -> Result<Vec<UserView>, Store
             out.push(a.view());
         }
     }
-    let mut stmt = conn.prepare(
-        "SELECT username, display_name, role, area, department, disabled, password_hash, doc_id, phone
-         FROM users WHERE area LIKE ?1 || '%' ORDER BY username, doc_id",
-    )?;
+    let mut stmt = conn.prepare(&format!(
+        "SELECT u.doc_id, u.username, u.display_name, u.phone, u.role, u.area, u.department, u.disabled, u.quarantine
+         FROM users u JOIN account_arrivals a ON a.doc_id = u.doc_id
+         WHERE u.area LIKE ?1 || '%' OR u.scope LIKE ?1 || '%'
+         ORDER BY u.username, {EFFECTIVE_ORDER}"
+    ))?;
     let rows = stmt.query_map([within.as_str()], |r| {
-        Ok((read_account(r, false)?, r.get::<_, Option<String>>(8)?))
+        Ok(UserView {
+            id: Some(r.get(0)?),
+            username: r.get(1)?,
+            display_name: r.get(2)?,
+            phone: r.get(3)?,
+            role: r.get(4)?,
+            area: r.get(5)?,
+            department: r.get(6)?,
+            disabled: r.get::<_, i64>(7)? != 0,
+            local: false,
+            clash: false,
+            signs_in: false,
+            quarantine: r.get(8)?,
+        })
     })?;
     for row in rows {
-        if let (Some(a), phone) = row? {
-            let mut view = a.view();
-            view.phone = phone;
-            out.push(view);
-        }
+        out.push(row?);
     }
-    // Usernames two records claim (made apart on two nodes) are shown, so county IT can rename one;
-    // sign-in keeps using the oldest record, the same on every node.
+    // Rows come in preference order per username, local admin first: the first effective one signs in.
     let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for v in &out {
         *counts.entry(v.username.clone()).or_default() += 1;
     }
+    let mut winner_seen = std::collections::HashSet::new();
     for v in &mut out {
         v.clash = counts.get(&v.username).is_some_and(|n| *n > 1);
+        let effective = v.quarantine.is_none() && winner_seen.insert(v.username.clone());
+        v.signs_in = effective && !v.disabled;
     }
     Ok(out)
 }
@@ -253,6 +315,17 @@ pub struct Actor {
     pub name: String,
     pub role: Role,
     pub area: AreaCode,
+}
+
+impl Actor {
+    /// The person as the author claim of their changes names them.
+    pub fn person(&self) -> Person {
+        Person {
+            name: self.name.clone(),
+            role: self.role.as_str().to_string(),
+            area: self.area.clone(),
+        }
+    }
 }
 
 /// May `actor` manage an account of `role` in `area`? Admins and county IT manage accounts inside
@@ -292,6 +365,12 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
             ),
         });
     }
+    if !new.role.allowed_at(&new.area) {
+        return Err(UserError::Invalid {
+            field: "role",
+            detail: new.role.level_rule().into(),
+        });
+    }
     check_department(new.role, new.department.as_deref())?;
     if new
         .display_name
@@ -317,6 +396,16 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
     Ok(())
 }
 
+/// Whether any account here, effective or not, carries `username`.
+fn name_in_use(conn: &Connection, username: &str) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM local_accounts WHERE username = ?1)
+             OR EXISTS (SELECT 1 FROM users WHERE username = ?1)",
+        [username],
+        |r| r.get(0),
+    )?)
+}
+
 /// Creates the account record (in the caller's transaction), refusing a username already in use here.
 pub fn create(
     conn: &Connection,
@@ -326,7 +415,7 @@ pub fn create(
     password_hash: String,
 ) -> Result<UserView, UserError> {
     check_authority(actor, new.role, &new.area)?;
-    if find_account(conn, &new.username)?.is_some() {
+    if name_in_use(conn, &new.username)? {
         return Err(UserError::Taken(new.username.clone()));
     }
     let department = check_department(new.role, new.department.as_deref())?;
@@ -346,7 +435,8 @@ pub fn create(
         actor.name.clone(),
     );
     let (dn, dept) = (display_name.clone(), department.clone());
-    ctx.create_record(conn, &actor.name, KIND, &new.area, detail, move |doc| {
+    let by = ctx.author(actor);
+    let meta = ctx.create_record(conn, &by, KIND, &new.area, detail, move |doc| {
         doc.put(automerge::ROOT, "username", username.as_str())?;
         doc.put(automerge::ROOT, "display_name", dn.as_str())?;
         doc.put(automerge::ROOT, "role", role.as_str())?;
@@ -363,19 +453,23 @@ pub fn create(
         Ok(())
     })?;
     Ok(UserView {
+        id: Some(meta.id.to_string()),
         username: new.username.clone(),
         display_name,
         phone: new.phone.clone(),
-        role: new.role,
-        area: new.area.clone(),
+        role: new.role.as_str().to_string(),
+        area: new.area.to_string(),
         department,
         disabled: false,
         local: false,
         clash: false,
+        signs_in: true,
+        quarantine: None,
     })
 }
 
-/// Sets a new password hash; ends the user's sessions and tokens (except `keep_session`).
+/// Sets a new password hash; ends the user's sessions and tokens (except `keep_session`). A person
+/// may change their own; otherwise only someone who manages the account.
 pub fn set_password(
     conn: &Connection,
     ctx: &WriteCtx,
@@ -393,7 +487,7 @@ pub fn set_password(
         Some(id) => {
             ctx.change_record(
                 conn,
-                &actor.name,
+                &ctx.author(actor),
                 crate::records::RecordChange {
                     id,
                     kind: KIND,
@@ -438,7 +532,7 @@ pub fn disable(
         Some(id) => {
             ctx.change_record(
                 conn,
-                &actor.name,
+                &ctx.author(actor),
                 crate::records::RecordChange {
                     id,
                     kind: KIND,
@@ -465,6 +559,80 @@ pub fn disable(
     Ok(())
 }
 
+/// Renames an account record: how a username clash between accounts made apart is resolved. With
+/// several records under `username`, `id` names the one to rename. The old name is kept in the
+/// record (`former_usernames`) so password changes the person made under it still count as theirs.
+pub fn rename(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    actor: &Actor,
+    username: &str,
+    id: Option<Uuid>,
+    new_username: &str,
+) -> Result<UserView, UserError> {
+    check_username(new_username)?;
+    let rows: Vec<(String, String, String)> = conn
+        .prepare("SELECT doc_id, role, area FROM users WHERE username = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_map([username], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+        .map_err(StoreError::from)?;
+    let target = match (id, rows.len()) {
+        (_, 0) => return Err(UserError::NotFound(username.into())),
+        (None, 1) => &rows[0],
+        (None, _) => {
+            return Err(UserError::Ambiguous(format!(
+                "{} accounts are named {username}; give the id of the one to rename",
+                rows.len()
+            )));
+        }
+        (Some(id), _) => rows
+            .iter()
+            .find(|(doc, _, _)| *doc == id.to_string())
+            .ok_or_else(|| UserError::NotFound(username.into()))?,
+    };
+    let (Ok(doc_id), Ok(role), Ok(area)) = (
+        target.0.parse::<Uuid>(),
+        target.1.parse::<Role>(),
+        target.2.parse::<AreaCode>(),
+    ) else {
+        return Err(UserError::Forbidden(
+            "this record is quarantined: its role or area cannot be read".into(),
+        ));
+    };
+    check_authority(actor, role, &area)?;
+    if new_username == LOCAL_ADMIN || name_in_use(conn, new_username)? {
+        return Err(UserError::Taken(new_username.into()));
+    }
+    let (old, new) = (username.to_string(), new_username.to_string());
+    ctx.change_record(
+        conn,
+        &ctx.author(actor),
+        crate::records::RecordChange {
+            id: doc_id,
+            kind: KIND,
+            action: "user.rename",
+            detail: serde_json::json!({"from": username, "to": new_username}),
+        },
+        move |doc| {
+            let former = match doc.get(automerge::ROOT, FORMER_USERNAMES)? {
+                Some((automerge::Value::Object(automerge::ObjType::List), list)) => list,
+                _ => doc.put_object(automerge::ROOT, FORMER_USERNAMES, automerge::ObjType::List)?,
+            };
+            let at = doc.length(&former);
+            doc.insert(&former, at, old.as_str())?;
+            doc.put(automerge::ROOT, "username", new.as_str())?;
+            Ok(())
+        },
+    )?;
+    crate::auth::session::delete_for_user(conn, username, None)?;
+    list(conn, &area)?
+        .into_iter()
+        .find(|v| v.id.as_deref() == Some(target.0.as_str()))
+        .ok_or_else(|| UserError::NotFound(new_username.into()))
+}
+
 /// Creates the local break-glass admin (at `init`).
 pub fn create_local_admin(
     conn: &Connection,
@@ -479,12 +647,104 @@ pub fn create_local_admin(
     Ok(())
 }
 
-/// Projects `user` records into the `users` table.
-pub struct UserProjection;
+/// The list of names an account had before county IT renamed it.
+const FORMER_USERNAMES: &str = "former_usernames";
+
+/// What a user record's fields are checked against: each must have been written by someone who
+/// could write it. The record is effective only if all hold; otherwise it is quarantined.
+fn verdict(meta: &DocMeta, doc: &AutoCommit, authors: &Authors) -> Result<(), String> {
+    let username = fields::text(doc, "username").unwrap_or_default();
+    check_username(&username).map_err(|e| e.to_string())?;
+    let role_text = fields::text(doc, "role").unwrap_or_default();
+    let role: Role = role_text
+        .parse()
+        .map_err(|e: crate::auth::roles::UnknownRole| e.to_string())?;
+    let area_text = fields::text(doc, "area").unwrap_or_default();
+    let area: AreaCode = area_text
+        .parse()
+        .map_err(|_| format!("the account's area `{area_text}` is not an area code"))?;
+    if !meta.scope.contains(&area) {
+        return Err(format!(
+            "the account's area {area} lies outside its record's scope {}",
+            meta.scope
+        ));
+    }
+    if !role.allowed_at(&area) {
+        return Err(role.level_rule().into());
+    }
+    let former: Vec<String> = match doc.get(automerge::ROOT, FORMER_USERNAMES) {
+        Ok(Some((automerge::Value::Object(automerge::ObjType::List), list))) => (0..doc
+            .length(&list))
+            .filter_map(|i| match doc.get(&list, i) {
+                Ok(Some((automerge::Value::Scalar(s), _))) => match s.as_ref() {
+                    automerge::ScalarValue::Str(t) => Some(t.to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    // (field, may the person themselves write it)
+    const GUARDED: [(&str, bool); 7] = [
+        ("username", false),
+        ("role", false),
+        ("area", false),
+        ("department", false),
+        ("disabled", false),
+        (FORMER_USERNAMES, false),
+        ("password_hash", true),
+    ];
+    for (key, self_service) in GUARDED {
+        let Some(provenance) = authors.of_field(doc, &automerge::ROOT, key) else {
+            continue;
+        };
+        if provenance.authority(&meta.scope).is_none() {
+            return Err(format!(
+                "`{key}` was written by a change whose author claim is unreadable or could not have written this record"
+            ));
+        }
+        let Provenance::Claimed(author) = provenance else {
+            // Written before author claims existed: bounded by the scope, checked above.
+            continue;
+        };
+        let Some(person) = &author.person else {
+            return Err(format!(
+                "`{key}` was written by the node of area {} on its own, not by a person who manages accounts",
+                author.node_area
+            ));
+        };
+        let is_self = self_service && (person.name == username || former.contains(&person.name));
+        let manager = person.role.parse::<Role>().ok().map(|r| Actor {
+            name: person.name.clone(),
+            role: r,
+            area: person.area.clone(),
+        });
+        let may_grant = manager.is_some_and(|m| check_authority(&m, role, &area).is_ok());
+        if !is_self && !may_grant {
+            return Err(format!(
+                "`{key}` was written by {} ({}, area {}), who may not grant a {role} account in {area}",
+                person.name, person.role, person.area
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Projects `user` records into the `users` table, with each record's verdict: an account whose
+/// fields exceed what their writers could grant is kept, shown to admins, never effective, and the
+/// quarantine is audited once, on every node that holds the record.
+pub struct UserProjection {
+    key: Arc<township_sync::NodeKey>,
+    clock: crate::clock::Clock,
+}
 
 impl UserProjection {
-    pub fn shared() -> Arc<dyn Projection> {
-        Arc::new(UserProjection)
+    pub fn shared(
+        key: Arc<township_sync::NodeKey>,
+        clock: crate::clock::Clock,
+    ) -> Arc<dyn Projection> {
+        Arc::new(UserProjection { key, clock })
     }
 }
 
@@ -493,41 +753,73 @@ impl Projection for UserProjection {
         KIND
     }
 
+    /// Accounts carry password hashes: a node receives only the accounts that may sign in on it,
+    /// those whose area lies inside its own.
+    fn flow(&self) -> Flow {
+        Flow::UpOnly
+    }
+
     fn project(
         &self,
         conn: &Connection,
         meta: &DocMeta,
-        doc: &automerge::AutoCommit,
+        doc: &AutoCommit,
+        authors: &Authors,
     ) -> Result<(), ProjectionError> {
-        let username = fields::text(doc, "username")
-            .ok_or_else(|| ProjectionError("user record without username".into()))?;
-        let role = fields::text(doc, "role").unwrap_or_default();
-        let area = fields::text(doc, "area").unwrap_or_else(|| meta.scope.to_string());
+        let username = fields::text(doc, "username").unwrap_or_default();
+        let verdict = verdict(meta, doc, authors).err();
+        // How high in the tree the account was made: the level of whoever wrote its username.
+        let rank = authors
+            .of_field(doc, &automerge::ROOT, "username")
+            .and_then(|p| p.authority(&meta.scope))
+            .map_or(12, |a| a.as_str().len() as i64);
         conn.execute(
-            "INSERT INTO users (doc_id, username, display_name, phone, role, area, department, disabled, password_hash, created_by, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+            "INSERT INTO users (doc_id, username, display_name, phone, role, area, department, disabled, password_hash, created_by, updated_ms, scope, rank, quarantine)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
              ON CONFLICT(doc_id) DO UPDATE SET username = excluded.username, display_name = excluded.display_name,
                phone = excluded.phone, role = excluded.role, area = excluded.area, department = excluded.department,
-               disabled = excluded.disabled, password_hash = excluded.password_hash, updated_ms = excluded.updated_ms",
+               disabled = excluded.disabled, password_hash = excluded.password_hash, updated_ms = excluded.updated_ms,
+               scope = excluded.scope, rank = excluded.rank, quarantine = excluded.quarantine",
             params![
                 meta.id.to_string(),
                 username,
                 fields::text(doc, "display_name").unwrap_or_else(|| username.clone()),
                 fields::text(doc, "phone"),
-                role,
-                area,
+                fields::text(doc, "role").unwrap_or_default(),
+                fields::text(doc, "area").unwrap_or_default(),
                 fields::text(doc, "department"),
                 fields::boolean(doc, "disabled").unwrap_or(false),
                 fields::text(doc, "password_hash").unwrap_or_default(),
                 fields::text(doc, "created_by").unwrap_or_default(),
                 meta.updated_ms,
+                meta.scope.as_str(),
+                rank,
+                verdict,
             ],
         )?;
+        // Arrival order here, kept across rebuilds: the tie-break no node below can choose.
+        conn.execute(
+            "INSERT OR IGNORE INTO account_arrivals (doc_id, arrived_seq) VALUES (?1, ?2)",
+            params![meta.id.to_string(), meta.seq],
+        )?;
+        crate::records::record_verdict(
+            conn,
+            &self.key,
+            self.clock.now_ms(),
+            meta,
+            verdict.as_deref(),
+        )
+        .map_err(|e| ProjectionError(e.to_string()))?;
         Ok(())
     }
 
     fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
         conn.execute("DELETE FROM users", [])?;
+        Ok(())
+    }
+
+    fn forget(&self, conn: &Connection, id: Uuid) -> Result<(), ProjectionError> {
+        conn.execute("DELETE FROM users WHERE doc_id = ?1", [id.to_string()])?;
         Ok(())
     }
 }

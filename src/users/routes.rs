@@ -1,4 +1,4 @@
-//! The accounts API for `admin` and `county_it`: list, create, set password, disable.
+//! The accounts API for `admin` and `county_it`: list, create, set password, disable, rename.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -21,6 +21,7 @@ pub fn routes(r: Routes) -> Routes {
         .post("/api/v1/users", create)
         .post("/api/v1/users/{username}/password", set_password)
         .post("/api/v1/users/{username}/disable", disable)
+        .post("/api/v1/users/{username}/rename", rename)
 }
 
 #[derive(Deserialize)]
@@ -127,4 +128,37 @@ async fn disable(
         .await
         .map_err(|e: UserError| ApiError::from(e))?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    new_username: String,
+    /// Which record, when several carry the username (a clash).
+    id: Option<String>,
+}
+
+async fn rename(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(username): Path<String>,
+    ApiJson(body): ApiJson<RenameBody>,
+) -> Result<Json<super::UserView>, ApiError> {
+    let id = body
+        .id
+        .as_deref()
+        .map(|i| {
+            i.parse::<uuid::Uuid>()
+                .map_err(|_| invalid("id", "not a record id"))
+        })
+        .transpose()?;
+    let new_username = body.new_username.trim().to_string();
+    let ctx = state.write_ctx();
+    let actor = caller.actor();
+    let view = state
+        .store
+        .write(move |conn| super::rename(conn, &ctx, &actor, &username, id, &new_username))
+        .await
+        .map_err(|e: UserError| ApiError::from(e))?;
+    Ok(Json(view))
 }

@@ -15,11 +15,13 @@ use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use automerge::{ActorId, AutoCommit, ChangeHash, transaction::Transactable};
+use automerge::transaction::{CommitOptions, Transactable};
+use automerge::{ActorId, AutoCommit, ChangeHash};
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
 use crate::area::AreaCode;
+use crate::author::{Author, Authors};
 use crate::identity::PublicKey;
 
 /// Schema for the record store; the node runs it as one of its numbered migrations.
@@ -122,7 +124,31 @@ impl From<rusqlite::Error> for ProjectionError {
     }
 }
 
+/// Which way a kind's records travel through the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Up to every ancestor and down to every node inside the record's scope or below it (the
+    /// default: incidents go up, a county-wide broadcast comes down).
+    Tree,
+    /// Only to nodes whose area contains the record's scope: its own node and the ones above. Used
+    /// for records holding credentials, which a node below has no reason to hold.
+    UpOnly,
+}
+
+impl Flow {
+    /// Whether a node of area `holder` should hold a record scoped to `scope`.
+    pub fn reaches(self, holder: &AreaCode, scope: &AreaCode) -> bool {
+        match self {
+            Flow::Tree => holder.contains(scope) || scope.contains(holder),
+            Flow::UpOnly => holder.contains(scope),
+        }
+    }
+}
+
 /// Keeps a kind's query tables in step with its documents. Runs inside the change's transaction.
+///
+/// `authors` says which change (and so which claimed author) wrote every value in `doc`: a
+/// projection trusts a field only as far as its writer's authority reaches (see [`crate::author`]).
 pub trait Projection: Send + Sync {
     fn kind(&self) -> &'static str;
     /// Brings the rows for this document up to date.
@@ -131,9 +157,27 @@ pub trait Projection: Send + Sync {
         conn: &Connection,
         meta: &DocMeta,
         doc: &AutoCommit,
+        authors: &Authors,
     ) -> Result<(), ProjectionError>;
     /// Removes every row this projection owns (before a rebuild).
     fn clear(&self, conn: &Connection) -> Result<(), ProjectionError>;
+    /// Removes the rows of one record this node no longer holds.
+    fn forget(&self, _conn: &Connection, _id: Uuid) -> Result<(), ProjectionError> {
+        Ok(())
+    }
+    /// Which way records of this kind travel.
+    fn flow(&self) -> Flow {
+        Flow::Tree
+    }
+}
+
+/// Who a remote change comes from, for the merge rule on author claims.
+#[derive(Debug, Clone, Copy)]
+pub enum Sender<'a> {
+    /// The pinned upstream (or a test): its claims are taken as they are.
+    Trusted,
+    /// A node below whose area is this: every new change must claim an author inside it.
+    Below(&'a AreaCode),
 }
 
 /// An actor id for this node and database: the same node key with a different database (a restored
@@ -267,9 +311,15 @@ impl DocStore {
         )?)
     }
 
-    fn project(&self, conn: &Connection, meta: &DocMeta, doc: &AutoCommit) -> Result<(), DocError> {
+    fn project(
+        &self,
+        conn: &Connection,
+        meta: &DocMeta,
+        doc: &mut AutoCommit,
+    ) -> Result<(), DocError> {
         if let Some(p) = self.projections.get(meta.kind.as_str()) {
-            p.project(conn, meta, doc)
+            let authors = Authors::of(doc);
+            p.project(conn, meta, doc, &authors)
                 .map_err(|e| DocError::Projection {
                     kind: meta.kind.clone(),
                     message: e.0,
@@ -278,10 +328,39 @@ impl DocStore {
         Ok(())
     }
 
+    /// Which way records of `kind` travel (kinds without a projection travel the whole tree).
+    pub fn flow(&self, kind: &str) -> Flow {
+        self.projections.get(kind).map_or(Flow::Tree, |p| p.flow())
+    }
+
+    /// Commits the open transaction with `author`'s claim, and refuses the edit if anything in it was
+    /// committed without one (an edit that asked automerge for heads or changes mid-way): a local
+    /// change with no claim would count as legacy here and be refused by every node above.
+    fn commit_claimed(
+        id: Uuid,
+        doc: &mut AutoCommit,
+        before: &[ChangeHash],
+        author: &Author,
+    ) -> Result<(), DocError> {
+        doc.commit_with(CommitOptions::default().with_message(author.encode()));
+        let unclaimed = doc
+            .get_changes_meta(before)
+            .iter()
+            .filter(|m| m.message.as_deref().is_none_or(str::is_empty))
+            .count();
+        if unclaimed > 0 {
+            return Err(DocError::Invalid(format!(
+                "record {id}: an edit committed {unclaimed} change(s) without an author claim"
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates a new record of `kind` in `scope`, filled in by `build`.
     pub fn create(
         &self,
         conn: &Connection,
+        author: &Author,
         kind: &str,
         scope: &AreaCode,
         build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
@@ -291,7 +370,7 @@ impl DocStore {
         doc.put(automerge::ROOT, KIND_KEY, kind)?;
         doc.put(automerge::ROOT, SCOPE_KEY, scope.as_str())?;
         build(&mut doc)?;
-        doc.commit();
+        Self::commit_claimed(id, &mut doc, &[], author)?;
         self.insert_new(conn, id, kind, scope, &mut doc)
     }
 
@@ -398,17 +477,19 @@ impl DocStore {
         Ok((meta, doc))
     }
 
-    /// Applies a local change made by `edit`. If `edit` changes nothing, nothing is written.
+    /// Applies a local change made by `edit` on behalf of `author`. If `edit` changes nothing,
+    /// nothing is written.
     pub fn change<T>(
         &self,
         conn: &Connection,
+        author: &Author,
         id: Uuid,
         edit: impl FnOnce(&mut AutoCommit) -> Result<T, DocError>,
     ) -> Result<(DocMeta, T), DocError> {
         let (meta, mut doc) = self.load(conn, id)?;
         let before = doc.get_heads();
         let out = edit(&mut doc)?;
-        doc.commit();
+        Self::commit_claimed(id, &mut doc, &before, author)?;
         let heads = doc.get_heads();
         if heads == before {
             return Ok((meta, out));
@@ -462,10 +543,12 @@ impl DocStore {
 
     /// Merges changes received from a peer (bytes from `save`, `save_after` or concatenated changes).
     /// Creates the document if this node has not seen it. The caller has already checked that the
-    /// peer may write records of this kind in this scope.
+    /// peer may write records of this kind in this scope; the changes' author claims are checked
+    /// here against `sender`.
     pub fn merge_remote(
         &self,
         conn: &Connection,
+        sender: Sender<'_>,
         id: Uuid,
         kind: &str,
         scope: &AreaCode,
@@ -478,6 +561,7 @@ impl DocStore {
                     d.load_incremental(bytes)?;
                     Ok(d)
                 })?;
+                check_new_changes(id, &mut doc, &[], sender, scope)?;
                 let stated_kind = crate::fields::text(&doc, KIND_KEY);
                 let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
                 if stated_kind.as_deref() != Some(kind)
@@ -505,6 +589,7 @@ impl DocStore {
                 if after == before {
                     return Ok(Merged::Unchanged);
                 }
+                check_new_changes(id, &mut doc, &before, sender, scope)?;
                 let new_bytes = doc.save_after(&before);
                 Ok(Merged::Changed(
                     self.record_change(conn, meta, &mut doc, &new_bytes)?,
@@ -633,8 +718,8 @@ impl DocStore {
         for id in ids {
             let Ok(uuid) = id.parse() else { continue };
             match self.load(conn, uuid) {
-                Ok((meta, doc)) => {
-                    self.project(conn, &meta, &doc)?;
+                Ok((meta, mut doc)) => {
+                    self.project(conn, &meta, &mut doc)?;
                     count += 1;
                 }
                 Err(DocError::Corrupt { id, reason }) => Self::quarantine(conn, id, &reason)?,
@@ -643,6 +728,72 @@ impl DocStore {
         }
         Ok(count)
     }
+
+    /// Deletes the records of [`Flow::UpOnly`] kinds that a node of area `holder` should not hold
+    /// (they came down before the kind's flow changed), with their projection rows. Returns how many
+    /// went, per kind.
+    pub fn forget_out_of_flow(
+        &self,
+        conn: &Connection,
+        holder: &AreaCode,
+    ) -> Result<Vec<(&'static str, usize)>, DocError> {
+        let mut out = Vec::new();
+        for p in self.projections.values() {
+            if p.flow() != Flow::UpOnly {
+                continue;
+            }
+            let ids: Vec<(String, String)> = conn
+                .prepare("SELECT id, scope FROM documents WHERE kind = ?1")?
+                .query_map([p.kind()], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            let mut gone = 0;
+            for (id, scope) in ids {
+                let keep = scope
+                    .parse::<AreaCode>()
+                    .is_ok_and(|scope| Flow::UpOnly.reaches(holder, &scope));
+                if keep {
+                    continue;
+                }
+                if let Ok(uuid) = id.parse() {
+                    p.forget(conn, uuid).map_err(|e| DocError::Projection {
+                        kind: p.kind().into(),
+                        message: e.0,
+                    })?;
+                }
+                conn.execute("DELETE FROM documents WHERE id = ?1", [&id])?;
+                gone += 1;
+            }
+            if gone > 0 {
+                out.push((p.kind(), gone));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The merge rule on author claims: from a node below, every change not yet here must claim an author
+/// inside the sender's area who could write a record scoped to `scope`. One bad change refuses the
+/// whole message, and nothing of it is stored.
+fn check_new_changes(
+    id: Uuid,
+    doc: &mut AutoCommit,
+    before: &[ChangeHash],
+    sender: Sender<'_>,
+    scope: &AreaCode,
+) -> Result<(), DocError> {
+    let Sender::Below(sender_area) = sender else {
+        return Ok(());
+    };
+    for meta in doc.get_changes_meta(before) {
+        if let Err(e) = crate::author::check_from_below(meta.message.as_deref(), sender_area, scope)
+        {
+            return Err(DocError::Invalid(format!(
+                "record {id}: change {}: {e}",
+                meta.hash
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The next sync message from an in-memory document, with automerge's panics turned into errors.
@@ -694,9 +845,11 @@ impl DocStore {
     /// Applies a sync message from a peer. The caller has already decided the peer may write
     /// records of this kind in this scope; the content must agree with that envelope or nothing is
     /// stored.
+    #[allow(clippy::too_many_arguments)]
     pub fn sync_receive(
         &self,
         conn: &Connection,
+        sender: Sender<'_>,
         id: Uuid,
         kind: &str,
         scope: &AreaCode,
@@ -704,7 +857,7 @@ impl DocStore {
         state: &mut automerge::sync::State,
     ) -> Result<Merged, DocError> {
         Ok(self
-            .sync_exchange(conn, id, kind, scope, message, state, false)?
+            .sync_exchange(conn, sender, id, kind, scope, message, state, false)?
             .0)
     }
 
@@ -714,6 +867,7 @@ impl DocStore {
     pub fn sync_exchange(
         &self,
         conn: &Connection,
+        sender: Sender<'_>,
         id: Uuid,
         kind: &str,
         scope: &AreaCode,
@@ -772,6 +926,7 @@ impl DocStore {
             };
             return Ok((Merged::Unchanged, answer));
         }
+        check_new_changes(id, &mut doc, &before, sender, scope)?;
         let stated_kind = crate::fields::text(&doc, KIND_KEY);
         let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
         if stated_kind.as_deref() != Some(kind) || stated_scope.as_deref() != Some(scope.as_str()) {
@@ -862,6 +1017,7 @@ mod tests {
             conn: &Connection,
             meta: &DocMeta,
             doc: &AutoCommit,
+            _authors: &Authors,
         ) -> Result<(), ProjectionError> {
             *self.calls.lock().unwrap() += 1;
             conn.execute(
@@ -874,6 +1030,10 @@ mod tests {
             conn.execute("DELETE FROM notes", [])?;
             Ok(())
         }
+    }
+
+    fn author() -> Author {
+        Author::node("330723".parse().unwrap())
     }
 
     fn setup() -> (Connection, DocStore, Arc<TitleProjection>) {
@@ -903,7 +1063,7 @@ mod tests {
         let (conn, store, projection) = setup();
         let scope: AreaCode = "330723001001".parse().unwrap();
         let meta = store
-            .create(&conn, "note", &scope, |d| {
+            .create(&conn, &author(), "note", &scope, |d| {
                 Ok(d.put(automerge::ROOT, "title", "v0").map(|_| ())?)
             })
             .unwrap();
@@ -911,7 +1071,7 @@ mod tests {
         assert_eq!(title(&conn, meta.id), "v0");
         for i in 1..10 {
             let (m, ()) = store
-                .change(&conn, meta.id, |d| {
+                .change(&conn, &author(), meta.id, |d| {
                     Ok(d.put(automerge::ROOT, "title", format!("v{i}"))?)
                 })
                 .unwrap();
@@ -928,7 +1088,7 @@ mod tests {
 
         // A no-op change writes nothing.
         let seq_before = DocStore::current_seq(&conn).unwrap();
-        store.change(&conn, meta.id, |_| Ok(())).unwrap();
+        store.change(&conn, &author(), meta.id, |_| Ok(())).unwrap();
         assert_eq!(DocStore::current_seq(&conn).unwrap(), seq_before);
 
         assert_eq!(
@@ -964,7 +1124,7 @@ mod tests {
         );
         let scope: AreaCode = "330723001".parse().unwrap();
         let meta = store_a
-            .create(&conn_a, "note", &scope, |d| {
+            .create(&conn_a, &author(), "note", &scope, |d| {
                 Ok(d.put(automerge::ROOT, "title", "a").map(|_| ())?)
             })
             .unwrap();
@@ -972,25 +1132,25 @@ mod tests {
         let full = doc_a.save();
         assert!(matches!(
             store_b
-                .merge_remote(&conn_b, meta.id, "note", &scope, &full)
+                .merge_remote(&conn_b, Sender::Trusted, meta.id, "note", &scope, &full)
                 .unwrap(),
             Merged::Changed(_)
         ));
         assert_eq!(
             store_b
-                .merge_remote(&conn_b, meta.id, "note", &scope, &full)
+                .merge_remote(&conn_b, Sender::Trusted, meta.id, "note", &scope, &full)
                 .unwrap(),
             Merged::Unchanged
         );
 
         // Concurrent edits on both sides, exchanged both ways.
         store_a
-            .change(&conn_a, meta.id, |d| {
+            .change(&conn_a, &author(), meta.id, |d| {
                 Ok(d.put(automerge::ROOT, "body", "from a")?)
             })
             .unwrap();
         store_b
-            .change(&conn_b, meta.id, |d| {
+            .change(&conn_b, &author(), meta.id, |d| {
                 Ok(d.put(automerge::ROOT, "extra", "from b")?)
             })
             .unwrap();
@@ -999,10 +1159,10 @@ mod tests {
         let a_bytes = a.save();
         let b_bytes = b.save();
         store_a
-            .merge_remote(&conn_a, meta.id, "note", &scope, &b_bytes)
+            .merge_remote(&conn_a, Sender::Trusted, meta.id, "note", &scope, &b_bytes)
             .unwrap();
         store_b
-            .merge_remote(&conn_b, meta.id, "note", &scope, &a_bytes)
+            .merge_remote(&conn_b, Sender::Trusted, meta.id, "note", &scope, &a_bytes)
             .unwrap();
         let (ma, _) = store_a.load(&conn_a, meta.id).unwrap();
         let (mb, _) = store_b.load(&conn_b, meta.id).unwrap();
@@ -1012,7 +1172,7 @@ mod tests {
         let other: AreaCode = "330723002".parse().unwrap();
         assert!(
             store_b
-                .merge_remote(&conn_b, meta.id, "note", &other, &a_bytes)
+                .merge_remote(&conn_b, Sender::Trusted, meta.id, "note", &other, &a_bytes)
                 .is_err()
         );
     }
@@ -1028,7 +1188,7 @@ mod tests {
             &[0u8; 64],
             &[0xffu8; 300],
         ] {
-            let result = store.merge_remote(&conn, id, "note", &scope, junk);
+            let result = store.merge_remote(&conn, Sender::Trusted, id, "note", &scope, junk);
             assert!(
                 result.is_err() || matches!(result, Ok(Merged::Changed(_))),
                 "{result:?}"
@@ -1036,7 +1196,7 @@ mod tests {
         }
         // A stored document whose bytes went bad is reported, and quarantine keeps it out.
         let meta = store
-            .create(&conn, "note", &scope, |d| {
+            .create(&conn, &author(), "note", &scope, |d| {
                 Ok(d.put(automerge::ROOT, "title", "x").map(|_| ())?)
             })
             .unwrap();

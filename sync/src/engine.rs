@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::area::AreaCode;
-use crate::docstore::{DocError, DocMeta, DocStore, Merged};
+use crate::docstore::{DocError, DocMeta, DocStore, Flow, Merged, Sender};
 
 pub const PROTOCOL_VERSION: u32 = 1;
 /// Records named in one manifest frame at most; larger catch-ups send several.
@@ -173,13 +173,33 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
-    /// Should the peer hold a record scoped to `scope`? Downstream nodes get what lies in their area
-    /// and what is scoped to an area containing them (a county-wide broadcast); upstream gets what
-    /// lies in our area.
-    pub fn holds(&self, our_area: &AreaCode, scope: &AreaCode) -> bool {
+    /// Should the peer hold a record of a kind travelling by `flow`, scoped to `scope`? Downstream
+    /// nodes get what lies in their area and, for [`Flow::Tree`] kinds, what is scoped to an area
+    /// containing them (a county-wide broadcast); upstream gets what lies in our area.
+    pub fn holds(&self, our_area: &AreaCode, flow: Flow, scope: &AreaCode) -> bool {
         match self.relation {
-            Relation::Downstream => self.area.contains(scope) || scope.contains(&self.area),
+            Relation::Downstream => flow.reaches(&self.area, scope),
             Relation::Upstream => our_area.contains(scope),
+        }
+    }
+
+    /// Whether anything about such a record may come from this peer at all: from below, what the
+    /// peer may write or should hold (it may ask about what it only reads); from above, only what
+    /// this node should hold.
+    pub fn may_send(&self, our_area: &AreaCode, flow: Flow, scope: &AreaCode) -> bool {
+        match self.relation {
+            Relation::Downstream => {
+                self.may_write(our_area, scope) || self.holds(our_area, flow, scope)
+            }
+            Relation::Upstream => flow.reaches(our_area, scope),
+        }
+    }
+
+    /// The merge rule for the author claims of this peer's changes.
+    pub fn sender(&self) -> Sender<'_> {
+        match self.relation {
+            Relation::Downstream => Sender::Below(&self.area),
+            Relation::Upstream => Sender::Trusted,
         }
     }
 
@@ -273,7 +293,7 @@ impl Link {
     }
 
     /// The manifest that opens the connection.
-    pub fn start(&mut self, conn: &Connection) -> Result<Vec<Frame>, DocError> {
+    pub fn start(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
         let upto = DocStore::current_seq(conn)?;
         let mut frames = Vec::new();
         let mut since = self.acked_seq;
@@ -285,7 +305,12 @@ impl Link {
             }
             let entries: Vec<ManifestEntry> = batch
                 .into_iter()
-                .filter(|m| m.seq <= upto && self.peer.holds(&self.our_area, &m.scope))
+                .filter(|m| {
+                    m.seq <= upto
+                        && self
+                            .peer
+                            .holds(&self.our_area, store.flow(&m.kind), &m.scope)
+                })
                 .map(|m| ManifestEntry {
                     id: m.id,
                     kind: m.kind,
@@ -352,7 +377,10 @@ impl Link {
         store: &DocStore,
         meta: &DocMeta,
     ) -> Result<Vec<Frame>, DocError> {
-        if !self.peer.holds(&self.our_area, &meta.scope) {
+        if !self
+            .peer
+            .holds(&self.our_area, store.flow(&meta.kind), &meta.scope)
+        {
             return Ok(Vec::new());
         }
         self.entry(meta.id, &meta.kind, &meta.scope);
@@ -384,8 +412,9 @@ impl Link {
                         continue;
                     };
                     // What we would not accept from this peer is not worth asking for.
-                    if !self.peer.may_write(&self.our_area, &scope)
-                        && !self.peer.holds(&self.our_area, &scope)
+                    if !self
+                        .peer
+                        .may_send(&self.our_area, store.flow(&e.kind), &scope)
                     {
                         continue;
                     }
@@ -416,11 +445,14 @@ impl Link {
                         out.refused.push((m.id, format!("bad scope {}", m.scope)));
                         continue;
                     };
-                    if !self.peer.may_write(&self.our_area, &scope)
-                        && !self.peer.holds(&self.our_area, &scope)
+                    if !self
+                        .peer
+                        .may_send(&self.our_area, store.flow(&m.kind), &scope)
                     {
-                        let reason =
-                            format!("{} may not send records scoped to {scope}", self.peer.area);
+                        let reason = format!(
+                            "{} may not send {} records scoped to {scope}",
+                            self.peer.area, m.kind
+                        );
                         out.refused.push((m.id, reason.clone()));
                         out.frames.push(Frame::Refused { id: m.id, reason });
                         continue;
@@ -431,6 +463,7 @@ impl Link {
                     // A peer may ask about records it should hold even when it may not change them (a
                     // village learning a county broadcast); its message must then carry no changes.
                     let writable = self.peer.may_write(&self.our_area, &scope);
+                    let sender = self.peer.sender();
                     let mut st = self
                         .docs
                         .get_mut(&m.id)
@@ -438,9 +471,9 @@ impl Link {
                         .unwrap_or_default();
                     // The writable path answers from the document it already loaded.
                     let (result, answer) = if writable {
-                        match store
-                            .sync_exchange(conn, m.id, &m.kind, &scope, &m.message, &mut st, true)
-                        {
+                        match store.sync_exchange(
+                            conn, sender, m.id, &m.kind, &scope, &m.message, &mut st, true,
+                        ) {
                             Ok((merged, answer)) => (Ok(merged), Some(answer)),
                             Err(e) => (Err(e), None),
                         }
@@ -618,12 +651,21 @@ fn receive_read_only(
     let Some(meta) = meta else {
         return Ok(Merged::Unchanged);
     };
-    store.sync_receive(conn, id, &meta.kind, &meta.scope, message, state)
+    store.sync_receive(
+        conn,
+        Sender::Trusted,
+        id,
+        &meta.kind,
+        &meta.scope,
+        message,
+        state,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::author::{Author, Person};
     use automerge::transaction::Transactable;
     use proptest::prelude::*;
 
@@ -653,13 +695,73 @@ mod tests {
         let own: AreaCode = "330723001001".parse().unwrap();
         let sibling: AreaCode = "330723001002".parse().unwrap();
         let county_scope: AreaCode = "330723".parse().unwrap();
-        assert!(village.holds(&township, &own) && village.may_write(&township, &own));
-        assert!(!village.holds(&township, &sibling) && !village.may_write(&township, &sibling));
+        let tree = Flow::Tree;
+        assert!(village.holds(&township, tree, &own) && village.may_write(&township, &own));
         assert!(
-            village.holds(&township, &county_scope) && !village.may_write(&township, &county_scope)
+            !village.holds(&township, tree, &sibling) && !village.may_write(&township, &sibling)
         );
-        assert!(county.holds(&township, &own) && !county.holds(&township, &county_scope));
+        assert!(
+            village.holds(&township, tree, &county_scope)
+                && !village.may_write(&township, &county_scope)
+        );
+        assert!(
+            county.holds(&township, tree, &own) && !county.holds(&township, tree, &county_scope)
+        );
+        // Credentials travel up only: the village holds its own accounts, not the county's.
+        let up = Flow::UpOnly;
+        assert!(village.holds(&township, up, &own));
+        assert!(!village.holds(&township, up, &county_scope));
+        assert!(!village.holds(&township, up, &township));
+        assert!(county.holds(&township, up, &own));
+        assert!(!county.may_send(&township, up, &county_scope));
+        assert!(county.may_send(&township, tree, &county_scope));
         assert!(county.may_write(&township, &own) && county.may_write(&township, &county_scope));
+    }
+
+    /// Pushes record `id` from a hostile village straight into the township's downstream link,
+    /// bypassing the village's own filters, until the township stops answering. Returns how many
+    /// times the township refused it.
+    fn push_from_below(
+        v: (&Connection, &DocStore),
+        down: &mut Link,
+        t: (&Connection, &DocStore),
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+    ) -> usize {
+        let mut state = automerge::sync::State::new();
+        let mut refused = 0;
+        for _ in 0..8 {
+            let Some(message) = v.1.sync_generate(v.0, id, &mut state).unwrap() else {
+                break;
+            };
+            let frame = Frame::Sync {
+                docs: vec![DocMessage {
+                    id,
+                    kind: kind.into(),
+                    scope: scope.to_string(),
+                    message,
+                }],
+            };
+            let out = down.receive(t.0, t.1, frame).unwrap();
+            refused += out.refused.len();
+            for f in out.frames {
+                if let Frame::Sync { docs } = f {
+                    for d in docs {
+                        let _ = v.1.sync_receive(
+                            v.0,
+                            Sender::Trusted,
+                            id,
+                            kind,
+                            scope,
+                            &d.message,
+                            &mut state,
+                        );
+                    }
+                }
+            }
+        }
+        refused
     }
 
     #[test]
@@ -673,39 +775,18 @@ mod tests {
         let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
         for scope in [&sibling, &county] {
             let meta = v_store
-                .create(&v_conn, "note", scope, |d| {
+                .create(&v_conn, &Author::node(v_area.clone()), "note", scope, |d| {
                     Ok(d.put(automerge::ROOT, "t", "forged").map(|_| ())?)
                 })
                 .unwrap();
-            // Bypass the village's own scope filter, as a hostile node would, and keep the exchange
-            // going until the township stops answering.
-            let mut state = automerge::sync::State::new();
-            let mut refused = 0;
-            for _ in 0..8 {
-                let Some(message) = v_store.sync_generate(&v_conn, meta.id, &mut state).unwrap()
-                else {
-                    break;
-                };
-                let frame = Frame::Sync {
-                    docs: vec![DocMessage {
-                        id: meta.id,
-                        kind: "note".into(),
-                        scope: scope.to_string(),
-                        message,
-                    }],
-                };
-                let out = down.receive(&t_conn, &t_store, frame).unwrap();
-                refused += out.refused.len();
-                for f in out.frames {
-                    if let Frame::Sync { docs } = f {
-                        for d in docs {
-                            let _ = v_store.sync_receive(
-                                &v_conn, meta.id, "note", scope, &d.message, &mut state,
-                            );
-                        }
-                    }
-                }
-            }
+            let refused = push_from_below(
+                (&v_conn, &v_store),
+                &mut down,
+                (&t_conn, &t_store),
+                meta.id,
+                "note",
+                scope,
+            );
             assert!(refused >= 1, "{scope}: refused");
             assert!(
                 DocStore::meta(&t_conn, meta.id).unwrap().is_none(),
@@ -720,13 +801,157 @@ mod tests {
         }
     }
 
+    /// A hostile village writes a record in its own area (which it may) but claims an author it is
+    /// not: its township, a county node, a township staff member, or no claim at all.
+    #[test]
+    fn a_change_claiming_more_than_its_sender_is_refused_and_nothing_is_stored() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        let township: AreaCode = "330723001".parse().unwrap();
+        let forged = [
+            Some(Author::node(township.clone())),
+            Some(Author::node("330723".parse().unwrap())),
+            Some(Author::person(
+                v_area.clone(),
+                Person {
+                    name: "li.ming".into(),
+                    role: "township_staff".into(),
+                    area: township.clone(),
+                },
+            )),
+            None,
+        ];
+        for claim in forged {
+            let mut down = Link::new(
+                t_area.clone(),
+                peer("330723001001", Relation::Downstream),
+                0,
+            );
+            let meta = match &claim {
+                Some(author) => v_store
+                    .create(&v_conn, author, "note", &v_area, |d| {
+                        Ok(d.put(automerge::ROOT, "t", "forged").map(|_| ())?)
+                    })
+                    .unwrap(),
+                None => {
+                    // No claim at all: written with automerge directly, as an old or hostile node would.
+                    let mut doc = automerge::AutoCommit::new();
+                    doc.put(automerge::ROOT, crate::docstore::KIND_KEY, "note")
+                        .unwrap();
+                    doc.put(automerge::ROOT, crate::docstore::SCOPE_KEY, v_area.as_str())
+                        .unwrap();
+                    doc.commit();
+                    let id = Uuid::now_v7();
+                    v_store
+                        .merge_remote(&v_conn, Sender::Trusted, id, "note", &v_area, &doc.save())
+                        .unwrap();
+                    DocStore::meta(&v_conn, id).unwrap().unwrap().0
+                }
+            };
+            let refused = push_from_below(
+                (&v_conn, &v_store),
+                &mut down,
+                (&t_conn, &t_store),
+                meta.id,
+                "note",
+                &v_area,
+            );
+            assert!(refused >= 1, "{claim:?}: refused");
+            assert!(
+                DocStore::meta(&t_conn, meta.id).unwrap().is_none(),
+                "{claim:?}: nothing stored"
+            );
+        }
+        // The honest claim goes through.
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let honest = Author::person(
+            v_area.clone(),
+            Person {
+                name: "wang".into(),
+                role: "grid_worker".into(),
+                area: v_area.clone(),
+            },
+        );
+        let meta = v_store
+            .create(&v_conn, &honest, "note", &v_area, |d| {
+                Ok(d.put(automerge::ROOT, "t", "fine").map(|_| ())?)
+            })
+            .unwrap();
+        let refused = push_from_below(
+            (&v_conn, &v_store),
+            &mut down,
+            (&t_conn, &t_store),
+            meta.id,
+            "note",
+            &v_area,
+        );
+        assert_eq!(refused, 0);
+        assert!(DocStore::meta(&t_conn, meta.id).unwrap().is_some());
+    }
+
+    /// A later forged change to a record the township already holds is refused too, and the record
+    /// stays as it was.
+    #[test]
+    fn a_forged_edit_to_a_held_record_is_refused() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let meta = v_store
+            .create(
+                &v_conn,
+                &Author::node(v_area.clone()),
+                "note",
+                &v_area,
+                |d| Ok(d.put(automerge::ROOT, "t", "v1").map(|_| ())?),
+            )
+            .unwrap();
+        assert_eq!(
+            push_from_below(
+                (&v_conn, &v_store),
+                &mut down,
+                (&t_conn, &t_store),
+                meta.id,
+                "note",
+                &v_area
+            ),
+            0
+        );
+        let heads = DocStore::meta(&t_conn, meta.id).unwrap().unwrap().0.heads;
+        v_store
+            .change(
+                &v_conn,
+                &Author::node("330723".parse().unwrap()),
+                meta.id,
+                |d| Ok(d.put(automerge::ROOT, "t", "v2")?),
+            )
+            .unwrap();
+        let mut down = Link::new(
+            "330723001".parse().unwrap(),
+            peer("330723001001", Relation::Downstream),
+            0,
+        );
+        let refused = push_from_below(
+            (&v_conn, &v_store),
+            &mut down,
+            (&t_conn, &t_store),
+            meta.id,
+            "note",
+            &v_area,
+        );
+        assert!(refused >= 1);
+        assert_eq!(
+            DocStore::meta(&t_conn, meta.id).unwrap().unwrap().0.heads,
+            heads
+        );
+    }
+
     #[test]
     fn an_envelope_that_lies_about_the_scope_is_refused() {
-        let (v_conn, v_store, _) = node("330723001001", 1);
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
         let (t_conn, t_store, t_area) = node("330723001", 2);
         let real: AreaCode = "330723001002".parse().unwrap();
         let meta = v_store
-            .create(&v_conn, "note", &real, |d| {
+            .create(&v_conn, &Author::node(v_area.clone()), "note", &real, |d| {
                 Ok(d.put(automerge::ROOT, "t", "x").map(|_| ())?)
             })
             .unwrap();

@@ -6,12 +6,20 @@
 //! in (timestamp, actor, id) order through a [`Machine`]. Transitions that are not valid where they
 //! land are skipped and reported as conflicts, so every replica with the same transitions computes the
 //! same state and shows the same conflicts.
+//!
+//! A transition names its actor and role in its own fields, which whoever wrote the change chose. So
+//! [`read`] also records the change that wrote each transition ([`Written`]), and [`fold`] skips, as a
+//! conflict, a transition whose change's author claim names someone else, whose claim cannot be read,
+//! whose node does not cover the record, or that was edited after it was written. The machine then
+//! checks what the role may do.
 
 use std::collections::{BTreeMap, HashSet};
 
 use automerge::{AutoCommit, ObjType, ReadDoc, Value, transaction::Transactable};
 use serde::{Deserialize, Serialize};
 
+use crate::area::AreaCode;
+use crate::author::{Authors, Provenance};
 use crate::hlc::Timestamp;
 
 /// The document key holding the transition list.
@@ -31,6 +39,49 @@ pub struct Transition {
     /// Action-specific fields (note, department, deadline...).
     #[serde(default)]
     pub data: BTreeMap<String, String>,
+    /// Which change wrote this transition, when it was read from a document.
+    #[serde(skip)]
+    pub written: Written,
+}
+
+/// Where a transition read from a document came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Written {
+    /// Not read from a document (made here, about to be appended).
+    #[default]
+    Here,
+    /// Written, exactly as it reads, by a change with this provenance.
+    By(Provenance),
+    /// Some field was changed after the transition was written, or has concurrent values.
+    Altered,
+}
+
+/// Whether the change that wrote `t` could have written it: the claim names the transition's actor
+/// in its role (or the node itself for `system` actions), and the claimed node covers `scope`.
+pub fn check_written(t: &Transition, scope: Option<&AreaCode>) -> Result<(), String> {
+    let author = match &t.written {
+        Written::Here | Written::By(Provenance::Legacy) => return Ok(()),
+        Written::Altered => return Err("it was changed after it was written".into()),
+        Written::By(Provenance::Malformed) => {
+            return Err("the change that wrote it carries an unreadable author claim".into());
+        }
+        Written::By(Provenance::Claimed(author)) => author,
+    };
+    if let Some(scope) = scope {
+        author.check_within(scope).map_err(|e| e.to_string())?;
+    }
+    match &author.person {
+        Some(p) if p.name == t.actor && p.role == t.role => Ok(()),
+        None if t.actor == "system" && t.role == "system" => Ok(()),
+        Some(p) => Err(format!(
+            "it names {} ({}) but was written by {} ({}) at a node of area {}",
+            t.actor, t.role, p.name, p.role, author.node_area
+        )),
+        None => Err(format!(
+            "it names {} ({}) but was written by the node of area {} on its own",
+            t.actor, t.role, author.node_area
+        )),
+    }
 }
 
 /// A transition that was skipped in the fold, and why.
@@ -55,6 +106,10 @@ pub trait Machine {
     fn initial(&self) -> Self::State;
     /// The state after `t`, or why `t` is not valid in `state`.
     fn apply(&self, state: &Self::State, t: &Transition) -> Result<Self::State, String>;
+    /// The record's scope, against which each transition's author is checked.
+    fn scope(&self) -> Option<&AreaCode> {
+        None
+    }
 }
 
 /// The canonical order: timestamp, then actor, then id. Total, so every replica agrees.
@@ -72,6 +127,13 @@ pub fn fold<M: Machine>(machine: &M, transitions: &[Transition]) -> Folded<M::St
     let mut conflicts = Vec::new();
     for t in ordered {
         if !seen.insert(t.id.clone()) {
+            continue;
+        }
+        if let Err(reason) = check_written(&t, machine.scope()) {
+            conflicts.push(Conflict {
+                transition: t,
+                reason: format!("not taken into account: {reason}"),
+            });
             continue;
         }
         match machine.apply(&state, &t) {
@@ -130,10 +192,10 @@ pub fn init(doc: &mut AutoCommit) -> Result<(), TransitionDocError> {
     Ok(())
 }
 
-/// Reads every well-formed transition from the document. If two replicas created the list
-/// concurrently, automerge keeps both; entries from all of them are read, so nothing is lost.
-/// Malformed entries (which only a buggy or hostile peer could write) are skipped.
-pub fn read(doc: &AutoCommit) -> Vec<Transition> {
+/// Reads every well-formed transition from the document, each with the change that wrote it. If two
+/// replicas created the list concurrently, automerge keeps both; entries from all of them are read,
+/// so nothing is lost. Malformed entries (which only a buggy or hostile peer could write) are skipped.
+pub fn read(doc: &AutoCommit, authors: &Authors) -> Vec<Transition> {
     let Ok(lists) = doc.get_all(automerge::ROOT, TRANSITIONS_KEY) else {
         return Vec::new();
     };
@@ -142,12 +204,17 @@ pub fn read(doc: &AutoCommit) -> Vec<Transition> {
         if !matches!(value, Value::Object(ObjType::List)) {
             continue;
         }
-        read_list(doc, &list, &mut out);
+        read_list(doc, authors, &list, &mut out);
     }
     out
 }
 
-fn read_list(doc: &AutoCommit, list: &automerge::ObjId, out: &mut Vec<Transition>) {
+fn read_list(
+    doc: &AutoCommit,
+    authors: &Authors,
+    list: &automerge::ObjId,
+    out: &mut Vec<Transition>,
+) {
     for index in 0..doc.length(list) {
         let Ok(Some((Value::Object(ObjType::Map), item))) = doc.get(list, index) else {
             continue;
@@ -169,6 +236,11 @@ fn read_list(doc: &AutoCommit, list: &automerge::ObjId, out: &mut Vec<Transition
                 }
             }
         }
+        let written = if authors.untouched_since_creation(doc, &item) {
+            Written::By(authors.of_op(&item).clone())
+        } else {
+            Written::Altered
+        };
         out.push(Transition {
             id,
             at,
@@ -176,6 +248,7 @@ fn read_list(doc: &AutoCommit, list: &automerge::ObjId, out: &mut Vec<Transition
             role,
             action,
             data,
+            written,
         });
     }
 }
@@ -220,6 +293,7 @@ mod tests {
             role: "township_staff".into(),
             action: action.into(),
             data: BTreeMap::new(),
+            written: Written::Here,
         }
     }
 
@@ -247,11 +321,142 @@ mod tests {
         for tr in &list {
             append(&mut doc, tr).unwrap();
         }
-        let read_back = read(&doc);
+        let authors = Authors::of(&mut doc);
+        let read_back = read(&doc, &authors);
         assert_eq!(read_back.len(), 3);
         let folded = fold(&Ticket, &read_back);
         assert_eq!(folded.state, "dispatched");
         assert!(folded.conflicts.is_empty());
+    }
+
+    fn claimed(doc: &mut AutoCommit, author: &crate::author::Author) {
+        doc.commit_with(
+            automerge::transaction::CommitOptions::default().with_message(author.encode()),
+        );
+    }
+
+    fn staff_at(node: &str, name: &str, role: &str, area: &str) -> crate::author::Author {
+        crate::author::Author::person(
+            node.parse().unwrap(),
+            crate::author::Person {
+                name: name.into(),
+                role: role.into(),
+                area: area.parse().unwrap(),
+            },
+        )
+    }
+
+    /// A scoped ticket machine, so the claimed node is checked against the record's scope.
+    struct ScopedTicket(AreaCode);
+
+    impl Machine for ScopedTicket {
+        type State = &'static str;
+        fn initial(&self) -> &'static str {
+            Ticket.initial()
+        }
+        fn apply(&self, s: &&'static str, t: &Transition) -> Result<&'static str, String> {
+            Ticket.apply(s, t)
+        }
+        fn scope(&self) -> Option<&AreaCode> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn a_transition_counts_only_as_what_its_change_claims() {
+        let scope: AreaCode = "330723001001".parse().unwrap();
+        let machine = ScopedTicket(scope.clone());
+        // The village writes a transition that names township staff: not what its change claims.
+        let mut doc = AutoCommit::new();
+        init(&mut doc).unwrap();
+        append(&mut doc, &t("forged", 1, "li", "accept")).unwrap();
+        claimed(
+            &mut doc,
+            &staff_at("330723001001", "wang", "grid_worker", "330723001001"),
+        );
+        let authors = Authors::of(&mut doc);
+        let folded = fold(&machine, &read(&doc, &authors));
+        assert_eq!(folded.state, "reported");
+        assert_eq!(folded.conflicts.len(), 1, "{folded:?}");
+        assert!(folded.conflicts[0].reason.contains("written by wang"));
+
+        // The township's own staff member, written at the township: taken.
+        append(&mut doc, &t("real", 2, "li", "accept")).unwrap();
+        claimed(
+            &mut doc,
+            &staff_at("330723001", "li", "township_staff", "330723001"),
+        );
+        let authors = Authors::of(&mut doc);
+        let folded = fold(&machine, &read(&doc, &authors));
+        assert_eq!(folded.state, "accepted");
+        assert_eq!(folded.applied.len(), 1);
+
+        // A node that does not cover the record cannot have written it.
+        append(&mut doc, &t("elsewhere", 3, "zhao", "dispatch")).unwrap();
+        claimed(
+            &mut doc,
+            &staff_at("330723002", "zhao", "township_staff", "330723002"),
+        );
+        let authors = Authors::of(&mut doc);
+        let folded = fold(&machine, &read(&doc, &authors));
+        assert_eq!(folded.state, "accepted");
+        assert!(
+            folded
+                .conflicts
+                .iter()
+                .any(|c| c.transition.id == "elsewhere" && c.reason.contains("scope"))
+        );
+    }
+
+    #[test]
+    fn a_transition_edited_after_it_was_written_does_not_count() {
+        let mut doc = AutoCommit::new();
+        init(&mut doc).unwrap();
+        append(&mut doc, &t("1", 1, "li", "accept")).unwrap();
+        let li = staff_at("330723001", "li", "township_staff", "330723001");
+        claimed(&mut doc, &li);
+        // Someone rewrites the accepted transition into a rejection, in a later change.
+        let list = match doc.get(automerge::ROOT, TRANSITIONS_KEY).unwrap() {
+            Some((Value::Object(ObjType::List), id)) => id,
+            other => panic!("{other:?}"),
+        };
+        let item = match doc.get(&list, 0).unwrap() {
+            Some((Value::Object(ObjType::Map), id)) => id,
+            other => panic!("{other:?}"),
+        };
+        doc.put(&item, "action", "reject").unwrap();
+        claimed(&mut doc, &li);
+        let authors = Authors::of(&mut doc);
+        let folded = fold(&Ticket, &read(&doc, &authors));
+        assert_eq!(folded.state, "reported");
+        assert_eq!(folded.conflicts.len(), 1);
+        assert!(folded.conflicts[0].reason.contains("changed after"));
+    }
+
+    #[test]
+    fn system_actions_are_the_node_s_own() {
+        let mut doc = AutoCommit::new();
+        init(&mut doc).unwrap();
+        let mut esc = t("e", 1, "system", "accept");
+        esc.role = "system".into();
+        append(&mut doc, &esc).unwrap();
+        claimed(
+            &mut doc,
+            &crate::author::Author::node("330723001".parse().unwrap()),
+        );
+        // A person's change may not pass itself off as the node's.
+        let mut fake = t("f", 2, "system", "dispatch");
+        fake.role = "system".into();
+        append(&mut doc, &fake).unwrap();
+        claimed(
+            &mut doc,
+            &staff_at("330723001", "li", "township_staff", "330723001"),
+        );
+        let authors = Authors::of(&mut doc);
+        let folded = fold(&Ticket, &read(&doc, &authors));
+        assert_eq!(folded.state, "accepted");
+        assert_eq!(folded.conflicts.len(), 1);
+        assert_eq!(folded.conflicts[0].transition.id, "f");
     }
 
     const ACTIONS: [&str; 8] = [
@@ -282,6 +487,7 @@ mod tests {
                 role: "township_staff".into(),
                 action: ACTIONS[*action].into(),
                 data: BTreeMap::new(),
+                written: Written::Here,
             }).collect();
 
             let mut base = AutoCommit::new();
@@ -311,8 +517,14 @@ mod tests {
                 }
             }
             let expected = fold(&Ticket, &transitions);
-            for doc in &docs {
-                let folded = fold(&Ticket, &read(doc));
+            for doc in &mut docs {
+                let authors = Authors::of(doc);
+                let mut folded = fold(&Ticket, &read(doc, &authors));
+                // Committed without claims, as before claims existed: legacy, and otherwise equal.
+                for t in folded.applied.iter_mut().chain(folded.conflicts.iter_mut().map(|c| &mut c.transition)) {
+                    prop_assert_eq!(&t.written, &Written::By(Provenance::Legacy));
+                    t.written = Written::Here;
+                }
                 prop_assert_eq!(&folded, &expected);
             }
         }
@@ -329,6 +541,7 @@ mod tests {
                 role: "r".into(),
                 action: ACTIONS[*action].into(),
                 data: BTreeMap::new(),
+                written: Written::Here,
             }).collect();
             let mut shuffled = transitions.clone();
             // A cheap deterministic shuffle from the seed.

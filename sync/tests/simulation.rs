@@ -16,7 +16,7 @@ use township_sync::docstore::{DocMeta, DocStore, Projection, ProjectionError, SC
 use township_sync::engine::{self, Link, PeerInfo, Relation};
 
 use township_sync::workflow::{self, Machine, Transition};
-use township_sync::{AreaCode, Timestamp, fields};
+use township_sync::{AreaCode, Author, Authors, Person, Timestamp, fields};
 use uuid::Uuid;
 
 /// A small deterministic random source (SplitMix64), so a seed reproduces a run exactly.
@@ -67,8 +67,9 @@ impl Projection for NoteProjection {
         conn: &Connection,
         meta: &DocMeta,
         doc: &AutoCommit,
+        authors: &Authors,
     ) -> Result<(), ProjectionError> {
-        let folded = workflow::fold(&Ticket, &workflow::read(doc));
+        let folded = workflow::fold(&Ticket, &workflow::read(doc, authors));
         conn.execute(
             "INSERT INTO notes (id, title, state, conflicts) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(id) DO UPDATE SET title = excluded.title, state = excluded.state, conflicts = excluded.conflicts",
@@ -198,8 +199,12 @@ impl World {
             down_peer,
             *self.acked.get(&(parent, child)).unwrap_or(&0),
         );
-        let from_child = up.start(&self.nodes[child].conn).unwrap();
-        let from_parent = down.start(&self.nodes[parent].conn).unwrap();
+        let from_child = up
+            .start(&self.nodes[child].conn, &self.nodes[child].store)
+            .unwrap();
+        let from_parent = down
+            .start(&self.nodes[parent].conn, &self.nodes[parent].store)
+            .unwrap();
         let wire = &mut self.wires[i];
         wire.to_parent = from_child.iter().map(engine::encode).collect();
         wire.to_child = from_parent.iter().map(engine::encode).collect();
@@ -254,6 +259,15 @@ impl World {
         *counter += 1;
         let n = &mut self.nodes[node];
         n.hlc_ms += 1 + rng.below(3) as u64;
+        // Every edit is made by a person at this node, and says so in its change.
+        let author = Author::person(
+            n.area.clone(),
+            Person {
+                name: format!("user{node}"),
+                role: "staff".into(),
+                area: n.area.clone(),
+            },
+        );
         let writable: Vec<(Uuid, AreaCode)> = DocStore::changed_since(&n.conn, 0, 100_000)
             .unwrap()
             .into_iter()
@@ -270,7 +284,7 @@ impl World {
             let scope = candidates[rng.below(candidates.len())].clone();
             let title = format!("note {counter}");
             n.store
-                .create(&n.conn, "note", &scope, |d| {
+                .create(&n.conn, &author, "note", &scope, |d| {
                     d.put(automerge::ROOT, "title", title.as_str())?;
                     workflow::init(d)?;
                     Ok(())
@@ -289,11 +303,12 @@ impl World {
                 role: "staff".into(),
                 action: actions[rng.below(actions.len())].into(),
                 data: Default::default(),
+                written: Default::default(),
             };
             let retitle = rng.chance(40);
             let title = format!("title {counter} at {node}");
             n.store
-                .change(&n.conn, id, |d| {
+                .change(&n.conn, &author, id, |d| {
                     if retitle {
                         d.put(automerge::ROOT, "title", title.as_str())?;
                     } else {

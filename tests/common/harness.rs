@@ -110,7 +110,11 @@ impl Harness {
         );
         self.state()
             .store
-            .write(move |conn| session::insert(conn, &hash, &user, &c, now, "test"))
+            .write(move |conn| {
+                let account = township_node::users::find_account(conn, &user)?
+                    .ok_or_else(|| StoreError::Job(format!("no user {user}")))?;
+                session::insert(conn, &hash, &account, &c, now, "test")
+            })
             .await
             .unwrap();
         Sess {

@@ -1,4 +1,6 @@
-// The accounts page for admin and county_it: list, add, reset a password, disable.
+// The accounts page for admin and county_it: list, add, reset a password, disable, and rename one of
+// two accounts that claim the same username. Quarantined records (fields beyond what their writers
+// could grant) are listed with the reason, never usable.
 import { getJson, postJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
@@ -59,11 +61,17 @@ function addForm(onDone) {
   return form;
 }
 
+function stateOf(user) {
+  if (user.quarantine) return el('span', { class: 'badge bad', title: user.quarantine }, t('users.quarantine'));
+  if (user.disabled) return t('users.disabled');
+  if (!user.signs_in) return el('span', { class: 'badge bad', title: t('users.clash_help') }, t('users.not_signing_in'));
+  return user.local ? t('users.local') : t('users.active');
+}
+
 function row(user, onDone) {
-  const state = user.disabled ? t('users.disabled') : user.local ? t('users.local') : t('users.active');
   const clash = user.clash ? el('span', { class: 'badge bad', title: t('users.clash_help') }, t('users.clash')) : null;
   const actions = el('td', { class: 'actions' });
-  if (!user.disabled && user.username !== currentUser().username) {
+  if (user.signs_in && user.username !== currentUser().username) {
     const reset = el('button', { type: 'button', class: 'secondary small', 'data-i18n': 'users.reset' }, t('users.reset'));
     reset.addEventListener('click', async () => {
       const password = prompt(`${t('users.new_password')} ${user.username}`);
@@ -77,9 +85,21 @@ function row(user, onDone) {
     });
     actions.append(reset, ' ', disable);
   }
-  return el('tr', { 'data-username': user.username },
+  if (!user.local && !user.quarantine && user.id) {
+    const rename = el('button', { type: 'button', class: 'secondary small', 'data-i18n': 'users.rename' }, t('users.rename'));
+    rename.addEventListener('click', async () => {
+      const name = prompt(`${t('users.new_username')} ${user.username}`);
+      if (!name) return;
+      try {
+        await postJson(`/api/v1/users/${encodeURIComponent(user.username)}/rename`, { new_username: name.trim(), id: user.id });
+        onDone();
+      } catch (e) { alert(e.message); }
+    });
+    actions.append(' ', rename);
+  }
+  return el('tr', { 'data-username': user.username, 'data-id': user.id || 'local' },
     el('td', {}, user.username, ' ', clash), el('td', {}, user.display_name), el('td', {}, t(`role.${user.role}`)),
-    el('td', {}, user.area), el('td', {}, user.department || '—'), el('td', {}, state), actions);
+    el('td', {}, user.area), el('td', {}, user.department || '—'), el('td', {}, stateOf(user)), actions);
 }
 
 export async function render(main) {
