@@ -439,8 +439,13 @@ pub async fn run_router(
     shutdown: CancellationToken,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let server =
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // The peer address reaches handlers as `ConnectInfo`: sign-in throttling, the Host check and the
+    // loopback-only routes depend on it.
+    let server = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let deadline = async {
         shutdown.cancelled().await;
         tokio::time::sleep(grace).await;

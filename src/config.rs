@@ -278,13 +278,17 @@ pub struct AuthConfig {
     pub session_max: Duration,
     /// PBKDF2-HMAC-SHA256 iterations for new password hashes; at least 600000.
     pub password_iterations: u32,
-    /// Failed logins for one account within `login_window` before further attempts get 429.
+    /// Failed logins for one account from one client (its address, or its device cookie) within
+    /// `login_window` before that client gets 429 for that account. Attempts count from the moment
+    /// they are let through, so attempts sent at once are all counted.
     pub login_failures_per_account: usize,
-    /// Failed logins from one client address within `login_window` before it gets 429.
+    /// Failed logins from one client address, across all accounts, within `login_window` before
+    /// it gets 429 (a browser with the account's device cookie is not held by this).
     pub login_failures_per_address: usize,
     #[serde(with = "humantime_serde")]
     pub login_window: Duration,
-    /// Most password evaluations for one account per hour, whatever the outcome.
+    /// Most password evaluations for one account per hour from clients without its device cookie,
+    /// whatever the outcome.
     pub login_evaluations_per_hour: usize,
 }
 
@@ -295,7 +299,7 @@ impl Default for AuthConfig {
             session_max: Duration::from_secs(12 * 60 * 60),
             password_iterations: 600_000,
             login_failures_per_account: 5,
-            login_failures_per_address: 5,
+            login_failures_per_address: 20,
             login_window: Duration::from_secs(15 * 60),
             login_evaluations_per_hour: 100,
         }
