@@ -261,6 +261,7 @@ impl AppState {
 pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
     crate::peers::spawn_upstream(state);
+    crate::peers::spawn_refusal_summaries(state);
     crate::incidents::deadlines::spawn(state);
     crate::telemetry::spawn(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {

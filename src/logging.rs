@@ -7,6 +7,9 @@ use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
+/// Untrusted strings (usernames, peer reasons, client ids) go into log lines through this.
+pub use township_drivers::untrusted::Untrusted;
+
 /// Installs the global subscriber. Safe to call once; later calls are ignored.
 pub fn init(format: LogFormat, config_filter: &str) {
     let filter = EnvFilter::try_from_default_env()

@@ -48,7 +48,187 @@ const BLOB_LOOK_EVERY: u32 = 3;
 #[derive(Debug, Default)]
 pub struct SyncStatus {
     inner: Mutex<StatusInner>,
-    sessions: Mutex<HashMap<String, CancellationToken>>,
+    /// Every live connection of every downstream node: a node may hold several (a reconnect before
+    /// the old socket timed out, or a copy of its key elsewhere), and revoking it ends all of them.
+    sessions: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
+    next_connection: std::sync::atomic::AtomicU64,
+    /// Refused sync handshakes, counted per key and address (see [`Refusals`]).
+    pub refusals: Refusals,
+}
+
+impl SyncStatus {
+    /// Registers a live connection of `node`; returns its number for [`Self::unregister`].
+    fn register(&self, node: &str, token: CancellationToken) -> u64 {
+        let n = self
+            .next_connection
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(node.to_string())
+            .or_default()
+            .insert(n, token);
+        n
+    }
+
+    fn unregister(&self, node: &str, n: u64) {
+        let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = sessions.get_mut(node) {
+            live.remove(&n);
+            if live.is_empty() {
+                sessions.remove(node);
+            }
+        }
+    }
+
+    /// Ends every live connection of `node`; returns how many there were.
+    fn close_all(&self, node: &str) -> usize {
+        let live = self
+            .sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(node)
+            .unwrap_or_default();
+        for token in live.values() {
+            token.cancel();
+        }
+        live.len()
+    }
+
+    /// Live connections of `node`.
+    pub fn connections(&self, node: &str) -> usize {
+        self.sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(node)
+            .map_or(0, HashMap::len)
+    }
+}
+
+/// How long refused handshakes from one key and address are summed into one audit entry.
+pub const REFUSAL_WINDOW_MS: i64 = 10 * 60 * 1000;
+/// Distinct (key, address) pairs tracked at most; beyond that refusals are summed under one entry,
+/// so a flood of fresh keys cannot grow memory.
+const REFUSAL_KEYS_MAX: usize = 4096;
+
+/// Refused sync handshakes per (claimed key, address). The first refusal of a window is audited at
+/// once; the rest of the window only counts, and one entry with the count is audited when the window
+/// closes. A stranger hammering the sync endpoint therefore costs the audit chain (which ships to
+/// the county) two entries per window, not one per attempt.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    windows: Mutex<HashMap<(String, String), RefusalWindow>>,
+    total: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+struct RefusalWindow {
+    since_ms: i64,
+    count: u64,
+    last_reason: String,
+}
+
+/// A closed window with refusals not yet in the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalSummary {
+    pub key: String,
+    pub address: String,
+    pub since_ms: i64,
+    pub count: u64,
+    pub last_reason: String,
+}
+
+impl Refusals {
+    /// Counts a refusal; true when it opens a window (audit it now).
+    pub fn record(&self, key: &str, address: &str, reason: &str, now_ms: i64) -> bool {
+        self.total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let mut id = (
+            key.chars().take(64).collect::<String>(),
+            address.to_string(),
+        );
+        if !windows.contains_key(&id) && windows.len() >= REFUSAL_KEYS_MAX {
+            id = ("(many keys)".into(), "(many addresses)".into());
+        }
+        match windows.get_mut(&id) {
+            Some(w) => {
+                w.count += 1;
+                w.last_reason = reason.chars().take(200).collect();
+                false
+            }
+            None => {
+                windows.insert(
+                    id,
+                    RefusalWindow {
+                        since_ms: now_ms,
+                        count: 0,
+                        last_reason: reason.chars().take(200).collect(),
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    /// Takes the windows older than [`REFUSAL_WINDOW_MS`]: those with refusals after the first need
+    /// a summary entry.
+    pub fn take_closed(&self, now_ms: i64) -> Vec<RefusalSummary> {
+        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
+        let closed: Vec<(String, String)> = windows
+            .iter()
+            .filter(|(_, w)| now_ms - w.since_ms >= REFUSAL_WINDOW_MS)
+            .map(|(k, _)| k.clone())
+            .collect();
+        closed
+            .into_iter()
+            .filter_map(|k| {
+                let w = windows.remove(&k)?;
+                (w.count > 0).then_some(RefusalSummary {
+                    key: k.0,
+                    address: k.1,
+                    since_ms: w.since_ms,
+                    count: w.count,
+                    last_reason: w.last_reason,
+                })
+            })
+            .collect()
+    }
+
+    /// Every refusal since start (for `/metrics`).
+    pub fn total(&self) -> u64 {
+        self.total.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Writes the summaries of closed refusal windows to the audit log, every minute until shutdown.
+pub fn spawn_refusal_summaries(state: &AppState) {
+    state.spawn_every(Duration::from_secs(60), |state| async move {
+        let closed = state.sync.refusals.take_closed(state.clock.now_ms());
+        if closed.is_empty() {
+            return;
+        }
+        let ctx = state.write_ctx();
+        let result = state
+            .store
+            .write(move |conn| {
+                for s in &closed {
+                    ctx.audit(
+                        conn,
+                        Event::new("sync", "sync.refused", "handshake").detail(json!({
+                            "key": s.key, "client": s.address, "count": s.count,
+                            "since_ms": s.since_ms, "reason": s.last_reason,
+                            "summary": "further refusals in this window",
+                        })),
+                    )?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "could not audit refused handshakes");
+        }
+    });
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -80,12 +260,20 @@ impl SyncStatus {
     /// Samples for `/metrics`: upstream connected, changes waiting to go up, downstream connections.
     pub fn samples(&self, now_ms: i64) -> Vec<crate::metrics::Sample> {
         let (up, down) = self.snapshot();
-        let mut out = vec![crate::metrics::Sample {
-            name: "township_sync_downstream_connected",
-            help: "Downstream nodes connected now.",
-            kind: "gauge",
-            value: down.values().filter(|l| l.connected).count() as f64,
-        }];
+        let mut out = vec![
+            crate::metrics::Sample {
+                name: "township_sync_downstream_connected",
+                help: "Downstream nodes connected now.",
+                kind: "gauge",
+                value: down.values().filter(|l| l.connected).count() as f64,
+            },
+            crate::metrics::Sample {
+                name: "township_sync_handshakes_refused_total",
+                help: "Sync handshakes refused (unknown, revoked or bad keys) since start.",
+                kind: "counter",
+                value: self.refusals.total() as f64,
+            },
+        ];
         if let Some(u) = up {
             out.push(crate::metrics::Sample {
                 name: "township_sync_upstream_connected",
@@ -336,15 +524,10 @@ async fn revoke_node(
     if changed == 0 {
         return Err(ApiError::NotFound);
     }
-    // A revoked node's live connection is closed at once.
-    if let Some(token) = state
-        .sync
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&id)
-    {
-        token.cancel();
+    // Every live connection of a revoked node is closed at once.
+    let closed = state.sync.close_all(&id);
+    if closed > 0 {
+        tracing::info!(node = %id, connections = closed, "revoked node disconnected");
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -374,11 +557,16 @@ async fn status(State(state): State<AppState>) -> Result<Json<serde_json::Value>
 }
 
 /// The upgrade for downstream nodes. Authentication is the handshake, not a session.
-async fn accept(State(state): State<AppState>, ws: WebSocketUpgrade) -> Response {
+async fn accept(
+    State(state): State<AppState>,
+    crate::http::extract::ClientAddr(client): crate::http::extract::ClientAddr,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let address = client.map_or_else(|| "-".to_string(), |c| c.ip().to_string());
     ws.max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
-            if let Err(e) = serve_downstream(state, socket).await {
-                tracing::info!(reason = %e, "sync connection from downstream closed");
+            if let Err(e) = serve_downstream(state, socket, address).await {
+                tracing::info!(reason = %crate::logging::Untrusted(&e), "sync connection from downstream closed");
             }
         })
 }
@@ -448,26 +636,44 @@ async fn recv_handshake<S: FrameIo>(io: &mut S) -> Result<HandshakeFrame, String
     }
 }
 
-/// Tells a peer its handshake is refused, audits the refusal, and returns the reason.
-async fn refuse(state: &AppState, socket: &mut WebSocket, reason: String) -> String {
+/// Tells a peer its handshake is refused, counts the refusal per key and address (auditing the
+/// first of each window), and returns the reason.
+async fn refuse(
+    state: &AppState,
+    socket: &mut WebSocket,
+    key: &str,
+    address: &str,
+    reason: String,
+) -> String {
     let _ = socket
         .send_frame(handshake::encode(&HandshakeFrame::Refused {
             reason: reason.clone(),
         }))
         .await;
-    audit_refusal(state, &reason).await;
+    if state
+        .sync
+        .refusals
+        .record(key, address, &reason, state.clock.now_ms())
+    {
+        audit_refusal(state, key, address, &reason).await;
+    }
     reason
 }
 
-async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), String> {
+async fn serve_downstream(
+    state: AppState,
+    mut socket: WebSocket,
+    address: String,
+) -> Result<(), String> {
     let hello = recv_handshake(&mut socket).await?;
     let claimed = match &hello {
         HandshakeFrame::ClientHello { public_key, .. } => public_key.clone(),
         _ => String::new(),
     };
+    let lookup = claimed.clone();
     let enrolled = state
         .store
-        .read(move |conn| peer_by_key(conn, &claimed))
+        .read(move |conn| peer_by_key(conn, &lookup))
         .await
         .map_err(|e| e.to_string())?
         .filter(|r| r.relation == "downstream");
@@ -482,13 +688,13 @@ async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), 
     });
     let (server, server_hello) = match answer {
         Ok(ok) => ok,
-        Err(e) => return Err(refuse(&state, &mut socket, e.to_string()).await),
+        Err(e) => return Err(refuse(&state, &mut socket, &claimed, &address, e.to_string()).await),
     };
     socket.send_frame(handshake::encode(&server_hello)).await?;
     let proof = recv_handshake(&mut socket).await?;
     let proven = match server.finish(proof) {
         Ok(p) => p,
-        Err(e) => return Err(refuse(&state, &mut socket, e.to_string()).await),
+        Err(e) => return Err(refuse(&state, &mut socket, &claimed, &address, e.to_string()).await),
     };
     socket
         .send_frame(handshake::encode(&HandshakeFrame::Welcome {
@@ -523,12 +729,29 @@ async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), 
         relation: Relation::Downstream,
     };
     let cancel = state.shutdown.child_token();
-    state
-        .sync
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(proven.node_id.clone(), cancel.clone());
+    let connection = state.sync.register(&proven.node_id, cancel.clone());
+    // A revocation that landed between the enrollment check and the registration above found no
+    // connection to close; the database has it, so look again now that this one is registered.
+    let revoked_id = proven.node_id.clone();
+    let revoked = state
+        .store
+        .read(move |conn| {
+            Ok::<_, StoreError>(
+                conn.query_row(
+                    "SELECT revoked_ms IS NOT NULL FROM sync_peers WHERE node_id = ?1",
+                    [&revoked_id],
+                    |r| r.get::<_, bool>(0),
+                )
+                .optional()?
+                .unwrap_or(true),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    if revoked {
+        state.sync.unregister(&proven.node_id, connection);
+        return Err("revoked while connecting".into());
+    }
     state.sync.update(Some(&proven.node_id), |l| {
         l.connected = true;
         l.since_ms = Some(state.clock.now_ms());
@@ -543,27 +766,28 @@ async fn serve_downstream(state: AppState, mut socket: WebSocket) -> Result<(), 
         cancel,
     )
     .await;
+    state.sync.unregister(&proven.node_id, connection);
     state.sync.update(Some(&proven.node_id), |l| {
-        l.connected = false;
+        l.connected = state.sync.connections(&proven.node_id) > 0;
         l.last_error = result.as_ref().err().cloned();
     });
-    state
-        .sync
-        .sessions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&proven.node_id);
     result
 }
 
-async fn audit_refusal(state: &AppState, reason: &str) {
-    let (ctx, reason) = (state.write_ctx(), reason.to_string());
+async fn audit_refusal(state: &AppState, key: &str, address: &str, reason: &str) {
+    let (ctx, key, address, reason) = (
+        state.write_ctx(),
+        key.chars().take(64).collect::<String>(),
+        address.to_string(),
+        reason.to_string(),
+    );
     let _ = state
         .store
         .write(move |conn| {
             ctx.audit(
                 conn,
-                Event::new("sync", "sync.refused", "handshake").detail(json!({"reason": reason})),
+                Event::new("sync", "sync.refused", "handshake")
+                    .detail(json!({"reason": reason, "key": key, "client": address})),
             )
         })
         .await;
@@ -1189,4 +1413,38 @@ async fn connect_upstream(
         state.shutdown.child_token(),
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_audited_once_per_window_with_a_count() {
+        let r = Refusals::default();
+        assert!(r.record("key-a", "192.0.2.1", "not enrolled", 0));
+        for i in 1..50 {
+            assert!(!r.record("key-a", "192.0.2.1", "not enrolled", i));
+        }
+        // Another key or address opens its own window.
+        assert!(r.record("key-b", "192.0.2.1", "not enrolled", 10));
+        assert!(r.record("key-a", "192.0.2.2", "not enrolled", 10));
+        assert!(r.take_closed(REFUSAL_WINDOW_MS - 1).is_empty());
+        let closed = r.take_closed(REFUSAL_WINDOW_MS + 10);
+        // Only the window with refusals after its first needs a summary.
+        assert_eq!(closed.len(), 1);
+        assert_eq!(closed[0].count, 49);
+        assert_eq!(r.total(), 52);
+        // The next refusal opens a new window, audited again.
+        assert!(r.record("key-a", "192.0.2.1", "not enrolled", REFUSAL_WINDOW_MS + 20));
+    }
+
+    #[test]
+    fn a_flood_of_fresh_keys_does_not_grow_memory() {
+        let r = Refusals::default();
+        for i in 0..(REFUSAL_KEYS_MAX + 500) {
+            r.record(&format!("key-{i}"), "192.0.2.1", "x", 0);
+        }
+        assert!(r.windows.lock().unwrap().len() <= REFUSAL_KEYS_MAX + 1);
+    }
 }

@@ -370,3 +370,138 @@ fn a_stolen_village_hub_cannot_act_above_its_village() {
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
     drop(v);
 }
+
+/// Opens a sync connection to `port` as `key`, through the real handshake; `Err` carries the
+/// refusal.
+async fn connect_sync(
+    port: u16,
+    key: &township_sync::NodeKey,
+    upstream: township_sync::PublicKey,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    String,
+> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use township_sync::handshake::{self, HandshakeFrame};
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/api/v1/sync"))
+            .await
+            .map_err(|e| e.to_string())?;
+    let (client, hello) = handshake::Client::start(key, upstream).map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(handshake::encode(&hello).into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some(Ok(Message::Binary(b))) = ws.next().await else {
+        return Err("no server hello".into());
+    };
+    let frame = handshake::decode(&b).map_err(|e| e.to_string())?;
+    if let HandshakeFrame::Refused { reason } = frame {
+        return Err(reason);
+    }
+    let (_, proof) = client.finish(frame).map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(handshake::encode(&proof).into()))
+        .await
+        .map_err(|e| e.to_string())?;
+    match ws.next().await {
+        Some(Ok(Message::Binary(b))) => match handshake::decode(&b) {
+            Ok(HandshakeFrame::Welcome { .. }) => Ok(ws),
+            Ok(HandshakeFrame::Refused { reason }) => Err(reason),
+            other => Err(format!("{other:?}")),
+        },
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// Whether the node closes this connection within `within` (frames it sends meanwhile are read).
+async fn closed_within(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    within: Duration,
+) -> bool {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, ws.next()).await {
+            Err(_) => return false,
+            Ok(None | Some(Err(_)) | Some(Ok(Message::Close(_)))) => return true,
+            Ok(Some(Ok(_))) => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_node_ends_every_one_of_its_connections() {
+    let tmp = tempfile::tempdir().unwrap();
+    let township = init(tmp.path(), "township", TOWNSHIP, "township", None);
+    let t_key: township_sync::PublicKey = id_of(&township)["public_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let port = free_port();
+    let t = serve_on(&township, port);
+    let admin = login(&t.base, "admin", ADMIN_PASSWORD);
+    let (key, _) = township_sync::NodeKey::generate().unwrap();
+    let (status, _, body) = send_json(
+        "POST",
+        &t.url("/api/v1/nodes"),
+        &admin.headers(),
+        &json!({"public_key": key.public_key().to_string(), "area": VILLAGE, "name": "王宅村"}),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let node_id = key.node_id().to_string();
+
+    // The node connects twice (a reconnect before the old socket timed out), then drops the second.
+    let mut first = connect_sync(port, &key, t_key).await.unwrap();
+    let mut second = connect_sync(port, &key, t_key).await.unwrap();
+    second.close(None).await.unwrap();
+    drop(second);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (status, _, _) = blocking_send(
+        "DELETE",
+        &t.url(&format!("/api/v1/nodes/{node_id}")),
+        &admin.headers(),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(status, 204);
+    assert!(
+        closed_within(&mut first, Duration::from_secs(5)).await,
+        "the first connection of a revoked node stayed open"
+    );
+    // And it cannot come back.
+    let again = connect_sync(port, &key, t_key).await;
+    assert!(again.is_err_and(|e| e.contains("revoked")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_are_counted_and_audited_once_per_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let township = init(tmp.path(), "township", TOWNSHIP, "township", None);
+    let t_key: township_sync::PublicKey = id_of(&township)["public_key"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let port = free_port();
+    let t = serve_on(&township, port);
+    let admin = login(&t.base, "admin", ADMIN_PASSWORD);
+    let (stranger, _) = township_sync::NodeKey::generate().unwrap();
+    for _ in 0..100 {
+        let refused = connect_sync(port, &stranger, t_key).await;
+        assert!(refused.is_err());
+    }
+    let audit = get(&t, &admin, "/api/v1/audit?action=sync.refused&limit=200");
+    let entries = audit["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audit}");
+    assert!(entries[0]["detail"].as_str().unwrap().contains("127.0.0.1"));
+    let metrics = String::from_utf8(blocking_get(&t.url("/metrics")).unwrap().2).unwrap();
+    assert!(
+        metrics.contains("township_sync_handshakes_refused_total 100"),
+        "{metrics}"
+    );
+}

@@ -7,7 +7,8 @@
 //! Code map: [`driver`] (the trait, the sink, health counters, the supervisor), [`simulator`],
 //! [`modbus`] (RTU master over [`serial`]), [`hj212`] (frames) and [`hj212_link`] (TCP and serial),
 //! [`mqtt_broker`] (embedded) and [`mqtt_client`] (external broker), [`payload`] (JSON and SenML),
-//! [`registers`] (Modbus value decoding), [`reading`] (the typed reading).
+//! [`registers`] (Modbus value decoding), [`reading`] (the typed reading), [`untrusted`] (escaping
+//! strings from devices before they reach the logs).
 
 pub mod driver;
 pub mod hj212;
@@ -20,5 +21,6 @@ pub mod reading;
 pub mod registers;
 pub mod serial;
 pub mod simulator;
+pub mod untrusted;
 
 pub use reading::{Quality, Reading};
