@@ -1318,7 +1318,7 @@ pub fn spawn_upstream(state: &AppState) {
                 delay = Duration::from_secs(1);
             }
             if let Err(e) = &result {
-                tracing::info!(error = %e, retry_in_ms = delay.as_millis() as u64, "upstream link down");
+                tracing::info!(error = %crate::logging::Untrusted(e), retry_in_ms = delay.as_millis() as u64, "upstream link down");
             }
             let jitter = Duration::from_millis(u64::from(ring_jitter()) % (delay.as_millis() as u64 / 2 + 1));
             tokio::select! {

@@ -297,7 +297,8 @@ fn hj212_stations_over_tcp_with_frames_from_the_standard() {
         answered.contains(&"20240601120300001".to_string()),
         "{answered:?}"
     );
-    // A station with an access password: the right PW is answered, a wrong one refused.
+    // A station with an access password: a wrong one is refused and closes the connection, and it
+    // counts as a refused sign-in for the station, never as its fault; the right one is answered.
     station
         .write_all(&upload(
             "20240601120400001",
@@ -311,6 +312,12 @@ fn hj212_stations_over_tcp_with_frames_from_the_standard() {
         read_answer(&mut station).is_none(),
         "wrong PW (123456) is refused"
     );
+    let mut rest = [0u8; 16];
+    assert!(
+        matches!(station.read(&mut rest), Ok(0) | Err(_)),
+        "and the connection is closed"
+    );
+    let mut station = TcpStream::connect(&addr).unwrap();
     let right = hj212::encode(&format!(
         "QN=20240601120400002;ST=22;CN=2011;PW=hj212-station-pw;MN=PWSTATION01;Flag=5;CP=&&DataTime={};a34004-Rtd=12.0&&",
         data_time(t0)
@@ -321,8 +328,15 @@ fn hj212_stations_over_tcp_with_frames_from_the_standard() {
     assert!(
         metric_value(
             &server,
-            "township_sensor_errors_total{device=\"aq-pw\",driver=\"hj212\",kind=\"refused\"}"
+            "township_sensor_sign_ins_refused_total{device=\"aq-pw\",driver=\"hj212\"}"
         ) >= 1.0
+    );
+    assert_eq!(
+        metric_value(
+            &server,
+            "township_sensor_errors_total{device=\"aq-pw\",driver=\"hj212\",kind=\"refused\"}"
+        ),
+        0.0
     );
     assert!(
         metric_value(
@@ -631,9 +645,15 @@ fn mqtt_sensors_publish_to_the_embedded_broker_with_their_own_credentials_only()
         "township_sensor_errors_total{device=\"rain-02\",driver=\"mqtt\",kind=\"refused\"}",
     );
     assert!(
-        refused >= 3.0,
-        "wrong password, foreign topic, foreign subscription: {refused}"
+        refused >= 2.0,
+        "foreign topic, foreign subscription: {refused}"
     );
+    // A wrong password in its name is anyone's doing: counted apart, never as the device's error.
+    let sign_ins = metric_value(
+        &server,
+        "township_sensor_sign_ins_refused_total{device=\"rain-02\",driver=\"mqtt\"}",
+    );
+    assert_eq!(sign_ins, 1.0);
     let malformed = metric_value(
         &server,
         "township_sensor_errors_total{device=\"rain-02\",driver=\"mqtt\",kind=\"malformed\"}",

@@ -84,6 +84,10 @@ pub struct DeviceHealth {
     pub last_error: Option<(i64, ErrorKind, String)>,
     /// The last [`RECENT_WINDOW`] outcomes, newest last; `true` is a success.
     recent: std::collections::VecDeque<bool>,
+    /// Sign-ins in this device's name that were refused (wrong password). Anyone on the network can
+    /// cause these, so they never count against the device's health.
+    pub sign_ins_refused: u64,
+    pub last_sign_in_refused: Option<(i64, String)>,
 }
 
 impl DeviceHealth {
@@ -117,6 +121,7 @@ pub struct DriverHealth {
 struct HealthInner {
     devices: HashMap<String, DeviceHealth>,
     drivers: BTreeMap<String, DriverHealth>,
+    listeners: BTreeMap<String, crate::admission::Admission>,
 }
 
 /// Per-device and per-driver counters shared between the drivers and the node; cheap to clone.
@@ -148,12 +153,23 @@ impl Health {
 
     pub fn error(&self, device: &str, kind: ErrorKind, message: impl Into<String>, now_ms: i64) {
         let message = message.into();
-        tracing::debug!(device, kind = kind.label(), %message, "device error");
+        tracing::debug!(device = %crate::untrusted::Untrusted(device), kind = kind.label(), message = %crate::untrusted::Untrusted(&message), "device error");
         self.with(|h| {
             let d = h.devices.entry(device.to_string()).or_default();
             *d.errors.entry(kind).or_default() += 1;
             d.last_error = Some((now_ms, kind, message));
             d.push(false);
+        });
+    }
+
+    /// A sign-in in this device's name was refused. Counted apart from the device's errors: a
+    /// stranger guessing its password must not make a working sensor look faulty.
+    pub fn sign_in_refused(&self, device: &str, message: impl Into<String>, now_ms: i64) {
+        let message = message.into();
+        self.with(|h| {
+            let d = h.devices.entry(device.to_string()).or_default();
+            d.sign_ins_refused += 1;
+            d.last_sign_in_refused = Some((now_ms, message));
         });
     }
 
@@ -164,6 +180,22 @@ impl Health {
             d.failing = true;
             d.last_failure = Some((now_ms, message));
         });
+    }
+
+    /// Makes a listener's connection slots visible to the node (for metrics).
+    pub fn listener(&self, name: &str, admission: &crate::admission::Admission) {
+        self.with(|h| h.listeners.insert(name.to_string(), admission.clone()));
+    }
+
+    /// Each listener's connection slots now.
+    pub fn listeners(&self) -> Vec<(String, crate::admission::AdmissionStats)> {
+        self.with(|h| {
+            h.listeners
+                .iter()
+                .map(|(name, a)| (name.clone(), a.stats()))
+                .collect()
+        })
+        .unwrap_or_default()
     }
 
     pub fn driver_running(&self, driver: &str) {
@@ -318,48 +350,6 @@ impl Backoff {
         self.next = (self.next * 2).min(self.max);
         delay
     }
-}
-
-/// Accepts TCP connections until shutdown and serves each on its own task with `serve`, at most
-/// `max_connections` at once (more are closed at once, so a flood cannot exhaust the hub). Returns
-/// after every connection task has finished.
-pub async fn accept_connections<F, Fut>(
-    listener: tokio::net::TcpListener,
-    max_connections: usize,
-    ctx: &DriverContext,
-    what: &'static str,
-    serve: F,
-) where
-    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    let tracker = tokio_util::task::TaskTracker::new();
-    loop {
-        let (socket, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(pair) => pair,
-                // Out of file descriptors and the like: pause rather than spin.
-                Err(e) => {
-                    tracing::warn!(error = %e, "{what}: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = ctx.shutdown.cancelled() => break,
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "{what}: too many connections; refused");
-            continue;
-        };
-        let task = serve(socket, peer);
-        tracker.spawn(async move {
-            let _permit = permit;
-            task.await;
-        });
-    }
-    tracker.close();
-    tracker.wait().await;
 }
 
 /// How long a driver must have run for its next failure to count as a fresh one.

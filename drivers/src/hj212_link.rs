@@ -5,18 +5,59 @@
 //! knows its data is safe. Bad frames are counted and dropped; the connection carries on.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::driver::{
-    Driver, DriverContext, DriverError, DriverFuture, ErrorKind, accept_connections,
-};
+use crate::admission::{Admission, ListenerLimits, Ticket, accept_connections};
+use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
 use crate::hj212::{self, Frame, Hj212Error};
 use crate::reading::{Quality, Reading};
+use crate::untrusted::Untrusted;
+
+/// A TCP connection must bring a valid frame from a configured station within this; until then it
+/// holds only a pending slot (see [`crate::admission`]).
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(60);
+/// Wrong passwords for one station from one address within [`PW_WINDOW_MS`] before frames naming
+/// that station from that address are refused without a look at the password.
+const PW_FAILURES: u32 = 5;
+const PW_WINDOW_MS: i64 = 15 * 60 * 1000;
+/// A refused password is answered only after this, and the connection is closed: one guess per
+/// connection, and each costs the guesser a second.
+const PW_REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
+/// Wrong station passwords per (MN, address), so nobody on the network can guess a station's
+/// password at line rate. Keyed by address too, so a guesser cannot lock the real station out.
+#[derive(Debug, Default)]
+pub struct PasswordFailures(Mutex<HashMap<(String, IpAddr), (i64, u32)>>);
+
+impl PasswordFailures {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, IpAddr), (i64, u32)>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn record(&self, mn: &str, ip: IpAddr, now_ms: i64) {
+        let mut map = self.lock();
+        map.retain(|_, (since, _)| now_ms - *since < PW_WINDOW_MS);
+        map.entry((mn.to_string(), ip)).or_insert((now_ms, 0)).1 += 1;
+    }
+
+    pub fn blocked(&self, mn: &str, ip: IpAddr, now_ms: i64) -> bool {
+        self.lock()
+            .get(&(mn.to_string(), ip))
+            .is_some_and(|(since, n)| *n >= PW_FAILURES && now_ms - *since < PW_WINDOW_MS)
+    }
+}
+
+/// What a TCP connection must pass before its frames count: its slot, and the password throttle.
+struct Gate<'a> {
+    ticket: Ticket,
+    failures: &'a PasswordFailures,
+    ip: IpAddr,
+}
 
 /// Which device each station's MN belongs to, and the access password (`PW`) it must send, if one
 /// is configured.
@@ -47,17 +88,25 @@ impl Stations {
     }
 
     /// The device a frame comes from, if its MN is known and its PW matches the configured one.
-    pub fn admit(&self, frame: &Frame) -> Result<&str, String> {
+    pub fn admit(&self, frame: &Frame) -> Result<&str, Refusal<'_>> {
         let Some((device, pw)) = self.by_mn.get(&frame.mn) else {
-            return Err(format!("unknown MN {}", frame.mn));
+            return Err(Refusal::UnknownStation);
         };
         match pw {
             Some(expected) if !constant_time_eq(expected.as_bytes(), frame.pw.as_bytes()) => {
-                Err(format!("wrong PW from MN {}", frame.mn))
+                Err(Refusal::WrongPassword(device))
             }
             _ => Ok(device),
         }
     }
+}
+
+/// Why a frame was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal<'a> {
+    UnknownStation,
+    /// The MN is this device's, the password is not.
+    WrongPassword(&'a str),
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -202,27 +251,44 @@ pub fn readings(frame: &Frame, device: &str, receive_ms: i64) -> Result<Vec<Read
         .collect())
 }
 
-/// Reads frames from one stream until it ends, the idle timeout passes, or shutdown.
+/// Reads frames from one stream until it ends, the idle timeout passes, or shutdown. On a TCP
+/// connection (`gate`), the first valid frame from a configured station must come within
+/// [`FIRST_FRAME_TIMEOUT`]; before it, a frame from an unknown station closes the connection, and a
+/// wrong password always does. A serial line is a wire in a cabinet, so there they are only counted.
 async fn serve_stream<S>(
     mut stream: S,
     stations: &Stations,
     ctx: &DriverContext,
     idle: Duration,
     peer: &str,
+    mut gate: Option<Gate<'_>>,
 ) -> Result<(), DriverError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut splitter = FrameSplitter::default();
     let mut buf = vec![0u8; 4096];
+    let first_frame_by = tokio::time::Instant::now() + FIRST_FRAME_TIMEOUT;
     loop {
+        let pending = gate.as_ref().is_some_and(|g| !g.ticket.is_authenticated());
+        let wait = if pending {
+            first_frame_by
+                .saturating_duration_since(tokio::time::Instant::now())
+                .min(idle)
+        } else {
+            idle
+        };
         let n = tokio::select! {
-            r = tokio::time::timeout(idle, stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout(wait, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(n)) => n,
                 Ok(Err(e)) => return Err(DriverError::io(format!("reading from {peer}"), e)),
                 Err(_) => {
-                    tracing::debug!(%peer, "HJ 212 connection idle; closing");
+                    if pending {
+                        tracing::debug!(%peer, "HJ 212 connection sent no valid frame in time; closing");
+                    } else {
+                        tracing::debug!(%peer, "HJ 212 connection idle; closing");
+                    }
                     return Ok(());
                 }
             },
@@ -257,17 +323,56 @@ where
                     continue;
                 }
             };
+            let now = ctx.now();
+            if let Some(g) = &gate
+                && stations.device(&frame.mn).is_some()
+                && g.failures.blocked(&frame.mn, g.ip, now)
+            {
+                if let Some(device) = stations.device(&frame.mn) {
+                    ctx.health.sign_in_refused(
+                        device,
+                        format!("{} blocked after wrong passwords", g.ip),
+                        now,
+                    );
+                }
+                tracing::warn!(%peer, mn = %Untrusted(&frame.mn), "HJ 212 frame refused: too many wrong passwords from this address");
+                return Ok(());
+            }
             let device = match stations.admit(&frame) {
                 Ok(device) => device,
-                Err(why) => {
-                    let who = stations.device(&frame.mn).unwrap_or(LINK);
+                Err(Refusal::UnknownStation) => {
+                    ctx.health.error(
+                        LINK,
+                        ErrorKind::Refused,
+                        format!("unknown MN {}", Untrusted(&frame.mn)),
+                        now,
+                    );
+                    tracing::warn!(%peer, mn = %Untrusted(&frame.mn), "HJ 212 frame refused: unknown station");
+                    // A connection that has not yet shown it is a configured station goes.
+                    if gate.as_ref().is_some_and(|g| !g.ticket.is_authenticated()) {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(Refusal::WrongPassword(device)) => {
+                    // Anyone can send a station's MN: a wrong password never counts as its fault.
                     ctx.health
-                        .error(who, ErrorKind::Refused, why.clone(), ctx.now());
-                    tracing::warn!(%peer, mn = %frame.mn, "HJ 212 frame refused: {why}");
+                        .sign_in_refused(device, format!("wrong PW from {peer}"), now);
+                    tracing::warn!(%peer, mn = %Untrusted(&frame.mn), "HJ 212 frame refused: wrong password");
+                    if let Some(g) = &gate {
+                        g.failures.record(&frame.mn, g.ip, now);
+                        tokio::time::sleep(PW_REFUSAL_DELAY).await;
+                        return Ok(());
+                    }
                     continue;
                 }
             };
-            let now = ctx.now();
+            if let Some(g) = &mut gate
+                && let Err(e) = g.ticket.authenticate(device)
+            {
+                tracing::warn!(%peer, device, "HJ 212 connection refused: {e}");
+                return Ok(());
+            }
             if hj212::upload_kind(&frame.cn).is_some() {
                 match readings(&frame, device, now) {
                     Ok(readings) => {
@@ -314,6 +419,7 @@ pub struct Hj212Listener {
     pub addr: SocketAddr,
     pub stations: Arc<Stations>,
     pub idle_timeout: Duration,
+    /// Station connections at once (unauthenticated ones are limited apart).
     pub max_connections: usize,
 }
 
@@ -332,17 +438,28 @@ impl Driver for Hj212Listener {
                 listener.local_addr().map_or(self.addr, |a| a)
             );
             let (stations, idle) = (self.stations.clone(), self.idle_timeout);
+            let failures = Arc::new(PasswordFailures::default());
+            let admission = Admission::new(ListenerLimits::for_devices(self.max_connections));
+            ctx.health.listener("hj212", &admission);
             accept_connections(
                 listener,
-                self.max_connections,
+                admission,
                 ctx,
                 "HJ 212",
-                |socket, peer| {
-                    let (ctx, stations) = (ctx.clone(), stations.clone());
+                |socket, peer, ticket| {
+                    let (ctx, stations, failures) =
+                        (ctx.clone(), stations.clone(), failures.clone());
                     async move {
+                        let gate = Gate {
+                            ticket,
+                            failures: &failures,
+                            ip: peer.ip(),
+                        };
                         let peer = peer.to_string();
-                        if let Err(e) = serve_stream(socket, &stations, &ctx, idle, &peer).await {
-                            tracing::debug!(%peer, error = %e, "HJ 212 connection ended");
+                        if let Err(e) =
+                            serve_stream(socket, &stations, &ctx, idle, &peer, Some(gate)).await
+                        {
+                            tracing::debug!(%peer, error = %Untrusted(&e.to_string()), "HJ 212 connection ended");
                         }
                     }
                 },
@@ -385,6 +502,7 @@ async fn serve_stream_serial(
         ctx,
         Duration::from_secs(365 * 86_400),
         port,
+        None,
     )
     .await?;
     if ctx.shutdown.is_cancelled() {

@@ -26,10 +26,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::driver::{
-    Driver, DriverContext, DriverError, DriverFuture, ErrorKind, accept_connections,
-};
+use crate::admission::{Admission, ListenerLimits, Ticket, accept_connections};
+use crate::driver::{Driver, DriverContext, DriverError, DriverFuture, ErrorKind};
 use crate::payload;
+use crate::untrusted::Untrusted;
 
 /// How a device's payloads are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +59,8 @@ impl std::fmt::Debug for Account {
 
 /// Largest packet accepted; payloads above 64 KiB are refused by the parsers anyway.
 const MAX_PACKET: usize = 256 * 1024;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection must send CONNECT within this; until it has signed in it holds only a pending slot.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -165,8 +166,10 @@ struct Shared {
     accounts: HashMap<String, Account>,
     /// Messages for subscribers: (topic, payload).
     fanout: broadcast::Sender<(Arc<str>, Bytes)>,
-    /// Client id → the token that ends its connection, so a reconnect with the same id takes over.
-    sessions: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// (device, client id) → the token that ends its connection, so a reconnect with the same id
+    /// takes over. Keyed by device too: one device's credentials cannot end another's connection by
+    /// reusing its client id.
+    sessions: Mutex<HashMap<(String, String), (u64, CancellationToken)>>,
     next_session: std::sync::atomic::AtomicU64,
 }
 
@@ -199,21 +202,17 @@ impl Driver for EmbeddedBroker {
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
             });
-            accept_connections(
-                listener,
-                self.max_connections,
-                ctx,
-                "MQTT",
-                |socket, peer| {
-                    let (ctx, shared) = (ctx.clone(), shared.clone());
-                    async move {
-                        let _ = socket.set_nodelay(true);
-                        if let Err(e) = serve_client(socket, &shared, &ctx).await {
-                            tracing::debug!(%peer, error = %e, "MQTT connection ended");
-                        }
+            let admission = Admission::new(ListenerLimits::for_devices(self.max_connections));
+            ctx.health.listener("mqtt", &admission);
+            accept_connections(listener, admission, ctx, "MQTT", |socket, peer, ticket| {
+                let (ctx, shared) = (ctx.clone(), shared.clone());
+                async move {
+                    let _ = socket.set_nodelay(true);
+                    if let Err(e) = serve_client(socket, ticket, &shared, &ctx).await {
+                        tracing::debug!(%peer, error = %Untrusted(&e.to_string()), "MQTT connection ended");
                     }
-                },
-            )
+                }
+            })
             .await;
             Ok(())
         })
@@ -311,6 +310,7 @@ async fn write_packet(
 
 async fn serve_client(
     socket: TcpStream,
+    mut ticket: Ticket,
     shared: &Shared,
     ctx: &DriverContext,
 ) -> Result<(), ClientError> {
@@ -333,6 +333,14 @@ async fn serve_client(
         && shared.failures.blocked(ip, ctx.now())
     {
         tracing::warn!(%ip, "MQTT sign-in refused: too many failures from this address");
+        if let Some(a) = connect
+            .login
+            .as_ref()
+            .and_then(|l| shared.accounts.get(&l.username))
+        {
+            ctx.health
+                .sign_in_refused(&a.device, format!("address {ip} blocked"), ctx.now());
+        }
         write_packet(&mut wr, &refuse(ConnectReturnCode::NotAuthorized)).await?;
         return Err(ClientError::Refused(format!("{ip} is blocked for a while")));
     }
@@ -351,17 +359,17 @@ async fn serve_client(
             .as_ref()
             .map(|l| l.username.clone())
             .unwrap_or_default();
-        tracing::warn!(username = %who, "MQTT sign-in refused");
+        tracing::warn!(username = %Untrusted(&who), ip = ?peer, "MQTT sign-in refused");
+        // Anyone can send a wrong password in a device's name: counted apart, never as a fault.
         if let Some(a) = shared.accounts.get(&who) {
-            ctx.health.error(
-                &a.device,
-                ErrorKind::Refused,
-                "wrong MQTT password",
-                ctx.now(),
-            );
+            ctx.health
+                .sign_in_refused(&a.device, "wrong MQTT password", ctx.now());
         }
         write_packet(&mut wr, &refuse(ConnectReturnCode::BadUserNamePassword)).await?;
-        return Err(ClientError::Refused(format!("bad credentials for `{who}`")));
+        return Err(ClientError::Refused(format!(
+            "bad credentials for `{}`",
+            Untrusted(&who)
+        )));
     };
     if connect.client_id.is_empty() && !connect.clean_session {
         write_packet(&mut wr, &refuse(ConnectReturnCode::BadClientId)).await?;
@@ -380,21 +388,34 @@ async fn serve_client(
     } else {
         connect.client_id.clone()
     };
-    if client_id.contains(['#', '+']) {
+    if client_id.contains(['#', '+']) || client_id.chars().any(char::is_control) {
         write_packet(&mut wr, &refuse(ConnectReturnCode::BadClientId)).await?;
         return Err(ClientError::Refused(
-            "client ids may not contain '#' or '+'".into(),
+            "client ids may not contain '#', '+' or control characters".into(),
         ));
     }
-    // A reconnect with the same client id ends the old connection (MQTT 3.1.1 §3.1.4).
+    // A reconnect with the same client id ends the old connection (MQTT 3.1.1 §3.1.4), but only
+    // the same device's: the id is scoped to the credentials that signed in.
+    let key = (account.device.clone(), client_id.clone());
     let session = shared
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mine = ctx.shutdown.child_token();
     if let Ok(mut sessions) = shared.sessions.lock()
-        && let Some((_, old)) = sessions.insert(client_id.clone(), (session, mine.clone()))
+        && let Some((_, old)) = sessions.insert(key.clone(), (session, mine.clone()))
     {
         old.cancel();
+    }
+    // Signed in: from a pending slot to one of the device's own.
+    if let Err(e) = ticket.authenticate(&account.device) {
+        tracing::warn!(device = %account.device, "MQTT connection refused: {e}");
+        if let Ok(mut sessions) = shared.sessions.lock()
+            && sessions.get(&key).is_some_and(|(id, _)| *id == session)
+        {
+            sessions.remove(&key);
+        }
+        write_packet(&mut wr, &refuse(ConnectReturnCode::ServiceUnavailable)).await?;
+        return Err(ClientError::Refused(e.to_string()));
     }
     write_packet(
         &mut wr,
@@ -413,12 +434,11 @@ async fn serve_client(
     )
     .await;
     if let Ok(mut sessions) = shared.sessions.lock()
-        && sessions
-            .get(&client_id)
-            .is_some_and(|(id, _)| *id == session)
+        && sessions.get(&key).is_some_and(|(id, _)| *id == session)
     {
-        sessions.remove(&client_id);
+        sessions.remove(&key);
     }
+    drop(ticket);
     result
 }
 
@@ -554,7 +574,7 @@ async fn connected(
                         return Err(ClientError::Protocol("wildcards in a publish topic".into()));
                     }
                     if !topic_allowed(&account.device, &p.topic) {
-                        tracing::warn!(device = %account.device, topic = %p.topic, "MQTT publish outside the device's topic refused");
+                        tracing::warn!(device = %account.device, topic = %Untrusted(&p.topic), "MQTT publish outside the device's topic refused");
                         ctx.health.error(
                             &account.device,
                             ErrorKind::Refused,
@@ -614,7 +634,7 @@ async fn connected(
                                 }
                                 SubscribeReasonCode::Success(QoS::AtMostOnce)
                             } else {
-                                tracing::warn!(device = %account.device, filter = %f.path, "MQTT subscription outside the device's topic refused");
+                                tracing::warn!(device = %account.device, filter = %Untrusted(&f.path), "MQTT subscription outside the device's topic refused");
                                 ctx.health.error(&account.device, ErrorKind::Refused, format!("subscribe to {}", f.path), ctx.now());
                                 SubscribeReasonCode::Failure
                             }

@@ -174,7 +174,7 @@ impl Driver for ExternalBroker {
                                 }
                             }
                             None => {
-                                tracing::debug!(topic = %p.topic, "message for a device this node does not have");
+                                tracing::debug!(topic = %crate::untrusted::Untrusted(&p.topic), "message for a device this node does not have");
                                 None
                             }
                         };

@@ -568,6 +568,44 @@ impl Telemetry {
         }
         let health = self.health.devices();
         let devices = self.devices.all();
+        let listeners = self.health.listeners();
+        for (name, help, kind, value) in [
+            (
+                "township_listener_pending",
+                "Connections to a sensor listener that have not signed in yet.",
+                "gauge",
+                (|s: &township_drivers::admission::AdmissionStats| s.pending as u64)
+                    as fn(&township_drivers::admission::AdmissionStats) -> u64,
+            ),
+            (
+                "township_listener_connections",
+                "Signed-in device connections on a sensor listener.",
+                "gauge",
+                |s| s.authenticated as u64,
+            ),
+            (
+                "township_listener_evicted_total",
+                "Connections that had not signed in, pushed out to make room for newer ones.",
+                "counter",
+                |s| s.evicted,
+            ),
+            (
+                "township_listener_refused_total",
+                "Signed-in connections refused for lack of room (per device or in total).",
+                "counter",
+                |s| s.refused,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (listener, stats) in &listeners {
+                let _ = writeln!(
+                    out,
+                    "{name}{{listener=\"{}\"}} {}",
+                    label(listener),
+                    value(stats)
+                );
+            }
+        }
         let _ = writeln!(
             out,
             "# HELP township_sensor_readings_total Readings committed per device.\n# TYPE township_sensor_readings_total counter"
@@ -596,6 +634,23 @@ impl Telemetry {
                         kind.label()
                     );
                 }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP township_sensor_sign_ins_refused_total Sign-ins in a device's name refused (wrong password); not counted as device errors.\n# TYPE township_sensor_sign_ins_refused_total counter"
+        );
+        for d in &devices {
+            if let Some(h) = health.get(&d.id)
+                && h.sign_ins_refused > 0
+            {
+                let _ = writeln!(
+                    out,
+                    "township_sensor_sign_ins_refused_total{{device=\"{}\",driver=\"{}\"}} {}",
+                    label(&d.id),
+                    d.kind.label(),
+                    h.sign_ins_refused
+                );
             }
         }
         let _ = writeln!(

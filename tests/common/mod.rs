@@ -284,6 +284,8 @@ impl Server {
                     if let Some(rest) = after(&line) {
                         return rest;
                     }
+                    // Kept for a later wait: two listeners may log in either order.
+                    self.early.push(line);
                 }
                 Err(_) => panic!("the node never logged `{needle}`"),
             }
