@@ -262,6 +262,7 @@ pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
     crate::peers::spawn_upstream(state);
     crate::peers::spawn_refusal_summaries(state);
+    crate::blobs::spawn_orphan_collector(state);
     crate::incidents::deadlines::spawn(state);
     crate::telemetry::spawn(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {

@@ -19,9 +19,12 @@ use crate::http::routes::Routes;
 use crate::store::StoreError;
 
 pub const THUMBNAIL_EDGE: u32 = 320;
-/// Decoding refuses images larger than this many pixels, so a tiny file claiming to be a
-/// 100,000 × 100,000 image cannot exhaust a hub's memory.
-const MAX_PIXELS: u64 = 50_000_000;
+/// Most memory one thumbnail decode may take. A hub has 1–2 GB; a 633-byte file may claim to be a
+/// 7,000 × 7,000 image, and decoding that in full took 147 MB per request before this bound.
+pub const DECODE_BUDGET: usize = 48 * 1024 * 1024;
+/// JPEGs are decoded at 1/2, 1/4 or 1/8 scale (in the DCT, before pixels exist), so their pixel
+/// count matters little; above this many source pixels they are not decoded at all.
+const MAX_JPEG_PIXELS: u64 = 120_000_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
@@ -56,16 +59,35 @@ pub fn is_sha256_hex(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// How long a thumbnail request waits for its turn to decode before it is told to retry.
+const DECODE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     root: PathBuf,
+    /// Thumbnail decodes at once: one, so the decode budget is the whole cost, however many ask.
+    pub decodes: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl BlobStore {
     pub fn new(data_dir: &Path) -> BlobStore {
         BlobStore {
             root: data_dir.join("blobs"),
+            decodes: std::sync::Arc::new(tokio::sync::Semaphore::new(1)),
         }
+    }
+
+    /// A thumbnail already made (`Some(Some)`), one known not to be possible (`Some(None)`), or
+    /// unknown yet (`None`).
+    pub fn cached_thumbnail(&self, sha: &str) -> Option<Option<Vec<u8>>> {
+        if let Ok(b) = std::fs::read(self.thumbnail_path(sha)) {
+            return Some(Some(b));
+        }
+        self.root
+            .join("thumbs")
+            .join(format!("{sha}.none"))
+            .exists()
+            .then_some(None)
     }
 
     pub fn path(&self, sha: &str) -> PathBuf {
@@ -170,21 +192,171 @@ impl BlobStore {
     }
 
     /// The thumbnail of an image blob, made on first use. `None` for blobs that are not images or
-    /// that do not decode (which is reported, not fatal: the photo itself is still served).
+    /// that do not decode within the budget (which is reported, not fatal: the photo itself is still
+    /// served). A failure is remembered, so a hostile file costs one decode, not one per request.
     pub fn thumbnail(&self, sha: &str) -> Result<Option<Vec<u8>>, BlobError> {
         let path = self.thumbnail_path(sha);
         if let Ok(b) = std::fs::read(&path) {
             return Ok(Some(b));
         }
+        let failed = self.root.join("thumbs").join(format!("{sha}.none"));
+        if failed.exists() {
+            return Ok(None);
+        }
         let Some(original) = self.read(sha)? else {
             return Ok(None);
         };
         let Some(jpeg) = make_thumbnail(&original) else {
+            write_atomically(&failed, b"")?;
             return Ok(None);
         };
         write_atomically(&path, &jpeg)?;
         Ok(Some(jpeg))
     }
+}
+
+/// An attachment file on disk that no record refers to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Orphan {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// How long ago the file was last written.
+    pub age: std::time::Duration,
+}
+
+impl BlobStore {
+    /// Files under the blob directory that no record refers to: blobs and partial fetches whose hash
+    /// is not in `referenced`, and temporary files left by an interrupted write. Thumbnails follow
+    /// their blob. Reads only.
+    pub fn orphans(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+    ) -> Result<Vec<Orphan>, BlobError> {
+        let mut out = Vec::new();
+        let now = std::time::SystemTime::now();
+        let dirs = match std::fs::read_dir(&self.root) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e.into()),
+        };
+        for dir in dirs.flatten() {
+            let name = dir.file_name().to_string_lossy().to_string();
+            if name == "thumbs" || !dir.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            for file in std::fs::read_dir(dir.path())?.flatten() {
+                let file_name = file.file_name().to_string_lossy().to_string();
+                let known = is_sha256_hex(&file_name) && referenced.contains(&file_name);
+                if known {
+                    continue;
+                }
+                let Ok(meta) = file.metadata() else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                out.push(Orphan {
+                    path: file.path(),
+                    bytes: meta.len(),
+                    age,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes orphans older than `grace` (and the thumbnails of orphaned blobs). A blob written for
+    /// an upload whose record is still being committed is young, so the grace keeps it.
+    pub fn remove_orphans(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> Result<Vec<Orphan>, BlobError> {
+        let mut removed = Vec::new();
+        for orphan in self.orphans(referenced)? {
+            if orphan.age < grace {
+                continue;
+            }
+            std::fs::remove_file(&orphan.path)?;
+            if let Some(name) = orphan.path.file_name().and_then(|n| n.to_str())
+                && is_sha256_hex(name)
+            {
+                for thumb in [
+                    self.thumbnail_path(name),
+                    self.root.join("thumbs").join(format!("{name}.none")),
+                ] {
+                    let _ = std::fs::remove_file(thumb);
+                }
+            }
+            removed.push(orphan);
+        }
+        Ok(removed)
+    }
+}
+
+/// The hashes of every attachment a record refers to here.
+pub fn referenced(conn: &Connection) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut stmt = conn.prepare("SELECT DISTINCT sha256 FROM incident_attachments")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Removes orphaned attachment files past `incidents.orphan_blob_grace`, every hour until shutdown;
+/// what went is audited.
+pub fn spawn_orphan_collector(state: &AppState) {
+    state.spawn_every(std::time::Duration::from_secs(3600), |state| async move {
+        let referenced = match state.store.read(referenced).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphaned attachment check failed");
+                return;
+            }
+        };
+        let (blobs, grace) = (
+            state.blobs.clone(),
+            state.config.incidents.orphan_blob_grace,
+        );
+        let removed =
+            match tokio::task::spawn_blocking(move || blobs.remove_orphans(&referenced, grace))
+                .await
+            {
+                Ok(Ok(removed)) => removed,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "removing orphaned attachments failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+        if removed.is_empty() {
+            return;
+        }
+        let (count, bytes) = (removed.len(), removed.iter().map(|o| o.bytes).sum::<u64>());
+        tracing::info!(count, bytes, "removed attachment files no record refers to");
+        let ctx = state.write_ctx();
+        let names: Vec<String> = removed
+            .iter()
+            .filter_map(|o| o.path.file_name().map(|n| n.to_string_lossy().to_string()))
+            .collect();
+        let _ = state
+            .store
+            .write(move |conn| {
+                for name in names.iter().filter(|n| is_sha256_hex(n)) {
+                    conn.execute("DELETE FROM blobs WHERE sha256 = ?1", [name])?;
+                }
+                let shown: Vec<&String> = names.iter().take(20).collect();
+                ctx.audit(
+                    conn,
+                    crate::audit::Event::new("system", "blob.remove_orphans", "blobs").detail(
+                        serde_json::json!({"count": count, "bytes": bytes, "files": shown}),
+                    ),
+                )
+            })
+            .await;
+    });
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -213,30 +385,21 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Decodes an image and makes a JPEG no larger than [`THUMBNAIL_EDGE`] on its long side. Never
-/// panics on hostile input: decoding is bounded and any panic inside the decoder is caught.
+/// Decodes an image and makes a JPEG no larger than [`THUMBNAIL_EDGE`] on its long side, within
+/// [`DECODE_BUDGET`] of memory whatever the file claims. Never panics on hostile input: decoding is
+/// bounded and any panic inside a decoder is caught.
 pub fn make_thumbnail(bytes: &[u8]) -> Option<Vec<u8>> {
-    let format = match sniff(bytes)? {
-        "image/jpeg" => image::ImageFormat::Jpeg,
-        "image/png" => image::ImageFormat::Png,
-        "image/webp" => image::ImageFormat::WebP,
-        _ => return None,
-    };
+    let kind = sniff(bytes)?;
     std::panic::catch_unwind(|| {
-        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(512 * 1024 * 1024);
-        reader.limits(limits);
-        let (w, h) = reader.into_dimensions().ok()?;
-        if u64::from(w) * u64::from(h) > MAX_PIXELS {
-            return None;
-        }
-        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
-        let mut limits = image::Limits::default();
-        limits.max_alloc = Some(512 * 1024 * 1024);
-        reader.limits(limits);
-        let img = reader.decode().ok()?;
-        let thumb = img.thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE).to_rgb8();
+        let image = match kind {
+            "image/jpeg" => decode_jpeg_scaled(bytes)?,
+            "image/png" => decode_bounded(bytes, image::ImageFormat::Png)?,
+            "image/webp" => decode_bounded(bytes, image::ImageFormat::WebP)?,
+            _ => return None,
+        };
+        let thumb = image::DynamicImage::ImageRgb8(image)
+            .thumbnail(THUMBNAIL_EDGE, THUMBNAIL_EDGE)
+            .to_rgb8();
         let mut out = Vec::new();
         image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 75)
             .encode_image(&thumb)
@@ -245,6 +408,82 @@ pub fn make_thumbnail(bytes: &[u8]) -> Option<Vec<u8>> {
     })
     .ok()
     .flatten()
+}
+
+/// A JPEG decoded at the smallest DCT scale (1/8, 1/4, 1/2 or 1) that still covers the thumbnail, so
+/// a 50-megapixel phone photo costs a few megabytes. Progressive JPEGs keep every coefficient of
+/// the full image while decoding, so those are decoded only when that fits the budget.
+fn decode_jpeg_scaled(bytes: &[u8]) -> Option<image::RgbImage> {
+    use jpeg_decoder::{CodingProcess, Decoder, PixelFormat};
+    let mut decoder = Decoder::new(std::io::Cursor::new(bytes));
+    decoder.set_max_decoding_buffer_size(DECODE_BUDGET);
+    decoder.read_info().ok()?;
+    let info = decoder.info()?;
+    let (w, h) = (u64::from(info.width), u64::from(info.height));
+    if w == 0 || h == 0 || w * h > MAX_JPEG_PIXELS {
+        return None;
+    }
+    // Every 8 × 8 block takes at least a bit or two of entropy-coded data: a file with less than a
+    // bit per block cannot hold the image it claims (the 633-byte "7,000 × 7,000" of the review).
+    // It is not decoded at all rather than decoded into grey at full cost.
+    if (bytes.len() as u64).saturating_mul(8) < (w / 8) * (h / 8) {
+        return None;
+    }
+    let components: u64 = match info.pixel_format {
+        PixelFormat::L8 | PixelFormat::L16 => 1,
+        PixelFormat::RGB24 => 3,
+        PixelFormat::CMYK32 => 4,
+    };
+    if info.coding_process != CodingProcess::DctSequential {
+        // Every 8 × 8 block's 64 coefficients, 2 bytes each, per component, rounded up to blocks.
+        let coefficients = components * w.div_ceil(8) * 8 * h.div_ceil(8) * 8 * 2;
+        if coefficients > DECODE_BUDGET as u64 {
+            return None;
+        }
+    }
+    let edge = u16::try_from(THUMBNAIL_EDGE).unwrap_or(u16::MAX);
+    let (sw, sh) = decoder.scale(edge, edge).ok()?;
+    let pixels = decoder.decode().ok()?;
+    let (sw, sh) = (u32::from(sw), u32::from(sh));
+    let rgb: Vec<u8> = match info.pixel_format {
+        PixelFormat::RGB24 => pixels,
+        PixelFormat::L8 => pixels.iter().flat_map(|&l| [l, l, l]).collect(),
+        PixelFormat::L16 => pixels
+            .chunks_exact(2)
+            .flat_map(|c| {
+                let l = c[0];
+                [l, l, l]
+            })
+            .collect(),
+        PixelFormat::CMYK32 => pixels
+            .chunks_exact(4)
+            .flat_map(|c| {
+                // Adobe CMYK JPEGs are stored inverted; the decoder hands back the stored values.
+                let k = u16::from(c[3]);
+                let ch = |v: u8| ((u16::from(v) * k) / 255) as u8;
+                [ch(c[0]), ch(c[1]), ch(c[2])]
+            })
+            .collect(),
+    };
+    image::RgbImage::from_raw(sw, sh, rgb)
+}
+
+/// PNG and WebP have no reduced-scale decoding: they are decoded only when the whole image fits
+/// [`DECODE_BUDGET`] (a 12-megapixel screenshot does; a claimed 7,000 × 7,000 does not).
+fn decode_bounded(bytes: &[u8], format: image::ImageFormat) -> Option<image::RgbImage> {
+    let reader = |bytes| {
+        let mut reader = image::ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(DECODE_BUDGET as u64);
+        reader.limits(limits);
+        reader
+    };
+    let (w, h) = reader(bytes).into_dimensions().ok()?;
+    // Decoded as RGBA at most, plus the RGB copy.
+    if u64::from(w) * u64::from(h) * 7 > DECODE_BUDGET as u64 {
+        return None;
+    }
+    Some(reader(bytes).decode().ok()?.to_rgb8())
 }
 
 /// Records a stored blob's type and size (idempotent).
@@ -267,26 +506,29 @@ pub fn routes(r: Routes) -> Routes {
         .get("/api/v1/blobs/{sha256}/thumbnail", get_thumbnail)
 }
 
-/// The blob's type, if the caller may see it: it must belong to an incident inside their area.
+/// The blob's type, if the caller may see it: exactly when they may see an incident that lists it
+/// (the incidents domain decides). Anything else is "not found", never "forbidden".
 async fn authorize_blob(state: &AppState, caller: &Caller, sha: &str) -> Result<String, ApiError> {
     if !is_sha256_hex(sha) {
         return Err(ApiError::NotFound);
     }
-    let (sha_owned, area) = (sha.to_string(), caller.area.as_str().to_string());
+    let (sha_owned, who, docs) = (sha.to_string(), caller.clone(), state.docs.clone());
     let found = state
         .store
         .read(move |conn| {
-            Ok::<_, StoreError>(
-                conn.query_row(
-                    "SELECT b.content_type FROM blobs b
-                     WHERE b.sha256 = ?1 AND EXISTS (
-                       SELECT 1 FROM incident_attachments a JOIN incidents i ON i.id = a.incident_id
-                       WHERE a.sha256 = b.sha256 AND i.area LIKE ?2 || '%')",
-                    params![sha_owned, area],
-                    |r| r.get::<_, String>(0),
+            let content_type: Option<String> = conn
+                .query_row(
+                    "SELECT content_type FROM blobs WHERE sha256 = ?1",
+                    [&sha_owned],
+                    |r| r.get(0),
                 )
-                .optional()?,
-            )
+                .optional()?;
+            let Some(content_type) = content_type else {
+                return Ok(None);
+            };
+            let visible = crate::incidents::attachment_visible(conn, &docs, &who, &sha_owned)
+                .map_err(|e| StoreError::Job(e.to_string()))?;
+            Ok::<_, StoreError>(visible.then_some(content_type))
         })
         .await?;
     found.ok_or(ApiError::NotFound)
@@ -346,11 +588,28 @@ async fn get_thumbnail(
     }
     let blobs = state.blobs.clone();
     let sha_read = sha.clone();
-    let bytes = tokio::task::spawn_blocking(move || blobs.thumbnail(&sha_read))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
+    // Decodes take memory: one at a time, and a request that cannot get its turn soon is told to
+    // come back rather than queueing without end. Thumbnails already made need no turn.
+    let cached = {
+        let (blobs, sha) = (state.blobs.clone(), sha.clone());
+        tokio::task::spawn_blocking(move || blobs.cached_thumbnail(&sha))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+    };
+    let bytes = match cached {
+        Some(known) => known,
+        None => {
+            let _turn = tokio::time::timeout(DECODE_WAIT, state.blobs.decodes.acquire())
+                .await
+                .map_err(|_| ApiError::Busy(DECODE_WAIT.as_secs()))?
+                .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
+            tokio::task::spawn_blocking(move || blobs.thumbnail(&sha_read))
+                .await
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+                .map_err(|e| ApiError::Internal(e.to_string()))?
+        }
+    }
+    .ok_or(ApiError::NotFound)?;
     Ok(bytes_response(
         bytes,
         "image/jpeg",

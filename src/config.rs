@@ -135,12 +135,21 @@ pub struct Category {
 pub struct IncidentsConfig {
     /// Largest photo or video accepted as an attachment.
     pub max_attachment_bytes: usize,
+    /// Bytes of attachments one person may upload per day (Beijing time); past it uploads are
+    /// refused with 413 naming the quota. 0 turns the quota off.
+    pub upload_quota_per_day: u64,
+    /// Attachment files that no record refers to (left by an upload whose record write failed or
+    /// was cut off) are removed after this long; `doctor` reports them meanwhile.
+    #[serde(with = "humantime_serde")]
+    pub orphan_blob_grace: Duration,
 }
 
 impl Default for IncidentsConfig {
     fn default() -> Self {
         IncidentsConfig {
             max_attachment_bytes: 20 * 1024 * 1024,
+            upload_quota_per_day: 300 * 1024 * 1024,
+            orphan_blob_grace: Duration::from_secs(24 * 3600),
         }
     }
 }

@@ -324,6 +324,53 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         )),
         Err(_) => {}
     }
+    match conn
+        .prepare("SELECT kind, doc_id, reason FROM record_verdicts ORDER BY since_ms")
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        }) {
+        Ok(list) if list.is_empty() => {}
+        Ok(list) => out.push(check(
+            Warn,
+            "authority",
+            format!(
+                "{} record(s) claim more than their writers could grant and are quarantined, e.g. {}",
+                list.len(),
+                list.iter()
+                    .take(3)
+                    .map(|(kind, id, reason)| format!("{kind}/{id}: {reason}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            Some("they were written by a node below that overstepped its area; see the users page and the audit log (record.quarantine), and check that node".into()),
+        )),
+        Err(_) => {}
+    }
+    match crate::blobs::referenced(&conn) {
+        Ok(referenced) => {
+            let store = crate::blobs::BlobStore::new(root);
+            match store.orphans(&referenced) {
+                Ok(list) if list.is_empty() => {
+                    out.push(check(Pass, "attachments", "every attachment file belongs to a record", None))
+                }
+                Ok(list) => out.push(check(
+                    Warn,
+                    "attachments",
+                    format!(
+                        "{} file(s), {} KiB, belong to no record (an upload whose record write failed or was cut off)",
+                        list.len(),
+                        list.iter().map(|o| o.bytes).sum::<u64>() / 1024
+                    ),
+                    Some("nothing to do: the running node removes them after incidents.orphan_blob_grace".into()),
+                )),
+                Err(e) => out.push(check(Warn, "attachments", e.to_string(), None)),
+            }
+        }
+        Err(e) => out.push(check(Warn, "attachments", e.to_string(), None)),
+    }
     match node::read_identity(&conn) {
         Ok(info) => {
             if key_ok {

@@ -4,6 +4,7 @@
 //! Domains own their routes; this module only mounts them. [`app`] needs no socket, so most handler
 //! tests call it with `tower::ServiceExt::oneshot`.
 
+pub mod csv;
 pub mod extract;
 pub mod problem;
 pub mod routes;

@@ -66,12 +66,18 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body too large")]
     PayloadTooLarge,
+    /// Over a quota; the message names it.
+    #[error("{0}")]
+    QuotaExceeded(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
     #[error("too many attempts; try again in {0} seconds")]
     TooManyRequests(u64),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
+    /// Too much of this work is under way; try again after this many seconds.
+    #[error("the node is busy; try again in {0} seconds")]
+    Busy(u64),
     /// The cause is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -85,10 +91,10 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::PayloadTooLarge | ApiError::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -115,7 +121,7 @@ impl IntoResponse for ApiError {
             problem.field = Some(field.clone());
         }
         let mut response = problem.into_response();
-        if let ApiError::TooManyRequests(secs) = &self
+        if let ApiError::TooManyRequests(secs) | ApiError::Busy(secs) = &self
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use automerge::transaction::Transactable;
 use automerge::{AutoCommit, ObjType, ReadDoc, Value};
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::json;
 use township_sync::docstore::{DocMeta, Projection, ProjectionError};
@@ -44,6 +44,9 @@ pub enum IncidentError {
     NotFound,
     #[error("{0}")]
     Conflict(String),
+    /// Over the person's daily upload quota; the message names it.
+    #[error("{0}")]
+    Quota(String),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -65,6 +68,7 @@ impl From<IncidentError> for crate::http::problem::ApiError {
             IncidentError::Forbidden(m) => ApiError::Forbidden(m),
             IncidentError::NotFound => ApiError::NotFound,
             IncidentError::Conflict(m) => ApiError::Conflict(m),
+            IncidentError::Quota(m) => ApiError::QuotaExceeded(m),
             IncidentError::Store(StoreError::Record(DocError::NotFound(_))) => ApiError::NotFound,
             IncidentError::Store(s) => s.into(),
         }
@@ -246,6 +250,43 @@ fn load_visible(
         return Err(IncidentError::NotFound);
     }
     Ok(loaded)
+}
+
+/// Whether `caller` may read the attachment `sha256`: exactly when they may read an incident that
+/// lists it (its area, and for department handlers what is dispatched to their department).
+pub fn attachment_visible(
+    conn: &Connection,
+    docs: &township_sync::DocStore,
+    caller: &Caller,
+    sha256: &str,
+) -> Result<bool, IncidentError> {
+    let ids: Vec<String> = conn
+        .prepare_cached(
+            "SELECT i.id FROM incident_attachments a JOIN incidents i ON i.id = a.incident_id
+             WHERE a.sha256 = ?1 AND i.area LIKE ?2 || '%'",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_map(params![sha256, caller.area.as_str()], |r| r.get(0))?
+                .collect()
+        })
+        .map_err(|e| IncidentError::Store(e.into()))?;
+    for id in ids {
+        let Ok(id) = id.parse::<Uuid>() else { continue };
+        if caller.role != Role::DeptHandler {
+            return Ok(true);
+        }
+        match load(docs, conn, id) {
+            Ok(loaded)
+                if caller.can_reach(&loaded.meta.scope)
+                    && visible_to(caller, &loaded.doc, &loaded.authors, &loaded.meta.scope) =>
+            {
+                return Ok(true);
+            }
+            Ok(_) | Err(IncidentError::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(false)
 }
 
 /// A text field naming a person (the reporter) counts only if the change that wrote it was made by
@@ -500,14 +541,65 @@ pub struct Attachment {
     pub at_ms: i64,
 }
 
+/// The day (Beijing time, UTC+8) an instant falls on, for the daily upload quota.
+fn beijing_day(ms: i64) -> i64 {
+    ms.saturating_add(8 * 3_600_000).div_euclid(86_400_000)
+}
+
+/// Bytes `username` uploaded on the Beijing day of `now_ms`.
+pub fn uploaded_today(conn: &Connection, username: &str, now_ms: i64) -> Result<u64, StoreError> {
+    let bytes: Option<i64> = conn
+        .query_row(
+            "SELECT bytes FROM upload_use WHERE username = ?1 AND day = ?2",
+            params![username, beijing_day(now_ms)],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(bytes.map_or(0, |b| u64::try_from(b).unwrap_or(0)))
+}
+
+/// Refuses an upload of `size` bytes that would take `username` past `quota` today (0: no quota).
+pub fn check_quota(
+    conn: &Connection,
+    username: &str,
+    size: u64,
+    quota: u64,
+    now_ms: i64,
+) -> Result<(), IncidentError> {
+    if quota == 0 {
+        return Ok(());
+    }
+    let used = uploaded_today(conn, username, now_ms)?;
+    if used.saturating_add(size) > quota {
+        let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+        return Err(IncidentError::Quota(format!(
+            "daily upload quota reached: {username} may upload {:.0} MB a day (incidents.upload_quota_per_day) and has used {:.1} MB today; this file is {:.1} MB",
+            mb(quota),
+            mb(used),
+            mb(size)
+        )));
+    }
+    Ok(())
+}
+
 pub fn attach(
     conn: &Connection,
     ctx: &WriteCtx,
     caller: &Caller,
     id: Uuid,
     file: Attachment,
+    quota: u64,
 ) -> Result<(), IncidentError> {
     load_visible(conn, ctx, caller, id)?;
+    // Checked again here, in the write, so uploads racing each other cannot pass it together.
+    let size = u64::try_from(file.size).unwrap_or(0);
+    check_quota(conn, &caller.username, size, quota, ctx.now_ms())?;
+    conn.execute(
+        "INSERT INTO upload_use (username, day, bytes) VALUES (?1, ?2, ?3)
+         ON CONFLICT(username, day) DO UPDATE SET bytes = bytes + excluded.bytes",
+        params![caller.username, beijing_day(ctx.now_ms()), file.size],
+    )
+    .map_err(StoreError::from)?;
     crate::blobs::register(
         conn,
         &file.sha256,

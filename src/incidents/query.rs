@@ -265,20 +265,6 @@ pub fn all(conn: &Connection, f: &Filter, max: usize) -> Result<Vec<Row>, StoreE
     Ok(list(conn, &f)?.0)
 }
 
-pub(crate) fn csv_field(s: &str) -> String {
-    // Cells starting with these would be read as formulas by spreadsheet programs.
-    let s = if s.starts_with(['=', '+', '-', '@']) {
-        format!("'{s}")
-    } else {
-        s.to_string()
-    };
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s
-    }
-}
-
 fn format_ms(ms: Option<i64>) -> String {
     ms.and_then(|ms| u64::try_from(ms).ok())
         .map(|ms| {
@@ -290,10 +276,11 @@ fn format_ms(ms: Option<i64>) -> String {
         .unwrap_or_default()
 }
 
-/// CSV that Excel opens correctly: UTF-8 with a byte-order mark, CRLF line ends.
+/// The incidents as CSV (see [`crate::http::csv`]).
 pub fn to_csv(rows: &[Row]) -> String {
-    let mut out = String::from(
-        "\u{feff}编号 id,区划 area,类别 category,标题 title,状态 state,上报人 reporter,牵头部门 lead_department,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,描述 description\r\n",
+    let mut out = String::from(crate::http::csv::BOM);
+    out.push_str(
+        "编号 id,区划 area,类别 category,标题 title,状态 state,上报人 reporter,牵头部门 lead_department,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,描述 description\r\n",
     );
     for r in rows {
         let cells = [
@@ -315,9 +302,7 @@ pub fn to_csv(rows: &[Row]) -> String {
             r.rating.map(|v| v.to_string()).unwrap_or_default(),
             r.description.clone(),
         ];
-        let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
-        out.push_str(&line.join(","));
-        out.push_str("\r\n");
+        out.push_str(&crate::http::csv::line(&cells));
     }
     out
 }
@@ -421,14 +406,6 @@ pub fn indicators(
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn csv_quotes_and_defuses_formulas() {
-        assert_eq!(csv_field("plain"), "plain");
-        assert_eq!(csv_field("a,b"), "\"a,b\"");
-        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-        assert_eq!(csv_field("=cmd()"), "'=cmd()");
-    }
 
     proptest! {
         #[test]

@@ -406,8 +406,15 @@ async fn attach(
     mut multipart: Multipart,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    // The incident must exist and be the caller's to touch before a byte is stored.
+    // The incident must exist and be the caller's to touch before a byte is stored, and the person
+    // must have quota left today (checked again, exactly, when the record is written).
     load_view(&state, &caller, id).await?;
+    let quota = state.config.incidents.upload_quota_per_day;
+    let (who, now) = (caller.username.clone(), state.clock.now_ms());
+    state
+        .store
+        .read(move |conn| super::check_quota(conn, &who, 1, quota, now))
+        .await?;
     let limit = state.config.incidents.max_attachment_bytes;
     let mut bytes: Option<Vec<u8>> = None;
     while let Some(mut field) = multipart.next_field().await.map_err(|e| {
@@ -450,6 +457,11 @@ async fn attach(
         ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string())
     })?;
     let size = bytes.len();
+    let (who, now) = (caller.username.clone(), state.clock.now_ms());
+    state
+        .store
+        .read(move |conn| super::check_quota(conn, &who, size as u64, quota, now))
+        .await?;
     let blobs = state.blobs.clone();
     let sha = tokio::task::spawn_blocking(move || blobs.put(&bytes))
         .await
@@ -465,7 +477,7 @@ async fn attach(
     let (ctx, who) = (state.write_ctx(), caller.clone());
     state
         .store
-        .write(move |conn| super::attach(conn, &ctx, &who, id, file))
+        .write(move |conn| super::attach(conn, &ctx, &who, id, file, quota))
         .await?;
     Ok((
         StatusCode::CREATED,

@@ -264,7 +264,7 @@ async fn readings_csv(
     let body = state
         .store
         .read(move |conn| {
-            let mut out = String::from("\u{feff}");
+            let mut out = String::from(crate::http::csv::BOM);
             match range.step_ms {
                 None => out.push_str("time,device,metric,value,unit,quality\r\n"),
                 Some(_) => out.push_str("time,device,metric,min,max,mean,sum,count,unit\r\n"),
@@ -274,10 +274,10 @@ async fn readings_csv(
                 let Some((series, unit)) = store::find_series(conn, &device_id, &metric)? else {
                     continue;
                 };
-                let unit = crate::incidents::query::csv_field(unit.as_deref().unwrap_or(""));
+                let unit = crate::http::csv::field(unit.as_deref().unwrap_or(""));
                 let (dev, met) = (
-                    crate::incidents::query::csv_field(&device_id),
-                    crate::incidents::query::csv_field(&metric),
+                    crate::http::csv::field(&device_id),
+                    crate::http::csv::field(&metric),
                 );
                 let left = MAX_CSV_ROWS.saturating_sub(rows);
                 match range.step_ms {
