@@ -383,6 +383,9 @@ async fn prepare_records(state: &AppState) -> Result<(), NodeError> {
     state
         .store
         .write(move |conn| {
+            if crate::audit::sign_head_if_unsigned(conn, &ctx.key)? {
+                tracing::info!("audit chain head signed (it was written before heads were signed)");
+            }
             for (kind, count) in docs.forget_out_of_flow(conn, &area)? {
                 tracing::info!(kind, count, "forgot records this node no longer holds");
                 ctx.audit(

@@ -212,9 +212,18 @@ pub struct HttpConfig {
     /// How long in-flight requests may run after SIGTERM before the process exits anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
-    /// When set, `/metrics` requires `Authorization: Bearer <token>`.
+    /// When set, `/metrics` answers anyone presenting `Authorization: Bearer <token>` (and only
+    /// them). When not set, it answers only clients on this machine (loopback), unless
+    /// `metrics_public` says otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub metrics_token: Option<Secret>,
+    /// Lets `/metrics` answer anyone without a token (a monitoring host on a trusted network).
+    pub metrics_public: bool,
+    /// The host names browsers use to reach this node (also the names its LAN certificate will
+    /// carry). Requests for any other name are refused with 421, so a web page elsewhere cannot use
+    /// DNS rebinding to talk to the node through a phone's browser. IP addresses, `localhost` and
+    /// this machine's own host name (and `<name>.local`) are always accepted.
+    pub tls_names: Vec<String>,
 }
 
 impl Default for HttpConfig {
@@ -225,6 +234,8 @@ impl Default for HttpConfig {
             request_timeout: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(8),
             metrics_token: None,
+            metrics_public: false,
+            tls_names: Vec::new(),
         }
     }
 }

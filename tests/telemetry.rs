@@ -218,6 +218,15 @@ async fn bad_requests_are_refused_and_areas_are_enforced() {
             "/api/v1/sensors/wl-01/readings?metric=x&from=0&step=1s",
             "step",
         ),
+        // Extremes used to wrap the range arithmetic and slip past the points limit.
+        (
+            "/api/v1/sensors/wl-01/readings?metric=x&from=-9223372036854775808&step=1h",
+            "from",
+        ),
+        (
+            "/api/v1/sensors/wl-01/readings.csv?metric=x&to=9223372036854775807",
+            "to",
+        ),
     ] {
         let (s, _, body) = h.as_(&staff, "GET", uri, None).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "{uri}: {body}");

@@ -1,8 +1,10 @@
 //! The audit chain: every state change appends an entry (sequence, time, actor, action, target, a short
 //! JSON detail, the previous entry's hash and its own SHA-256), in the same transaction as the change
-//! itself, so there is never a change without its entry or an entry without its change. Every 100
-//! entries, and every 5 minutes while entries arrive, the node signs the latest hash with its Ed25519
-//! key. `township-node audit verify` walks the chain and the signatures.
+//! itself, so there is never a change without its entry or an entry without its change. The head
+//! (last sequence number and hash) is kept beside the chain and signed with the node's Ed25519 key
+//! at every append — microseconds — so rewriting any part of the chain, the newest entries included,
+//! needs the node key. Every 100 entries, and every 5 minutes while entries arrive, a checkpoint
+//! signature is also kept. `township-node audit verify` walks the chain and the signatures.
 
 mod routes;
 pub mod verify;
@@ -90,6 +92,46 @@ pub fn checkpoint_message(seq: i64, hash: &str) -> Vec<u8> {
     format!("township-node audit checkpoint v1\0{seq}\0{hash}").into_bytes()
 }
 
+/// The message the head signature covers.
+pub fn head_message(seq: i64, hash: &str) -> Vec<u8> {
+    format!("township-node audit head v1\0{seq}\0{hash}").into_bytes()
+}
+
+/// The head record: `seq:hash:signature`.
+fn head_value(key: &NodeKey, seq: i64, hash: &str) -> String {
+    format!(
+        "{seq}:{hash}:{}",
+        hex::encode(key.sign(&head_message(seq, hash)))
+    )
+}
+
+/// Signs the recorded head if it carries no signature (a database from before head signatures);
+/// run at start, so `audit verify` can require one.
+pub fn sign_head_if_unsigned(conn: &Connection, key: &NodeKey) -> Result<bool, StoreError> {
+    let head: Option<String> = conn
+        .query_row(
+            "SELECT value FROM node_meta WHERE key = ?1",
+            [HEAD_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(head) = head else {
+        return Ok(false);
+    };
+    let mut parts = head.splitn(3, ':');
+    let (Some(seq), Some(hash), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Ok(false);
+    };
+    let Ok(seq) = seq.parse::<i64>() else {
+        return Ok(false);
+    };
+    conn.execute(
+        "UPDATE node_meta SET value = ?2 WHERE key = ?1",
+        params![HEAD_KEY, head_value(key, seq, hash)],
+    )?;
+    Ok(true)
+}
+
 fn last(conn: &Connection) -> Result<(i64, String), StoreError> {
     Ok(conn
         .query_row(
@@ -136,10 +178,11 @@ pub fn append(
         "INSERT INTO audit_log (seq, at_ms, actor, action, target, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         params![seq, now_ms, event.actor, event.action, event.target, detail, prev_hash, hash],
     )?;
-    // The head is kept beside the chain so that cutting entries off the end is noticed too.
+    // The head is kept beside the chain, signed, so that cutting entries off the end, or rewriting
+    // the newest ones and chaining them anew, is noticed too.
     conn.execute(
         "INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![HEAD_KEY, format!("{seq}:{hash}")],
+        params![HEAD_KEY, head_value(key, seq, &hash)],
     )?;
     if seq % CHECKPOINT_EVERY == 0 {
         sign_checkpoint(conn, key, seq, &hash, now_ms)?;

@@ -27,17 +27,10 @@ struct AuditQuery {
 
 /// Times are RFC 3339 (`2026-11-29T08:00:00Z`) or milliseconds since the epoch.
 pub fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
-    if let Ok(ms) = value.parse::<i64>() {
-        return Ok(ms);
-    }
-    humantime::parse_rfc3339_weak(value)
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .and_then(|d| i64::try_from(d.as_millis()).ok())
-        .ok_or_else(|| ApiError::InvalidField {
-            field: field.into(),
-            detail: format!("{field} must be RFC 3339 or epoch milliseconds"),
-        })
+    crate::clock::parse_time(field, value).map_err(|e| ApiError::InvalidField {
+        field: field.into(),
+        detail: e.to_string(),
+    })
 }
 
 async fn list(

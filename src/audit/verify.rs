@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension};
 use township_sync::PublicKey;
 
-use super::{GENESIS, HEAD_KEY, checkpoint_message, entry_hash};
+use super::{GENESIS, HEAD_KEY, checkpoint_message, entry_hash, head_message};
 use crate::store::StoreError;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -102,14 +102,27 @@ pub fn verify(conn: &Connection, key: &PublicKey) -> Result<Report, VerifyError>
         )
         .optional()?;
     if let Some(head) = head {
-        let (head_seq, head_hash) = head.split_once(':').unwrap_or(("0", ""));
+        let mut parts = head.splitn(3, ':');
+        let (head_seq, head_hash, signature) = (
+            parts.next().unwrap_or("0"),
+            parts.next().unwrap_or(""),
+            parts.next().unwrap_or(""),
+        );
         let head_seq: i64 = head_seq.parse().unwrap_or(-1);
         if head_seq != entries || (entries > 0 && prev != head_hash) {
             return Err(broken(
                 (entries + 1).min(head_seq.max(1)),
                 format!(
-                    "the recorded head is entry {head_seq} but the chain ends at {entries} (entries were cut off the end)"
+                    "the recorded head is entry {head_seq} but the chain ends at {entries} (entries were cut off the end or rewritten)"
                 ),
+            ));
+        }
+        let signed_by_node = hex::decode(signature)
+            .is_ok_and(|sig| key.verify(&head_message(head_seq, head_hash), &sig));
+        if !signed_by_node {
+            return Err(broken(
+                head_seq.max(1),
+                "the head is not signed by the node key (the newest entries were rewritten without it)",
             ));
         }
     } else if entries > 0 {
@@ -262,6 +275,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(first_bad(&conn, &key), 21);
+    }
+
+    #[test]
+    fn a_rewritten_unsigned_tail_is_noticed() {
+        // 130 entries: the last 30 are after the last checkpoint. Rewrite entry 125 and re-chain
+        // everything after it, as someone with the database but not the key would.
+        let (conn, key) = setup(130);
+        let mut prev: String = conn
+            .query_row("SELECT hash FROM audit_log WHERE seq = 124", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        for seq in 125..=130 {
+            let (at_ms, actor, action, target, detail): (i64, String, String, String, String) =
+                conn.query_row(
+                    "SELECT at_ms, actor, action, target, detail FROM audit_log WHERE seq = ?1",
+                    [seq],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                )
+                .unwrap();
+            let actor = if seq == 125 {
+                "someone-else".to_string()
+            } else {
+                actor
+            };
+            let hash = entry_hash(seq, at_ms, &actor, &action, &target, &detail, &prev);
+            conn.execute(
+                "UPDATE audit_log SET actor = ?2, prev_hash = ?3, hash = ?4 WHERE seq = ?1",
+                rusqlite::params![seq, actor, prev, hash],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        // The attacker rewrites the head too, but cannot sign it.
+        conn.execute(
+            "UPDATE node_meta SET value = ?1 WHERE key = 'audit_head'",
+            [format!("130:{prev}:")],
+        )
+        .unwrap();
+        assert_eq!(first_bad(&conn, &key), 130);
+        // Signed with another key, it is no better.
+        let (other, _) = NodeKey::generate().unwrap();
+        let forged = hex::encode(other.sign(&head_message(130, &prev)));
+        conn.execute(
+            "UPDATE node_meta SET value = ?1 WHERE key = 'audit_head'",
+            [format!("130:{prev}:{forged}")],
+        )
+        .unwrap();
+        assert_eq!(first_bad(&conn, &key), 130);
     }
 
     #[test]

@@ -56,7 +56,14 @@ where
         })?;
         let mut de = serde_json::Deserializer::from_slice(&bytes);
         match serde_path_to_error::deserialize::<_, T>(&mut de) {
-            Ok(value) => Ok(ApiJson(value)),
+            // A body is one JSON value: anything after it is refused, not silently ignored.
+            Ok(value) => match de.end() {
+                Ok(()) => Ok(ApiJson(value)),
+                Err(_) => Err(ApiError::InvalidField {
+                    field: "body".into(),
+                    detail: "the body holds more than one JSON value".into(),
+                }),
+            },
             Err(e) => {
                 let path = e.path().to_string();
                 let inner = e.into_inner();

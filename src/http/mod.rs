@@ -52,11 +52,13 @@ pub fn app(state: AppState) -> Router {
     let http = &state.config.http;
     // Layers wrap everything added before them, so the last one here sees a request first: request
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
+    let hosts = std::sync::Arc::new(AllowedHosts::new(&http.tls_names));
     all_routes(&state.config)
         .into_router()
         .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize))
         .route_layer(middleware::from_fn(label_route))
         .fallback(ui::fallback)
+        .layer(middleware::from_fn_with_state(hosts, check_host))
         // Extractors (JSON, form, multipart) refuse bodies over the limit with 413.
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
@@ -76,6 +78,79 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// The host names the node answers to (besides IP addresses): `localhost`, this machine's host name
+/// and `<hostname>.local`, and `http.tls_names`.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts(std::collections::HashSet<String>);
+
+impl AllowedHosts {
+    pub fn new(configured: &[String]) -> AllowedHosts {
+        let mut names: std::collections::HashSet<String> = configured
+            .iter()
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect();
+        names.insert("localhost".into());
+        let hostname = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .to_ascii_lowercase();
+        if !hostname.is_empty() {
+            names.insert(format!("{hostname}.local"));
+            names.insert(hostname);
+        }
+        AllowedHosts(names)
+    }
+
+    /// Whether a `Host` header value (with or without a port) names this node. An IP literal always
+    /// does: DNS rebinding needs a name, and a browser sending an address went to that address.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        if let Some(v6) = host.strip_prefix('[') {
+            return v6
+                .split_once(']')
+                .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        }
+        let name = host.rsplit_once(':').map_or(host.as_str(), |(n, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                n
+            } else {
+                host.as_str()
+            }
+        });
+        name.parse::<std::net::Ipv4Addr>().is_ok() || self.0.contains(name.trim_end_matches('.'))
+    }
+}
+
+/// Routes that browsers never load and that other machines reach under names of their own: the
+/// sync socket (authenticated by its handshake), health checks, and metrics (loopback or token).
+const ANY_HOST: &[&str] = &["/healthz", "/readyz", "/metrics", "/api/v1/sync"];
+
+/// Refuses requests naming a host this node does not answer to, with 421.
+async fn check_host(
+    State(hosts): State<std::sync::Arc<AllowedHosts>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    if let Some(host) = host
+        && !ANY_HOST.contains(&request.uri().path())
+        && !hosts.allows(&host)
+    {
+        return axum::response::IntoResponse::into_response(problem::ApiError::Misdirected(
+            format!(
+                "this node does not answer to the name `{}`; add it to http.tls_names",
+                township_drivers::untrusted::Untrusted(&host)
+            ),
+        ));
+    }
+    next.run(request).await
 }
 
 async fn label_route(request: Request, next: Next) -> Response {

@@ -75,6 +75,9 @@ pub enum ApiError {
     TooManyRequests(u64),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
+    /// The request names a host this node does not answer to (DNS rebinding).
+    #[error("{0}")]
+    Misdirected(String),
     /// Too much of this work is under way; try again after this many seconds.
     #[error("the node is busy; try again in {0} seconds")]
     Busy(u64),
@@ -95,6 +98,7 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

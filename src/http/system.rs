@@ -43,10 +43,21 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
     Ok(Json(json!({"status": "ready"})))
 }
 
+/// Prometheus text. With `http.metrics_token` set, for whoever presents it; otherwise only for
+/// clients on this machine, unless `http.metrics_public` (what a stranger learns from it — device
+/// names, sign-in failures, sync peers — is reconnaissance).
 pub async fn metrics(
     State(state): State<AppState>,
+    crate::http::extract::ClientAddr(client): crate::http::extract::ClientAddr,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    let local = client.is_none_or(|c| c.ip().is_loopback());
+    if state.config.http.metrics_token.is_none() && !local && !state.config.http.metrics_public {
+        return Err(ApiError::Forbidden(
+            "metrics answer only on this machine; set http.metrics_token to scrape them from elsewhere"
+                .into(),
+        ));
+    }
     if let Some(token) = &state.config.http.metrics_token {
         let presented = headers
             .get(header::AUTHORIZATION)

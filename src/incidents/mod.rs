@@ -110,6 +110,24 @@ pub fn check_new(
     if !(1..=100).contains(&title_len) {
         return Err(invalid("title", "title is 1 to 100 characters"));
     }
+    // One-line fields hold no control characters at all; the description keeps line breaks.
+    let text_ok = |s: &str, multiline: bool| {
+        !s.chars()
+            .any(|c| c.is_control() && !(multiline && matches!(c, '\n' | '\r' | '\t')))
+    };
+    for (field, value, multiline) in [
+        ("title", new.title.as_str(), false),
+        ("category", new.category.as_str(), false),
+        ("description", new.description.as_str(), true),
+        ("place", new.place.as_deref().unwrap_or(""), false),
+    ] {
+        if !text_ok(value, multiline) {
+            return Err(invalid(
+                field,
+                format!("{field} may not contain control characters"),
+            ));
+        }
+    }
     if new.description.chars().count() > 5000 {
         return Err(invalid(
             "description",
@@ -451,6 +469,15 @@ pub fn comment(
     if !(1..=2000).contains(&text.chars().count()) {
         return Err(invalid("text", "a comment is 1 to 2000 characters"));
     }
+    if text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(
+            "text",
+            "a comment may not contain control characters",
+        ));
+    }
     load_visible(conn, ctx, caller, id)?;
     let (author, now, body, comment_id) = (
         caller.username.clone(),
@@ -756,22 +783,28 @@ pub fn due(
     match folded.current() {
         State::Reported => Some((
             created_ms,
-            created_ms + category.accept_within.as_millis() as i64,
+            created_ms.saturating_add(millis(category.accept_within)),
             "accept",
         )),
         State::Accepted | State::Escalated | State::Dispatched | State::InProgress => {
             let start = folded.accepted_ms.unwrap_or(created_ms);
             let due = folded
                 .deadline_ms
-                .unwrap_or(start + category.resolve_within.as_millis() as i64);
+                .unwrap_or(start.saturating_add(millis(category.resolve_within)));
             Some((start, due, "resolve"))
         }
         State::Resolved | State::Closed | State::Rejected => None,
     }
 }
 
-/// ok, near (80% of the time used) or overdue.
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// ok, near (80% of the time used) or overdue. In i128, so times from a record (which a peer
+/// wrote) cannot overflow the comparison.
 pub fn due_state(now: i64, start: i64, due: i64) -> &'static str {
+    let (now, start, due) = (i128::from(now), i128::from(start), i128::from(due));
     if now > due {
         "overdue"
     } else if (now - start) * 10 >= (due - start) * 8 {
@@ -890,7 +923,7 @@ impl Projection for IncidentProjection {
                     self.categories
                         .iter()
                         .find(|c| c.name == category)
-                        .map(|c| start + c.resolve_within.as_millis() as i64)
+                        .map(|c| start.saturating_add(millis(c.resolve_within)))
                 });
                 limit.map(|l| i64::from(resolved <= l))
             }

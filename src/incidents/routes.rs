@@ -198,6 +198,12 @@ fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
     if q.q.as_deref().is_some_and(|s| s.chars().count() > 100) {
         return Err(bad("q", "search text is at most 100 characters"));
     }
+    if q.q
+        .as_deref()
+        .is_some_and(|s| s.chars().any(char::is_control))
+    {
+        return Err(bad("q", "search text may not contain control characters"));
+    }
     Ok(Filter {
         states,
         category: q.category.filter(|c| !c.is_empty()),
@@ -324,10 +330,16 @@ async fn transition(
     let deadline_ms = match body.deadline {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => {
-            Some(n.as_i64().ok_or_else(|| ApiError::InvalidField {
+            let ms = n.as_i64().ok_or_else(|| ApiError::InvalidField {
                 field: "deadline".into(),
                 detail: "deadline is RFC 3339 or epoch milliseconds".into(),
-            })?)
+            })?;
+            Some(
+                crate::clock::check_time("deadline", ms).map_err(|e| ApiError::InvalidField {
+                    field: "deadline".into(),
+                    detail: e.to_string(),
+                })?,
+            )
         }
         Some(serde_json::Value::String(s)) => Some(crate::audit::parse_time("deadline", &s)?),
         Some(_) => {
@@ -504,7 +516,7 @@ async fn indicators(
         .filter(|s| !s.is_empty())
         .map(|s| crate::audit::parse_time("from", &s))
         .transpose()?
-        .unwrap_or(now - 30 * 24 * 3600 * 1000);
+        .unwrap_or(now.saturating_sub(30 * 24 * 3600 * 1000));
     let to =
         q.to.filter(|s| !s.is_empty())
             .map(|s| crate::audit::parse_time("to", &s))

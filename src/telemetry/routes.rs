@@ -127,11 +127,11 @@ struct Range {
 fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
     let to = match &q.to {
         Some(t) => crate::audit::parse_time("to", t)?,
-        None => now + 1,
+        None => now.saturating_add(1),
     };
     let from = match &q.from {
         Some(f) => crate::audit::parse_time("from", f)?,
-        None => to - 24 * 3_600_000,
+        None => to.saturating_sub(24 * 3_600_000),
     };
     if from >= to {
         return Err(ApiError::InvalidField {
@@ -157,7 +157,7 @@ fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
         }
     };
     if let Some(step) = step_ms
-        && (to - from) / step > MAX_POINTS as i64
+        && to.saturating_sub(from) / step > MAX_POINTS as i64
     {
         return Err(ApiError::InvalidField {
             field: "step".into(),
