@@ -17,7 +17,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::identity::{NodeKey, PublicKey};
 
-pub const HANDSHAKE_VERSION: u32 = 1;
+/// 2: every change carries an author claim, and changes from below without one are refused. A
+/// version-1 node would have its changes refused one by one; it is refused here instead, with a
+/// message that says which node to upgrade.
+pub const HANDSHAKE_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeFrame {
