@@ -33,8 +33,8 @@ use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
 use crate::store::StoreError;
 
-/// Largest frame accepted on a sync connection; larger ones close it.
-pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest frame accepted on a sync connection (on the wire, and once inflated); larger ones close it.
+pub const MAX_FRAME_BYTES: usize = engine::MAX_FRAME_BYTES;
 const POLL: Duration = Duration::from_millis(300);
 /// Polls between engine ticks (stall checks); the engine restarts a record after five quiet ticks.
 const TICK_EVERY: u32 = 10;

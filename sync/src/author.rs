@@ -3,8 +3,9 @@
 //! Automerge changes carry an actor id but nothing that says which node or person made them, and
 //! actor ids are chosen by whoever writes the change. So every change a node commits carries an
 //! *author claim* in its commit message: the area of the node that wrote it and, when a person acted,
-//! their username, role and area (`tn1;330723001;li.ming;township_staff;330723001`). The claim is
-//! part of the change's bytes and hash, so every replica reads the same claim for the same change.
+//! their username, role and area (`tn1;330723;li.ming;township_staff;330723001`; the person's area is
+//! left out when it is the node's own, as it mostly is). The claim is part of the change's bytes and
+//! hash, so every replica reads the same claim for the same change.
 //!
 //! A claim is only as good as the checks on it. Where changes merge, a change from a node below must
 //! claim an author inside that node's area (see [`check_from_below`]); a hostile village therefore
@@ -111,6 +112,12 @@ impl Author {
     pub fn encode(&self) -> String {
         match &self.person {
             None => format!("{CLAIM_PREFIX};{}", self.node_area),
+            Some(p) if p.area == self.node_area => format!(
+                "{CLAIM_PREFIX};{};{};{}",
+                self.node_area,
+                escape(&p.name),
+                escape(&p.role)
+            ),
             Some(p) => format!(
                 "{CLAIM_PREFIX};{};{};{};{}",
                 self.node_area,
@@ -132,12 +139,15 @@ impl Author {
         let rest: Vec<&str> = parts.collect();
         match rest.as_slice() {
             [] => Ok(Author::node(node_area)),
-            [name, role, area] => {
+            [name, role, rest @ ..] if rest.len() <= 1 => {
                 let (name, role) = (unescape(name), unescape(role));
                 if !field_ok(&name) || !field_ok(&role) {
                     return Err(bad());
                 }
-                let area: AreaCode = area.parse().map_err(|_| bad())?;
+                let area: AreaCode = match rest {
+                    [area] => area.parse().map_err(|_| bad())?,
+                    _ => node_area.clone(),
+                };
                 Ok(Author::person(node_area, Person { name, role, area }))
             }
             _ => Err(bad()),
@@ -358,13 +368,24 @@ mod tests {
         assert_eq!(Author::parse(&a.encode()).unwrap(), a);
         let n = Author::node(area("330723"));
         assert_eq!(n.encode(), "tn1;330723");
+        let own = Author::person(
+            area("330723001001"),
+            Person {
+                name: "wang.fang".into(),
+                role: "grid_worker".into(),
+                area: area("330723001001"),
+            },
+        );
+        assert_eq!(own.encode(), "tn1;330723001001;wang.fang;grid_worker");
+        assert_eq!(Author::parse(&own.encode()).unwrap(), own);
         assert_eq!(Author::parse("tn1;330723").unwrap(), n);
         for bad in [
             "",
             "tn1",
             "tn2;330723",
             "tn1;33072",
-            "tn1;330723;a;b",
+            "tn1;330723;a",
+            "tn1;330723;a;b;33072",
             "tn1;330723;;admin;330723",
             "tn1;330723;a;b;c;d",
         ] {

@@ -147,14 +147,69 @@ mod serde_bytes_compat {
     }
 }
 
-/// Frames travel as postcard, a compact serde encoding: automerge messages stay binary.
+/// Largest frame, on the wire and once inflated.
+pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Frames smaller than this go as they are; deflating them would save nothing worth the time.
+const DEFLATE_ABOVE: usize = 512;
+const TAG_RAW: u8 = 0;
+const TAG_DEFLATE: u8 = 1;
+
+/// Frames travel as postcard, a compact serde encoding in which automerge messages stay binary,
+/// behind one tag byte: raw, or deflated when that is smaller. A sync frame carries many records
+/// with the same field names, actor ids, areas and author claims, which deflate well; village
+/// links are slow and often metered.
 pub fn encode(frame: &Frame) -> Vec<u8> {
-    postcard::to_allocvec(frame).unwrap_or_default()
+    use std::io::Write;
+    let raw = postcard::to_allocvec(frame).unwrap_or_default();
+    if raw.len() >= DEFLATE_ABOVE {
+        let mut deflater = flate2::write::DeflateEncoder::new(
+            Vec::with_capacity(raw.len() / 2 + 1),
+            flate2::Compression::fast(),
+        );
+        if deflater.write_all(&[TAG_DEFLATE]).is_ok()
+            && deflater.write_all(&raw).is_ok()
+            && let Ok(deflated) = deflater.finish()
+            && deflated.len() + 1 < raw.len()
+        {
+            let mut out = Vec::with_capacity(deflated.len() + 1);
+            out.push(TAG_DEFLATE);
+            out.extend_from_slice(&deflated);
+            return out;
+        }
+    }
+    let mut out = Vec::with_capacity(raw.len() + 1);
+    out.push(TAG_RAW);
+    out.extend_from_slice(&raw);
+    out
 }
 
-/// Decodes a frame; any malformed input is an error, never a panic.
+/// Decodes a frame; any malformed input is an error, never a panic. A deflated frame is inflated
+/// only up to [`MAX_FRAME_BYTES`]: a few kilobytes that claim to expand to gigabytes are refused.
 pub fn decode(bytes: &[u8]) -> Result<Frame, String> {
-    postcard::from_bytes(bytes).map_err(|e| format!("malformed frame: {e}"))
+    use std::io::Read;
+    match bytes.split_first() {
+        Some((&TAG_RAW, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| format!("malformed frame: {e}"))
+        }
+        Some((&TAG_DEFLATE, rest)) => {
+            let mut inflated = Vec::new();
+            flate2::read::DeflateDecoder::new(rest)
+                .take(MAX_FRAME_BYTES as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| format!("malformed frame: {e}"))?;
+            if inflated.len() > MAX_FRAME_BYTES {
+                return Err("a frame inflates past the frame limit".into());
+            }
+            // The tag is deflated too, so a frame cannot be inflated into another kind of wrapper.
+            match inflated.split_first() {
+                Some((&TAG_DEFLATE, raw)) => {
+                    postcard::from_bytes(raw).map_err(|e| format!("malformed frame: {e}"))
+                }
+                _ => Err("malformed frame: bad inner tag".into()),
+            }
+        }
+        _ => Err("malformed frame: unknown tag".into()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -974,6 +1029,34 @@ mod tests {
         let _ = out;
         // The first message carries no changes (automerge asks first); drive the exchange to the end.
         assert!(DocStore::meta(&t_conn, meta.id).unwrap().is_none());
+    }
+
+    #[test]
+    fn big_frames_are_deflated_and_deflate_bombs_refused() {
+        let docs: Vec<DocMessage> = (0..200)
+            .map(|i| DocMessage {
+                id: Uuid::now_v7(),
+                kind: "incident".into(),
+                scope: "330723001001".into(),
+                message: format!("tn1;330723001001;wang.fang;grid_worker {i}").into_bytes(),
+            })
+            .collect();
+        let frame = Frame::Sync { docs };
+        let wire = encode(&frame);
+        assert_eq!(wire[0], TAG_DEFLATE);
+        assert!(wire.len() < postcard::to_allocvec(&frame).unwrap().len() / 2);
+        assert_eq!(decode(&wire).unwrap(), frame);
+        // 40 MiB of zeros deflate to a few tens of kilobytes.
+        use std::io::Write;
+        let mut bomb = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        bomb.write_all(&[TAG_DEFLATE]).unwrap();
+        for _ in 0..40 {
+            bomb.write_all(&vec![0u8; 1 << 20]).unwrap();
+        }
+        let mut wire = vec![TAG_DEFLATE];
+        wire.extend(bomb.finish().unwrap());
+        assert!(wire.len() < 100_000);
+        assert!(decode(&wire).unwrap_err().contains("frame limit"));
     }
 
     proptest! {
