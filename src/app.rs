@@ -46,6 +46,8 @@ pub struct AppInner {
     /// Signs the device cookies that let a browser that signed in before past the account-wide
     /// sign-in limit (see [`crate::auth::throttle`]). Derived from the node key, never stored.
     pub device_key: ring::hmac::Key,
+    /// Failed sign-ins, counted per client address for the audit log (see [`crate::audit::Tally`]).
+    pub sign_in_failures: crate::audit::Tally,
     /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
     pub hash_permits: Semaphore,
     pub metrics: Metrics,
@@ -136,6 +138,7 @@ impl AppState {
                 latest_seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
                 throttle,
                 device_key,
+                sign_in_failures: crate::audit::Tally::new("auth.login_failed", "session"),
                 hash_permits: Semaphore::new(2),
                 metrics: Metrics::new(),
                 ui: crate::http::ui::Ui::load(),
@@ -261,7 +264,7 @@ impl AppState {
 pub fn spawn_background(state: &AppState) {
     crate::audit::spawn_checkpointer(state);
     crate::peers::spawn_upstream(state);
-    crate::peers::spawn_refusal_summaries(state);
+    crate::audit::tally::spawn_summaries(state);
     crate::blobs::spawn_orphan_collector(state);
     crate::incidents::deadlines::spawn(state);
     crate::telemetry::spawn(state);

@@ -45,15 +45,26 @@ pub const BLOB_CHUNK: usize = 256 * 1024;
 const BLOB_LOOK_EVERY: u32 = 3;
 
 /// What the node knows about its links, for `/api/v1/sync/status`, `/api/v1/nodes` and the header.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SyncStatus {
     inner: Mutex<StatusInner>,
     /// Every live connection of every downstream node: a node may hold several (a reconnect before
     /// the old socket timed out, or a copy of its key elsewhere), and revoking it ends all of them.
     sessions: Mutex<HashMap<String, HashMap<u64, CancellationToken>>>,
     next_connection: std::sync::atomic::AtomicU64,
-    /// Refused sync handshakes, counted per key and address (see [`Refusals`]).
-    pub refusals: Refusals,
+    /// Refused sync handshakes, counted per client address (see [`crate::audit::Tally`]).
+    pub refusals: crate::audit::Tally,
+}
+
+impl Default for SyncStatus {
+    fn default() -> Self {
+        SyncStatus {
+            inner: Mutex::default(),
+            sessions: Mutex::default(),
+            next_connection: std::sync::atomic::AtomicU64::new(0),
+            refusals: crate::audit::Tally::new("sync.refused", "handshake"),
+        }
+    }
 }
 
 impl SyncStatus {
@@ -103,132 +114,6 @@ impl SyncStatus {
             .get(node)
             .map_or(0, HashMap::len)
     }
-}
-
-/// How long refused handshakes from one key and address are summed into one audit entry.
-pub const REFUSAL_WINDOW_MS: i64 = 10 * 60 * 1000;
-/// Distinct (key, address) pairs tracked at most; beyond that refusals are summed under one entry,
-/// so a flood of fresh keys cannot grow memory.
-const REFUSAL_KEYS_MAX: usize = 4096;
-
-/// Refused sync handshakes per (claimed key, address). The first refusal of a window is audited at
-/// once; the rest of the window only counts, and one entry with the count is audited when the window
-/// closes. A stranger hammering the sync endpoint therefore costs the audit chain (which ships to
-/// the county) two entries per window, not one per attempt.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    windows: Mutex<HashMap<(String, String), RefusalWindow>>,
-    total: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Debug, Clone)]
-struct RefusalWindow {
-    since_ms: i64,
-    count: u64,
-    last_reason: String,
-}
-
-/// A closed window with refusals not yet in the audit log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RefusalSummary {
-    pub key: String,
-    pub address: String,
-    pub since_ms: i64,
-    pub count: u64,
-    pub last_reason: String,
-}
-
-impl Refusals {
-    /// Counts a refusal; true when it opens a window (audit it now).
-    pub fn record(&self, key: &str, address: &str, reason: &str, now_ms: i64) -> bool {
-        self.total
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let mut id = (
-            key.chars().take(64).collect::<String>(),
-            address.to_string(),
-        );
-        if !windows.contains_key(&id) && windows.len() >= REFUSAL_KEYS_MAX {
-            id = ("(many keys)".into(), "(many addresses)".into());
-        }
-        match windows.get_mut(&id) {
-            Some(w) => {
-                w.count += 1;
-                w.last_reason = reason.chars().take(200).collect();
-                false
-            }
-            None => {
-                windows.insert(
-                    id,
-                    RefusalWindow {
-                        since_ms: now_ms,
-                        count: 0,
-                        last_reason: reason.chars().take(200).collect(),
-                    },
-                );
-                true
-            }
-        }
-    }
-
-    /// Takes the windows older than [`REFUSAL_WINDOW_MS`]: those with refusals after the first need
-    /// a summary entry.
-    pub fn take_closed(&self, now_ms: i64) -> Vec<RefusalSummary> {
-        let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
-        let closed: Vec<(String, String)> = windows
-            .iter()
-            .filter(|(_, w)| now_ms - w.since_ms >= REFUSAL_WINDOW_MS)
-            .map(|(k, _)| k.clone())
-            .collect();
-        closed
-            .into_iter()
-            .filter_map(|k| {
-                let w = windows.remove(&k)?;
-                (w.count > 0).then_some(RefusalSummary {
-                    key: k.0,
-                    address: k.1,
-                    since_ms: w.since_ms,
-                    count: w.count,
-                    last_reason: w.last_reason,
-                })
-            })
-            .collect()
-    }
-
-    /// Every refusal since start (for `/metrics`).
-    pub fn total(&self) -> u64 {
-        self.total.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Writes the summaries of closed refusal windows to the audit log, every minute until shutdown.
-pub fn spawn_refusal_summaries(state: &AppState) {
-    state.spawn_every(Duration::from_secs(60), |state| async move {
-        let closed = state.sync.refusals.take_closed(state.clock.now_ms());
-        if closed.is_empty() {
-            return;
-        }
-        let ctx = state.write_ctx();
-        let result = state
-            .store
-            .write(move |conn| {
-                for s in &closed {
-                    ctx.audit(
-                        conn,
-                        Event::new("sync", "sync.refused", "handshake").detail(json!({
-                            "key": s.key, "client": s.address, "count": s.count,
-                            "since_ms": s.since_ms, "reason": s.last_reason,
-                            "summary": "further refusals in this window",
-                        })),
-                    )?;
-                }
-                Ok::<_, StoreError>(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not audit refused handshakes");
-        }
-    });
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -471,6 +356,7 @@ async fn add_node(
     caller: Caller,
     ApiJson(body): ApiJson<EnrollRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require_node_wide(&state.node.area)?;
     let (ctx, area, who) = (
         state.write_ctx(),
         state.node.area.clone(),
@@ -483,7 +369,11 @@ async fn add_node(
     Ok((StatusCode::CREATED, Json(row)).into_response())
 }
 
-async fn list_nodes(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn list_nodes(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_node_wide(&state.node.area)?;
     let rows = state.store.read(|conn| peers(conn, "downstream")).await?;
     let (_, live) = state.sync.snapshot();
     let nodes: Vec<serde_json::Value> = rows
@@ -507,6 +397,7 @@ async fn revoke_node(
     caller: Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_node_wide(&state.node.area)?;
     let (ctx, who, target) = (state.write_ctx(), caller.username.clone(), id.clone());
     let changed = state
         .store
@@ -562,7 +453,7 @@ async fn accept(
     crate::http::extract::ClientAddr(client): crate::http::extract::ClientAddr,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let address = client.map_or_else(|| "-".to_string(), |c| c.ip().to_string());
+    let address = client.map(|c| c.ip());
     ws.max_message_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
             if let Err(e) = serve_downstream(state, socket, address).await {
@@ -636,13 +527,13 @@ async fn recv_handshake<S: FrameIo>(io: &mut S) -> Result<HandshakeFrame, String
     }
 }
 
-/// Tells a peer its handshake is refused, counts the refusal per key and address (auditing the
+/// Tells a peer its handshake is refused, counts the refusal per client address (auditing the
 /// first of each window), and returns the reason.
 async fn refuse(
     state: &AppState,
     socket: &mut WebSocket,
     key: &str,
-    address: &str,
+    address: Option<std::net::IpAddr>,
     reason: String,
 ) -> String {
     let _ = socket
@@ -653,7 +544,7 @@ async fn refuse(
     if state
         .sync
         .refusals
-        .record(key, address, &reason, state.clock.now_ms())
+        .record(address, key, &reason, state.clock.now_ms())
     {
         audit_refusal(state, key, address, &reason).await;
     }
@@ -663,7 +554,7 @@ async fn refuse(
 async fn serve_downstream(
     state: AppState,
     mut socket: WebSocket,
-    address: String,
+    address: Option<std::net::IpAddr>,
 ) -> Result<(), String> {
     let hello = recv_handshake(&mut socket).await?;
     let claimed = match &hello {
@@ -688,13 +579,13 @@ async fn serve_downstream(
     });
     let (server, server_hello) = match answer {
         Ok(ok) => ok,
-        Err(e) => return Err(refuse(&state, &mut socket, &claimed, &address, e.to_string()).await),
+        Err(e) => return Err(refuse(&state, &mut socket, &claimed, address, e.to_string()).await),
     };
     socket.send_frame(handshake::encode(&server_hello)).await?;
     let proof = recv_handshake(&mut socket).await?;
     let proven = match server.finish(proof) {
         Ok(p) => p,
-        Err(e) => return Err(refuse(&state, &mut socket, &claimed, &address, e.to_string()).await),
+        Err(e) => return Err(refuse(&state, &mut socket, &claimed, address, e.to_string()).await),
     };
     socket
         .send_frame(handshake::encode(&HandshakeFrame::Welcome {
@@ -774,11 +665,16 @@ async fn serve_downstream(
     result
 }
 
-async fn audit_refusal(state: &AppState, key: &str, address: &str, reason: &str) {
+async fn audit_refusal(
+    state: &AppState,
+    key: &str,
+    address: Option<std::net::IpAddr>,
+    reason: &str,
+) {
     let (ctx, key, address, reason) = (
         state.write_ctx(),
         key.chars().take(64).collect::<String>(),
-        address.to_string(),
+        crate::audit::tally::address_group(address),
         reason.to_string(),
     );
     let _ = state
@@ -1413,38 +1309,4 @@ async fn connect_upstream(
         state.shutdown.child_token(),
     )
     .await
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refusals_are_audited_once_per_window_with_a_count() {
-        let r = Refusals::default();
-        assert!(r.record("key-a", "192.0.2.1", "not enrolled", 0));
-        for i in 1..50 {
-            assert!(!r.record("key-a", "192.0.2.1", "not enrolled", i));
-        }
-        // Another key or address opens its own window.
-        assert!(r.record("key-b", "192.0.2.1", "not enrolled", 10));
-        assert!(r.record("key-a", "192.0.2.2", "not enrolled", 10));
-        assert!(r.take_closed(REFUSAL_WINDOW_MS - 1).is_empty());
-        let closed = r.take_closed(REFUSAL_WINDOW_MS + 10);
-        // Only the window with refusals after its first needs a summary.
-        assert_eq!(closed.len(), 1);
-        assert_eq!(closed[0].count, 49);
-        assert_eq!(r.total(), 52);
-        // The next refusal opens a new window, audited again.
-        assert!(r.record("key-a", "192.0.2.1", "not enrolled", REFUSAL_WINDOW_MS + 20));
-    }
-
-    #[test]
-    fn a_flood_of_fresh_keys_does_not_grow_memory() {
-        let r = Refusals::default();
-        for i in 0..(REFUSAL_KEYS_MAX + 500) {
-            r.record(&format!("key-{i}"), "192.0.2.1", "x", 0);
-        }
-        assert!(r.windows.lock().unwrap().len() <= REFUSAL_KEYS_MAX + 1);
-    }
 }

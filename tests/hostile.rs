@@ -283,7 +283,8 @@ fn a_stolen_village_hub_cannot_act_above_its_village() {
             VILLAGE,
             "Evil-Pass-2026",
         )?;
-        // 5. workflow steps on the incident in the name of township staff.
+        // 5. workflow steps on the incident in the name of township staff, as the village's own
+        //    admin, and as the node escalating on its own;
         let accept = transition("forged-accept", "li.ming", "township_staff", "accept");
         docs.change(conn, &village_admin, incident, move |d| {
             Ok(township_sync::workflow::append(d, &accept)?)
@@ -293,6 +294,34 @@ fn a_stolen_village_hub_cannot_act_above_its_village() {
         docs.change(conn, &as_staff, incident, move |d| {
             Ok(township_sync::workflow::append(d, &reject)?)
         })?;
+        let as_admin = transition("admin-accept", "admin", "admin", "accept");
+        docs.change(conn, &village_admin, incident, move |d| {
+            Ok(township_sync::workflow::append(d, &as_admin)?)
+        })?;
+        let escalate = transition("self-escalate", "system", "system", "escalate");
+        docs.change(conn, &Author::node(area(VILLAGE)), incident, move |d| {
+            Ok(township_sync::workflow::append(d, &escalate)?)
+        })?;
+        // 6. a perfectly valid village admin, to try the township's node-wide pages with;
+        forge_user(
+            conn,
+            docs,
+            &village_admin,
+            "v.admin",
+            "admin",
+            VILLAGE,
+            "Village-Admin-2026",
+        )?;
+        // 7. a name the township will need later, squatted in advance.
+        forge_user(
+            conn,
+            docs,
+            &village_admin,
+            "zhou.new",
+            "grid_worker",
+            VILLAGE,
+            "Evil-Pass-2026",
+        )?;
         Ok(())
     });
 
@@ -300,7 +329,7 @@ fn a_stolen_village_hub_cannot_act_above_its_village() {
     // The honest part of the village's changes arrives; wait for the forged transitions to land.
     wait_for("the forged transitions at the township", || {
         let view = get(&t, &t_admin, &format!("/api/v1/incidents/{incident}"));
-        view["conflicts"].as_array().is_some_and(|c| c.len() >= 2)
+        view["conflicts"].as_array().is_some_and(|c| c.len() >= 4)
     });
 
     // 1. Refused where it merged: not stored, audited.
@@ -360,6 +389,71 @@ fn a_stolen_village_hub_cannot_act_above_its_village() {
     let view = get(&t, &t_admin, &format!("/api/v1/incidents/{incident}"));
     assert_eq!(view["state"], "reported", "{view}");
     assert!(view["transitions"].as_array().unwrap().is_empty(), "{view}");
+    let conflicts: Vec<&str> = view["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["transition"]["id"].as_str().unwrap())
+        .collect();
+    for id in [
+        "forged-accept",
+        "forged-reject",
+        "admin-accept",
+        "self-escalate",
+    ] {
+        assert!(conflicts.contains(&id), "{id}: {view}");
+    }
+
+    // 6. A village admin signed in at the township manages the village's accounts there, nothing
+    //    of the township's own: not its peers, not its audit log, not its incidents' workflow.
+    let vadmin = login(&t.base, "v.admin", "Village-Admin-2026");
+    let (stranger, _) = township_sync::NodeKey::generate().unwrap();
+    for (method, path, body) in [
+        ("GET", "/api/v1/nodes".to_string(), None),
+        (
+            "POST",
+            "/api/v1/nodes".to_string(),
+            Some(
+                json!({"public_key": stranger.public_key().to_string(), "area": "330723001002", "name": "x"}),
+            ),
+        ),
+        (
+            "DELETE",
+            format!(
+                "/api/v1/nodes/{}",
+                id_of(&village)["node_id"].as_str().unwrap()
+            ),
+            None,
+        ),
+        ("GET", "/api/v1/audit".to_string(), None),
+        (
+            "POST",
+            format!("/api/v1/incidents/{incident}/transitions"),
+            Some(json!({"action": "accept"})),
+        ),
+    ] {
+        let status = match body {
+            Some(b) => send_json(method, &t.url(&path), &vadmin.headers(), &b).0,
+            None => {
+                blocking_send(method, &t.url(&path), &vadmin.headers(), b"")
+                    .unwrap()
+                    .0
+            }
+        };
+        assert_eq!(status, 403, "{method} {path}");
+    }
+
+    // 7. The township still gets the name the village squatted: its account is made higher.
+    let (status, _, body) = send_json(
+        "POST",
+        &t.url("/api/v1/users"),
+        &t_admin.headers(),
+        &json!({"username": "zhou.new", "role": "township_staff", "area": TOWNSHIP, "password": "Township-Staff-2027"}),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let zhou = login(&t.base, "zhou.new", "Township-Staff-2027");
+    assert_eq!(get(&t, &zhou, "/api/v1/session")["user"]["area"], TOWNSHIP);
+    assert_eq!(try_login(&t, "zhou.new", "Evil-Pass-2026"), 401);
     // The real li.ming can still accept it.
     let (status, _, body) = send_json(
         "POST",
@@ -490,8 +584,9 @@ async fn refused_handshakes_are_counted_and_audited_once_per_window() {
     let port = free_port();
     let t = serve_on(&township, port);
     let admin = login(&t.base, "admin", ADMIN_PASSWORD);
-    let (stranger, _) = township_sync::NodeKey::generate().unwrap();
+    // A fresh key each time: the window is the address's, whatever the stranger claims to be.
     for _ in 0..100 {
+        let (stranger, _) = township_sync::NodeKey::generate().unwrap();
         let refused = connect_sync(port, &stranger, t_key).await;
         assert!(refused.is_err());
     }

@@ -258,6 +258,19 @@ async fn raw_connect(
     user: &str,
     pw: &str,
 ) -> Option<u8> {
+    held_connect(from, to, client_id, user, pw)
+        .await
+        .map(|(code, _)| code)
+}
+
+/// [`raw_connect`], keeping the connection open.
+async fn held_connect(
+    from: IpAddr,
+    to: SocketAddr,
+    client_id: &str,
+    user: &str,
+    pw: &str,
+) -> Option<(u8, tokio::net::TcpStream)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let field = |s: &str| {
         let mut v = (s.len() as u16).to_be_bytes().to_vec();
@@ -280,7 +293,7 @@ async fn raw_connect(
         .await
         .ok()?
         .ok()?;
-    (ack[0] == 0x20).then_some(ack[3])
+    (ack[0] == 0x20).then_some((ack[3], stream))
 }
 
 #[test]
@@ -564,4 +577,37 @@ fn wrong_passwords_in_a_devices_name_do_not_make_it_faulty_or_forge_log_lines() 
             .any(|l| l.starts_with("FORGED") || l.contains('\u{1b}')),
         "{lines:?}"
     );
+}
+
+#[test]
+fn a_device_with_every_slot_taken_can_still_reconnect() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = start(tmp.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // The water level station holds all four of its connections (a gateway, say).
+        let mut held = Vec::new();
+        for id in ["c1", "c2", "c3", "c4"] {
+            let (code, stream) = held_connect(loopback(0, 1), node.mqtt, id, "wl-09", LEVEL_PW)
+                .await
+                .unwrap();
+            assert_eq!(code, 0, "{id}");
+            held.push(stream);
+        }
+        // A fifth, new client id, is refused: the device's slots are full.
+        assert_ne!(
+            raw_connect(loopback(0, 1), node.mqtt, "c5", "wl-09", LEVEL_PW).await,
+            Some(0)
+        );
+        // A reconnect with one of its client ids takes that connection's slot over.
+        assert_eq!(
+            raw_connect(loopback(0, 1), node.mqtt, "c2", "wl-09", LEVEL_PW).await,
+            Some(0),
+            "the reconnect was refused after its old connection was ended"
+        );
+        drop(held);
+    });
 }

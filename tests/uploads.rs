@@ -350,3 +350,36 @@ async fn files_no_record_refers_to_are_reported_and_removed_after_the_grace() {
     );
     assert!(blobs.orphans(&referenced).unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn uploads_racing_each_other_cannot_pass_the_quota_together() {
+    let mut config = Config::default();
+    config.incidents.upload_quota_per_day = 200_000;
+    let h = Harness::with_config(config).await;
+    let grid = h
+        .user("grid.wang", Role::GridWorker, "330723001001", None)
+        .await;
+    let id = create(&h, &grid, report("围墙开裂", "安全隐患")).await;
+    let files: Vec<Vec<u8>> = (10..14).map(|seed| noise_png(200, 200, seed)).collect();
+    let answers =
+        futures_util::future::join_all(files.iter().map(|f| upload(&h, &grid, &id, f))).await;
+    let created = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::CREATED)
+        .count();
+    assert_eq!(created, 1, "{answers:?}");
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _)| *s == StatusCode::CREATED || *s == StatusCode::PAYLOAD_TOO_LARGE)
+    );
+    // Only the accepted file was written: the others were refused before their bytes were stored.
+    let blobs = h.state().blobs.clone();
+    let referenced = h
+        .state()
+        .store
+        .read(township_node::blobs::referenced)
+        .await
+        .unwrap();
+    assert!(blobs.orphans(&referenced).unwrap().is_empty());
+}

@@ -22,6 +22,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::driver::DriverContext;
 
+/// The group a client address counts in for per-address limits: an IPv6 address by its /64 (a host
+/// picks its addresses from one freely), an IPv4-mapped IPv6 address as the IPv4 address it is.
+pub fn address_group(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// The limits of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerLimits {
@@ -122,6 +137,7 @@ impl Admission {
     /// Takes a pending slot for a new connection from `addr`, pushing out an older pending one if
     /// there is no room. Never refuses.
     pub fn arrive(&self, addr: IpAddr) -> Ticket {
+        let addr = address_group(addr);
         let mut inner = self.lock();
         let from_here = inner.by_address.get(&addr).map_or(0, VecDeque::len);
         if from_here >= self.limits.pending_per_address {

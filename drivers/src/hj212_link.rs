@@ -40,12 +40,14 @@ impl PasswordFailures {
     }
 
     pub fn record(&self, mn: &str, ip: IpAddr, now_ms: i64) {
+        let ip = crate::admission::address_group(ip);
         let mut map = self.lock();
         map.retain(|_, (since, _)| now_ms - *since < PW_WINDOW_MS);
         map.entry((mn.to_string(), ip)).or_insert((now_ms, 0)).1 += 1;
     }
 
     pub fn blocked(&self, mn: &str, ip: IpAddr, now_ms: i64) -> bool {
+        let ip = crate::admission::address_group(ip);
         self.lock()
             .get(&(mn.to_string(), ip))
             .is_some_and(|(since, n)| *n >= PW_FAILURES && now_ms - *since < PW_WINDOW_MS)

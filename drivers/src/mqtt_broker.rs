@@ -145,6 +145,7 @@ struct Failures(Mutex<HashMap<std::net::IpAddr, (i64, u32)>>);
 
 impl Failures {
     fn record(&self, ip: std::net::IpAddr, now_ms: i64) {
+        let ip = crate::admission::address_group(ip);
         if let Ok(mut map) = self.0.lock() {
             // Old entries go, so the map cannot grow without bound.
             map.retain(|_, (since, _)| now_ms - *since < FAILURE_WINDOW_MS);
@@ -154,6 +155,7 @@ impl Failures {
     }
 
     fn blocked(&self, ip: std::net::IpAddr, now_ms: i64) -> bool {
+        let ip = crate::admission::address_group(ip);
         self.0.lock().is_ok_and(|map| {
             map.get(&ip)
                 .is_some_and(|(since, n)| *n >= MAX_FAILURES && now_ms - *since < FAILURE_WINDOW_MS)
@@ -397,6 +399,32 @@ async fn serve_client(
     // A reconnect with the same client id ends the old connection (MQTT 3.1.1 §3.1.4), but only
     // the same device's: the id is scoped to the credentials that signed in.
     let key = (account.device.clone(), client_id.clone());
+    let previous = shared
+        .sessions
+        .lock()
+        .ok()
+        .and_then(|sessions| sessions.get(&key).map(|(_, token)| token.clone()));
+    // Signed in: from a pending slot to one of the device's own. When the device's slots are full
+    // and this is a reconnect, the old connection's slot is the one to take: end it and wait for its
+    // slot to come free, rather than end it and still refuse the new one.
+    let mut admitted = ticket.authenticate(&account.device);
+    if admitted.is_err()
+        && let Some(old) = &previous
+    {
+        old.cancel();
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            admitted = ticket.authenticate(&account.device);
+            if admitted.is_ok() {
+                break;
+            }
+        }
+    }
+    if let Err(e) = admitted {
+        tracing::warn!(device = %account.device, "MQTT connection refused: {e}");
+        write_packet(&mut wr, &refuse(ConnectReturnCode::ServiceUnavailable)).await?;
+        return Err(ClientError::Refused(e.to_string()));
+    }
     let session = shared
         .next_session
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -405,17 +433,6 @@ async fn serve_client(
         && let Some((_, old)) = sessions.insert(key.clone(), (session, mine.clone()))
     {
         old.cancel();
-    }
-    // Signed in: from a pending slot to one of the device's own.
-    if let Err(e) = ticket.authenticate(&account.device) {
-        tracing::warn!(device = %account.device, "MQTT connection refused: {e}");
-        if let Ok(mut sessions) = shared.sessions.lock()
-            && sessions.get(&key).is_some_and(|(id, _)| *id == session)
-        {
-            sessions.remove(&key);
-        }
-        write_packet(&mut wr, &refuse(ConnectReturnCode::ServiceUnavailable)).await?;
-        return Err(ClientError::Refused(e.to_string()));
     }
     write_packet(
         &mut wr,

@@ -7,7 +7,10 @@
 //! signature is also kept. `township-node audit verify` walks the chain and the signatures.
 
 mod routes;
+pub mod tally;
 pub mod verify;
+
+pub use tally::Tally;
 
 pub use routes::{parse_time, routes};
 
@@ -105,9 +108,18 @@ fn head_value(key: &NodeKey, seq: i64, hash: &str) -> String {
     )
 }
 
-/// Signs the recorded head if it carries no signature (a database from before head signatures);
-/// run at start, so `audit verify` can require one.
+/// Signs the recorded head if it carries no signature — only once, at the first start after the
+/// migration that introduced head signatures (it leaves a marker). After that an unsigned head is
+/// never signed: someone who rewrote the chain and its head without the key would have the next
+/// restart sign their forgery.
 pub fn sign_head_if_unsigned(conn: &Connection, key: &NodeKey) -> Result<bool, StoreError> {
+    let allowed = conn.execute(
+        "DELETE FROM node_meta WHERE key = 'audit_head_unsigned_ok'",
+        [],
+    )? > 0;
+    if !allowed {
+        return Ok(false);
+    }
     let head: Option<String> = conn
         .query_row(
             "SELECT value FROM node_meta WHERE key = ?1",

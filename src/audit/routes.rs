@@ -35,8 +35,11 @@ pub fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
 
 async fn list(
     State(state): State<AppState>,
+    caller: crate::auth::Caller,
     Query(q): Query<AuditQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // The log is the node's: it names every account and change here, whatever their area.
+    caller.require_node_wide(&state.node.area)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::InvalidField {

@@ -311,9 +311,13 @@ mod tests {
         // The attacker rewrites the head too, but cannot sign it.
         conn.execute(
             "UPDATE node_meta SET value = ?1 WHERE key = 'audit_head'",
-            [format!("130:{prev}:")],
+            [format!("130:{prev}")],
         )
         .unwrap();
+        assert_eq!(first_bad(&conn, &key), 130);
+        // Nor can they wait for the node to sign it at its next start: that happens only once, right
+        // after the upgrade that introduced head signatures.
+        assert!(!super::super::sign_head_if_unsigned(&conn, &key).unwrap());
         assert_eq!(first_bad(&conn, &key), 130);
         // Signed with another key, it is no better.
         let (other, _) = NodeKey::generate().unwrap();

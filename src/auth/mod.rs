@@ -64,6 +64,20 @@ impl Caller {
         self.area.contains(area)
     }
 
+    /// For what concerns the node as a whole (its sync peers, its audit log): the caller's area must
+    /// cover the node's. An admin of one village signed in at the township manages that village's
+    /// accounts there, never the township's peers or its log.
+    pub fn require_node_wide(&self, node_area: &AreaCode) -> Result<(), ApiError> {
+        if self.area.contains(node_area) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "this concerns the whole node (area {node_area}); your account covers only {}",
+                self.area
+            )))
+        }
+    }
+
     pub fn me(&self) -> Me {
         Me {
             username: self.username.clone(),

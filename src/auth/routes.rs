@@ -119,17 +119,21 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
                 Some(_) => "wrong password",
                 None => "unknown user",
             };
-            let (who, from) = (username.clone(), client.clone());
-            state
-                .store
-                .write(move |conn| {
-                    ctx.audit(
-                        conn,
-                        Event::new(&who, "auth.login_failed", &who)
-                            .detail(json!({"client": from, "reason": reason})),
-                    )
-                })
-                .await?;
+            // The first failure from a client in a window is audited now, the rest as one summary
+            // when it closes: strangers cannot flood the chain that ships to the county.
+            if state.sign_in_failures.record(addr, &username, reason, now) {
+                let (who, from) = (username.clone(), client.clone());
+                state
+                    .store
+                    .write(move |conn| {
+                        ctx.audit(
+                            conn,
+                            Event::new(&who, "auth.login_failed", &who)
+                                .detail(json!({"client": from, "reason": reason})),
+                        )
+                    })
+                    .await?;
+            }
             return Err(ApiError::Unauthorized);
         }
     };

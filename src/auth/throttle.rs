@@ -126,6 +126,8 @@ impl Throttle {
         now: i64,
     ) -> Result<Attempt, RetryAfter> {
         let window = self.config.window_ms;
+        // One host picks IPv6 addresses freely within its /64: that is one client here.
+        let address = address.map(township_drivers::admission::address_group);
         let client = match (device, address) {
             (Some(d), _) => ClientKey::Device(d.to_string()),
             (None, Some(a)) => ClientKey::Address(a),
@@ -339,6 +341,22 @@ mod tests {
             t.failed(t.reserve("li", ip("192.0.2.3"), None, 10 + i).unwrap());
         }
         assert!(t.reserve("li", ip("192.0.2.3"), None, 20).is_err());
+    }
+
+    #[test]
+    fn an_ipv6_host_is_one_client_whichever_address_it_picks() {
+        let t = throttle();
+        for i in 0..5 {
+            let a = t
+                .reserve("wang", ip(&format!("2001:db8:1:2::{i:x}")), None, i)
+                .unwrap();
+            t.failed(a);
+        }
+        assert!(
+            t.reserve("wang", ip("2001:db8:1:2::ffff"), None, 10)
+                .is_err()
+        );
+        assert!(t.reserve("wang", ip("2001:db8:1:3::1"), None, 10).is_ok());
     }
 
     #[test]

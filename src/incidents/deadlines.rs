@@ -1,6 +1,7 @@
 //! Deadlines, checked by the node itself every minute whether or not the county is reachable:
 //! incidents past 80% of their time are flagged `near`, past 100% `overdue`; overdue incidents of
-//! categories configured to escalate are escalated to the county automatically.
+//! categories configured to escalate are escalated to the county automatically by a township or
+//! county node (a village hub flags them only).
 
 use std::collections::BTreeMap;
 
@@ -24,11 +25,14 @@ pub struct CheckReport {
 /// Refreshes every open incident's due state at `now` and escalates what must be escalated.
 pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
     let now = state.clock.now_ms();
+    // Escalating is the township's or the county's office; a village hub only flags deadlines (its
+    // own escalations would not count anywhere, see `workflow::IncidentMachine`).
+    let escalates_here = state.node.area.level() != township_sync::NodeRole::Village;
     let auto: Vec<String> = state
         .config
         .categories
         .iter()
-        .filter(|c| c.auto_escalate)
+        .filter(|c| c.auto_escalate && escalates_here)
         .map(|c| c.name.clone())
         .collect();
     let ctx = state.write_ctx();

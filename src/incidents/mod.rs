@@ -218,6 +218,16 @@ pub struct TransitionRequest {
     pub deadline_ms: Option<i64>,
 }
 
+/// The caller as the workflow sees them.
+fn acting(caller: &Caller) -> workflow::Acting<'_> {
+    workflow::Acting {
+        role: caller.role.as_str(),
+        actor: &caller.username,
+        area: Some(&caller.area),
+        department: caller.department.as_deref(),
+    }
+}
+
 /// Department handlers see what is dispatched to their department (lead or assisting) and what they
 /// acted on before; everyone else is limited by area alone.
 pub fn visible_to(caller: &Caller, doc: &AutoCommit, authors: &Authors, scope: &AreaCode) -> bool {
@@ -364,14 +374,7 @@ pub fn transition(
     if note.as_deref().is_some_and(|n| n.chars().count() > 2000) {
         return Err(invalid("note", "note is at most 2000 characters"));
     }
-    if !workflow::role_may(
-        action,
-        caller.role.as_str(),
-        &caller.username,
-        caller.department.as_deref(),
-        &reporter,
-        &folded.state,
-    ) {
+    if !workflow::role_may(action, acting(caller), &reporter, &folded.state) {
         return Err(IncidentError::Forbidden(format!(
             "the {} role may not {} this incident now",
             caller.role,
@@ -609,24 +612,56 @@ pub fn check_quota(
     Ok(())
 }
 
+/// Takes `size` bytes of `username`'s quota for today, in a write, before the file is stored: uploads
+/// racing each other cannot all pass a check made before any of them counted.
+pub fn reserve_upload(
+    conn: &Connection,
+    username: &str,
+    size: u64,
+    quota: u64,
+    now_ms: i64,
+) -> Result<(), IncidentError> {
+    check_quota(conn, username, size, quota, now_ms)?;
+    conn.execute(
+        "INSERT INTO upload_use (username, day, bytes) VALUES (?1, ?2, ?3)
+         ON CONFLICT(username, day) DO UPDATE SET bytes = bytes + excluded.bytes",
+        params![
+            username,
+            beijing_day(now_ms),
+            i64::try_from(size).unwrap_or(i64::MAX)
+        ],
+    )
+    .map_err(StoreError::from)?;
+    Ok(())
+}
+
+/// Gives back a reservation whose upload did not become an attachment.
+pub fn release_upload(
+    conn: &Connection,
+    username: &str,
+    size: u64,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE upload_use SET bytes = max(0, bytes - ?3) WHERE username = ?1 AND day = ?2",
+        params![
+            username,
+            beijing_day(now_ms),
+            i64::try_from(size).unwrap_or(i64::MAX)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Lists an uploaded file on the incident (the caller reserved its bytes of quota first).
 pub fn attach(
     conn: &Connection,
     ctx: &WriteCtx,
     caller: &Caller,
     id: Uuid,
     file: Attachment,
-    quota: u64,
 ) -> Result<(), IncidentError> {
     load_visible(conn, ctx, caller, id)?;
-    // Checked again here, in the write, so uploads racing each other cannot pass it together.
-    let size = u64::try_from(file.size).unwrap_or(0);
-    check_quota(conn, &caller.username, size, quota, ctx.now_ms())?;
-    conn.execute(
-        "INSERT INTO upload_use (username, day, bytes) VALUES (?1, ?2, ?3)
-         ON CONFLICT(username, day) DO UPDATE SET bytes = bytes + excluded.bytes",
-        params![caller.username, beijing_day(ctx.now_ms()), file.size],
-    )
-    .map_err(StoreError::from)?;
     crate::blobs::register(
         conn,
         &file.sha256,
@@ -829,16 +864,7 @@ pub fn view(loaded: &Loaded, config: &Config, caller: &Caller, now: i64) -> serd
     let allowed: Vec<&str> = workflow::ALL_ACTIONS
         .into_iter()
         .filter(|a| workflow::next_state(state, *a).is_some())
-        .filter(|a| {
-            workflow::role_may(
-                *a,
-                caller.role.as_str(),
-                &caller.username,
-                caller.department.as_deref(),
-                &reporter,
-                &folded.state,
-            )
-        })
+        .filter(|a| workflow::role_may(*a, acting(caller), &reporter, &folded.state))
         .map(Action::as_str)
         .collect();
     let field_conflicts: serde_json::Map<String, serde_json::Value> =
@@ -895,6 +921,16 @@ impl IncidentProjection {
 impl Projection for IncidentProjection {
     fn kind(&self) -> &'static str {
         KIND
+    }
+
+    /// Transitions, comments and attachments are only ever added: from below, nothing in them is
+    /// removed or changed.
+    fn append_only(&self) -> &'static [&'static str] {
+        &[
+            township_sync::workflow::TRANSITIONS_KEY,
+            "comments",
+            "attachments",
+        ]
     }
 
     fn project(

@@ -469,16 +469,29 @@ async fn attach(
         ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string())
     })?;
     let size = bytes.len();
+    // The bytes are taken from the quota before the file is written, in a write, so parallel
+    // uploads cannot all pass; they are given back if the file does not become an attachment.
     let (who, now) = (caller.username.clone(), state.clock.now_ms());
     state
         .store
-        .read(move |conn| super::check_quota(conn, &who, size as u64, quota, now))
+        .write(move |conn| super::reserve_upload(conn, &who, size as u64, quota, now))
         .await?;
+    let release = |state: &AppState| {
+        let (who, now) = (caller.username.clone(), now);
+        state.spawn_write(move |conn| super::release_upload(conn, &who, size as u64, now));
+    };
     let blobs = state.blobs.clone();
-    let sha = tokio::task::spawn_blocking(move || blobs.put(&bytes))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let sha = match tokio::task::spawn_blocking(move || blobs.put(&bytes)).await {
+        Ok(Ok(sha)) => sha,
+        Ok(Err(e)) => {
+            release(&state);
+            return Err(ApiError::Internal(e.to_string()));
+        }
+        Err(e) => {
+            release(&state);
+            return Err(ApiError::Internal(e.to_string()));
+        }
+    };
     let file = Attachment {
         sha256: sha.clone(),
         size: size as i64,
@@ -487,10 +500,14 @@ async fn attach(
         at_ms: state.clock.now_ms(),
     };
     let (ctx, who) = (state.write_ctx(), caller.clone());
-    state
+    if let Err(e) = state
         .store
-        .write(move |conn| super::attach(conn, &ctx, &who, id, file, quota))
-        .await?;
+        .write(move |conn| super::attach(conn, &ctx, &who, id, file))
+        .await
+    {
+        release(&state);
+        return Err(e.into());
+    }
     Ok((
         StatusCode::CREATED,
         Json(json!({"sha256": sha, "size": size, "content_type": content_type})),

@@ -164,23 +164,37 @@ impl Folded {
     }
 }
 
-/// Who may take an action, given the caller and the incident as folded so far. `reporter` is the
+/// Who is acting: their role, username, area (when known: the caller here, or the person an author
+/// claim names) and department.
+#[derive(Debug, Clone, Copy)]
+pub struct Acting<'a> {
+    pub role: &'a str,
+    pub actor: &'a str,
+    pub area: Option<&'a township_sync::AreaCode>,
+    pub department: Option<&'a str>,
+}
+
+/// Who may take an action, given who acts and the incident as folded so far. `reporter` is the
 /// username that reported the incident. Checked when an action is taken and again in the fold, so a
 /// transition a peer forged with the wrong role never takes effect anywhere.
-pub fn role_may(
-    action: Action,
-    role: &str,
-    actor: &str,
-    actor_department: Option<&str>,
-    reporter: &str,
-    folded: &Folded,
-) -> bool {
+///
+/// An admin stands in for any role, but only with the authority of their area's level: an admin of
+/// a village (the village hub's own, or one it made) is no township office, and may only do what a
+/// grid worker may.
+pub fn role_may(action: Action, who: Acting<'_>, reporter: &str, folded: &Folded) -> bool {
+    let Acting {
+        role,
+        actor,
+        area,
+        department: actor_department,
+    } = who;
     let Ok(role) = role.parse::<Role>() else {
         // The node itself: automatic escalation of overdue incidents.
         return role == "system" && action == Action::Escalate;
     };
     if role == Role::Admin {
-        return true;
+        let village_level = area.is_some_and(|a| !Role::TownshipStaff.allowed_at(a));
+        return !village_level || (action == Action::Verify && actor == reporter);
     }
     let lead = folded.lead_department.as_deref();
     let is_lead_handler =
@@ -233,11 +247,19 @@ pub struct IncidentMachine<'a> {
 }
 
 /// Whether the person who wrote `t` (as its change claims) could have taken it on this incident.
+/// Automatic escalations are the node's own, and only a township's or the county's: a village hub
+/// escalating its own incidents at will would be acting as the office above it.
 fn author_may_act(t: &Transition, scope: &township_sync::AreaCode) -> Result<(), String> {
     let township_sync::Written::By(township_sync::Provenance::Claimed(author)) = &t.written else {
         return Ok(());
     };
     let Some(person) = &author.person else {
+        if author.node_area.level() == township_sync::NodeRole::Village {
+            return Err(format!(
+                "the village node {} may not escalate on its own",
+                author.node_area
+            ));
+        }
         return Ok(());
     };
     if !person.area.contains(scope) {
@@ -277,8 +299,19 @@ impl Machine for IncidentMachine<'_> {
             )
         })?;
         author_may_act(t, self.scope)?;
-        let department = t.data.get("actor_department").map(String::as_str);
-        if !role_may(action, &t.role, &t.actor, department, self.reporter, folded) {
+        let person_area = match &t.written {
+            township_sync::Written::By(township_sync::Provenance::Claimed(a)) => {
+                a.person.as_ref().map(|p| &p.area)
+            }
+            _ => None,
+        };
+        let who = Acting {
+            role: &t.role,
+            actor: &t.actor,
+            area: person_area,
+            department: t.data.get("actor_department").map(String::as_str),
+        };
+        if !role_may(action, who, self.reporter, folded) {
             return Err(format!(
                 "{} ({}) may not {} this incident",
                 t.actor,

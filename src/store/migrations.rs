@@ -340,6 +340,13 @@ fn v9_authority(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ) STRICT;
         ",
     )?;
+    // Heads are signed from now on; the node may sign the one unsigned head it finds, once, at the
+    // next start (see `audit::sign_head_if_unsigned`).
+    tx.execute(
+        "INSERT INTO node_meta (key, value) VALUES ('audit_head_unsigned_ok', '1')
+         ON CONFLICT(key) DO NOTHING",
+        [],
+    )?;
     // Only a database with records needs them re-read (a fresh one has none).
     tx.execute(
         "INSERT INTO node_meta (key, value) SELECT ?1, '9' WHERE EXISTS (SELECT 1 FROM documents)

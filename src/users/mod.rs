@@ -396,12 +396,15 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
     Ok(())
 }
 
-/// Whether any account here, effective or not, carries `username`.
-fn name_in_use(conn: &Connection, username: &str) -> Result<bool, StoreError> {
+/// Whether `username` is taken for an account made at a node whose area code is `node_area`: by the
+/// local admin, or by an account made as high in the tree or higher that is not quarantined. An
+/// account made lower does not block it — the new one would win the clash anyway — so a village hub
+/// cannot squat the names its township or county will need.
+fn name_taken(conn: &Connection, username: &str, node_area: &AreaCode) -> Result<bool, StoreError> {
     Ok(conn.query_row(
         "SELECT EXISTS (SELECT 1 FROM local_accounts WHERE username = ?1)
-             OR EXISTS (SELECT 1 FROM users WHERE username = ?1)",
-        [username],
+             OR EXISTS (SELECT 1 FROM users WHERE username = ?1 AND quarantine IS NULL AND rank <= ?2)",
+        params![username, node_area.as_str().len() as i64],
         |r| r.get(0),
     )?)
 }
@@ -415,7 +418,7 @@ pub fn create(
     password_hash: String,
 ) -> Result<UserView, UserError> {
     check_authority(actor, new.role, &new.area)?;
-    if name_in_use(conn, &new.username)? {
+    if name_taken(conn, &new.username, &ctx.area)? {
         return Err(UserError::Taken(new.username.clone()));
     }
     let department = check_department(new.role, new.department.as_deref())?;
@@ -602,7 +605,7 @@ pub fn rename(
         ));
     };
     check_authority(actor, role, &area)?;
-    if new_username == LOCAL_ADMIN || name_in_use(conn, new_username)? {
+    if new_username == LOCAL_ADMIN || name_taken(conn, new_username, &ctx.area)? {
         return Err(UserError::Taken(new_username.into()));
     }
     let (old, new) = (username.to_string(), new_username.to_string());
@@ -757,6 +760,10 @@ impl Projection for UserProjection {
     /// those whose area lies inside its own.
     fn flow(&self) -> Flow {
         Flow::UpOnly
+    }
+
+    fn append_only(&self) -> &'static [&'static str] {
+        &[FORMER_USERNAMES]
     }
 
     fn project(

@@ -169,6 +169,11 @@ pub trait Projection: Send + Sync {
     fn flow(&self) -> Flow {
         Flow::Tree
     }
+    /// Root keys holding lists that only ever grow: no change from below may remove an item from
+    /// them, replace them, or change an item already there (see [`check_new_changes`]).
+    fn append_only(&self) -> &'static [&'static str] {
+        &[crate::workflow::TRANSITIONS_KEY]
+    }
 }
 
 /// Who a remote change comes from, for the merge rule on author claims.
@@ -331,6 +336,13 @@ impl DocStore {
     /// Which way records of `kind` travel (kinds without a projection travel the whole tree).
     pub fn flow(&self, kind: &str) -> Flow {
         self.projections.get(kind).map_or(Flow::Tree, |p| p.flow())
+    }
+
+    /// The append-only lists of records of `kind`.
+    fn append_only(&self, kind: &str) -> &'static [&'static str] {
+        self.projections
+            .get(kind)
+            .map_or(&[crate::workflow::TRANSITIONS_KEY], |p| p.append_only())
     }
 
     /// Commits the open transaction with `author`'s claim, and refuses the edit if anything in it was
@@ -584,12 +596,14 @@ impl DocStore {
                 }
                 let (meta, mut doc) = self.load(conn, id)?;
                 let before = doc.get_heads();
+                let lists_before = ListItems::read(&doc, self.append_only(kind));
                 guarded(id, || doc.load_incremental(bytes))?;
                 let after = doc.get_heads();
                 if after == before {
                     return Ok(Merged::Unchanged);
                 }
                 check_new_changes(id, &mut doc, &before, sender, scope)?;
+                check_append_only(id, &doc, &lists_before, sender, self.append_only(kind))?;
                 let new_bytes = doc.save_after(&before);
                 Ok(Merged::Changed(
                     self.record_change(conn, meta, &mut doc, &new_bytes)?,
@@ -796,6 +810,95 @@ fn check_new_changes(
     Ok(())
 }
 
+/// The items of a document's append-only lists, each with a fingerprint of its content.
+#[derive(Debug, Default)]
+struct ListItems(BTreeMap<String, String>);
+
+impl ListItems {
+    fn read(doc: &AutoCommit, keys: &[&str]) -> ListItems {
+        use automerge::ReadDoc;
+        let mut out = BTreeMap::new();
+        for key in keys {
+            let Ok(lists) = doc.get_all(automerge::ROOT, *key) else {
+                continue;
+            };
+            for (value, list) in lists {
+                if !matches!(value, automerge::Value::Object(automerge::ObjType::List)) {
+                    continue;
+                }
+                for index in 0..doc.length(&list) {
+                    for (item, item_id) in doc.get_all(&list, index).unwrap_or_default() {
+                        out.insert(
+                            format!("{key}/{item_id}"),
+                            fingerprint(doc, &item, &item_id),
+                        );
+                    }
+                }
+            }
+        }
+        ListItems(out)
+    }
+}
+
+/// A value's content, recursively for objects, as text: equal exactly when the content is.
+fn fingerprint(doc: &AutoCommit, value: &automerge::Value<'_>, id: &automerge::ObjId) -> String {
+    use automerge::ReadDoc;
+    match value {
+        automerge::Value::Scalar(s) => format!("{s:?}"),
+        automerge::Value::Object(automerge::ObjType::Map) => {
+            let mut parts = Vec::new();
+            for key in doc.keys(id) {
+                for (v, child) in doc.get_all(id, key.as_str()).unwrap_or_default() {
+                    parts.push(format!("{key}={}", fingerprint(doc, &v, &child)));
+                }
+            }
+            format!("{{{}}}", parts.join(","))
+        }
+        automerge::Value::Object(_) => {
+            let mut parts = Vec::new();
+            for index in 0..doc.length(id) {
+                for (v, child) in doc.get_all(id, index).unwrap_or_default() {
+                    parts.push(fingerprint(doc, &v, &child));
+                }
+            }
+            format!("[{}]", parts.join(","))
+        }
+    }
+}
+
+/// The merge rule for append-only lists (transitions, comments, attachments): from a node below, a
+/// change may add items, never remove one, replace a list, or change an item already there. The
+/// writer of a township's transition is the township; a village deleting or editing it would make
+/// the record say what its writer did not write.
+fn check_append_only(
+    id: Uuid,
+    doc: &AutoCommit,
+    before: &ListItems,
+    sender: Sender<'_>,
+    keys: &[&str],
+) -> Result<(), DocError> {
+    if !matches!(sender, Sender::Below(_)) || before.0.is_empty() {
+        return Ok(());
+    }
+    let after = ListItems::read(doc, keys);
+    for (item, content) in &before.0 {
+        match after.0.get(item) {
+            None => {
+                return Err(DocError::Invalid(format!(
+                    "record {id}: a change from below removes {item} from an append-only list"
+                )));
+            }
+            Some(now) if now != content => {
+                return Err(DocError::Invalid(format!(
+                    "record {id}: a change from below alters {item} in an append-only list"
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 /// The next sync message from an in-memory document, with automerge's panics turned into errors.
 fn generate(
     doc: &mut AutoCommit,
@@ -893,6 +996,7 @@ impl DocStore {
             None => (None, AutoCommit::new().with_actor(self.actor.clone())),
         };
         let before = doc.get_heads();
+        let lists_before = ListItems::read(&doc, self.append_only(kind));
         let raw_changes: Vec<u8> = message
             .changes
             .iter()
@@ -912,12 +1016,17 @@ impl DocStore {
         let after = doc.get_heads();
         if after == before {
             // Changes whose dependencies have not arrived yet are queued by automerge, not applied.
-            // The peer will not send them again (it believes they arrived), so they are kept with the
-            // document and applied when a later load finds their dependencies.
+            // From the trusted upstream they are kept with the document and applied when a later load
+            // finds their dependencies (the peer will not send them again: it believes they arrived).
+            // From below they are not kept: nothing unchecked is stored. The sync state is reset, so
+            // the next exchange offers them again once their dependencies can come with them.
             if let Some(meta) = &meta
                 && !raw_changes.is_empty()
             {
-                self.keep_pending(conn, meta.id, &raw_changes)?;
+                match sender {
+                    Sender::Trusted => self.keep_pending(conn, meta.id, &raw_changes)?,
+                    Sender::Below(_) => *state = automerge::sync::State::new(),
+                }
             }
             let answer = if reply {
                 generate(&mut doc, id, state)?
@@ -927,6 +1036,7 @@ impl DocStore {
             return Ok((Merged::Unchanged, answer));
         }
         check_new_changes(id, &mut doc, &before, sender, scope)?;
+        check_append_only(id, &doc, &lists_before, sender, self.append_only(kind))?;
         let stated_kind = crate::fields::text(&doc, KIND_KEY);
         let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
         if stated_kind.as_deref() != Some(kind) || stated_scope.as_deref() != Some(scope.as_str()) {

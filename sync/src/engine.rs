@@ -1000,6 +1000,216 @@ mod tests {
         );
     }
 
+    /// A registry with a kind whose transition list is append-only (the default).
+    fn ticket_store(actor: u8) -> (Connection, DocStore) {
+        struct Ticket;
+        impl crate::docstore::Projection for Ticket {
+            fn kind(&self) -> &'static str {
+                "ticket"
+            }
+            fn project(
+                &self,
+                _: &Connection,
+                _: &DocMeta,
+                _: &automerge::AutoCommit,
+                _: &crate::author::Authors,
+            ) -> Result<(), crate::docstore::ProjectionError> {
+                Ok(())
+            }
+            fn clear(&self, _: &Connection) -> Result<(), crate::docstore::ProjectionError> {
+                Ok(())
+            }
+        }
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(crate::docstore::SCHEMA).unwrap();
+        let store = DocStore::new(
+            automerge::ActorId::from([actor; 16]),
+            vec![std::sync::Arc::new(Ticket)],
+            || 0,
+        );
+        (conn, store)
+    }
+
+    /// A village may add to a transition list, never take anything out of it or change what is in it.
+    #[test]
+    fn removing_or_editing_a_transition_from_below_is_refused() {
+        use automerge::{ObjType, ReadDoc, Value};
+        let v_area: AreaCode = "330723001001".parse().unwrap();
+        let t_area: AreaCode = "330723001".parse().unwrap();
+        let grid = Author::person(
+            v_area.clone(),
+            Person {
+                name: "wang".into(),
+                role: "grid_worker".into(),
+                area: v_area.clone(),
+            },
+        );
+        let transition = |id: &str| crate::workflow::Transition {
+            id: id.into(),
+            at: crate::hlc::Timestamp {
+                wall_ms: 1,
+                counter: 0,
+            },
+            actor: "wang".into(),
+            role: "grid_worker".into(),
+            action: "verify".into(),
+            data: Default::default(),
+            written: Default::default(),
+        };
+        let list_and_item = |doc: &automerge::AutoCommit| {
+            let Ok(Some((Value::Object(ObjType::List), list))) =
+                doc.get(automerge::ROOT, crate::workflow::TRANSITIONS_KEY)
+            else {
+                panic!("no list")
+            };
+            let Ok(Some((Value::Object(ObjType::Map), item))) = doc.get(&list, 0) else {
+                panic!("no item")
+            };
+            (list, item)
+        };
+        type Tamper = fn(&mut automerge::AutoCommit, automerge::ObjId, automerge::ObjId);
+        let tampers: [(&str, Tamper); 3] = [
+            ("delete", |d, list, _| d.delete(&list, 0).unwrap()),
+            ("edit", |d, _, item| {
+                d.put(&item, "action", "reject").unwrap()
+            }),
+            ("replace", |d, _, _| {
+                d.put_object(
+                    automerge::ROOT,
+                    crate::workflow::TRANSITIONS_KEY,
+                    ObjType::List,
+                )
+                .unwrap();
+            }),
+        ];
+        for (what, tamper) in tampers {
+            let (v_conn, v_store) = ticket_store(1);
+            let (t_conn, t_store) = ticket_store(2);
+            let mut down = Link::new(
+                t_area.clone(),
+                peer("330723001001", Relation::Downstream),
+                0,
+            );
+            let first = transition("t1");
+            let meta = v_store
+                .create(&v_conn, &grid, "ticket", &v_area, |d| {
+                    crate::workflow::init(d)?;
+                    crate::workflow::append(d, &first)?;
+                    Ok(())
+                })
+                .unwrap();
+            assert_eq!(
+                push_from_below(
+                    (&v_conn, &v_store),
+                    &mut down,
+                    (&t_conn, &t_store),
+                    meta.id,
+                    "ticket",
+                    &v_area
+                ),
+                0
+            );
+            let held = DocStore::meta(&t_conn, meta.id).unwrap().unwrap().0.heads;
+            v_store
+                .change(&v_conn, &grid, meta.id, |d| {
+                    let (list, item) = list_and_item(d);
+                    tamper(d, list, item);
+                    // An honest addition in the same change does not make it pass.
+                    crate::workflow::append(d, &transition("t2"))?;
+                    Ok(())
+                })
+                .unwrap();
+            let mut down = Link::new(
+                t_area.clone(),
+                peer("330723001001", Relation::Downstream),
+                0,
+            );
+            let refused = push_from_below(
+                (&v_conn, &v_store),
+                &mut down,
+                (&t_conn, &t_store),
+                meta.id,
+                "ticket",
+                &v_area,
+            );
+            assert!(refused >= 1, "{what}: refused");
+            assert_eq!(
+                DocStore::meta(&t_conn, meta.id).unwrap().unwrap().0.heads,
+                held,
+                "{what}: nothing stored"
+            );
+        }
+    }
+
+    /// Changes from below whose dependencies are missing are not kept to be applied later, when
+    /// they could arrive without the checks a merge makes.
+    #[test]
+    fn changes_from_below_with_missing_dependencies_are_not_stored() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        let author = Author::node(v_area.clone());
+        let meta = v_store
+            .create(&v_conn, &author, "note", &v_area, |d| {
+                Ok(d.put(automerge::ROOT, "t", "v0").map(|_| ())?)
+            })
+            .unwrap();
+        let mut down = Link::new(
+            t_area.clone(),
+            peer("330723001001", Relation::Downstream),
+            0,
+        );
+        push_from_below(
+            (&v_conn, &v_store),
+            &mut down,
+            (&t_conn, &t_store),
+            meta.id,
+            "note",
+            &v_area,
+        );
+        let stored = |conn: &Connection| -> i64 {
+            conn.query_row(
+                "SELECT count(*) FROM document_changes WHERE doc_id = ?1",
+                [meta.id.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap()
+        };
+        let before = stored(&t_conn);
+        v_store
+            .change(&v_conn, &author, meta.id, |d| {
+                Ok(d.put(automerge::ROOT, "t", "v1")?)
+            })
+            .unwrap();
+        let (after_first, _) = v_store.load(&v_conn, meta.id).unwrap();
+        v_store
+            .change(&v_conn, &author, meta.id, |d| {
+                Ok(d.put(automerge::ROOT, "t", "v2")?)
+            })
+            .unwrap();
+        let (_, mut doc) = v_store.load(&v_conn, meta.id).unwrap();
+        // Only the second change, without the first it depends on.
+        let second = doc.get_changes(&after_first.heads);
+        assert_eq!(second.len(), 1);
+        let message = automerge::sync::Message {
+            heads: doc.get_heads(),
+            need: vec![],
+            have: vec![],
+            changes: vec![second[0].raw_bytes().to_vec()].into(),
+            flags: None,
+            version: automerge::sync::MessageVersion::V1,
+        };
+        let frame = Frame::Sync {
+            docs: vec![DocMessage {
+                id: meta.id,
+                kind: "note".into(),
+                scope: v_area.to_string(),
+                message: message.encode(),
+            }],
+        };
+        down.receive(&t_conn, &t_store, frame).unwrap();
+        assert_eq!(stored(&t_conn), before, "nothing unchecked is kept");
+    }
+
     #[test]
     fn an_envelope_that_lies_about_the_scope_is_refused() {
         let (v_conn, v_store, v_area) = node("330723001001", 1);
