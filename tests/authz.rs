@@ -287,7 +287,10 @@ async fn wrong_password_unknown_user_and_no_default_password() {
         .take_closed(h.clock.now_ms() + township_node::audit::tally::WINDOW_MS);
     assert_eq!(closed.len(), 1);
     assert_eq!(closed[0].count, 2);
-    assert_eq!(closed[0].names, vec!["admin".to_string(), "nobody".to_string()]);
+    assert_eq!(
+        closed[0].names,
+        vec!["admin".to_string(), "nobody".to_string()]
+    );
 }
 
 #[tokio::test]

@@ -810,6 +810,52 @@ fn check_new_changes(
     Ok(())
 }
 
+/// Changes from below waiting for their dependencies, per record, at most.
+const MAX_PENDING_FROM_BELOW: i64 = 256;
+
+/// The changes in sync-message chunks (single change chunks, or the bundles newer peers send).
+fn changes_in(chunks: &[Vec<u8>]) -> Option<Vec<automerge::Change>> {
+    let mut out = Vec::new();
+    for chunk in chunks {
+        match automerge::Change::from_bytes(chunk.clone()) {
+            Ok(change) => out.push(change),
+            Err(_) => {
+                let bundle = automerge::Bundle::try_from(chunk.as_slice()).ok()?;
+                out.extend(bundle.to_changes().ok()?);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Of queued changes from below, those to keep, each as its own change chunk: each checked like a
+/// merged change (an unreadable chunk or a bad claim refuses the message), those already applied in
+/// the document dropped.
+fn checked_pending(
+    id: Uuid,
+    doc: &mut AutoCommit,
+    chunks: &[Vec<u8>],
+    sender: Sender<'_>,
+    scope: &AreaCode,
+) -> Result<Vec<Vec<u8>>, DocError> {
+    let Sender::Below(sender_area) = sender else {
+        return Ok(chunks.to_vec());
+    };
+    let changes = changes_in(chunks)
+        .ok_or_else(|| DocError::Invalid(format!("record {id}: changes that cannot be read")))?;
+    let mut keep = Vec::new();
+    for change in changes {
+        if doc.get_change_by_hash(&change.hash()).is_some() {
+            continue;
+        }
+        crate::author::check_from_below(change.message(), sender_area, scope).map_err(|e| {
+            DocError::Invalid(format!("record {id}: change {}: {e}", change.hash()))
+        })?;
+        keep.push(change.raw_bytes().to_vec());
+    }
+    Ok(keep)
+}
+
 /// The items of a document's append-only lists, each with a fingerprint of its content.
 #[derive(Debug, Default)]
 struct ListItems(BTreeMap<String, String>);
@@ -997,11 +1043,8 @@ impl DocStore {
         };
         let before = doc.get_heads();
         let lists_before = ListItems::read(&doc, self.append_only(kind));
-        let raw_changes: Vec<u8> = message
-            .changes
-            .iter()
-            .flat_map(|c| c.iter().copied())
-            .collect();
+        let raw_chunks: Vec<Vec<u8>> = message.changes.iter().map(<[u8]>::to_vec).collect();
+        let raw_changes: Vec<u8> = raw_chunks.iter().flatten().copied().collect();
         catch_unwind(AssertUnwindSafe(|| {
             doc.sync().receive_sync_message(state, message)
         }))
@@ -1016,16 +1059,29 @@ impl DocStore {
         let after = doc.get_heads();
         if after == before {
             // Changes whose dependencies have not arrived yet are queued by automerge, not applied.
-            // From the trusted upstream they are kept with the document and applied when a later load
-            // finds their dependencies (the peer will not send them again: it believes they arrived).
-            // From below they are not kept: nothing unchecked is stored. The sync state is reset, so
-            // the next exchange offers them again once their dependencies can come with them.
+            // The peer will not send them again (it believes they arrived), so they are kept with the
+            // document and applied when a later load finds their dependencies. From below, each is
+            // checked first like any merged change (its author claim), duplicates are dropped, and at
+            // most a bounded number wait per record: nothing unchecked is stored, nothing grows without
+            // bound.
             if let Some(meta) = &meta
                 && !raw_changes.is_empty()
             {
                 match sender {
                     Sender::Trusted => self.keep_pending(conn, meta.id, &raw_changes)?,
-                    Sender::Below(_) => *state = automerge::sync::State::new(),
+                    Sender::Below(_) => {
+                        for change in checked_pending(id, &mut doc, &raw_chunks, sender, scope)? {
+                            let (waiting, known): (i64, bool) = conn.query_row(
+                                "SELECT pending_changes, EXISTS (SELECT 1 FROM document_changes
+                                   WHERE doc_id = ?1 AND bytes = ?2) FROM documents WHERE id = ?1",
+                                params![id.to_string(), change],
+                                |r| Ok((r.get(0)?, r.get(1)?)),
+                            )?;
+                            if !known && waiting < MAX_PENDING_FROM_BELOW {
+                                self.keep_pending(conn, meta.id, &change)?;
+                            }
+                        }
+                    }
                 }
             }
             let answer = if reply {

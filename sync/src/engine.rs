@@ -1141,10 +1141,11 @@ mod tests {
         }
     }
 
-    /// Changes from below whose dependencies are missing are not kept to be applied later, when
-    /// they could arrive without the checks a merge makes.
+    /// Changes from below whose dependencies are missing wait with the record, but only after the
+    /// same checks as a merge: a forged claim is refused and not kept, and a change sent twice waits
+    /// once.
     #[test]
-    fn changes_from_below_with_missing_dependencies_are_not_stored() {
+    fn changes_from_below_waiting_for_dependencies_are_checked_first() {
         let (v_conn, v_store, v_area) = node("330723001001", 1);
         let (t_conn, t_store, t_area) = node("330723001", 2);
         let author = Author::node(v_area.clone());
@@ -1166,7 +1167,7 @@ mod tests {
             "note",
             &v_area,
         );
-        let stored = |conn: &Connection| -> i64 {
+        let waiting = |conn: &Connection| -> i64 {
             conn.query_row(
                 "SELECT count(*) FROM document_changes WHERE doc_id = ?1",
                 [meta.id.to_string()],
@@ -1174,40 +1175,56 @@ mod tests {
             )
             .unwrap()
         };
-        let before = stored(&t_conn);
-        v_store
-            .change(&v_conn, &author, meta.id, |d| {
-                Ok(d.put(automerge::ROOT, "t", "v1")?)
-            })
-            .unwrap();
-        let (after_first, _) = v_store.load(&v_conn, meta.id).unwrap();
-        v_store
-            .change(&v_conn, &author, meta.id, |d| {
-                Ok(d.put(automerge::ROOT, "t", "v2")?)
-            })
-            .unwrap();
-        let (_, mut doc) = v_store.load(&v_conn, meta.id).unwrap();
-        // Only the second change, without the first it depends on.
-        let second = doc.get_changes(&after_first.heads);
-        assert_eq!(second.len(), 1);
-        let message = automerge::sync::Message {
-            heads: doc.get_heads(),
-            need: vec![],
-            have: vec![],
-            changes: vec![second[0].raw_bytes().to_vec()].into(),
-            flags: None,
-            version: automerge::sync::MessageVersion::V1,
+        // Sends only the newest change, whose dependency the township does not have.
+        let send_second_only = |down: &mut Link, claim: &Author| -> Outcome {
+            v_store
+                .change(&v_conn, &author, meta.id, |d| {
+                    Ok(d.put(automerge::ROOT, "t", "next")?)
+                })
+                .unwrap();
+            let (after_first, _) = v_store.load(&v_conn, meta.id).unwrap();
+            v_store
+                .change(&v_conn, claim, meta.id, |d| {
+                    Ok(d.put(automerge::ROOT, "t", "last")?)
+                })
+                .unwrap();
+            let (_, mut doc) = v_store.load(&v_conn, meta.id).unwrap();
+            let second = doc.get_changes(&after_first.heads);
+            assert_eq!(second.len(), 1);
+            let message = automerge::sync::Message {
+                heads: doc.get_heads(),
+                need: vec![],
+                have: vec![],
+                changes: vec![second[0].raw_bytes().to_vec()].into(),
+                flags: None,
+                version: automerge::sync::MessageVersion::V1,
+            }
+            .encode();
+            let frame = |message: Vec<u8>| Frame::Sync {
+                docs: vec![DocMessage {
+                    id: meta.id,
+                    kind: "note".into(),
+                    scope: v_area.to_string(),
+                    message,
+                }],
+            };
+            let out = down
+                .receive(&t_conn, &t_store, frame(message.clone()))
+                .unwrap();
+            // The same message again: nothing more waits.
+            let again = down.receive(&t_conn, &t_store, frame(message)).unwrap();
+            assert!(again.refused.len() <= out.refused.len());
+            out
         };
-        let frame = Frame::Sync {
-            docs: vec![DocMessage {
-                id: meta.id,
-                kind: "note".into(),
-                scope: v_area.to_string(),
-                message: message.encode(),
-            }],
-        };
-        down.receive(&t_conn, &t_store, frame).unwrap();
-        assert_eq!(stored(&t_conn), before, "nothing unchecked is kept");
+        let before = waiting(&t_conn);
+        let out = send_second_only(&mut down, &author);
+        assert!(out.refused.is_empty(), "{:?}", out.refused);
+        assert_eq!(waiting(&t_conn), before + 1, "kept once, to apply later");
+        let before = waiting(&t_conn);
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let out = send_second_only(&mut down, &Author::node("330723001".parse().unwrap()));
+        assert!(!out.refused.is_empty(), "a forged claim is refused");
+        assert_eq!(waiting(&t_conn), before, "and not kept");
     }
 
     #[test]
