@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use automerge::transaction::Transactable;
 use common::*;
@@ -20,68 +20,6 @@ use township_sync::{AreaCode, Author, DocStore, Person, Timestamp, Transition};
 
 const TOWNSHIP: &str = "330723001";
 const VILLAGE: &str = "330723001001";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn id_of(dir: &Path) -> Value {
-    serde_json::from_slice(&run(&["id", "--data-dir", dir.to_str().unwrap()]).stdout).unwrap()
-}
-
-fn init(
-    parent: &Path,
-    name: &str,
-    area: &str,
-    role: &str,
-    upstream: Option<(&str, &str)>,
-) -> std::path::PathBuf {
-    let dir = parent.join(name);
-    let pw = parent.join(format!("{name}.pw"));
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let mut args = vec![
-        "init",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--area",
-        area,
-        "--name",
-        name,
-        "--role",
-        role,
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-    ];
-    if let Some((url, key)) = upstream {
-        args.extend(["--upstream", url, "--upstream-key", key]);
-    }
-    let out = run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    dir
-}
-
-fn serve_on(dir: &Path, port: u16) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    Server::spawn(command(&[
-        "serve",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ]))
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 fn get(server: &Server, session: &Session, path: &str) -> Value {
     let (status, _, body) = blocking_request("GET", &server.url(path), &session.headers()).unwrap();
@@ -179,10 +117,10 @@ fn transition(id: &str, actor: &str, role: &str, action: &str) -> Transition {
 fn a_stolen_village_hub_cannot_act_above_its_village() {
     let tmp = tempfile::tempdir().unwrap();
     let t_port = free_port();
-    let township = init(tmp.path(), "township", TOWNSHIP, "township", None);
+    let township = init_tree_node(tmp.path(), "township", TOWNSHIP, "township", None);
     let t_key = id_of(&township)["public_key"].as_str().unwrap().to_string();
     let url = format!("http://127.0.0.1:{t_port}");
-    let village = init(
+    let village = init_tree_node(
         tmp.path(),
         "village",
         VILLAGE,
@@ -529,7 +467,7 @@ async fn closed_within(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_node_ends_every_one_of_its_connections() {
     let tmp = tempfile::tempdir().unwrap();
-    let township = init(tmp.path(), "township", TOWNSHIP, "township", None);
+    let township = init_tree_node(tmp.path(), "township", TOWNSHIP, "township", None);
     let t_key: township_sync::PublicKey = id_of(&township)["public_key"]
         .as_str()
         .unwrap()
@@ -575,7 +513,7 @@ async fn revoking_a_node_ends_every_one_of_its_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_handshakes_are_counted_and_audited_once_per_window() {
     let tmp = tempfile::tempdir().unwrap();
-    let township = init(tmp.path(), "township", TOWNSHIP, "township", None);
+    let township = init_tree_node(tmp.path(), "township", TOWNSHIP, "township", None);
     let t_key: township_sync::PublicKey = id_of(&township)["public_key"]
         .as_str()
         .unwrap()

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Server, Session, blocking_request, init_node, login};
+use common::{ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_node, login};
 use serde_json::Value;
 use township_drivers::hj212;
 
@@ -663,14 +663,6 @@ fn mqtt_sensors_publish_to_the_embedded_broker_with_their_own_credentials_only()
 
 // ---------------------------------------------------------------------------------------------
 // MQTT, external broker, with kill -9
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_mosquitto(dir: &Path) -> (Killed, u16) {
     let port = free_port();

@@ -9,68 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn id_of(dir: &std::path::Path) -> Value {
-    serde_json::from_slice(&run(&["id", "--data-dir", dir.to_str().unwrap()]).stdout).unwrap()
-}
-
-fn init(
-    parent: &std::path::Path,
-    name: &str,
-    area: &str,
-    role: &str,
-    upstream: Option<(&str, &str)>,
-) -> std::path::PathBuf {
-    let dir = parent.join(name);
-    let pw = parent.join(format!("{name}.pw"));
-    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
-    let mut args = vec![
-        "init",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--area",
-        area,
-        "--name",
-        name,
-        "--role",
-        role,
-        "--admin-password-file",
-        pw.to_str().unwrap(),
-    ];
-    if let Some((url, key)) = upstream {
-        args.extend(["--upstream", url, "--upstream-key", key]);
-    }
-    let out = run(&args);
-    assert!(out.status.success(), "{}", stderr(&out));
-    dir
-}
-
-fn serve_on(dir: &std::path::Path, port: u16) -> Server {
-    let listen = format!("127.0.0.1:{port}");
-    Server::spawn(command(&[
-        "serve",
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ]))
-}
-
-fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn incident_titles(server: &Server, session: &Session) -> Vec<String> {
     let (status, _, body) = blocking_request(
         "GET",
@@ -116,17 +54,17 @@ fn report(server: &Server, session: &Session, title: &str, area: &str) {
 fn villages_and_county_converge_after_the_county_was_down() {
     let tmp = tempfile::tempdir().unwrap();
     let county_port = free_port();
-    let county = init(tmp.path(), "county", "330723", "county", None);
+    let county = init_tree_node(tmp.path(), "county", "330723", "county", None);
     let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
     let url = format!("http://127.0.0.1:{county_port}");
-    let v1 = init(
+    let v1 = init_tree_node(
         tmp.path(),
         "v1",
         "330723001001",
         "village",
         Some((&url, &county_key)),
     );
-    let v2 = init(
+    let v2 = init_tree_node(
         tmp.path(),
         "v2",
         "330723002001",
@@ -332,11 +270,11 @@ fn villages_and_county_converge_after_the_county_was_down() {
 fn an_impostor_county_and_an_unenrolled_village_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
-    let county = init(tmp.path(), "county", "330723", "county", None);
-    let impostor = init(tmp.path(), "impostor", "330723", "county", None);
+    let county = init_tree_node(tmp.path(), "county", "330723", "county", None);
+    let impostor = init_tree_node(tmp.path(), "impostor", "330723", "county", None);
     let real_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
     let url = format!("http://127.0.0.1:{port}");
-    let village = init(
+    let village = init_tree_node(
         tmp.path(),
         "v",
         "330723001001",
@@ -408,7 +346,7 @@ async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_nod
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let tmp = tempfile::tempdir().unwrap();
-    let county = init(tmp.path(), "county", "330723", "county", None);
+    let county = init_tree_node(tmp.path(), "county", "330723", "county", None);
     let port = free_port();
     let server = tokio::task::spawn_blocking(move || serve_on(&county, port))
         .await
@@ -665,11 +603,11 @@ fn proxied_pair(
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let county_port = free_port();
-    let county = init(tmp, "county", "330723", "county", None);
+    let county = init_tree_node(tmp, "county", "330723", "county", None);
     let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
     let (proxy_port, breaks) = breaking_proxy(county_port, break_after, stall, broken_connections);
     let url = format!("http://127.0.0.1:{proxy_port}");
-    let village = init(
+    let village = init_tree_node(
         tmp,
         "v",
         "330723001001",

@@ -100,6 +100,23 @@ pub fn head_message(seq: i64, hash: &str) -> Vec<u8> {
     format!("township-node audit head v1\0{seq}\0{hash}").into_bytes()
 }
 
+/// A recorded head: `seq:hash:signature` (the signature missing on heads from before they were
+/// signed).
+pub(crate) struct Head<'a> {
+    pub seq: Option<i64>,
+    pub hash: &'a str,
+    pub signature: Option<&'a str>,
+}
+
+pub(crate) fn parse_head(value: &str) -> Head<'_> {
+    let mut parts = value.splitn(3, ':');
+    Head {
+        seq: parts.next().and_then(|s| s.parse().ok()),
+        hash: parts.next().unwrap_or(""),
+        signature: parts.next(),
+    }
+}
+
 /// The head record: `seq:hash:signature`.
 fn head_value(key: &NodeKey, seq: i64, hash: &str) -> String {
     format!(
@@ -130,11 +147,12 @@ pub fn sign_head_if_unsigned(conn: &Connection, key: &NodeKey) -> Result<bool, S
     let Some(head) = head else {
         return Ok(false);
     };
-    let mut parts = head.splitn(3, ':');
-    let (Some(seq), Some(hash), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Ok(false);
-    };
-    let Ok(seq) = seq.parse::<i64>() else {
+    let Head {
+        seq: Some(seq),
+        hash,
+        signature: None,
+    } = parse_head(&head)
+    else {
         return Ok(false);
     };
     conn.execute(

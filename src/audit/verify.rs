@@ -102,13 +102,12 @@ pub fn verify(conn: &Connection, key: &PublicKey) -> Result<Report, VerifyError>
         )
         .optional()?;
     if let Some(head) = head {
-        let mut parts = head.splitn(3, ':');
+        let parsed = super::parse_head(&head);
         let (head_seq, head_hash, signature) = (
-            parts.next().unwrap_or("0"),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
+            parsed.seq.unwrap_or(-1),
+            parsed.hash,
+            parsed.signature.unwrap_or(""),
         );
-        let head_seq: i64 = head_seq.parse().unwrap_or(-1);
         if head_seq != entries || (entries > 0 && prev != head_hash) {
             return Err(broken(
                 (entries + 1).min(head_seq.max(1)),

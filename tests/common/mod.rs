@@ -60,7 +60,12 @@ pub fn stderr(o: &Output) -> String {
 
 /// Runs `init` for `dir` with the given area, name and role.
 pub fn run_init(dir: &Path, area: &str, name: &str, role: &str) -> Output {
-    run(&[
+    run(&init_args(dir, area, name, role))
+}
+
+/// The `init` arguments every test node shares; callers append what differs.
+pub fn init_args<'a>(dir: &'a Path, area: &'a str, name: &'a str, role: &'a str) -> Vec<&'a str> {
+    vec![
         "init",
         "--data-dir",
         dir.to_str().unwrap(),
@@ -70,7 +75,7 @@ pub fn run_init(dir: &Path, area: &str, name: &str, role: &str) -> Output {
         name,
         "--role",
         role,
-    ])
+    ]
 }
 
 /// The local admin password every test node gets (through --admin-password-file).
@@ -404,4 +409,60 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
+}
+
+/// A free TCP port on loopback (for a node whose port another node must know before it starts).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A node's identity (`township-node id`) as JSON.
+pub fn id_of(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&run(&["id", "--data-dir", dir.to_str().unwrap()]).stdout).unwrap()
+}
+
+/// Initialises a node of the tree in `parent/name`, with `upstream` (URL, key) when it has one.
+pub fn init_tree_node(
+    parent: &Path,
+    name: &str,
+    area: &str,
+    role: &str,
+    upstream: Option<(&str, &str)>,
+) -> PathBuf {
+    let dir = parent.join(name);
+    let pw = parent.join(format!("{name}.pw"));
+    std::fs::write(&pw, format!("{ADMIN_PASSWORD}\n")).unwrap();
+    let mut args = init_args(&dir, area, name, role);
+    args.extend(["--admin-password-file", pw.to_str().unwrap()]);
+    if let Some((url, key)) = upstream {
+        args.extend(["--upstream", url, "--upstream-key", key]);
+    }
+    let out = run(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
+/// Serves `dir` on a chosen port on loopback.
+pub fn serve_on(dir: &Path, port: u16) -> Server {
+    let listen = format!("127.0.0.1:{port}");
+    Server::spawn(command(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]))
+}
+
+/// Polls `check` every 100 ms for up to 40 s.
+pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
