@@ -116,8 +116,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Splits a byte stream into candidate frames: from `##` through the stated length, CRC and CRLF.
-/// Bytes before a `##` are skipped; a length field that is not four digits or is too large makes the
-/// splitter skip that `##` and look for the next one.
+/// Bytes before a `##` are skipped; a length field that is not four digits or is too large, or a
+/// claimed end that is not CRLF, makes the splitter skip that start's first `#` and look again. A
+/// candidate the caller then rejects goes back through [`FrameSplitter::reject`], so a false header
+/// in noise can never swallow the valid frame that follows it.
 #[derive(Debug, Default)]
 pub struct FrameSplitter {
     buf: Vec<u8>,
@@ -167,9 +169,10 @@ impl FrameSplitter {
             .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|t| t.parse::<usize>().ok())
             .filter(|&l| l <= hj212::MAX_DATA_LEN);
+        // Past a false start only its first `#`: in `###0…` the real frame begins at the second.
         let Some(len) = len else {
-            self.buf.drain(..2);
-            return Some(Piece::Garbage(2));
+            self.buf.drain(..1);
+            return Some(Piece::Garbage(1));
         };
         let total = len + 12;
         if self.buf.len() < total {
@@ -180,7 +183,20 @@ impl FrameSplitter {
             }
             return None;
         }
+        if &self.buf[total - 2..total] != b"\r\n" {
+            self.buf.drain(..1);
+            return Some(Piece::Garbage(1));
+        }
         Some(Piece::Frame(self.buf.drain(..total).collect()))
+    }
+
+    /// Gives back a candidate frame the caller found invalid: its bytes after the first `#` are
+    /// scanned again, because a real frame may begin inside what a false header claimed.
+    pub fn reject(&mut self, frame: Vec<u8>) {
+        let mut rest = frame;
+        rest.drain(..rest.len().min(1));
+        rest.append(&mut self.buf);
+        self.buf = rest;
     }
 }
 
@@ -313,14 +329,12 @@ where
             let frame = match hj212::parse(&bytes) {
                 Ok(f) => f,
                 Err(e) => {
+                    let who = rejected_by(stations, &bytes);
+                    splitter.reject(bytes);
                     let kind = match e {
                         Hj212Error::Crc { .. } => ErrorKind::Crc,
                         _ => ErrorKind::Malformed,
                     };
-                    // Count against the station if its MN can be read, else against the link.
-                    let who = mn_hint(&bytes)
-                        .and_then(|mn| stations.device(&mn).map(String::from))
-                        .unwrap_or_else(|| LINK.to_string());
                     ctx.health.error(&who, kind, e.to_string(), ctx.now());
                     continue;
                 }
@@ -405,6 +419,14 @@ where
             }
         }
     }
+}
+
+/// Whom a frame that failed its checks is counted against: the station if its MN can be read and is
+/// configured, else the link.
+fn rejected_by(stations: &Stations, bytes: &[u8]) -> String {
+    mn_hint(bytes)
+        .and_then(|mn| stations.device(&mn).map(String::from))
+        .unwrap_or_else(|| LINK.to_string())
 }
 
 /// The MN of a frame that failed its checks, if the text holds one (to count the error against it).
@@ -537,10 +559,10 @@ mod tests {
         assert_eq!(s.next_piece(), Some(Piece::Garbage(5)));
         assert_eq!(
             s.next_piece(),
-            Some(Piece::Garbage(2)),
-            "a ## with no length is skipped"
+            Some(Piece::Garbage(1)),
+            "a ## with no length is skipped from its first #"
         );
-        assert_eq!(s.next_piece(), Some(Piece::Garbage(2)));
+        assert_eq!(s.next_piece(), Some(Piece::Garbage(3)));
         assert_eq!(s.next_piece(), None, "waits for the rest");
         s.push(&frame[10..]);
         assert_eq!(s.next_piece(), Some(Piece::Frame(frame.clone())));
@@ -626,5 +648,67 @@ mod tests {
             while let Some(p) = s.next_piece() { if let Piece::Frame(f) = p { found.push(f) } }
             prop_assert_eq!(found, vec![frame]);
         }
+
+        /// Noise holding false frame headers (`##0010abc\r\n` and the like), then a valid frame, cut
+        /// anywhere: the valid frame is always found, the way the link uses the splitter.
+        #[test]
+        fn false_headers_never_swallow_the_next_frame(
+            noise in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"##0010abc\r\n".to_vec()),
+                    Just(b"##0010".to_vec()),
+                    Just(b"##00".to_vec()),
+                    Just(b"#".to_vec()),
+                    (0usize..120).prop_map(|n| format!("##{n:04}").into_bytes()),
+                    proptest::collection::vec(any::<u8>(), 0..20),
+                ],
+                0..8,
+            ),
+            cut in 0usize..400,
+        ) {
+            let frame = upload("2011", "DataTime=20240601120000;a34004-Rtd=35.2,a34004-Flag=N");
+            let mut bytes: Vec<u8> = noise.concat();
+            bytes.extend_from_slice(&frame);
+            let cut = cut.min(bytes.len());
+            let mut s = FrameSplitter::default();
+            let mut parsed = Vec::new();
+            for chunk in [&bytes[..cut], &bytes[cut..]] {
+                s.push(chunk);
+                while let Some(p) = s.next_piece() {
+                    if let Piece::Frame(f) = p {
+                        match hj212::parse(&f) {
+                            Ok(fr) => parsed.push(fr),
+                            Err(_) => s.reject(f),
+                        }
+                    }
+                }
+            }
+            prop_assert!(
+                parsed.iter().any(|fr| fr.cn == "2011"
+                    && fr.cp.iter().any(|(k, v)| k == "a34004-Rtd" && v == "35.2")),
+                "the valid frame was lost"
+            );
+        }
+    }
+
+    #[test]
+    fn a_false_header_before_a_frame_on_one_connection_does_not_lose_it() {
+        let frame = upload(
+            "2011",
+            "DataTime=20240601120000;a34004-Rtd=35.2,a34004-Flag=N",
+        );
+        let mut s = FrameSplitter::default();
+        s.push(b"##0010abc\r\n");
+        s.push(&frame);
+        let mut found = Vec::new();
+        while let Some(p) = s.next_piece() {
+            if let Piece::Frame(f) = p {
+                match hj212::parse(&f) {
+                    Ok(_) => found.push(f),
+                    Err(_) => s.reject(f),
+                }
+            }
+        }
+        assert_eq!(found, vec![frame]);
     }
 }

@@ -1,4 +1,4 @@
-//! township-drivers: sensor drivers, PA outputs and simulators.
+//! township-drivers: sensor drivers, the sensor listeners' admission control and simulators.
 //!
 //! Drivers never touch the database. They emit [`Reading`]s on a channel and the node's telemetry
 //! module persists them, so a stuck serial port or a flood of MQTT messages cannot block a write

@@ -45,8 +45,3 @@ pub fn silent_interval(baud: u32) -> std::time::Duration {
     }
     std::time::Duration::from_secs_f64(3.5 * 11.0 / f64::from(baud))
 }
-
-/// Time on the wire for `bytes` bytes at `baud` (11 bits per character).
-pub fn wire_time(bytes: usize, baud: u32) -> std::time::Duration {
-    std::time::Duration::from_secs_f64(bytes as f64 * 11.0 / f64::from(baud.max(1)))
-}
