@@ -13,17 +13,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use rusqlite::{Connection, OptionalExtension};
-use tokio::sync::Semaphore;
 use township_sync::{DocStore, Hlc, NodeKey};
 
+use crate::auth::password::Hasher;
 use crate::auth::throttle::{Throttle, ThrottleConfig};
 use crate::clock::Clock;
-use crate::config::{Config, Secret};
+use crate::config::Config;
+use crate::incidents::deadlines::{self, CheckReport};
 use crate::metrics::Metrics;
 use crate::node::{self, DataDir, DataDirLock, NodeError, NodeInfo};
 use crate::records::WriteCtx;
 use crate::store::{Store, StoreError};
-use crate::users::{self, Actor, NewUser, UserError, UserView};
+use crate::users;
 
 /// Everything a handler or background task may need; cheap to clone.
 #[derive(Clone)]
@@ -34,7 +35,8 @@ pub struct AppState {
 pub struct AppInner {
     pub node: NodeInfo,
     pub key: Arc<NodeKey>,
-    pub config: Config,
+    /// Shared, never copied: handlers and tasks clone the `Arc`, not the device list inside.
+    pub config: Arc<Config>,
     pub store: Store,
     /// The record store, with every domain's projection registered.
     pub docs: DocStore,
@@ -48,8 +50,8 @@ pub struct AppInner {
     pub device_key: ring::hmac::Key,
     /// Failed sign-ins, counted per client address for the audit log (see [`crate::audit::Tally`]).
     pub sign_in_failures: crate::audit::Tally,
-    /// PBKDF2 is deliberately slow; at most this many run at once so logins cannot starve the box.
-    pub hash_permits: Semaphore,
+    /// Password hashing, off the async workers and at most two at once.
+    pub hasher: Hasher,
     pub metrics: Metrics,
     pub ui: crate::http::ui::Ui,
     pub clock: Clock,
@@ -61,7 +63,7 @@ pub struct AppInner {
     /// The upstream's URL and pinned key, if this node has one.
     pub upstream: Option<(String, township_sync::PublicKey)>,
     /// Devices, drivers and the readings stream.
-    pub telemetry: crate::telemetry::Telemetry,
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 impl Deref for AppState {
@@ -99,6 +101,7 @@ impl AppState {
         config: Config,
         store: Store,
         clock: Clock,
+        upstream: Option<(String, township_sync::PublicKey)>,
     ) -> AppState {
         let key = Arc::new(key);
         let actor = township_sync::docstore::derive_actor(&key.public_key(), db_salt);
@@ -119,18 +122,19 @@ impl AppState {
             window_ms: auth.login_window.as_millis() as i64,
             evaluations_per_hour: auth.login_evaluations_per_hour,
         });
-        let telemetry = crate::telemetry::Telemetry::new(Arc::new(
+        let telemetry = Arc::new(crate::telemetry::Telemetry::new(Arc::new(
             crate::telemetry::devices::ConfiguredDevices::new(
                 &config.devices,
                 &config.hj212.factors,
                 &config.mqtt,
             ),
-        ));
+        )));
+        let hasher = Hasher::new(config.auth.password_iterations, 2);
         AppState {
             inner: Arc::new(AppInner {
                 node,
                 key,
-                config,
+                config: Arc::new(config),
                 store,
                 docs,
                 blobs,
@@ -139,14 +143,14 @@ impl AppState {
                 throttle,
                 device_key,
                 sign_in_failures: crate::audit::Tally::new("auth.login_failed", "session"),
-                hash_permits: Semaphore::new(2),
+                hasher,
                 metrics: Metrics::new(),
                 ui: crate::http::ui::Ui::load(),
                 clock,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
                 sync: crate::peers::SyncStatus::default(),
-                upstream: None,
+                upstream,
                 telemetry,
             }),
         }
@@ -189,51 +193,6 @@ impl AppState {
     pub fn serves_https(&self) -> bool {
         false
     }
-
-    async fn hash_password(&self, password: Secret) -> Result<String, UserError> {
-        let iterations = self.config.auth.password_iterations;
-        let _permit = self
-            .hash_permits
-            .acquire()
-            .await
-            .map_err(|_| UserError::Store(StoreError::Closed))?;
-        tokio::task::spawn_blocking(move || {
-            crate::auth::password::check_policy(password.expose()).map_err(|e| {
-                UserError::Invalid {
-                    field: "password",
-                    detail: e.to_string(),
-                }
-            })?;
-            crate::auth::password::hash(password.expose(), iterations)
-                .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))
-        })
-        .await
-        .map_err(|e| UserError::Store(StoreError::Job(e.to_string())))?
-    }
-
-    /// Creates an account record; the password is hashed off the async workers first.
-    pub async fn add_user(&self, actor: Actor, new: NewUser) -> Result<UserView, UserError> {
-        users::check_authority(&actor, new.role, &new.area)?;
-        users::validate(&new, &self.node.area)?;
-        let hash = self.hash_password(new.password.clone()).await?;
-        let ctx = self.write_ctx();
-        self.store
-            .write(move |conn| users::create(conn, &ctx, &actor, &new, hash))
-            .await
-    }
-
-    pub async fn set_user_password(
-        &self,
-        actor: Actor,
-        username: String,
-        password: Secret,
-    ) -> Result<(), UserError> {
-        let hash = self.hash_password(password).await?;
-        let ctx = self.write_ctx();
-        self.store
-            .write(move |conn| users::set_password(conn, &ctx, &actor, &username, hash, None))
-            .await
-    }
 }
 
 impl AppState {
@@ -257,17 +216,96 @@ impl AppState {
             }
         });
     }
+
+    /// What the telemetry's background work runs with.
+    pub fn telemetry_runtime(&self) -> crate::telemetry::Runtime {
+        crate::telemetry::Runtime {
+            telemetry: self.telemetry.clone(),
+            store: self.store.clone(),
+            clock: self.clock.clone(),
+            config: self.config.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+
+    /// One deadline check (see [`crate::incidents::deadlines::check`]), with its gauges updated.
+    pub async fn check_deadlines(&self) -> Result<CheckReport, StoreError> {
+        let report =
+            deadlines::check(&self.store, self.write_ctx(), &self.config.categories).await?;
+        self.metrics
+            .set_gauge("township_incidents_overdue", report.overdue as f64);
+        self.metrics
+            .set_gauge("township_incidents_near_deadline", report.near as f64);
+        if !report.escalated.is_empty() {
+            tracing::info!(
+                count = report.escalated.len(),
+                "overdue incidents escalated automatically"
+            );
+        }
+        Ok(report)
+    }
 }
 
-/// Starts the node's own background work: signed audit checkpoints, expired-session cleanup and
-/// background compaction of record documents. All of it stops on the shutdown signal.
+/// Starts the node's background work, all of it here so one screen shows everything the node does
+/// on its own: audit checkpoints and summaries, the upstream sync link, orphaned attachment
+/// collection, deadlines, the telemetry writer, statuses, retention and drivers, and housekeeping.
+/// All of it stops on the shutdown signal and is awaited through the task tracker.
 pub fn spawn_background(state: &AppState) {
-    crate::audit::spawn_checkpointer(state);
+    state.spawn_every(Duration::from_secs(30), |state| async move {
+        let (key, now) = (state.key.clone(), state.clock.now_ms());
+        match state
+            .store
+            .write(move |conn| crate::audit::checkpoint_if_due(conn, &key, now))
+            .await
+        {
+            Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+        }
+    });
+    state.spawn_every(Duration::from_secs(60), |state| async move {
+        let tallies = [&state.sync.refusals, &state.sign_in_failures];
+        let closed = crate::audit::tally::take_closed(&tallies, state.clock.now_ms());
+        if closed.is_empty() {
+            return;
+        }
+        let ctx = state.write_ctx();
+        if let Err(e) = state
+            .store
+            .write(move |conn| crate::audit::tally::audit_summaries(conn, &ctx, &closed))
+            .await
+        {
+            tracing::warn!(error = %e, "could not audit event summaries");
+        }
+    });
     crate::peers::spawn_upstream(state);
-    crate::audit::tally::spawn_summaries(state);
-    crate::blobs::spawn_orphan_collector(state);
-    crate::incidents::deadlines::spawn(state);
-    crate::telemetry::spawn(state);
+    state.spawn_every(Duration::from_secs(3600), |state| async move {
+        let referenced = match state.store.read(crate::incidents::referenced_blobs).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "orphaned attachment check failed");
+                return;
+            }
+        };
+        let grace = state.config.incidents.orphan_blob_grace;
+        if let Err(e) = crate::blobs::collect_orphans(
+            &state.store,
+            &state.blobs,
+            state.write_ctx(),
+            referenced,
+            grace,
+        )
+        .await
+        {
+            tracing::warn!(error = %e, "removing orphaned attachments failed");
+        }
+    });
+    state.spawn_every(Duration::from_secs(60), |state| async move {
+        if let Err(e) = state.check_deadlines().await {
+            tracing::warn!(error = %e, "deadline check failed");
+        }
+    });
+    start_telemetry(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {
         let now = state.clock.now_ms();
         let idle = state.config.auth.session_idle.as_millis() as i64;
@@ -301,6 +339,49 @@ pub fn spawn_background(state: &AppState) {
     });
 }
 
+/// The telemetry's share of the background work: the writer (once), device statuses every second,
+/// retention every five minutes, and every configured driver under the supervisor.
+pub fn start_telemetry(state: &AppState) {
+    let Some(queue) = state.telemetry.take_queue() else {
+        tracing::error!("telemetry was already started");
+        return;
+    };
+    let runtime = state.telemetry_runtime();
+    state
+        .tasks
+        .spawn(crate::telemetry::run_writer(runtime.clone(), queue));
+    let statuses = runtime.clone();
+    state.spawn_every(Duration::from_secs(1), move |_| {
+        crate::telemetry::refresh_statuses(&statuses);
+        std::future::ready(())
+    });
+    let retention = runtime;
+    state.spawn_every(Duration::from_secs(300), move |_| {
+        let runtime = retention.clone();
+        async move {
+            match crate::telemetry::prune(&runtime, 2000).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned old telemetry"),
+                Err(e) => tracing::warn!(error = %e, "telemetry pruning failed"),
+            }
+        }
+    });
+    let clock = state.clock.clone();
+    let ctx = township_drivers::driver::DriverContext {
+        sink: state.telemetry.sink(),
+        health: state.telemetry.health.clone(),
+        shutdown: state.shutdown.clone(),
+        now_ms: Arc::new(move || clock.now_ms()),
+    };
+    for driver in crate::telemetry::drivers::build(&state.config) {
+        state.tasks.spawn(township_drivers::driver::supervise(
+            driver,
+            ctx.clone(),
+            Duration::from_secs(1),
+        ));
+    }
+}
+
 /// A node opened from its data directory, holding the directory lock until dropped.
 pub struct OpenedNode {
     pub state: AppState,
@@ -319,7 +400,16 @@ pub async fn open_with_clock(
     clock: Clock,
 ) -> Result<OpenedNode, NodeError> {
     let opened = open_store(dir, config, clock).await?;
-    if let Err(e) = crate::audit::record_config(&opened.state).await {
+    let (ctx, flat) = (
+        opened.state.write_ctx(),
+        crate::audit::flatten_config(&opened.state.config),
+    );
+    if let Err(e) = opened
+        .state
+        .store
+        .write(move |conn| crate::audit::record_config(conn, &ctx, &flat))
+        .await
+    {
         tracing::warn!(error = %e, "could not record the configuration in the audit log");
     }
     Ok(opened)
@@ -363,10 +453,7 @@ async fn open_store(dir: &DataDir, config: Config, clock: Clock) -> Result<Opene
             return Err(e);
         }
     };
-    let mut state = AppState::new(info, key, &salt, config, store, clock);
-    if let Some(inner) = Arc::get_mut(&mut state.inner) {
-        inner.upstream = upstream;
-    }
+    let state = AppState::new(info, key, &salt, config, store, clock, upstream);
     if let Err(e) = prepare_records(&state).await {
         state.store.close().await;
         return Err(e);
@@ -393,7 +480,7 @@ async fn prepare_records(state: &AppState) -> Result<(), NodeError> {
                 tracing::info!(kind, count, "forgot records this node no longer holds");
                 ctx.audit(
                     conn,
-                    crate::audit::Event::new("system", "record.forget", kind).detail(
+                    crate::audit::Event::new(crate::auth::actor::SYSTEM, "record.forget", kind).detail(
                         serde_json::json!({"count": count, "reason": "outside this node's flow"}),
                     ),
                 )?;
@@ -417,7 +504,7 @@ async fn prepare_records(state: &AppState) -> Result<(), NodeError> {
                 );
                 ctx.audit(
                     conn,
-                    crate::audit::Event::new("system", "projections.rebuild", "projections")
+                    crate::audit::Event::new(crate::auth::actor::SYSTEM, "projections.rebuild", "projections")
                         .detail(serde_json::json!({"documents": count, "schema": version})),
                 )?;
             }

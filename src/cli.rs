@@ -416,7 +416,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::User(cmd) => user_command(cmd),
         Command::Enroll(EnrollCommand::Add(args)) => {
-            let result = control(
+            let reply = control(
                 &args.data_dir,
                 control::Request::EnrollAdd {
                     public_key: args.public_key,
@@ -424,11 +424,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     name: args.name,
                 },
             )?;
-            println!(
-                "enrolled node {} for area {}",
-                result["node_id"].as_str().unwrap_or(""),
-                result["area"].as_str().unwrap_or("")
-            );
+            let control::Reply::Enrolled { node } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
+            println!("enrolled node {} for area {}", node.node_id, node.area);
             Ok(ExitCode::SUCCESS)
         }
         Command::Restore(args) => {
@@ -456,27 +455,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Token(TokenCommand::Create(args)) => {
-            let result = control(
+            let reply = control(
                 &args.data_dir,
                 control::Request::TokenCreate {
                     username: args.user,
                     name: args.name,
                 },
             )?;
+            let control::Reply::Token { token, user, .. } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
             // The token alone on stdout, so scripts can capture it; the advice goes to stderr.
-            eprintln!(
-                "token for {} (shown once; store it in the script's secret store):",
-                result["user"].as_str().unwrap_or("")
-            );
-            println!("{}", result["token"].as_str().unwrap_or(""));
+            eprintln!("token for {user} (shown once; store it in the script's secret store):");
+            println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Rebuild(args) => {
-            let result = control(&args.data_dir, control::Request::Rebuild)?;
-            println!(
-                "rebuilt projections from {} documents in {} ms",
-                result["documents"], result["millis"]
-            );
+            let reply = control(&args.data_dir, control::Request::Rebuild)?;
+            let control::Reply::Rebuilt { documents, millis } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
+            println!("rebuilt projections from {documents} documents in {millis} ms");
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit(AuditCommand::Verify(args)) => {
@@ -526,7 +525,7 @@ fn hash_password(password: &str, iterations: u32) -> Result<String> {
 
 /// Runs a control request: through the running node's socket if it is up, otherwise against the
 /// data directory directly (taking its lock), with the same code either way.
-fn control(data_dir: &Path, request: control::Request) -> Result<serde_json::Value> {
+fn control(data_dir: &Path, request: control::Request) -> Result<control::Reply> {
     let dir = DataDir::new(data_dir);
     dir.ensure_exists()?;
     runtime()?.block_on(async {
@@ -541,7 +540,7 @@ fn control(data_dir: &Path, request: control::Request) -> Result<serde_json::Val
         let uid = rustix::process::getuid().as_raw();
         let result = control::execute(&opened.state, request, Some(uid)).await;
         app::finish(&opened.state, Duration::from_secs(5)).await;
-        result.map_err(anyhow::Error::msg)
+        Ok(result?)
     })
 }
 
@@ -585,7 +584,7 @@ async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
             .config
             .devices
             .iter()
-            .filter(|d| d.driver == crate::telemetry::config::DriverKind::Simulator)
+            .filter(|d| d.driver() == crate::telemetry::config::DriverKind::Simulator)
             .count();
         if simulated > 0 {
             println!(
@@ -627,12 +626,13 @@ fn user_command(cmd: UserCommand) -> Result<ExitCode> {
                 phone: args.phone,
                 password: password.clone(),
             };
-            let user = control(&args.data_dir, request)?;
+            let reply = control(&args.data_dir, request)?;
+            let control::Reply::User { user } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
             println!(
                 "added {} ({}, area {})",
-                user["username"].as_str().unwrap_or(""),
-                user["role"].as_str().unwrap_or(""),
-                user["area"].as_str().unwrap_or("")
+                user.username, user.role, user.area
             );
             if generated {
                 println!("password (shown once): {password}");
@@ -668,23 +668,26 @@ fn user_command(cmd: UserCommand) -> Result<ExitCode> {
             );
         }
         UserCommand::List(args) => {
-            let users = control(&args.data_dir, control::Request::UserList)?;
+            let reply = control(&args.data_dir, control::Request::UserList)?;
+            let control::Reply::Users { users } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
             if args.json {
-                println!("{users}");
+                println!("{}", serde_json::to_string(&users)?);
             } else {
                 println!(
                     "USERNAME                 ROLE             AREA           DEPARTMENT     STATE"
                 );
-                for u in users.as_array().into_iter().flatten() {
+                for u in &users {
                     println!(
                         "{:<24} {:<16} {:<14} {:<14} {}",
-                        u["username"].as_str().unwrap_or(""),
-                        u["role"].as_str().unwrap_or(""),
-                        u["area"].as_str().unwrap_or(""),
-                        u["department"].as_str().unwrap_or("-"),
-                        if u["disabled"].as_bool() == Some(true) {
+                        u.username,
+                        u.role,
+                        u.area,
+                        u.department.as_deref().unwrap_or("-"),
+                        if u.disabled {
                             "disabled"
-                        } else if u["local"].as_bool() == Some(true) {
+                        } else if u.local {
                             "local"
                         } else {
                             "active"

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -19,8 +19,9 @@ use crate::audit::Event;
 use crate::auth::roles::Role;
 use crate::auth::session;
 use crate::config::Secret;
+use crate::invalid::Invalid;
 use crate::store::StoreError;
-use crate::users::{self, Actor, NewUser};
+use crate::users::{self, Actor, NewUser, UserError, UserView};
 
 pub const SOCKET_FILE: &str = "control.sock";
 const MAX_REQUEST_BYTES: u64 = 64 * 1024;
@@ -57,33 +58,67 @@ pub enum Request {
     },
 }
 
+/// What a request produced, typed on both sides of the socket so the CLI never picks fields out of
+/// loose JSON.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// The account as created.
+    User { user: UserView },
+    /// The accounts of the node's area.
+    Users { users: Vec<UserView> },
+    /// Done; nothing to show.
+    Done,
+    /// A new API token, shown once.
+    Token {
+        token: String,
+        id: String,
+        user: String,
+    },
+    /// The node just enrolled.
+    Enrolled { node: crate::peers::PeerRow },
+    /// Projections rebuilt from the record documents.
+    Rebuilt { documents: usize, millis: u64 },
+}
+
+/// Why a request was not carried out; the message is for a person at a terminal.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error(transparent)]
+    User(#[from] UserError),
+    #[error(transparent)]
+    Enroll(#[from] crate::peers::EnrollError),
+    #[error(transparent)]
+    Random(#[from] session::RandomUnavailable),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct Response {
-    ok: bool,
     #[serde(default)]
-    result: Value,
+    reply: Option<Reply>,
     #[serde(default)]
-    error: String,
+    error: Option<String>,
 }
 
 /// The actor the CLI acts as: the node's own administrator, named by the Unix user that asked.
 fn cli_actor(state: &AppState, uid: Option<u32>) -> Actor {
-    Actor {
-        name: match uid {
-            Some(uid) => format!("cli(uid {uid})"),
-            None => "cli".into(),
-        },
-        role: Role::Admin,
-        area: state.node.area.clone(),
-    }
+    let name = match uid {
+        Some(uid) => format!("cli(uid {uid})"),
+        None => "cli".into(),
+    };
+    Actor::person(name, Role::Admin, state.node.area.clone())
 }
 
-/// Carries out one request. Errors are messages for a person at a terminal.
+/// Carries out one request.
 pub async fn execute(
     state: &AppState,
     request: Request,
     uid: Option<u32>,
-) -> Result<Value, String> {
+) -> Result<Reply, ControlError> {
     let actor = cli_actor(state, uid);
     match request {
         Request::UserAdd {
@@ -97,58 +132,52 @@ pub async fn execute(
         } => {
             let new = NewUser {
                 username,
-                role: role
-                    .parse()
-                    .map_err(|e: crate::auth::roles::UnknownRole| e.to_string())?,
-                area: area
-                    .parse()
-                    .map_err(|e: township_sync::AreaError| e.to_string())?,
+                role: role.parse().map_err(|e| Invalid::new("role", e))?,
+                area: area.parse().map_err(|e| Invalid::new("area", e))?,
                 department,
                 display_name,
                 phone,
                 password: Secret::new(password),
             };
-            let view = state
-                .add_user(actor, new)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!(view))
+            let user =
+                users::accounts::add(&state.store, state.write_ctx(), &state.hasher, actor, new)
+                    .await?;
+            Ok(Reply::User { user })
         }
         Request::UserPasswd { username, password } => {
-            state
-                .set_user_password(actor, username, Secret::new(password))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({}))
+            users::accounts::set_password(
+                &state.store,
+                state.write_ctx(),
+                &state.hasher,
+                actor,
+                username,
+                Secret::new(password),
+            )
+            .await?;
+            Ok(Reply::Done)
         }
         Request::UserDisable { username } => {
             let ctx = state.write_ctx();
             state
                 .store
                 .write(move |conn| users::disable(conn, &ctx, &actor, &username))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({}))
+                .await?;
+            Ok(Reply::Done)
         }
         Request::UserList => {
             let area = state.node.area.clone();
-            let list = state
+            let users = state
                 .store
                 .read(move |conn| users::list(conn, &area))
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!(list))
+                .await?;
+            Ok(Reply::Users { users })
         }
         Request::TokenCreate { username, name } => {
             let name = name.trim().to_string();
             if name.is_empty() || name.chars().count() > 60 {
-                return Err("token name must be 1 to 60 characters".into());
+                return Err(Invalid::new("name", "token name must be 1 to 60 characters").into());
             }
-            let token = format!(
-                "{}{}",
-                session::TOKEN_PREFIX,
-                session::random_secret().map_err(|e| e.to_string())?
-            );
+            let token = format!("{}{}", session::TOKEN_PREFIX, session::random_secret()?);
             let hash = session::secret_hash(&token);
             let id = uuid::Uuid::now_v7().to_string();
             let ctx = state.write_ctx();
@@ -157,24 +186,24 @@ pub async fn execute(
                 .store
                 .write(move |conn| {
                     let account = users::find_account(conn, &who)?
-                        .ok_or_else(|| StoreError::Job(format!("no user `{who}`")))?;
+                        .ok_or_else(|| UserError::NotFound(who.clone()))?;
                     if account.disabled {
-                        return Err(StoreError::Job(format!("user `{who}` is disabled")));
+                        return Err(UserError::Forbidden(format!("user `{who}` is disabled")));
                     }
                     session::insert_token(conn, &token_id, &hash, &account, &name, ctx.now_ms())?;
                     ctx.audit(
                         conn,
-                        Event::new(&actor.name, "token.create", &who)
+                        Event::new(&actor.username, "token.create", &who)
                             .detail(json!({"token_id": token_id, "name": name})),
                     )?;
                     Ok(())
                 })
-                .await
-                .map_err(|e| match e {
-                    StoreError::Job(m) => m,
-                    other => other.to_string(),
-                })?;
-            Ok(json!({ "token": token, "id": id, "user": username }))
+                .await?;
+            Ok(Reply::Token {
+                token,
+                id,
+                user: username,
+            })
         }
         Request::EnrollAdd {
             public_key,
@@ -182,7 +211,7 @@ pub async fn execute(
             name,
         } => {
             let (ctx, our_area) = (state.write_ctx(), state.node.area.clone());
-            let row = state
+            let node = state
                 .store
                 .write(move |conn| {
                     let request = crate::peers::EnrollRequest {
@@ -190,29 +219,30 @@ pub async fn execute(
                         area,
                         name,
                     };
-                    crate::peers::enroll(conn, &ctx, &our_area, &actor.name, request)
+                    crate::peers::enroll(conn, &ctx, &our_area, &actor.username, request)
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!(row))
+                .await?;
+            Ok(Reply::Enrolled { node })
         }
         Request::Rebuild => {
             let ctx = state.write_ctx();
             let started = std::time::Instant::now();
-            let count = state
+            let documents = state
                 .store
                 .write(move |conn| {
                     let count = ctx.docs.rebuild_projections(conn)?;
                     ctx.audit(
                         conn,
-                        Event::new(&actor.name, "projections.rebuild", "projections")
+                        Event::new(&actor.username, "projections.rebuild", "projections")
                             .detail(json!({"documents": count})),
                     )?;
                     Ok::<_, StoreError>(count)
                 })
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(json!({ "documents": count, "millis": started.elapsed().as_millis() as u64 }))
+                .await?;
+            Ok(Reply::Rebuilt {
+                documents,
+                millis: started.elapsed().as_millis() as u64,
+            })
         }
     }
 }
@@ -256,40 +286,35 @@ async fn serve_one(state: AppState, stream: UnixStream) {
     let (read, mut write) = stream.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(tokio::io::AsyncReadExt::take(read, MAX_REQUEST_BYTES));
-    let response = match reader.read_line(&mut line).await {
+    let outcome = match reader.read_line(&mut line).await {
         Ok(0) => return,
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Ok(request) => match execute(&state, request, uid).await {
-                Ok(result) => Response {
-                    ok: true,
-                    result,
-                    error: String::new(),
-                },
-                Err(error) => Response {
-                    ok: false,
-                    result: Value::Null,
-                    error,
-                },
-            },
-            Err(e) => Response {
-                ok: false,
-                result: Value::Null,
-                error: format!("bad request: {e}"),
-            },
+            Ok(request) => execute(&state, request, uid)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(format!("bad request: {e}")),
         },
-        Err(e) => Response {
-            ok: false,
-            result: Value::Null,
-            error: format!("cannot read request: {e}"),
+        Err(e) => Err(format!("cannot read request: {e}")),
+    };
+    let response = match outcome {
+        Ok(reply) => Response {
+            reply: Some(reply),
+            error: None,
+        },
+        Err(error) => Response {
+            reply: None,
+            error: Some(error),
         },
     };
-    let mut text = serde_json::to_string(&response).unwrap_or_else(|_| "{\"ok\":false}".into());
+    let mut text = serde_json::to_string(&response)
+        .unwrap_or_else(|_| "{\"error\":\"the answer could not be encoded\"}".into());
     text.push('\n');
     let _ = write.write_all(text.as_bytes()).await;
 }
 
-/// Sends a request to a running node. `Ok(None)` when no node is listening.
-pub async fn call(data_dir: &Path, request: &Request) -> Result<Option<Value>, String> {
+/// Sends a request to a running node. `Ok(None)` when no node is listening; `Err` carries the
+/// node's message for the person at the terminal.
+pub async fn call(data_dir: &Path, request: &Request) -> Result<Option<Reply>, String> {
     let path = socket_path(data_dir);
     let stream = match UnixStream::connect(&path).await {
         Ok(s) => s,
@@ -322,9 +347,9 @@ pub async fn call(data_dir: &Path, request: &Request) -> Result<Option<Value>, S
         .map_err(|e| e.to_string())?;
     let response: Response =
         serde_json::from_str(&line).map_err(|e| format!("bad answer from the node: {e}"))?;
-    if response.ok {
-        Ok(Some(response.result))
-    } else {
-        Err(response.error)
+    match (response.reply, response.error) {
+        (Some(reply), _) => Ok(Some(reply)),
+        (None, Some(error)) => Err(error),
+        (None, None) => Err("the node gave no answer".into()),
     }
 }

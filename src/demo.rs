@@ -4,7 +4,6 @@
 //! indicators have something true to show.
 
 use crate::app::{self, AppState};
-use crate::auth::Caller;
 use crate::auth::roles::Role;
 use crate::clock::Clock;
 use crate::config::{Config, Secret};
@@ -108,25 +107,19 @@ const PEOPLE: [(&str, &str, Role, &str, Option<&str>); 7] = [
     ("it.zhou", "周工", Role::CountyIt, "330723001", None),
 ];
 
-fn caller(
+/// A person of the demo, acting directly through the domain functions (no session or token needed).
+fn person(
     username: &str,
     role: Role,
     area: &str,
     department: Option<&str>,
-) -> Result<Caller, String> {
-    Ok(Caller {
-        username: username.into(),
-        display_name: username.into(),
-        role,
-        area: area
-            .parse()
-            .map_err(|e: township_sync::AreaError| e.to_string())?,
-        department: department.map(String::from),
-        via: crate::auth::Via::Token { id: "demo".into() },
-    })
+) -> Result<Actor, String> {
+    let area = area
+        .parse()
+        .map_err(|e: township_sync::AreaError| e.to_string())?;
+    Ok(Actor::person(username, role, area).with_department(department.map(String::from)))
 }
 
-/// Creates the demo people (all with `password`) and incidents. Returns how many incidents.
 /// Simulated stations for the demo: a rain gauge and a river gauge in one catchment, a second river
 /// gauge in a village, and an air station. Simulated time runs 30 times faster than real time, and a
 /// scripted storm starts after about two minutes, so the river visibly rises while a newcomer watches.
@@ -136,21 +129,14 @@ pub fn add_stations(config: &mut Config) {
             id: id.into(),
             name: name.into(),
             area: area.into(),
-            driver: crate::telemetry::config::DriverKind::Simulator,
             interval: Some(std::time::Duration::from_secs(5)),
             points: Vec::new(),
-            port: None,
-            baud: None,
-            parity: None,
-            slave: None,
-            timeout: None,
-            username: None,
-            password: None,
-            password_file: None,
-            format: None,
-            mn: None,
-            profile: Some(profile.into()),
-            catchment: Some(catchment.into()),
+            link: crate::telemetry::config::DeviceLink::Simulator(
+                crate::telemetry::config::SimulatorLink {
+                    profile: profile.into(),
+                    catchment: Some(catchment.into()),
+                },
+            ),
         }
     };
     config.devices = vec![
@@ -203,12 +189,9 @@ pub async fn seed(dir: &DataDir, config: Config, password: &str) -> Result<usize
     })
 }
 
+/// Creates the demo people (all with `password`) and incidents. Returns how many incidents.
 async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<usize, String> {
-    let cli = Actor {
-        name: "demo".into(),
-        role: Role::Admin,
-        area: state.node.area.clone(),
-    };
+    let cli = Actor::person("demo", Role::Admin, state.node.area.clone());
     for (username, name, role, area, dept) in PEOPLE {
         let new = NewUser {
             username: username.into(),
@@ -221,21 +204,26 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
             phone: None,
             password: Secret::new(password),
         };
-        state
-            .add_user(cli.clone(), new)
-            .await
-            .map_err(|e| e.to_string())?;
+        crate::users::accounts::add(
+            &state.store,
+            state.write_ctx(),
+            &state.hasher,
+            cli.clone(),
+            new,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
     }
-    let staff = caller("zhang.min", Role::TownshipStaff, "330723001", None)?;
+    let staff = person("zhang.min", Role::TownshipStaff, "330723001", None)?;
     let handlers = [
-        caller("zhao.lei", Role::DeptHandler, "330723001", Some("water"))?,
-        caller(
+        person("zhao.lei", Role::DeptHandler, "330723001", Some("water"))?,
+        person(
             "chen.jing",
             Role::DeptHandler,
             "330723001",
             Some("emergency"),
         )?,
-        caller(
+        person(
             "sun.hao",
             Role::DeptHandler,
             "330723001",
@@ -248,8 +236,8 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
         let (category, title, description) = REPORTS[n % REPORTS.len()];
         // Grid workers report in their own villages; the township staff report the rest.
         let reporter = match village {
-            "330723001001" => caller("wang.fang", Role::GridWorker, village, None)?,
-            "330723001002" => caller("li.qiang", Role::GridWorker, village, None)?,
+            "330723001001" => person("wang.fang", Role::GridWorker, village, None)?,
+            "330723001002" => person("li.qiang", Role::GridWorker, village, None)?,
             _ => staff.clone(),
         };
         let jitter = ((n * 37) % 100) as f64 / 10_000.0;
@@ -275,7 +263,7 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
         // Walk each incident some way along the loop: the older ones further.
         let handler = &handlers[n % handlers.len()];
         let department = handler.department.clone().unwrap_or_default();
-        let steps: Vec<(&Caller, &str, Option<&str>)> = match n % 9 {
+        let steps: Vec<(&Actor, &str, Option<&str>)> = match n % 9 {
             0 => vec![],
             1 => vec![(&staff, "accept", None)],
             2 => vec![(&staff, "reject", Some("重复上报，已合并处理"))],

@@ -63,7 +63,7 @@ fn serial_ports(config: &Config, out: &mut Vec<Check>) {
     let mut ports: Vec<&str> = config
         .devices
         .iter()
-        .filter_map(|d| d.port.as_deref())
+        .filter_map(|d| d.serial_line().map(|line| line.0))
         .collect();
     ports.sort_unstable();
     ports.dedup();
@@ -349,7 +349,7 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         )),
         Err(_) => {}
     }
-    match crate::blobs::referenced(&conn) {
+    match crate::incidents::referenced_blobs(&conn) {
         Ok(referenced) => {
             let store = crate::blobs::BlobStore::new(root);
             match store.orphans(&referenced) {

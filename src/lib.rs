@@ -31,6 +31,7 @@ pub mod demo;
 pub mod doctor;
 pub mod http;
 pub mod incidents;
+pub mod invalid;
 pub mod logging;
 pub mod metrics;
 pub mod node;

@@ -52,6 +52,12 @@ pub enum NodeError {
     NoIdentity(&'static str),
     #[error("another township-node is already serving {dir} (pid {pid}); stop it first")]
     Locked { dir: PathBuf, pid: String },
+    #[error("{0} fails its integrity check: {1}")]
+    Corrupt(PathBuf, String),
+    #[error("the system random source failed")]
+    Random,
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -483,11 +489,7 @@ pub async fn restore(
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .map_err(StoreError::from)?;
     if verdict != "ok" {
-        return Err(StoreError::Job(format!(
-            "{} fails its integrity check: {verdict}",
-            from.display()
-        ))
-        .into());
+        return Err(NodeError::Corrupt(from.to_path_buf(), verdict));
     }
     let info = read_identity(&source)?;
     if info.public_key != key.public_key().to_string() {
@@ -534,7 +536,7 @@ pub async fn restore(
         .write(move |conn| {
             let mut salt = [0u8; 16];
             ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut salt)
-                .map_err(|_| StoreError::Job("the system random source failed".into()))?;
+                .map_err(|_| NodeError::Random)?;
             conn.execute(
                 "UPDATE node_meta SET value = ?1 WHERE key = 'db_salt'",
                 [hex::encode(salt)],
@@ -549,7 +551,7 @@ pub async fn restore(
                 crate::audit::Event::new("cli", "node.restore", &node_id)
                     .detail(serde_json::json!({ "from": from_shown, "documents": documents })),
             )?;
-            Ok::<_, StoreError>(documents)
+            Ok::<_, NodeError>(documents)
         })
         .await;
     store.close().await;

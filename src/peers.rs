@@ -31,6 +31,7 @@ use crate::auth::Caller;
 use crate::http::extract::ApiJson;
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
+use crate::invalid::Invalid;
 use crate::store::StoreError;
 
 /// Largest frame accepted on a sync connection (on the wire, and once inflated); larger ones close it.
@@ -191,7 +192,7 @@ impl SyncStatus {
 }
 
 /// An enrolled or upstream peer as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PeerRow {
     pub node_id: String,
     pub public_key: String,
@@ -245,8 +246,8 @@ pub fn peers(conn: &Connection, relation: &str) -> Result<Vec<PeerRow>, StoreErr
 
 #[derive(Debug, thiserror::Error)]
 pub enum EnrollError {
-    #[error("{detail}")]
-    Invalid { field: &'static str, detail: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("this key is already enrolled as node {0}")]
     Exists(String),
     #[error("{0}")]
@@ -256,10 +257,7 @@ pub enum EnrollError {
 impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         match e {
-            EnrollError::Invalid { field, detail } => ApiError::InvalidField {
-                field: field.into(),
-                detail,
-            },
+            EnrollError::Invalid(invalid) => ApiError::Invalid(invalid),
             EnrollError::Exists(_) => ApiError::Conflict(e.to_string()),
             EnrollError::Store(s) => s.into(),
         }
@@ -290,30 +288,28 @@ pub fn enroll(
         area,
         name,
     } = request;
-    let key: PublicKey = key.trim().parse().map_err(|_| EnrollError::Invalid {
-        field: "public_key",
-        detail: "not a node public key (43 characters of base64url)".into(),
+    let key: PublicKey = key.trim().parse().map_err(|_| {
+        EnrollError::Invalid(Invalid::new(
+            "public_key",
+            "not a node public key (43 characters of base64url)",
+        ))
     })?;
-    let area: AreaCode =
-        area.parse()
-            .map_err(|e: township_sync::AreaError| EnrollError::Invalid {
-                field: "area",
-                detail: e.to_string(),
-            })?;
+    let area: AreaCode = area
+        .parse()
+        .map_err(|e: township_sync::AreaError| Invalid::new("area", e))?;
     if !state_area.is_above(&area) {
-        return Err(EnrollError::Invalid {
-            field: "area",
-            detail: format!(
-                "a downstream node's area must lie below this node's area {state_area}"
-            ),
-        });
+        return Err(Invalid::new(
+            "area",
+            format!("a downstream node's area must lie below this node's area {state_area}"),
+        )
+        .into());
     }
     let name = name.trim();
     if !(1..=100).contains(&name.chars().count()) {
-        return Err(EnrollError::Invalid {
-            field: "name",
-            detail: "name is 1 to 100 characters".into(),
-        });
+        return Err(EnrollError::Invalid(Invalid::new(
+            "name",
+            "name is 1 to 100 characters",
+        )));
     }
     if let Some(existing) = peer_by_key(conn, &key.to_string())? {
         return Err(EnrollError::Exists(existing.node_id));

@@ -53,14 +53,13 @@ impl WriteCtx {
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The author claim for a change `actor` makes through this node.
-    pub fn author(&self, actor: &crate::users::Actor) -> Author {
-        Author::person(self.area.clone(), actor.person())
-    }
-
-    /// The author claim for a change this node makes on its own (automatic escalation).
-    pub fn system(&self) -> Author {
-        Author::node(self.area.clone())
+    /// The author claim for a change `actor` makes through this node: the person, or only the node
+    /// when the node acts on its own.
+    pub fn author(&self, actor: &crate::auth::actor::Actor) -> Author {
+        match actor.claim() {
+            Some(person) => Author::person(self.area.clone(), person),
+            None => Author::node(self.area.clone()),
+        }
     }
 
     /// A timestamp for a workflow transition made here now.
@@ -155,9 +154,10 @@ impl WriteCtx {
 
 /// The name the audit log records for a change's author.
 fn audit_name(by: &Author) -> String {
-    by.person
-        .as_ref()
-        .map_or_else(|| "system".to_string(), |p| p.name.clone())
+    by.person.as_ref().map_or_else(
+        || crate::auth::actor::SYSTEM.to_string(),
+        |p| p.name.clone(),
+    )
 }
 
 /// Records a projection's verdict on a record: quarantined with `reason`, or effective (`None`). A
@@ -194,7 +194,7 @@ pub fn record_verdict(
                 conn,
                 key,
                 now_ms,
-                Event::new("system", "record.quarantine", &target)
+                Event::new(crate::auth::actor::SYSTEM, "record.quarantine", &target)
                     .detail(serde_json::json!({"reason": reason, "scope": meta.scope})),
             )?;
         }
@@ -204,7 +204,7 @@ pub fn record_verdict(
                 conn,
                 key,
                 now_ms,
-                Event::new("system", "record.release", &target),
+                Event::new(crate::auth::actor::SYSTEM, "record.release", &target),
             )?;
         }
     }

@@ -450,10 +450,8 @@ async fn disabling_ends_sessions_and_tokens_and_blocks_login() {
         None,
     )
     .await
-    .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .map(token_of)
+    .unwrap();
     let bearer = format!("Bearer {token}");
     assert_eq!(
         h.call(
@@ -515,10 +513,8 @@ async fn api_tokens_work_like_cookies_without_csrf() {
         None,
     )
     .await
-    .unwrap()["token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    .map(token_of)
+    .unwrap();
     let bearer = format!("Bearer {token}");
     let (status, _, body) = h
         .call(
@@ -768,11 +764,9 @@ async fn every_change_is_audited_and_the_chain_verifies() {
     let report = h
         .state()
         .store
-        .read(move |c| {
-            township_node::audit::verify::verify(c, &key)
-                .map_err(|e| StoreError::Job(e.to_string()))
-        })
+        .read(move |c| Ok::<_, StoreError>(township_node::audit::verify::verify(c, &key)))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(report.entries as usize, h.audit_actions().await.len());
 }
@@ -798,7 +792,10 @@ async fn rebuild_restores_projections_from_documents() {
     let result = control::execute(h.state(), control::Request::Rebuild, None)
         .await
         .unwrap();
-    assert_eq!(result["documents"], 5);
+    assert!(
+        matches!(result, control::Reply::Rebuilt { documents: 5, .. }),
+        "{result:?}"
+    );
     assert!(h.login("worker3", "worker3-password").await.is_ok());
 }
 
@@ -902,4 +899,92 @@ async fn a_username_made_on_two_nodes_apart_is_resolved_deterministically_and_sh
     let (_, _, me2) = a.as_(&s2, "GET", "/api/v1/session", None).await;
     assert_eq!(me2["user"]["area"], "330723001002");
     assert!(a.login("same.name", "same.name-password").await.is_ok());
+}
+
+/// Raising `auth.password_iterations` upgrades each old hash at its holder's next sign-in: the stored
+/// hash gets the new count (audited), the session just issued stays valid, and the same password still
+/// signs in. Both kinds of account: the box's local admin and an account record.
+#[tokio::test]
+async fn old_password_hashes_are_upgraded_at_sign_in() {
+    let mut config = Config::default();
+    config.auth.password_iterations = 700_000;
+    let h = Harness::with_config(config).await;
+    // An account record hashed before the configuration was raised.
+    let old_hash = township_node::auth::password::hash("Grid-Old-Hash-1", 600_000).unwrap();
+    let (ctx, actor) = (h.state().write_ctx(), h.cli());
+    h.state()
+        .store
+        .write(move |conn| -> Result<(), township_node::users::UserError> {
+            let new = township_node::users::NewUser {
+                username: "old.hash".into(),
+                role: township_node::auth::roles::Role::GridWorker,
+                area: "330723001001".parse().unwrap(),
+                department: None,
+                display_name: None,
+                phone: None,
+                password: township_node::config::Secret::new("unused"),
+            };
+            township_node::users::create(conn, &ctx, &actor, &new, old_hash).map(|_| ())
+        })
+        .await
+        .unwrap();
+    for (username, password) in [("admin", ADMIN_PW), ("old.hash", "Grid-Old-Hash-1")] {
+        let before = stored_iterations(&h, username).await;
+        assert_eq!(before, Some(600_000), "{username}");
+        let session = h.login(username, password).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while stored_iterations(&h, username).await != Some(700_000) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{username} never rehashed"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let (status, _, _) = h.as_(&session, "GET", "/api/v1/session", None).await;
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "{username}: the session survives the upgrade"
+        );
+        h.login(username, password).await.unwrap();
+    }
+    let rehashes: i64 = h
+        .state()
+        .store
+        .read(|conn| {
+            Ok::<_, StoreError>(conn.query_row(
+                "SELECT count(*) FROM audit_log WHERE action = 'user.password_rehash'
+                 OR json_extract(detail, '$.action') = 'user.password_rehash'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        rehashes, 2,
+        "each upgrade audited once, none at the second sign-in"
+    );
+}
+
+async fn stored_iterations(h: &Harness, username: &str) -> Option<u32> {
+    let user = username.to_string();
+    h.state()
+        .store
+        .read(move |conn| {
+            Ok::<_, StoreError>(
+                township_node::users::find_account(conn, &user)?
+                    .and_then(|a| township_node::auth::password::iterations_of(&a.password_hash)),
+            )
+        })
+        .await
+        .unwrap()
+}
+
+/// The token a `token create` request made.
+fn token_of(reply: control::Reply) -> String {
+    match reply {
+        control::Reply::Token { token, .. } => token,
+        other => panic!("expected a token, got {other:?}"),
+    }
 }

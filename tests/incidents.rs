@@ -9,7 +9,6 @@ use common::harness::*;
 use serde_json::{Value, json};
 use township_node::auth::roles::Role;
 use township_node::config::Config;
-use township_node::incidents::deadlines;
 use township_node::store::StoreError;
 
 struct Cast {
@@ -406,10 +405,10 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
     let due_state = |v: &Value| v["due_state"].as_str().unwrap().to_string();
 
     h.clock.advance_ms(90 * MINUTE);
-    let report = deadlines::check(h.state()).await.unwrap();
+    let report = h.state().check_deadlines().await.unwrap();
     assert_eq!((report.near, report.overdue), (0, 0));
     h.clock.advance_ms(10 * MINUTE); // 100 of 120 minutes: past 80%
-    let report = deadlines::check(h.state()).await.unwrap();
+    let report = h.state().check_deadlines().await.unwrap();
     assert_eq!((report.near, report.overdue), (1, 0));
     let (_, _, list) = h
         .as_(&c.staff, "GET", "/api/v1/incidents?due_state=near", None)
@@ -417,7 +416,7 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
     assert_eq!(list["incidents"][0]["id"], urgent.as_str(), "{list}");
 
     h.clock.advance_ms(21 * MINUTE);
-    let report = deadlines::check(h.state()).await.unwrap();
+    let report = h.state().check_deadlines().await.unwrap();
     assert_eq!(report.overdue, 1);
     assert_eq!(report.escalated.len(), 1);
     let (_, _, v) = h
@@ -432,7 +431,8 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
     assert_eq!(v["transitions"][0]["actor"], "system");
     // Checking again escalates nothing twice.
     assert!(
-        deadlines::check(h.state())
+        h.state()
+            .check_deadlines()
             .await
             .unwrap()
             .escalated
@@ -469,7 +469,7 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
     );
 
     h.clock.advance_ms(24 * 60 * MINUTE);
-    deadlines::check(h.state()).await.unwrap();
+    h.state().check_deadlines().await.unwrap();
     let (_, _, v) = h
         .as_(&c.staff, "GET", &format!("/api/v1/incidents/{slow}"), None)
         .await;

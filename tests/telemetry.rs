@@ -38,7 +38,7 @@ async fn harness() -> Harness {
         ..Config::default()
     };
     let h = Harness::with_config(config).await;
-    township_node::telemetry::spawn(h.state());
+    township_node::app::start_telemetry(h.state());
     h.add_user("staff", Role::TownshipStaff, "330723001", None)
         .await;
     h.add_user("village", Role::GridWorker, "330723001002", None)
@@ -339,7 +339,7 @@ async fn retention_prunes_raw_readings_and_keeps_aggregates() {
     commit(&h, batch).await;
     // Forty days on, raw readings are past their 30 days; the hourly aggregates remain.
     h.clock.advance_ms(40 * 86_400_000);
-    let pruned = township_node::telemetry::prune(h.state(), 500)
+    let pruned = township_node::telemetry::prune(&h.state().telemetry_runtime(), 500)
         .await
         .unwrap();
     assert_eq!(pruned, 7200);

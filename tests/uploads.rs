@@ -323,7 +323,7 @@ async fn files_no_record_refers_to_are_reported_and_removed_after_the_grace() {
     let referenced = h
         .state()
         .store
-        .read(township_node::blobs::referenced)
+        .read(township_node::incidents::referenced_blobs)
         .await
         .unwrap();
     let found = blobs.orphans(&referenced).unwrap();
@@ -378,7 +378,7 @@ async fn uploads_racing_each_other_cannot_pass_the_quota_together() {
     let referenced = h
         .state()
         .store
-        .read(township_node::blobs::referenced)
+        .read(township_node::incidents::referenced_blobs)
         .await
         .unwrap();
     assert!(blobs.orphans(&referenced).unwrap().is_empty());

@@ -12,7 +12,7 @@ pub mod verify;
 
 pub use tally::Tally;
 
-pub use routes::{parse_time, routes};
+pub use routes::routes;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
@@ -319,7 +319,9 @@ fn is_secret_key(key: &str) -> bool {
 
 /// The effective configuration as `section.key = value` lines, secrets reduced to a short digest so
 /// a change is still visible without the value ever entering the database.
-fn flatten_config(config: &crate::config::Config) -> std::collections::BTreeMap<String, String> {
+pub fn flatten_config(
+    config: &crate::config::Config,
+) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
     let Ok(table) = toml::Table::try_from(config) else {
         return out;
@@ -342,53 +344,42 @@ fn flatten_config(config: &crate::config::Config) -> std::collections::BTreeMap<
     out
 }
 
-/// Compares the configuration this start runs with against the last one recorded and, when it
-/// changed, appends a `config.change` entry naming every changed key.
-pub async fn record_config(state: &crate::app::AppState) -> Result<(), StoreError> {
-    let current = flatten_config(&state.config);
-    let ctx = state.write_ctx();
-    state
-        .store
-        .write(move |conn| {
-            let previous: Option<String> = conn
-                .query_row("SELECT value FROM node_meta WHERE key = ?1", [CONFIG_KEY], |r| r.get(0))
-                .optional()?;
-            let previous: std::collections::BTreeMap<String, String> =
-                previous.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default();
-            if previous == current {
-                return Ok(());
-            }
-            let mut changed = serde_json::Map::new();
-            for key in previous.keys().chain(current.keys()) {
-                let (old, new) = (previous.get(key), current.get(key));
-                if old != new {
-                    changed.insert(key.clone(), serde_json::json!({ "from": old, "to": new }));
-                }
-            }
-            let text = serde_json::to_string(&current).unwrap_or_default();
-            conn.execute(
-                "INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![CONFIG_KEY, text],
-            )?;
-            ctx.audit(conn, Event::new("system", "config.change", "config").detail(serde_json::Value::Object(changed)))?;
-            Ok(())
-        })
-        .await
-}
-
-/// Signs a checkpoint every few minutes while entries arrive, until shutdown.
-pub fn spawn_checkpointer(state: &crate::app::AppState) {
-    state.spawn_every(std::time::Duration::from_secs(30), |state| async move {
-        let key = state.key.clone();
-        let now = state.clock.now_ms();
-        match state
-            .store
-            .write(move |conn| checkpoint_if_due(conn, &key, now))
-            .await
-        {
-            Ok(Some(seq)) => tracing::debug!(seq, "audit checkpoint signed"),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "audit checkpoint failed"),
+/// Compares the configuration this start runs with (flattened by [`flatten_config`]) against the
+/// last one recorded and, when it changed, appends a `config.change` entry naming every changed key.
+pub fn record_config(
+    conn: &Connection,
+    ctx: &crate::records::WriteCtx,
+    current: &std::collections::BTreeMap<String, String>,
+) -> Result<(), StoreError> {
+    let previous: Option<String> = conn
+        .query_row(
+            "SELECT value FROM node_meta WHERE key = ?1",
+            [CONFIG_KEY],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let previous: std::collections::BTreeMap<String, String> = previous
+        .and_then(|p| serde_json::from_str(&p).ok())
+        .unwrap_or_default();
+    if &previous == current {
+        return Ok(());
+    }
+    let mut changed = serde_json::Map::new();
+    for key in previous.keys().chain(current.keys()) {
+        let (old, new) = (previous.get(key), current.get(key));
+        if old != new {
+            changed.insert(key.clone(), serde_json::json!({ "from": old, "to": new }));
         }
-    });
+    }
+    let text = serde_json::to_string(current).unwrap_or_default();
+    conn.execute(
+        "INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![CONFIG_KEY, text],
+    )?;
+    ctx.audit(
+        conn,
+        Event::new(crate::auth::actor::SYSTEM, "config.change", "config")
+            .detail(serde_json::Value::Object(changed)),
+    )?;
+    Ok(())
 }

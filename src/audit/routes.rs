@@ -3,6 +3,8 @@
 use axum::Json;
 use axum::extract::{Query, State};
 use serde::Deserialize;
+
+use crate::http::extract::empty_as_none;
 use serde_json::json;
 
 use super::Filter;
@@ -16,21 +18,18 @@ pub fn routes(r: Routes) -> Routes {
 
 #[derive(Deserialize)]
 struct AuditQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
     actor: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     action: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     target: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     from: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     to: Option<String>,
     before: Option<i64>,
     limit: Option<usize>,
-}
-
-/// Times are RFC 3339 (`2026-11-29T08:00:00Z`) or milliseconds since the epoch.
-pub fn parse_time(field: &str, value: &str) -> Result<i64, ApiError> {
-    crate::clock::parse_time(field, value).map_err(|e| ApiError::InvalidField {
-        field: field.into(),
-        detail: e.to_string(),
-    })
 }
 
 async fn list(
@@ -42,21 +41,22 @@ async fn list(
     caller.require_node_wide(&state.node.area)?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::InvalidField {
-            field: "limit".into(),
-            detail: "limit is 1 to 1000".into(),
-        });
+        return Err(ApiError::invalid("limit", "limit is 1 to 1000"));
     }
     let filter = Filter {
-        actor: q.actor.filter(|s| !s.is_empty()),
-        action: q.action.filter(|s| !s.is_empty()),
-        target: q.target.filter(|s| !s.is_empty()),
+        actor: q.actor,
+        action: q.action,
+        target: q.target,
         from_ms: q
             .from
             .as_deref()
-            .map(|v| parse_time("from", v))
+            .map(|v| crate::clock::parse_time("from", v))
             .transpose()?,
-        to_ms: q.to.as_deref().map(|v| parse_time("to", v)).transpose()?,
+        to_ms: q
+            .to
+            .as_deref()
+            .map(|v| crate::clock::parse_time("to", v))
+            .transpose()?,
         before_seq: q.before,
         limit,
     };

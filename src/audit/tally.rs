@@ -129,41 +129,54 @@ impl Tally {
     }
 }
 
-/// Writes the summaries of every tally's closed windows to the audit log, every minute until
-/// shutdown.
-pub fn spawn_summaries(state: &crate::app::AppState) {
-    state.spawn_every(std::time::Duration::from_secs(60), |state| async move {
-        let now = state.clock.now_ms();
-        let mut entries = Vec::new();
-        for tally in [&state.sync.refusals, &state.sign_in_failures] {
-            for s in tally.take_closed(now) {
-                entries.push((tally.action, tally.target, s));
-            }
-        }
-        if entries.is_empty() {
-            return;
-        }
-        let ctx = state.write_ctx();
-        let result = state
-            .store
-            .write(move |conn| {
-                for (action, target, s) in &entries {
-                    ctx.audit(
-                        conn,
-                        super::Event::new("system", action, target).detail(serde_json::json!({
-                            "client": s.client, "count": s.count, "since_ms": s.since_ms,
-                            "names": s.names, "reason": s.last_reason,
-                            "summary": "further events from this client in this window",
-                        })),
-                    )?;
-                }
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "could not audit event summaries");
-        }
-    });
+/// One closed window's summary, with the audit action and target of the tally it came from.
+pub struct ClosedWindow {
+    pub action: &'static str,
+    pub target: &'static str,
+    pub summary: Summary,
+}
+
+/// Takes every closed window of `tallies` at `now_ms` (see [`Tally::take_closed`]).
+pub fn take_closed(tallies: &[&Tally], now_ms: i64) -> Vec<ClosedWindow> {
+    tallies
+        .iter()
+        .flat_map(|tally| {
+            tally
+                .take_closed(now_ms)
+                .into_iter()
+                .map(|summary| ClosedWindow {
+                    action: tally.action,
+                    target: tally.target,
+                    summary,
+                })
+        })
+        .collect()
+}
+
+/// Writes one audit entry per closed window: the events after each window's first, counted.
+pub fn audit_summaries(
+    conn: &rusqlite::Connection,
+    ctx: &crate::records::WriteCtx,
+    closed: &[ClosedWindow],
+) -> Result<(), crate::store::StoreError> {
+    for ClosedWindow {
+        action,
+        target,
+        summary: s,
+    } in closed
+    {
+        ctx.audit(
+            conn,
+            super::Event::new(crate::auth::actor::SYSTEM, action, target).detail(
+                serde_json::json!({
+                    "client": s.client, "count": s.count, "since_ms": s.since_ms,
+                    "names": s.names, "reason": s.last_reason,
+                    "summary": "further events from this client in this window",
+                }),
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

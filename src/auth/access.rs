@@ -173,7 +173,7 @@ pub async fn authorize(
         (_, None) => return ApiError::Unauthorized.into_response(),
         (Access::SignedIn, Some(_)) => {}
         (Access::Roles(roles), Some(c)) => {
-            if !roles.contains(&c.role) {
+            if !c.is_any(roles) {
                 return ApiError::Forbidden(format!("the {} role may not do this", c.role))
                     .into_response();
             }

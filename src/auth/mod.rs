@@ -2,6 +2,7 @@
 //! may use the route (one table, [`access`]), CSRF for cookie-authenticated changes, login throttling.
 
 pub mod access;
+pub mod actor;
 pub mod password;
 pub mod roles;
 mod routes;
@@ -19,8 +20,8 @@ use township_sync::AreaCode;
 use crate::app::AppState;
 use crate::http::problem::ApiError;
 use crate::store::StoreError;
-use crate::users::{self, Actor};
-use roles::Role;
+use crate::users;
+use actor::{Actor, ActorRole};
 
 /// How the caller proved who they are.
 #[derive(Debug, Clone)]
@@ -29,15 +30,19 @@ pub enum Via {
     Token { id: String },
 }
 
-/// An authenticated caller, put into request extensions by the access middleware.
+/// An authenticated caller, put into request extensions by the access middleware: the acting person
+/// and how they proved who they are. Domain functions take the [`Actor`] it derefs to.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub username: String,
-    pub display_name: String,
-    pub role: Role,
-    pub area: AreaCode,
-    pub department: Option<String>,
+    pub actor: Actor,
     pub via: Via,
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Actor;
+    fn deref(&self) -> &Actor {
+        &self.actor
+    }
 }
 
 /// What the API says about the current user.
@@ -45,23 +50,19 @@ pub struct Caller {
 pub struct Me {
     pub username: String,
     pub display_name: String,
-    pub role: Role,
+    pub role: ActorRole,
     pub area: AreaCode,
     pub department: Option<String>,
 }
 
 impl Caller {
-    pub fn actor(&self) -> Actor {
-        Actor {
-            name: self.username.clone(),
-            role: self.role,
-            area: self.area.clone(),
+    fn of(account: users::Account, via: Via) -> Caller {
+        Caller {
+            actor: Actor::person(account.username, account.role, account.area)
+                .with_display_name(account.display_name)
+                .with_department(account.department),
+            via,
         }
-    }
-
-    /// The area rule: a user sees and changes only records inside their own area.
-    pub fn can_reach(&self, area: &AreaCode) -> bool {
-        self.area.contains(area)
     }
 
     /// For what concerns the node as a whole (its sync peers, its audit log): the caller's area must
@@ -153,14 +154,7 @@ pub async fn authenticate(
         }
         let id = row.id.clone();
         state.spawn_write(move |conn| session::touch_token(conn, &id, now));
-        return Ok(Some(Caller {
-            username: account.username,
-            display_name: account.display_name,
-            role: account.role,
-            area: account.area,
-            department: account.department,
-            via: Via::Token { id: row.id },
-        }));
+        return Ok(Some(Caller::of(account, Via::Token { id: row.id })));
     }
     let Some(token) = cookie(headers, session::COOKIE_NAME) else {
         return Ok(None);
@@ -194,15 +188,11 @@ pub async fn authenticate(
         let touched = hash.clone();
         state.spawn_write(move |conn| session::touch(conn, &touched, now));
     }
-    Ok(Some(Caller {
-        username: account.username,
-        display_name: account.display_name,
-        role: account.role,
-        area: account.area,
-        department: account.department,
-        via: Via::Session {
+    Ok(Some(Caller::of(
+        account,
+        Via::Session {
             token_hash: hash,
             csrf: row.csrf_token,
         },
-    }))
+    )))
 }

@@ -1,6 +1,7 @@
 //! Password hashing: PBKDF2-HMAC-SHA256 through ring, with the parameters stored beside the hash
 //! (`$pbkdf2-sha256$i=600000$<salt>$<hash>`) so the iteration count can be raised later without
-//! breaking existing accounts.
+//! breaking existing accounts: a hash with fewer iterations than configured is replaced at its
+//! holder's next sign-in ([`needs_rehash`]).
 
 use std::num::NonZeroU32;
 
@@ -104,6 +105,12 @@ pub fn iterations_of(stored: &str) -> Option<u32> {
     stored.split('$').nth(2)?.strip_prefix("i=")?.parse().ok()
 }
 
+/// Whether a stored hash was made with fewer iterations than `configured` asks for now (and so is
+/// replaced at the holder's next sign-in). A hash this node cannot read is left alone.
+pub fn needs_rehash(stored: &str, configured: u32) -> bool {
+    iterations_of(stored).is_some_and(|i| i < configured.max(MIN_ITERATIONS))
+}
+
 /// A hash that no password matches, verified against when the username is unknown so that timing
 /// does not reveal which usernames exist.
 pub fn decoy_hash() -> &'static str {
@@ -121,6 +128,78 @@ pub fn generate() -> Result<String, PasswordError> {
         .iter()
         .map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char)
         .collect())
+}
+
+/// Runs PBKDF2 off the async workers, at most a few at once: it is slow on purpose, and a burst of
+/// sign-ins or account creations must not starve the rest of the node.
+pub struct Hasher {
+    iterations: u32,
+    permits: tokio::sync::Semaphore,
+}
+
+/// Why hashing did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum HashError {
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+impl Hasher {
+    /// Hashes with `iterations` (raised to [`MIN_ITERATIONS`]), `concurrent` at a time.
+    pub fn new(iterations: u32, concurrent: usize) -> Hasher {
+        Hasher {
+            iterations: iterations.max(MIN_ITERATIONS),
+            permits: tokio::sync::Semaphore::new(concurrent.max(1)),
+        }
+    }
+
+    pub fn iterations(&self) -> u32 {
+        self.iterations
+    }
+
+    /// Checks a new password against the policy, then hashes it.
+    pub async fn hash_new(&self, password: &crate::config::Secret) -> Result<String, HashError> {
+        check_policy(password.expose())?;
+        let given = password.expose().to_string();
+        Ok(self
+            .run(move |iterations| hash(&given, iterations))
+            .await??)
+    }
+
+    /// Whether `given` matches `stored`; an unreadable stored hash matches nothing.
+    pub async fn verify(&self, given: String, stored: String) -> Result<bool, HashError> {
+        self.run(move |_| verify(&given, &stored).unwrap_or(false))
+            .await
+    }
+
+    /// Hashes a password already known to be the holder's (no policy check: it was accepted when
+    /// set), for [`needs_rehash`].
+    pub async fn rehash(&self, given: String) -> Result<String, HashError> {
+        Ok(self
+            .run(move |iterations| hash(&given, iterations))
+            .await??)
+    }
+
+    pub fn needs_rehash(&self, stored: &str) -> bool {
+        needs_rehash(stored, self.iterations)
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(u32) -> T + Send + 'static,
+    ) -> Result<T, HashError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| HashError::ShuttingDown)?;
+        let iterations = self.iterations;
+        tokio::task::spawn_blocking(move || work(iterations))
+            .await
+            .map_err(|_| HashError::ShuttingDown)
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +220,9 @@ mod tests {
             Some(600_000)
         );
         assert!(!verify("anything", decoy_hash()).unwrap());
+        assert!(!needs_rehash(&stored, MIN_ITERATIONS));
+        assert!(needs_rehash(&stored, 700_000));
+        assert!(!needs_rehash("not a hash", 700_000));
         let a = hash("same password", MIN_ITERATIONS).unwrap();
         let b = hash("same password", MIN_ITERATIONS).unwrap();
         assert_ne!(a, b, "salted");

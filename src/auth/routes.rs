@@ -12,6 +12,7 @@ use serde_json::json;
 use super::{Caller, Via, password, session, throttle};
 use crate::app::AppState;
 use crate::audit::Event;
+use crate::config::Secret;
 use crate::http::extract::ApiJson;
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
@@ -67,16 +68,10 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
     let ApiJson(body): ApiJson<Login> = ApiJson::from_request_compat(request, &state).await?;
     let username = body.username.trim().to_string();
     if username.is_empty() || username.len() > 64 {
-        return Err(ApiError::InvalidField {
-            field: "username".into(),
-            detail: "username is required".into(),
-        });
+        return Err(ApiError::invalid("username", "username is required"));
     }
     if body.password.is_empty() || body.password.len() > 1024 {
-        return Err(ApiError::InvalidField {
-            field: "password".into(),
-            detail: "password is required".into(),
-        });
+        return Err(ApiError::invalid("password", "password is required"));
     }
     let now = state.clock.now_ms();
     let device = super::cookie(&headers, throttle::device::COOKIE_NAME)
@@ -95,17 +90,12 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         .as_ref()
         .map(|a| a.password_hash.clone())
         .unwrap_or_else(|| password::decoy_hash().to_string());
-    let permit = state
-        .hash_permits
-        .acquire()
+    let given = Secret::new(body.password);
+    let matches = state
+        .hasher
+        .verify(given.expose().to_string(), stored)
         .await
         .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-    let given = body.password;
-    let matches =
-        tokio::task::spawn_blocking(move || password::verify(&given, &stored).unwrap_or(false))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
-    drop(permit);
 
     let client = addr.map(|a| a.to_string()).unwrap_or_else(|| "-".into());
     let ctx = state.write_ctx();
@@ -138,6 +128,9 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         }
     };
     state.throttle.succeeded(attempt);
+    if state.hasher.needs_rehash(&account.password_hash) {
+        rehash_later(&state, account.clone(), given);
+    }
 
     // A fresh token at every login: a cookie planted before login is never promoted to a session.
     let token = session::random_secret()?;
@@ -186,6 +179,31 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
+}
+
+/// Replaces an old, cheaper password hash after a sign-in proved the password, off the request:
+/// the caller already has their session.
+fn rehash_later(state: &AppState, account: users::Account, given: Secret) {
+    let state_for_task = state.clone();
+    state.tasks.spawn(async move {
+        let state = state_for_task;
+        let who = account.username.clone();
+        let upgraded = users::accounts::upgrade_after_sign_in(
+            &state.store,
+            state.write_ctx(),
+            &state.hasher,
+            account,
+            given,
+        )
+        .await;
+        match upgraded {
+            Ok(true) => tracing::info!(user = %who, "password hash upgraded at sign-in"),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(user = %who, error = %e, "could not upgrade the password hash")
+            }
+        }
+    });
 }
 
 async fn current(caller: Caller) -> Response {

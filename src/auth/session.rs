@@ -11,11 +11,17 @@ use crate::store::StoreError;
 pub const COOKIE_NAME: &str = "tn_session";
 pub const TOKEN_PREFIX: &str = "tn_";
 
-pub fn random_secret() -> Result<String, StoreError> {
+/// The operating system could not supply random bytes; nothing secret can be made until it can.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the system random source failed")]
+pub struct RandomUnavailable;
+
+/// 256 random bits, URL-safe, for a session cookie, an API token or a CSRF token.
+pub fn random_secret() -> Result<String, RandomUnavailable> {
     let mut bytes = [0u8; 32];
     SystemRandom::new()
         .fill(&mut bytes)
-        .map_err(|_| StoreError::Job("the system random source failed".into()))?;
+        .map_err(|_| RandomUnavailable)?;
     Ok(URL_SAFE_NO_PAD.encode(bytes))
 }
 

@@ -6,17 +6,12 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
-use axum::extract::{Path as UrlPath, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, params};
 
-use crate::app::AppState;
-use crate::auth::Caller;
-use crate::http::problem::ApiError;
-use crate::http::routes::Routes;
 use crate::store::StoreError;
+
+mod routes;
+pub use routes::routes;
 
 pub const THUMBNAIL_EDGE: u32 = 320;
 /// Most memory one thumbnail decode may take. A hub has 1–2 GB; a 633-byte file may claim to be a
@@ -32,6 +27,8 @@ pub enum BlobError {
     UnsupportedType,
     #[error("blob storage: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// The media type of `bytes`, from their magic numbers.
@@ -60,7 +57,7 @@ pub fn is_sha256_hex(s: &str) -> bool {
 }
 
 /// How long a thumbnail request waits for its turn to decode before it is told to retry.
-const DECODE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
+pub(crate) const DECODE_WAIT: std::time::Duration = std::time::Duration::from_secs(20);
 
 #[derive(Debug, Clone)]
 pub struct BlobStore {
@@ -298,65 +295,46 @@ impl BlobStore {
     }
 }
 
-/// The hashes of every attachment a record refers to here.
-pub fn referenced(conn: &Connection) -> Result<std::collections::HashSet<String>, StoreError> {
-    let mut stmt = conn.prepare("SELECT DISTINCT sha256 FROM incident_attachments")?;
-    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
-    Ok(rows.collect::<Result<_, _>>()?)
-}
-
-/// Removes orphaned attachment files past `incidents.orphan_blob_grace`, every hour until shutdown;
-/// what went is audited.
-pub fn spawn_orphan_collector(state: &AppState) {
-    state.spawn_every(std::time::Duration::from_secs(3600), |state| async move {
-        let referenced = match state.store.read(referenced).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(error = %e, "orphaned attachment check failed");
-                return;
+/// Removes the attachment files no record refers to (`referenced`, which the incidents domain
+/// lists) once they are older than `grace`, and audits what went. Returns how many files went.
+pub async fn collect_orphans(
+    store: &crate::store::Store,
+    blobs: &BlobStore,
+    ctx: crate::records::WriteCtx,
+    referenced: std::collections::HashSet<String>,
+    grace: std::time::Duration,
+) -> Result<usize, BlobError> {
+    let blobs = blobs.clone();
+    let removed = tokio::task::spawn_blocking(move || blobs.remove_orphans(&referenced, grace))
+        .await
+        .map_err(|_| BlobError::Io(std::io::Error::other("the orphan scan was cancelled")))??;
+    if removed.is_empty() {
+        return Ok(0);
+    }
+    let (count, bytes) = (removed.len(), removed.iter().map(|o| o.bytes).sum::<u64>());
+    tracing::info!(count, bytes, "removed attachment files no record refers to");
+    let names: Vec<String> = removed
+        .iter()
+        .filter_map(|o| o.path.file_name().map(|n| n.to_string_lossy().to_string()))
+        .collect();
+    store
+        .write(move |conn| {
+            for name in names.iter().filter(|n| is_sha256_hex(n)) {
+                conn.execute("DELETE FROM blobs WHERE sha256 = ?1", [name])?;
             }
-        };
-        let (blobs, grace) = (
-            state.blobs.clone(),
-            state.config.incidents.orphan_blob_grace,
-        );
-        let removed =
-            match tokio::task::spawn_blocking(move || blobs.remove_orphans(&referenced, grace))
-                .await
-            {
-                Ok(Ok(removed)) => removed,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "removing orphaned attachments failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-        if removed.is_empty() {
-            return;
-        }
-        let (count, bytes) = (removed.len(), removed.iter().map(|o| o.bytes).sum::<u64>());
-        tracing::info!(count, bytes, "removed attachment files no record refers to");
-        let ctx = state.write_ctx();
-        let names: Vec<String> = removed
-            .iter()
-            .filter_map(|o| o.path.file_name().map(|n| n.to_string_lossy().to_string()))
-            .collect();
-        let _ = state
-            .store
-            .write(move |conn| {
-                for name in names.iter().filter(|n| is_sha256_hex(n)) {
-                    conn.execute("DELETE FROM blobs WHERE sha256 = ?1", [name])?;
-                }
-                let shown: Vec<&String> = names.iter().take(20).collect();
-                ctx.audit(
-                    conn,
-                    crate::audit::Event::new("system", "blob.remove_orphans", "blobs").detail(
-                        serde_json::json!({"count": count, "bytes": bytes, "files": shown}),
-                    ),
+            let shown: Vec<&String> = names.iter().take(20).collect();
+            ctx.audit(
+                conn,
+                crate::audit::Event::new(
+                    crate::auth::actor::SYSTEM,
+                    "blob.remove_orphans",
+                    "blobs",
                 )
-            })
-            .await;
-    });
+                .detail(serde_json::json!({"count": count, "bytes": bytes, "files": shown})),
+            )
+        })
+        .await?;
+    Ok(count)
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -499,123 +477,6 @@ pub fn register(
         params![sha, size as i64, content_type, now_ms],
     )?;
     Ok(())
-}
-
-pub fn routes(r: Routes) -> Routes {
-    r.get("/api/v1/blobs/{sha256}", get_blob)
-        .get("/api/v1/blobs/{sha256}/thumbnail", get_thumbnail)
-}
-
-/// The blob's type, if the caller may see it: exactly when they may see an incident that lists it
-/// (the incidents domain decides). Anything else is "not found", never "forbidden".
-async fn authorize_blob(state: &AppState, caller: &Caller, sha: &str) -> Result<String, ApiError> {
-    if !is_sha256_hex(sha) {
-        return Err(ApiError::NotFound);
-    }
-    let (sha_owned, who, docs) = (sha.to_string(), caller.clone(), state.docs.clone());
-    let found = state
-        .store
-        .read(move |conn| {
-            let content_type: Option<String> = conn
-                .query_row(
-                    "SELECT content_type FROM blobs WHERE sha256 = ?1",
-                    [&sha_owned],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(content_type) = content_type else {
-                return Ok(None);
-            };
-            let visible = crate::incidents::attachment_visible(conn, &docs, &who, &sha_owned)
-                .map_err(|e| StoreError::Job(e.to_string()))?;
-            Ok::<_, StoreError>(visible.then_some(content_type))
-        })
-        .await?;
-    found.ok_or(ApiError::NotFound)
-}
-
-fn bytes_response(bytes: Vec<u8>, content_type: &str, etag: &str, request: &HeaderMap) -> Response {
-    let quoted = format!("\"{etag}\"");
-    if request
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == quoted))
-    {
-        return StatusCode::NOT_MODIFIED.into_response();
-    }
-    let mut response = Response::new(Body::from(bytes));
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(content_type) {
-        headers.insert(header::CONTENT_TYPE, v);
-    }
-    if let Ok(v) = HeaderValue::from_str(&quoted) {
-        headers.insert(header::ETAG, v);
-    }
-    // Content-addressed: the bytes behind a hash never change.
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, max-age=31536000, immutable"),
-    );
-    response
-}
-
-async fn get_blob(
-    State(state): State<AppState>,
-    caller: Caller,
-    UrlPath(sha): UrlPath<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let content_type = authorize_blob(&state, &caller, &sha).await?;
-    let blobs = state.blobs.clone();
-    let sha_read = sha.clone();
-    let bytes = tokio::task::spawn_blocking(move || blobs.read(&sha_read))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?
-        .ok_or(ApiError::NotFound)?;
-    Ok(bytes_response(bytes, &content_type, &sha, &headers))
-}
-
-async fn get_thumbnail(
-    State(state): State<AppState>,
-    caller: Caller,
-    UrlPath(sha): UrlPath<String>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
-    let content_type = authorize_blob(&state, &caller, &sha).await?;
-    if !content_type.starts_with("image/") {
-        return Err(ApiError::NotFound);
-    }
-    let blobs = state.blobs.clone();
-    let sha_read = sha.clone();
-    // Decodes take memory: one at a time, and a request that cannot get its turn soon is told to
-    // come back rather than queueing without end. Thumbnails already made need no turn.
-    let cached = {
-        let (blobs, sha) = (state.blobs.clone(), sha.clone());
-        tokio::task::spawn_blocking(move || blobs.cached_thumbnail(&sha))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-    };
-    let bytes = match cached {
-        Some(known) => known,
-        None => {
-            let _turn = tokio::time::timeout(DECODE_WAIT, state.blobs.decodes.acquire())
-                .await
-                .map_err(|_| ApiError::Busy(DECODE_WAIT.as_secs()))?
-                .map_err(|_| ApiError::Unavailable("shutting down".into()))?;
-            tokio::task::spawn_blocking(move || blobs.thumbnail(&sha_read))
-                .await
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-                .map_err(|e| ApiError::Internal(e.to_string()))?
-        }
-    }
-    .ok_or(ApiError::NotFound)?;
-    Ok(bytes_response(
-        bytes,
-        "image/jpeg",
-        &format!("{sha}-thumb"),
-        &headers,
-    ))
 }
 
 #[cfg(test)]

@@ -59,10 +59,10 @@ where
             // A body is one JSON value: anything after it is refused, not silently ignored.
             Ok(value) => match de.end() {
                 Ok(()) => Ok(ApiJson(value)),
-                Err(_) => Err(ApiError::InvalidField {
-                    field: "body".into(),
-                    detail: "the body holds more than one JSON value".into(),
-                }),
+                Err(_) => Err(ApiError::invalid(
+                    "body",
+                    "the body holds more than one JSON value",
+                )),
             },
             Err(e) => {
                 let path = e.path().to_string();
@@ -88,7 +88,7 @@ where
                     .next()
                     .unwrap_or(&message)
                     .to_string();
-                Err(ApiError::InvalidField { field, detail })
+                Err(ApiError::invalid(field, detail))
             }
         }
     }
@@ -113,4 +113,11 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ClientAddr {
                 .map(|c| c.0),
         ))
     }
+}
+
+/// For optional query parameters: `?area=` (what an HTML form sends for an empty field) means the
+/// parameter was not given. Use as `#[serde(default, deserialize_with = "empty_as_none")]`.
+pub fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = <Option<String> as serde::Deserialize>::deserialize(d)?;
+    Ok(value.filter(|s| !s.is_empty()))
 }

@@ -226,7 +226,7 @@ mod tests {
             role: township_sync::NodeRole::Village,
             name: "王宅村".into(),
         };
-        AppState::new(node, key, b"salt", config, store, Clock::manual(0))
+        AppState::new(node, key, b"salt", config, store, Clock::manual(0), None)
     }
 
     async fn call(

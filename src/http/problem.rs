@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::invalid::Invalid;
 use crate::store::StoreError;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -54,8 +55,9 @@ impl IntoResponse for Problem {
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
-    #[error("{detail}")]
-    InvalidField { field: String, detail: String },
+    /// A field of the request was refused; the problem document names it.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("authentication required")]
     Unauthorized,
     #[error("{0}")]
@@ -87,9 +89,14 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// 400 naming `field`, with a message saying what is accepted.
+    pub fn invalid(field: impl Into<String>, detail: impl ToString) -> ApiError {
+        ApiError::Invalid(Invalid::new(field, detail))
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadRequest(_) | ApiError::InvalidField { .. } => StatusCode::BAD_REQUEST,
+            ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -101,6 +108,18 @@ impl ApiError {
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl From<crate::clock::TimeError> for ApiError {
+    fn from(e: crate::clock::TimeError) -> Self {
+        ApiError::Invalid(e.into())
+    }
+}
+
+impl From<crate::auth::session::RandomUnavailable> for ApiError {
+    fn from(e: crate::auth::session::RandomUnavailable) -> Self {
+        ApiError::Internal(e.to_string())
     }
 }
 
@@ -121,8 +140,8 @@ impl IntoResponse for ApiError {
             tracing::error!(%cause, "internal error while handling request");
         }
         let mut problem = Problem::new(status, Some(self.to_string()));
-        if let ApiError::InvalidField { field, .. } = &self {
-            problem.field = Some(field.clone());
+        if let ApiError::Invalid(invalid) = &self {
+            problem.field = Some(invalid.field.clone());
         }
         let mut response = problem.into_response();
         if let ApiError::TooManyRequests(secs) | ApiError::Busy(secs) = &self

@@ -8,10 +8,13 @@ use std::collections::BTreeMap;
 use township_sync::{Timestamp, Transition};
 use uuid::Uuid;
 
-use super::workflow::{Action, State};
+use super::workflow::{ALL_STATES, Action, State, next_state};
 use super::{KIND, fold_doc};
-use crate::app::AppState;
+use crate::auth::actor::{Actor, ActorRole, SYSTEM};
+use crate::config::Category;
 use crate::records::RecordChange;
+use crate::records::WriteCtx;
+use crate::store::Store;
 use crate::store::StoreError;
 
 /// What one check did.
@@ -22,45 +25,73 @@ pub struct CheckReport {
     pub escalated: Vec<Uuid>,
 }
 
-/// Refreshes every open incident's due state at `now` and escalates what must be escalated.
-pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
-    let now = state.clock.now_ms();
+/// Name of the SQL function that applies [`super::due_state`] inside a statement, so the rule that
+/// the API shows and the one the stored column holds are one piece of code.
+const DUE_STATE_FN: &str = "tn_due_state";
+
+/// Sets every incident's stored due state to what [`super::due_state`] says at `now`.
+fn refresh_due_states(conn: &rusqlite::Connection, now: i64) -> rusqlite::Result<usize> {
+    use rusqlite::functions::FunctionFlags;
+    conn.create_scalar_function(
+        DUE_STATE_FN,
+        3,
+        FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC,
+        |ctx| {
+            let now: i64 = ctx.get(0)?;
+            let start: Option<i64> = ctx.get(1)?;
+            let due: Option<i64> = ctx.get(2)?;
+            Ok(match (start, due) {
+                (Some(start), Some(due)) => super::due_state(now, start, due),
+                _ => "ok",
+            })
+        },
+    )?;
+    conn.execute(
+        &format!(
+            "UPDATE incidents SET due_state = {DUE_STATE_FN}(?1, due_start_ms, due_ms)
+             WHERE due_state IS NOT {DUE_STATE_FN}(?1, due_start_ms, due_ms)"
+        ),
+        [now],
+    )
+}
+
+/// `'a', 'b'` for an SQL `IN (…)` list of states (their names are fixed identifiers, never input).
+fn sql_list(states: impl Iterator<Item = State>) -> String {
+    states
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Refreshes every open incident's due state at the clock's now and escalates what must be
+/// escalated, as the node itself.
+pub async fn check(
+    store: &Store,
+    ctx: WriteCtx,
+    categories: &[Category],
+) -> Result<CheckReport, StoreError> {
+    let now = ctx.now_ms();
     // Escalating is the township's or the county's office; a village hub only flags deadlines (its
     // own escalations would not count anywhere, see `workflow::IncidentMachine`).
-    let escalates_here = state.node.area.level() != township_sync::NodeRole::Village;
-    let auto: Vec<String> = state
-        .config
-        .categories
+    let escalates_here = ctx.area.level() != township_sync::NodeRole::Village;
+    let auto: Vec<String> = categories
         .iter()
         .filter(|c| c.auto_escalate && escalates_here)
         .map(|c| c.name.clone())
         .collect();
-    let ctx = state.write_ctx();
-    state
-        .store
+    store
         .write(move |conn| {
-            conn.execute(
-                "UPDATE incidents SET due_state = CASE
-                    WHEN due_ms IS NULL THEN 'ok'
-                    WHEN ?1 > due_ms THEN 'overdue'
-                    WHEN (?1 - due_start_ms) * 10 >= (due_ms - due_start_ms) * 8 THEN 'near'
-                    ELSE 'ok' END
-                 WHERE due_state != CASE
-                    WHEN due_ms IS NULL THEN 'ok'
-                    WHEN ?1 > due_ms THEN 'overdue'
-                    WHEN (?1 - due_start_ms) * 10 >= (due_ms - due_start_ms) * 8 THEN 'near'
-                    ELSE 'ok' END",
-                [now],
-            )?;
+            refresh_due_states(conn, now)?;
             let count = |s: &str| conn.query_row("SELECT count(*) FROM incidents WHERE due_state = ?1", [s], |r| r.get::<_, i64>(0));
             let mut report = CheckReport { near: count("near")?, overdue: count("overdue")?, escalated: Vec::new() };
             if auto.is_empty() {
                 return Ok(report);
             }
             let marks = vec!["?"; auto.len()].join(",");
+            let escalable = sql_list(ALL_STATES.into_iter().filter(|s| next_state(*s, Action::Escalate).is_some()));
             let sql = format!(
                 "SELECT id, due_kind, due_ms FROM incidents WHERE due_state = 'overdue' AND escalated = 0
-                 AND state IN ('reported', 'accepted', 'dispatched', 'in_progress') AND category IN ({marks})"
+                 AND state IN ({escalable}) AND category IN ({marks})"
             );
             let due: Vec<(String, String, i64)> = conn
                 .prepare(&sql)?
@@ -75,8 +106,8 @@ pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
                 let transition = Transition {
                     id: format!("auto-escalate:{id}:{kind}:{due_ms}"),
                     at: Timestamp { wall_ms: u64::try_from(due_ms.max(0)).unwrap_or(0), counter: 0 },
-                    actor: "system".into(),
-                    role: "system".into(),
+                    actor: SYSTEM.into(),
+                    role: ActorRole::System.as_str().into(),
                     action: Action::Escalate.as_str().into(),
                     data,
                     written: Default::default(),
@@ -91,12 +122,12 @@ pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
                     }
                 };
                 let (folded, _) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
-                if super::workflow::next_state(folded.state.current(), Action::Escalate).is_none() {
+                if next_state(folded.state.current(), Action::Escalate).is_none() {
                     continue;
                 }
                 let result = ctx.change_record(
                     conn,
-                    &ctx.system(),
+                    &ctx.author(&Actor::system(ctx.area.clone())),
                     RecordChange { id: uuid, kind: KIND, action: "incident.escalate", detail: serde_json::json!({"automatic": true, "deadline": kind}) },
                     move |doc| Ok(township_sync::workflow::append(doc, &transition)?),
                 )
@@ -110,27 +141,4 @@ pub async fn check(state: &AppState) -> Result<CheckReport, StoreError> {
             Ok(report)
         })
         .await
-}
-
-/// Runs [`check`] every minute until shutdown.
-pub fn spawn(state: &AppState) {
-    state.spawn_every(std::time::Duration::from_secs(60), |state| async move {
-        match check(&state).await {
-            Ok(report) => {
-                state
-                    .metrics
-                    .set_gauge("township_incidents_overdue", report.overdue as f64);
-                state
-                    .metrics
-                    .set_gauge("township_incidents_near_deadline", report.near as f64);
-                if !report.escalated.is_empty() {
-                    tracing::info!(
-                        count = report.escalated.len(),
-                        "overdue incidents escalated automatically"
-                    );
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "deadline check failed"),
-        }
-    });
 }

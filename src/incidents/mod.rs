@@ -25,9 +25,10 @@ use township_sync::docstore::{DocMeta, Projection, ProjectionError};
 use township_sync::{AreaCode, Authors, DocError, Provenance, Transition, fields};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::actor::Actor;
 use crate::auth::roles::Role;
 use crate::config::{Category, Config};
+use crate::invalid::Invalid;
 use crate::records::{RecordChange, WriteCtx};
 use crate::store::StoreError;
 use workflow::{Action, Folded, IncidentMachine, State};
@@ -36,8 +37,8 @@ pub const KIND: &str = "incident";
 
 #[derive(Debug, thiserror::Error)]
 pub enum IncidentError {
-    #[error("{detail}")]
-    Invalid { field: String, detail: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("{0}")]
     Forbidden(String),
     #[error("incident not found")]
@@ -60,26 +61,8 @@ impl From<DocError> for IncidentError {
     }
 }
 
-impl From<IncidentError> for crate::http::problem::ApiError {
-    fn from(e: IncidentError) -> Self {
-        use crate::http::problem::ApiError;
-        match e {
-            IncidentError::Invalid { field, detail } => ApiError::InvalidField { field, detail },
-            IncidentError::Forbidden(m) => ApiError::Forbidden(m),
-            IncidentError::NotFound => ApiError::NotFound,
-            IncidentError::Conflict(m) => ApiError::Conflict(m),
-            IncidentError::Quota(m) => ApiError::QuotaExceeded(m),
-            IncidentError::Store(StoreError::Record(DocError::NotFound(_))) => ApiError::NotFound,
-            IncidentError::Store(s) => s.into(),
-        }
-    }
-}
-
-pub fn invalid(field: &str, detail: impl Into<String>) -> IncidentError {
-    IncidentError::Invalid {
-        field: field.into(),
-        detail: detail.into(),
-    }
+pub fn invalid(field: &str, detail: impl ToString) -> IncidentError {
+    IncidentError::Invalid(Invalid::new(field, detail))
 }
 
 /// A new report.
@@ -93,11 +76,11 @@ pub struct NewIncident {
     pub place: Option<String>,
 }
 
-/// Validates a report against the catalog and the caller's reach.
+/// Validates a report against the catalog and the actor's reach.
 pub fn check_new(
     config: &Config,
     node_area: &AreaCode,
-    caller: &Caller,
+    actor: &Actor,
     new: &NewIncident,
 ) -> Result<(), IncidentError> {
     if config.category(&new.category).is_none() {
@@ -158,28 +141,28 @@ pub fn check_new(
             format!("area {} is outside this node's area {node_area}", new.area),
         ));
     }
-    if !caller.can_reach(&new.area) {
+    if !actor.can_reach(&new.area) {
         return Err(IncidentError::Forbidden(format!(
             "area {} is outside your area {}",
-            new.area, caller.area
+            new.area, actor.area
         )));
     }
     Ok(())
 }
 
-/// Creates the incident record in the caller's transaction.
+/// Creates the incident record in the actor's transaction.
 pub fn create(
     conn: &Connection,
     ctx: &WriteCtx,
-    caller: &Caller,
+    actor: &Actor,
     new: NewIncident,
 ) -> Result<Uuid, IncidentError> {
     let now = ctx.now_ms();
     let detail = json!({"category": new.category, "title": new.title, "area": new.area});
-    let reporter = caller.username.clone();
-    let role = caller.role.as_str();
+    let reporter = actor.username.clone();
+    let role = actor.role.as_str();
     let scope = new.area.clone();
-    let by = ctx.author(&caller.actor());
+    let by = ctx.author(actor);
     let meta = ctx.create_record(conn, &by, KIND, &scope, detail, move |doc| {
         doc.put(automerge::ROOT, "category", new.category.as_str())?;
         doc.put(automerge::ROOT, "title", new.title.trim())?;
@@ -218,31 +201,31 @@ pub struct TransitionRequest {
     pub deadline_ms: Option<i64>,
 }
 
-/// The caller as the workflow sees them.
-fn acting(caller: &Caller) -> workflow::Acting<'_> {
+/// The actor as the workflow sees them.
+fn acting(actor: &Actor) -> workflow::Acting<'_> {
     workflow::Acting {
-        role: caller.role.as_str(),
-        actor: &caller.username,
-        area: Some(&caller.area),
-        department: caller.department.as_deref(),
+        role: actor.role,
+        actor: &actor.username,
+        area: Some(&actor.area),
+        department: actor.department.as_deref(),
     }
 }
 
 /// Department handlers see what is dispatched to their department (lead or assisting) and what they
 /// acted on before; everyone else is limited by area alone.
-pub fn visible_to(caller: &Caller, doc: &AutoCommit, authors: &Authors, scope: &AreaCode) -> bool {
-    if caller.role != Role::DeptHandler {
+pub fn visible_to(actor: &Actor, doc: &AutoCommit, authors: &Authors, scope: &AreaCode) -> bool {
+    if actor.role != Role::DeptHandler {
         return true;
     }
     let (folded, _) = fold_doc(doc, authors, scope);
-    let dept = caller.department.as_deref();
+    let dept = actor.department.as_deref();
     folded.state.lead_department.as_deref() == dept
         || folded
             .state
             .assist_departments
             .iter()
             .any(|d| Some(d.as_str()) == dept)
-        || folded.applied.iter().any(|t| t.actor == caller.username)
+        || folded.applied.iter().any(|t| t.actor == actor.username)
 }
 
 /// An incident as loaded: its row, its document, and who wrote what in it.
@@ -263,29 +246,38 @@ pub fn load(
     Ok(Loaded { meta, doc, authors })
 }
 
-/// Loads an incident the caller may see, or reports it as not found (never "forbidden", which would
+/// Loads an incident the actor may see, or reports it as not found (never "forbidden", which would
 /// confirm that it exists).
 fn load_visible(
     conn: &Connection,
     ctx: &WriteCtx,
-    caller: &Caller,
+    actor: &Actor,
     id: Uuid,
 ) -> Result<Loaded, IncidentError> {
     let loaded = load(&ctx.docs, conn, id)?;
-    if !caller.can_reach(&loaded.meta.scope)
-        || !visible_to(caller, &loaded.doc, &loaded.authors, &loaded.meta.scope)
+    if !actor.can_reach(&loaded.meta.scope)
+        || !visible_to(actor, &loaded.doc, &loaded.authors, &loaded.meta.scope)
     {
         return Err(IncidentError::NotFound);
     }
     Ok(loaded)
 }
 
-/// Whether `caller` may read the attachment `sha256`: exactly when they may read an incident that
+/// The hashes of every attachment an incident here lists: the files the blob store must keep.
+pub fn referenced_blobs(
+    conn: &Connection,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let mut stmt = conn.prepare("SELECT DISTINCT sha256 FROM incident_attachments")?;
+    let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// Whether `actor` may read the attachment `sha256`: exactly when they may read an incident that
 /// lists it (its area, and for department handlers what is dispatched to their department).
 pub fn attachment_visible(
     conn: &Connection,
     docs: &township_sync::DocStore,
-    caller: &Caller,
+    actor: &Actor,
     sha256: &str,
 ) -> Result<bool, IncidentError> {
     let ids: Vec<String> = conn
@@ -294,19 +286,19 @@ pub fn attachment_visible(
              WHERE a.sha256 = ?1 AND i.area LIKE ?2 || '%'",
         )
         .and_then(|mut stmt| {
-            stmt.query_map(params![sha256, caller.area.as_str()], |r| r.get(0))?
+            stmt.query_map(params![sha256, actor.area.as_str()], |r| r.get(0))?
                 .collect()
         })
         .map_err(|e| IncidentError::Store(e.into()))?;
     for id in ids {
         let Ok(id) = id.parse::<Uuid>() else { continue };
-        if caller.role != Role::DeptHandler {
+        if actor.role != Role::DeptHandler {
             return Ok(true);
         }
         match load(docs, conn, id) {
             Ok(loaded)
-                if caller.can_reach(&loaded.meta.scope)
-                    && visible_to(caller, &loaded.doc, &loaded.authors, &loaded.meta.scope) =>
+                if actor.can_reach(&loaded.meta.scope)
+                    && visible_to(actor, &loaded.doc, &loaded.authors, &loaded.meta.scope) =>
             {
                 return Ok(true);
             }
@@ -348,13 +340,13 @@ pub(crate) fn fold_doc(
     (folded, reporter)
 }
 
-/// Applies a workflow action: checks the caller's role (403) and the current state (409), then appends
+/// Applies a workflow action: checks the actor's role (403) and the current state (409), then appends
 /// the transition in the same transaction.
 pub fn transition(
     conn: &Connection,
     ctx: &WriteCtx,
     config: &Config,
-    caller: &Caller,
+    actor: &Actor,
     id: Uuid,
     req: TransitionRequest,
 ) -> Result<State, IncidentError> {
@@ -362,7 +354,7 @@ pub fn transition(
         .action
         .parse()
         .map_err(|e: String| invalid("action", e))?;
-    let loaded = load_visible(conn, ctx, caller, id)?;
+    let loaded = load_visible(conn, ctx, actor, id)?;
     let (folded, reporter) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
     let current = folded.state.current();
     let note = req
@@ -374,10 +366,10 @@ pub fn transition(
     if note.as_deref().is_some_and(|n| n.chars().count() > 2000) {
         return Err(invalid("note", "note is at most 2000 characters"));
     }
-    if !workflow::role_may(action, acting(caller), &reporter, &folded.state) {
+    if !workflow::role_may(action, acting(actor), &reporter, &folded.state) {
         return Err(IncidentError::Forbidden(format!(
             "the {} role may not {} this incident now",
-            caller.role,
+            actor.role,
             action.as_str()
         )));
     }
@@ -393,8 +385,8 @@ pub fn transition(
             format!("{} needs a note saying why", action.as_str()),
         ));
     }
-    let mut t: Transition = ctx.transition(&caller.username, caller.role.as_str(), action.as_str());
-    if let Some(dept) = &caller.department {
+    let mut t: Transition = ctx.transition(&actor.username, actor.role.as_str(), action.as_str());
+    if let Some(dept) = &actor.department {
         t.data.insert("actor_department".into(), dept.clone());
     }
     if let Some(n) = &note {
@@ -442,7 +434,7 @@ pub fn transition(
     // for the document's changes mid-edit, which commits them without their author claim.)
     ctx.change_record(
         conn,
-        &ctx.author(&caller.actor()),
+        &ctx.author(actor),
         RecordChange {
             id,
             kind: KIND,
@@ -464,7 +456,7 @@ fn list_obj(doc: &mut AutoCommit, key: &str) -> Result<automerge::ObjId, DocErro
 pub fn comment(
     conn: &Connection,
     ctx: &WriteCtx,
-    caller: &Caller,
+    actor: &Actor,
     id: Uuid,
     text: &str,
 ) -> Result<(), IncidentError> {
@@ -481,16 +473,16 @@ pub fn comment(
             "a comment may not contain control characters",
         ));
     }
-    load_visible(conn, ctx, caller, id)?;
+    load_visible(conn, ctx, actor, id)?;
     let (author, now, body, comment_id) = (
-        caller.username.clone(),
+        actor.username.clone(),
         ctx.now_ms(),
         text.to_string(),
         Uuid::now_v7().to_string(),
     );
     ctx.change_record(
         conn,
-        &ctx.author(&caller.actor()),
+        &ctx.author(actor),
         RecordChange {
             id,
             kind: KIND,
@@ -514,7 +506,7 @@ pub fn comment(
 pub fn rate(
     conn: &Connection,
     ctx: &WriteCtx,
-    caller: &Caller,
+    actor: &Actor,
     id: Uuid,
     score: i64,
     comment: Option<String>,
@@ -525,9 +517,9 @@ pub fn rate(
     if comment.as_deref().is_some_and(|c| c.chars().count() > 500) {
         return Err(invalid("comment", "comment is at most 500 characters"));
     }
-    let loaded = load_visible(conn, ctx, caller, id)?;
+    let loaded = load_visible(conn, ctx, actor, id)?;
     let (folded, reporter) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
-    if !(caller.username == reporter || matches!(caller.role, Role::TownshipStaff | Role::Admin)) {
+    if !(actor.username == reporter || actor.is_any(&[Role::TownshipStaff, Role::Admin])) {
         return Err(IncidentError::Forbidden(
             "only the reporter or township staff rate an incident".into(),
         ));
@@ -537,10 +529,10 @@ pub fn rate(
             "an incident is rated after it is closed".into(),
         ));
     }
-    let (by, now) = (caller.username.clone(), ctx.now_ms());
+    let (by, now) = (actor.username.clone(), ctx.now_ms());
     ctx.change_record(
         conn,
-        &ctx.author(&caller.actor()),
+        &ctx.author(actor),
         RecordChange {
             id,
             kind: KIND,
@@ -653,15 +645,15 @@ pub fn release_upload(
     Ok(())
 }
 
-/// Lists an uploaded file on the incident (the caller reserved its bytes of quota first).
+/// Lists an uploaded file on the incident (the actor reserved its bytes of quota first).
 pub fn attach(
     conn: &Connection,
     ctx: &WriteCtx,
-    caller: &Caller,
+    actor: &Actor,
     id: Uuid,
     file: Attachment,
 ) -> Result<(), IncidentError> {
-    load_visible(conn, ctx, caller, id)?;
+    load_visible(conn, ctx, actor, id)?;
     crate::blobs::register(
         conn,
         &file.sha256,
@@ -673,7 +665,7 @@ pub fn attach(
         json!({"sha256": file.sha256, "size": file.size, "content_type": file.content_type});
     ctx.change_record(
         conn,
-        &ctx.author(&caller.actor()),
+        &ctx.author(actor),
         RecordChange {
             id,
             kind: KIND,
@@ -732,10 +724,10 @@ fn item_author(
     field: &str,
 ) -> String {
     match authors.of_op(item) {
-        Provenance::Claimed(a) => a
-            .person
-            .as_ref()
-            .map_or_else(|| "system".to_string(), |p| p.name.clone()),
+        Provenance::Claimed(a) => a.person.as_ref().map_or_else(
+            || crate::auth::actor::SYSTEM.to_string(),
+            |p| p.name.clone(),
+        ),
         Provenance::Legacy => fields::text_in(doc, item, field).unwrap_or_default(),
         Provenance::Malformed => String::new(),
     }
@@ -849,8 +841,8 @@ pub fn due_state(now: i64, start: i64, due: i64) -> &'static str {
     }
 }
 
-/// The full incident as the API shows it, with the actions `caller` may take now.
-pub fn view(loaded: &Loaded, config: &Config, caller: &Caller, now: i64) -> serde_json::Value {
+/// The full incident as the API shows it, with the actions `actor` may take now.
+pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_json::Value {
     let (doc, meta, authors) = (&loaded.doc, &loaded.meta, &loaded.authors);
     let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
     let state = folded.state.current();
@@ -864,7 +856,7 @@ pub fn view(loaded: &Loaded, config: &Config, caller: &Caller, now: i64) -> serd
     let allowed: Vec<&str> = workflow::ALL_ACTIONS
         .into_iter()
         .filter(|a| workflow::next_state(state, *a).is_some())
-        .filter(|a| workflow::role_may(*a, acting(caller), &reporter, &folded.state))
+        .filter(|a| workflow::role_may(*a, acting(actor), &reporter, &folded.state))
         .map(Action::as_str)
         .collect();
     let field_conflicts: serde_json::Map<String, serde_json::Value> =

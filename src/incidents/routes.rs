@@ -15,10 +15,11 @@ use super::{Attachment, IncidentError, NewIncident, TransitionRequest, invalid};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::roles::Role;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, empty_as_none};
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
 use crate::store::StoreError;
+use township_sync::DocError;
 
 /// Uploads may be this much larger than the file itself (multipart framing).
 const MULTIPART_OVERHEAD: usize = 64 * 1024;
@@ -73,6 +74,20 @@ async fn load_view(
         .map_err(ApiError::from)
 }
 
+impl From<IncidentError> for ApiError {
+    fn from(e: IncidentError) -> Self {
+        match e {
+            IncidentError::Invalid(invalid) => ApiError::Invalid(invalid),
+            IncidentError::Forbidden(m) => ApiError::Forbidden(m),
+            IncidentError::NotFound => ApiError::NotFound,
+            IncidentError::Conflict(m) => ApiError::Conflict(m),
+            IncidentError::Quota(m) => ApiError::QuotaExceeded(m),
+            IncidentError::Store(StoreError::Record(DocError::NotFound(_))) => ApiError::NotFound,
+            IncidentError::Store(s) => s.into(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Location {
@@ -121,26 +136,36 @@ async fn create(
 
 #[derive(Deserialize, Default)]
 pub struct ListQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
     state: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     category: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     area: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     department: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     assignee: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     reporter: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     overdue: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     due_state: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     from: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     to: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     q: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     limit: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     cursor: Option<String>,
 }
 
 fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
-    let bad = |field: &str, detail: &str| ApiError::InvalidField {
-        field: field.into(),
-        detail: detail.into(),
-    };
+    let bad = |field: &str, detail: &str| ApiError::invalid(field, detail);
     let states: Vec<String> = q
         .state
         .unwrap_or_default()
@@ -153,7 +178,7 @@ fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
         s.parse::<super::workflow::State>()
             .map_err(|e| bad("state", &e))?;
     }
-    let area = match q.area.filter(|a| !a.is_empty()) {
+    let area = match q.area {
         Some(a) => Some(
             a.parse::<AreaCode>()
                 .map_err(|e| bad("area", &e.to_string()))?,
@@ -161,25 +186,25 @@ fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
         None => None,
     };
     let overdue = match q.overdue.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some("true" | "1") => Some(true),
         Some("false" | "0") => Some(false),
         Some(_) => return Err(bad("overdue", "overdue is true or false")),
     };
-    if let Some(d) = q.due_state.as_deref().filter(|d| !d.is_empty())
+    if let Some(d) = q.due_state.as_deref()
         && !matches!(d, "ok" | "near" | "overdue")
     {
         return Err(bad("due_state", "due_state is ok, near or overdue"));
     }
     let limit = match q.limit.as_deref() {
-        None | Some("") => 50,
+        None => 50,
         Some(l) => l
             .parse::<usize>()
             .ok()
             .filter(|l| (1..=200).contains(l))
             .ok_or_else(|| bad("limit", "limit is 1 to 200"))?,
     };
-    let after = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+    let after = match q.cursor.as_deref() {
         Some(c) => Some(
             query::decode_cursor(c)
                 .ok_or_else(|| bad("cursor", "cursor is not one this node issued"))?,
@@ -187,11 +212,9 @@ fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
         None => None,
     };
     let time = |field: &str, v: Option<String>| -> Result<Option<i64>, ApiError> {
-        v.filter(|s| !s.is_empty())
-            .map(|s| crate::audit::parse_time(field, &s))
-            .transpose()
+        Ok(v.map(|s| crate::clock::parse_time(field, &s)).transpose()?)
     };
-    let mut department = q.department.filter(|d| !d.is_empty());
+    let mut department = q.department;
     if caller.role == Role::DeptHandler {
         department = caller.department.clone();
     }
@@ -206,13 +229,13 @@ fn filter_from(q: ListQuery, caller: &Caller) -> Result<Filter, ApiError> {
     }
     Ok(Filter {
         states,
-        category: q.category.filter(|c| !c.is_empty()),
+        category: q.category,
         area,
         department,
-        assignee: q.assignee.filter(|a| !a.is_empty()),
-        reporter: q.reporter.filter(|r| !r.is_empty()),
+        assignee: q.assignee,
+        reporter: q.reporter,
         overdue,
-        due_state: q.due_state.filter(|d| !d.is_empty()),
+        due_state: q.due_state,
         from_ms: time("from", q.from)?,
         to_ms: time("to", q.to)?,
         q: q.q,
@@ -330,23 +353,20 @@ async fn transition(
     let deadline_ms = match body.deadline {
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::Number(n)) => {
-            let ms = n.as_i64().ok_or_else(|| ApiError::InvalidField {
-                field: "deadline".into(),
-                detail: "deadline is RFC 3339 or epoch milliseconds".into(),
+            let ms = n.as_i64().ok_or_else(|| {
+                ApiError::invalid("deadline", "deadline is RFC 3339 or epoch milliseconds")
             })?;
             Some(
-                crate::clock::check_time("deadline", ms).map_err(|e| ApiError::InvalidField {
-                    field: "deadline".into(),
-                    detail: e.to_string(),
-                })?,
+                crate::clock::check_time("deadline", ms)
+                    .map_err(|e| ApiError::invalid("deadline", e))?,
             )
         }
-        Some(serde_json::Value::String(s)) => Some(crate::audit::parse_time("deadline", &s)?),
+        Some(serde_json::Value::String(s)) => Some(crate::clock::parse_time("deadline", &s)?),
         Some(_) => {
-            return Err(ApiError::InvalidField {
-                field: "deadline".into(),
-                detail: "deadline is RFC 3339 or epoch milliseconds".into(),
-            });
+            return Err(ApiError::invalid(
+                "deadline",
+                "deadline is RFC 3339 or epoch milliseconds",
+            ));
         }
     };
     let request = TransitionRequest {
@@ -455,15 +475,11 @@ async fn attach(
         bytes = Some(data);
         break;
     }
-    let bytes = bytes.ok_or_else(|| ApiError::InvalidField {
-        field: "file".into(),
-        detail: "send the file in a multipart field named `file`".into(),
+    let bytes = bytes.ok_or_else(|| {
+        ApiError::invalid("file", "send the file in a multipart field named `file`")
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::InvalidField {
-            field: "file".into(),
-            detail: "the file is empty".into(),
-        });
+        return Err(ApiError::invalid("file", "the file is empty"));
     }
     let content_type = crate::blobs::sniff(&bytes).ok_or_else(|| {
         ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string())
@@ -517,8 +533,11 @@ async fn attach(
 
 #[derive(Deserialize)]
 struct IndicatorQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
     from: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     to: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     area: Option<String>,
 }
 
@@ -530,26 +549,20 @@ async fn indicators(
     let now = state.clock.now_ms();
     let from = q
         .from
-        .filter(|s| !s.is_empty())
-        .map(|s| crate::audit::parse_time("from", &s))
+        .map(|s| crate::clock::parse_time("from", &s))
         .transpose()?
         .unwrap_or(now.saturating_sub(30 * 24 * 3600 * 1000));
     let to =
-        q.to.filter(|s| !s.is_empty())
-            .map(|s| crate::audit::parse_time("to", &s))
+        q.to.map(|s| crate::clock::parse_time("to", &s))
             .transpose()?
             .unwrap_or(now);
     if from > to {
-        return Err(ApiError::InvalidField {
-            field: "from".into(),
-            detail: "from must not be after to".into(),
-        });
+        return Err(ApiError::invalid("from", "from must not be after to"));
     }
-    let within = match q.area.filter(|a| !a.is_empty()) {
-        Some(a) => a.parse::<AreaCode>().map_err(|e| ApiError::InvalidField {
-            field: "area".into(),
-            detail: e.to_string(),
-        })?,
+    let within = match q.area {
+        Some(a) => a
+            .parse::<AreaCode>()
+            .map_err(|e| ApiError::invalid("area", e))?,
         None => caller.area.clone(),
     };
     if !caller.can_reach(&within) {

@@ -16,6 +16,7 @@ use std::str::FromStr;
 use serde::Serialize;
 use township_sync::{Machine, Transition};
 
+use crate::auth::actor::ActorRole;
 use crate::auth::roles::Role;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -54,11 +55,6 @@ impl State {
             State::Resolved => "resolved",
             State::Closed => "closed",
         }
-    }
-
-    /// States in which the incident still needs someone to act.
-    pub fn is_open(self) -> bool {
-        !matches!(self, State::Rejected | State::Closed)
     }
 }
 
@@ -168,7 +164,7 @@ impl Folded {
 /// claim names) and department.
 #[derive(Debug, Clone, Copy)]
 pub struct Acting<'a> {
-    pub role: &'a str,
+    pub role: ActorRole,
     pub actor: &'a str,
     pub area: Option<&'a township_sync::AreaCode>,
     pub department: Option<&'a str>,
@@ -188,9 +184,10 @@ pub fn role_may(action: Action, who: Acting<'_>, reporter: &str, folded: &Folded
         area,
         department: actor_department,
     } = who;
-    let Ok(role) = role.parse::<Role>() else {
+    let role = match role {
+        ActorRole::Person(role) => role,
         // The node itself: automatic escalation of overdue incidents.
-        return role == "system" && action == Action::Escalate;
+        ActorRole::System => return action == Action::Escalate,
     };
     if role == Role::Admin {
         let village_level = area.is_some_and(|a| !Role::TownshipStaff.allowed_at(a));
@@ -306,7 +303,7 @@ impl Machine for IncidentMachine<'_> {
             _ => None,
         };
         let who = Acting {
-            role: &t.role,
+            role: t.role.parse::<ActorRole>().map_err(|e| e.to_string())?,
             actor: &t.actor,
             area: person_area,
             department: t.data.get("actor_department").map(String::as_str),

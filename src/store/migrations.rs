@@ -378,8 +378,10 @@ pub fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
     let mut version = check_not_newer(conn, path)?;
     while version < LATEST {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let index = usize::try_from(version)
-            .map_err(|_| StoreError::Job("negative schema version".into()))?;
+        let index = usize::try_from(version).map_err(|_| StoreError::Corrupt {
+            what: "the database".into(),
+            verdict: format!("negative schema version {version}"),
+        })?;
         MIGRATIONS[index](&tx)?;
         version += 1;
         tx.pragma_update(None, "user_version", version)?;

@@ -43,7 +43,13 @@ pub enum StoreError {
     #[error("the store is shutting down")]
     Closed,
     #[error("a store job failed: {0}")]
-    Job(String),
+    JobFailed(&'static str),
+    #[error("the commit failed: {0}")]
+    Commit(String),
+    #[error("database files: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("{what} fails its integrity check: {verdict}")]
+    Corrupt { what: String, verdict: String },
     #[error("record store: {0}")]
     Record(#[from] township_sync::DocError),
 }
@@ -156,7 +162,7 @@ impl Store {
             config.write_batch_max.max(1),
             write_metrics.clone(),
         )
-        .map_err(|e| StoreError::Job(format!("cannot start the writer thread: {e}")))?;
+        .map_err(StoreError::Io)?;
 
         Ok(Store {
             inner: Arc::new(StoreInner {
@@ -222,7 +228,7 @@ impl Store {
                 result
             }
             // The connection went down with the panicking query; the next read opens a fresh one.
-            Err(e) => Err(E::from(StoreError::Job(format!("read task failed: {e}")))),
+            Err(_) => Err(E::from(StoreError::JobFailed("a read job panicked"))),
         }
     }
 
@@ -300,17 +306,17 @@ pub fn online_backup(db: &Path, out: &Path, config: &StoreConfig) -> Result<u64,
         let copy = Connection::open(&partial)?;
         let verdict: String = copy.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
         if verdict != "ok" {
-            return Err(StoreError::Job(format!(
-                "the backup copy failed its integrity check: {verdict}"
-            )));
+            return Err(StoreError::Corrupt {
+                what: "the backup copy".into(),
+                verdict,
+            });
         }
         // Leave the copy self-contained: no WAL beside it.
         copy.pragma_update(None, "journal_mode", "DELETE")?;
     }
-    let file = std::fs::File::open(&partial).map_err(|e| StoreError::Job(e.to_string()))?;
-    file.sync_all()
-        .map_err(|e| StoreError::Job(e.to_string()))?;
-    std::fs::rename(&partial, out).map_err(|e| StoreError::Job(e.to_string()))?;
+    let file = std::fs::File::open(&partial)?;
+    file.sync_all()?;
+    std::fs::rename(&partial, out)?;
     Ok(std::fs::metadata(out).map(|m| m.len()).unwrap_or(0))
 }
 
@@ -343,7 +349,7 @@ mod tests {
                     .write(move |c| {
                         c.execute("INSERT INTO t (v) VALUES (?1)", [i])?;
                         if i % 3 == 0 {
-                            return Err(StoreError::Job("refused".into()));
+                            return Err(StoreError::JobFailed("refused by the test"));
                         }
                         Ok::<_, StoreError>(i)
                     })

@@ -61,8 +61,8 @@ where
         };
         let outcome = match catch_unwind(AssertUnwindSafe(|| body(conn))) {
             Ok(result) => result,
-            Err(_) => Err(E::from(StoreError::Job(
-                "a write job panicked; its changes were rolled back".into(),
+            Err(_) => Err(E::from(StoreError::JobFailed(
+                "a write job panicked; its changes were rolled back",
             ))),
         };
         let ok = outcome.is_ok();
@@ -73,9 +73,9 @@ where
     fn finish(self: Box<Self>, commit: Result<(), String>) {
         let result = match (commit, self.result) {
             (Ok(()), Some(result)) => result,
-            (Err(e), Some(Ok(_))) => Err(E::from(StoreError::Job(format!("commit failed: {e}")))),
+            (Err(e), Some(Ok(_))) => Err(E::from(StoreError::Commit(e))),
             (_, Some(Err(e))) => Err(e),
-            (_, None) => Err(E::from(StoreError::Job("job was not run".into()))),
+            (_, None) => Err(E::from(StoreError::JobFailed("the job was not run"))),
         };
         // The caller may have given up waiting; nothing to do then.
         let _ = self.reply.send(result);

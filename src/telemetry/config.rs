@@ -225,56 +225,385 @@ fn one() -> f64 {
     1.0
 }
 
+/// One device: what every device has (id, name, area, interval, points) and how it is reached,
+/// which differs per driver ([`DeviceLink`]). In TOML it is one flat table whose `driver` key picks
+/// the link's fields; a key the chosen driver does not use is refused by name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "DeviceToml", into = "DeviceToml")]
 pub struct DeviceConfig {
     /// Also the MQTT topic segment and the API id.
     pub id: String,
     pub name: String,
     pub area: String,
-    pub driver: DriverKind,
     /// How often the device is polled (Modbus, simulator) or is expected to report (MQTT, HJ 212).
-    #[serde(
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
     pub interval: Option<Duration>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub points: Vec<PointConfig>,
-    // Modbus RTU and HJ 212 over serial.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: DeviceLink,
+}
+
+/// How a device is reached, per driver.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceLink {
+    ModbusRtu(ModbusLink),
+    Hj212(Hj212Link),
+    Mqtt(MqttLink),
+    Simulator(SimulatorLink),
+}
+
+/// A Modbus RTU slave on an RS-485 line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModbusLink {
+    pub port: String,
+    pub slave: u8,
     pub baud: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parity: Option<Parity>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slave: Option<u8>,
-    /// How long to wait for a Modbus answer.
-    #[serde(
-        with = "humantime_serde",
-        skip_serializing_if = "Option::is_none",
-        default
-    )]
+    /// How long to wait for an answer.
     pub timeout: Option<Duration>,
-    // MQTT (username and password), HJ 212 (password: the station's PW, checked when given).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub username: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// An HJ 212 station: over TCP (to `hj212.listen`) or on a serial port.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hj212Link {
+    pub mn: String,
+    pub port: Option<String>,
+    pub baud: Option<u32>,
+    pub parity: Option<Parity>,
+    /// The station's `PW`, checked when given.
     pub password: Option<Secret>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<PathBuf>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// A device publishing over MQTT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MqttLink {
+    /// Its MQTT user name; the device id when not given.
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
     pub format: Option<PayloadFormat>,
-    // HJ 212.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mn: Option<String>,
-    // Simulator: rain | river | air, and which stations share rain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub profile: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// A simulated station: rain, river or air, and which stations share rain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimulatorLink {
+    pub profile: String,
     pub catchment: Option<String>,
+}
+
+impl DeviceConfig {
+    pub fn driver(&self) -> DriverKind {
+        match &self.link {
+            DeviceLink::ModbusRtu(_) => DriverKind::ModbusRtu,
+            DeviceLink::Hj212(_) => DriverKind::Hj212,
+            DeviceLink::Mqtt(_) => DriverKind::Mqtt,
+            DeviceLink::Simulator(_) => DriverKind::Simulator,
+        }
+    }
+
+    /// The serial port the device is on, if any, with its line settings.
+    pub fn serial_line(&self) -> Option<(&str, Option<u32>, Option<Parity>)> {
+        match &self.link {
+            DeviceLink::ModbusRtu(m) => Some((m.port.as_str(), m.baud, m.parity)),
+            DeviceLink::Hj212(h) => h.port.as_deref().map(|p| (p, h.baud, h.parity)),
+            DeviceLink::Mqtt(_) | DeviceLink::Simulator(_) => None,
+        }
+    }
+
+    /// The device's password (MQTT sign-in, or an HJ 212 station's `PW`), read from `password_file`
+    /// when that is how it is given.
+    pub fn password(&self) -> Result<Option<Secret>, String> {
+        let (password, file) = match &self.link {
+            DeviceLink::Hj212(h) => (&h.password, &h.password_file),
+            DeviceLink::Mqtt(m) => (&m.password, &m.password_file),
+            DeviceLink::ModbusRtu(_) | DeviceLink::Simulator(_) => return Ok(None),
+        };
+        if let Some(p) = password {
+            return Ok(Some(p.clone()));
+        }
+        match file {
+            Some(path) => std::fs::read_to_string(path)
+                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            None => Ok(None),
+        }
+    }
+}
+
+/// The TOML shape of a device: one table per driver, each naming every key it accepts, so a key
+/// that belongs to another driver (or to none) is an error that names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "driver", rename_all = "snake_case", deny_unknown_fields)]
+enum DeviceToml {
+    ModbusRtu {
+        id: String,
+        name: String,
+        area: String,
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        interval: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        points: Vec<PointConfig>,
+        port: String,
+        slave: u8,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        baud: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parity: Option<Parity>,
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        timeout: Option<Duration>,
+    },
+    Hj212 {
+        id: String,
+        name: String,
+        area: String,
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        interval: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        points: Vec<PointConfig>,
+        mn: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        port: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        baud: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        parity: Option<Parity>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+    },
+    Mqtt {
+        id: String,
+        name: String,
+        area: String,
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        interval: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        points: Vec<PointConfig>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password: Option<Secret>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        format: Option<PayloadFormat>,
+    },
+    Simulator {
+        id: String,
+        name: String,
+        area: String,
+        #[serde(
+            with = "humantime_serde",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        interval: Option<Duration>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        points: Vec<PointConfig>,
+        profile: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        catchment: Option<String>,
+    },
+}
+
+impl From<DeviceToml> for DeviceConfig {
+    fn from(t: DeviceToml) -> DeviceConfig {
+        let device = |id, name, area, interval, points, link| DeviceConfig {
+            id,
+            name,
+            area,
+            interval,
+            points,
+            link,
+        };
+        match t {
+            DeviceToml::ModbusRtu {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                port,
+                slave,
+                baud,
+                parity,
+                timeout,
+            } => device(
+                id,
+                name,
+                area,
+                interval,
+                points,
+                DeviceLink::ModbusRtu(ModbusLink {
+                    port,
+                    slave,
+                    baud,
+                    parity,
+                    timeout,
+                }),
+            ),
+            DeviceToml::Hj212 {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                mn,
+                port,
+                baud,
+                parity,
+                password,
+                password_file,
+            } => device(
+                id,
+                name,
+                area,
+                interval,
+                points,
+                DeviceLink::Hj212(Hj212Link {
+                    mn,
+                    port,
+                    baud,
+                    parity,
+                    password,
+                    password_file,
+                }),
+            ),
+            DeviceToml::Mqtt {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                username,
+                password,
+                password_file,
+                format,
+            } => device(
+                id,
+                name,
+                area,
+                interval,
+                points,
+                DeviceLink::Mqtt(MqttLink {
+                    username,
+                    password,
+                    password_file,
+                    format,
+                }),
+            ),
+            DeviceToml::Simulator {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                profile,
+                catchment,
+            } => device(
+                id,
+                name,
+                area,
+                interval,
+                points,
+                DeviceLink::Simulator(SimulatorLink { profile, catchment }),
+            ),
+        }
+    }
+}
+
+impl From<DeviceConfig> for DeviceToml {
+    fn from(d: DeviceConfig) -> DeviceToml {
+        let DeviceConfig {
+            id,
+            name,
+            area,
+            interval,
+            points,
+            link,
+        } = d;
+        match link {
+            DeviceLink::ModbusRtu(ModbusLink {
+                port,
+                slave,
+                baud,
+                parity,
+                timeout,
+            }) => DeviceToml::ModbusRtu {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                port,
+                slave,
+                baud,
+                parity,
+                timeout,
+            },
+            DeviceLink::Hj212(Hj212Link {
+                mn,
+                port,
+                baud,
+                parity,
+                password,
+                password_file,
+            }) => DeviceToml::Hj212 {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                mn,
+                port,
+                baud,
+                parity,
+                password,
+                password_file,
+            },
+            DeviceLink::Mqtt(MqttLink {
+                username,
+                password,
+                password_file,
+                format,
+            }) => DeviceToml::Mqtt {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                username,
+                password,
+                password_file,
+                format,
+            },
+            DeviceLink::Simulator(SimulatorLink { profile, catchment }) => DeviceToml::Simulator {
+                id,
+                name,
+                area,
+                interval,
+                points,
+                profile,
+                catchment,
+            },
+        }
+    }
 }
 
 /// A device id is a topic segment and a URL segment: letters, digits, `-`, `_` and `.` only.
@@ -287,22 +616,6 @@ pub fn device_id_ok(id: &str) -> bool {
 
 /// Passwords printed in documentation, refused so a copied example never goes live.
 const EXAMPLE_PASSWORDS: &[&str] = &["change-me", "changeme", "password", "123456"];
-
-impl DeviceConfig {
-    /// The device's password (MQTT sign-in, or an HJ 212 station's `PW`), read from `password_file`
-    /// when that is how it is given.
-    pub fn password(&self) -> Result<Option<Secret>, String> {
-        if let Some(p) = &self.password {
-            return Ok(Some(p.clone()));
-        }
-        match &self.password_file {
-            Some(path) => std::fs::read_to_string(path)
-                .map(|s| Some(Secret::new(s.trim_end_matches(['\r', '\n']))))
-                .map_err(|e| format!("cannot read {}: {e}", path.display())),
-            None => Ok(None),
-        }
-    }
-}
 
 /// Checks every device; the error names the key (`devices[2].slave`) and what to do.
 pub fn validate_devices(
@@ -355,10 +668,8 @@ pub fn validate_devices(
                 ));
             }
         }
-        if let Some(port) = d.port.as_deref()
-            && matches!(d.driver, DriverKind::ModbusRtu | DriverKind::Hj212)
-        {
-            let line = (d.driver, d.baud, d.parity);
+        if let Some((port, baud, parity)) = d.serial_line() {
+            let line = (d.driver(), baud, parity);
             let first = *lines.entry(port).or_insert(line);
             if first.0 != line.0 {
                 return Err((
@@ -377,15 +688,9 @@ pub fn validate_devices(
                 ));
             }
         }
-        match d.driver {
-            DriverKind::ModbusRtu => {
-                if d.port.is_none() {
-                    return Err((
-                        key("port"),
-                        "a modbus_rtu device needs a serial port".into(),
-                    ));
-                }
-                if !d.slave.is_some_and(|s| (1..=247).contains(&s)) {
+        match &d.link {
+            DeviceLink::ModbusRtu(m) => {
+                if !(1..=247).contains(&m.slave) {
                     return Err((
                         key("slave"),
                         "a modbus_rtu device needs a slave id from 1 to 247".into(),
@@ -406,8 +711,8 @@ pub fn validate_devices(
                     }
                 }
             }
-            DriverKind::Mqtt => {
-                let username = d.username.clone().unwrap_or_else(|| d.id.clone());
+            DeviceLink::Mqtt(m) => {
+                let username = m.username.clone().unwrap_or_else(|| d.id.clone());
                 if username.is_empty() || username.contains(['#', '+', '/']) {
                     return Err((
                         key("username"),
@@ -445,17 +750,15 @@ pub fn validate_devices(
                     ));
                 }
             }
-            DriverKind::Hj212 => {
-                let Some(mn) = &d.mn else {
-                    return Err((key("mn"), "an hj212 device needs the station's MN".into()));
-                };
-                if d.port.is_none() && hj212.listen.is_none() {
+            DeviceLink::Hj212(h) => {
+                if h.port.is_none() && hj212.listen.is_none() {
                     return Err((
                         key("port"),
                         "an hj212 station needs a serial port or hj212.listen (the TCP listener)"
                             .into(),
                     ));
                 }
+                let mn = &h.mn;
                 if mn.is_empty() || mn.len() > 24 || !mn.bytes().all(|b| b.is_ascii_alphanumeric())
                 {
                     return Err((key("mn"), "an MN is up to 24 letters and digits".into()));
@@ -465,9 +768,8 @@ pub fn validate_devices(
                 }
                 d.password().map_err(|e| (key("password_file"), e))?;
             }
-            DriverKind::Simulator => {
-                let profile = d.profile.as_deref().unwrap_or("");
-                if township_drivers::simulator::Profile::parse(profile).is_none() {
+            DeviceLink::Simulator(sim) => {
+                if township_drivers::simulator::Profile::parse(&sim.profile).is_none() {
                     return Err((
                         key("profile"),
                         "a simulator device needs profile = \"rain\", \"river\" or \"air\"".into(),
@@ -550,6 +852,50 @@ points = [ { metric = "water_level", register = 0 } ]
             let err = parse(&text, false).expect_err(key);
             assert_eq!(err.0, key, "{}", err.1);
         }
+    }
+
+    #[test]
+    fn a_key_the_driver_does_not_use_is_named() {
+        #[derive(Debug, Deserialize)]
+        struct File {
+            #[allow(dead_code)]
+            devices: Vec<DeviceConfig>,
+        }
+        for (text, named) in [
+            (MODBUS.replace("slave = 1", "slave = 1\nslav = 2"), "slav"),
+            // `mn` belongs to HJ 212 stations, not to Modbus devices.
+            (MODBUS.replace("slave = 1", "slave = 1\nmn = \"X1\""), "mn"),
+            (
+                MODBUS.replace("driver = \"modbus_rtu\"", "driver = \"modbus\""),
+                "modbus",
+            ),
+        ] {
+            let err = toml::from_str::<File>(&text).unwrap_err().to_string();
+            assert!(err.contains(&format!("`{named}`")), "{named}: {err}");
+        }
+        let missing = toml::from_str::<File>(&MODBUS.replace("slave = 1\n", ""))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("`slave`"), "{missing}");
+    }
+
+    #[test]
+    fn devices_survive_a_round_trip_through_toml() {
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        struct File {
+            devices: Vec<DeviceConfig>,
+        }
+        let text = format!(
+            "{MODBUS}[[devices]]\nid = \"aq\"\nname = \"b\"\narea = \"330723001\"\ndriver = \"hj212\"\nmn = \"X1\"\npassword = \"station-pw\"\n[[devices]]\nid = \"sim\"\nname = \"s\"\narea = \"330723001\"\ndriver = \"simulator\"\nprofile = \"rain\"\ninterval = \"5s\"\n"
+        );
+        let file: File = toml::from_str(&text).unwrap();
+        assert_eq!(file.devices[0].driver(), DriverKind::ModbusRtu);
+        assert_eq!(
+            file.devices[1].password().unwrap().unwrap().expose(),
+            "station-pw"
+        );
+        let again: File = toml::from_str(&toml::to_string(&file).unwrap()).unwrap();
+        assert_eq!(again, file);
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub struct ConfiguredDevices {
 
 /// The supervised driver name a device's readings come through.
 pub fn driver_name(d: &DeviceConfig, mqtt: &MqttConfig) -> String {
-    match (d.driver, d.port.as_deref()) {
+    match (d.driver(), d.serial_line().map(|line| line.0)) {
         (DriverKind::Mqtt, _) if mqtt.listen.is_none() => mqtt.external.as_ref().map_or_else(
             || "mqtt".into(),
             |e| format!("mqtt_external:{}:{}", e.host, e.port),
@@ -95,7 +95,7 @@ impl ConfiguredDevices {
                     id: d.id.clone(),
                     name: d.name.clone(),
                     area: d.area.parse().ok()?,
-                    kind: d.driver,
+                    kind: d.driver(),
                     driver_name: driver_name(d, mqtt),
                     interval: d.interval,
                     config: Arc::new(d.clone()),

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use township_drivers::driver::{Driver, DriverContext, supervise};
+use township_drivers::driver::Driver;
 use township_drivers::hj212_link::{Hj212Listener, Hj212Serial, Stations};
 use township_drivers::modbus::{ModbusDevice, ModbusPoint, ModbusPort};
 use township_drivers::mqtt_broker::{Account, EmbeddedBroker, Format};
@@ -15,26 +15,27 @@ use township_drivers::mqtt_client::{ExternalBroker, ExternalBrokerSettings};
 use township_drivers::serial::Parity as SerialParity;
 use township_drivers::simulator::{Profile, SimulatedStation, Simulator, Storm};
 
-use super::config::{DeviceConfig, DriverKind, Parity, PayloadFormat, RegisterKind};
-use crate::app::AppState;
+use super::config::{
+    DeviceConfig, DeviceLink, Hj212Link, ModbusLink, MqttLink, Parity, PayloadFormat, RegisterKind,
+};
 use crate::config::Config;
 
 /// How long a Modbus device has to answer when the configuration does not say.
 const DEFAULT_MODBUS_TIMEOUT: Duration = Duration::from_millis(500);
 
-fn format_of(d: &DeviceConfig) -> Format {
-    match d.format.unwrap_or_default() {
+fn format_of(m: &MqttLink) -> Format {
+    match m.format.unwrap_or_default() {
         PayloadFormat::Json => Format::Json,
         PayloadFormat::Senml => Format::Senml,
     }
 }
 
-fn modbus_device(d: &DeviceConfig, default_interval: Duration) -> ModbusDevice {
+fn modbus_device(d: &DeviceConfig, m: &ModbusLink, default_interval: Duration) -> ModbusDevice {
     ModbusDevice {
         id: d.id.clone(),
-        slave: d.slave.unwrap_or(1),
+        slave: m.slave,
         interval: d.interval.unwrap_or(default_interval),
-        timeout: d.timeout.unwrap_or(DEFAULT_MODBUS_TIMEOUT),
+        timeout: m.timeout.unwrap_or(DEFAULT_MODBUS_TIMEOUT),
         points: d
             .points
             .iter()
@@ -64,30 +65,35 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
 
     // Modbus: one driver per port; the first device on a port sets its baud rate and parity.
     let mut ports: BTreeMap<String, ModbusPort> = BTreeMap::new();
-    for d in devices.iter().filter(|d| d.driver == DriverKind::ModbusRtu) {
-        let Some(port) = d.port.clone() else { continue };
-        let entry = ports.entry(port.clone()).or_insert_with(|| ModbusPort {
-            port,
-            baud: d.baud.unwrap_or(9600),
-            parity: match d.parity.unwrap_or_default() {
+    for d in devices {
+        let DeviceLink::ModbusRtu(m) = &d.link else {
+            continue;
+        };
+        let entry = ports.entry(m.port.clone()).or_insert_with(|| ModbusPort {
+            port: m.port.clone(),
+            baud: m.baud.unwrap_or(9600),
+            parity: match m.parity.unwrap_or_default() {
                 Parity::None => SerialParity::None,
                 Parity::Even => SerialParity::Even,
                 Parity::Odd => SerialParity::Odd,
             },
             devices: Vec::new(),
         });
-        entry.devices.push(modbus_device(d, default_interval));
+        entry.devices.push(modbus_device(d, m, default_interval));
     }
     drivers.extend(ports.into_values().map(|p| Box::new(p) as Box<dyn Driver>));
 
     // HJ 212: the TCP listener serves every station without a serial port.
-    let hj: Vec<&DeviceConfig> = devices
+    let hj: Vec<(&DeviceConfig, &Hj212Link)> = devices
         .iter()
-        .filter(|d| d.driver == DriverKind::Hj212)
+        .filter_map(|d| match &d.link {
+            DeviceLink::Hj212(h) => Some((d, h)),
+            _ => None,
+        })
         .collect();
-    let stations = Arc::new(Stations::new(hj.iter().filter_map(|d| {
+    let stations = Arc::new(Stations::new(hj.iter().map(|(d, h)| {
         let password = d.password().ok().flatten().map(|p| p.expose().to_string());
-        Some((d.mn.clone()?, d.id.clone(), password))
+        (h.mn.clone(), d.id.clone(), password)
     })));
     if let Some(addr) = config.hj212.listen {
         drivers.push(Box::new(Hj212Listener {
@@ -99,11 +105,11 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
     }
     // One reader per serial line, whichever of its stations a frame comes from.
     let mut serial_lines: BTreeMap<String, u32> = BTreeMap::new();
-    for d in &hj {
-        if let Some(port) = &d.port {
+    for (_, h) in &hj {
+        if let Some(port) = &h.port {
             serial_lines
                 .entry(port.clone())
-                .or_insert(d.baud.unwrap_or(9600));
+                .or_insert(h.baud.unwrap_or(9600));
         }
     }
     for (port, baud) in serial_lines {
@@ -115,21 +121,24 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
     }
 
     // MQTT.
-    let mqtt: Vec<&DeviceConfig> = devices
+    let mqtt: Vec<(&DeviceConfig, &MqttLink)> = devices
         .iter()
-        .filter(|d| d.driver == DriverKind::Mqtt)
+        .filter_map(|d| match &d.link {
+            DeviceLink::Mqtt(m) => Some((d, m)),
+            _ => None,
+        })
         .collect();
     if let Some(addr) = config.mqtt.listen {
         let accounts: HashMap<String, Account> = mqtt
             .iter()
-            .filter_map(|d| {
+            .filter_map(|(d, m)| {
                 let password = d.password().ok()??;
                 Some((
-                    d.username.clone().unwrap_or_else(|| d.id.clone()),
+                    m.username.clone().unwrap_or_else(|| d.id.clone()),
                     Account {
                         device: d.id.clone(),
                         password: password.expose().to_string(),
-                        format: format_of(d),
+                        format: format_of(m),
                     },
                 ))
             })
@@ -155,20 +164,25 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
                     .clone()
                     .unwrap_or_else(|| "township-node".into()),
             },
-            devices: mqtt.iter().map(|d| (d.id.clone(), format_of(d))).collect(),
+            devices: mqtt
+                .iter()
+                .map(|(d, m)| (d.id.clone(), format_of(m)))
+                .collect(),
         }));
     }
 
     // Simulated stations.
     let sims: Vec<SimulatedStation> = devices
         .iter()
-        .filter(|d| d.driver == DriverKind::Simulator)
         .filter_map(|d| {
+            let DeviceLink::Simulator(sim) = &d.link else {
+                return None;
+            };
             Some(SimulatedStation {
                 device: d.id.clone(),
-                profile: Profile::parse(d.profile.as_deref()?)?,
+                profile: Profile::parse(&sim.profile)?,
                 interval: d.interval.unwrap_or(default_interval),
-                catchment: d.catchment.clone().unwrap_or_else(|| d.area.clone()),
+                catchment: sim.catchment.clone().unwrap_or_else(|| d.area.clone()),
             })
         })
         .collect();
@@ -182,22 +196,6 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
         drivers.push(Box::new(Simulator::new(sims, s.seed, storm, s.speedup)));
     }
     drivers
-}
-
-/// Starts every driver on the node's task tracker, under its shutdown signal.
-pub fn spawn_all(state: &AppState) {
-    let clock = state.clock.clone();
-    let ctx = DriverContext {
-        sink: state.telemetry.sink(),
-        health: state.telemetry.health.clone(),
-        shutdown: state.shutdown.clone(),
-        now_ms: Arc::new(move || clock.now_ms()),
-    };
-    for driver in build(&state.config) {
-        state
-            .tasks
-            .spawn(supervise(driver, ctx.clone(), Duration::from_secs(1)));
-    }
 }
 
 #[cfg(test)]

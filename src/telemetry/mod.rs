@@ -26,7 +26,8 @@ use tokio::sync::{broadcast, mpsc};
 use township_drivers::driver::{Batch, Health, Sink};
 use township_drivers::{Quality, Reading};
 
-use crate::app::AppState;
+use crate::clock::Clock;
+use crate::store::Store;
 use crate::store::StoreError;
 use devices::{Device, DeviceDirectory};
 
@@ -147,6 +148,12 @@ impl Telemetry {
         self.sink.clone()
     }
 
+    /// The receiving end of the drivers' queue, for [`run_writer`]; `None` once taken (the writer is
+    /// started once).
+    pub fn take_queue(&self) -> Option<mpsc::Receiver<Batch>> {
+        self.queue.lock().ok().and_then(|mut q| q.take())
+    }
+
     fn seen<T>(&self, device: &str, f: impl FnOnce(&DeviceSeen) -> T) -> Option<T> {
         self.seen.read().ok().and_then(|m| m.get(device).map(f))
     }
@@ -254,8 +261,18 @@ impl Telemetry {
     }
 }
 
+/// What the telemetry's background work (the writer, statuses, retention) needs from the node.
+#[derive(Clone)]
+pub struct Runtime {
+    pub telemetry: Arc<Telemetry>,
+    pub store: Store,
+    pub clock: Clock,
+    pub config: Arc<crate::config::Config>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
 /// Loads series ids and latest values, so a restarted node shows what it had at once.
-async fn warm_up(state: &AppState) -> Result<(), StoreError> {
+async fn warm_up(state: &Runtime) -> Result<(), StoreError> {
     let (series, latest) = state
         .store
         .read(|conn| Ok::<_, StoreError>((store::all_series(conn)?, store::latest_readings(conn)?)))
@@ -275,7 +292,7 @@ async fn warm_up(state: &AppState) -> Result<(), StoreError> {
 }
 
 /// Commits one group of batches and answers each batch's waiter.
-async fn commit_group(state: &AppState, group: Vec<Batch>) {
+async fn commit_group(state: &Runtime, group: Vec<Batch>) {
     let t = &state.telemetry;
     let now = state.clock.now_ms();
     let mut readings = Vec::new();
@@ -350,7 +367,10 @@ async fn commit_group(state: &AppState, group: Vec<Batch>) {
 /// The writer: takes everything queued (up to `telemetry.batch_max` readings), waits at most
 /// `telemetry.batch_delay` for more, and commits; readings arriving during a commit share the next
 /// one. On shutdown it commits whatever is queued before it returns.
-async fn run_writer(state: AppState, mut rx: mpsc::Receiver<Batch>) {
+pub async fn run_writer(state: Runtime, mut rx: mpsc::Receiver<Batch>) {
+    if let Err(e) = warm_up(&state).await {
+        tracing::warn!(error = %e, "could not load the latest readings");
+    }
     let max = state.config.telemetry.batch_max;
     let delay = state.config.telemetry.batch_delay;
     loop {
@@ -396,7 +416,7 @@ async fn run_writer(state: AppState, mut rx: mpsc::Receiver<Batch>) {
 }
 
 /// Publishes status changes to the live stream and keeps the status gauge current.
-fn refresh_statuses(state: &AppState) {
+pub fn refresh_statuses(state: &Runtime) {
     let t = &state.telemetry;
     let now = state.clock.now_ms();
     let mut changed = Vec::new();
@@ -421,7 +441,7 @@ fn refresh_statuses(state: &AppState) {
 
 /// One pass of retention: raw readings past their period or over the disk budget, then aggregates
 /// past theirs, each in steps of at most `step_rows` with the writer free in between.
-pub async fn prune(state: &AppState, step_rows: usize) -> Result<u64, StoreError> {
+pub async fn prune(state: &Runtime, step_rows: usize) -> Result<u64, StoreError> {
     let cfg = &state.config.telemetry;
     let now = state.clock.now_ms();
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
@@ -477,33 +497,6 @@ pub async fn prune(state: &AppState, step_rows: usize) -> Result<u64, StoreError
         .pruned
         .fetch_add(total, Ordering::Relaxed);
     Ok(total)
-}
-
-/// Starts the writer, the status and retention tasks, and every configured driver.
-pub fn spawn(state: &AppState) {
-    let rx = state.telemetry.queue.lock().ok().and_then(|mut q| q.take());
-    let Some(rx) = rx else {
-        tracing::error!("telemetry was already started");
-        return;
-    };
-    let writer_state = state.clone();
-    state.tasks.spawn(async move {
-        if let Err(e) = warm_up(&writer_state).await {
-            tracing::warn!(error = %e, "could not load the latest readings");
-        }
-        run_writer(writer_state, rx).await;
-    });
-    state.spawn_every(Duration::from_secs(1), |state| async move {
-        refresh_statuses(&state);
-    });
-    state.spawn_every(Duration::from_secs(300), |state| async move {
-        match prune(&state, 2000).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "pruned old telemetry"),
-            Err(e) => tracing::warn!(error = %e, "telemetry pruning failed"),
-        }
-    });
-    drivers::spawn_all(state);
 }
 
 fn label(value: &str) -> String {

@@ -12,6 +12,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
 use serde::Deserialize;
+
+use crate::http::extract::empty_as_none;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -111,10 +113,14 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SeriesQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
     metric: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     from: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
     to: Option<String>,
     /// `raw` (the default) or a duration such as `1m`, `15m`, `1h`, `1d`.
+    #[serde(default, deserialize_with = "empty_as_none")]
     step: Option<String>,
 }
 
@@ -126,32 +132,28 @@ struct Range {
 
 fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
     let to = match &q.to {
-        Some(t) => crate::audit::parse_time("to", t)?,
+        Some(t) => crate::clock::parse_time("to", t)?,
         None => now.saturating_add(1),
     };
     let from = match &q.from {
-        Some(f) => crate::audit::parse_time("from", f)?,
+        Some(f) => crate::clock::parse_time("from", f)?,
         None => to.saturating_sub(24 * 3_600_000),
     };
     if from >= to {
-        return Err(ApiError::InvalidField {
-            field: "from".into(),
-            detail: "from must be before to".into(),
-        });
+        return Err(ApiError::invalid("from", "from must be before to"));
     }
     let step_ms = match q.step.as_deref() {
         None | Some("") | Some("raw") => None,
         Some(s) => {
-            let d = humantime::parse_duration(s).map_err(|_| ApiError::InvalidField {
-                field: "step".into(),
-                detail: "step is `raw` or a duration such as 1m, 1h or 1d".into(),
+            let d = humantime::parse_duration(s).map_err(|_| {
+                ApiError::invalid("step", "step is `raw` or a duration such as 1m, 1h or 1d")
             })?;
             let ms = i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
             if ms < 1000 {
-                return Err(ApiError::InvalidField {
-                    field: "step".into(),
-                    detail: "step must be at least one second".into(),
-                });
+                return Err(ApiError::invalid(
+                    "step",
+                    "step must be at least one second",
+                ));
             }
             Some(ms)
         }
@@ -159,12 +161,10 @@ fn parse_range(q: &SeriesQuery, now: i64) -> Result<Range, ApiError> {
     if let Some(step) = step_ms
         && to.saturating_sub(from) / step > MAX_POINTS as i64
     {
-        return Err(ApiError::InvalidField {
-            field: "step".into(),
-            detail: format!(
-                "more than {MAX_POINTS} buckets; choose a larger step or a shorter range"
-            ),
-        });
+        return Err(ApiError::invalid(
+            "step",
+            format!("more than {MAX_POINTS} buckets; choose a larger step or a shorter range"),
+        ));
     }
     // Buckets start on whole steps (whole minutes, hours, days in UTC), so the first bucket is whole.
     let from = step_ms.map_or(from, |step| from.div_euclid(step) * step);
@@ -178,11 +178,11 @@ async fn readings(
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let device = reachable(&state, &caller, &id)?;
-    let Some(metric) = q.metric.clone().filter(|m| !m.is_empty()) else {
-        return Err(ApiError::InvalidField {
-            field: "metric".into(),
-            detail: "name the metric, e.g. metric=water_level".into(),
-        });
+    let Some(metric) = q.metric.clone() else {
+        return Err(ApiError::invalid(
+            "metric",
+            "name the metric, e.g. metric=water_level",
+        ));
     };
     let range = parse_range(&q, state.clock.now_ms())?;
     let device_id = device.id.clone();
@@ -245,7 +245,7 @@ async fn readings_csv(
 ) -> Result<Response, ApiError> {
     let device = reachable(&state, &caller, &id)?;
     let range = parse_range(&q, state.clock.now_ms())?;
-    let mut metrics: Vec<String> = match q.metric.clone().filter(|m| !m.is_empty()) {
+    let mut metrics: Vec<String> = match q.metric.clone() {
         Some(m) => vec![m],
         None => {
             let mut all: Vec<String> = device

@@ -5,6 +5,7 @@
 
 mod routes;
 
+pub mod accounts;
 pub use routes::routes;
 
 use std::sync::Arc;
@@ -14,11 +15,13 @@ use automerge::{AutoCommit, ReadDoc};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use township_sync::docstore::{DocMeta, Flow, Projection, ProjectionError};
-use township_sync::{AreaCode, Authors, Person, Provenance, fields};
+use township_sync::{AreaCode, Authors, Provenance, fields};
 use uuid::Uuid;
 
+pub use crate::auth::actor::Actor;
 use crate::auth::roles::Role;
 use crate::config::Secret;
+use crate::invalid::Invalid;
 use crate::records::WriteCtx;
 use crate::store::StoreError;
 
@@ -28,8 +31,8 @@ pub const LOCAL_ADMIN: &str = "admin";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UserError {
-    #[error("{detail}")]
-    Invalid { field: &'static str, detail: String },
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
     #[error("the username `{0}` is already taken")]
     Taken(String),
     #[error("no user `{0}`")]
@@ -38,6 +41,8 @@ pub enum UserError {
     Ambiguous(String),
     #[error("{0}")]
     Forbidden(String),
+    #[error(transparent)]
+    Hash(#[from] crate::auth::password::HashError),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -45,22 +50,6 @@ pub enum UserError {
 impl From<township_sync::DocError> for UserError {
     fn from(e: township_sync::DocError) -> Self {
         UserError::Store(e.into())
-    }
-}
-
-impl From<UserError> for crate::http::problem::ApiError {
-    fn from(e: UserError) -> Self {
-        use crate::http::problem::ApiError;
-        match e {
-            UserError::Invalid { field, detail } => ApiError::InvalidField {
-                field: field.into(),
-                detail,
-            },
-            UserError::Taken(_) | UserError::Ambiguous(_) => ApiError::Conflict(e.to_string()),
-            UserError::NotFound(_) => ApiError::NotFound,
-            UserError::Forbidden(m) => ApiError::Forbidden(m),
-            UserError::Store(s) => s.into(),
-        }
     }
 }
 
@@ -93,7 +82,7 @@ impl Account {
 pub const LOCAL_ACCOUNT_REF: &str = "local";
 
 /// An account as the API shows it: never the hash.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct UserView {
     /// The record's id (absent for the local admin): the one name that is never ambiguous.
     pub id: Option<String>,
@@ -146,29 +135,29 @@ pub fn check_username(name: &str) -> Result<(), UserError> {
     if ok {
         Ok(())
     } else {
-        Err(UserError::Invalid {
-            field: "username",
-            detail: "username must be 2 to 32 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit".into(),
-        })
+        Err(UserError::Invalid(Invalid::new(
+            "username",
+            "username must be 2 to 32 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+        )))
     }
 }
 
 fn check_department(role: Role, department: Option<&str>) -> Result<Option<String>, UserError> {
     match (role, department.map(str::trim).filter(|d| !d.is_empty())) {
-        (Role::DeptHandler, None) => Err(UserError::Invalid {
-            field: "department",
-            detail: "a dept_handler belongs to one department: give its id".into(),
-        }),
+        (Role::DeptHandler, None) => Err(Invalid::new(
+            "department",
+            "a dept_handler belongs to one department: give its id",
+        )
+        .into()),
         (_, Some(d))
             if !(1..=40).contains(&d.len())
                 || !d.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') =>
         {
-            Err(UserError::Invalid {
-                field: "department",
-                detail:
-                    "department ids are lowercase letters and '_' (for example emergency, water)"
-                        .into(),
-            })
+            Err(Invalid::new(
+                "department",
+                "department ids are lowercase letters and '_' (for example emergency, water)",
+            )
+            .into())
         }
         (_, d) => Ok(d.map(String::from)),
     }
@@ -309,29 +298,10 @@ pub struct NewUser {
     pub password: Secret,
 }
 
-/// Who is asking, for authority checks and the audit trail.
-#[derive(Debug, Clone)]
-pub struct Actor {
-    pub name: String,
-    pub role: Role,
-    pub area: AreaCode,
-}
-
-impl Actor {
-    /// The person as the author claim of their changes names them.
-    pub fn person(&self) -> Person {
-        Person {
-            name: self.name.clone(),
-            role: self.role.as_str().to_string(),
-            area: self.area.clone(),
-        }
-    }
-}
-
 /// May `actor` manage an account of `role` in `area`? Admins and county IT manage accounts inside
 /// their own area; only an admin may create or change another admin.
 pub fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(), UserError> {
-    if !matches!(actor.role, Role::Admin | Role::CountyIt) {
+    if !actor.is_any(&[Role::Admin, Role::CountyIt]) {
         return Err(UserError::Forbidden(
             "only admin and county_it manage accounts".into(),
         ));
@@ -342,7 +312,7 @@ pub fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(),
             actor.area
         )));
     }
-    if role == Role::Admin && actor.role != Role::Admin {
+    if role == Role::Admin && !actor.is(Role::Admin) {
         return Err(UserError::Forbidden(
             "only an admin may manage admin accounts".into(),
         ));
@@ -357,19 +327,20 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
         return Err(UserError::Taken(new.username.clone()));
     }
     if !node_area.contains(&new.area) {
-        return Err(UserError::Invalid {
-            field: "area",
-            detail: format!(
+        return Err(Invalid::new(
+            "area",
+            format!(
                 "area {} is outside this node's area {node_area}; create the account at a node that covers it",
                 new.area
             ),
-        });
+        )
+        .into());
     }
     if !new.role.allowed_at(&new.area) {
-        return Err(UserError::Invalid {
-            field: "role",
-            detail: new.role.level_rule().into(),
-        });
+        return Err(UserError::Invalid(Invalid::new(
+            "role",
+            new.role.level_rule(),
+        )));
     }
     check_department(new.role, new.department.as_deref())?;
     if new
@@ -377,10 +348,10 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
         .as_deref()
         .is_some_and(|d| d.chars().count() > 60)
     {
-        return Err(UserError::Invalid {
-            field: "display_name",
-            detail: "display name is at most 60 characters".into(),
-        });
+        return Err(UserError::Invalid(Invalid::new(
+            "display_name",
+            "display name is at most 60 characters",
+        )));
     }
     if new.phone.as_deref().is_some_and(|p| {
         p.len() > 20
@@ -388,10 +359,10 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b == b'+' || b == b'-' || b == b' ')
     }) {
-        return Err(UserError::Invalid {
-            field: "phone",
-            detail: "phone is at most 20 digits, spaces, '+' or '-'".into(),
-        });
+        return Err(UserError::Invalid(Invalid::new(
+            "phone",
+            "phone is at most 20 digits, spaces, '+' or '-'",
+        )));
     }
     Ok(())
 }
@@ -435,7 +406,7 @@ pub fn create(
         new.role,
         new.area.clone(),
         new.phone.clone(),
-        actor.name.clone(),
+        actor.username.clone(),
     );
     let (dn, dept) = (display_name.clone(), department.clone());
     let by = ctx.author(actor);
@@ -483,7 +454,7 @@ pub fn set_password(
 ) -> Result<(), UserError> {
     let account =
         find_account(conn, username)?.ok_or_else(|| UserError::NotFound(username.into()))?;
-    if actor.name != account.username {
+    if actor.username != account.username {
         check_authority(actor, account.role, &account.area)?;
     }
     match account.doc_id {
@@ -508,12 +479,69 @@ pub fn set_password(
             .map_err(StoreError::from)?;
             ctx.audit(
                 conn,
-                crate::audit::Event::new(&actor.name, "user.password", username),
+                crate::audit::Event::new(&actor.username, "user.password", username),
             )?;
         }
     }
     crate::auth::session::delete_for_user(conn, username, keep_session)?;
     Ok(())
+}
+
+/// Replaces the hash of a password just verified at sign-in with one of more iterations, as the
+/// account's holder (who may always write their own password). Nothing is written when the stored
+/// hash is no longer the one verified (the password changed meanwhile). Sessions stay: the password
+/// itself did not change. Returns whether the hash was replaced.
+pub fn upgrade_password_hash(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    verified: &Account,
+    new_hash: String,
+) -> Result<bool, UserError> {
+    let Some(current) =
+        find_bound_account(conn, &verified.username, Some(&verified.account_ref()))?
+    else {
+        return Ok(false);
+    };
+    if current.password_hash != verified.password_hash {
+        return Ok(false);
+    }
+    let holder = Actor::person(current.username.clone(), current.role, current.area.clone());
+    let detail = serde_json::json!({
+        "username": current.username,
+        "iterations": crate::auth::password::iterations_of(&new_hash),
+    });
+    match current.doc_id {
+        Some(id) => {
+            ctx.change_record(
+                conn,
+                &ctx.author(&holder),
+                crate::records::RecordChange {
+                    id,
+                    kind: KIND,
+                    action: "user.password_rehash",
+                    detail,
+                },
+                |doc| Ok(doc.put(automerge::ROOT, "password_hash", new_hash.as_str())?),
+            )?;
+        }
+        None => {
+            conn.execute(
+                "UPDATE local_accounts SET password_hash = ?2 WHERE username = ?1",
+                params![current.username, new_hash],
+            )
+            .map_err(StoreError::from)?;
+            ctx.audit(
+                conn,
+                crate::audit::Event::new(
+                    &holder.username,
+                    "user.password_rehash",
+                    &holder.username,
+                )
+                .detail(detail),
+            )?;
+        }
+    }
+    Ok(true)
 }
 
 /// Disables an account: it can no longer log in, and its sessions and tokens end at once.
@@ -526,7 +554,7 @@ pub fn disable(
     let account =
         find_account(conn, username)?.ok_or_else(|| UserError::NotFound(username.into()))?;
     check_authority(actor, account.role, &account.area)?;
-    if actor.name == account.username {
+    if actor.username == account.username {
         return Err(UserError::Forbidden(
             "you cannot disable your own account".into(),
         ));
@@ -553,7 +581,7 @@ pub fn disable(
             .map_err(StoreError::from)?;
             ctx.audit(
                 conn,
-                crate::audit::Event::new(&actor.name, "user.disable", username),
+                crate::audit::Event::new(&actor.username, "user.disable", username),
             )?;
         }
     }
@@ -718,11 +746,11 @@ fn verdict(meta: &DocMeta, doc: &AutoCommit, authors: &Authors) -> Result<(), St
             ));
         };
         let is_self = self_service && (person.name == username || former.contains(&person.name));
-        let manager = person.role.parse::<Role>().ok().map(|r| Actor {
-            name: person.name.clone(),
-            role: r,
-            area: person.area.clone(),
-        });
+        let manager = person
+            .role
+            .parse::<Role>()
+            .ok()
+            .map(|r| Actor::person(person.name.clone(), r, person.area.clone()));
         let may_grant = manager.is_some_and(|m| check_authority(&m, role, &area).is_ok());
         if !is_self && !may_grant {
             return Err(format!(

@@ -10,9 +10,10 @@ use township_sync::AreaCode;
 use super::{NewUser, UserError};
 use crate::app::AppState;
 use crate::auth::Caller;
+use crate::auth::password::HashError;
 use crate::auth::roles::Role;
 use crate::config::Secret;
-use crate::http::extract::ApiJson;
+use crate::http::extract::{ApiJson, empty_as_none};
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
 
@@ -24,8 +25,25 @@ pub fn routes(r: Routes) -> Routes {
         .post("/api/v1/users/{username}/rename", rename)
 }
 
+impl From<UserError> for ApiError {
+    fn from(e: UserError) -> Self {
+        match e {
+            UserError::Invalid(invalid) => ApiError::Invalid(invalid),
+            UserError::Taken(_) | UserError::Ambiguous(_) => ApiError::Conflict(e.to_string()),
+            UserError::NotFound(_) => ApiError::NotFound,
+            UserError::Forbidden(m) => ApiError::Forbidden(m),
+            UserError::Hash(HashError::ShuttingDown) => {
+                ApiError::Unavailable("shutting down".into())
+            }
+            UserError::Hash(other) => ApiError::Internal(other.to_string()),
+            UserError::Store(s) => s.into(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct ListQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
     area: Option<String>,
 }
 
@@ -35,10 +53,9 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let within = match q.area {
-        Some(a) => a.parse::<AreaCode>().map_err(|e| ApiError::InvalidField {
-            field: "area".into(),
-            detail: e.to_string(),
-        })?,
+        Some(a) => a
+            .parse::<AreaCode>()
+            .map_err(|e| ApiError::invalid("area", e))?,
         None => caller.area.clone(),
     };
     if !caller.can_reach(&within) {
@@ -66,13 +83,6 @@ struct CreateBody {
     password: String,
 }
 
-fn invalid(field: &str, detail: impl ToString) -> ApiError {
-    ApiError::InvalidField {
-        field: field.into(),
-        detail: detail.to_string(),
-    }
-}
-
 async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -80,11 +90,14 @@ async fn create(
 ) -> Result<Response, ApiError> {
     let new = NewUser {
         username: body.username.trim().to_string(),
-        role: body.role.parse::<Role>().map_err(|e| invalid("role", e))?,
+        role: body
+            .role
+            .parse::<Role>()
+            .map_err(|e| ApiError::invalid("role", e))?,
         area: body
             .area
             .parse::<AreaCode>()
-            .map_err(|e| invalid("area", e))?,
+            .map_err(|e| ApiError::invalid("area", e))?,
         department: body.department,
         display_name: body.display_name.map(|d| d.trim().to_string()),
         phone: body
@@ -93,7 +106,14 @@ async fn create(
             .filter(|p| !p.is_empty()),
         password: Secret::new(body.password),
     };
-    let view = state.add_user(caller.actor(), new).await?;
+    let view = crate::users::accounts::add(
+        &state.store,
+        state.write_ctx(),
+        &state.hasher,
+        caller.actor.clone(),
+        new,
+    )
+    .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -109,9 +129,15 @@ async fn set_password(
     Path(username): Path<String>,
     ApiJson(body): ApiJson<PasswordBody>,
 ) -> Result<StatusCode, ApiError> {
-    state
-        .set_user_password(caller.actor(), username, Secret::new(body.password))
-        .await?;
+    crate::users::accounts::set_password(
+        &state.store,
+        state.write_ctx(),
+        &state.hasher,
+        caller.actor.clone(),
+        username,
+        Secret::new(body.password),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -121,7 +147,7 @@ async fn disable(
     Path(username): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let ctx = state.write_ctx();
-    let actor = caller.actor();
+    let actor = caller.actor.clone();
     state
         .store
         .write(move |conn| super::disable(conn, &ctx, &actor, &username))
@@ -149,12 +175,12 @@ async fn rename(
         .as_deref()
         .map(|i| {
             i.parse::<uuid::Uuid>()
-                .map_err(|_| invalid("id", "not a record id"))
+                .map_err(|_| ApiError::invalid("id", "not a record id"))
         })
         .transpose()?;
     let new_username = body.new_username.trim().to_string();
     let ctx = state.write_ctx();
-    let actor = caller.actor();
+    let actor = caller.actor.clone();
     let view = state
         .store
         .write(move |conn| super::rename(conn, &ctx, &actor, &username, id, &new_username))

@@ -75,29 +75,27 @@ impl Harness {
     }
 
     pub fn cli(&self) -> Actor {
-        Actor {
-            name: "test".into(),
-            role: Role::Admin,
-            area: self.state().node.area.clone(),
-        }
+        Actor::person("test", Role::Admin, self.state().node.area.clone())
     }
 
     pub async fn add_user(&self, username: &str, role: Role, area: &str, department: Option<&str>) {
-        self.state()
-            .add_user(
-                self.cli(),
-                NewUser {
-                    username: username.into(),
-                    role,
-                    area: area.parse().unwrap(),
-                    department: department.map(String::from),
-                    display_name: None,
-                    phone: None,
-                    password: Secret::new(format!("{username}-password")),
-                },
-            )
-            .await
-            .unwrap();
+        township_node::users::accounts::add(
+            &self.state().store,
+            self.state().write_ctx(),
+            &self.state().hasher,
+            self.cli(),
+            NewUser {
+                username: username.into(),
+                role,
+                area: area.parse().unwrap(),
+                department: department.map(String::from),
+                display_name: None,
+                phone: None,
+                password: Secret::new(format!("{username}-password")),
+            },
+        )
+        .await
+        .unwrap();
     }
 
     /// A session made directly in the store, so walking every route does not cost a PBKDF2 each.
@@ -110,13 +108,16 @@ impl Harness {
             csrf.clone(),
             self.clock.now_ms(),
         );
+        let account = self
+            .state()
+            .store
+            .read(move |conn| township_node::users::find_account(conn, &user))
+            .await
+            .unwrap()
+            .expect("session_for names an existing user");
         self.state()
             .store
-            .write(move |conn| {
-                let account = township_node::users::find_account(conn, &user)?
-                    .ok_or_else(|| StoreError::Job(format!("no user {user}")))?;
-                session::insert(conn, &hash, &account, &c, now, "test")
-            })
+            .write(move |conn| session::insert(conn, &hash, &account, &c, now, "test"))
             .await
             .unwrap();
         Sess {
