@@ -33,18 +33,22 @@ async fn idle(port: u16, county: PublicKey, key: NodeKey, area: String, hold: Du
             .await
             .expect("ws");
     let (client, hello) = handshake::Client::start(&key, county).expect("hello");
-    ws.send(Message::Binary(handshake::encode(&hello).into()))
-        .await
-        .expect("send");
+    ws.send(Message::Binary(
+        handshake::encode(&hello).expect("encode").into(),
+    ))
+    .await
+    .expect("send");
     let Some(Ok(Message::Binary(b))) = ws.next().await else {
         panic!("no server hello")
     };
     let (_, proof) = client
         .finish(handshake::decode(&b).expect("decode"))
         .expect("handshake");
-    ws.send(Message::Binary(handshake::encode(&proof).into()))
-        .await
-        .expect("send");
+    ws.send(Message::Binary(
+        handshake::encode(&proof).expect("encode").into(),
+    ))
+    .await
+    .expect("send");
     let Some(Ok(Message::Binary(b))) = ws.next().await else {
         panic!("no welcome")
     };
@@ -66,7 +70,7 @@ async fn idle(port: u16, county: PublicKey, key: NodeKey, area: String, hold: Du
         0,
     );
     for f in link.start(&conn, &store).expect("start") {
-        ws.send(Message::Binary(engine::encode(&f).into()))
+        ws.send(Message::Binary(engine::encode(&f).expect("encode").into()))
             .await
             .expect("send");
     }
@@ -77,7 +81,7 @@ async fn idle(port: u16, county: PublicKey, key: NodeKey, area: String, hold: Du
                 Some(Ok(Message::Binary(b))) => {
                     if let Ok(frame) = engine::decode(&b) {
                         for f in link.receive(&conn, &store, frame).expect("receive").frames {
-                            ws.send(Message::Binary(engine::encode(&f).into())).await.expect("send");
+                            ws.send(Message::Binary(engine::encode(&f).expect("encode").into())).await.expect("send");
                         }
                     }
                 }

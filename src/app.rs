@@ -59,7 +59,7 @@ pub struct AppInner {
     pub shutdown: CancellationToken,
     /// Every background task is spawned on this, so shutdown can wait for all of them.
     pub tasks: TaskTracker,
-    pub sync: crate::peers::SyncStatus,
+    pub sync: Arc<crate::sync::SyncStatus>,
     /// The upstream's URL and pinned key, if this node has one.
     pub upstream: Option<(String, township_sync::PublicKey)>,
     /// Devices, drivers and the readings stream.
@@ -149,7 +149,7 @@ impl AppState {
                 clock,
                 shutdown: CancellationToken::new(),
                 tasks: TaskTracker::new(),
-                sync: crate::peers::SyncStatus::default(),
+                sync: Arc::default(),
                 upstream,
                 telemetry,
             }),
@@ -217,6 +217,25 @@ impl AppState {
         });
     }
 
+    /// What sync sessions and the upstream link run with.
+    pub fn sync_runtime(&self) -> crate::sync::Runtime {
+        crate::sync::Runtime {
+            node: self.node.clone(),
+            key: self.key.clone(),
+            config: self.config.clone(),
+            store: self.store.clone(),
+            docs: self.docs.clone(),
+            blobs: self.blobs.clone(),
+            clock: self.clock.clone(),
+            status: self.sync.clone(),
+            upstream: self.upstream.clone(),
+            write_ctx: self.write_ctx(),
+            latest_seq: self.latest_seq.clone(),
+            shutdown: self.shutdown.clone(),
+            tasks: self.tasks.clone(),
+        }
+    }
+
     /// What the telemetry's background work runs with.
     pub fn telemetry_runtime(&self) -> crate::telemetry::Runtime {
         crate::telemetry::Runtime {
@@ -278,7 +297,7 @@ pub fn spawn_background(state: &AppState) {
             tracing::warn!(error = %e, "could not audit event summaries");
         }
     });
-    crate::peers::spawn_upstream(state);
+    crate::sync::spawn_upstream(&state.sync_runtime());
     state.spawn_every(Duration::from_secs(3600), |state| async move {
         let referenced = match state.store.read(crate::incidents::referenced_blobs).await {
             Ok(r) => r,

@@ -94,6 +94,11 @@ pub struct SyncConfig {
     /// closed and opened again.
     #[serde(with = "humantime_serde")]
     pub stall_timeout: Duration,
+    /// The longest wait between attempts to reach the upstream. Failures back off towards it; a
+    /// refusal only a person can fix (not enrolled, revoked, wrong key, other protocol version)
+    /// waits this long at once.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
 }
 
 impl Default for SyncConfig {
@@ -103,6 +108,7 @@ impl Default for SyncConfig {
             upstream_key: None,
             bandwidth_limit: 0,
             stall_timeout: Duration::from_secs(30),
+            retry_max: Duration::from_secs(60),
         }
     }
 }

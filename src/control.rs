@@ -76,7 +76,7 @@ pub enum Reply {
         user: String,
     },
     /// The node just enrolled.
-    Enrolled { node: crate::peers::PeerRow },
+    Enrolled { node: crate::sync::PeerRow },
     /// Projections rebuilt from the record documents.
     Rebuilt { documents: usize, millis: u64 },
 }
@@ -89,7 +89,7 @@ pub enum ControlError {
     #[error(transparent)]
     User(#[from] UserError),
     #[error(transparent)]
-    Enroll(#[from] crate::peers::EnrollError),
+    Enroll(#[from] crate::sync::EnrollError),
     #[error(transparent)]
     Random(#[from] session::RandomUnavailable),
     #[error(transparent)]
@@ -214,12 +214,12 @@ pub async fn execute(
             let node = state
                 .store
                 .write(move |conn| {
-                    let request = crate::peers::EnrollRequest {
+                    let request = crate::sync::EnrollRequest {
                         public_key,
                         area,
                         name,
                     };
-                    crate::peers::enroll(conn, &ctx, &our_area, &actor.username, request)
+                    crate::sync::enroll(conn, &ctx, &our_area, &actor.username, request)
                 })
                 .await?;
             Ok(Reply::Enrolled { node })

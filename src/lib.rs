@@ -1,22 +1,26 @@
 //! township-node: the offline-first node for grassroots digital governance.
 //!
-//! Code map (see ARCHITECTURE.md for the whole picture):
+//! Code map (see ARCHITECTURE.md for the whole picture, its "Layers" section for who may use whom):
 //! - [`cli`]: the `township-node` command line; the only place with `anyhow`.
-//! - [`app`]: wiring, start-up and shutdown.
+//! - [`app`]: the composition root: state, background tasks, start-up and shutdown.
+//! - [`demo`]: `township-node demo`, a node with sample people, cases and sensors.
 //! - [`config`]: the layered, typed configuration.
 //! - [`node`]: the data directory, `init`, identity checks and the directory lock.
+//! - [`clock`]: wall time (controllable in tests) and the one wire format for times.
 //! - [`store`]: SQLite, the writer thread, the read pool and migrations.
 //! - [`records`]: record writes through the document store, always with their audit entry.
+//! - [`invalid`]: the one "this field is wrong, because" error every domain uses.
 //! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
 //! - [`users`]: accounts as records, their projection and API.
 //! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
 //! - [`telemetry`]: devices, drivers, the readings stream, retention, status and the sensors API.
-//! - [`blobs`]: content-addressed attachments and thumbnails.
+//! - [`blobs`]: content-addressed attachments and thumbnails (core and routes).
 //! - [`audit`]: the hash-chained, signed audit log.
-//! - [`peers`]: enrollment, the sync WebSocket, the upstream client and the sync sessions.
+//! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`logging`]: log set-up and the wrapper for untrusted strings in log lines.
 //! - [`doctor`]: the data-directory checks behind `township-node doctor`.
 
 pub mod app;
@@ -35,8 +39,8 @@ pub mod invalid;
 pub mod logging;
 pub mod metrics;
 pub mod node;
-pub mod peers;
 pub mod records;
 pub mod store;
+pub mod sync;
 pub mod telemetry;
 pub mod users;

@@ -421,9 +421,11 @@ async fn connect_sync(
             .await
             .map_err(|e| e.to_string())?;
     let (client, hello) = handshake::Client::start(key, upstream).map_err(|e| e.to_string())?;
-    ws.send(Message::Binary(handshake::encode(&hello).into()))
-        .await
-        .map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(
+        handshake::encode(&hello).map_err(|e| e.to_string())?.into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let Some(Ok(Message::Binary(b))) = ws.next().await else {
         return Err("no server hello".into());
     };
@@ -432,9 +434,11 @@ async fn connect_sync(
         return Err(reason);
     }
     let (_, proof) = client.finish(frame).map_err(|e| e.to_string())?;
-    ws.send(Message::Binary(handshake::encode(&proof).into()))
-        .await
-        .map_err(|e| e.to_string())?;
+    ws.send(Message::Binary(
+        handshake::encode(&proof).map_err(|e| e.to_string())?.into(),
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     match ws.next().await {
         Some(Ok(Message::Binary(b))) => match handshake::decode(&b) {
             Ok(HandshakeFrame::Welcome { .. }) => Ok(ws),

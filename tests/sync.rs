@@ -188,7 +188,7 @@ fn villages_and_county_converge_after_the_county_was_down() {
         out.into_inner()
     };
     assert!(
-        photo.len() > 3 * township_node::peers::BLOB_CHUNK,
+        photo.len() > 3 * township_node::sync::BLOB_CHUNK,
         "{} bytes",
         photo.len()
     );
@@ -298,7 +298,16 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
 
     // The impostor answers at the county's address with its own key: the village refuses it.
     let fake = serve_on(&impostor, port);
-    let sv = serve_on(&village, free_port());
+    // Refusals wait `sync.retry_max` before the next try; short here so the test sees several.
+    let mut cmd = command(&[
+        "serve",
+        "--data-dir",
+        village.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]);
+    cmd.env("TOWNSHIP_SYNC__RETRY_MAX", "2s");
+    let sv = Server::spawn(cmd);
     let av = login(&sv.base, "admin", ADMIN_PASSWORD);
     report(&sv, &av, "不该泄露的事件", "330723001001");
     wait_for("a refusal", || {
@@ -325,7 +334,8 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
         let v: Value = serde_json::from_slice(&body).unwrap();
         v["upstream"]["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("not enrolled"))
+            .is_some_and(|e| e.contains("refused: ") && e.contains("not enrolled"))
+            && v["upstream"]["state"] == "refused"
     });
     assert!(incident_titles(&real, &ac).is_empty());
     let (_, _, body) = blocking_request(
@@ -357,7 +367,7 @@ async fn garbage_truncated_and_oversized_frames_close_the_connection_and_the_nod
         township_sync::NodeKey::generate().unwrap().0.public_key(),
     )
     .unwrap();
-    let valid = township_sync::handshake::encode(&hello);
+    let valid = township_sync::handshake::encode(&hello).unwrap();
     let attempts: Vec<Vec<u8>> = vec![
         vec![],
         vec![0xff; 64],

@@ -317,6 +317,28 @@ fn is_secret_key(key: &str) -> bool {
         .any(|s| key.contains(s))
 }
 
+/// This node's own chain entries after `after`, at most `limit`, as the JSON the upstream stores and
+/// verifies (seq, time, actor, action, target, detail, and both hashes).
+pub fn chain_after(
+    conn: &Connection,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after, limit], |r| {
+        let seq: i64 = r.get(0)?;
+        let entry = serde_json::json!({
+            "seq": seq, "at_ms": r.get::<_, i64>(1)?, "actor": r.get::<_, String>(2)?,
+            "action": r.get::<_, String>(3)?, "target": r.get::<_, String>(4)?, "detail": r.get::<_, String>(5)?,
+            "prev_hash": r.get::<_, String>(6)?, "hash": r.get::<_, String>(7)?,
+        });
+        Ok((seq, entry.to_string().into_bytes()))
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
 /// The effective configuration as `section.key = value` lines, secrets reduced to a short digest so
 /// a change is still visible without the value ever entering the database.
 pub fn flatten_config(

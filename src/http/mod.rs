@@ -43,7 +43,7 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::users::routes(r);
     let r = crate::audit::routes(r);
     let r = crate::incidents::routes(r, config.incidents.max_attachment_bytes);
-    let r = crate::peers::routes(r);
+    let r = crate::sync::routes(r);
     let r = crate::telemetry::routes(r);
     crate::blobs::routes(r)
 }

@@ -272,6 +272,36 @@ pub fn referenced_blobs(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The first attachment an incident here lists whose bytes the blob store lacks, skipping `skip`
+/// (ones a peer said it does not have). Rows are read lazily and stop at the first match; there is
+/// no fixed window, so a window's worth of unavailable attachments never hides the rest.
+pub fn first_missing_attachment(
+    conn: &Connection,
+    skip: &std::collections::HashSet<String>,
+) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT a.sha256 FROM incident_attachments a LEFT JOIN blobs b ON b.sha256 = a.sha256
+         WHERE b.sha256 IS NULL",
+    )?;
+    let mut rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.find_map(|row| {
+        row.ok()
+            .filter(|s| !skip.contains(s) && crate::blobs::is_sha256_hex(s))
+    }))
+}
+
+/// The areas of the incidents that list attachment `sha256`: a peer may have it exactly when it
+/// holds one of them.
+pub fn attachment_areas(conn: &Connection, sha256: &str) -> Result<Vec<AreaCode>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT i.area FROM incident_attachments a JOIN incidents i ON i.id = a.incident_id WHERE a.sha256 = ?1",
+    )?;
+    let areas: Vec<String> = stmt
+        .query_map([sha256], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(areas.iter().filter_map(|a| a.parse().ok()).collect())
+}
+
 /// Whether `actor` may read the attachment `sha256`: exactly when they may read an incident that
 /// lists it (its area, and for department handlers what is dispatched to their department).
 pub fn attachment_visible(

@@ -334,8 +334,9 @@ impl<'k> Server<'k> {
     }
 }
 
-pub fn encode(frame: &HandshakeFrame) -> Vec<u8> {
-    postcard::to_allocvec(frame).unwrap_or_default()
+/// Fails only if the frame cannot be serialised, a bug here: never an empty frame on the wire.
+pub fn encode(frame: &HandshakeFrame) -> Result<Vec<u8>, HandshakeError> {
+    postcard::to_allocvec(frame).map_err(|e| HandshakeError::Malformed(e.to_string()))
 }
 
 pub fn decode(bytes: &[u8]) -> Result<HandshakeFrame, HandshakeError> {
@@ -364,12 +365,12 @@ mod tests {
         let (client, hello) = Client::start(&village, county.public_key()).unwrap();
         let (server, server_hello) = Server::answer(
             &county,
-            decode(&encode(&hello)).unwrap(),
+            decode(&encode(&hello).unwrap()).unwrap(),
             enrolled(&village),
         )
         .unwrap();
         let (upstream, proof) = client
-            .finish(decode(&encode(&server_hello)).unwrap())
+            .finish(decode(&encode(&server_hello).unwrap()).unwrap())
             .unwrap();
         assert_eq!(upstream.public_key, county.public_key());
         let downstream = server.finish(proof).unwrap();

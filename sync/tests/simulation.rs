@@ -206,8 +206,8 @@ impl World {
             .start(&self.nodes[parent].conn, &self.nodes[parent].store)
             .unwrap();
         let wire = &mut self.wires[i];
-        wire.to_parent = from_child.iter().map(engine::encode).collect();
-        wire.to_child = from_parent.iter().map(engine::encode).collect();
+        wire.to_parent = from_child.iter().map(|f| engine::encode(f).expect("frames encode")).collect();
+        wire.to_child = from_parent.iter().map(|f| engine::encode(f).expect("frames encode")).collect();
         wire.up = Some(up);
         wire.down = Some(down);
         wire.connected = true;
@@ -239,7 +239,7 @@ impl World {
                     .unwrap();
                 self.wires[i]
                     .to_parent
-                    .extend(frames.iter().map(engine::encode));
+                    .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
             } else if parent == node {
                 let frames = self.wires[i]
                     .down
@@ -249,7 +249,7 @@ impl World {
                     .unwrap();
                 self.wires[i]
                     .to_child
-                    .extend(frames.iter().map(engine::encode));
+                    .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
             }
         }
     }
@@ -371,7 +371,7 @@ impl World {
         } else {
             &mut wire.to_parent
         };
-        back.extend(outcome.frames.iter().map(engine::encode));
+        back.extend(outcome.frames.iter().map(|f| engine::encode(f).expect("frames encode")));
         if let Some(upto) = outcome.acked {
             self.acked.insert((node, peer), upto);
         }
@@ -396,7 +396,7 @@ impl World {
                 .unwrap();
             self.wires[i]
                 .to_parent
-                .extend(frames.iter().map(engine::encode));
+                .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
             let frames = self.wires[i]
                 .down
                 .as_mut()
@@ -405,7 +405,7 @@ impl World {
                 .unwrap();
             self.wires[i]
                 .to_child
-                .extend(frames.iter().map(engine::encode));
+                .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
         }
     }
 

@@ -1,0 +1,316 @@
+//! One sync session: the handshake a downstream node opens with us, then the record sync engine over
+//! the authenticated connection until it closes, stalls, fails, or is cancelled (revocation,
+//! shutdown). Records go first; once they settle, append-only streams go up and attachments that
+//! this node lacks are fetched.
+
+use std::time::Duration;
+
+use axum::extract::ws::WebSocket;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use township_sync::engine::{self, Frame, Link, PeerInfo, Relation};
+use township_sync::handshake::{self, Enrollment, HandshakeFrame};
+use township_sync::{AreaCode, DocStore};
+
+use super::transport::{Bandwidth, FrameIo, Sender, recv_handshake, send_handshake};
+use super::{Runtime, SessionError, attachments, registry, streams};
+use crate::audit::Event;
+use crate::store::StoreError;
+
+/// How often a session looks for local changes to send (when the sequence number moved).
+const POLL: Duration = Duration::from_millis(300);
+/// Polls between engine ticks (stall checks); the engine restarts a record after five quiet ticks.
+const TICK_EVERY: u32 = 10;
+/// Polls between looks for attachments this node still lacks.
+const BLOB_LOOK_EVERY: u32 = 3;
+
+/// Tells a peer its handshake is refused, counts the refusal per client address (auditing the
+/// first of each window), and returns the reason as the session's error.
+async fn refuse(
+    rt: &Runtime,
+    socket: &mut WebSocket,
+    key: &str,
+    address: Option<std::net::IpAddr>,
+    reason: SessionError,
+) -> SessionError {
+    let text = reason.to_string();
+    if let Ok(bytes) = handshake::encode(&HandshakeFrame::Refused {
+        reason: text.clone(),
+    }) {
+        let _ = socket.send_frame(bytes).await;
+    }
+    if rt
+        .status
+        .refusals
+        .record(address, key, &text, rt.clock.now_ms())
+    {
+        audit_refusal(rt, key, address, &text).await;
+    }
+    reason
+}
+
+async fn audit_refusal(rt: &Runtime, key: &str, address: Option<std::net::IpAddr>, reason: &str) {
+    let (ctx, key, address, reason) = (
+        rt.write_ctx.clone(),
+        key.chars().take(64).collect::<String>(),
+        crate::audit::tally::address_group(address),
+        reason.to_string(),
+    );
+    let _ = rt
+        .store
+        .write(move |conn| {
+            ctx.audit(
+                conn,
+                Event::new("sync", "sync.refused", "handshake")
+                    .detail(json!({"reason": reason, "key": key, "client": address})),
+            )
+        })
+        .await;
+}
+
+/// Serves a downstream node that opened the sync WebSocket: the handshake against the registry,
+/// then the session, with the node's live connections tracked so a revocation can end them.
+pub async fn serve_downstream(
+    rt: Runtime,
+    mut socket: WebSocket,
+    address: Option<std::net::IpAddr>,
+) -> Result<(), SessionError> {
+    let hello = recv_handshake(&mut socket).await?;
+    let claimed = match &hello {
+        HandshakeFrame::ClientHello { public_key, .. } => public_key.clone(),
+        _ => String::new(),
+    };
+    let lookup = claimed.clone();
+    let enrolled = rt
+        .store
+        .read(move |conn| registry::peer_by_key(conn, &lookup))
+        .await?
+        .filter(|r| r.relation == "downstream");
+    let answer = handshake::Server::answer(&rt.key, hello, |_| {
+        enrolled.as_ref().map(|r| {
+            if r.revoked_ms.is_some() {
+                Enrollment::Revoked
+            } else {
+                Enrollment::Active
+            }
+        })
+    });
+    let (server, server_hello) = match answer {
+        Ok(ok) => ok,
+        Err(e) => return Err(refuse(&rt, &mut socket, &claimed, address, e.into()).await),
+    };
+    send_handshake(&mut socket, &server_hello).await?;
+    let proof = recv_handshake(&mut socket).await?;
+    let proven = match server.finish(proof) {
+        Ok(p) => p,
+        Err(e) => return Err(refuse(&rt, &mut socket, &claimed, address, e.into()).await),
+    };
+    send_handshake(
+        &mut socket,
+        &HandshakeFrame::Welcome {
+            area: rt.node.area.to_string(),
+        },
+    )
+    .await?;
+    let row = enrolled.ok_or_else(|| SessionError::Protocol("enrolment vanished".into()))?;
+    let (seen_id, seen_version, seen_at) = (
+        proven.node_id.clone(),
+        proven.software.clone(),
+        rt.clock.now_ms(),
+    );
+    rt.store
+        .write(move |conn| registry::record_seen(conn, &seen_id, seen_version.as_deref(), seen_at))
+        .await?;
+    let area: AreaCode = row
+        .area
+        .parse()
+        .map_err(|e: township_sync::AreaError| SessionError::Protocol(e.to_string()))?;
+    let peer = PeerInfo {
+        node_id: proven.node_id.clone(),
+        area,
+        relation: Relation::Downstream,
+    };
+    let cancel = rt.shutdown.child_token();
+    let connection = rt.status.register(&proven.node_id, cancel.clone());
+    // A revocation that landed between the enrolment check and the registration above found no
+    // connection to close; the database has it, so look again now that this one is registered.
+    let revoked_id = proven.node_id.clone();
+    let revoked = rt
+        .store
+        .read(move |conn| registry::is_revoked(conn, &revoked_id))
+        .await?;
+    if revoked {
+        rt.status.unregister(&proven.node_id, connection);
+        return Err(SessionError::RevokedWhileConnecting);
+    }
+    rt.status.update(Some(&proven.node_id), |l| {
+        l.connected = true;
+        l.since_ms = Some(rt.clock.now_ms());
+        l.last_error = None;
+    });
+    let result = run(
+        &rt,
+        &mut socket,
+        peer,
+        row.acked_seq,
+        Some(proven.node_id.clone()),
+        cancel,
+    )
+    .await;
+    rt.status.unregister(&proven.node_id, connection);
+    rt.status.update(Some(&proven.node_id), |l| {
+        l.connected = rt.status.connections(&proven.node_id) > 0;
+        l.last_error = result.as_ref().err().map(ToString::to_string);
+    });
+    result
+}
+
+/// Runs the record sync engine over an authenticated connection until it closes, fails, or `cancel`.
+/// `status_key` names the link in [`super::SyncStatus`] (`None` for the upstream).
+pub async fn run<S: FrameIo>(
+    rt: &Runtime,
+    io: &mut S,
+    peer: PeerInfo,
+    acked_seq: i64,
+    status_key: Option<String>,
+    cancel: CancellationToken,
+) -> Result<(), SessionError> {
+    let peer_id = peer.node_id.clone();
+    let docs = rt.docs.clone();
+    let link = Link::new(rt.node.area.clone(), peer.clone(), acked_seq);
+    let (mut link, frames, mut seen) = {
+        let docs = docs.clone();
+        let mut l = link;
+        rt.store
+            .write(move |conn| {
+                let frames = l.start(conn, &docs)?;
+                let seq = DocStore::current_seq(conn)?;
+                Ok::<_, StoreError>((l, frames, seq))
+            })
+            .await?
+    };
+    let mut sender = Sender {
+        bandwidth: Bandwidth::new(rt.config.sync.bandwidth_limit),
+        stall_timeout: rt.config.sync.stall_timeout,
+    };
+    let stall_timeout = sender.stall_timeout;
+    for f in &frames {
+        sender.send(io, f).await?;
+    }
+    let mut polls = 0u32;
+    let mut blobs = attachments::Fetch::default();
+    let mut streaming = false;
+    let mut last_heard = tokio::time::Instant::now();
+    let mut last_ping = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return Err(SessionError::ClosedHere),
+            incoming = io.recv_frame() => {
+                let bytes = match incoming {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(b)) => b,
+                };
+                last_heard = tokio::time::Instant::now();
+                let frame = engine::decode(&bytes)?;
+                let (docs, ctx, from) = (docs.clone(), rt.write_ctx.clone(), peer_id.clone());
+                let (l, outcome) = rt
+                    .store
+                    .write(move |conn| {
+                        let mut l = link;
+                        let outcome = l.receive(conn, &docs, frame)?;
+                        for (id, reason) in &outcome.refused {
+                            ctx.audit(
+                                conn,
+                                Event::new(&format!("node:{from}"), "sync.refused", &format!("record/{id}"))
+                                    .detail(json!({"reason": reason})),
+                            )?;
+                        }
+                        Ok::<_, StoreError>((l, outcome))
+                    })
+                    .await?;
+                link = l;
+                for meta in &outcome.changed {
+                    rt.write_ctx.saw_seq(meta.seq);
+                }
+                for f in &outcome.frames {
+                    sender.send(io, f).await?;
+                }
+                if let Some(upto) = outcome.acked {
+                    let (id, now) = (peer_id.clone(), rt.clock.now_ms());
+                    if let Err(e) = rt.store.write(move |conn| registry::record_ack(conn, &id, upto, now)).await {
+                        tracing::debug!(error = %e, "could not persist a sync acknowledgement");
+                    }
+                }
+                for frame in outcome.blobs {
+                    let replies = match frame {
+                        Frame::StreamBatch { .. } | Frame::StreamAck { .. } => {
+                            streams::handle(rt, &peer, frame, &mut streaming).await?
+                        }
+                        other => attachments::handle(rt, &peer, other, &mut blobs).await?,
+                    };
+                    for reply in &replies {
+                        sender.send(io, reply).await?;
+                    }
+                }
+                rt.status.update(status_key.as_deref(), |l| l.last_success_ms = Some(rt.clock.now_ms()));
+            }
+            () = tokio::time::sleep(POLL) => {
+                polls += 1;
+                if last_heard.elapsed() > stall_timeout {
+                    return Err(SessionError::Stalled(format!("nothing heard for {} s", stall_timeout.as_secs())));
+                }
+                if last_ping.elapsed() > stall_timeout / 3 {
+                    last_ping = tokio::time::Instant::now();
+                    sender.send(io, &Frame::Ping).await?;
+                }
+                let tick = polls.is_multiple_of(TICK_EVERY);
+                // Most polls find nothing new: skip the database unless a record changed or a tick is due.
+                if !tick && rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed) <= seen {
+                    continue;
+                }
+                let docs = docs.clone();
+                let (l, frames, now_seq, pending, pending_in) = rt
+                    .store
+                    .write(move |conn| {
+                        let mut l = link;
+                        let mut frames = Vec::new();
+                        let now_seq = DocStore::current_seq(conn)?;
+                        if now_seq > seen {
+                            for meta in DocStore::changed_since(conn, seen, 10_000)? {
+                                frames.extend(l.local_change(conn, &docs, &meta)?);
+                            }
+                        }
+                        if tick {
+                            frames.extend(l.tick(conn, &docs)?);
+                        }
+                        let pending = l.pending(conn);
+                        let pending_in = l.pending_in();
+                        Ok::<_, StoreError>((l, frames, now_seq, pending, pending_in))
+                    })
+                    .await?;
+                link = l;
+                seen = now_seq;
+                for f in &frames {
+                    sender.send(io, f).await?;
+                }
+                rt.status.update(status_key.as_deref(), |l| {
+                    l.pending_out = pending;
+                    l.pending_in = pending_in;
+                });
+                // Records first, then append-only streams up the tree, then attachments.
+                if pending == 0 && !streaming && peer.relation == Relation::Upstream
+                    && let Some(batch) = streams::next_batch(rt, &peer.node_id).await
+                {
+                    sender.send(io, &batch).await?;
+                    streaming = true;
+                }
+                if pending == 0 && !streaming && polls.is_multiple_of(BLOB_LOOK_EVERY)
+                    && let Some(request) = attachments::next_request(rt, &mut blobs).await
+                {
+                    sender.send(io, &request).await?;
+                }
+            }
+        }
+    }
+}
