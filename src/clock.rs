@@ -80,6 +80,27 @@ pub fn parse_time(field: &str, value: &str) -> Result<i64, TimeError> {
     check_time(field, ms)
 }
 
+/// Milliseconds since the epoch as RFC 3339 in UTC to the second (exports people read); empty for
+/// times before 1970, which no record here has.
+pub fn rfc3339_seconds(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| {
+            humantime::format_rfc3339_seconds(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// Milliseconds since the epoch as RFC 3339 in UTC to the millisecond (readings); empty before 1970.
+pub fn rfc3339_millis(ms: i64) -> String {
+    u64::try_from(ms)
+        .map(|ms| {
+            humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// Now as RFC 3339 in UTC, for records meant to be read by people.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()

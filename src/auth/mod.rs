@@ -1,5 +1,7 @@
 //! Authentication and authorization: who is calling (session cookie or API token), whether their role
-//! may use the route (one table, [`access`]), CSRF for cookie-authenticated changes, login throttling.
+//! may use the route (one table, [`access`]), passwords, sessions and sign-in throttling. The HTTP
+//! side of it (finding the caller of a request, the middleware that applies the table, CSRF) is in
+//! `crate::http::caller` and `crate::http::access`.
 
 pub mod access;
 pub mod actor;
@@ -11,15 +13,10 @@ pub mod throttle;
 
 pub use routes::routes;
 
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::{HeaderMap, header};
 use serde::Serialize;
 use township_sync::AreaCode;
 
-use crate::app::AppState;
-use crate::http::problem::ApiError;
-use crate::store::StoreError;
 use crate::users;
 use actor::{Actor, ActorRole};
 
@@ -45,6 +42,14 @@ impl std::ops::Deref for Caller {
     }
 }
 
+/// A caller whose area does not cover the node's asked for something that concerns the whole node.
+#[derive(Debug, thiserror::Error)]
+#[error("this concerns the whole node (area {node_area}); your account covers only {caller_area}")]
+pub struct NotNodeWide {
+    pub node_area: AreaCode,
+    pub caller_area: AreaCode,
+}
+
 /// What the API says about the current user.
 #[derive(Debug, Clone, Serialize)]
 pub struct Me {
@@ -56,7 +61,7 @@ pub struct Me {
 }
 
 impl Caller {
-    fn of(account: users::Account, via: Via) -> Caller {
+    pub fn of(account: users::Account, via: Via) -> Caller {
         Caller {
             actor: Actor::person(account.username, account.role, account.area)
                 .with_display_name(account.display_name)
@@ -68,14 +73,14 @@ impl Caller {
     /// For what concerns the node as a whole (its sync peers, its audit log): the caller's area must
     /// cover the node's. An admin of one village signed in at the township manages that village's
     /// accounts there, never the township's peers or its log.
-    pub fn require_node_wide(&self, node_area: &AreaCode) -> Result<(), ApiError> {
+    pub fn require_node_wide(&self, node_area: &AreaCode) -> Result<(), NotNodeWide> {
         if self.area.contains(node_area) {
             Ok(())
         } else {
-            Err(ApiError::Forbidden(format!(
-                "this concerns the whole node (area {node_area}); your account covers only {}",
-                self.area
-            )))
+            Err(NotNodeWide {
+                node_area: node_area.clone(),
+                caller_area: self.area.clone(),
+            })
         }
     }
 
@@ -87,17 +92,6 @@ impl Caller {
             area: self.area.clone(),
             department: self.department.clone(),
         }
-    }
-}
-
-impl<S: Send + Sync> FromRequestParts<S> for Caller {
-    type Rejection = ApiError;
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or(ApiError::Unauthorized)
     }
 }
 
@@ -113,86 +107,11 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The API token in an `Authorization: Bearer` header, if any.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-}
-
-/// Refreshing `last_seen` on every request would be a write per click; a minute is precise enough
-/// for a 30-minute idle timeout.
-const TOUCH_AFTER_MS: i64 = 60_000;
-
-/// Identifies the caller from an API token or a session cookie. Unknown, expired or disabled
-/// credentials identify nobody (the route's rule then decides between 401 and public access).
-pub async fn authenticate(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<Option<Caller>, ApiError> {
-    let now = state.clock.now_ms();
-    if let Some(token) = bearer(headers).filter(|t| t.starts_with(session::TOKEN_PREFIX)) {
-        let hash = session::secret_hash(token);
-        let found = state
-            .store
-            .read(move |conn| {
-                let Some(row) = session::lookup_token(conn, &hash)? else {
-                    return Ok::<_, StoreError>(None);
-                };
-                Ok(
-                    users::find_bound_account(conn, &row.username, Some(&row.account))?
-                        .map(|a| (row, a)),
-                )
-            })
-            .await?;
-        let Some((row, account)) = found else {
-            return Ok(None);
-        };
-        if account.disabled {
-            return Ok(None);
-        }
-        let id = row.id.clone();
-        state.spawn_write(move |conn| session::touch_token(conn, &id, now));
-        return Ok(Some(Caller::of(account, Via::Token { id: row.id })));
-    }
-    let Some(token) = cookie(headers, session::COOKIE_NAME) else {
-        return Ok(None);
-    };
-    let hash = session::secret_hash(token);
-    let lookup_hash = hash.clone();
-    let found = state
-        .store
-        .read(move |conn| {
-            let Some(row) = session::lookup(conn, &lookup_hash)? else {
-                return Ok::<_, StoreError>(None);
-            };
-            Ok(
-                users::find_bound_account(conn, &row.username, Some(&row.account))?
-                    .map(|a| (row, a)),
-            )
-        })
-        .await?;
-    let Some((row, account)) = found else {
-        return Ok(None);
-    };
-    let auth = &state.config.auth;
-    let idle_ms = auth.session_idle.as_millis() as i64;
-    let max_ms = auth.session_max.as_millis() as i64;
-    if now - row.last_seen_ms > idle_ms || now - row.created_ms > max_ms || account.disabled {
-        let expired = hash.clone();
-        state.spawn_write(move |conn| session::delete(conn, &expired).map(|_| ()));
-        return Ok(None);
-    }
-    if now - row.last_seen_ms > TOUCH_AFTER_MS {
-        let touched = hash.clone();
-        state.spawn_write(move |conn| session::touch(conn, &touched, now));
-    }
-    Ok(Some(Caller::of(
-        account,
-        Via::Session {
-            token_hash: hash,
-            csrf: row.csrf_token,
-        },
-    )))
 }

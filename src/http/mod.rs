@@ -4,6 +4,8 @@
 //! Domains own their routes; this module only mounts them. [`app`] needs no socket, so most handler
 //! tests call it with `tower::ServiceExt::oneshot`.
 
+pub mod access;
+pub mod caller;
 pub mod csv;
 pub mod extract;
 pub mod problem;
@@ -55,7 +57,7 @@ pub fn app(state: AppState) -> Router {
     let hosts = std::sync::Arc::new(AllowedHosts::new(&http.tls_names));
     all_routes(&state.config)
         .into_router()
-        .route_layer(middleware::from_fn_with_state(state.clone(), crate::auth::access::authorize))
+        .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(middleware::from_fn(label_route))
         .fallback(ui::fallback)
         .layer(middleware::from_fn_with_state(hosts, check_host))

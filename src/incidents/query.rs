@@ -265,48 +265,6 @@ pub fn all(conn: &Connection, f: &Filter, max: usize) -> Result<Vec<Row>, StoreE
     Ok(list(conn, &f)?.0)
 }
 
-fn format_ms(ms: Option<i64>) -> String {
-    ms.and_then(|ms| u64::try_from(ms).ok())
-        .map(|ms| {
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms),
-            )
-            .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// The incidents as CSV (see [`crate::http::csv`]).
-pub fn to_csv(rows: &[Row]) -> String {
-    let mut out = String::from(crate::http::csv::BOM);
-    out.push_str(
-        "编号 id,区划 area,类别 category,标题 title,状态 state,上报人 reporter,牵头部门 lead_department,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,描述 description\r\n",
-    );
-    for r in rows {
-        let cells = [
-            r.id.clone(),
-            r.area.clone(),
-            r.category.clone(),
-            r.title.clone(),
-            r.state.clone(),
-            r.reporter.clone(),
-            r.lead_department.clone().unwrap_or_default(),
-            r.assist_departments.join(";"),
-            r.assignee.clone().unwrap_or_default(),
-            r.lat.map(|v| v.to_string()).unwrap_or_default(),
-            r.lon.map(|v| v.to_string()).unwrap_or_default(),
-            r.place.clone().unwrap_or_default(),
-            format_ms(Some(r.created_ms)),
-            format_ms(r.due_ms),
-            r.due_state.clone(),
-            r.rating.map(|v| v.to_string()).unwrap_or_default(),
-            r.description.clone(),
-        ];
-        out.push_str(&crate::http::csv::line(&cells));
-    }
-    out
-}
-
 /// GeoJSON (RFC 7946) points for incidents that have a location.
 pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
     let features: Vec<serde_json::Value> = rows
@@ -319,7 +277,7 @@ pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
                 "geometry": {"type": "Point", "coordinates": [lon, lat]},
                 "properties": {
                     "title": r.title, "category": r.category, "state": r.state, "area": r.area,
-                    "reporter": r.reporter, "lead_department": r.lead_department, "created": format_ms(Some(r.created_ms)),
+                    "reporter": r.reporter, "lead_department": r.lead_department, "created": crate::clock::rfc3339_seconds(r.created_ms),
                     "due_state": r.due_state, "place": r.place,
                 }
             }))

@@ -15,6 +15,7 @@ use super::{Attachment, IncidentError, NewIncident, TransitionRequest, invalid};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::roles::Role;
+use crate::http::csv;
 use crate::http::extract::{ApiJson, empty_as_none};
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
@@ -304,7 +305,7 @@ async fn export_csv(
 ) -> Result<Response, ApiError> {
     let rows = export_rows(&state, &caller, q).await?;
     Ok(download(
-        query::to_csv(&rows).into_response(),
+        incidents_csv(&rows).into_response(),
         "text/csv; charset=utf-8",
         "attachment; filename=\"incidents.csv\"",
     ))
@@ -592,4 +593,35 @@ async fn catalog(State(state): State<AppState>) -> Json<serde_json::Value> {
         "node_area": state.node.area,
         "max_attachment_bytes": state.config.incidents.max_attachment_bytes,
     }))
+}
+
+/// The incidents as CSV (see [`crate::http::csv`]).
+fn incidents_csv(rows: &[query::Row]) -> String {
+    let mut out = String::from(csv::BOM);
+    out.push_str(
+        "编号 id,区划 area,类别 category,标题 title,状态 state,上报人 reporter,牵头部门 lead_department,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,描述 description\r\n",
+    );
+    for r in rows {
+        let cells = [
+            r.id.clone(),
+            r.area.clone(),
+            r.category.clone(),
+            r.title.clone(),
+            r.state.clone(),
+            r.reporter.clone(),
+            r.lead_department.clone().unwrap_or_default(),
+            r.assist_departments.join(";"),
+            r.assignee.clone().unwrap_or_default(),
+            r.lat.map(|v| v.to_string()).unwrap_or_default(),
+            r.lon.map(|v| v.to_string()).unwrap_or_default(),
+            r.place.clone().unwrap_or_default(),
+            crate::clock::rfc3339_seconds(r.created_ms),
+            r.due_ms.map(crate::clock::rfc3339_seconds).unwrap_or_default(),
+            r.due_state.clone(),
+            r.rating.map(|v| v.to_string()).unwrap_or_default(),
+            r.description.clone(),
+        ];
+        out.push_str(&csv::line(&cells));
+    }
+    out
 }

@@ -228,15 +228,6 @@ async fn readings(
     })))
 }
 
-fn rfc3339(ms: i64) -> String {
-    u64::try_from(ms)
-        .map(|ms| {
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + Duration::from_millis(ms))
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
 async fn readings_csv(
     State(state): State<AppState>,
     caller: Caller,
@@ -289,7 +280,7 @@ async fn readings_csv(
                                 .unwrap_or_default();
                             out.push_str(&format!(
                                 "{},{dev},{met},{},{unit},{quality}\r\n",
-                                rfc3339(p.t),
+                                crate::clock::rfc3339_millis(p.t),
                                 p.value
                             ));
                             rows += 1;
@@ -301,7 +292,7 @@ async fn readings_csv(
                         {
                             out.push_str(&format!(
                                 "{},{dev},{met},{},{},{},{},{},{unit}\r\n",
-                                rfc3339(p.t),
+                                crate::clock::rfc3339_millis(p.t),
                                 p.min,
                                 p.max,
                                 p.mean,
