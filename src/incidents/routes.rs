@@ -616,7 +616,9 @@ fn incidents_csv(rows: &[query::Row]) -> String {
             r.lon.map(|v| v.to_string()).unwrap_or_default(),
             r.place.clone().unwrap_or_default(),
             crate::clock::rfc3339_seconds(r.created_ms),
-            r.due_ms.map(crate::clock::rfc3339_seconds).unwrap_or_default(),
+            r.due_ms
+                .map(crate::clock::rfc3339_seconds)
+                .unwrap_or_default(),
             r.due_state.clone(),
             r.rating.map(|v| v.to_string()).unwrap_or_default(),
             r.description.clone(),

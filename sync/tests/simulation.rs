@@ -206,8 +206,14 @@ impl World {
             .start(&self.nodes[parent].conn, &self.nodes[parent].store)
             .unwrap();
         let wire = &mut self.wires[i];
-        wire.to_parent = from_child.iter().map(|f| engine::encode(f).expect("frames encode")).collect();
-        wire.to_child = from_parent.iter().map(|f| engine::encode(f).expect("frames encode")).collect();
+        wire.to_parent = from_child
+            .iter()
+            .map(|f| engine::encode(f).expect("frames encode"))
+            .collect();
+        wire.to_child = from_parent
+            .iter()
+            .map(|f| engine::encode(f).expect("frames encode"))
+            .collect();
         wire.up = Some(up);
         wire.down = Some(down);
         wire.connected = true;
@@ -237,9 +243,11 @@ impl World {
                     .unwrap()
                     .local_change(&n.conn, &n.store, meta)
                     .unwrap();
-                self.wires[i]
-                    .to_parent
-                    .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
+                self.wires[i].to_parent.extend(
+                    frames
+                        .iter()
+                        .map(|f| engine::encode(f).expect("frames encode")),
+                );
             } else if parent == node {
                 let frames = self.wires[i]
                     .down
@@ -247,9 +255,11 @@ impl World {
                     .unwrap()
                     .local_change(&n.conn, &n.store, meta)
                     .unwrap();
-                self.wires[i]
-                    .to_child
-                    .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
+                self.wires[i].to_child.extend(
+                    frames
+                        .iter()
+                        .map(|f| engine::encode(f).expect("frames encode")),
+                );
             }
         }
     }
@@ -371,7 +381,12 @@ impl World {
         } else {
             &mut wire.to_parent
         };
-        back.extend(outcome.frames.iter().map(|f| engine::encode(f).expect("frames encode")));
+        back.extend(
+            outcome
+                .frames
+                .iter()
+                .map(|f| engine::encode(f).expect("frames encode")),
+        );
         if let Some(upto) = outcome.acked {
             self.acked.insert((node, peer), upto);
         }
@@ -394,18 +409,22 @@ impl World {
                 .unwrap()
                 .tick(&self.nodes[child].conn, &self.nodes[child].store)
                 .unwrap();
-            self.wires[i]
-                .to_parent
-                .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
+            self.wires[i].to_parent.extend(
+                frames
+                    .iter()
+                    .map(|f| engine::encode(f).expect("frames encode")),
+            );
             let frames = self.wires[i]
                 .down
                 .as_mut()
                 .unwrap()
                 .tick(&self.nodes[parent].conn, &self.nodes[parent].store)
                 .unwrap();
-            self.wires[i]
-                .to_child
-                .extend(frames.iter().map(|f| engine::encode(f).expect("frames encode")));
+            self.wires[i].to_child.extend(
+                frames
+                    .iter()
+                    .map(|f| engine::encode(f).expect("frames encode")),
+            );
         }
     }
 

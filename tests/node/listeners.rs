@@ -4,14 +4,12 @@
 //! log lines forged through a username. Attackers bind to their own loopback addresses
 //! (127.0.0.x all reach the node on Linux); the sensors are real MQTT and HJ 212 clients.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Server, Session, blocking_request, init_node, login};
+use crate::common::{ADMIN_PASSWORD, Server, Session, blocking_request, init_node, login};
 use serde_json::Value;
 use township_drivers::hj212;
 

@@ -1,10 +1,8 @@
 //! Every CLI subcommand's success and failure paths, against the real binary in temp directories.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::*;
+use crate::common::*;
 
 #[test]
 fn help_documents_every_subcommand() {

@@ -5,13 +5,11 @@
 //! merge, fields that exceed their writers are quarantined where projections read them, a clashing
 //! username never takes over a township account, and forged workflow steps do not count.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::common::*;
 use automerge::transaction::Transactable;
-use common::*;
 use serde_json::{Value, json};
 use township_node::config::Config;
 use township_node::node::DataDir;

@@ -1,8 +1,6 @@
 //! Graceful shutdown in process: an in-flight request finishes after the shutdown signal, new
 //! connections are refused, background tasks are awaited, and the store closes last.
 
-mod common;
-
 use std::time::Duration;
 
 use axum::routing::get;
@@ -13,7 +11,7 @@ use township_node::node::DataDir;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_requests_finish_and_tasks_are_awaited() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(common::init_node(tmp.path()));
+    let dir = DataDir::new(crate::common::init_node(tmp.path()));
     let opened = app::open(&dir, Config::default()).await.unwrap();
     let state = opened.state.clone();
 
@@ -50,8 +48,9 @@ async fn in_flight_requests_finish_and_tasks_are_awaited() {
         Duration::from_secs(5),
     ));
 
-    let request =
-        tokio::task::spawn_blocking(move || common::blocking_get(&format!("http://{addr}/slow")));
+    let request = tokio::task::spawn_blocking(move || {
+        crate::common::blocking_get(&format!("http://{addr}/slow"))
+    });
     started_rx.await.unwrap();
     state.shutdown.cancel();
 
@@ -85,7 +84,7 @@ async fn in_flight_requests_finish_and_tasks_are_awaited() {
 #[tokio::test]
 async fn the_grace_period_bounds_a_request_that_never_ends() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = DataDir::new(common::init_node(tmp.path()));
+    let dir = DataDir::new(crate::common::init_node(tmp.path()));
     let opened = app::open(&dir, Config::default()).await.unwrap();
     let state = opened.state.clone();
     let router = township_node::http::app(state.clone()).route(
@@ -104,7 +103,7 @@ async fn the_grace_period_bounds_a_request_that_never_ends() {
         Duration::from_millis(300),
     ));
     let _request = tokio::task::spawn_blocking(move || {
-        common::blocking_get(&format!("http://{addr}/forever"))
+        crate::common::blocking_get(&format!("http://{addr}/forever"))
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     state.shutdown.cancel();

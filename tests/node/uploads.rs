@@ -3,21 +3,21 @@
 //! size, CSV cells that would run as formulas, the daily upload quota, and files left behind by
 //! record writes that never committed.
 
-mod common;
-
+use crate::common::harness::*;
 use axum::http::StatusCode;
-use common::harness::*;
 use serde_json::{Value, json};
 use township_node::auth::roles::Role;
 use township_node::config::Config;
 
-async fn create(h: &Harness, s: &Sess, body: Value) -> String {
-    let (status, _, v) = h.as_(s, "POST", "/api/v1/incidents", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
+async fn create(h: &Harness, s: &Session, body: Value) -> String {
+    let v = h
+        .act(s, "POST", "/api/v1/incidents", Some(body))
+        .await
+        .expect(StatusCode::CREATED);
     v["id"].as_str().unwrap().to_string()
 }
 
-async fn upload(h: &Harness, s: &Sess, id: &str, bytes: &[u8]) -> (StatusCode, Value) {
+async fn upload(h: &Harness, s: &Session, id: &str, bytes: &[u8]) -> (StatusCode, Value) {
     let (ct, body) = multipart("file", "photo.jpg", bytes);
     let (status, _, out) = h
         .send_raw(
@@ -31,7 +31,7 @@ async fn upload(h: &Harness, s: &Sess, id: &str, bytes: &[u8]) -> (StatusCode, V
     (status, serde_json::from_slice(&out).unwrap_or(Value::Null))
 }
 
-async fn get(h: &Harness, s: &Sess, path: &str) -> (StatusCode, Vec<u8>) {
+async fn get(h: &Harness, s: &Session, path: &str) -> (StatusCode, Vec<u8>) {
     let (status, _, body) = h.send_raw(s, "GET", path, "text/plain", vec![]).await;
     (status, body)
 }

@@ -3,11 +3,9 @@
 //! guesses sent at once are all counted, a stranger cannot lock the owner out, a browser that
 //! signed in before passes the account-wide limit, and a disabled account is no oracle.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -1,13 +1,11 @@
 //! Durability under power-cut conditions: incidents acknowledged with 201 survive `kill -9` of the
 //! node, across repeated kills in the middle of concurrent writes, and the database stays intact.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 #[test]

@@ -20,6 +20,8 @@ use township_node::node::{self, DataDir, InitRequest};
 use township_node::store::StoreError;
 use township_node::users::{Actor, NewUser};
 
+pub use super::Session;
+
 pub const START_MS: i64 = 1_790_000_000_000;
 pub const MINUTE: i64 = 60_000;
 pub const ADMIN_PW: &str = "Admin-Pass-2026";
@@ -30,10 +32,23 @@ pub struct Harness {
     pub clock: Clock,
 }
 
-#[derive(Clone, Debug)]
-pub struct Sess {
-    pub cookie: String,
-    pub csrf: String,
+/// What a request came back with; [`Answer::expect`] asserts the status and returns the body.
+#[derive(Debug)]
+pub struct Answer {
+    /// `METHOD uri`, for the failure message.
+    pub request: String,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The body, after asserting the status (the body is in the message when it differs).
+    #[track_caller]
+    pub fn expect(self, status: StatusCode) -> Value {
+        assert_eq!(self.status, status, "{}: {}", self.request, self.body);
+        self.body
+    }
 }
 
 impl Harness {
@@ -41,7 +56,19 @@ impl Harness {
         Harness::with_config(Config::default()).await
     }
 
+    /// `s` sends `method uri` with an optional JSON body; pair with [`Answer::expect`].
+    pub async fn act(&self, s: &Session, method: &str, uri: &str, body: Option<Value>) -> Answer {
+        let (status, headers, body) = self.as_(s, method, uri, body).await;
+        Answer {
+            request: format!("{method} {uri}"),
+            status,
+            headers,
+            body,
+        }
+    }
+
     pub async fn with_config(mut config: Config) -> Harness {
+        super::capture_logs();
         // Requests in these tests name the host node.test, as a browser would name the hub.
         config.http.tls_names.push("node.test".into());
         let tmp = tempfile::tempdir().unwrap();
@@ -99,7 +126,7 @@ impl Harness {
     }
 
     /// A session made directly in the store, so walking every route does not cost a PBKDF2 each.
-    pub async fn session_for(&self, username: &str) -> Sess {
+    pub async fn session_for(&self, username: &str) -> Session {
         let token = session::random_secret().unwrap();
         let csrf = session::random_secret().unwrap();
         let (hash, user, c, now) = (
@@ -120,7 +147,7 @@ impl Harness {
             .write(move |conn| session::insert(conn, &hash, &account, &c, now, "test"))
             .await
             .unwrap();
-        Sess {
+        Session {
             cookie: format!("{}={token}", session::COOKIE_NAME),
             csrf,
         }
@@ -168,7 +195,7 @@ impl Harness {
 
     pub async fn as_(
         &self,
-        s: &Sess,
+        s: &Session,
         method: &str,
         uri: &str,
         body: Option<Value>,
@@ -186,7 +213,7 @@ impl Harness {
         &self,
         username: &str,
         password: &str,
-    ) -> Result<Sess, (StatusCode, HeaderMap)> {
+    ) -> Result<Session, (StatusCode, HeaderMap)> {
         let (status, headers, body) = self
             .call(
                 "POST",
@@ -205,7 +232,7 @@ impl Harness {
             .next()
             .unwrap()
             .to_string();
-        Ok(Sess {
+        Ok(Session {
             cookie,
             csrf: body["csrf_token"].as_str().unwrap().to_string(),
         })
@@ -232,7 +259,7 @@ impl Harness {
         role: Role,
         area: &str,
         department: Option<&str>,
-    ) -> Sess {
+    ) -> Session {
         self.add_user(username, role, area, department).await;
         self.session_for(username).await
     }
@@ -240,7 +267,7 @@ impl Harness {
     /// Sends raw bytes with a content type (multipart uploads).
     pub async fn send_raw(
         &self,
-        s: &Sess,
+        s: &Session,
         method: &str,
         uri: &str,
         content_type: &str,

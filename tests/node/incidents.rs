@@ -2,21 +2,19 @@
 //! manual clock with automatic escalation, transitions made apart on two nodes and merged, attachments
 //! byte for byte, CSV and GeoJSON exports, Chinese full-text search, paging and indicators.
 
-mod common;
-
+use crate::common::harness::*;
 use axum::http::StatusCode;
-use common::harness::*;
 use serde_json::{Value, json};
 use township_node::auth::roles::Role;
 use township_node::config::Config;
 use township_node::store::StoreError;
 
 struct Cast {
-    grid: Sess,
-    staff: Sess,
-    water: Sess,
-    police: Sess,
-    it: Sess,
+    grid: Session,
+    staff: Session,
+    water: Session,
+    police: Session,
+    it: Session,
 }
 
 async fn cast(h: &Harness) -> Cast {
@@ -37,13 +35,15 @@ async fn cast(h: &Harness) -> Cast {
     }
 }
 
-async fn create(h: &Harness, s: &Sess, body: Value) -> String {
-    let (status, _, v) = h.as_(s, "POST", "/api/v1/incidents", Some(body)).await;
-    assert_eq!(status, StatusCode::CREATED, "{v}");
+async fn create(h: &Harness, s: &Session, body: Value) -> String {
+    let v = h
+        .act(s, "POST", "/api/v1/incidents", Some(body))
+        .await
+        .expect(StatusCode::CREATED);
     v["id"].as_str().unwrap().to_string()
 }
 
-async fn act(h: &Harness, s: &Sess, id: &str, body: Value) -> (StatusCode, Value) {
+async fn act(h: &Harness, s: &Session, id: &str, body: Value) -> (StatusCode, Value) {
     let (status, _, v) = h
         .as_(
             s,
@@ -141,8 +141,10 @@ async fn the_whole_loop_by_each_role() {
     assert_eq!(v["comments"][0]["author"], "water.zhao");
 
     // Indicators count it: reported, accepted, closed, cross-department, on time, satisfaction.
-    let (status, _, ind) = h.as_(&c.staff, "GET", "/api/v1/indicators", None).await;
-    assert_eq!(status, StatusCode::OK);
+    let ind = h
+        .act(&c.staff, "GET", "/api/v1/indicators", None)
+        .await
+        .expect(StatusCode::OK);
     let t = &ind["total"];
     assert_eq!(
         (
@@ -783,8 +785,7 @@ async fn chinese_full_text_search_filters_paging_and_exports() {
         let s = c.staff.clone();
         async move {
             let url = format!("/api/v1/incidents?q={}", urlencode(&q));
-            let (status, _, v) = h.as_(&s, "GET", &url, None).await;
-            assert_eq!(status, StatusCode::OK, "{q}: {v}");
+            let v = h.act(&s, "GET", &url, None).await.expect(StatusCode::OK);
             v["incidents"]
                 .as_array()
                 .unwrap()

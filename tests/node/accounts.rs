@@ -2,9 +2,7 @@
 //! `rebuild` and `audit verify` commands both while the node runs (through its control socket) and
 //! while it is stopped, and sign-in over real HTTP.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 
 fn data(dir: &std::path::Path) -> &str {

@@ -6,15 +6,15 @@
 //! The peers come from Debian and PyPI; `tests/run.sh` installs them and sets TOWNSHIP_REQUIRE_PEERS=1,
 //! so in CI a missing peer is a failure. A plain `cargo test` without them skips these tests, saying so.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_node, login};
+use crate::common::{
+    ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_node, login,
+};
 use serde_json::Value;
 use township_drivers::hj212;
 
@@ -775,8 +775,12 @@ fn readings_acknowledged_through_an_external_broker_survive_kill_9() {
     let (status, _) = server.signal_and_wait(rustix::process::Signal::TERM);
     assert!(status.success());
     // The database is sound, and every acknowledged reading is still there after an orderly restart.
-    let doctor = common::run(&["doctor", "--data-dir", dir.to_str().unwrap()]);
-    assert!(doctor.status.success(), "{}", common::stdout(&doctor));
+    let doctor = crate::common::run(&["doctor", "--data-dir", dir.to_str().unwrap()]);
+    assert!(
+        doctor.status.success(),
+        "{}",
+        crate::common::stdout(&doctor)
+    );
     let server = start(&dir, &config);
     let admin = login(&server.base, "admin", ADMIN_PASSWORD);
     assert_eq!(raw_values_all(&server, &admin), values);

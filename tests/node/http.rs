@@ -1,12 +1,10 @@
 //! The HTTP surface of a real serving process: system endpoints, metrics, problem details, the
 //! embedded UI with its SPA fallback and cache rules, and graceful shutdown on signals.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn json(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body)

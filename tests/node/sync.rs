@@ -2,11 +2,9 @@
 //! is stopped, the county started again, convergence checked through the HTTP API; enrollment,
 //! revocation, an impostor county and an unenrolled node refused.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 
 fn incident_titles(server: &Server, session: &Session) -> Vec<String> {
@@ -192,7 +190,7 @@ fn villages_and_county_converge_after_the_county_was_down() {
         "{} bytes",
         photo.len()
     );
-    let (ct, body) = common::harness::multipart("file", "photo.png", &photo);
+    let (ct, body) = crate::common::harness::multipart("file", "photo.png", &photo);
     let mut headers = a1.headers();
     headers.push(("content-type", &ct));
     let (status, _, reply) = blocking_send(
@@ -294,7 +292,11 @@ fn an_impostor_county_and_an_unenrolled_village_are_refused() {
         "--name",
         "v",
     ]);
-    assert!(enrolled.status.success(), "{}", common::stderr(&enrolled));
+    assert!(
+        enrolled.status.success(),
+        "{}",
+        crate::common::stderr(&enrolled)
+    );
 
     // The impostor answers at the county's address with its own key: the village refuses it.
     let fake = serve_on(&impostor, port);
@@ -493,7 +495,7 @@ fn a_link_cut_again_and_again_mid_sync_and_mid_blob_still_delivers_everything_ve
         out.into_inner()
     };
     assert!(photo.len() > 1_000_000);
-    let (ct, body) = common::harness::multipart("file", "big.png", &photo);
+    let (ct, body) = crate::common::harness::multipart("file", "big.png", &photo);
     let mut headers = av.headers();
     headers.push(("content-type", &ct));
     let (status, _, reply) = blocking_send(

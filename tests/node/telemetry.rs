@@ -2,13 +2,11 @@
 //! checked through the real router with a manual clock — latest values, status, raw and aggregated
 //! series, duplicates, range and clock flags, CSV, the live stream, retention, and area rules.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::harness::{Harness, MINUTE, START_MS};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::harness::{Harness, MINUTE, START_MS};
 use futures_util::StreamExt;
 use serde_json::Value;
 use tower::ServiceExt;

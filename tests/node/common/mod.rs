@@ -13,6 +13,20 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_township-node");
 
+/// With `TEST_LOG=1`, logs of in-process nodes go to the test's captured output (shown when it
+/// fails); node processes' lines are echoed by [`Server::spawn`].
+pub fn capture_logs() {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("debug")),
+            )
+            .with_test_writer()
+            .try_init();
+    }
+}
+
 /// Runs the binary to completion with a clean `TOWNSHIP_` environment.
 pub fn run(args: &[&str]) -> Output {
     command(args).output().expect("run township-node")
@@ -181,8 +195,13 @@ impl Server {
             Box::new(child.stderr.take().unwrap()),
         ] {
             let tx = tx.clone();
+            let show = std::env::var_os("TEST_LOG").is_some();
+            // Spawned from the test's thread, so what it prints is captured and shown on failure.
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if show {
+                        eprintln!("[node] {line}");
+                    }
                     let _ = tx.send(line);
                 }
             });

@@ -1,0 +1,23 @@
+//! The node's integration tests, one binary (so `tests/common` is built and the node linked once on a
+//! 2-core machine), one module per feature. Real processes on port 0 and in-process nodes with a
+//! manual clock share the helpers in `common`. Set `TEST_LOG=1` to see node logs with a failing test.
+
+mod common;
+
+mod accounts;
+mod authz;
+mod cli;
+mod crash;
+mod graceful;
+mod hostile;
+mod http;
+mod hygiene;
+mod incidents;
+mod layers;
+mod listeners;
+mod module_docs;
+mod sensors;
+mod signin;
+mod sync;
+mod telemetry;
+mod uploads;
