@@ -63,6 +63,9 @@ cargo test --workspace --locked -- --show-output 2>&1 | tee "$ROOT/target/cargo-
 test "${PIPESTATUS[0]}" -eq 0
 grep -h "^simulation:" "$ROOT/target/cargo-test.log" || true
 
+log "UI module tests (node --test)"
+node --test --test-reporter=spec tests/ui/
+
 if [ -n "${SKIP_E2E:-}" ]; then
   log "SKIP_E2E set: end-to-end tests skipped"
   exit 0

@@ -109,6 +109,19 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/stream", Access::SignedIn),
 ];
 
+/// What a person in `role` may call, as `METHOD /path` strings (route templates), for the UI: it
+/// shows only what the table lets the person do, instead of keeping its own copy of the role lists.
+pub fn capabilities(role: Role) -> Vec<String> {
+    RULES
+        .iter()
+        .filter(|r| match r.access {
+            Access::Public | Access::SignedIn => true,
+            Access::Roles(roles) => roles.contains(&role),
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
 pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
     let method = if method == Method::HEAD {
         "GET"
@@ -116,4 +129,22 @@ pub fn rule_for(method: &Method, path: &str) -> Option<&'static Rule> {
         method.as_str()
     };
     RULES.iter().find(|r| r.method == method && r.path == path)
+}
+
+#[cfg(test)]
+mod capability_tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_follow_the_table() {
+        let grid = capabilities(GridWorker);
+        assert!(grid.contains(&"POST /api/v1/incidents".to_string()));
+        assert!(!grid.contains(&"GET /api/v1/users".to_string()));
+        let handler = capabilities(Role::DeptHandler);
+        assert!(!handler.contains(&"POST /api/v1/incidents".to_string()));
+        assert!(handler.contains(&"GET /api/v1/incidents".to_string()));
+        let admin = capabilities(Admin);
+        assert!(admin.contains(&"POST /api/v1/users".to_string()));
+        assert!(admin.contains(&"DELETE /api/v1/nodes/{id}".to_string()));
+    }
 }

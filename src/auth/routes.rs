@@ -161,6 +161,7 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
             "area": account.area, "department": account.department,
         },
         "csrf_token": csrf,
+        "can": super::access::capabilities(account.role),
     });
     let mut response = Json(me).into_response();
     response.headers_mut().insert(
@@ -211,7 +212,13 @@ async fn current(caller: Caller) -> Response {
         Via::Session { csrf, .. } => Some(csrf.clone()),
         Via::Token { .. } => None,
     };
-    let mut response = Json(json!({ "user": caller.me(), "csrf_token": csrf })).into_response();
+    let can = caller
+        .role
+        .person()
+        .map(super::access::capabilities)
+        .unwrap_or_default();
+    let mut response =
+        Json(json!({ "user": caller.me(), "csrf_token": csrf, "can": can })).into_response();
     response
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

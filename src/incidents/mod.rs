@@ -915,8 +915,10 @@ pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_
         "deadline_kind": due.map(|d| d.2),
         "due_state": due.map(|(s, d, _)| due_state(now, s, d)).unwrap_or("ok"),
         "result_note": folded.state.result_note,
-        "transitions": folded.applied,
-        "conflicts": folded.conflicts,
+        "transitions": folded.applied.iter().map(transition_json).collect::<Vec<_>>(),
+        "conflicts": folded.conflicts.iter().map(|c| json!({
+            "transition": transition_json(&c.transition), "reason": c.reason,
+        })).collect::<Vec<_>>(),
         "field_conflicts": field_conflicts,
         "comments": read_comments(doc, authors),
         "attachments": read_attachments(doc, authors),
@@ -925,6 +927,16 @@ pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_
         "created_ms": created_ms,
         "updated_ms": meta.updated_ms,
     })
+}
+
+/// A transition as the API shows it: its fields, plus `at_ms` so clients need not parse the
+/// clock's wire format (`at` stays for ordering ties and for what is stored).
+fn transition_json(t: &Transition) -> serde_json::Value {
+    let mut value = serde_json::to_value(t).unwrap_or(serde_json::Value::Null);
+    if let Some(map) = value.as_object_mut() {
+        map.insert("at_ms".into(), json!(t.at.wall_ms));
+    }
+    value
 }
 
 /// Keeps the `incidents` table, its full-text index and the attachment index in step.

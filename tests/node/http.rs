@@ -250,19 +250,51 @@ fn the_ui_is_served_from_the_binary_from_any_directory() {
         }
     }
 
-    // ES module imports are relative, so every module under the versioned prefix must resolve.
+    // ES module imports are relative, so every module app.js reaches, directly or through others
+    // (static and dynamic imports), must resolve under the versioned prefix.
     let app_js = assets.iter().find(|a| a.ends_with("/js/app.js")).unwrap();
-    let prefix = app_js.trim_end_matches("app.js");
-    for module in [
-        "i18n.js",
-        "router.js",
-        "api.js",
-        "dom.js",
-        "pages/overview.js",
-        "pages/pending.js",
-    ] {
-        let (status, _, _) = blocking_get(&server.url(&format!("{prefix}{module}"))).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut queue = vec![app_js.to_string()];
+    while let Some(module) = queue.pop() {
+        if !seen.insert(module.clone()) {
+            continue;
+        }
+        let (status, _, body) = blocking_get(&server.url(&module)).unwrap();
         assert_eq!(status, 200, "{module}");
+        let text = String::from_utf8_lossy(&body).into_owned();
+        let dir = &module[..module.rfind('/').unwrap() + 1];
+        for quote in ["'./", "'../", "\"./", "\"../"] {
+            for (at, _) in text.match_indices(quote) {
+                let rest = &text[at + 1..];
+                let end = rest.find(['\'', '"']).unwrap_or(rest.len());
+                let target = &rest[..end];
+                if !target.ends_with(".js") {
+                    continue;
+                }
+                let mut parts: Vec<&str> = dir.trim_end_matches('/').split('/').collect();
+                for part in target.split('/') {
+                    match part {
+                        "." => {}
+                        ".." => {
+                            parts.pop();
+                        }
+                        p => parts.push(p),
+                    }
+                }
+                queue.push(parts.join("/"));
+            }
+        }
+    }
+    for expected in [
+        "pages/sensors-list.js",
+        "live-stream.js",
+        "i18n/zh-CN.js",
+        "format.js",
+    ] {
+        assert!(
+            seen.iter().any(|m| m.ends_with(expected)),
+            "{expected} not reached from app.js: {seen:?}"
+        );
     }
 
     // Conditional requests save the bytes on slow links.

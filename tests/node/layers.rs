@@ -47,8 +47,7 @@ fn layer_breaks(text: &str) -> Vec<(usize, String)> {
         let names_layer = |s: &str| {
             ["crate::app", "crate::http"].iter().any(|p| {
                 s.match_indices(p).any(|(at, _)| {
-                    !s[at + p.len()..]
-                        .starts_with(|c: char| c.is_alphanumeric() || c == '_')
+                    !s[at + p.len()..].starts_with(|c: char| c.is_alphanumeric() || c == '_')
                 })
             })
         };
@@ -60,7 +59,9 @@ fn layer_breaks(text: &str) -> Vec<(usize, String)> {
             && code
                 .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
                 .any(|word| {
-                    let word = word.trim_start_matches("use").trim_start_matches("crate::{");
+                    let word = word
+                        .trim_start_matches("use")
+                        .trim_start_matches("crate::{");
                     word == "app"
                         || word == "http"
                         || word.starts_with("app::")
@@ -98,7 +99,10 @@ fn domain_cores_never_name_app_or_http() {
             breaks.push(format!("{relative}:{line}: {code}"));
         }
     }
-    assert!(cores > 20, "found only {cores} core files; is the walk right?");
+    assert!(
+        cores > 20,
+        "found only {cores} core files; is the walk right?"
+    );
     assert!(
         breaks.is_empty(),
         "domain cores must take what they need as arguments, not reach for the app or HTTP layer \
@@ -110,7 +114,10 @@ fn domain_cores_never_name_app_or_http() {
 #[test]
 fn the_layer_check_sees_every_way_of_naming_a_layer() {
     assert_eq!(layer_breaks("use crate::app::AppState;").len(), 1);
-    assert_eq!(layer_breaks("fn f(e: crate::http::problem::ApiError) {}").len(), 1);
+    assert_eq!(
+        layer_breaks("fn f(e: crate::http::problem::ApiError) {}").len(),
+        1
+    );
     assert_eq!(
         layer_breaks("use crate::{\n    app::AppState,\n    store::Store,\n};").len(),
         1

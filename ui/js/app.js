@@ -1,8 +1,10 @@
-// Entry point: language, the signed-in user, the header, navigation by role, then the router.
+// Entry point: language, the signed-in user, the header, navigation by what the user may do, then the
+// router.
 import { applyTranslations, toggleLang, t } from './i18n.js';
 import { route, fallback, start, afterNavigate, navigate } from './router.js';
 import { getJson } from './api.js';
-import { refresh, currentUser, onChange, signOut, hasRole } from './session.js';
+import { formatTime } from './format.js';
+import { refresh, currentUser, onChange, signOut, can } from './session.js';
 import * as overview from './pages/overview.js';
 import * as login from './pages/login.js';
 import * as users from './pages/users.js';
@@ -12,19 +14,19 @@ import * as report from './pages/report.js';
 import * as incident from './pages/incident.js';
 import * as indicators from './pages/indicators.js';
 import * as nodes from './pages/nodes.js';
-import * as sensors from './pages/sensors.js';
+import * as sensorsList from './pages/sensors-list.js';
+import * as sensorsStation from './pages/sensors-station.js';
 import { pending, notFound } from './pages/pending.js';
 
-const ACCOUNT_ADMINS = ['admin', 'county_it'];
-
-// Pages that need a signed-in user (and, where given, one of these roles).
-function guarded(render, roles) {
+// Pages that need a signed-in user and, where given, the API route the page is built on: a user the
+// node would refuse there gets "not found" rather than a page of errors.
+function guarded(render, method, path) {
   return async (main, params) => {
     if (!currentUser()) {
       navigate(`/login?next=${encodeURIComponent(location.pathname)}`, { replace: true });
       return;
     }
-    if (roles && !hasRole(...roles)) {
+    if (method && !can(method, path)) {
       await notFound(main);
       return;
     }
@@ -34,17 +36,17 @@ function guarded(render, roles) {
 
 route('/', (main) => overview.render(main));
 route('/login', (main) => login.render(main));
-route('/users', guarded(users.render, ACCOUNT_ADMINS));
-route('/audit', guarded(audit.render, ACCOUNT_ADMINS));
+route('/users', guarded(users.render, 'GET', '/api/v1/users'));
+route('/audit', guarded(audit.render, 'GET', '/api/v1/audit'));
 route('/incidents', guarded(incidents.renderList));
-route('/incidents/new', guarded(report.render, ['grid_worker', 'township_staff', 'county_it', 'admin']));
+route('/incidents/new', guarded(report.render, 'POST', '/api/v1/incidents'));
 route('/incidents/:id', guarded(incident.render));
 route('/tasks', guarded(incidents.renderTasks));
 route('/indicators', guarded(indicators.render));
-route('/nodes', guarded(nodes.render, ACCOUNT_ADMINS));
+route('/nodes', guarded(nodes.render, 'GET', '/api/v1/nodes'));
 // Every signed-in role sees sensors; the node shows each only the stations inside their area.
-route('/sensors', guarded(sensors.renderList));
-route('/sensors/:id', guarded(sensors.renderStation));
+route('/sensors', guarded(sensorsList.renderList));
+route('/sensors/:id', guarded(sensorsStation.renderStation));
 for (const [path, key] of [
   ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],
@@ -91,9 +93,10 @@ function renderUser(user) {
     link.textContent = t('login.title');
     box.append(link);
   }
-  // Only offer what the role can use.
-  for (const a of document.querySelectorAll('#nav a[data-roles]')) {
-    a.hidden = !(user && a.dataset.roles.split(',').includes(user.role));
+  // Only offer what the node lets this user use; data-can is the route the page is built on.
+  for (const a of document.querySelectorAll('#nav a[data-can]')) {
+    const [method, path] = a.dataset.can.split(' ');
+    a.hidden = !can(method, path);
   }
   for (const a of document.querySelectorAll('#nav a[data-signed-in]')) {
     a.hidden = !user;
@@ -118,6 +121,7 @@ async function linkState() {
     state.textContent = '';
     return;
   }
+  state.title = '';
   try {
     const s = await getJson('/api/v1/sync/status', { timeoutMs: 8000 });
     if (!s.upstream) {
@@ -126,10 +130,14 @@ async function linkState() {
     } else if (s.upstream.state === 'connected') {
       state.dataset.state = 'online';
       state.textContent = s.upstream.pending_out > 0 ? `${t('link.connected')} · ${s.upstream.pending_out}` : t('link.connected');
+    } else if (s.upstream.state === 'refused') {
+      // Only a person can fix a refusal (enrolment, key, version): say so, with the node's reason.
+      state.dataset.state = 'offline';
+      state.textContent = `⚠ ${t('link.refused')}`;
+      state.title = s.upstream.last_error || '';
     } else {
       state.dataset.state = 'offline';
-      const since = s.upstream.since_ms ? new Date(s.upstream.since_ms) : null;
-      const when = since ? `${String(since.getHours()).padStart(2, '0')}:${String(since.getMinutes()).padStart(2, '0')}` : '';
+      const when = s.upstream.since_ms ? formatTime(s.upstream.since_ms, { date: false }) : '';
       state.textContent = `${t('link.offline_since')} ${when}`;
     }
   } catch (_) {

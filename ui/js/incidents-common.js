@@ -1,7 +1,8 @@
 // Shared pieces of the incident pages: labels for states and departments, badges, the catalog.
 import { getJson } from './api.js';
-import { t, lang } from './i18n.js';
+import { t } from './i18n.js';
 import { el } from './dom.js';
+import { formatTime } from './format.js';
 
 let catalog = null;
 export async function loadCatalog() {
@@ -21,22 +22,6 @@ export function stateBadge(state) {
 export function dueBadge(dueState) {
   if (!dueState || dueState === 'ok') return null;
   return el('span', { class: `badge due-${dueState}` }, t(`due.${dueState}`));
-}
-
-export function formatTime(ms) {
-  if (!ms) return '—';
-  const d = new Date(ms);
-  const pad = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
-}
-
-export function relative(ms) {
-  const minutes = Math.round((ms - Date.now()) / 60000);
-  const abs = Math.abs(minutes);
-  const unit = abs >= 1440 ? [Math.round(abs / 1440), t('unit.days')] : abs >= 60 ? [Math.round(abs / 60), t('unit.hours')] : [abs, t('unit.minutes')];
-  const span = `${unit[0]} ${unit[1]}`;
-  if (lang() === 'en') return minutes >= 0 ? `in ${span}` : `${span} ago`;
-  return minutes >= 0 ? `${span}后` : `${span}前`;
 }
 
 // One row of an incident list.

@@ -1,7 +1,12 @@
-// The signed-in user, shared by the header, the router guard and the pages.
+// The signed-in user and what the node lets them do, shared by the header, the router guard and the
+// pages.
 import { getJson, postJson, del, setCsrf, ApiError } from './api.js';
 
 let user = null;
+// The routes the node's access table lets this user call, as "METHOD /path" templates. The node sends
+// them with the user so the UI offers only what the node would allow, without its own copy of who
+// may do what.
+let allowed = new Set();
 const listeners = new Set();
 
 export function currentUser() {
@@ -12,8 +17,9 @@ export function onChange(fn) {
   listeners.add(fn);
 }
 
-function set(next) {
+function set(next, routes = []) {
   user = next;
+  allowed = new Set(next ? routes : []);
   for (const fn of listeners) fn(user);
 }
 
@@ -22,7 +28,7 @@ export async function refresh() {
   try {
     const data = await getJson('/api/v1/session', { timeoutMs: 8000 });
     setCsrf(data.csrf_token);
-    set(data.user);
+    set(data.user, data.can);
   } catch (error) {
     if (!(error instanceof ApiError) || error.status !== 401) throw error;
     setCsrf(null);
@@ -34,7 +40,7 @@ export async function refresh() {
 export async function signIn(username, password) {
   const data = await postJson('/api/v1/session', { username, password });
   setCsrf(data.csrf_token);
-  set(data.user);
+  set(data.user, data.can);
   return user;
 }
 
@@ -47,6 +53,9 @@ export async function signOut() {
   }
 }
 
-export function hasRole(...roles) {
-  return user !== null && roles.includes(user.role);
+// Whether the access table lets this user call the route, e.g. can('POST', '/api/v1/incidents'); the
+// path is the template as the table spells it ('/api/v1/nodes/{id}'), not a filled-in one. The node
+// still checks the area and the workflow per record, so this decides what to offer, not what works.
+export function can(method, path) {
+  return user !== null && allowed.has(`${method} ${path}`);
 }

@@ -2,12 +2,7 @@
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
-
-function formatTime(ms) {
-  const d = new Date(ms);
-  const pad = (n) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
-}
+import { formatTime } from '../format.js';
 
 export async function render(main) {
   clear(main);
@@ -42,7 +37,7 @@ export async function render(main) {
     try {
       const data = await getJson(`/api/v1/audit?${q}`);
       for (const e of data.entries) {
-        body.append(el('tr', {}, el('td', {}, e.seq), el('td', {}, formatTime(e.at_ms)), el('td', {}, e.actor),
+        body.append(el('tr', {}, el('td', {}, e.seq), el('td', {}, formatTime(e.at_ms, { seconds: true })), el('td', {}, e.actor),
           el('td', {}, e.action), el('td', { class: 'wrap' }, e.target), el('td', { class: 'wrap detail' }, e.detail)));
       }
       before = data.next_before;

@@ -3,7 +3,8 @@
 import { getJson, postJson, upload } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
-import { loadCatalog, departmentName, stateBadge, dueBadge, formatTime, relative } from '../incidents-common.js';
+import { loadCatalog, departmentName, stateBadge, dueBadge } from '../incidents-common.js';
+import { formatTime, relative } from '../format.js';
 
 function actionForm(incident, action, reload, catalog) {
   const fields = [];
@@ -123,14 +124,14 @@ export async function render(main, { id }) {
     el('li', {}, el('strong', {}, t('state.reported')), ` · ${incident.reporter} · ${formatTime(incident.created_ms)}`));
   for (const tr of incident.transitions) {
     const extra = [tr.data.department && departmentName(tr.data.department), tr.data.note].filter(Boolean).join(' — ');
-    timeline.append(el('li', {}, el('strong', {}, t(`action.${tr.action}`)), ` · ${tr.actor} (${t(`role.${tr.role}`) || tr.role}) · ${formatTime(tr.at ? Number(tr.at.split('-')[0]) : 0)}`,
+    timeline.append(el('li', {}, el('strong', {}, t(`action.${tr.action}`)), ` · ${tr.actor} (${t(`role.${tr.role}`) || tr.role}) · ${formatTime(tr.at_ms)}`,
       extra ? el('div', { class: 'muted small' }, extra) : null));
   }
   main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.timeline')), timeline));
   if (incident.conflicts.length > 0) {
     const list = el('ul', { class: 'conflicts', id: 'conflicts' });
     for (const c of incident.conflicts) {
-      list.append(el('li', {}, `${t(`action.${c.transition.action}`)} · ${c.transition.actor} · ${formatTime(Number(c.transition.at.split('-')[0]))}: ${c.reason}`));
+      list.append(el('li', {}, `${t(`action.${c.transition.action}`)} · ${c.transition.actor} · ${formatTime(c.transition.at_ms)}: ${c.reason}`));
     }
     main.append(el('section', { class: 'card warn' }, el('h2', {}, t('incident.conflicts')), el('p', { class: 'muted small' }, t('incident.conflicts_help')), list));
   }

@@ -2,7 +2,7 @@
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
-import { currentUser, hasRole } from '../session.js';
+import { currentUser, can } from '../session.js';
 import { loadCatalog, incidentItem } from '../incidents-common.js';
 
 const STATES = ['reported', 'accepted', 'escalated', 'dispatched', 'in_progress', 'resolved', 'closed', 'rejected'];
@@ -10,7 +10,7 @@ const STATES = ['reported', 'accepted', 'escalated', 'dispatched', 'in_progress'
 function listView(main, titleKey, baseQuery, { filters = true } = {}) {
   clear(main);
   const header = el('div', { class: 'page-head' }, el('h1', { 'data-i18n': titleKey }, t(titleKey)));
-  if (hasRole('grid_worker', 'township_staff', 'county_it', 'admin')) {
+  if (can('POST', '/api/v1/incidents')) {
     header.append(el('a', { href: '/incidents/new', 'data-link': true, class: 'button', id: 'new-incident', 'data-i18n': 'incident.report' }, t('incident.report')));
   }
   main.append(header);

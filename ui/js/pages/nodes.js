@@ -3,7 +3,7 @@
 import { getJson, postJson, del } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
-import { formatTime } from '../incidents-common.js';
+import { formatTime } from '../format.js';
 
 export async function render(main) {
   clear(main);
