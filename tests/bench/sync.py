@@ -49,6 +49,9 @@ class CountingProxy:
 
     def __init__(self, target):
         self.target, self.up, self.down = target, 0, 0
+        # When the first connection reached the target: the village's reconnect backoff decides when
+        # that is after the county starts, and it is not part of how fast sync moves records.
+        self.first_connected = None
         self.port = free_port()
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -77,6 +80,8 @@ class CountingProxy:
         except OSError:
             writer.close()
             return
+        if self.first_connected is None:
+            self.first_connected = time.perf_counter()
         await asyncio.gather(self.pipe(reader, w2, True), self.pipe(r2, writer, False))
 
 
@@ -114,9 +119,13 @@ def main():
             if time.perf_counter() - started > 600:
                 raise SystemExit("cold sync did not finish in 10 minutes")
             time.sleep(0.05)
-        took = time.perf_counter() - started
+        done = time.perf_counter()
+        took = done - (proxy.first_connected or started)
+        waited = (proxy.first_connected or started) - started
         moved = proxy.up + proxy.down
-        print(f"cold sync of {total:,} records village -> county on loopback: {took:.1f} s, "
+        print(f"the village reconnected {waited:.1f} s after the county started (its backoff)")
+        print(f"cold sync of {total:,} records village -> county on loopback: {took:.1f} s "
+              f"({total / took:,.0f} records/s) from the first connection, "
               f"{moved / 1e6:.1f} MB on the wire ({proxy.up / 1e6:.1f} up, {proxy.down / 1e6:.1f} down), "
               f"{moved / total:,.0f} bytes per record")
 
