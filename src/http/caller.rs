@@ -28,6 +28,50 @@ impl From<NotNodeWide> for ApiError {
     }
 }
 
+/// A stored credential, bound to one account record when it was made.
+trait Credential: Send + 'static {
+    fn username(&self) -> &str;
+    fn account(&self) -> &str;
+}
+
+impl Credential for session::SessionRow {
+    fn username(&self) -> &str {
+        &self.username
+    }
+    fn account(&self) -> &str {
+        &self.account
+    }
+}
+
+impl Credential for session::TokenRow {
+    fn username(&self) -> &str {
+        &self.username
+    }
+    fn account(&self) -> &str {
+        &self.account
+    }
+}
+
+/// Looks up a credential and, in the same read, the account record it is bound to: a credential
+/// whose record no longer signs in under its username identifies nobody.
+async fn bound<C: Credential>(
+    state: &AppState,
+    lookup: impl FnOnce(&rusqlite::Connection) -> Result<Option<C>, StoreError> + Send + 'static,
+) -> Result<Option<(C, users::Account)>, StoreError> {
+    state
+        .store
+        .read(move |conn| {
+            let Some(row) = lookup(conn)? else {
+                return Ok(None);
+            };
+            Ok(
+                users::find_bound_account(conn, row.username(), Some(row.account()))?
+                    .map(|a| (row, a)),
+            )
+        })
+        .await
+}
+
 /// Refreshing `last_seen` on every request would be a write per click; a minute is precise enough
 /// for a 30-minute idle timeout.
 const TOUCH_AFTER_MS: i64 = 60_000;
@@ -41,18 +85,7 @@ pub async fn authenticate(
     let now = state.clock.now_ms();
     if let Some(token) = bearer(headers).filter(|t| t.starts_with(session::TOKEN_PREFIX)) {
         let hash = session::secret_hash(token);
-        let found = state
-            .store
-            .read(move |conn| {
-                let Some(row) = session::lookup_token(conn, &hash)? else {
-                    return Ok::<_, StoreError>(None);
-                };
-                Ok(
-                    users::find_bound_account(conn, &row.username, Some(&row.account))?
-                        .map(|a| (row, a)),
-                )
-            })
-            .await?;
+        let found = bound(state, move |conn| session::lookup_token(conn, &hash)).await?;
         let Some((row, account)) = found else {
             return Ok(None);
         };
@@ -68,18 +101,7 @@ pub async fn authenticate(
     };
     let hash = session::secret_hash(token);
     let lookup_hash = hash.clone();
-    let found = state
-        .store
-        .read(move |conn| {
-            let Some(row) = session::lookup(conn, &lookup_hash)? else {
-                return Ok::<_, StoreError>(None);
-            };
-            Ok(
-                users::find_bound_account(conn, &row.username, Some(&row.account))?
-                    .map(|a| (row, a)),
-            )
-        })
-        .await?;
+    let found = bound(state, move |conn| session::lookup(conn, &lookup_hash)).await?;
     let Some((row, account)) = found else {
         return Ok(None);
     };
