@@ -72,7 +72,9 @@ if [ -n "${SKIP_E2E:-}" ]; then
 fi
 
 log "browser end-to-end tests (headless Chromium)"
-cargo build --locked --bin township-node
+# `cargo test` built the binary for the integration tests; a separate `cargo build` would compile
+# tokio and everything above it again without the dev-dependency features (minutes on 2 cores).
+[ -x "$ROOT/target/debug/township-node" ] || cargo build --locked --bin township-node
 (
   cd tests/e2e
   if [ ! -d node_modules/playwright-core ]; then
