@@ -40,6 +40,7 @@ pub mod logging;
 pub mod metrics;
 pub mod node;
 pub mod records;
+pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod telemetry;

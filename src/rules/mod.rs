@@ -1,0 +1,7 @@
+//! Rules on live readings (issue 12): a rule watches one metric of one device, or of every device in
+//! its area with that metric, and maps the value to the national four warning levels or to a stale
+//! alarm about the sensor. [`spec`] is the rule as people write it and its validation; [`eval`] the
+//! semantics, pure and clock-free.
+
+pub mod eval;
+pub mod spec;
