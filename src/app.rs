@@ -64,6 +64,8 @@ pub struct AppInner {
     pub upstream: Option<(String, township_sync::PublicKey)>,
     /// Devices, drivers and the readings stream.
     pub telemetry: Arc<crate::telemetry::Telemetry>,
+    /// Rules evaluated on live readings, and the channel their state changes go out on.
+    pub rules: Arc<crate::rules::live::Watch>,
 }
 
 impl Deref for AppState {
@@ -82,6 +84,7 @@ fn projections(
     vec![
         users::UserProjection::shared(key.clone(), clock.clone()),
         crate::incidents::IncidentProjection::shared(config.categories.clone()),
+        crate::rules::RuleProjection::shared(key.clone(), clock.clone()),
     ]
 }
 
@@ -152,6 +155,7 @@ impl AppState {
                 sync: Arc::default(),
                 upstream,
                 telemetry,
+                rules: Arc::default(),
             }),
         }
     }
@@ -298,6 +302,7 @@ pub fn spawn_background(state: &AppState) {
         }
     });
     crate::sync::spawn_upstream(&state.sync_runtime());
+    start_rules(state);
     state.spawn_every(Duration::from_secs(3600), |state| async move {
         let referenced = match state.store.read(crate::incidents::referenced_blobs).await {
             Ok(r) => r,
@@ -360,6 +365,21 @@ pub fn spawn_background(state: &AppState) {
 
 /// The telemetry's share of the background work: the writer (once), device statuses every second,
 /// retention every five minutes, and every configured driver under the supervisor.
+/// Starts the rule watcher: rules evaluated on every committed reading and on a timer.
+pub fn start_rules(state: &AppState) {
+    state
+        .tasks
+        .spawn(crate::rules::live::run(crate::rules::live::Runtime {
+            watch: state.rules.clone(),
+            telemetry: state.telemetry.clone(),
+            store: state.store.clone(),
+            clock: state.clock.clone(),
+            config: state.config.clone(),
+            latest_seq: state.latest_seq.clone(),
+            shutdown: state.shutdown.clone(),
+        }));
+}
+
 pub fn start_telemetry(state: &AppState) {
     let Some(queue) = state.telemetry.take_queue() else {
         tracing::error!("telemetry was already started");

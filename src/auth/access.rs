@@ -35,6 +35,8 @@ const fn rule(method: &'static str, path: &'static str, access: Access) -> Rule 
 }
 
 const ACCOUNT_ADMINS: &[Role] = &[Admin, CountyIt];
+/// Who may write rules (inside their area, at a township or above; see `rules::record::may_edit`).
+const RULE_EDITORS: &[Role] = &[TownshipStaff, CountyIt, Admin];
 /// Who may report an incident: everyone but department handlers, who handle rather than report.
 const REPORTERS: &[Role] = &[GridWorker, TownshipStaff, CountyIt, Admin];
 
@@ -107,6 +109,13 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/sensors/{id}/readings", Access::SignedIn),
     rule("GET", "/api/v1/sensors/{id}/readings.csv", Access::SignedIn),
     rule("GET", "/api/v1/stream", Access::SignedIn),
+    // Rules: everyone reads those covering their area; editors are checked against the rule's area.
+    rule("GET", "/api/v1/rules", Access::SignedIn),
+    rule("GET", "/api/v1/rules/{id}", Access::SignedIn),
+    rule("POST", "/api/v1/rules", Access::Roles(RULE_EDITORS)),
+    rule("PUT", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
+    rule("DELETE", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
+    rule("POST", "/api/v1/rules/test", Access::Roles(RULE_EDITORS)),
 ];
 
 /// What a person in `role` may call, as `METHOD /path` strings (route templates), for the UI: it

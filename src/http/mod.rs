@@ -47,6 +47,7 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::incidents::routes(r, config.incidents.max_attachment_bytes);
     let r = crate::sync::routes(r);
     let r = crate::telemetry::routes(r);
+    let r = crate::rules::routes(r);
     crate::blobs::routes(r)
 }
 

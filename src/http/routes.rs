@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 
 use crate::app::AppState;
 
@@ -63,6 +63,16 @@ impl Routes {
             post(handler).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)),
         );
         self.table.push((Method::POST, path));
+        self
+    }
+
+    pub fn put<H, T>(mut self, path: &'static str, handler: H) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.router = self.router.route(path, put(handler));
+        self.table.push((Method::PUT, path));
         self
     }
 

@@ -23,6 +23,7 @@ const MIGRATIONS: &[Migration] = &[
     v7_streams,
     v8_telemetry,
     v9_authority,
+    v10_rules,
 ];
 
 /// The schema version this binary writes.
@@ -354,6 +355,22 @@ fn v9_authority(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         [PROJECTIONS_STALE],
     )?;
     Ok(())
+}
+
+/// Rules on readings (the `rule` records' projection).
+fn v10_rules(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE rules (
+            doc_id     TEXT PRIMARY KEY,
+            area       TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            created_by TEXT NOT NULL,
+            deleted    INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            quarantine TEXT
+        ) STRICT;
+        CREATE INDEX rules_area ON rules (area);",
+    )
 }
 
 pub fn schema_version(conn: &Connection) -> Result<i64, StoreError> {

@@ -16,6 +16,7 @@ mod incidents;
 mod layers;
 mod listeners;
 mod module_docs;
+mod rules;
 mod sensors;
 mod signin;
 mod sync;

@@ -1,0 +1,269 @@
+//! Rules evaluated live: every committed reading reaches the watcher through the telemetry event
+//! stream (no polling of the readings), a timer completes `for` periods and stale alarms, and rule
+//! records are reloaded when records change. Runs on its own task, off the telemetry writer.
+//! State changes go out on an in-process channel ([`RuleEvent`]) that warnings subscribe to.
+//!
+//! States live in memory: after a restart every rule starts at `none` and readings bring it back.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+use township_drivers::{Quality, Reading};
+use uuid::Uuid;
+
+use super::eval::{Change, Evaluator, State, Usable};
+use super::record;
+use super::spec::Rule;
+use crate::telemetry::{Status, StreamEvent, Telemetry};
+
+/// A rule's state changed for one device.
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleEvent {
+    pub rule: Uuid,
+    pub device: String,
+    pub at_ms: i64,
+    pub from: State,
+    pub to: State,
+    /// The watched value when it changed (the reading, the sum or the rate), if there was one.
+    pub value: Option<f64>,
+}
+
+/// The rule's current state: the highest over its devices, and since when.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Current {
+    pub state: State,
+    pub since_ms: Option<i64>,
+}
+
+struct Watched {
+    rule: Rule,
+    /// Per device: its evaluator and when its state last changed.
+    devices: HashMap<String, (Evaluator, Option<i64>)>,
+}
+
+/// The live evaluation of every rule in force on this node.
+pub struct Watch {
+    rules: Mutex<HashMap<Uuid, Watched>>,
+    events: broadcast::Sender<RuleEvent>,
+}
+
+impl Default for Watch {
+    fn default() -> Self {
+        Watch {
+            rules: Mutex::default(),
+            events: broadcast::channel(1024).0,
+        }
+    }
+}
+
+fn rank(state: State) -> i32 {
+    match state {
+        State::None => 0,
+        State::Stale => 1,
+        State::Level(l) => 2 + l as i32,
+    }
+}
+
+impl Watch {
+    pub fn subscribe(&self) -> broadcast::Receiver<RuleEvent> {
+        self.events.subscribe()
+    }
+
+    /// Takes the rules in force; evaluators of rules whose body did not change keep their state.
+    pub fn load(&self, rules: Vec<(Uuid, Rule)>, now_ms: i64) {
+        let mut current = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        let mut next = HashMap::new();
+        for (id, rule) in rules {
+            if !rule.body.enabled {
+                continue;
+            }
+            let kept = current.remove(&id).filter(|w| w.rule == rule);
+            let watched = kept.unwrap_or_else(|| {
+                let mut devices = HashMap::new();
+                // A rule naming its device watches it from now (so a silent one goes stale).
+                if let Some(device) = &rule.body.device {
+                    devices.insert(
+                        device.clone(),
+                        (Evaluator::new(rule.spec.clone(), now_ms), None),
+                    );
+                }
+                Watched { rule, devices }
+            });
+            next.insert(id, watched);
+        }
+        *current = next;
+    }
+
+    /// The state of one rule now.
+    pub fn current(&self, id: Uuid) -> Current {
+        let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+        rules
+            .get(&id)
+            .and_then(|w| {
+                w.devices
+                    .values()
+                    .max_by_key(|(e, _)| rank(e.state()))
+                    .map(|(e, since)| Current {
+                        state: e.state(),
+                        since_ms: *since,
+                    })
+            })
+            .unwrap_or(Current {
+                state: State::None,
+                since_ms: None,
+            })
+    }
+
+    fn emit(&self, id: Uuid, device: &str, change: Change, value: Option<f64>) {
+        tracing::info!(rule = %id, device, from = change.from.as_str(), to = change.to.as_str(), "rule state changed");
+        let _ = self.events.send(RuleEvent {
+            rule: id,
+            device: device.to_string(),
+            at_ms: change.at_ms,
+            from: change.from,
+            to: change.to,
+            value,
+        });
+    }
+
+    /// Evaluates committed readings; `usable` says whether a reading's device was fit to report.
+    pub fn observe(
+        &self,
+        readings: &[Reading],
+        in_area: impl Fn(&str, &township_sync::AreaCode) -> bool,
+        usable: impl Fn(&Reading) -> Usable,
+    ) {
+        let mut changes = Vec::new();
+        {
+            let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            for reading in readings {
+                for (id, watched) in rules.iter_mut() {
+                    let rule = &watched.rule;
+                    if rule.body.metric != reading.metric {
+                        continue;
+                    }
+                    let ours = match &rule.body.device {
+                        Some(d) => *d == reading.device,
+                        None => in_area(&reading.device, &rule.area),
+                    };
+                    if !ours {
+                        continue;
+                    }
+                    let (evaluator, since) = watched
+                        .devices
+                        .entry(reading.device.clone())
+                        .or_insert_with(|| {
+                            (Evaluator::new(rule.spec.clone(), reading.time_ms), None)
+                        });
+                    if let Some(change) =
+                        evaluator.observe(reading.time_ms, reading.value, usable(reading))
+                    {
+                        *since = Some(change.at_ms);
+                        changes.push((*id, reading.device.clone(), change, evaluator.value()));
+                    }
+                }
+            }
+        }
+        for (id, device, change, value) in changes {
+            self.emit(id, &device, change, value);
+        }
+    }
+
+    /// Lets time pass: `for` periods that ran out and stale alarms.
+    pub fn tick(&self, now_ms: i64) {
+        let mut changes = Vec::new();
+        {
+            let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, watched) in rules.iter_mut() {
+                for (device, (evaluator, since)) in watched.devices.iter_mut() {
+                    if evaluator.next_deadline().is_some_and(|d| d <= now_ms)
+                        && let Some(change) = evaluator.tick(now_ms)
+                    {
+                        *since = Some(change.at_ms);
+                        changes.push((*id, device.clone(), change, evaluator.value()));
+                    }
+                }
+            }
+        }
+        for (id, device, change, value) in changes {
+            self.emit(id, &device, change, value);
+        }
+    }
+}
+
+/// Whether a reading may move a rule: good (or clock-corrected) values from a device that is not
+/// faulty. Flagged and out-of-range values never raise or clear anything.
+pub fn usable(
+    telemetry: &Telemetry,
+    reading: &Reading,
+    now_ms: i64,
+    cfg: &crate::telemetry::config::TelemetryConfig,
+) -> Usable {
+    if !matches!(reading.quality, Quality::Good | Quality::ClockCorrected) {
+        return Usable::No;
+    }
+    match telemetry.devices.get(&reading.device) {
+        Some(device) if telemetry.status(&device, now_ms, cfg) != Status::Faulty => Usable::Yes,
+        _ => Usable::No,
+    }
+}
+
+/// What the watcher runs with.
+#[derive(Clone)]
+pub struct Runtime {
+    pub watch: Arc<Watch>,
+    pub telemetry: Arc<Telemetry>,
+    pub store: crate::store::Store,
+    pub clock: crate::clock::Clock,
+    pub config: Arc<crate::config::Config>,
+    pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+async fn reload(rt: &Runtime) {
+    match rt.store.read(record::effective).await {
+        Ok(rules) => rt.watch.load(rules, rt.clock.now_ms()),
+        Err(e) => tracing::warn!(error = %e, "could not load the rules"),
+    }
+}
+
+/// Runs the watcher until shutdown.
+pub async fn run(rt: Runtime) {
+    let mut readings = rt.telemetry.events.subscribe();
+    reload(&rt).await;
+    let mut seen_seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = rt.shutdown.cancelled() => break,
+            event = readings.recv() => match event {
+                Ok(StreamEvent::Readings(batch)) => {
+                    let now = rt.clock.now_ms();
+                    let devices = &rt.telemetry.devices;
+                    rt.watch.observe(
+                        &batch,
+                        |device, area| devices.get(device).is_some_and(|d| area.contains(&d.area)),
+                        |r| usable(&rt.telemetry, r, now, &rt.config.telemetry),
+                    );
+                }
+                Ok(StreamEvent::Status { .. }) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "the rule watcher fell behind the readings; some were not evaluated");
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = tick.tick() => {
+                let seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
+                if seq != seen_seq {
+                    seen_seq = seq;
+                    reload(&rt).await;
+                }
+                rt.watch.tick(rt.clock.now_ms());
+            }
+        }
+    }
+}
