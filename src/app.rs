@@ -66,6 +66,8 @@ pub struct AppInner {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
     /// Rules evaluated on live readings, and the channel their state changes go out on.
     pub rules: Arc<crate::rules::live::Watch>,
+    /// Warning changes made here, for the parts of the node that act on them (the PA to come).
+    pub warnings: Arc<crate::warnings::Notices>,
 }
 
 impl Deref for AppState {
@@ -85,6 +87,7 @@ fn projections(
         users::UserProjection::shared(key.clone(), clock.clone()),
         crate::incidents::IncidentProjection::shared(config.categories.clone()),
         crate::rules::RuleProjection::shared(key.clone(), clock.clone()),
+        crate::warnings::WarningProjection::shared(),
     ]
 }
 
@@ -156,6 +159,7 @@ impl AppState {
                 upstream,
                 telemetry,
                 rules: Arc::default(),
+                warnings: Arc::default(),
             }),
         }
     }
@@ -367,6 +371,15 @@ pub fn spawn_background(state: &AppState) {
 /// retention every five minutes, and every configured driver under the supervisor.
 /// Starts the rule watcher: rules evaluated on every committed reading and on a timer.
 pub fn start_rules(state: &AppState) {
+    state.tasks.spawn(crate::warnings::automation::run(
+        crate::warnings::automation::Runtime {
+            store: state.store.clone(),
+            write_ctx: state.write_ctx(),
+            watch: state.rules.clone(),
+            notices: state.warnings.clone(),
+            shutdown: state.shutdown.clone(),
+        },
+    ));
     state
         .tasks
         .spawn(crate::rules::live::run(crate::rules::live::Runtime {

@@ -15,6 +15,8 @@
 //! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
 //! - [`telemetry`]: devices, drivers, the readings stream, retention, status and the sensors API.
 //! - [`blobs`]: content-addressed attachments and thumbnails (core and routes).
+//! - [`rules`]: rules on live readings: the rule body, the evaluation semantics, records, the watcher.
+//! - [`warnings`]: four-colour warnings as records, their workflow, automation from rules, the API.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
@@ -45,3 +47,4 @@ pub mod store;
 pub mod sync;
 pub mod telemetry;
 pub mod users;
+pub mod warnings;

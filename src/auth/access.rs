@@ -116,6 +116,15 @@ pub const RULES: &[Rule] = &[
     rule("PUT", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
     rule("DELETE", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
     rule("POST", "/api/v1/rules/test", Access::Roles(RULE_EDITORS)),
+    // Warnings: everyone sees those covering their area; who may act is checked per warning.
+    rule("GET", "/api/v1/warnings", Access::SignedIn),
+    rule("GET", "/api/v1/warnings/{id}", Access::SignedIn),
+    rule("POST", "/api/v1/warnings", Access::Roles(RULE_EDITORS)),
+    rule(
+        "POST",
+        "/api/v1/warnings/{id}/transitions",
+        Access::Roles(RULE_EDITORS),
+    ),
 ];
 
 /// What a person in `role` may call, as `METHOD /path` strings (route templates), for the UI: it

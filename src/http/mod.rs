@@ -48,6 +48,7 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::sync::routes(r);
     let r = crate::telemetry::routes(r);
     let r = crate::rules::routes(r);
+    let r = crate::warnings::routes(r);
     crate::blobs::routes(r)
 }
 

@@ -24,6 +24,7 @@ const MIGRATIONS: &[Migration] = &[
     v8_telemetry,
     v9_authority,
     v10_rules,
+    v11_warnings,
 ];
 
 /// The schema version this binary writes.
@@ -370,6 +371,28 @@ fn v10_rules(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             quarantine TEXT
         ) STRICT;
         CREATE INDEX rules_area ON rules (area);",
+    )
+}
+
+/// Warnings (the `warning` records' projection).
+fn v11_warnings(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE warnings (
+            doc_id     TEXT PRIMARY KEY,
+            area       TEXT NOT NULL,
+            level      TEXT,
+            state      TEXT NOT NULL,
+            status     TEXT NOT NULL,
+            event      TEXT NOT NULL,
+            headline   TEXT NOT NULL,
+            rule_id    TEXT,
+            onset_ms   INTEGER,
+            expires_ms INTEGER,
+            issued_ms  INTEGER,
+            updated_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX warnings_rule ON warnings (rule_id, state);
+        CREATE INDEX warnings_open ON warnings (state, expires_ms);",
     )
 }
 

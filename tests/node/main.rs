@@ -22,3 +22,4 @@ mod signin;
 mod sync;
 mod telemetry;
 mod uploads;
+mod warnings;

@@ -1,0 +1,188 @@
+//! Warnings made by the node itself: a rule entering a level raises a warning (and issues it when the
+//! rule says `auto_issue` for that level), a rule re-entering or changing level while its warning is
+//! open updates that warning (never a second one), a rule falling to `none` clears it, and a warning
+//! whose `expires` has passed expires. Every change goes out as a [`WarningEvent`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+use uuid::Uuid;
+
+use super::{Action, Content, NewWarning, Notices, Source, State, WarningError, WarningEvent};
+use crate::auth::actor::Actor;
+use crate::records::WriteCtx;
+use crate::rules::eval::{Level, State as RuleState};
+use crate::rules::live::{RuleEvent, Watch};
+use crate::rules::spec::RuleBody;
+use crate::store::{Store, StoreError};
+
+/// The level's name as the national scale says it, for headlines.
+pub fn level_zh(level: Level) -> &'static str {
+    match level {
+        Level::Blue => "蓝色",
+        Level::Yellow => "黄色",
+        Level::Orange => "橙色",
+        Level::Red => "红色",
+    }
+}
+
+/// What the automation runs with.
+#[derive(Clone)]
+pub struct Runtime {
+    pub store: Store,
+    pub write_ctx: WriteCtx,
+    pub watch: Arc<Watch>,
+    pub notices: Arc<Notices>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// What one rule event did to the warnings, for the notices.
+type Done = Vec<(Uuid, Action, super::Folded, String)>;
+
+fn rule_body(conn: &rusqlite::Connection, id: Uuid) -> Result<Option<RuleBody>, StoreError> {
+    Ok(crate::rules::record::get(conn, id)?.and_then(|v| serde_json::from_value(v.body).ok()))
+}
+
+/// Applies one rule state change to the warnings, in one transaction.
+pub fn apply(
+    conn: &rusqlite::Connection,
+    ctx: &WriteCtx,
+    event: &RuleEvent,
+) -> Result<Done, WarningError> {
+    let system = Actor::system(ctx.area.clone());
+    let Some(body) = rule_body(conn, event.rule)? else {
+        return Ok(Vec::new());
+    };
+    let Ok(area) = body.area.parse::<township_sync::AreaCode>() else {
+        return Ok(Vec::new());
+    };
+    // A village hub acts for its own village only; a rule above its area is the upstream's to act on.
+    if !ctx.area.contains(&area) {
+        return Ok(Vec::new());
+    }
+    let open = super::open_for_rule(conn, &event.rule.to_string())?;
+    let status = "actual".to_string();
+    let mut done = Vec::new();
+    match event.to {
+        RuleState::Level(level) => {
+            let content = Content {
+                level: Some(level),
+                headline: Some(format!("{}{}预警", body.name, level_zh(level))),
+                description: Some(format!(
+                    "{} {} {}（规则「{}」）",
+                    event.device,
+                    body.metric,
+                    event.value.map_or_else(String::new, |v| format!("{v:.2}")),
+                    body.name
+                )),
+                ..Content::default()
+            };
+            let auto = body.auto_issue.contains(&level);
+            match open {
+                None => {
+                    let id = super::create(
+                        conn,
+                        ctx,
+                        &system,
+                        NewWarning {
+                            area: area.clone(),
+                            event: body.event,
+                            status: status.clone(),
+                            source: Source::Rule(event.rule.to_string()),
+                            content,
+                            first: Action::Raise,
+                            readings: event
+                                .value
+                                .map(|v| vec![(event.at_ms, v)])
+                                .unwrap_or_default(),
+                        },
+                    )?;
+                    let mut folded = super::current(conn, ctx, id)?;
+                    done.push((id, Action::Raise, folded.clone(), status.clone()));
+                    if auto {
+                        folded =
+                            super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
+                        done.push((id, Action::Issue, folded, status.clone()));
+                    }
+                }
+                Some((id, current)) => {
+                    let folded = super::act(conn, ctx, &system, id, Action::Update, content)?;
+                    if current != level.as_str() {
+                        done.push((id, Action::Update, folded.clone(), status.clone()));
+                    }
+                    if auto && folded.state == State::Raised {
+                        let folded =
+                            super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
+                        done.push((id, Action::Issue, folded, status.clone()));
+                    }
+                }
+            }
+        }
+        RuleState::None => {
+            if let Some((id, _)) = open {
+                let folded =
+                    super::act(conn, ctx, &system, id, Action::AllClear, Content::default())?;
+                done.push((id, Action::AllClear, folded, status));
+            }
+        }
+        // A silent sensor is a technical alarm shown with the rule, never a colour warning.
+        RuleState::Stale => {}
+    }
+    Ok(done)
+}
+
+fn notify(notices: &Notices, done: Done, at_ms: i64) {
+    for (id, action, folded, status) in done {
+        notices.send(WarningEvent {
+            id,
+            action: action.as_str(),
+            state: folded.state,
+            level: folded.level,
+            status,
+            at_ms,
+        });
+    }
+}
+
+/// Runs until shutdown: rule changes become warning changes; expired warnings expire.
+pub async fn run(rt: Runtime) {
+    let mut events = rt.watch.subscribe();
+    let mut expiry = tokio::time::interval(Duration::from_secs(30));
+    expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = rt.shutdown.cancelled() => break,
+            event = events.recv() => match event {
+                Ok(event) => {
+                    let (ctx, e) = (rt.write_ctx.clone(), event.clone());
+                    match rt.store.write(move |conn| apply(conn, &ctx, &e)).await {
+                        Ok(done) => notify(&rt.notices, done, event.at_ms),
+                        Err(e) => tracing::warn!(error = %e, rule = %event.rule, "a rule change could not update its warning"),
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => tracing::warn!(missed = n, "warnings fell behind the rule changes"),
+                Err(broadcast::error::RecvError::Closed) => break,
+            },
+            _ = expiry.tick() => {
+                let ctx = rt.write_ctx.clone();
+                let now = ctx.now_ms();
+                let result = rt.store.write(move |conn| {
+                    let system = Actor::system(ctx.area.clone());
+                    let mut done = Vec::new();
+                    for id in super::due_to_expire(conn, now)? {
+                        match super::act(conn, &ctx, &system, id, Action::Expire, Content::default()) {
+                            Ok(folded) => done.push((id, Action::Expire, folded, "actual".to_string())),
+                            Err(e) => tracing::debug!(error = %e, warning = %id, "not expired here"),
+                        }
+                    }
+                    Ok::<_, WarningError>(done)
+                }).await;
+                match result {
+                    Ok(done) => notify(&rt.notices, done, now),
+                    Err(e) => tracing::warn!(error = %e, "expiring warnings failed"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! The warnings API: the list (filtered by state, level and area, limited to warnings covering or
+//! inside the caller's area), one warning with its timeline and the caller's allowed actions, manual
+//! warnings, and transitions (issue, update, cancel).
+
+use axum::Json;
+use axum::extract::{Path, Query, State as AxumState};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use township_sync::AreaCode;
+use uuid::Uuid;
+
+use super::{Action, Content, Filter, NewWarning, Source, WarningError, WarningEvent};
+use crate::app::AppState;
+use crate::auth::Caller;
+use crate::http::extract::{ApiJson, empty_as_none};
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::invalid::Invalid;
+use crate::rules::eval::Level;
+use crate::rules::spec::Event;
+
+impl From<WarningError> for ApiError {
+    fn from(e: WarningError) -> Self {
+        match e {
+            WarningError::Invalid(invalid) => ApiError::Invalid(invalid),
+            WarningError::Forbidden(m) => ApiError::Forbidden(m),
+            WarningError::NotFound => ApiError::NotFound,
+            WarningError::Conflict(m) => ApiError::Conflict(m),
+            WarningError::Store(s) => s.into(),
+        }
+    }
+}
+
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/warnings", list)
+        .post("/api/v1/warnings", create)
+        .get("/api/v1/warnings/{id}", get)
+        .post("/api/v1/warnings/{id}/transitions", transition)
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default, deserialize_with = "empty_as_none")]
+    state: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    level: Option<String>,
+    #[serde(default, deserialize_with = "empty_as_none")]
+    area: Option<String>,
+}
+
+fn split(v: Option<String>) -> Vec<String> {
+    v.map(|s| {
+        s.split(',')
+            .map(|p| p.trim().to_string())
+            .filter(|p| !p.is_empty())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn list(
+    AxumState(state): AxumState<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let area = q
+        .area
+        .map(|a| {
+            a.parse::<AreaCode>()
+                .map_err(|e| ApiError::invalid("area", e))
+        })
+        .transpose()?;
+    let levels = split(q.level);
+    if let Some(bad) = levels.iter().find(|l| l.parse::<Level>().is_err()) {
+        return Err(ApiError::invalid("level", format!("unknown level `{bad}`")));
+    }
+    let states = split(q.state);
+    if let Some(bad) = states
+        .iter()
+        .find(|s| !["raised", "issued", "cancelled", "expired", "cleared"].contains(&s.as_str()))
+    {
+        return Err(ApiError::invalid("state", format!("unknown state `{bad}`")));
+    }
+    let (viewer, filter) = (
+        caller.area.clone(),
+        Filter {
+            states,
+            levels,
+            area,
+        },
+    );
+    let rows = state
+        .store
+        .read(move |conn| super::list(conn, &viewer, &filter))
+        .await?;
+    Ok(Json(json!({ "warnings": rows })))
+}
+
+async fn get(
+    AxumState(state): AxumState<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let (docs, actor) = (state.docs.clone(), caller.actor.clone());
+    let view = state
+        .store
+        .read(move |conn| super::view(conn, &docs, &actor, id))
+        .await?;
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentBody {
+    #[serde(default)]
+    level: Option<String>,
+    #[serde(default)]
+    headline: Option<String>,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    instruction: Option<String>,
+    #[serde(default)]
+    areas: Option<Vec<String>>,
+    #[serde(default)]
+    onset: Option<String>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+impl ContentBody {
+    fn into_content(self) -> Result<Content, ApiError> {
+        let level = self
+            .level
+            .map(|l| {
+                l.parse::<Level>()
+                    .map_err(|()| ApiError::invalid("level", "blue, yellow, orange or red"))
+            })
+            .transpose()?;
+        let areas = self
+            .areas
+            .map(|list| {
+                list.iter()
+                    .map(|a| {
+                        a.parse::<AreaCode>()
+                            .map_err(|e| ApiError::invalid("areas", e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        let onset_ms = self
+            .onset
+            .map(|t| crate::clock::parse_time("onset", &t))
+            .transpose()?;
+        let expires_ms = self
+            .expires
+            .map(|t| crate::clock::parse_time("expires", &t))
+            .transpose()?;
+        Ok(Content {
+            level,
+            headline: self.headline.map(|h| h.trim().to_string()),
+            description: self.description,
+            instruction: self.instruction,
+            areas,
+            onset_ms,
+            expires_ms,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    area: String,
+    event: Event,
+    #[serde(default = "actual")]
+    status: String,
+    #[serde(flatten)]
+    content: ContentBody,
+}
+
+fn actual() -> String {
+    "actual".into()
+}
+
+async fn create(
+    AxumState(state): AxumState<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    let area: AreaCode = body
+        .area
+        .parse()
+        .map_err(|e| ApiError::Invalid(Invalid::new("area", e)))?;
+    let content = body.content.into_content()?;
+    let new = NewWarning {
+        area,
+        event: body.event,
+        status: body.status.clone(),
+        source: Source::Person(caller.username.clone()),
+        content,
+        first: Action::Issue,
+        readings: Vec::new(),
+    };
+    let (ctx, actor, docs) = (state.write_ctx(), caller.actor.clone(), state.docs.clone());
+    let (view, folded, id) = state
+        .store
+        .write(move |conn| {
+            let id = super::create(conn, &ctx, &actor, new)?;
+            let folded = super::current(conn, &ctx, id)?;
+            Ok::<_, WarningError>((super::view(conn, &docs, &actor, id)?, folded, id))
+        })
+        .await?;
+    state.warnings.send(WarningEvent {
+        id,
+        action: Action::Issue.as_str(),
+        state: folded.state,
+        level: folded.level,
+        status: body.status,
+        at_ms: state.clock.now_ms(),
+    });
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransitionBody {
+    action: String,
+    #[serde(flatten)]
+    content: ContentBody,
+}
+
+async fn transition(
+    AxumState(state): AxumState<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TransitionBody>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    let action = match body.action.as_str() {
+        "issue" => Action::Issue,
+        "update" => Action::Update,
+        "cancel" => Action::Cancel,
+        other => {
+            return Err(ApiError::invalid(
+                "action",
+                format!("`{other}` is not an action people take (issue, update, cancel)"),
+            ));
+        }
+    };
+    let content = body.content.into_content()?;
+    let (ctx, actor, docs) = (state.write_ctx(), caller.actor.clone(), state.docs.clone());
+    let (view, folded) = state
+        .store
+        .write(move |conn| {
+            let folded = super::act(conn, &ctx, &actor, id, action, content)?;
+            Ok::<_, WarningError>((super::view(conn, &docs, &actor, id)?, folded))
+        })
+        .await?;
+    let status = view["status"].as_str().unwrap_or("actual").to_string();
+    state.warnings.send(WarningEvent {
+        id,
+        action: action.as_str(),
+        state: folded.state,
+        level: folded.level,
+        status,
+        at_ms: state.clock.now_ms(),
+    });
+    Ok(Json(view))
+}

@@ -1,0 +1,408 @@
+//! Warnings in process: issued by hand with the roles and states the API promises, raised, issued,
+//! updated and cleared by a rule with one warning per rule, every change on the in-process channel,
+//! a warning acted on at two nodes apart folding to one state, and a forged issue from below that
+//! does not count.
+
+use std::time::Duration;
+
+use crate::common::harness::{Harness, START_MS, Session};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use township_drivers::{Quality, Reading};
+use township_node::auth::roles::Role;
+use township_node::config::Config;
+use township_node::store::StoreError;
+use township_node::telemetry::config::DeviceConfig;
+
+fn gauge() -> DeviceConfig {
+    toml::from_str(
+        "id = \"wl-01\"\nname = \"熟溪水位站\"\narea = \"330723001001\"\ndriver = \"hj212\"\nmn = \"MNWL01\"\n\
+         points = [{ metric = \"water_level\", unit = \"m\", min = 0.0, max = 20.0 }]",
+    )
+    .unwrap()
+}
+
+async fn harness() -> (Harness, Session, Session) {
+    let h = Harness::with_config(Config {
+        devices: vec![gauge()],
+        ..Config::default()
+    })
+    .await;
+    township_node::app::start_telemetry(h.state());
+    township_node::app::start_rules(h.state());
+    let staff = h
+        .user("li.ming", Role::TownshipStaff, "330723001", None)
+        .await;
+    let grid = h
+        .user("wang.fang", Role::GridWorker, "330723001001", None)
+        .await;
+    (h, staff, grid)
+}
+
+fn manual() -> Value {
+    json!({"area": "330723001", "event": "rainstorm", "level": "orange", "headline": "熟溪街道暴雨橙色预警",
+           "description": "未来6小时降雨量将达50毫米以上。", "instruction": "转移低洼地带人员。",
+           "areas": ["330723001001", "330723001002"], "expires": (START_MS + 6 * 3_600_000).to_string()})
+}
+
+#[tokio::test]
+async fn staff_issue_update_and_cancel_and_grid_workers_see_what_covers_them() {
+    let (h, staff, grid) = harness().await;
+    let mut notices = h.state().warnings.subscribe();
+    let w = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(manual()))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = w["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (w["state"].as_str(), w["level"].as_str()),
+        (Some("issued"), Some("orange"))
+    );
+    assert_eq!(w["source"], json!({"person": "li.ming"}));
+    assert_eq!(w["allowed_actions"], json!(["update", "cancel"]));
+    assert!(w["transitions"][0]["at_ms"].is_number());
+    let n = notices.recv().await.unwrap();
+    assert_eq!((n.action, n.state.as_str()), ("issue", "issued"));
+    // The grid worker sees it (it covers her village) but may do nothing with it.
+    let seen = h
+        .act(&grid, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(seen["allowed_actions"], json!([]));
+    let list = h
+        .act(
+            &grid,
+            "GET",
+            "/api/v1/warnings?state=issued&level=orange,red",
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(list["warnings"].as_array().unwrap().len(), 1, "{list}");
+    h.act(
+        &grid,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "cancel"})),
+    )
+    .await
+    .expect(StatusCode::FORBIDDEN);
+    h.act(&grid, "POST", "/api/v1/warnings", Some(manual()))
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    // Bad input names the field; a person cannot `raise` or `all_clear`.
+    let mut bad = manual();
+    bad["level"] = json!("purple");
+    h.act(&staff, "POST", "/api/v1/warnings", Some(bad))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    let mut outside = manual();
+    outside["areas"] = json!(["330723002001"]);
+    let problem = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(outside))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert!(problem.to_string().contains("areas"), "{problem}");
+    h.act(
+        &staff,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "all_clear"})),
+    )
+    .await
+    .expect(StatusCode::BAD_REQUEST);
+    let list = h
+        .act(&staff, "GET", "/api/v1/warnings", None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        list["warnings"].as_array().unwrap().len(),
+        1,
+        "nothing stored: {list}"
+    );
+    // Raise to red, then cancel; cancelling twice is a conflict.
+    let red = h
+        .act(
+            &staff,
+            "POST",
+            &format!("/api/v1/warnings/{id}/transitions"),
+            Some(json!({"action": "update", "level": "red"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (red["level"].as_str(), red["state"].as_str()),
+        (Some("red"), Some("issued"))
+    );
+    let cancelled = h
+        .act(
+            &staff,
+            "POST",
+            &format!("/api/v1/warnings/{id}/transitions"),
+            Some(json!({"action": "cancel"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(cancelled["state"], "cancelled");
+    h.act(
+        &staff,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "cancel"})),
+    )
+    .await
+    .expect(StatusCode::CONFLICT);
+    let actions: Vec<String> = std::iter::from_fn(|| notices.try_recv().ok())
+        .map(|n| n.action.to_string())
+        .collect();
+    assert_eq!(actions, ["update", "cancel"]);
+}
+
+fn reading(t: i64, v: f64) -> Reading {
+    Reading {
+        device: "wl-01".into(),
+        metric: "water_level".into(),
+        time_ms: t,
+        value: v,
+        unit: None,
+        quality: Quality::Good,
+    }
+}
+
+async fn commit(h: &Harness, readings: Vec<Reading>) {
+    let rx = h
+        .state()
+        .telemetry
+        .sink()
+        .send_acked(readings)
+        .await
+        .unwrap();
+    assert!(rx.await.unwrap(), "committed");
+}
+
+async fn warnings_of(h: &Harness, s: &Session) -> Vec<Value> {
+    let list = h
+        .act(s, "GET", "/api/v1/warnings", None)
+        .await
+        .expect(StatusCode::OK);
+    list["warnings"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_rule_raises_issues_updates_and_clears_one_warning() {
+    let (h, staff, grid) = harness().await;
+    let mut notices = h.state().warnings.subscribe();
+    let rule = h
+        .act(&staff, "POST", "/api/v1/rules", Some(json!({"name": "熟溪水位", "area": "330723001", "device": "wl-01",
+            "metric": "water_level", "kind": "threshold", "levels": {"yellow": 3.5, "orange": 4.0, "red": 4.5},
+            "hysteresis": 0.1, "event": "flood", "auto_issue": ["red", "orange"]})))
+        .await
+        .expect(StatusCode::CREATED);
+    let rule_id = rule["id"].as_str().unwrap().to_string();
+    // Yellow: raised, not issued. The watcher loads the new rule within a second; keep reading.
+    let mut t = START_MS - 600_000;
+    loop {
+        t += 1000;
+        commit(&h, vec![reading(t, 3.6)]).await;
+        if !warnings_of(&h, &grid).await.is_empty() {
+            break;
+        }
+        assert!(t < START_MS, "no warning was raised");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.action, n.state.as_str(), n.level.map(|l| l.as_str())),
+        ("raise", "raised", Some("yellow"))
+    );
+    // Orange: the same warning is updated and, since the rule says so, issued.
+    commit(&h, vec![reading(t + 1000, 4.1)]).await;
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (n.action, n.level.map(|l| l.as_str())),
+        ("update", Some("orange"))
+    );
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((n.action, n.state.as_str()), ("issue", "issued"));
+    let list = warnings_of(&h, &grid).await;
+    assert_eq!(list.len(), 1, "one warning per rule: {list:?}");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let w = h
+        .act(&grid, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(w["source"], json!({"rule": rule_id}));
+    assert_eq!(w["headline"], "熟溪水位橙色预警");
+    assert_eq!(w["event"], "flood");
+    let actions: Vec<&str> = w["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["raise", "update", "issue"]);
+    assert!(
+        w["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["actor"] == "system")
+    );
+    // Below every band: all clear.
+    commit(&h, vec![reading(t + 2000, 2.0)]).await;
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((n.action, n.state.as_str()), ("all_clear", "cleared"));
+    assert_eq!(warnings_of(&h, &grid).await.len(), 1);
+}
+
+async fn load(h: &Harness, id: uuid::Uuid) -> Vec<u8> {
+    let docs = h.state().docs.clone();
+    h.state()
+        .store
+        .read(move |c| Ok::<_, StoreError>(docs.load(c, id)?.1.save()))
+        .await
+        .unwrap()
+}
+
+async fn merge(h: &Harness, id: uuid::Uuid, bytes: Vec<u8>) {
+    let docs = h.state().docs.clone();
+    h.state()
+        .store
+        .write(move |c| {
+            let scope: township_sync::AreaCode = "330723001".parse().unwrap();
+            Ok::<_, StoreError>(
+                docs.merge_remote(
+                    c,
+                    township_sync::Sender::Trusted,
+                    id,
+                    "warning",
+                    &scope,
+                    &bytes,
+                )
+                .map(|_| ())?,
+            )
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn an_update_here_and_a_cancel_there_fold_to_one_state_on_both() {
+    let (a, staff_a, _) = harness().await;
+    let b = Harness::new().await;
+    let staff_b = b
+        .user("zhang.wei", Role::TownshipStaff, "330723001", None)
+        .await;
+    let w = a
+        .act(&staff_a, "POST", "/api/v1/warnings", Some(manual()))
+        .await
+        .expect(StatusCode::CREATED);
+    let id: uuid::Uuid = w["id"].as_str().unwrap().parse().unwrap();
+    merge(&b, id, load(&a, id).await).await;
+    // Apart: A raises it to red, B cancels it.
+    a.act(
+        &staff_a,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "update", "level": "red"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    a.clock.advance_ms(1000);
+    b.clock.advance_ms(2000);
+    b.act(
+        &staff_b,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "cancel"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let (from_a, from_b) = (load(&a, id).await, load(&b, id).await);
+    merge(&a, id, from_b).await;
+    merge(&b, id, from_a).await;
+    let view_a = a
+        .act(&staff_a, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    let view_b = b
+        .act(&staff_b, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    for key in ["state", "level", "transitions", "conflicts"] {
+        assert_eq!(view_a[key], view_b[key], "{key}");
+    }
+    assert_eq!(view_a["state"], "cancelled");
+    assert_eq!(view_a["level"], "red");
+}
+
+#[tokio::test]
+async fn an_issue_forged_from_below_does_not_count() {
+    let (h, staff, _) = harness().await;
+    let w = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(manual()))
+        .await
+        .expect(StatusCode::CREATED);
+    let id: uuid::Uuid = w["id"].as_str().unwrap().parse().unwrap();
+    // A village hub appends a cancel in the name of the township's staff member, and an update by
+    // its own grid worker; both arrive as a merge would deliver them.
+    let village: township_sync::AreaCode = "330723001001".parse().unwrap();
+    let docs = h.state().docs.clone();
+    let hlc = h.state().write_ctx().timestamp();
+    h.state()
+        .store
+        .write(move |c| {
+            for (claimed, actor, role, action) in [
+                ("wang.fang", "li.ming", "township_staff", "cancel"),
+                ("wang.fang", "wang.fang", "grid_worker", "update"),
+            ] {
+                let by = township_sync::Author::person(
+                    village.clone(),
+                    township_sync::Person {
+                        name: claimed.into(),
+                        role: "grid_worker".into(),
+                        area: village.clone(),
+                    },
+                );
+                let t = township_sync::Transition {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    at: hlc,
+                    actor: actor.into(),
+                    role: role.into(),
+                    action: action.into(),
+                    data: [("level".to_string(), "blue".to_string())]
+                        .into_iter()
+                        .collect(),
+                    written: Default::default(),
+                };
+                docs.change(c, &by, id, move |d| {
+                    Ok(township_sync::workflow::append(d, &t)?)
+                })?;
+            }
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    let view = h
+        .act(&staff, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (view["state"].as_str(), view["level"].as_str()),
+        (Some("issued"), Some("orange")),
+        "{view}"
+    );
+    assert_eq!(view["conflicts"].as_array().unwrap().len(), 2, "{view}");
+}
