@@ -68,6 +68,8 @@ pub struct AppInner {
     pub rules: Arc<crate::rules::live::Watch>,
     /// Warning changes made here, for the parts of the node that act on them (the PA to come).
     pub warnings: Arc<crate::warnings::Notices>,
+    /// Signs the CAP messages of this node's warnings.
+    pub cap_key: Arc<crate::cap::CapKey>,
 }
 
 impl Deref for AppState {
@@ -99,16 +101,26 @@ fn derived_key(key: &NodeKey, purpose: &str) -> ring::hmac::Key {
     ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref())
 }
 
+/// The node's keys: its Ed25519 identity and its CAP signing key.
+pub struct NodeKeys {
+    pub node: NodeKey,
+    pub cap: crate::cap::CapKey,
+}
+
 impl AppState {
     pub fn new(
         node: NodeInfo,
-        key: NodeKey,
+        keys: NodeKeys,
         db_salt: &[u8],
         config: Config,
         store: Store,
         clock: Clock,
         upstream: Option<(String, township_sync::PublicKey)>,
     ) -> AppState {
+        let NodeKeys {
+            node: key,
+            cap: cap_key,
+        } = keys;
         let key = Arc::new(key);
         let actor = township_sync::docstore::derive_actor(&key.public_key(), db_salt);
         let doc_clock = clock.clone();
@@ -160,6 +172,7 @@ impl AppState {
                 telemetry,
                 rules: Arc::default(),
                 warnings: Arc::default(),
+                cap_key: Arc::new(cap_key),
             }),
         }
     }
@@ -491,21 +504,32 @@ async fn open_store(dir: &DataDir, config: Config, clock: Clock) -> Result<Opene
             })
             .await?;
         let key = node::load_key_checked(dir, &info)?;
+        let cap_key = crate::cap::CapKey::load_or_create(dir.root())?;
         let config_upstream = match (&config.sync.upstream_url, &config.sync.upstream_key) {
             (Some(url), Some(key)) => Some((url.clone(), key.parse().map_err(NodeError::from)?)),
             _ => None,
         };
-        Ok::<_, NodeError>((info, key, salt, config_upstream.or(stored_upstream)))
+        Ok::<_, NodeError>((
+            info,
+            key,
+            cap_key,
+            salt,
+            config_upstream.or(stored_upstream),
+        ))
     }
     .await;
-    let (info, key, salt, upstream) = match checked {
+    let (info, key, cap_key, salt, upstream) = match checked {
         Ok(checked) => checked,
         Err(e) => {
             store.close().await;
             return Err(e);
         }
     };
-    let state = AppState::new(info, key, &salt, config, store, clock, upstream);
+    let keys = NodeKeys {
+        node: key,
+        cap: cap_key,
+    };
+    let state = AppState::new(info, keys, &salt, config, store, clock, upstream);
     if let Err(e) = prepare_records(&state).await {
         state.store.close().await;
         return Err(e);

@@ -65,6 +65,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub incidents: IncidentsConfig,
     pub sync: SyncConfig,
+    pub cap: CapConfig,
     /// The departments incidents are dispatched to. Replaces the built-in list when given.
     pub departments: Vec<Department>,
     /// Incident categories with their deadlines. Replaces the built-in list when given.
@@ -75,6 +76,15 @@ pub struct Config {
     pub simulator: crate::telemetry::config::SimulatorConfig,
     /// The sensors this node reads.
     pub devices: Vec<crate::telemetry::config::DeviceConfig>,
+}
+
+/// CAP 1.2 messages this node emits for its warnings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapConfig {
+    /// The `sender` of every CAP message; `{node_id}@township-node` when not set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +351,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             incidents: IncidentsConfig::default(),
             sync: SyncConfig::default(),
+            cap: CapConfig::default(),
             departments: default_departments(),
             categories: default_categories(),
             mqtt: Default::default(),
@@ -617,6 +628,7 @@ mod tests {
         let mut expected = Config::default();
         expected.http.metrics_token = parsed.http.metrics_token.clone();
         expected.sync = parsed.sync.clone();
+        expected.cap = parsed.cap.clone();
         expected.mqtt = parsed.mqtt.clone();
         expected.hj212.listen = parsed.hj212.listen;
         expected.simulator.storm_after = parsed.simulator.storm_after;

@@ -17,6 +17,7 @@
 //! - [`blobs`]: content-addressed attachments and thumbnails (core and routes).
 //! - [`rules`]: rules on live readings: the rule body, the evaluation semantics, records, the watcher.
 //! - [`warnings`]: four-colour warnings as records, their workflow, automation from rules, the API.
+//! - [`cap`]: CAP 1.2 messages for warnings, signed, and their Atom feed.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
@@ -29,6 +30,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod blobs;
+pub mod cap;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -24,6 +24,8 @@ pub const CONFIG_FILE: &str = "township-node.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
+    #[error(transparent)]
+    CapKey(#[from] crate::cap::sign::KeyError),
     #[error(
         "data directory {0} already exists; init never touches an existing directory. Choose a new path (or remove it if it is an empty leftover)"
     )]
@@ -191,6 +193,8 @@ async fn populate(
 ) -> Result<NodeInfo, NodeError> {
     let (key, pkcs8) = NodeKey::generate()?;
     NodeKey::write_new_file(&dir.key(), &pkcs8)?;
+    // Made here so a new node starts with it; nodes made before CAP make theirs at their next start.
+    crate::cap::CapKey::load_or_create(dir.root())?;
     let info = NodeInfo {
         node_id: key.node_id().to_string(),
         public_key: key.public_key().to_string(),

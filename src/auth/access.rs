@@ -116,6 +116,10 @@ pub const RULES: &[Rule] = &[
     rule("PUT", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
     rule("DELETE", "/api/v1/rules/{id}", Access::Roles(RULE_EDITORS)),
     rule("POST", "/api/v1/rules/test", Access::Roles(RULE_EDITORS)),
+    // CAP: public, as warnings are meant to be; aggregators poll without an account.
+    rule("GET", "/api/v1/warnings/{id}/cap", Access::Public),
+    rule("GET", "/api/v1/cap/alerts.atom", Access::Public),
+    rule("GET", "/api/v1/cap/key.pem", Access::Public),
     // Warnings: everyone sees those covering their area; who may act is checked per warning.
     rule("GET", "/api/v1/warnings", Access::SignedIn),
     rule("GET", "/api/v1/warnings/{id}", Access::SignedIn),

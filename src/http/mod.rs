@@ -49,6 +49,7 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::telemetry::routes(r);
     let r = crate::rules::routes(r);
     let r = crate::warnings::routes(r);
+    let r = crate::cap::routes(r);
     crate::blobs::routes(r)
 }
 
@@ -230,7 +231,11 @@ mod tests {
             role: township_sync::NodeRole::Village,
             name: "王宅村".into(),
         };
-        AppState::new(node, key, b"salt", config, store, Clock::manual(0), None)
+        let keys = crate::app::NodeKeys {
+            node: key,
+            cap: crate::cap::CapKey::load_or_create(dir).unwrap(),
+        };
+        AppState::new(node, keys, b"salt", config, store, Clock::manual(0), None)
     }
 
     async fn call(

@@ -549,6 +549,87 @@ pub fn act(
     Ok(fold_doc(&doc, &authors, &meta.scope).state)
 }
 
+/// One message a warning has produced for the outside world (CAP): an `issue`, or an `update` or
+/// `cancel` after it was issued, with the warning as it stood then.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// `Alert`, `Update` or `Cancel`.
+    pub msg_type: &'static str,
+    pub at_ms: i64,
+    /// The transition's id: stable, so the message's identifier is too.
+    pub transition: String,
+    pub folded: Folded,
+}
+
+/// A warning as the CAP layer needs it: fixed fields and every message it has produced, in order.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: Uuid,
+    pub area: AreaCode,
+    pub status: String,
+    pub event: String,
+    pub source: serde_json::Value,
+    pub messages: Vec<Message>,
+}
+
+/// The messages of one warning (none until it is issued).
+pub fn published(
+    conn: &Connection,
+    docs: &township_sync::DocStore,
+    id: Uuid,
+) -> Result<Published, WarningError> {
+    let (meta, mut doc) = docs.load_kind(conn, id, KIND)?;
+    let authors = Authors::of(&mut doc);
+    let applied = fold_doc(&doc, &authors, &meta.scope).applied;
+    let machine = WarningMachine { scope: &meta.scope };
+    let mut messages = Vec::new();
+    let mut issued = false;
+    for (i, t) in applied.iter().enumerate() {
+        let msg_type = match t.action.as_str() {
+            "issue" => {
+                issued = true;
+                "Alert"
+            }
+            "update" if issued => "Update",
+            "cancel" if issued => "Cancel",
+            _ => continue,
+        };
+        let folded = township_sync::workflow::fold(&machine, &applied[..=i]).state;
+        messages.push(Message {
+            msg_type,
+            at_ms: i64::try_from(t.at.wall_ms).unwrap_or(0),
+            transition: t.id.clone(),
+            folded,
+        });
+    }
+    Ok(Published {
+        id,
+        area: meta.scope.clone(),
+        status: fields::text(&doc, "status").unwrap_or_else(|| "actual".into()),
+        event: fields::text(&doc, "event").unwrap_or_else(|| "other".into()),
+        source: fields::text(&doc, "source")
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(serde_json::Value::Null),
+        messages,
+    })
+}
+
+/// Issued warnings (open or ended) whose latest message is newer than `since_ms`, newest first.
+pub fn published_ids(
+    conn: &Connection,
+    since_ms: i64,
+    limit: i64,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT doc_id FROM warnings WHERE issued_ms IS NOT NULL AND updated_ms >= ?1
+         ORDER BY updated_ms DESC LIMIT ?2",
+    )?;
+    let ids: Vec<String> = stmt
+        .query_map(params![since_ms, limit], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect())
+}
+
 /// A warning's folded state now.
 pub fn current(conn: &Connection, ctx: &WriteCtx, id: Uuid) -> Result<Folded, WarningError> {
     let (meta, mut doc) = ctx.docs.load_kind(conn, id, KIND)?;

@@ -6,6 +6,7 @@ mod common;
 
 mod accounts;
 mod authz;
+mod cap;
 mod cli;
 mod crash;
 mod graceful;

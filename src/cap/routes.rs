@@ -1,0 +1,139 @@
+//! The CAP routes: a warning's latest message, the Atom feed of current messages, and the public key
+//! that verifies them. Public, as warnings are: aggregators and loudspeaker vendors poll them with
+//! no account here.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
+
+use super::{Sender, alert, cap_time};
+use crate::app::AppState;
+use crate::http::problem::ApiError;
+use crate::http::routes::Routes;
+use crate::store::StoreError;
+use crate::warnings::WarningError;
+
+pub fn routes(r: Routes) -> Routes {
+    r.get("/api/v1/warnings/{id}/cap", latest)
+        .get("/api/v1/cap/alerts.atom", feed)
+        .get("/api/v1/cap/key.pem", key)
+}
+
+pub fn sender(state: &AppState) -> Sender {
+    Sender {
+        address: state
+            .config
+            .cap
+            .sender
+            .clone()
+            .unwrap_or_else(|| format!("{}@township-node", state.node.node_id)),
+        node_id: state.node.node_id.clone(),
+        name: state.node.name.clone(),
+    }
+}
+
+fn with_type(body: String, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+/// The signed CAP document of a warning's latest message.
+pub async fn signed_latest(state: &AppState, id: Uuid) -> Result<Option<String>, ApiError> {
+    let docs = state.docs.clone();
+    let published = state
+        .store
+        .read(move |conn| crate::warnings::published(conn, &docs, id))
+        .await?;
+    let Some(last) = published.messages.len().checked_sub(1) else {
+        return Ok(None);
+    };
+    let Some(canonical) = alert(&sender(state), &published, last) else {
+        return Ok(None);
+    };
+    let signed = state
+        .cap_key
+        .sign_document(&canonical)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Some(signed))
+}
+
+async fn latest(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
+    match signed_latest(&state, id).await {
+        Ok(Some(doc)) => Ok(with_type(doc, "application/cap+xml; charset=utf-8")),
+        Ok(None) | Err(ApiError::NotFound) => Err(ApiError::NotFound),
+        Err(e) => Err(e),
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Warnings whose messages changed within this long are in the feed.
+const FEED_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+
+async fn feed(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let since = state.clock.now_ms() - FEED_WINDOW_MS;
+    let docs = state.docs.clone();
+    let entries = state
+        .store
+        .read(move |conn| {
+            let mut out = Vec::new();
+            for id in crate::warnings::published_ids(conn, since, 200)? {
+                match crate::warnings::published(conn, &docs, id) {
+                    Ok(p) => out.push(p),
+                    Err(WarningError::Store(e)) => return Err(e),
+                    Err(_) => {}
+                }
+            }
+            Ok::<_, StoreError>(out)
+        })
+        .await?;
+    let sender = sender(&state);
+    let updated = entries
+        .iter()
+        .filter_map(|p| p.messages.last().map(|m| m.at_ms))
+        .max()
+        .unwrap_or_else(|| state.clock.now_ms());
+    let mut xml = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<feed xmlns=\"http://www.w3.org/2005/Atom\">\
+         <id>urn:township-node:{}:cap</id><title>{} 预警信息 CAP</title><updated>{}</updated>\
+         <author><name>{}</name></author>",
+        escape(&sender.node_id),
+        escape(&sender.name),
+        cap_time(updated),
+        escape(&sender.address)
+    );
+    for p in &entries {
+        let Some(m) = p.messages.last() else { continue };
+        xml.push_str(&format!(
+            "<entry><id>urn:township-node:{}:{}</id><title>{}</title><updated>{}</updated>\
+             <category term=\"{}\"></category><link rel=\"alternate\" type=\"application/cap+xml\" href=\"/api/v1/warnings/{}/cap\"></link>\
+             <summary>{}</summary></entry>",
+            escape(&sender.node_id),
+            escape(&m.transition),
+            escape(&m.folded.headline),
+            cap_time(m.at_ms),
+            m.msg_type,
+            p.id,
+            escape(&m.folded.description),
+        ));
+    }
+    xml.push_str("</feed>");
+    Ok(with_type(xml, "application/atom+xml; charset=utf-8"))
+}
+
+async fn key(State(state): State<AppState>) -> Response {
+    with_type(state.cap_key.public_pem(), "application/x-pem-file")
+}

@@ -1,0 +1,196 @@
+//! CAP 1.2 out: every message of a warning's life (Alert, Update, Cancel with references) validates
+//! against the OASIS schema with xmllint and verifies with xmlsec1 against the node's published key;
+//! a changed byte fails verification; the Atom feed lists the current messages.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::common::harness::{Harness, START_MS, Session};
+use axum::http::StatusCode;
+use serde_json::json;
+use township_node::auth::roles::Role;
+
+fn schema() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/cap/CAP-v1.2.xsd")
+}
+
+fn xmllint_valid(file: &Path) -> Result<(), String> {
+    let out = Command::new("xmllint")
+        .args(["--noout", "--nonet", "--schema"])
+        .arg(schema())
+        .arg(file)
+        .output()
+        .expect("xmllint (Debian's libxml2-utils; tests/run.sh installs it)");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+fn xmlsec_verifies(file: &Path, key: &Path) -> bool {
+    Command::new("xmlsec1")
+        .args(["--verify", "--pubkey-pem"])
+        .arg(key)
+        .arg(file)
+        .output()
+        .expect("xmlsec1 (Debian's xmlsec1; tests/run.sh installs it)")
+        .status
+        .success()
+}
+
+/// A public GET through the router, as text (CAP and Atom are not JSON).
+async fn get_text(h: &Harness, uri: &str) -> (StatusCode, String, String) {
+    let request = axum::http::Request::builder()
+        .uri(uri)
+        .header("host", "node.test")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let response = tower::ServiceExt::oneshot(h.router(), request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        content_type,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+async fn act(h: &Harness, s: &Session, id: &str, body: serde_json::Value) {
+    h.act(
+        s,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(body),
+    )
+    .await
+    .expect(StatusCode::OK);
+}
+
+#[tokio::test]
+async fn every_message_validates_and_verifies_and_a_changed_byte_does_not() {
+    let h = Harness::new().await;
+    let staff = h
+        .user("li.ming", Role::TownshipStaff, "330723001", None)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (status, _, pem) = get_text(&h, "/api/v1/cap/key.pem").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"), "{pem}");
+    let key = tmp.path().join("key.pem");
+    std::fs::write(&key, &pem).unwrap();
+
+    let w = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(json!({"area": "330723001", "event": "flood", "level": "orange",
+            "headline": "熟溪水位橙色预警 <&> \"引号\"", "description": "水位4.1米，超过警戒水位。", "instruction": "沿河人员立即转移。",
+            "areas": ["330723001001", "330723001002"], "onset": START_MS.to_string(), "expires": (START_MS + 3_600_000).to_string()})))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = w["id"].as_str().unwrap().to_string();
+    let mut identifiers = Vec::new();
+    for (step, change) in [
+        ("alert", None),
+        (
+            "update",
+            Some(json!({"action": "update", "level": "red", "instruction": "全部撤离。"})),
+        ),
+        ("cancel", Some(json!({"action": "cancel"}))),
+    ] {
+        if let Some(change) = change {
+            h.clock.advance_ms(60_000);
+            act(&h, &staff, &id, change).await;
+        }
+        let (status, content_type, doc) = get_text(&h, &format!("/api/v1/warnings/{id}/cap")).await;
+        assert_eq!(status, StatusCode::OK, "{step}: {doc}");
+        assert!(
+            content_type.starts_with("application/cap+xml"),
+            "{content_type}"
+        );
+        let file = tmp.path().join(format!("{step}.xml"));
+        std::fs::write(&file, &doc).unwrap();
+        xmllint_valid(&file).unwrap_or_else(|e| panic!("{step} is not valid CAP 1.2: {e}\n{doc}"));
+        assert!(
+            xmlsec_verifies(&file, &key),
+            "{step}: signature does not verify\n{doc}"
+        );
+        let identifier = doc
+            .split("<identifier>")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .to_string();
+        // Every earlier message is referenced, by sender, identifier and time.
+        for earlier in &identifiers {
+            assert!(
+                doc.contains(&format!(",{earlier},")),
+                "{step} lacks a reference to {earlier}"
+            );
+        }
+        identifiers.push(identifier);
+        let msg_type = doc
+            .split("<msgType>")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap();
+        assert_eq!(msg_type.to_lowercase(), step);
+        assert!(doc.contains("+08:00</sent>"), "{doc}");
+        assert!(doc.contains("<valueName>GB/T 2260</valueName><value>330723001002</value>"));
+        // One changed byte in the signed text: verification fails.
+        let tampered = doc.replacen("熟溪水位", "熟溪水住", 1);
+        let bad = tmp.path().join(format!("{step}-tampered.xml"));
+        std::fs::write(&bad, tampered).unwrap();
+        assert!(
+            !xmlsec_verifies(&bad, &key),
+            "{step}: a tampered message verified"
+        );
+    }
+    assert_eq!(identifiers.len(), 3);
+    assert!(
+        identifiers
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            == 3
+    );
+    // The severity follows the level (red at the update), and the message is stable on re-reading.
+    let (_, _, again) = get_text(&h, &format!("/api/v1/warnings/{id}/cap")).await;
+    assert!(again.contains(&identifiers[2]));
+
+    // The feed lists it with a link to its latest message.
+    let (status, content_type, feed) = get_text(&h, "/api/v1/cap/alerts.atom").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(content_type.starts_with("application/atom+xml"));
+    assert!(
+        feed.contains(&format!("/api/v1/warnings/{id}/cap")),
+        "{feed}"
+    );
+    let file = tmp.path().join("feed.xml");
+    std::fs::write(&file, &feed).unwrap();
+    let wf = Command::new("xmllint")
+        .args(["--noout", "--nonet"])
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(wf.success(), "the feed is not well-formed XML: {feed}");
+
+    // A warning that was only raised (not issued) has no CAP message.
+    let (status, _, _) = get_text(
+        &h,
+        &format!("/api/v1/warnings/{}/cap", uuid::Uuid::now_v7()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
