@@ -14,6 +14,7 @@
 //!
 //! Certainty is `Observed` for warnings a rule raised from readings, `Likely` otherwise.
 
+pub mod inbound;
 mod routes;
 pub mod sign;
 pub mod xml;

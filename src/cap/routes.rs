@@ -14,8 +14,12 @@ use crate::http::routes::Routes;
 use crate::store::StoreError;
 use crate::warnings::WarningError;
 
+/// Largest CAP document accepted: real alerts are a few kilobytes.
+const MAX_ALERT_BYTES: usize = 256 * 1024;
+
 pub fn routes(r: Routes) -> Routes {
-    r.get("/api/v1/warnings/{id}/cap", latest)
+    r.post_with_limit("/api/v1/cap", receive, MAX_ALERT_BYTES)
+        .get("/api/v1/warnings/{id}/cap", latest)
         .get("/api/v1/cap/alerts.atom", feed)
         .get("/api/v1/cap/key.pem", key)
 }
@@ -136,4 +140,69 @@ async fn feed(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn key(State(state): State<AppState>) -> Response {
     with_type(state.cap_key.public_pem(), "application/x-pem-file")
+}
+
+/// Takes one CAP alert: 201 when it made a warning, 200 when it updated, cancelled or was a
+/// duplicate, 400 naming what is wrong with a bad document (nothing stored).
+async fn receive(
+    State(state): State<AppState>,
+    caller: crate::auth::Caller,
+    headers: axum::http::HeaderMap,
+    body: String,
+) -> Result<Response, ApiError> {
+    let xml_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.contains("xml"));
+    if !xml_type {
+        return Err(ApiError::invalid(
+            "content-type",
+            "send the alert as application/cap+xml",
+        ));
+    }
+    let alert = super::inbound::parse(&body).map_err(|e| ApiError::invalid("alert", e))?;
+    let alert_status = alert.status.clone();
+    let (ctx, actor, area) = (
+        state.write_ctx(),
+        caller.actor.clone(),
+        state.node.area.clone(),
+    );
+    let outcome = state
+        .store
+        .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
+        .await?;
+    use super::inbound::Outcome;
+    let (status, word, id) = match outcome {
+        Outcome::Created(id) => (axum::http::StatusCode::CREATED, "created", id),
+        Outcome::Updated(id) => (axum::http::StatusCode::OK, "updated", id),
+        Outcome::Cancelled(id) => (axum::http::StatusCode::OK, "cancelled", id),
+        Outcome::Duplicate(id) => (axum::http::StatusCode::OK, "duplicate", id),
+    };
+    if word != "duplicate" {
+        // Tell the rest of the node (the PA) as for any warning change made here.
+        let ctx = state.write_ctx();
+        if let Ok(folded) = state
+            .store
+            .read(move |conn| crate::warnings::current(conn, &ctx, id))
+            .await
+        {
+            state.warnings.send(crate::warnings::WarningEvent {
+                id,
+                action: match word {
+                    "created" => "issue",
+                    "updated" => "update",
+                    _ => "cancel",
+                },
+                state: folded.state,
+                level: folded.level,
+                status: alert_status,
+                at_ms: state.clock.now_ms(),
+            });
+        }
+    }
+    Ok((
+        status,
+        axum::Json(serde_json::json!({"outcome": word, "warning": id.to_string()})),
+    )
+        .into_response())
 }

@@ -25,6 +25,7 @@ const MIGRATIONS: &[Migration] = &[
     v9_authority,
     v10_rules,
     v11_warnings,
+    v12_cap_inbound,
 ];
 
 /// The schema version this binary writes.
@@ -393,6 +394,20 @@ fn v11_warnings(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ) STRICT;
         CREATE INDEX warnings_rule ON warnings (rule_id, state);
         CREATE INDEX warnings_open ON warnings (state, expires_ms);",
+    )
+}
+
+/// CAP alerts received, so a duplicate is a no-op and an Update or Cancel finds its warning.
+fn v12_cap_inbound(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE cap_inbound (
+            sender      TEXT NOT NULL,
+            identifier  TEXT NOT NULL,
+            warning_id  TEXT NOT NULL,
+            msg_type    TEXT NOT NULL,
+            received_ms INTEGER NOT NULL,
+            PRIMARY KEY (sender, identifier)
+        ) STRICT;",
     )
 }
 

@@ -194,3 +194,161 @@ async fn every_message_validates_and_verifies_and_a_changed_byte_does_not() {
     .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+fn inbound(identifier: &str, msg_type: &str, references: &str, colour: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>{identifier}</identifier><sender>zj-weather@cma.gov.cn</sender>
+<sent>2026-07-01T08:00:00+08:00</sent><status>Actual</status><msgType>{msgType}</msgType><scope>Public</scope>{references}
+<info><language>zh-CN</language><category>Met</category><event>暴雨</event><urgency>Expected</urgency><severity>Severe</severity>
+<certainty>Likely</certainty><headline>武义县暴雨{colour}预警</headline><description>未来3小时降雨量将达50毫米以上。</description>
+<parameter><valueName>warningColour</valueName><value>{colour}</value></parameter>
+<area><areaDesc>武义县</areaDesc><geocode><valueName>GB/T 2260</valueName><value>330723000000</value></geocode></area></info></alert>"#,
+        msgType = msg_type
+    )
+}
+
+async fn post_xml(h: &Harness, s: &Session, body: Vec<u8>) -> (StatusCode, serde_json::Value) {
+    let (status, _, bytes) = h
+        .send_raw(s, "POST", "/api/v1/cap", "application/cap+xml", body)
+        .await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn warning_count(h: &Harness) -> i64 {
+    h.state()
+        .store
+        .read(|c| {
+            Ok::<_, township_node::store::StoreError>(c.query_row(
+                "SELECT count(*) FROM warnings",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn alerts_from_outside_become_warnings_updates_and_cancels_apply_and_hostile_xml_stores_nothing()
+ {
+    let h = Harness::new().await;
+    let it = h.user("it.xu", Role::CountyIt, "330723001", None).await;
+    let grid = h
+        .user("wang.fang", Role::GridWorker, "330723001001", None)
+        .await;
+    // A county-wide alert lands on this township as a warning for the township.
+    let (status, v) = post_xml(&h, &it, inbound("zj-1", "Alert", "", "橙色").into_bytes()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let id = v["warning"].as_str().unwrap().to_string();
+    let w = h
+        .act(&grid, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (w["level"].as_str(), w["state"].as_str()),
+        (Some("orange"), Some("issued")),
+        "{w}"
+    );
+    assert_eq!(w["source"], json!({"cap": "zj-1"}));
+    assert_eq!(w["areas"], json!(["330723001"]));
+    // The same alert again changes nothing.
+    let (status, v) = post_xml(&h, &it, inbound("zj-1", "Alert", "", "橙色").into_bytes()).await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    // An Update raises it; a Cancel ends it.
+    let refs = "<references>zj-weather@cma.gov.cn,zj-1,2026-07-01T08:00:00+08:00</references>";
+    let (status, v) = post_xml(
+        &h,
+        &it,
+        inbound("zj-2", "Update", refs, "红色").into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (StatusCode::OK, Some("updated")),
+        "{v}"
+    );
+    let w = h
+        .act(&grid, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(w["level"], "red");
+    let (status, v) = post_xml(
+        &h,
+        &it,
+        inbound("zj-3", "Cancel", refs, "红色").into_bytes(),
+    )
+    .await;
+    assert_eq!(
+        (status, v["outcome"].as_str()),
+        (StatusCode::OK, Some("cancelled")),
+        "{v}"
+    );
+    // An Update for an alert never received is a conflict.
+    let stray = "<references>zj-weather@cma.gov.cn,nope,2026-07-01T08:00:00+08:00</references>";
+    let (status, _) = post_xml(
+        &h,
+        &it,
+        inbound("zj-4", "Update", stray, "红色").into_bytes(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // A grid worker may not post alerts.
+    let (status, _) = post_xml(&h, &grid, inbound("zj-5", "Alert", "", "红色").into_bytes()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let before = warning_count(&h).await;
+    let laughs = format!(
+        r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY a "aaaaaaaaaa">{}]><alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>&e9;</identifier></alert>"#,
+        (1..10)
+            .map(|i| format!(
+                "<!ENTITY e{i} \"{}\">",
+                format!(
+                    "&{};",
+                    if i == 1 {
+                        "a".to_string()
+                    } else {
+                        format!("e{}", i - 1)
+                    }
+                )
+                .repeat(10)
+            ))
+            .collect::<String>()
+    );
+    let xxe = r#"<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>&x;</identifier></alert>"#;
+    for (what, body, want) in [
+        (
+            "billion laughs",
+            laughs.into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "external entity",
+            xxe.as_bytes().to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "not XML",
+            b"{\"alert\": true}".to_vec(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong namespace",
+            inbound("zj-6", "Alert", "", "红色")
+                .replace("cap:1.2", "cap:1.1")
+                .into_bytes(),
+            StatusCode::BAD_REQUEST,
+        ),
+        ("50 MB", vec![b' '; 50 << 20], StatusCode::PAYLOAD_TOO_LARGE),
+    ] {
+        let (status, v) = post_xml(&h, &it, body).await;
+        assert_eq!(status, want, "{what}: {v}");
+    }
+    assert_eq!(warning_count(&h).await, before, "nothing stored");
+}

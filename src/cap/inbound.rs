@@ -1,0 +1,622 @@
+//! CAP 1.2 in: an alert from a provincial or national feed, or posted by county IT, becomes a warning
+//! here (source: the alert); an Update or Cancel applies to the warning its `references` name; a
+//! duplicate changes nothing.
+//!
+//! The parser is for hostile input: a document type declaration of any kind is refused (so no
+//! external entities and no entity expansion, the XXE and "billion laughs" attacks), only the five
+//! predefined entities and character references are resolved, depth, element count and text are
+//! bounded, and anything else wrong is named in the error. It never panics.
+
+use quick_xml::events::Event;
+use quick_xml::name::ResolveResult;
+use township_sync::AreaCode;
+
+use super::NAMESPACE;
+use crate::rules::eval::Level;
+
+/// Most elements one alert may have (a real alert has a few dozen).
+const MAX_ELEMENTS: usize = 5_000;
+const MAX_DEPTH: usize = 16;
+/// Most characters in one element's text.
+const MAX_TEXT: usize = 64 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CapError(pub String);
+
+fn err(s: impl Into<String>) -> CapError {
+    CapError(s.into())
+}
+
+/// An element: its local name, its text, its children.
+#[derive(Debug, Default)]
+struct El {
+    name: String,
+    text: String,
+    children: Vec<El>,
+}
+
+impl El {
+    fn child(&self, name: &str) -> Option<&El> {
+        self.children.iter().find(|c| c.name == name)
+    }
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a El> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+    fn text_of(&self, name: &str) -> Option<String> {
+        self.child(name)
+            .map(|c| c.text.trim().to_string())
+            .filter(|t| !t.is_empty())
+    }
+}
+
+fn resolve_ref(name: &str) -> Option<String> {
+    if let Some(num) = name.strip_prefix('#') {
+        let code = match num.strip_prefix('x') {
+            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
+            None => num.parse().ok()?,
+        };
+        return char::from_u32(code).map(String::from);
+    }
+    Some(
+        match name {
+            "amp" => "&",
+            "lt" => "<",
+            "gt" => ">",
+            "quot" => "\"",
+            "apos" => "'",
+            _ => return None,
+        }
+        .to_string(),
+    )
+}
+
+/// Parses a document into a tree, refusing what a hostile sender could use.
+fn tree(xml: &str) -> Result<El, CapError> {
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    let mut stack: Vec<El> = Vec::new();
+    let mut count = 0usize;
+    let mut root: Option<El> = None;
+    loop {
+        let (ns, event) = reader
+            .read_resolved_event()
+            .map_err(|e| err(format!("not well-formed XML: {e}")))?;
+        match event {
+            Event::DocType(_) => {
+                return Err(err(
+                    "a document type declaration is not allowed (no DTDs, no entities)",
+                ));
+            }
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                count += 1;
+                if count > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
+                    return Err(err(
+                        "the document is too large or too deeply nested for an alert",
+                    ));
+                }
+                if root.is_some() {
+                    return Err(err("content after the root element"));
+                }
+                if stack.is_empty() {
+                    let in_cap =
+                        matches!(ns, ResolveResult::Bound(n) if n.as_ref() == NAMESPACE.as_bytes());
+                    if !in_cap || e.local_name().as_ref() != b"alert" {
+                        return Err(err(format!(
+                            "the root element must be <alert> in the {NAMESPACE} namespace"
+                        )));
+                    }
+                }
+                let el = El {
+                    name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
+                    ..El::default()
+                };
+                if matches!(event, Event::Empty(_)) {
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(el),
+                        None => root = Some(el),
+                    }
+                } else {
+                    stack.push(el);
+                }
+            }
+            Event::End(_) => {
+                let el = stack
+                    .pop()
+                    .ok_or_else(|| err("an end tag without its start"))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(el),
+                    None => root = Some(el),
+                }
+            }
+            Event::Text(t) => {
+                let text = t.decode().map_err(|e| err(format!("bad text: {e}")))?;
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&text);
+                    if top.text.len() > MAX_TEXT {
+                        return Err(err(format!("the text of <{}> is too long", top.name)));
+                    }
+                } else if !text.trim().is_empty() {
+                    return Err(err("text outside the root element"));
+                }
+            }
+            Event::CData(t) => {
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&String::from_utf8_lossy(&t));
+                    if top.text.len() > MAX_TEXT {
+                        return Err(err(format!("the text of <{}> is too long", top.name)));
+                    }
+                }
+            }
+            Event::GeneralRef(r) => {
+                let name = r.decode().map_err(|e| err(format!("bad reference: {e}")))?;
+                let resolved = resolve_ref(&name).ok_or_else(|| {
+                    err(format!(
+                        "unknown entity `&{name};` (only the predefined ones are allowed)"
+                    ))
+                })?;
+                if let Some(top) = stack.last_mut() {
+                    top.text.push_str(&resolved);
+                }
+            }
+            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(err("the document ends inside an element"));
+    }
+    root.ok_or_else(|| err("no root element"))
+}
+
+/// One alert as this node uses it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundAlert {
+    pub identifier: String,
+    pub sender: String,
+    pub sent: String,
+    /// `actual`, `exercise` or `test` (System and Draft alerts are refused).
+    pub status: String,
+    /// `Alert`, `Update` or `Cancel`.
+    pub msg_type: String,
+    /// (sender, identifier) of earlier messages.
+    pub references: Vec<(String, String)>,
+    pub event: String,
+    pub level: Level,
+    pub headline: String,
+    pub description: String,
+    pub instruction: String,
+    /// Area codes (GB/T 2260), trailing zero groups removed.
+    pub areas: Vec<AreaCode>,
+    pub onset: Option<String>,
+    pub expires: Option<String>,
+}
+
+/// `330723000000` names the county `330723`, `330723001000` the township `330723001`.
+fn area_from_geocode(code: &str) -> Option<AreaCode> {
+    let mut c = code.trim();
+    if !(c.len() == 6 || c.len() == 9 || c.len() == 12) || !c.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    while c.len() > 6 && c.ends_with("000") {
+        c = &c[..c.len() - 3];
+    }
+    c.parse().ok()
+}
+
+fn level_of(info: &El) -> Option<Level> {
+    let colour = info
+        .all("parameter")
+        .filter(|p| {
+            p.text_of("valueName")
+                .is_some_and(|n| n == "warningColour" || n == "colour" || n == "预警颜色")
+        })
+        .find_map(|p| p.text_of("value"));
+    if let Some(c) = colour {
+        let c = c.to_lowercase();
+        return match c.as_str() {
+            "red" | "红色" => Some(Level::Red),
+            "orange" | "橙色" => Some(Level::Orange),
+            "yellow" | "黄色" => Some(Level::Yellow),
+            "blue" | "蓝色" => Some(Level::Blue),
+            _ => None,
+        };
+    }
+    match info.text_of("severity")?.as_str() {
+        "Extreme" => Some(Level::Red),
+        "Severe" => Some(Level::Orange),
+        "Moderate" => Some(Level::Yellow),
+        "Minor" => Some(Level::Blue),
+        _ => None,
+    }
+}
+
+fn event_code(info: &El) -> &'static str {
+    let event = info.text_of("event").unwrap_or_default();
+    let category = info.text_of("category").unwrap_or_default();
+    if event.contains("洪") || event.to_lowercase().contains("flood") {
+        "flood"
+    } else if event.contains("暴雨") || event.to_lowercase().contains("rain") {
+        "rainstorm"
+    } else if event.contains("滑坡")
+        || event.contains("地质")
+        || event.to_lowercase().contains("landslide")
+    {
+        "landslide"
+    } else if category == "Env" && event.contains("水") {
+        "water_pollution"
+    } else if category == "Env" {
+        "air_pollution"
+    } else {
+        "other"
+    }
+}
+
+/// Parses and checks one alert.
+pub fn parse(xml: &str) -> Result<InboundAlert, CapError> {
+    let root = tree(xml)?;
+    let need = |name: &str| {
+        root.text_of(name)
+            .ok_or_else(|| err(format!("<{name}> is missing")))
+    };
+    let identifier = need("identifier")?;
+    let sender = need("sender")?;
+    let sent = need("sent")?;
+    for (name, value) in [("identifier", &identifier), ("sender", &sender)] {
+        if value.len() > 256
+            || value
+                .chars()
+                .any(|c| c.is_whitespace() || c == ',' || c == '<' || c == '&')
+        {
+            return Err(err(format!("<{name}> may not hold spaces, commas, < or &")));
+        }
+    }
+    let status = match need("status")?.as_str() {
+        "Actual" => "actual",
+        "Exercise" => "exercise",
+        "Test" => "test",
+        other => {
+            return Err(err(format!(
+                "status `{other}` is not one this node acts on (Actual, Exercise, Test)"
+            )));
+        }
+    }
+    .to_string();
+    let msg_type = need("msgType")?;
+    if !["Alert", "Update", "Cancel"].contains(&msg_type.as_str()) {
+        return Err(err(format!(
+            "msgType `{msg_type}` is not Alert, Update or Cancel"
+        )));
+    }
+    let references: Vec<(String, String)> = root
+        .text_of("references")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|r| {
+            let mut parts = r.split(',');
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect();
+    if msg_type != "Alert" && references.is_empty() {
+        return Err(err(format!(
+            "an {msg_type} must name the alert it applies to in <references>"
+        )));
+    }
+    // The Chinese info if there is one, else the first.
+    let infos: Vec<&El> = root.all("info").collect();
+    let info = infos
+        .iter()
+        .find(|i| i.text_of("language").is_some_and(|l| l.starts_with("zh")))
+        .or(infos.first())
+        .copied();
+    let Some(info) = info else {
+        if msg_type == "Cancel" {
+            return Ok(InboundAlert {
+                identifier,
+                sender,
+                sent,
+                status,
+                msg_type,
+                references,
+                event: "other".into(),
+                level: Level::Blue,
+                headline: String::new(),
+                description: String::new(),
+                instruction: String::new(),
+                areas: Vec::new(),
+                onset: None,
+                expires: None,
+            });
+        }
+        return Err(err("<info> is missing"));
+    };
+    let level = level_of(info).ok_or_else(|| err("no level: give a warningColour parameter or a severity of Extreme, Severe, Moderate or Minor"))?;
+    let areas: Vec<AreaCode> = info
+        .all("area")
+        .flat_map(|a| a.all("geocode"))
+        .filter(|g| g.text_of("valueName").is_some_and(|n| n.contains("2260")))
+        .filter_map(|g| g.text_of("value").and_then(|v| area_from_geocode(&v)))
+        .collect();
+    let headline = info
+        .text_of("headline")
+        .or_else(|| info.text_of("event"))
+        .ok_or_else(|| err("<headline> is missing"))?;
+    Ok(InboundAlert {
+        identifier,
+        sender,
+        sent,
+        status,
+        msg_type,
+        references,
+        event: event_code(info).to_string(),
+        level,
+        headline: headline.chars().take(200).collect(),
+        description: info
+            .text_of("description")
+            .unwrap_or_default()
+            .chars()
+            .take(4000)
+            .collect(),
+        instruction: info
+            .text_of("instruction")
+            .unwrap_or_default()
+            .chars()
+            .take(4000)
+            .collect(),
+        areas,
+        onset: info.text_of("onset"),
+        expires: info.text_of("expires"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    pub(crate) fn sample(
+        identifier: &str,
+        msg_type: &str,
+        references: &str,
+        colour: &str,
+    ) -> String {
+        format!(
+            r#"<?xml version="1.0" encoding="UTF-8"?>
+<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">
+  <identifier>{identifier}</identifier><sender>zj-weather@cma.gov.cn</sender>
+  <sent>2026-07-01T08:00:00+08:00</sent><status>Actual</status><msgType>{msg_type}</msgType>
+  <scope>Public</scope>{references}
+  <info><language>zh-CN</language><category>Met</category><event>暴雨</event>
+    <urgency>Expected</urgency><severity>Severe</severity><certainty>Likely</certainty>
+    <headline>武义县暴雨{colour}预警 &amp; 提示</headline><description>未来3小时降雨量&#x3E;50毫米。</description>
+    <parameter><valueName>warningColour</valueName><value>{colour}</value></parameter>
+    <area><areaDesc>武义县</areaDesc><geocode><valueName>GB/T 2260</valueName><value>330723000000</value></geocode></area>
+  </info>
+</alert>"#
+        )
+    }
+
+    #[test]
+    fn an_alert_is_read_with_its_level_area_and_texts() {
+        let a = parse(&sample("a1", "Alert", "", "橙色")).unwrap();
+        assert_eq!(a.level, Level::Orange);
+        assert_eq!(a.areas, vec!["330723".parse::<AreaCode>().unwrap()]);
+        assert_eq!(a.headline, "武义县暴雨橙色预警 & 提示");
+        assert_eq!(a.description, "未来3小时降雨量>50毫米。");
+        assert_eq!(a.event, "rainstorm");
+        let u = parse(&sample(
+            "a2",
+            "Update",
+            "<references>zj-weather@cma.gov.cn,a1,2026-07-01T08:00:00+08:00</references>",
+            "red",
+        ))
+        .unwrap();
+        assert_eq!(
+            u.references,
+            vec![("zj-weather@cma.gov.cn".into(), "a1".into())]
+        );
+        assert_eq!(u.level, Level::Red);
+    }
+
+    #[test]
+    fn hostile_documents_are_refused_with_a_reason() {
+        let laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]><alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>&lol2;</identifier></alert>"#;
+        assert!(parse(laughs).unwrap_err().0.contains("document type"));
+        let xxe = r#"<!DOCTYPE a [<!ENTITY x SYSTEM "file:///etc/passwd">]><alert xmlns="urn:oasis:names:tc:emergency:cap:1.2">&x;</alert>"#;
+        assert!(parse(xxe).unwrap_err().0.contains("document type"));
+        let undeclared = r#"<alert xmlns="urn:oasis:names:tc:emergency:cap:1.2"><identifier>&x;</identifier></alert>"#;
+        assert!(parse(undeclared).unwrap_err().0.contains("entity"));
+        assert!(parse("not xml at all").is_err());
+        assert!(
+            parse(&sample("a", "Alert", "", "red").replace("cap:1.2", "cap:1.1"))
+                .unwrap_err()
+                .0
+                .contains("namespace")
+        );
+        let deep = format!("<alert xmlns=\"{NAMESPACE}\">{}", "<a>".repeat(100));
+        assert!(parse(&deep).is_err());
+        assert!(
+            parse(&sample("a", "Update", "", "red"))
+                .unwrap_err()
+                .0
+                .contains("references")
+        );
+        assert!(parse(&sample("has space", "Alert", "", "red")).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn garbage_and_truncation_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..400), cut in 0usize..2000) {
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+            let doc = sample("a", "Alert", "", "red");
+            let cut = doc.char_indices().map(|(i, _)| i).take_while(|i| *i <= cut).last().unwrap_or(0);
+            let _ = parse(&doc[..cut]);
+        }
+    }
+}
+
+/// CAP times (`2026-07-01T08:00:00+08:00`) as milliseconds since the epoch.
+pub fn parse_cap_time(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() < 25 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let sign = match s.get(19..20)? {
+        "+" => 1,
+        "-" => -1,
+        _ => return None,
+    };
+    let (oh, om) = (num(20..22)?, num(23..25)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y2 = if mo <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + mi * 60 + se - sign * (oh * 3600 + om * 60);
+    crate::clock::check_time("sent", secs * 1000).ok()
+}
+
+/// What an accepted alert did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Created(uuid::Uuid),
+    Updated(uuid::Uuid),
+    Cancelled(uuid::Uuid),
+    /// Seen before: nothing changed.
+    Duplicate(uuid::Uuid),
+}
+
+fn seen(
+    conn: &rusqlite::Connection,
+    sender: &str,
+    identifier: &str,
+) -> Result<Option<uuid::Uuid>, crate::store::StoreError> {
+    use rusqlite::OptionalExtension;
+    let id: Option<String> = conn
+        .query_row(
+            "SELECT warning_id FROM cap_inbound WHERE sender = ?1 AND identifier = ?2",
+            [sender, identifier],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(id.and_then(|i| uuid::Uuid::parse_str(&i).ok()))
+}
+
+/// Applies an accepted alert (in the caller's transaction) as `actor`, on a node of `node_area`.
+pub fn apply(
+    conn: &rusqlite::Connection,
+    ctx: &crate::records::WriteCtx,
+    actor: &crate::auth::actor::Actor,
+    node_area: &AreaCode,
+    alert: InboundAlert,
+) -> Result<Outcome, crate::warnings::WarningError> {
+    use crate::warnings::{Action, Content, NewWarning, Source, WarningError};
+    if let Some(id) = seen(conn, &alert.sender, &alert.identifier)? {
+        return Ok(Outcome::Duplicate(id));
+    }
+    let inside: Vec<AreaCode> = alert
+        .areas
+        .iter()
+        .filter(|a| node_area.contains(a))
+        .cloned()
+        .collect();
+    let covers = alert.areas.iter().any(|a| a.contains(node_area));
+    let areas = if covers || (alert.areas.is_empty() && alert.msg_type == "Cancel") {
+        vec![node_area.clone()]
+    } else if !inside.is_empty() {
+        inside
+    } else {
+        return Err(crate::invalid::Invalid::new(
+            "area",
+            format!("none of the alert's areas lies in this node's area {node_area}"),
+        )
+        .into());
+    };
+    let content = Content {
+        level: Some(alert.level),
+        headline: Some(alert.headline.clone()),
+        description: Some(alert.description.clone()),
+        instruction: Some(alert.instruction.clone()),
+        areas: Some(areas),
+        onset_ms: alert.onset.as_deref().and_then(parse_cap_time),
+        expires_ms: alert.expires.as_deref().and_then(parse_cap_time),
+    };
+    let outcome = if alert.msg_type == "Alert" {
+        let event: crate::rules::spec::Event =
+            serde_json::from_value(serde_json::Value::String(alert.event.clone()))
+                .unwrap_or(crate::rules::spec::Event::Other);
+        let id = crate::warnings::create(
+            conn,
+            ctx,
+            actor,
+            NewWarning {
+                area: node_area.clone(),
+                event,
+                status: alert.status.clone(),
+                source: Source::Cap(alert.identifier.clone()),
+                content,
+                first: Action::Issue,
+                readings: Vec::new(),
+            },
+        )?;
+        Outcome::Created(id)
+    } else {
+        let mut target = None;
+        for (sender, identifier) in &alert.references {
+            if let Some(id) = seen(conn, sender, identifier)? {
+                target = Some(id);
+            }
+        }
+        let Some(id) = target else {
+            return Err(WarningError::Conflict(
+                "the alert refers to no alert this node has received".into(),
+            ));
+        };
+        if alert.msg_type == "Cancel" {
+            crate::warnings::act(conn, ctx, actor, id, Action::Cancel, Content::default())?;
+            Outcome::Cancelled(id)
+        } else {
+            crate::warnings::act(conn, ctx, actor, id, Action::Update, content)?;
+            Outcome::Updated(id)
+        }
+    };
+    let id = match &outcome {
+        Outcome::Created(id)
+        | Outcome::Updated(id)
+        | Outcome::Cancelled(id)
+        | Outcome::Duplicate(id) => *id,
+    };
+    conn.execute(
+        "INSERT INTO cap_inbound (sender, identifier, warning_id, msg_type, received_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![alert.sender, alert.identifier, id.to_string(), alert.msg_type, ctx.now_ms()],
+    )
+    .map_err(crate::store::StoreError::from)?;
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use super::parse_cap_time;
+
+    #[test]
+    fn cap_times_with_offsets() {
+        assert_eq!(
+            parse_cap_time("2026-11-30T18:48:43+08:00"),
+            Some(1_796_035_723_000)
+        );
+        assert_eq!(
+            parse_cap_time("2026-11-30T10:48:43-00:00"),
+            Some(1_796_035_723_000)
+        );
+        assert_eq!(parse_cap_time("2026-11-30T10:48:43Z"), None);
+        assert_eq!(parse_cap_time("garbage"), None);
+    }
+}
