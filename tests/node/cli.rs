@@ -419,6 +419,31 @@ fn demo_initialises_once_and_prints_the_url() {
             lines.iter().any(|l| l.contains("open http://127.0.0.1:")),
             "round {round}: {lines:?}"
         );
+        // The first round made the node: its rules on the simulated stations are in force.
+        let admin_password = (round == 0).then(|| {
+            server
+                .early
+                .iter()
+                .chain(lines.iter())
+                .find_map(|l| l.split("admin (local administrator): ").nth(1))
+                .map(|p| p.trim().to_string())
+                .expect("the demo prints the admin password once")
+        });
+        if let Some(password) = admin_password {
+            let admin = login(&server.base, "admin", &password);
+            let (status, _, body) =
+                blocking_request("GET", &server.url("/api/v1/rules"), &admin.headers()).unwrap();
+            assert_eq!(status, 200);
+            let rules: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            let names: Vec<&str> = rules["rules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(names.len(), 3, "{rules}");
+            assert!(names.contains(&"熟溪水位"), "{names:?}");
+        }
         // The simulated stations report at once (the first poll is immediate).
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         loop {
