@@ -372,3 +372,43 @@ test('the sensors page shows a simulated station live, charts it, and follows th
   assert.deepEqual(errors, []);
   await ctx.close();
 });
+
+test('staff issue an orange warning, everyone in the area sees the banner, and cancelling removes it', async () => {
+  const staffContext = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  const staff = await staffContext.newPage();
+  const errors = [];
+  staff.on('pageerror', (e) => errors.push(e.message));
+  await signIn(staff, 'staff.li', PEOPLE_PASSWORD);
+  await staff.locator('#nav a[href="/warnings"]').click();
+  await staff.getByRole('heading', { name: '风险预警' }).waitFor();
+  await staff.locator('#warnings-none').waitFor();
+  await staff.locator('#w-level').selectOption('orange');
+  await staff.locator('#w-event').selectOption('rainstorm');
+  await staff.locator('#w-headline').fill('熟溪街道暴雨橙色预警');
+  await staff.locator('#w-instruction').fill('沿河低洼地带人员立即转移。');
+  await staff.locator('#warning-form button[type=submit]').click();
+  await staff.locator('#warning-detail').waitFor();
+  await staff.getByText('橙色（II级） · 已发布').waitFor();
+  await staff.locator('#warning-detail a[href$="/cap"]').waitFor();
+  // The banner says the level in words, not only in colour.
+  await staff.locator('#warning-banner:not([hidden])', { hasText: '橙色（II级）预警：熟溪街道暴雨橙色预警' }).waitFor();
+
+  const phoneContext = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const phone = await phoneContext.newPage();
+  await signIn(phone, 'grid.wang', PEOPLE_PASSWORD);
+  await phone.locator('#warning-banner:not([hidden])', { hasText: '熟溪街道暴雨橙色预警' }).waitFor();
+  await phone.locator('#warning-banner a').click();
+  await phone.locator('#warning-detail').waitFor();
+  assert.equal(await phone.locator('#warning-actions').count(), 0, 'a grid worker has no actions');
+  await phone.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'warning-phone-zh.png'), fullPage: true });
+
+  staff.once('dialog', (d) => d.accept());
+  await staff.locator('#warning-actions button.danger').click();
+  await staff.getByText('橙色（II级） · 已解除').waitFor();
+  await phone.locator('#nav a[href="/warnings"]').click();
+  await phone.locator('#warnings-none').waitFor();
+  await phone.waitForFunction(() => document.getElementById('warning-banner').hidden);
+  assert.deepEqual(errors, []);
+  await staffContext.close();
+  await phoneContext.close();
+});

@@ -16,6 +16,7 @@ import * as indicators from './pages/indicators.js';
 import * as nodes from './pages/nodes.js';
 import * as sensorsList from './pages/sensors-list.js';
 import * as sensorsStation from './pages/sensors-station.js';
+import * as warnings from './pages/warnings.js';
 import { pending, notFound } from './pages/pending.js';
 
 // Pages that need a signed-in user and, where given, the API route the page is built on: a user the
@@ -47,15 +48,20 @@ route('/nodes', guarded(nodes.render, 'GET', '/api/v1/nodes'));
 // Every signed-in role sees sensors; the node shows each only the stations inside their area.
 route('/sensors', guarded(sensorsList.renderList));
 route('/sensors/:id', guarded(sensorsStation.renderStation));
+// Everyone signed in sees the warnings covering their area; who may act is the node's decision.
+route('/warnings', guarded(warnings.renderList));
+route('/warnings/:id', guarded(warnings.renderDetail));
 for (const [path, key] of [
-  ['/warnings', 'page.warnings'],
   ['/broadcast', 'page.broadcast'],
 ]) {
   route(path, guarded(pending(key)));
 }
 fallback(notFound);
 
+setInterval(() => warnings.refreshBanner(), 30000);
+
 afterNavigate((path) => {
+  warnings.refreshBanner();
   for (const link of document.querySelectorAll('#nav a')) {
     const target = new URL(link.href).pathname;
     const active = target === '/' ? path === '/' : path === target || path.startsWith(target + '/');
