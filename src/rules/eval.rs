@@ -158,6 +158,9 @@ pub struct Evaluator {
     tracks: [Track; 4],
     /// Good readings inside the widest window the measure needs (time, value).
     window: VecDeque<(i64, f64)>,
+    /// The sum of `window`, kept as readings enter and leave so a rolling sum costs the same at one
+    /// reading a minute and at hundreds a second.
+    window_sum: f64,
     newest_ms: Option<i64>,
     last_good_ms: Option<i64>,
     /// The value computed at the last good reading, if the measure had one.
@@ -173,6 +176,7 @@ impl Evaluator {
             spec,
             tracks: [Track::default(); 4],
             window: VecDeque::new(),
+            window_sum: 0.0,
             newest_ms: None,
             last_good_ms: Some(started_ms),
             last_value: None,
@@ -210,17 +214,25 @@ impl Evaluator {
         }
         match self.spec.measure {
             Measure::RollingSum { window_ms } | Measure::Rate { window_ms } => {
-                while self
-                    .window
-                    .front()
-                    .is_some_and(|(t, _)| *t <= time_ms - window_ms)
-                {
+                while let Some(&(t, v)) = self.window.front() {
+                    if t > time_ms - window_ms {
+                        break;
+                    }
                     self.window.pop_front();
+                    self.window_sum -= v;
+                }
+                if self.window.is_empty() {
+                    // Start again from exact zero, so rounding never outlives the readings.
+                    self.window_sum = 0.0;
                 }
             }
-            _ => self.window.clear(),
+            _ => {
+                self.window.clear();
+                self.window_sum = 0.0;
+            }
         }
         self.window.push_back((time_ms, value));
+        self.window_sum += value;
         self.last_value = self.measure();
         if let Some(v) = self.last_value {
             for level in Level::ALL {
@@ -267,7 +279,7 @@ impl Evaluator {
     fn measure(&self) -> Option<f64> {
         match self.spec.measure {
             Measure::Threshold => self.window.back().map(|(_, v)| *v),
-            Measure::RollingSum { .. } => Some(self.window.iter().map(|(_, v)| v).sum()),
+            Measure::RollingSum { .. } => Some(self.window_sum),
             Measure::Rate { window_ms } => {
                 let (t0, v0) = *self.window.front()?;
                 let (t1, v1) = *self.window.back()?;

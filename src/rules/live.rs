@@ -44,9 +44,16 @@ struct Watched {
     devices: HashMap<String, (Evaluator, Option<i64>)>,
 }
 
+#[derive(Default)]
+struct Rules {
+    by_id: HashMap<Uuid, Watched>,
+    /// Which rules watch each metric, so a reading costs the rules that could care about it, not all.
+    by_metric: HashMap<String, Vec<Uuid>>,
+}
+
 /// The live evaluation of every rule in force on this node.
 pub struct Watch {
-    rules: Mutex<HashMap<Uuid, Watched>>,
+    rules: Mutex<Rules>,
     events: broadcast::Sender<RuleEvent>,
 }
 
@@ -76,11 +83,16 @@ impl Watch {
     pub fn load(&self, rules: Vec<(Uuid, Rule)>, now_ms: i64) {
         let mut current = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::new();
+        let mut by_metric: HashMap<String, Vec<Uuid>> = HashMap::new();
         for (id, rule) in rules {
             if !rule.body.enabled {
                 continue;
             }
-            let kept = current.remove(&id).filter(|w| w.rule == rule);
+            by_metric
+                .entry(rule.body.metric.clone())
+                .or_default()
+                .push(id);
+            let kept = current.by_id.remove(&id).filter(|w| w.rule == rule);
             let watched = kept.unwrap_or_else(|| {
                 let mut devices = HashMap::new();
                 // A rule naming its device watches it from now (so a silent one goes stale).
@@ -94,13 +106,17 @@ impl Watch {
             });
             next.insert(id, watched);
         }
-        *current = next;
+        *current = Rules {
+            by_id: next,
+            by_metric,
+        };
     }
 
     /// The state of one rule now.
     pub fn current(&self, id: Uuid) -> Current {
         let rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         rules
+            .by_id
             .get(&id)
             .and_then(|w| {
                 w.devices
@@ -138,13 +154,17 @@ impl Watch {
     ) {
         let mut changes = Vec::new();
         {
-            let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            let Rules { by_id, by_metric } = &mut *guard;
             for reading in readings {
-                for (id, watched) in rules.iter_mut() {
-                    let rule = &watched.rule;
-                    if rule.body.metric != reading.metric {
+                let Some(ids) = by_metric.get(&reading.metric) else {
+                    continue;
+                };
+                for id in ids {
+                    let Some(watched) = by_id.get_mut(id) else {
                         continue;
-                    }
+                    };
+                    let rule = &watched.rule;
                     let ours = match &rule.body.device {
                         Some(d) => *d == reading.device,
                         None => in_area(&reading.device, &rule.area),
@@ -177,7 +197,7 @@ impl Watch {
         let mut changes = Vec::new();
         {
             let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-            for (id, watched) in rules.iter_mut() {
+            for (id, watched) in rules.by_id.iter_mut() {
                 for (device, (evaluator, since)) in watched.devices.iter_mut() {
                     if evaluator.next_deadline().is_some_and(|d| d <= now_ms)
                         && let Some(change) = evaluator.tick(now_ms)
