@@ -412,3 +412,48 @@ test('staff issue an orange warning, everyone in the area sees the banner, and c
   await staffContext.close();
   await phoneContext.close();
 });
+
+test('staff write a rule in the editor, try it on stored readings, and the live readings raise a warning with a banner', async () => {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await signIn(page, 'staff.li', PEOPLE_PASSWORD);
+  await page.locator('#nav a[href="/rules"]').click();
+  await page.getByRole('heading', { name: '预警规则' }).first().waitFor();
+  await page.locator('#r-name').fill('模拟水位超警');
+  await page.locator('#r-device').selectOption('sim-river');
+  await page.locator('#r-metric').fill('water_level');
+  await page.locator('#r-level-red').fill('1.0');
+  await page.locator('#rule-form fieldset input[type=checkbox]').nth(3).check();
+  // The simulated river has been reporting about 2 m every second: the try-out shows red.
+  await page.locator('#rule-test').click();
+  await page.locator('#rule-preview li', { hasText: '红色（I级）' }).first().waitFor();
+  await page.locator('#rule-form button[type=submit]').click();
+  await page.locator('#rules-list li', { hasText: '模拟水位超警' }).waitFor();
+  // The watcher picks the rule up within a second and the next live reading raises and issues a red
+  // warning: the warnings page lists it, and the banner says so on every page.
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    await page.locator('#nav a[href="/warnings"]').click();
+    await page.getByRole('heading', { name: '风险预警' }).waitFor();
+    if (await page.locator('#warnings-active li', { hasText: '模拟水位超警' }).count()) break;
+    assert.ok(Date.now() < deadline, 'no warning was raised by the rule');
+    await page.waitForTimeout(300);
+  }
+  await page.locator('#warning-banner:not([hidden])', { hasText: '红色（I级）预警' }).waitFor();
+  await page.locator('#warning-banner a').click();
+  await page.locator('#warning-detail', { hasText: '模拟水位超警红色预警' }).waitFor();
+  await page.getByText('规则触发').waitFor();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'rule-warning-zh.png'), fullPage: true });
+  // Clean up for later tests: cancel the warning and delete the rule.
+  page.once('dialog', (d) => d.accept());
+  await page.locator('#warning-actions button.danger').click();
+  await page.getByText('已解除').first().waitFor();
+  await page.locator('#nav a[href="/rules"]').click();
+  page.once('dialog', (d) => d.accept());
+  await page.locator('#rules-list li', { hasText: '模拟水位超警' }).locator('button.danger').click();
+  await page.locator('#rules-none').waitFor();
+  assert.deepEqual(errors, []);
+  await context.close();
+});

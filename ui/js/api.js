@@ -64,6 +64,10 @@ export function postJson(path, body, options) {
   return request('POST', path, body, options);
 }
 
+export function putJson(path, body, options) {
+  return request('PUT', path, body, options);
+}
+
 export function del(path, options) {
   return request('DELETE', path, undefined, options);
 }

@@ -17,6 +17,7 @@ import * as nodes from './pages/nodes.js';
 import * as sensorsList from './pages/sensors-list.js';
 import * as sensorsStation from './pages/sensors-station.js';
 import * as warnings from './pages/warnings.js';
+import * as rules from './pages/rules.js';
 import { pending, notFound } from './pages/pending.js';
 
 // Pages that need a signed-in user and, where given, the API route the page is built on: a user the
@@ -51,6 +52,7 @@ route('/sensors/:id', guarded(sensorsStation.renderStation));
 // Everyone signed in sees the warnings covering their area; who may act is the node's decision.
 route('/warnings', guarded(warnings.renderList));
 route('/warnings/:id', guarded(warnings.renderDetail));
+route('/rules', guarded(rules.render, 'GET', '/api/v1/rules'));
 for (const [path, key] of [
   ['/broadcast', 'page.broadcast'],
 ]) {
