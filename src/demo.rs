@@ -346,16 +346,16 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
 
 /// Rules on the simulated stations, tuned to the scripted storm: the river gauge at the township
 /// goes yellow and then orange a few minutes in (orange is issued at once and reaches the PA), the
-/// rain gauge's hourly sum follows, and a silent river gauge is a stale alarm. Everything clears
-/// after the storm.
+/// rain gauge's sum follows (ten real minutes are five simulated hours at the demo's speed-up), and a
+/// silent river gauge is a stale alarm. Everything clears after the storm.
 async fn seed_rules(state: &AppState, staff: &Actor) -> Result<(), String> {
     let rules = [
         serde_json::json!({"name": "熟溪水位", "area": "330723001", "device": "wl-shuxi", "metric": "water_level",
             "kind": "threshold", "op": ">=", "levels": {"blue": 2.4, "yellow": 2.8, "orange": 3.2, "red": 4.5},
             "for": "10s", "hysteresis": 0.05, "clear_after": "30s",
             "event": "flood", "auto_issue": ["red", "orange"], "enabled": true}),
-        serde_json::json!({"name": "熟溪流域小时雨量", "area": "330723001", "device": "rain-shuxi", "metric": "rainfall",
-            "kind": "rolling_sum", "window": "1h", "levels": {"yellow": 30.0, "orange": 50.0},
+        serde_json::json!({"name": "熟溪流域累计雨量", "area": "330723001", "device": "rain-shuxi", "metric": "rainfall",
+            "kind": "rolling_sum", "window": "10m", "levels": {"yellow": 30.0, "orange": 50.0},
             "event": "rainstorm", "auto_issue": ["orange"], "enabled": true}),
         serde_json::json!({"name": "王宅村水位站断线", "area": "330723001001", "device": "wl-wangzhai",
             "metric": "water_level", "kind": "stale", "after": "2m", "event": "flood", "enabled": true}),

@@ -11,7 +11,21 @@ use serde_json::json;
 use township_node::auth::roles::Role;
 
 fn schema() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/conformance/cap/CAP-v1.2.xsd")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance/cap/CAP-v1.2.xsd")
+}
+
+#[test]
+fn the_kept_schema_is_the_shared_one() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kept = std::fs::read(schema()).expect("tests/conformance/cap/CAP-v1.2.xsd");
+    assert!(String::from_utf8_lossy(&kept).contains("urn:oasis:names:tc:emergency:cap:1.2"));
+    // Wherever the shared conformance set sits beside the clone, the two must not drift apart.
+    if let Ok(shared) = std::fs::read(root.join("../shared/conformance/cap/CAP-v1.2.xsd")) {
+        assert_eq!(
+            kept, shared,
+            "tests/conformance/cap/CAP-v1.2.xsd differs from the shared schema"
+        );
+    }
 }
 
 fn xmllint_valid(file: &Path) -> Result<(), String> {
