@@ -277,25 +277,7 @@ async fn a_rule_forged_below_is_quarantined_and_never_evaluated() {
 }
 
 fn reading(t: i64, v: f64, quality: Quality) -> Reading {
-    Reading {
-        device: "wl-01".into(),
-        metric: "water_level".into(),
-        time_ms: t,
-        value: v,
-        unit: None,
-        quality,
-    }
-}
-
-async fn commit(h: &Harness, readings: Vec<Reading>) {
-    let rx = h
-        .state()
-        .telemetry
-        .sink()
-        .send_acked(readings)
-        .await
-        .unwrap();
-    assert!(rx.await.unwrap(), "committed");
+    crate::common::harness::reading("wl-01", "water_level", t, v, quality)
 }
 
 async fn state_of(h: &Harness, s: &Session, id: &str) -> String {
@@ -332,7 +314,8 @@ async fn committed_readings_move_the_rule_and_the_change_goes_out_in_process() {
     let mut n = 0;
     loop {
         n += 1;
-        commit(&h, vec![reading(t + n * 1000, 4.2, Quality::Good)]).await;
+        h.commit(vec![reading(t + n * 1000, 4.2, Quality::Good)])
+            .await;
         if state_of(&h, &p.grid, &id).await == "orange" {
             break;
         }
@@ -349,9 +332,12 @@ async fn committed_readings_move_the_rule_and_the_change_goes_out_in_process() {
     // Later readings; the node refuses device times ahead of its own clock, so move it on first.
     h.clock.advance_ms(600_000);
     // A flagged reading far above red moves nothing; a good one does.
-    commit(&h, vec![reading(t + 500_000, 19.0, Quality::DeviceFlagged)]).await;
-    commit(&h, vec![reading(t + 501_000, 4.3, Quality::Good)]).await;
-    commit(&h, vec![reading(t + 502_000, 4.6, Quality::Good)]).await;
+    h.commit(vec![reading(t + 500_000, 19.0, Quality::DeviceFlagged)])
+        .await;
+    h.commit(vec![reading(t + 501_000, 4.3, Quality::Good)])
+        .await;
+    h.commit(vec![reading(t + 502_000, 4.6, Quality::Good)])
+        .await;
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()
@@ -362,8 +348,10 @@ async fn committed_readings_move_the_rule_and_the_change_goes_out_in_process() {
     );
     until(&h, &p.grid, &id, "red").await;
     // Inside the band nothing changes; below it the rule falls back.
-    commit(&h, vec![reading(t + 503_000, 4.45, Quality::Good)]).await;
-    commit(&h, vec![reading(t + 504_000, 3.2, Quality::Good)]).await;
+    h.commit(vec![reading(t + 503_000, 4.45, Quality::Good)])
+        .await;
+    h.commit(vec![reading(t + 504_000, 3.2, Quality::Good)])
+        .await;
     let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
         .await
         .unwrap()
@@ -381,7 +369,7 @@ async fn a_backtest_replays_stored_readings_through_a_rule_that_was_never_saved(
         .enumerate()
         .map(|(i, v)| reading(t + i as i64 * 5 * MINUTE, *v, Quality::Good))
         .collect();
-    commit(&h, series).await;
+    h.commit(series).await;
     let mut candidate = rule("330723001");
     candidate["for"] = json!("5m");
     let answer = h

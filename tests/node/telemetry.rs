@@ -45,25 +45,11 @@ async fn harness() -> Harness {
 }
 
 fn reading(device: &str, metric: &str, t: i64, v: f64) -> Reading {
-    Reading {
-        device: device.into(),
-        metric: metric.into(),
-        time_ms: t,
-        value: v,
-        unit: None,
-        quality: Quality::Good,
-    }
+    crate::common::harness::reading(device, metric, t, v, Quality::Good)
 }
 
 async fn commit(h: &Harness, readings: Vec<Reading>) {
-    let rx = h
-        .state()
-        .telemetry
-        .sink()
-        .send_acked(readings)
-        .await
-        .unwrap();
-    assert!(rx.await.unwrap(), "committed");
+    h.commit(readings).await;
 }
 
 fn sensor<'a>(list: &'a Value, id: &str) -> &'a Value {

@@ -159,25 +159,7 @@ async fn staff_issue_update_and_cancel_and_grid_workers_see_what_covers_them() {
 }
 
 fn reading(t: i64, v: f64) -> Reading {
-    Reading {
-        device: "wl-01".into(),
-        metric: "water_level".into(),
-        time_ms: t,
-        value: v,
-        unit: None,
-        quality: Quality::Good,
-    }
-}
-
-async fn commit(h: &Harness, readings: Vec<Reading>) {
-    let rx = h
-        .state()
-        .telemetry
-        .sink()
-        .send_acked(readings)
-        .await
-        .unwrap();
-    assert!(rx.await.unwrap(), "committed");
+    crate::common::harness::reading("wl-01", "water_level", t, v, Quality::Good)
 }
 
 async fn warnings_of(h: &Harness, s: &Session) -> Vec<Value> {
@@ -203,7 +185,7 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
     let mut t = START_MS - 600_000;
     loop {
         t += 1000;
-        commit(&h, vec![reading(t, 3.6)]).await;
+        h.commit(vec![reading(t, 3.6)]).await;
         if !warnings_of(&h, &grid).await.is_empty() {
             break;
         }
@@ -219,7 +201,7 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
         ("raise", "raised", Some("yellow"))
     );
     // Orange: the same warning is updated and, since the rule says so, issued.
-    commit(&h, vec![reading(t + 1000, 4.1)]).await;
+    h.commit(vec![reading(t + 1000, 4.1)]).await;
     let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
         .await
         .unwrap()
@@ -258,7 +240,7 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
             .all(|t| t["actor"] == "system")
     );
     // Below every band: all clear.
-    commit(&h, vec![reading(t + 2000, 2.0)]).await;
+    h.commit(vec![reading(t + 2000, 2.0)]).await;
     let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
         .await
         .unwrap()

@@ -292,6 +292,38 @@ impl Harness {
     }
 }
 
+/// A reading as a driver hands it over.
+pub fn reading(
+    device: &str,
+    metric: &str,
+    t: i64,
+    v: f64,
+    quality: township_drivers::Quality,
+) -> township_drivers::Reading {
+    township_drivers::Reading {
+        device: device.into(),
+        metric: metric.into(),
+        time_ms: t,
+        value: v,
+        unit: None,
+        quality,
+    }
+}
+
+impl Harness {
+    /// Hands readings over through the telemetry sink, as drivers do, and waits for their commit.
+    pub async fn commit(&self, readings: Vec<township_drivers::Reading>) {
+        let rx = self
+            .state()
+            .telemetry
+            .sink()
+            .send_acked(readings)
+            .await
+            .unwrap();
+        assert!(rx.await.unwrap(), "committed");
+    }
+}
+
 /// A multipart/form-data body with one file field; returns (content type, body).
 pub fn multipart(field: &str, filename: &str, bytes: &[u8]) -> (String, Vec<u8>) {
     let boundary = "----township-test-boundary-7d3a";
