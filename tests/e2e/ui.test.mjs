@@ -442,6 +442,9 @@ test('staff write a rule in the editor, try it on stored readings, and the live 
     await page.waitForTimeout(300);
   }
   await page.locator('#warning-banner:not([hidden])', { hasText: '红色（I级）预警' }).waitFor();
+  // The station the rule watches is marked with the level on the sensors page.
+  await page.locator('#nav a[href="/sensors"]').click();
+  await page.locator('#station-list li[data-device="sim-river"] .warning-badge', { hasText: '红色（I级）' }).waitFor();
   await page.locator('#warning-banner a').click();
   await page.locator('#warning-detail', { hasText: '模拟水位超警红色预警' }).waitFor();
   await page.getByText('规则触发').waitFor();

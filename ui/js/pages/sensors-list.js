@@ -72,6 +72,31 @@ function stationCard(device) {
 
 // Not async for the router: the heading and the menu highlight appear at once, and the station data
 // follows when it arrives, instead of the whole navigation waiting on a slow link.
+const LEVELS = ['blue', 'yellow', 'orange', 'red'];
+
+// Stations whose rules stand at a warning level are marked with it (the level's name, not only its
+// colour). The rules are a second request; if it fails the list is still the list.
+async function markWarnings(cards) {
+  let rules;
+  try {
+    rules = (await getJson('/api/v1/rules', { timeoutMs: 8000 })).rules;
+  } catch (_) {
+    return;
+  }
+  const worst = new Map();
+  for (const r of rules) {
+    if (!r.device || !LEVELS.includes(r.state)) continue;
+    if (!worst.has(r.device) || LEVELS.indexOf(r.state) > LEVELS.indexOf(worst.get(r.device))) worst.set(r.device, r.state);
+  }
+  for (const [device, level] of worst) {
+    const card = cards.get(device);
+    if (!card) continue;
+    card.root.querySelector('.warning-badge')?.remove();
+    card.root.querySelector('.station-head').append(
+      el('span', { class: `warning-badge level-${level}` }, `${t(`level.${level}`)}${t('warnings.banner')}`));
+  }
+}
+
 export function renderList(main) {
   const view = startView();
   clear(main);
@@ -101,6 +126,7 @@ export function renderList(main) {
           problem.replaceChildren();
           list.replaceChildren(...[...next.values()].map((c) => c.root));
           if (next.size === 0) list.append(el('li', { class: 'muted', id: 'sensors-empty' }, t('sensors.none')));
+          markWarnings(next);
         } catch (e) {
           if (view.alive) problem.replaceChildren(errorBox(e.message || t('common.unreachable'), load));
         } finally {
