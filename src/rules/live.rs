@@ -160,6 +160,8 @@ impl Watch {
                 let Some(ids) = by_metric.get(&reading.metric) else {
                     continue;
                 };
+                // Once per reading, not per rule: it asks the device's health.
+                let fit = usable(reading);
                 for id in ids {
                     let Some(watched) = by_id.get_mut(id) else {
                         continue;
@@ -178,9 +180,7 @@ impl Watch {
                         .or_insert_with(|| {
                             (Evaluator::new(rule.spec.clone(), reading.time_ms), None)
                         });
-                    if let Some(change) =
-                        evaluator.observe(reading.time_ms, reading.value, usable(reading))
-                    {
+                    if let Some(change) = evaluator.observe(reading.time_ms, reading.value, fit) {
                         *since = Some(change.at_ms);
                         changes.push((*id, reading.device.clone(), change, evaluator.value()));
                     }
@@ -243,9 +243,37 @@ pub struct Runtime {
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-async fn reload(rt: &Runtime) {
-    match rt.store.read(record::effective).await {
-        Ok(rules) => rt.watch.load(rules, rt.clock.now_ms()),
+/// What identifies the rule set as it stands: how many rows and the record sequence number of the
+/// newest change among them (not a time, which two changes can share). Any rule written, deleted,
+/// quarantined or released changes it.
+fn fingerprint(conn: &rusqlite::Connection) -> Result<(i64, i64), crate::store::StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*), COALESCE(max(d.seq), 0) FROM rules r JOIN documents d ON d.id = r.doc_id",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
+/// Reloads the rules if they changed since `seen` (every record change moves the sequence; only
+/// a change to a rule is worth parsing every rule again).
+async fn reload(rt: &Runtime, seen: &mut Option<(i64, i64)>) {
+    let before = *seen;
+    let result = rt
+        .store
+        .read(move |conn| {
+            let now = fingerprint(conn)?;
+            if Some(now) == before {
+                return Ok::<_, crate::store::StoreError>(None);
+            }
+            Ok(Some((now, record::effective(conn)?)))
+        })
+        .await;
+    match result {
+        Ok(None) => {}
+        Ok(Some((now, rules))) => {
+            rt.watch.load(rules, rt.clock.now_ms());
+            *seen = Some(now);
+        }
         Err(e) => tracing::warn!(error = %e, "could not load the rules"),
     }
 }
@@ -253,7 +281,8 @@ async fn reload(rt: &Runtime) {
 /// Runs the watcher until shutdown.
 pub async fn run(rt: Runtime) {
     let mut readings = rt.telemetry.events.subscribe();
-    reload(&rt).await;
+    let mut rule_set = None;
+    reload(&rt, &mut rule_set).await;
     let mut seen_seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,7 +309,7 @@ pub async fn run(rt: Runtime) {
                 let seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
                 if seq != seen_seq {
                     seen_seq = seq;
-                    reload(&rt).await;
+                    reload(&rt, &mut rule_set).await;
                 }
                 rt.watch.tick(rt.clock.now_ms());
             }

@@ -417,3 +417,49 @@ async fn a_backtest_replays_stored_readings_through_a_rule_that_was_never_saved(
     .await
     .expect(StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn an_edited_rule_is_evaluated_as_edited_even_within_the_same_millisecond() {
+    let (h, p) = harness().await;
+    let created = h
+        .act(&p.staff, "POST", "/api/v1/rules", Some(rule("330723001")))
+        .await
+        .expect(StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_string();
+    // The watcher has the rule once a reading moves it (4.2 is orange under the first body).
+    let mut t = START_MS - 600_000;
+    loop {
+        t += 1000;
+        h.commit(vec![reading(t, 4.2, Quality::Good)]).await;
+        if state_of(&h, &p.grid, &id).await == "orange" {
+            break;
+        }
+        assert!(t < START_MS, "the rule never saw a reading");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    // The node's clock does not move (it is manual here): the edit has the same time as the rule.
+    let mut edited = rule("330723001");
+    edited["levels"]["red"] = json!(4.1);
+    h.act(
+        &p.staff,
+        "PUT",
+        &format!("/api/v1/rules/{id}"),
+        Some(edited),
+    )
+    .await
+    .expect(StatusCode::OK);
+    // The same reading value is red under the edited rule.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        t += 1000;
+        h.commit(vec![reading(t, 4.2, Quality::Good)]).await;
+        if state_of(&h, &p.grid, &id).await == "red" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edited rule was never loaded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
