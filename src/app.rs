@@ -70,6 +70,8 @@ pub struct AppInner {
     pub warnings: Arc<crate::warnings::Notices>,
     /// Signs the CAP messages of this node's warnings.
     pub cap_key: Arc<crate::cap::CapKey>,
+    /// The CAP messages and feed as last served (see [`crate::cap::Served`]).
+    pub cap_served: Arc<crate::cap::Served>,
 }
 
 impl Deref for AppState {
@@ -173,6 +175,7 @@ impl AppState {
                 rules: Arc::default(),
                 warnings: Arc::default(),
                 cap_key: Arc::new(cap_key),
+                cap_served: Arc::default(),
             }),
         }
     }

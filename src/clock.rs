@@ -101,6 +101,82 @@ pub fn rfc3339_millis(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The civil date of a day counted from 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (
+        if m <= 2 {
+            yoe + era * 400 + 1
+        } else {
+            yoe + era * 400
+        },
+        m,
+        d,
+    )
+}
+
+/// Milliseconds since the epoch to the second with the +08:00 offset of China Standard Time, as CAP
+/// wants times (it forbids `Z`).
+pub fn rfc3339_china(ms: i64) -> String {
+    let secs = ms.div_euclid(1000) + 8 * 3600;
+    let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+08:00",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// An RFC 3339 time with a numeric offset (`2026-07-01T08:00:00+08:00`, fractions not allowed), as
+/// milliseconds since the epoch. `Z` is not accepted: CAP forbids it and the callers want offsets.
+pub fn parse_rfc3339_offset(s: &str) -> Option<i64> {
+    let s = s.trim();
+    if s.len() != 25 {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let sign = match s.get(19..20)? {
+        "+" => 1,
+        "-" => -1,
+        _ => return None,
+    };
+    let (oh, om) = (num(20..22)?, num(23..25)?);
+    if !(1..=12).contains(&mo)
+        || !(1..=31).contains(&d)
+        || h > 23
+        || mi > 59
+        || se > 60
+        || oh > 23
+        || om > 59
+    {
+        return None;
+    }
+    let secs =
+        days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - sign * (oh * 3600 + om * 60);
+    Some(secs * 1000)
+}
+
 /// Now as RFC 3339 in UTC, for records meant to be read by people.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
@@ -109,6 +185,35 @@ pub fn now_rfc3339() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_carry_china_standard_time() {
+        assert_eq!(rfc3339_china(0), "1970-01-01T08:00:00+08:00");
+        // 2026-11-30T10:48:43Z is 18:48:43 in Beijing.
+        assert_eq!(
+            rfc3339_china(1_796_035_723_000),
+            "2026-11-30T18:48:43+08:00"
+        );
+        assert_eq!(rfc3339_china(951_782_400_000), "2000-02-29T08:00:00+08:00");
+    }
+
+    #[test]
+    fn cap_times_with_offsets() {
+        assert_eq!(
+            parse_rfc3339_offset("2026-11-30T18:48:43+08:00"),
+            Some(1_796_035_723_000)
+        );
+        assert_eq!(
+            parse_rfc3339_offset("2026-11-30T10:48:43-00:00"),
+            Some(1_796_035_723_000)
+        );
+        assert_eq!(parse_rfc3339_offset("2026-11-30T10:48:43Z"), None);
+        assert_eq!(parse_rfc3339_offset("garbage"), None);
+        // Formatting and parsing agree over the whole window.
+        for ms in [0, 951_782_400_000, 1_796_035_723_000, 4_102_444_799_000] {
+            assert_eq!(parse_rfc3339_offset(&rfc3339_china(ms)), Some(ms));
+        }
+    }
 
     #[test]
     fn times_from_outside_stay_in_the_window() {

@@ -454,34 +454,19 @@ mod tests {
     }
 }
 
-/// CAP times (`2026-07-01T08:00:00+08:00`) as milliseconds since the epoch.
-pub fn parse_cap_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.len() < 25 {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let sign = match s.get(19..20)? {
-        "+" => 1,
-        "-" => -1,
-        _ => return None,
+/// A CAP time (`2026-07-01T08:00:00+08:00`) as milliseconds since the epoch; a time that is there
+/// but not readable is refused rather than dropped, so a warning never loses its expiry silently.
+fn cap_time(text: Option<&str>, field: &str) -> Result<Option<i64>, crate::invalid::Invalid> {
+    let Some(text) = text else {
+        return Ok(None);
     };
-    let (oh, om) = (num(20..22)?, num(23..25)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y2 = if mo <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + h * 3600 + mi * 60 + se - sign * (oh * 3600 + om * 60);
-    crate::clock::check_time("sent", secs * 1000).ok()
+    let ms = crate::clock::parse_rfc3339_offset(text).ok_or_else(|| {
+        crate::invalid::Invalid::new(
+            field,
+            format!("`{text}` is not a CAP time such as 2026-07-01T08:00:00+08:00"),
+        )
+    })?;
+    Ok(Some(crate::clock::check_time(field, ms)?))
 }
 
 /// What an accepted alert did.
@@ -546,8 +531,8 @@ pub fn apply(
         description: Some(alert.description.clone()),
         instruction: Some(alert.instruction.clone()),
         areas: Some(areas),
-        onset_ms: alert.onset.as_deref().and_then(parse_cap_time),
-        expires_ms: alert.expires.as_deref().and_then(parse_cap_time),
+        onset_ms: cap_time(alert.onset.as_deref(), "onset")?,
+        expires_ms: cap_time(alert.expires.as_deref(), "expires")?,
     };
     let outcome = if alert.msg_type == "Alert" {
         let event: crate::rules::spec::Event =
@@ -600,23 +585,4 @@ pub fn apply(
     )
     .map_err(crate::store::StoreError::from)?;
     Ok(outcome)
-}
-
-#[cfg(test)]
-mod time_tests {
-    use super::parse_cap_time;
-
-    #[test]
-    fn cap_times_with_offsets() {
-        assert_eq!(
-            parse_cap_time("2026-11-30T18:48:43+08:00"),
-            Some(1_796_035_723_000)
-        );
-        assert_eq!(
-            parse_cap_time("2026-11-30T10:48:43-00:00"),
-            Some(1_796_035_723_000)
-        );
-        assert_eq!(parse_cap_time("2026-11-30T10:48:43Z"), None);
-        assert_eq!(parse_cap_time("garbage"), None);
-    }
 }

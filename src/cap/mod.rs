@@ -22,34 +22,72 @@ pub mod xml;
 pub use routes::routes;
 pub use sign::CapKey;
 
+use crate::clock::rfc3339_china as cap_time;
 use crate::rules::eval::Level;
 use crate::warnings::{Message, Published};
 
 pub const NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
 
-/// Milliseconds since the epoch as CAP wants times: to the second, with the +08:00 offset of
-/// China Standard Time (CAP forbids `Z`).
-pub fn cap_time(ms: i64) -> String {
-    let secs = ms.div_euclid(1000) + 8 * 3600;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}+08:00",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// Signed messages and the feed as last served, keyed by when what they show last changed. They are
+/// public and aggregators poll them: a request for something unchanged costs one indexed read, not
+/// loading documents, folding and signing again, and a message reads the same bytes every time.
+#[derive(Default)]
+pub struct Served {
+    inner: std::sync::Mutex<ServedInner>,
+}
+
+#[derive(Default)]
+struct ServedInner {
+    messages: std::collections::HashMap<uuid::Uuid, (i64, std::sync::Arc<str>)>,
+    feed: Option<((i64, i64, i64), std::sync::Arc<str>)>,
+}
+
+/// More warnings than this are never served at once; past it the copies start again.
+const SERVED_MAX: usize = 10_000;
+
+impl Served {
+    pub fn message(&self, id: uuid::Uuid, stamp: i64) -> Option<std::sync::Arc<str>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .messages
+            .get(&id)
+            .filter(|(s, _)| *s == stamp)
+            .map(|(_, m)| m.clone())
+    }
+
+    /// Keeps `doc` unless another request kept one for the same state first, and returns the kept
+    /// one: requests that raced to sign all serve the same bytes.
+    pub fn keep_message(
+        &self,
+        id: uuid::Uuid,
+        stamp: i64,
+        doc: std::sync::Arc<str>,
+    ) -> std::sync::Arc<str> {
+        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((s, kept)) = inner.messages.get(&id)
+            && *s == stamp
+        {
+            return kept.clone();
+        }
+        if inner.messages.len() >= SERVED_MAX {
+            inner.messages.clear();
+        }
+        inner.messages.insert(id, (stamp, doc.clone()));
+        doc
+    }
+
+    pub fn feed(&self, key: (i64, i64, i64)) -> Option<std::sync::Arc<str>> {
+        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        inner
+            .feed
+            .as_ref()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, f)| f.clone())
+    }
+
+    pub fn keep_feed(&self, key: (i64, i64, i64), feed: std::sync::Arc<str>) {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).feed = Some((key, feed));
+    }
 }
 
 pub fn urgency_severity(level: Level) -> (&'static str, &'static str) {
@@ -168,17 +206,4 @@ pub fn alert(sender: &Sender, published: &Published, index: usize) -> Option<Str
     w.close();
     w.close();
     Some(w.finish())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn times_carry_china_standard_time() {
-        assert_eq!(cap_time(0), "1970-01-01T08:00:00+08:00");
-        // 2026-11-30T10:48:43Z is 18:48:43 in Beijing.
-        assert_eq!(cap_time(1_796_035_723_000), "2026-11-30T18:48:43+08:00");
-        assert_eq!(cap_time(951_782_400_000), "2000-02-29T08:00:00+08:00");
-    }
 }

@@ -5,10 +5,13 @@
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
 use uuid::Uuid;
 
-use super::{Sender, alert, cap_time};
+use super::{Sender, alert};
 use crate::app::AppState;
+use crate::clock::rfc3339_china as cap_time;
 use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
 use crate::store::StoreError;
@@ -45,8 +48,19 @@ fn with_type(body: String, content_type: &'static str) -> Response {
     response
 }
 
-/// The signed CAP document of a warning's latest message.
-pub async fn signed_latest(state: &AppState, id: Uuid) -> Result<Option<String>, ApiError> {
+/// The signed CAP document of a warning's latest message, from the served copy while the warning
+/// has not changed.
+pub async fn signed_latest(state: &AppState, id: Uuid) -> Result<Option<Arc<str>>, ApiError> {
+    let stamp = state
+        .store
+        .read(move |conn| crate::warnings::published_stamp(conn, id))
+        .await?;
+    let Some(stamp) = stamp else {
+        return Ok(None);
+    };
+    if let Some(doc) = state.cap_served.message(id, stamp) {
+        return Ok(Some(doc));
+    }
     let docs = state.docs.clone();
     let published = state
         .store
@@ -58,11 +72,12 @@ pub async fn signed_latest(state: &AppState, id: Uuid) -> Result<Option<String>,
     let Some(canonical) = alert(&sender(state), &published, last) else {
         return Ok(None);
     };
-    let signed = state
+    let signed: Arc<str> = state
         .cap_key
         .sign_document(&canonical)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Some(signed))
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .into();
+    Ok(Some(state.cap_served.keep_message(id, stamp, signed)))
 }
 
 async fn latest(
@@ -71,7 +86,10 @@ async fn latest(
 ) -> Result<Response, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     match signed_latest(&state, id).await {
-        Ok(Some(doc)) => Ok(with_type(doc, "application/cap+xml; charset=utf-8")),
+        Ok(Some(doc)) => Ok(with_type(
+            doc.to_string(),
+            "application/cap+xml; charset=utf-8",
+        )),
         Ok(None) | Err(ApiError::NotFound) => Err(ApiError::NotFound),
         Err(e) => Err(e),
     }
@@ -88,7 +106,20 @@ fn escape(s: &str) -> String {
 const FEED_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
 
 async fn feed(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let since = state.clock.now_ms() - FEED_WINDOW_MS;
+    // The window moves by the minute; within a minute and with no warning changed, the copy stands.
+    let minute = state.clock.now_ms() / 60_000;
+    let since = minute * 60_000 - FEED_WINDOW_MS;
+    let (count, newest) = state
+        .store
+        .read(move |conn| crate::warnings::feed_stamp(conn, since))
+        .await?;
+    let key = (minute, count, newest);
+    if let Some(feed) = state.cap_served.feed(key) {
+        return Ok(with_type(
+            feed.to_string(),
+            "application/atom+xml; charset=utf-8",
+        ));
+    }
     let docs = state.docs.clone();
     let entries = state
         .store
@@ -135,6 +166,7 @@ async fn feed(State(state): State<AppState>) -> Result<Response, ApiError> {
         ));
     }
     xml.push_str("</feed>");
+    state.cap_served.keep_feed(key, Arc::from(xml.as_str()));
     Ok(with_type(xml, "application/atom+xml; charset=utf-8"))
 }
 

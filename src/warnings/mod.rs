@@ -630,6 +630,30 @@ pub fn published_ids(
     Ok(ids.iter().filter_map(|i| Uuid::parse_str(i).ok()).collect())
 }
 
+/// The record sequence number of an issued warning's last change (`None` if there is no such issued
+/// warning): what a copy of its CAP message is keyed by. Not a time, which two changes can share.
+pub fn published_stamp(conn: &Connection, id: Uuid) -> Result<Option<i64>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT d.seq FROM warnings w JOIN documents d ON d.id = w.doc_id
+             WHERE w.doc_id = ?1 AND w.issued_ms IS NOT NULL",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// How many issued warnings changed since `since_ms`, and the sequence number of the latest change:
+/// what a copy of the feed is keyed by.
+pub fn feed_stamp(conn: &Connection, since_ms: i64) -> Result<(i64, i64), StoreError> {
+    Ok(conn.query_row(
+        "SELECT count(*), COALESCE(max(d.seq), 0) FROM warnings w JOIN documents d ON d.id = w.doc_id
+         WHERE w.issued_ms IS NOT NULL AND w.updated_ms >= ?1",
+        [since_ms],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
+}
+
 /// A warning's folded state now.
 pub fn current(conn: &Connection, ctx: &WriteCtx, id: Uuid) -> Result<Folded, WarningError> {
     let (meta, mut doc) = ctx.docs.load_kind(conn, id, KIND)?;

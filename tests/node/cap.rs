@@ -366,3 +366,86 @@ async fn alerts_from_outside_become_warnings_updates_and_cancels_apply_and_hosti
     }
     assert_eq!(warning_count(&h).await, before, "nothing stored");
 }
+
+#[tokio::test]
+async fn a_flood_of_unauthenticated_requests_gets_the_same_signed_bytes_and_unknown_ids_cost_nothing()
+ {
+    let h = Harness::new().await;
+    let staff = h
+        .user("li.ming", Role::TownshipStaff, "330723001", None)
+        .await;
+    let w = h
+        .act(
+            &staff,
+            "POST",
+            "/api/v1/warnings",
+            Some(
+                json!({"area": "330723001", "event": "flood", "level": "red",
+            "headline": "熟溪水位红色预警"}),
+            ),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let id = w["id"].as_str().unwrap().to_string();
+    let cap = format!("/api/v1/warnings/{id}/cap");
+    let answers = futures_util::future::join_all((0..200).map(|i| {
+        let uri = match i % 3 {
+            0 => cap.clone(),
+            1 => "/api/v1/cap/alerts.atom".to_string(),
+            _ => format!("/api/v1/warnings/{}/cap", uuid::Uuid::now_v7()),
+        };
+        let h = &h;
+        async move { (i % 3, get_text(h, &uri).await) }
+    }))
+    .await;
+    let mut bodies: [std::collections::HashSet<String>; 2] = Default::default();
+    for (kind, (status, _, body)) in answers {
+        if kind == 2 {
+            assert_eq!(status, StatusCode::NOT_FOUND);
+        } else {
+            assert_eq!(status, StatusCode::OK);
+            bodies[kind].insert(body);
+        }
+    }
+    // One message, one feed: served from the copy, byte for byte (an ECDSA signature made afresh
+    // for each request would differ every time).
+    assert_eq!(bodies[0].len(), 1);
+    assert_eq!(bodies[1].len(), 1);
+    // A change is served at once: the cancel is the new latest message.
+    h.act(
+        &staff,
+        "POST",
+        &format!("/api/v1/warnings/{id}/transitions"),
+        Some(json!({"action": "cancel"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let (_, _, after) = get_text(&h, &cap).await;
+    assert!(after.contains("<msgType>Cancel</msgType>"), "{after}");
+}
+
+#[tokio::test]
+async fn the_same_alert_posted_at_once_from_many_places_makes_one_warning() {
+    let h = Harness::new().await;
+    let it = h.user("it.xu", Role::CountyIt, "330723001", None).await;
+    let before = warning_count(&h).await;
+    let answers = futures_util::future::join_all(
+        (0..16).map(|_| post_xml(&h, &it, inbound("zj-par", "Alert", "", "橙色").into_bytes())),
+    )
+    .await;
+    let created = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::CREATED && v["outcome"] == "created")
+        .count();
+    let duplicates = answers
+        .iter()
+        .filter(|(s, v)| *s == StatusCode::OK && v["outcome"] == "duplicate")
+        .count();
+    assert_eq!((created, duplicates), (1, 15), "{answers:?}");
+    let ids: std::collections::HashSet<&str> = answers
+        .iter()
+        .map(|(_, v)| v["warning"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 1, "every answer names the one warning");
+    assert_eq!(warning_count(&h).await, before + 1);
+}
