@@ -153,7 +153,8 @@ struct BacktestBody {
     to: String,
 }
 
-/// Most readings one backtest reads per device: a week of one-second readings is more than this, and
+/// Most readings one backtest reads in all, shared between the devices it covers (a rule without a
+/// device covers every station in its area): a week of one-second readings is more than this, and
 /// the answer says when it stopped short.
 const BACKTEST_MAX_READINGS: usize = 200_000;
 
@@ -200,6 +201,7 @@ async fn backtest(
             .collect(),
     };
     let metric = rule.body.metric.clone();
+    let share = (BACKTEST_MAX_READINGS / devices.len().max(1)).max(1);
     let series = state
         .store
         .read(move |conn| {
@@ -207,13 +209,7 @@ async fn backtest(
             for device in devices {
                 if let Some((id, _)) = crate::telemetry::store::find_series(conn, &device, &metric)?
                 {
-                    let points = crate::telemetry::store::raw_range(
-                        conn,
-                        id,
-                        from,
-                        to,
-                        BACKTEST_MAX_READINGS,
-                    )?;
+                    let points = crate::telemetry::store::raw_range(conn, id, from, to, share)?;
                     out.push((device, points));
                 }
             }
@@ -225,7 +221,7 @@ async fn backtest(
     let mut truncated = false;
     for (device, points) in series {
         readings += points.len();
-        truncated |= points.len() >= BACKTEST_MAX_READINGS;
+        truncated |= points.len() >= share;
         let mut evaluator = Evaluator::new(rule.spec.clone(), from);
         for p in points {
             // Timers that ran out before this reading fire at their own time; a reading at the
