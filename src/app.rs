@@ -72,6 +72,8 @@ pub struct AppInner {
     pub cap_key: Arc<crate::cap::CapKey>,
     /// The CAP messages and feed as last served (see [`crate::cap::Served`]).
     pub cap_served: Arc<crate::cap::Served>,
+    /// How each `[[cap.feeds]]` entry has fared.
+    pub cap_feeds: Arc<crate::cap::feeds::Feeds>,
 }
 
 impl Deref for AppState {
@@ -176,6 +178,7 @@ impl AppState {
                 warnings: Arc::default(),
                 cap_key: Arc::new(cap_key),
                 cap_served: Arc::default(),
+                cap_feeds: Arc::default(),
             }),
         }
     }
@@ -350,6 +353,7 @@ pub fn spawn_background(state: &AppState) {
         }
     });
     start_telemetry(state);
+    crate::cap::feeds::spawn(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {
         let now = state.clock.now_ms();
         let idle = state.config.auth.session_idle.as_millis() as i64;
@@ -383,8 +387,6 @@ pub fn spawn_background(state: &AppState) {
     });
 }
 
-/// The telemetry's share of the background work: the writer (once), device statuses every second,
-/// retention every five minutes, and every configured driver under the supervisor.
 /// Starts the rule watcher: rules evaluated on every committed reading and on a timer.
 pub fn start_rules(state: &AppState) {
     state.tasks.spawn(crate::warnings::automation::run(
@@ -409,6 +411,8 @@ pub fn start_rules(state: &AppState) {
         }));
 }
 
+/// The telemetry's share of the background work: the writer (once), device statuses every second,
+/// retention every five minutes, and every configured driver under the supervisor.
 pub fn start_telemetry(state: &AppState) {
     let Some(queue) = state.telemetry.take_queue() else {
         tracing::error!("telemetry was already started");

@@ -85,6 +85,28 @@ pub struct CapConfig {
     /// The `sender` of every CAP message; `{node_id}@township-node` when not set.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// Atom or RSS feeds of CAP alerts this node polls (a provincial or national warning feed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub feeds: Vec<CapFeed>,
+}
+
+/// One feed of CAP alerts (`[[cap.feeds]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapFeed {
+    /// The feed's address (`http://`); entries link to the alerts (Atom `link`, RSS `link`).
+    pub url: String,
+    /// How often the feed is read.
+    #[serde(default = "default_feed_interval", with = "humantime_serde")]
+    pub interval: Duration,
+    /// A PEM public key or certificate (P-256 or RSA), inline or as a file path. When given, every
+    /// alert from this feed must carry an enveloped XML Signature by this key, or it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_key: Option<String>,
+}
+
+fn default_feed_interval() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -412,6 +434,10 @@ impl Config {
         }
         crate::telemetry::config::validate_devices(&self.devices, &self.mqtt, &self.hj212)
             .map_err(|(key, message)| invalid(&key, &message))?;
+        for (i, feed) in self.cap.feeds.iter().enumerate() {
+            crate::cap::feeds::check(feed)
+                .map_err(|(key, message)| invalid(&format!("cap.feeds[{i}].{key}"), &message))?;
+        }
         Ok(self)
     }
 

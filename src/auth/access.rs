@@ -122,6 +122,7 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/cap/key.pem", Access::Public),
     // Alerts from outside: county IT and admins, or a token made for a feed under such an account.
     rule("POST", "/api/v1/cap", Access::Roles(ACCOUNT_ADMINS)),
+    rule("GET", "/api/v1/cap/feeds", Access::Roles(ACCOUNT_ADMINS)),
     // Warnings: everyone sees those covering their area; who may act is checked per warning.
     rule("GET", "/api/v1/warnings", Access::SignedIn),
     rule("GET", "/api/v1/warnings/{id}", Access::SignedIn),

@@ -2,23 +2,14 @@
 //! here (source: the alert); an Update or Cancel applies to the warning its `references` name; a
 //! duplicate changes nothing.
 //!
-//! The parser is for hostile input: a document type declaration of any kind is refused (so no
-//! external entities and no entity expansion, the XXE and "billion laughs" attacks), only the five
-//! predefined entities and character references are resolved, depth, element count and text are
-//! bounded, and anything else wrong is named in the error. It never panics.
+//! Documents are read by [`super::dom`], built for hostile input (no DTDs, no entity expansion,
+//! bounded), so a bad one is named in the error and never panics.
 
-use quick_xml::events::Event;
-use quick_xml::name::ResolveResult;
 use township_sync::AreaCode;
 
 use super::NAMESPACE;
+use super::dom::{self, Node};
 use crate::rules::eval::Level;
-
-/// Most elements one alert may have (a real alert has a few dozen).
-const MAX_ELEMENTS: usize = 5_000;
-const MAX_DEPTH: usize = 16;
-/// Most characters in one element's text.
-const MAX_TEXT: usize = 64 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -28,7 +19,7 @@ fn err(s: impl Into<String>) -> CapError {
     CapError(s.into())
 }
 
-/// An element: its local name, its text, its children.
+/// An element as an alert is read: its local name, its text, its child elements.
 #[derive(Debug, Default)]
 struct El {
     name: String,
@@ -37,6 +28,20 @@ struct El {
 }
 
 impl El {
+    fn from_dom(e: &dom::Element) -> El {
+        El {
+            name: e.local().to_string(),
+            text: e.text(),
+            children: e
+                .children
+                .iter()
+                .filter_map(|c| match c {
+                    Node::Element(c) => Some(El::from_dom(c)),
+                    _ => None,
+                })
+                .collect(),
+        }
+    }
     fn child(&self, name: &str) -> Option<&El> {
         self.children.iter().find(|c| c.name == name)
     }
@@ -50,122 +55,15 @@ impl El {
     }
 }
 
-fn resolve_ref(name: &str) -> Option<String> {
-    if let Some(num) = name.strip_prefix('#') {
-        let code = match num.strip_prefix('x') {
-            Some(hex) => u32::from_str_radix(hex, 16).ok()?,
-            None => num.parse().ok()?,
-        };
-        return char::from_u32(code).map(String::from);
-    }
-    Some(
-        match name {
-            "amp" => "&",
-            "lt" => "<",
-            "gt" => ">",
-            "quot" => "\"",
-            "apos" => "'",
-            _ => return None,
-        }
-        .to_string(),
-    )
-}
-
-/// Parses a document into a tree, refusing what a hostile sender could use.
+/// Reads a document (see [`dom`] for what is refused) whose root must be a CAP 1.2 `alert`.
 fn tree(xml: &str) -> Result<El, CapError> {
-    let mut reader = quick_xml::NsReader::from_str(xml);
-    let mut stack: Vec<El> = Vec::new();
-    let mut count = 0usize;
-    let mut root: Option<El> = None;
-    loop {
-        let (ns, event) = reader
-            .read_resolved_event()
-            .map_err(|e| err(format!("not well-formed XML: {e}")))?;
-        match event {
-            Event::DocType(_) => {
-                return Err(err(
-                    "a document type declaration is not allowed (no DTDs, no entities)",
-                ));
-            }
-            Event::Start(ref e) | Event::Empty(ref e) => {
-                count += 1;
-                if count > MAX_ELEMENTS || stack.len() >= MAX_DEPTH {
-                    return Err(err(
-                        "the document is too large or too deeply nested for an alert",
-                    ));
-                }
-                if root.is_some() {
-                    return Err(err("content after the root element"));
-                }
-                if stack.is_empty() {
-                    let in_cap =
-                        matches!(ns, ResolveResult::Bound(n) if n.as_ref() == NAMESPACE.as_bytes());
-                    if !in_cap || e.local_name().as_ref() != b"alert" {
-                        return Err(err(format!(
-                            "the root element must be <alert> in the {NAMESPACE} namespace"
-                        )));
-                    }
-                }
-                let el = El {
-                    name: String::from_utf8_lossy(e.local_name().as_ref()).into_owned(),
-                    ..El::default()
-                };
-                if matches!(event, Event::Empty(_)) {
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(el),
-                        None => root = Some(el),
-                    }
-                } else {
-                    stack.push(el);
-                }
-            }
-            Event::End(_) => {
-                let el = stack
-                    .pop()
-                    .ok_or_else(|| err("an end tag without its start"))?;
-                match stack.last_mut() {
-                    Some(parent) => parent.children.push(el),
-                    None => root = Some(el),
-                }
-            }
-            Event::Text(t) => {
-                let text = t.decode().map_err(|e| err(format!("bad text: {e}")))?;
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&text);
-                    if top.text.len() > MAX_TEXT {
-                        return Err(err(format!("the text of <{}> is too long", top.name)));
-                    }
-                } else if !text.trim().is_empty() {
-                    return Err(err("text outside the root element"));
-                }
-            }
-            Event::CData(t) => {
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&String::from_utf8_lossy(&t));
-                    if top.text.len() > MAX_TEXT {
-                        return Err(err(format!("the text of <{}> is too long", top.name)));
-                    }
-                }
-            }
-            Event::GeneralRef(r) => {
-                let name = r.decode().map_err(|e| err(format!("bad reference: {e}")))?;
-                let resolved = resolve_ref(&name).ok_or_else(|| {
-                    err(format!(
-                        "unknown entity `&{name};` (only the predefined ones are allowed)"
-                    ))
-                })?;
-                if let Some(top) = stack.last_mut() {
-                    top.text.push_str(&resolved);
-                }
-            }
-            Event::Decl(_) | Event::PI(_) | Event::Comment(_) => {}
-            Event::Eof => break,
-        }
+    let doc = dom::parse(xml)?;
+    if doc.root.local() != "alert" || dom::namespace_of(&doc.root, &[]) != Some(NAMESPACE) {
+        return Err(err(format!(
+            "the root element must be <alert> in the {NAMESPACE} namespace"
+        )));
     }
-    if !stack.is_empty() {
-        return Err(err("the document ends inside an element"));
-    }
-    root.ok_or_else(|| err("no root element"))
+    Ok(El::from_dom(&doc.root))
 }
 
 /// One alert as this node uses it.

@@ -14,9 +14,12 @@
 //!
 //! Certainty is `Observed` for warnings a rule raised from readings, `Likely` otherwise.
 
+mod dom;
+pub mod feeds;
 pub mod inbound;
 mod routes;
 pub mod sign;
+pub mod verify;
 pub mod xml;
 
 pub use routes::routes;

@@ -25,6 +25,7 @@ pub fn routes(r: Routes) -> Routes {
         .get("/api/v1/warnings/{id}/cap", latest)
         .get("/api/v1/cap/alerts.atom", feed)
         .get("/api/v1/cap/key.pem", key)
+        .get("/api/v1/cap/feeds", feeds)
 }
 
 pub fn sender(state: &AppState) -> Sender {
@@ -170,6 +171,11 @@ async fn feed(State(state): State<AppState>) -> Result<Response, ApiError> {
     Ok(with_type(xml, "application/atom+xml; charset=utf-8"))
 }
 
+/// How each configured feed has fared: last poll, last success, last error, counts.
+async fn feeds(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    axum::Json(serde_json::json!({ "feeds": state.cap_feeds.snapshot() }))
+}
+
 async fn key(State(state): State<AppState>) -> Response {
     with_type(state.cap_key.public_pem(), "application/x-pem-file")
 }
@@ -193,48 +199,54 @@ async fn receive(
         ));
     }
     let alert = super::inbound::parse(&body).map_err(|e| ApiError::invalid("alert", e))?;
-    let alert_status = alert.status.clone();
-    let (ctx, actor, area) = (
-        state.write_ctx(),
-        caller.actor.clone(),
-        state.node.area.clone(),
-    );
-    let outcome = state
-        .store
-        .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
-        .await?;
     use super::inbound::Outcome;
-    let (status, word, id) = match outcome {
+    let (status, word, id) = match accept(&state, caller.actor.clone(), alert).await? {
         Outcome::Created(id) => (axum::http::StatusCode::CREATED, "created", id),
         Outcome::Updated(id) => (axum::http::StatusCode::OK, "updated", id),
         Outcome::Cancelled(id) => (axum::http::StatusCode::OK, "cancelled", id),
         Outcome::Duplicate(id) => (axum::http::StatusCode::OK, "duplicate", id),
     };
-    if word != "duplicate" {
-        // Tell the rest of the node (the PA) as for any warning change made here.
-        let ctx = state.write_ctx();
-        if let Ok(folded) = state
-            .store
-            .read(move |conn| crate::warnings::current(conn, &ctx, id))
-            .await
-        {
-            state.warnings.send(crate::warnings::WarningEvent {
-                id,
-                action: match word {
-                    "created" => "issue",
-                    "updated" => "update",
-                    _ => "cancel",
-                },
-                state: folded.state,
-                level: folded.level,
-                status: alert_status,
-                at_ms: state.clock.now_ms(),
-            });
-        }
-    }
     Ok((
         status,
         axum::Json(serde_json::json!({"outcome": word, "warning": id.to_string()})),
     )
         .into_response())
+}
+
+/// Applies one parsed alert as `actor` and tells the rest of the node (the PA) what changed, as for
+/// any warning change made here. Shared by `POST /api/v1/cap` and the feed poller.
+pub(super) async fn accept(
+    state: &AppState,
+    actor: crate::auth::actor::Actor,
+    alert: super::inbound::InboundAlert,
+) -> Result<super::inbound::Outcome, ApiError> {
+    use super::inbound::Outcome;
+    let alert_status = alert.status.clone();
+    let (ctx, area) = (state.write_ctx(), state.node.area.clone());
+    let outcome = state
+        .store
+        .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
+        .await?;
+    let (id, action) = match outcome {
+        Outcome::Created(id) => (id, "issue"),
+        Outcome::Updated(id) => (id, "update"),
+        Outcome::Cancelled(id) => (id, "cancel"),
+        Outcome::Duplicate(_) => return Ok(outcome),
+    };
+    let ctx = state.write_ctx();
+    if let Ok(folded) = state
+        .store
+        .read(move |conn| crate::warnings::current(conn, &ctx, id))
+        .await
+    {
+        state.warnings.send(crate::warnings::WarningEvent {
+            id,
+            action,
+            state: folded.state,
+            level: folded.level,
+            status: alert_status,
+            at_ms: state.clock.now_ms(),
+        });
+    }
+    Ok(outcome)
 }

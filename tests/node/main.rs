@@ -7,6 +7,7 @@ mod common;
 mod accounts;
 mod authz;
 mod cap;
+mod cap_feeds;
 mod cli;
 mod crash;
 mod graceful;
