@@ -387,13 +387,21 @@ pub fn spawn_background(state: &AppState) {
     });
 }
 
-/// Starts the rule watcher: rules evaluated on every committed reading and on a timer.
+/// Starts the rule watcher (rules evaluated on every committed reading and on a timer), the
+/// warnings it drives, and the warning events every part of the node hears.
 pub fn start_rules(state: &AppState) {
     state.tasks.spawn(crate::warnings::automation::run(
         crate::warnings::automation::Runtime {
             store: state.store.clone(),
             write_ctx: state.write_ctx(),
             watch: state.rules.clone(),
+            shutdown: state.shutdown.clone(),
+        },
+    ));
+    state.tasks.spawn(crate::warnings::events::run(
+        crate::warnings::events::Runtime {
+            store: state.store.clone(),
+            docs: state.docs.clone(),
             notices: state.warnings.clone(),
             shutdown: state.shutdown.clone(),
         },

@@ -109,6 +109,7 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/sensors/{id}/readings", Access::SignedIn),
     rule("GET", "/api/v1/sensors/{id}/readings.csv", Access::SignedIn),
     rule("GET", "/api/v1/stream", Access::SignedIn),
+    rule("GET", "/api/v1/warnings/events", Access::SignedIn),
     // Rules: everyone reads those covering their area; editors are checked against the rule's area.
     rule("GET", "/api/v1/rules", Access::SignedIn),
     rule("GET", "/api/v1/rules/{id}", Access::SignedIn),

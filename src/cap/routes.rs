@@ -213,40 +213,16 @@ async fn receive(
         .into_response())
 }
 
-/// Applies one parsed alert as `actor` and tells the rest of the node (the PA) what changed, as for
-/// any warning change made here. Shared by `POST /api/v1/cap` and the feed poller.
+/// Applies one parsed alert as `actor`; the change goes out as a warning event like any other.
+/// Shared by `POST /api/v1/cap` and the feed poller.
 pub(super) async fn accept(
     state: &AppState,
     actor: crate::auth::actor::Actor,
     alert: super::inbound::InboundAlert,
 ) -> Result<super::inbound::Outcome, ApiError> {
-    use super::inbound::Outcome;
-    let alert_status = alert.status.clone();
     let (ctx, area) = (state.write_ctx(), state.node.area.clone());
-    let outcome = state
+    Ok(state
         .store
         .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
-        .await?;
-    let (id, action) = match outcome {
-        Outcome::Created(id) => (id, "issue"),
-        Outcome::Updated(id) => (id, "update"),
-        Outcome::Cancelled(id) => (id, "cancel"),
-        Outcome::Duplicate(_) => return Ok(outcome),
-    };
-    let ctx = state.write_ctx();
-    if let Ok(folded) = state
-        .store
-        .read(move |conn| crate::warnings::current(conn, &ctx, id))
-        .await
-    {
-        state.warnings.send(crate::warnings::WarningEvent {
-            id,
-            action,
-            state: folded.state,
-            level: folded.level,
-            status: alert_status,
-            at_ms: state.clock.now_ms(),
-        });
-    }
-    Ok(outcome)
+        .await?)
 }

@@ -26,6 +26,7 @@ const MIGRATIONS: &[Migration] = &[
     v10_rules,
     v11_warnings,
     v12_cap_inbound,
+    v13_warning_events,
 ];
 
 /// The schema version this binary writes.
@@ -408,6 +409,21 @@ fn v12_cap_inbound(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             received_ms INTEGER NOT NULL,
             PRIMARY KEY (sender, identifier)
         ) STRICT;",
+    )
+}
+
+/// Which warning transitions have gone out as in-process events (see `warnings::events`). A node
+/// that already holds warnings when it upgrades marks them as told once, at its first start, instead
+/// of announcing its whole history to the loudspeakers.
+fn v13_warning_events(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE warning_notified (
+            doc_id        TEXT NOT NULL,
+            transition_id TEXT NOT NULL,
+            PRIMARY KEY (doc_id, transition_id)
+        ) STRICT;
+        INSERT INTO node_meta (key, value)
+            SELECT 'warning_events_seed', '1' WHERE EXISTS (SELECT 1 FROM warnings);",
     )
 }
 

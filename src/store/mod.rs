@@ -85,6 +85,8 @@ struct StoreInner {
     config: StoreConfig,
     write_metrics: Arc<WriteMetrics>,
     reads: AtomicU64,
+    /// Counts committed write transactions; a receiver wakes after each commit.
+    commits: tokio::sync::watch::Sender<u64>,
 }
 
 /// Applies the connection settings every connection must have; the write connection also gets WAL.
@@ -156,11 +158,13 @@ impl Store {
 
         let write_metrics = Arc::new(WriteMetrics::default());
         let (tx, rx) = mpsc::channel(config.write_batch_max.max(1) * 4);
+        let commits = tokio::sync::watch::Sender::new(0);
         let thread = writer::spawn(
             conn,
             rx,
             config.write_batch_max.max(1),
             write_metrics.clone(),
+            commits.clone(),
         )
         .map_err(StoreError::Io)?;
 
@@ -174,12 +178,19 @@ impl Store {
                 config: config.clone(),
                 write_metrics,
                 reads: AtomicU64::new(0),
+                commits,
             }),
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Wakes after every committed write transaction (the value counts them), so what follows records
+    /// reads them once they are visible to readers, without polling.
+    pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.commits.subscribe()
     }
 
     /// Runs `job` inside a write transaction and returns its result once the transaction that holds it

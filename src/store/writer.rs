@@ -1,5 +1,6 @@
 //! The writer thread: takes queued jobs, runs each in its own savepoint inside one transaction,
-//! commits once, then answers every job in the batch.
+//! commits once, then answers every job in the batch and counts the commit on a watch channel, so
+//! parts of the node that follow records (warning events) wake on a commit instead of polling.
 //!
 //! A plain OS thread rather than a tokio task, because it blocks on SQLite and `fsync` for its whole
 //! life and must never starve the async workers.
@@ -109,6 +110,7 @@ pub fn spawn(
     mut rx: mpsc::Receiver<Job>,
     batch_max: usize,
     metrics: std::sync::Arc<WriteMetrics>,
+    commits: tokio::sync::watch::Sender<u64>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("store-writer".into())
@@ -122,7 +124,9 @@ pub fn spawn(
                         Err(_) => break,
                     }
                 }
-                run_batch(&conn, &mut batch, &metrics);
+                if run_batch(&conn, &mut batch, &metrics) {
+                    commits.send_modify(|n| *n += 1);
+                }
             }
             // All senders are gone: the node is shutting down. Fold the WAL back into the main file
             // so the next start (or a copy of the directory) begins clean.
@@ -132,7 +136,8 @@ pub fn spawn(
         })
 }
 
-fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &WriteMetrics) {
+/// Runs one batch in one transaction; true when it committed.
+fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &WriteMetrics) -> bool {
     metrics.batches.fetch_add(1, Ordering::Relaxed);
     metrics
         .jobs
@@ -144,7 +149,7 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &Writ
         for job in batch.drain(..) {
             job.finish(Err(message.clone()));
         }
-        return;
+        return false;
     }
     for job in batch.iter_mut() {
         if conn.execute_batch("SAVEPOINT job").is_err() {
@@ -163,7 +168,9 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &Writ
         tracing::error!(error = %e, "write batch commit failed; every job in it was refused");
         e.to_string()
     });
+    let committed = commit.is_ok();
     for job in batch.drain(..) {
         job.finish(commit.clone());
     }
+    committed
 }

@@ -1,7 +1,8 @@
 //! Warnings made by the node itself: a rule entering a level raises a warning (and issues it when the
 //! rule says `auto_issue` for that level), a rule re-entering or changing level while its warning is
 //! open updates that warning (never a second one), a rule falling to `none` clears it, and a warning
-//! whose `expires` has passed expires. Every change goes out as a [`WarningEvent`].
+//! whose `expires` has passed expires. Every change goes out as a [`super::WarningEvent`] through
+//! [`super::events`], like changes made anywhere else.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 use uuid::Uuid;
 
-use super::{Action, Content, NewWarning, Notices, Source, State, WarningError, WarningEvent};
+use super::{Action, Content, NewWarning, Source, State, WarningError};
 use crate::auth::actor::Actor;
 use crate::records::WriteCtx;
 use crate::rules::eval::{Level, State as RuleState};
@@ -33,12 +34,11 @@ pub struct Runtime {
     pub store: Store,
     pub write_ctx: WriteCtx,
     pub watch: Arc<Watch>,
-    pub notices: Arc<Notices>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
-/// What one rule event did to the warnings, for the notices.
-type Done = Vec<(Uuid, Action, super::Folded, String)>;
+/// What one rule event did to the warnings (for tests and the log).
+type Done = Vec<(Uuid, Action)>;
 
 fn rule_body(conn: &rusqlite::Connection, id: Uuid) -> Result<Option<RuleBody>, StoreError> {
     Ok(crate::rules::record::get(conn, id)?.and_then(|v| serde_json::from_value(v.body).ok()))
@@ -98,51 +98,34 @@ pub fn apply(
                                 .unwrap_or_default(),
                         },
                     )?;
-                    let mut folded = super::current(conn, ctx, id)?;
-                    done.push((id, Action::Raise, folded.clone(), status.clone()));
+                    done.push((id, Action::Raise));
                     if auto {
-                        folded =
-                            super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
-                        done.push((id, Action::Issue, folded, status.clone()));
+                        super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
+                        done.push((id, Action::Issue));
                     }
                 }
                 Some((id, current)) => {
                     let folded = super::act(conn, ctx, &system, id, Action::Update, content)?;
                     if current != level.as_str() {
-                        done.push((id, Action::Update, folded.clone(), status.clone()));
+                        done.push((id, Action::Update));
                     }
                     if auto && folded.state == State::Raised {
-                        let folded =
-                            super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
-                        done.push((id, Action::Issue, folded, status.clone()));
+                        super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
+                        done.push((id, Action::Issue));
                     }
                 }
             }
         }
         RuleState::None => {
             if let Some((id, _)) = open {
-                let folded =
-                    super::act(conn, ctx, &system, id, Action::AllClear, Content::default())?;
-                done.push((id, Action::AllClear, folded, status));
+                super::act(conn, ctx, &system, id, Action::AllClear, Content::default())?;
+                done.push((id, Action::AllClear));
             }
         }
         // A silent sensor is a technical alarm shown with the rule, never a colour warning.
         RuleState::Stale => {}
     }
     Ok(done)
-}
-
-fn notify(notices: &Notices, done: Done, at_ms: i64) {
-    for (id, action, folded, status) in done {
-        notices.send(WarningEvent {
-            id,
-            action: action.as_str(),
-            state: folded.state,
-            level: folded.level,
-            status,
-            at_ms,
-        });
-    }
 }
 
 /// Runs until shutdown: rule changes become warning changes; expired warnings expire.
@@ -157,7 +140,7 @@ pub async fn run(rt: Runtime) {
                 Ok(event) => {
                     let (ctx, e) = (rt.write_ctx.clone(), event.clone());
                     match rt.store.write(move |conn| apply(conn, &ctx, &e)).await {
-                        Ok(done) => notify(&rt.notices, done, event.at_ms),
+                        Ok(done) => tracing::debug!(rule = %event.rule, changes = done.len(), "rule change applied to its warning"),
                         Err(e) => tracing::warn!(error = %e, rule = %event.rule, "a rule change could not update its warning"),
                     }
                 }
@@ -172,14 +155,14 @@ pub async fn run(rt: Runtime) {
                     let mut done = Vec::new();
                     for id in super::due_to_expire(conn, now)? {
                         match super::act(conn, &ctx, &system, id, Action::Expire, Content::default()) {
-                            Ok(folded) => done.push((id, Action::Expire, folded, "actual".to_string())),
+                            Ok(_) => done.push((id, Action::Expire)),
                             Err(e) => tracing::debug!(error = %e, warning = %id, "not expired here"),
                         }
                     }
                     Ok::<_, WarningError>(done)
                 }).await;
                 match result {
-                    Ok(done) => notify(&rt.notices, done, now),
+                    Ok(done) => if !done.is_empty() { tracing::info!(expired = done.len(), "warnings expired") },
                     Err(e) => tracing::warn!(error = %e, "expiring warnings failed"),
                 }
             }

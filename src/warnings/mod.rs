@@ -13,6 +13,7 @@
 //! warn its own village (its rules, with the county link down) and nothing above it.
 
 pub mod automation;
+pub mod events;
 mod routes;
 
 use std::collections::BTreeMap;
@@ -371,12 +372,18 @@ pub struct NewWarning {
 
 pub const STATUSES: [&str; 3] = ["actual", "exercise", "test"];
 
-/// An in-process notice that a warning's state or content changed here (the broadcast work
+/// An in-process notice that a transition took effect on a warning, wherever it was made, with the
+/// warning's state and level as they stand when it is told (see [`events`]; the broadcast work
 /// subscribes to these).
 #[derive(Debug, Clone, Serialize)]
 pub struct WarningEvent {
     pub id: Uuid,
-    pub action: &'static str,
+    /// The warning's area (its record scope): who may hear of it.
+    pub area: AreaCode,
+    /// The transition's own id: with `id`, what a consumer dedupes on.
+    pub transition: String,
+    /// `raise`, `issue`, `update`, `cancel`, `expire` or `all_clear`.
+    pub action: String,
     pub state: State,
     pub level: Option<Level>,
     pub status: String,

@@ -11,7 +11,7 @@ use serde_json::json;
 use township_sync::AreaCode;
 use uuid::Uuid;
 
-use super::{Action, Content, Filter, NewWarning, Source, WarningError, WarningEvent};
+use super::{Action, Content, Filter, NewWarning, Source, WarningError};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::http::extract::{ApiJson, empty_as_none};
@@ -38,6 +38,49 @@ pub fn routes(r: Routes) -> Routes {
         .post("/api/v1/warnings", create)
         .get("/api/v1/warnings/{id}", get)
         .post("/api/v1/warnings/{id}/transitions", transition)
+        .get("/api/v1/warnings/events", events)
+}
+
+/// Warning events the caller may see, as they happen (server-sent events named `warning`), so a
+/// banner changes the moment a warning does. Ends at shutdown so an open tab never holds up a
+/// restart; a client that falls behind gets `lagged` and should reload the list.
+async fn events(
+    AxumState(state): AxumState<AppState>,
+    caller: Caller,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    use tokio::sync::broadcast::error::RecvError;
+    let rx = state.warnings.subscribe();
+    let shutdown = state.shutdown.clone();
+    let area = caller.actor.area.clone();
+    let stream = futures_util::stream::unfold(
+        (rx, shutdown, area),
+        |(mut rx, shutdown, area)| async move {
+            loop {
+                let next = tokio::select! {
+                    e = rx.recv() => e,
+                    () = shutdown.cancelled() => return None,
+                };
+                let event = match next {
+                    Ok(e) if super::may_see(&area, &e.area) => {
+                        match SseEvent::default().event("warning").json_data(&e) {
+                            Ok(ev) => ev,
+                            Err(_) => continue,
+                        }
+                    }
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(n)) => {
+                        SseEvent::default().event("lagged").data(n.to_string())
+                    }
+                    Err(RecvError::Closed) => return None,
+                };
+                return Some((Ok(event), (rx, shutdown, area)));
+            }
+        },
+    );
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15)))
 }
 
 #[derive(Deserialize)]
@@ -206,22 +249,13 @@ async fn create(
         readings: Vec::new(),
     };
     let (ctx, actor, docs) = (state.write_ctx(), caller.actor.clone(), state.docs.clone());
-    let (view, folded, id) = state
+    let view = state
         .store
         .write(move |conn| {
             let id = super::create(conn, &ctx, &actor, new)?;
-            let folded = super::current(conn, &ctx, id)?;
-            Ok::<_, WarningError>((super::view(conn, &docs, &actor, id)?, folded, id))
+            Ok::<_, WarningError>(super::view(conn, &docs, &actor, id)?)
         })
         .await?;
-    state.warnings.send(WarningEvent {
-        id,
-        action: Action::Issue.as_str(),
-        state: folded.state,
-        level: folded.level,
-        status: body.status,
-        at_ms: state.clock.now_ms(),
-    });
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
@@ -253,21 +287,12 @@ async fn transition(
     };
     let content = body.content.into_content()?;
     let (ctx, actor, docs) = (state.write_ctx(), caller.actor.clone(), state.docs.clone());
-    let (view, folded) = state
+    let view = state
         .store
         .write(move |conn| {
-            let folded = super::act(conn, &ctx, &actor, id, action, content)?;
-            Ok::<_, WarningError>((super::view(conn, &docs, &actor, id)?, folded))
+            super::act(conn, &ctx, &actor, id, action, content)?;
+            Ok::<_, WarningError>(super::view(conn, &docs, &actor, id)?)
         })
         .await?;
-    let status = view["status"].as_str().unwrap_or("actual").to_string();
-    state.warnings.send(WarningEvent {
-        id,
-        action: action.as_str(),
-        state: folded.state,
-        level: folded.level,
-        status,
-        at_ms: state.clock.now_ms(),
-    });
     Ok(Json(view))
 }

@@ -405,9 +405,11 @@ test('staff issue an orange warning, everyone in the area sees the banner, and c
   staff.once('dialog', (d) => d.accept());
   await staff.locator('#warning-actions button.danger').click();
   await staff.getByText('橙色（II级） · 已解除').waitFor();
+  // The phone hears the cancel as it happens (warning events), without reloading or navigating: the
+  // fallback poll is five minutes away.
+  await phone.waitForFunction(() => document.getElementById('warning-banner').hidden, null, { timeout: 5000 });
   await phone.locator('#nav a[href="/warnings"]').click();
   await phone.locator('#warnings-none').waitFor();
-  await phone.waitForFunction(() => document.getElementById('warning-banner').hidden);
   assert.deepEqual(errors, []);
   await staffContext.close();
   await phoneContext.close();
@@ -449,6 +451,10 @@ test('staff write a rule in the editor, try it on stored readings, and the live 
   await page.locator('#warning-detail', { hasText: '模拟水位超警红色预警' }).waitFor();
   await page.getByText('规则触发').waitFor();
   await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'rule-warning-zh.png'), fullPage: true });
+  // The triggering reading on a small chart of the river with the rule's level line.
+  await page.locator('#warning-chart svg polyline.series').waitFor({ state: 'attached' });
+  await page.locator('#warning-chart svg line.level-red').waitFor({ state: 'attached' });
+  assert.ok(await page.locator('#warning-chart svg circle.trigger').count() >= 1);
   // Clean up for later tests: cancel the warning and delete the rule.
   page.once('dialog', (d) => d.accept());
   await page.locator('#warning-actions button.danger').click();

@@ -61,8 +61,11 @@ async fn staff_issue_update_and_cancel_and_grid_workers_see_what_covers_them() {
     assert_eq!(w["source"], json!({"person": "li.ming"}));
     assert_eq!(w["allowed_actions"], json!(["update", "cancel"]));
     assert!(w["transitions"][0]["at_ms"].is_number());
-    let n = notices.recv().await.unwrap();
-    assert_eq!((n.action, n.state.as_str()), ("issue", "issued"));
+    let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+        .await
+        .expect("the issue is told")
+        .unwrap();
+    assert_eq!((n.action.as_str(), n.state.as_str()), ("issue", "issued"));
     // The grid worker sees it (it covers her village) but may do nothing with it.
     let seen = h
         .act(&grid, "GET", &format!("/api/v1/warnings/{id}"), None)
@@ -152,10 +155,18 @@ async fn staff_issue_update_and_cancel_and_grid_workers_see_what_covers_them() {
     )
     .await
     .expect(StatusCode::CONFLICT);
-    let actions: Vec<String> = std::iter::from_fn(|| notices.try_recv().ok())
-        .map(|n| n.action.to_string())
-        .collect();
+    let mut actions = Vec::new();
+    while actions.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
+            .await
+            .expect("every change is told")
+            .unwrap();
+        actions.push(n.action);
+    }
     assert_eq!(actions, ["update", "cancel"]);
+    // The refused second cancel told nothing.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(notices.try_recv().is_err());
 }
 
 fn reading(t: i64, v: f64) -> Reading {
@@ -197,7 +208,11 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (n.action, n.state.as_str(), n.level.map(|l| l.as_str())),
+        (
+            n.action.as_str(),
+            n.state.as_str(),
+            n.level.map(|l| l.as_str())
+        ),
         ("raise", "raised", Some("yellow"))
     );
     // Orange: the same warning is updated and, since the rule says so, issued.
@@ -207,14 +222,14 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (n.action, n.level.map(|l| l.as_str())),
+        (n.action.as_str(), n.level.map(|l| l.as_str())),
         ("update", Some("orange"))
     );
     let n = tokio::time::timeout(Duration::from_secs(5), notices.recv())
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((n.action, n.state.as_str()), ("issue", "issued"));
+    assert_eq!((n.action.as_str(), n.state.as_str()), ("issue", "issued"));
     let list = warnings_of(&h, &grid).await;
     assert_eq!(list.len(), 1, "one warning per rule: {list:?}");
     let id = list[0]["id"].as_str().unwrap().to_string();
@@ -245,7 +260,10 @@ async fn a_rule_raises_issues_updates_and_clears_one_warning() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((n.action, n.state.as_str()), ("all_clear", "cleared"));
+    assert_eq!(
+        (n.action.as_str(), n.state.as_str()),
+        ("all_clear", "cleared")
+    );
     assert_eq!(warnings_of(&h, &grid).await.len(), 1);
 }
 
@@ -312,9 +330,34 @@ async fn an_update_here_and_a_cancel_there_fold_to_one_state_on_both() {
     )
     .await
     .expect(StatusCode::OK);
+    township_node::app::start_rules(b.state());
+    let mut told_b = b.state().warnings.subscribe();
     let (from_a, from_b) = (load(&a, id).await, load(&b, id).await);
     merge(&a, id, from_b).await;
     merge(&b, id, from_a).await;
+    // B hears A's update as it merges, once, after its own cancel and the issue were told.
+    let mut heard = Vec::new();
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), told_b.recv())
+            .await
+            .expect("a change merged from another node is told")
+            .unwrap();
+        heard.push(n.action.clone());
+        if n.action == "update" {
+            assert_eq!(n.id, id);
+            assert_eq!(n.state.as_str(), "cancelled", "told with the merged state");
+            break;
+        }
+    }
+    assert!(
+        !heard[..heard.len() - 1].contains(&"update".to_string()),
+        "{heard:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        std::iter::from_fn(|| told_b.try_recv().ok()).all(|n| n.action != "update"),
+        "told twice"
+    );
     let view_a = a
         .act(&staff_a, "GET", &format!("/api/v1/warnings/{id}"), None)
         .await
@@ -387,4 +430,79 @@ async fn an_issue_forged_from_below_does_not_count() {
         "{view}"
     );
     assert_eq!(view["conflicts"].as_array().unwrap().len(), 2, "{view}");
+}
+
+/// Opens `/api/v1/warnings/events` as `s` and returns its body as a stream of frames.
+async fn event_stream(h: &Harness, s: &Session) -> axum::body::BodyDataStream {
+    use tower::ServiceExt;
+    let request = axum::http::Request::builder()
+        .uri("/api/v1/warnings/events")
+        .header("host", "node.test")
+        .header("cookie", &s.cookie)
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let mut request = request;
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [192, 0, 2, 7],
+            40000,
+        ))));
+    let response = h.router().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    response.into_body().into_data_stream()
+}
+
+async fn next_frame(stream: &mut axum::body::BodyDataStream, wait: Duration) -> Option<String> {
+    use futures_util::StreamExt;
+    loop {
+        let frame = tokio::time::timeout(wait, stream.next())
+            .await
+            .ok()??
+            .ok()?;
+        let text = String::from_utf8_lossy(&frame).into_owned();
+        // Keep-alive comments are not events.
+        if !text.trim().is_empty() && !text.starts_with(':') {
+            return Some(text);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_each_person_the_warnings_that_cover_them() {
+    let (h, staff, grid) = harness().await;
+    let elsewhere = h
+        .user("zhao.lei", Role::GridWorker, "330723001002", None)
+        .await;
+    let mut hers = event_stream(&h, &grid).await;
+    let mut theirs = event_stream(&h, &elsewhere).await;
+    let mut for_her_village = manual();
+    for_her_village["area"] = json!("330723001001");
+    for_her_village["areas"] = json!(["330723001001"]);
+    let w = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(for_her_village))
+        .await
+        .expect(StatusCode::CREATED);
+    let frame = next_frame(&mut hers, Duration::from_secs(5))
+        .await
+        .expect("the grid worker hears of the warning over her village");
+    assert!(frame.contains("event: warning"), "{frame}");
+    let data: Value = serde_json::from_str(
+        frame
+            .lines()
+            .find_map(|l| l.strip_prefix("data: "))
+            .expect("a data line"),
+    )
+    .unwrap();
+    assert_eq!(data["id"], w["id"]);
+    assert_eq!(
+        (data["action"].as_str(), data["level"].as_str()),
+        (Some("issue"), Some("orange"))
+    );
+    assert!(
+        next_frame(&mut theirs, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "a grid worker of another village hears nothing of it"
+    );
 }

@@ -19,6 +19,7 @@ import * as sensorsStation from './pages/sensors-station.js';
 import * as warnings from './pages/warnings.js';
 import * as rules from './pages/rules.js';
 import { pending, notFound } from './pages/pending.js';
+import { followWarnings } from './warning-events.js';
 
 // Pages that need a signed-in user and, where given, the API route the page is built on: a user the
 // node would refuse there gets "not found" rather than a page of errors.
@@ -60,7 +61,12 @@ for (const [path, key] of [
 }
 fallback(notFound);
 
-setInterval(() => warnings.refreshBanner(), 30000);
+// Live: the banner follows warning events; the slow poll only covers a stream that cannot connect.
+const warningStream = followWarnings(() => {
+  warnings.refreshBanner();
+  window.dispatchEvent(new CustomEvent('township:warning'));
+});
+setInterval(() => warnings.refreshBanner(), 300000);
 
 afterNavigate((path) => {
   warnings.refreshBanner();
@@ -162,7 +168,7 @@ document.getElementById('lang-toggle').addEventListener('click', () => {
   navigate(location.pathname + location.search, { push: false });
 });
 
-onChange((user) => { renderUser(user); linkState(); });
+onChange((user) => { renderUser(user); linkState(); warningStream.reconnect(); });
 applyTranslations(document);
 header();
 refresh()

@@ -5,8 +5,9 @@ import { getJson, postJson, ApiError } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
 import { currentUser, can } from '../session.js';
-import { formatTime } from '../format.js';
+import { formatTime, nodeNow } from '../format.js';
 import { navigate } from '../router.js';
+import { startView } from '../view.js';
 
 const LEVELS = ['blue', 'yellow', 'orange', 'red'];
 const EVENTS = ['flood', 'rainstorm', 'landslide', 'air_pollution', 'water_pollution', 'other'];
@@ -65,25 +66,34 @@ function issueForm(onDone) {
 export async function renderList(main) {
   clear(main);
   main.append(el('h1', { 'data-i18n': 'page.warnings' }, t('page.warnings')));
+  const lists = el('div', { id: 'warning-lists' });
+  main.append(lists);
+  if (can('POST', '/api/v1/warnings')) {
+    main.append(issueForm((w) => navigate(`/warnings/${w.id}`)));
+  }
+  const view = startView();
+  // A warning event reloads the lists only, so a form being filled in is never lost.
+  view.listen(window, 'township:warning', () => fillLists(lists, view));
+  await fillLists(lists, view);
+}
+
+async function fillLists(lists, view) {
   let data;
   try {
     data = await getJson('/api/v1/warnings');
   } catch (error) {
-    main.append(errorBox(error.message, () => renderList(main)));
+    lists.replaceChildren(errorBox(error.message, () => fillLists(lists, view)));
     return;
   }
+  if (!view.alive) return;
   const current = data.warnings.filter((w) => OPEN.includes(w.state));
   const past = data.warnings.filter((w) => !OPEN.includes(w.state));
-  main.append(el('h2', {}, t('warnings.active')));
-  main.append(current.length
-    ? el('ul', { class: 'warning-list', id: 'warnings-active' }, ...current.map(card))
-    : el('p', { class: 'muted', id: 'warnings-none' }, t('warnings.none')));
-  if (can('POST', '/api/v1/warnings')) {
-    main.append(issueForm((w) => navigate(`/warnings/${w.id}`)));
-  }
-  if (past.length) {
-    main.append(el('h2', {}, t('warnings.history')), el('ul', { class: 'warning-list past' }, ...past.map(card)));
-  }
+  lists.replaceChildren(
+    el('h2', {}, t('warnings.active')),
+    current.length
+      ? el('ul', { class: 'warning-list', id: 'warnings-active' }, ...current.map(card))
+      : el('p', { class: 'muted', id: 'warnings-none' }, t('warnings.none')),
+    ...(past.length ? [el('h2', {}, t('warnings.history')), el('ul', { class: 'warning-list past' }, ...past.map(card))] : []));
 }
 
 export async function renderDetail(main, { id }) {
@@ -107,8 +117,10 @@ export async function renderDetail(main, { id }) {
       w.expires_ms ? el('p', { class: 'muted small' }, `${t('warnings.expires')}：${formatTime(w.expires_ms)}`) : null,
       w.issued_ms ? el('p', {}, el('a', { href: `/api/v1/warnings/${w.id}/cap`, download: `${w.id}.cap.xml` }, t('warnings.cap'))) : null));
   if (w.readings && w.readings.length) {
-    main.append(el('section', { class: 'card' }, el('h2', {}, t('warnings.readings')),
-      el('ul', {}, ...w.readings.map(([at, value]) => el('li', {}, `${formatTime(at, { seconds: true })} · ${value}`)))));
+    const chart = el('div', { class: 'warning-chart', id: 'warning-chart' });
+    main.append(el('section', { class: 'card' }, el('h2', {}, t('warnings.readings')), chart,
+      el('ul', { class: 'small' }, ...w.readings.map(([at, value]) => el('li', {}, `${formatTime(at, { seconds: true })} · ${value}`)))));
+    if (w.source && w.source.rule) drawReadings(chart, w);
   }
   const actions = el('section', { class: 'card', id: 'warning-actions' });
   const message = el('p', { class: 'error', role: 'alert' });
@@ -146,6 +158,62 @@ export async function renderDetail(main, { id }) {
     main.append(el('section', { class: 'card' }, el('h2', {}, t('warnings.conflicts')),
       el('ul', {}, ...w.conflicts.map((c) => el('li', {}, `${t(`waction.${c.transition.action}`)} · ${c.transition.actor}: ${c.reason}`)))));
   }
+}
+
+const SVG = 'http://www.w3.org/2000/svg';
+const svg = (name, attrs) => {
+  const node = document.createElementNS(SVG, name);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  return node;
+};
+
+// A small chart of what the rule watched, from an hour before the warning until it ended (or now),
+// with the rule's level lines and the triggering readings marked: an inline SVG, no library, so it
+// draws on an old phone. Nothing is shown when the rule or the readings cannot be had.
+async function drawReadings(box, w) {
+  const [firstAt] = w.readings[0];
+  const from = Math.min(firstAt, ...w.transitions.map((tr) => tr.at_ms)) - 3600e3;
+  const ended = ['cancelled', 'expired', 'cleared'].includes(w.state) ? Math.max(...w.transitions.map((tr) => tr.at_ms)) : nodeNow();
+  const to = Math.max(ended, firstAt) + 600e3;
+  let rule;
+  let series;
+  try {
+    rule = await getJson(`/api/v1/rules/${encodeURIComponent(w.source.rule)}`);
+    const device = rule.device || w.device;
+    if (!device) return;
+    const q = new URLSearchParams({ from: String(Math.floor(from)), to: String(Math.ceil(to)), metric: rule.metric });
+    if (to - from > 6 * 3600e3) q.set('step', '1m');
+    series = await getJson(`/api/v1/sensors/${encodeURIComponent(device)}/readings?${q}`, { timeoutMs: 20000 });
+  } catch (_) {
+    return;
+  }
+  const points = (series.points || []).map((p) => [p.t, p.value ?? p.mean ?? p.avg]).filter(([, v]) => Number.isFinite(v));
+  if (!points.length) return;
+  const levels = Object.entries(rule.levels || {}).filter(([, v]) => Number.isFinite(v));
+  const values = [...points.map(([, v]) => v), ...w.readings.map(([, v]) => v), ...levels.map(([, v]) => v)];
+  let lo = Math.min(...values);
+  let hi = Math.max(...values);
+  if (hi === lo) { hi += 1; lo -= 1; }
+  // Drawn at the box's own width so text and dots keep their size on a phone and a PC alike.
+  const W = Math.max(280, Math.round(box.clientWidth || 600)); const H = 160; const pad = 14;
+  const x = (at) => pad + ((at - from) / (to - from)) * (W - 2 * pad);
+  const y = (v) => H - pad - ((v - lo) / (hi - lo)) * (H - 2 * pad);
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', class: 'warning-chart-svg' });
+  root.setAttribute('aria-label', `${series.name || rule.metric} ${formatTime(from)} – ${formatTime(to)}`);
+  for (const [level, value] of levels) {
+    root.append(svg('line', { x1: pad, x2: W - pad, y1: y(value), y2: y(value), class: `level-line level-${level}` }));
+    const label = svg('text', { x: W - pad - 2, y: y(value) - 2, 'text-anchor': 'end', class: 'level-label' });
+    label.textContent = `${levelName(level)} ${value}`;
+    root.append(label);
+  }
+  for (const [value, at] of [[hi, pad + 8], [lo, H - 4]]) {
+    const label = svg('text', { x: 2, y: at, class: 'level-label' });
+    label.textContent = String(Math.round(value * 100) / 100);
+    root.append(label);
+  }
+  root.append(svg('polyline', { points: points.map(([at, v]) => `${x(at).toFixed(1)},${y(v).toFixed(1)}`).join(' '), class: 'series' }));
+  for (const [at, v] of w.readings) root.append(svg('circle', { cx: x(at), cy: y(v), r: 4, class: 'trigger' }));
+  box.replaceChildren(root, el('p', { class: 'muted small' }, `${series.name || rule.metric}${series.unit ? ` (${series.unit})` : ''} · ${formatTime(from)} – ${formatTime(to)}`));
 }
 
 // The banner every page shows while an orange or red warning covers the user's area.
