@@ -253,7 +253,7 @@ async fn create(
         .store
         .write(move |conn| {
             let id = super::create(conn, &ctx, &actor, new)?;
-            Ok::<_, WarningError>(super::view(conn, &docs, &actor, id)?)
+            super::view(conn, &docs, &actor, id)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -291,7 +291,7 @@ async fn transition(
         .store
         .write(move |conn| {
             super::act(conn, &ctx, &actor, id, action, content)?;
-            Ok::<_, WarningError>(super::view(conn, &docs, &actor, id)?)
+            super::view(conn, &docs, &actor, id)
         })
         .await?;
     Ok(Json(view))
