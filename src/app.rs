@@ -353,7 +353,7 @@ pub fn spawn_background(state: &AppState) {
         }
     });
     start_telemetry(state);
-    crate::cap::feeds::spawn(state);
+    start_cap_feeds(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {
         let now = state.clock.now_ms();
         let idle = state.config.auth.session_idle.as_millis() as i64;
@@ -385,6 +385,23 @@ pub fn spawn_background(state: &AppState) {
             Err(e) => tracing::warn!(error = %e, "document compaction failed"),
         }
     });
+}
+
+/// Starts one poller per `[[cap.feeds]]` entry.
+pub fn start_cap_feeds(state: &AppState) {
+    use crate::cap::feeds;
+    feeds::init_status(&state.cap_feeds, &state.config.cap.feeds);
+    let runtime = feeds::Runtime {
+        store: state.store.clone(),
+        write_ctx: state.write_ctx(),
+        status: state.cap_feeds.clone(),
+        shutdown: state.shutdown.clone(),
+    };
+    for (index, feed) in state.config.cap.feeds.iter().enumerate() {
+        state
+            .tasks
+            .spawn(feeds::run(runtime.clone(), index, feed.clone()));
+    }
 }
 
 /// Starts the rule watcher (rules evaluated on every committed reading and on a timer), the

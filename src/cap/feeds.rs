@@ -17,9 +17,10 @@ use quick_xml::events::Event;
 use serde::Serialize;
 
 use super::verify::TrustedKey;
-use crate::app::AppState;
 use crate::auth::actor::Actor;
 use crate::config::CapFeed;
+use crate::records::WriteCtx;
+use crate::store::Store;
 
 const MAX_FEED_BYTES: usize = 1024 * 1024;
 const MAX_ALERT_BYTES: usize = 256 * 1024;
@@ -397,13 +398,19 @@ impl Feeds {
     }
 }
 
-/// Starts one poller per configured feed.
-pub fn spawn(state: &AppState) {
-    if let Ok(mut all) = state.cap_feeds.status.lock() {
-        *all = state
-            .config
-            .cap
-            .feeds
+/// What the pollers run with.
+#[derive(Clone)]
+pub struct Runtime {
+    pub store: Store,
+    pub write_ctx: WriteCtx,
+    pub status: Arc<Feeds>,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// Sets up one status entry per configured feed; call once before the pollers start.
+pub fn init_status(status: &Feeds, feeds: &[CapFeed]) {
+    if let Ok(mut all) = status.status.lock() {
+        *all = feeds
             .iter()
             .map(|f| FeedStatus {
                 url: f.url.clone(),
@@ -412,23 +419,35 @@ pub fn spawn(state: &AppState) {
             })
             .collect();
     }
-    for (index, feed) in state.config.cap.feeds.iter().enumerate() {
-        let key = match feed.trusted_key.as_deref().map(load_key).transpose() {
-            Ok(key) => key.map(Arc::new),
-            // Checked when the config was loaded; a key file removed since stops only this feed.
-            Err(e) => {
-                tracing::error!(feed = %feed.url, error = %e, "CAP feed not polled: its trusted key cannot be read");
-                continue;
-            }
-        };
-        let Some(target) = Target::parse(&feed.url) else {
-            continue;
-        };
-        let done: Arc<Mutex<HashSet<String>>> = Arc::default();
-        state.spawn_every(feed.interval, move |state| {
-            let (target, key, done) = (target.clone(), key.clone(), done.clone());
-            async move { poll(&state, index, &target, key.as_deref(), &done).await }
-        });
+}
+
+/// Polls feed `index` every `interval` (the first at once) until shutdown.
+pub async fn run(rt: Runtime, index: usize, feed: CapFeed) {
+    let key = match feed.trusted_key.as_deref().map(load_key).transpose() {
+        Ok(key) => key,
+        // Checked when the config was loaded; a key file removed since stops only this feed.
+        Err(e) => {
+            tracing::error!(feed = %feed.url, error = %e, "CAP feed not polled: its trusted key cannot be read");
+            rt.status
+                .update(index, |s| s.last_error = Some(format!("trusted_key: {e}")));
+            return;
+        }
+    };
+    let Some(target) = Target::parse(&feed.url) else {
+        return;
+    };
+    let mut done = HashSet::new();
+    let mut tick = tokio::time::interval(feed.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = rt.shutdown.cancelled() => return,
+        }
+        tokio::select! {
+            () = poll(&rt, index, &target, key.as_ref(), &mut done) => {}
+            () = rt.shutdown.cancelled() => return,
+        }
     }
 }
 
@@ -443,22 +462,19 @@ enum Fate {
 }
 
 async fn poll(
-    state: &AppState,
+    rt: &Runtime,
     index: usize,
     target: &Target,
     key: Option<&TrustedKey>,
-    done: &Mutex<HashSet<String>>,
+    done: &mut HashSet<String>,
 ) {
-    let now = state.clock.now_ms();
-    state
-        .cap_feeds
-        .update(index, |s| s.last_poll_ms = Some(now));
+    let now = rt.write_ctx.now_ms();
+    rt.status.update(index, |s| s.last_poll_ms = Some(now));
     let document = match get(target, MAX_FEED_BYTES).await {
         Ok(body) => body,
         Err(e) => {
             tracing::warn!(feed = %target.url(), error = %e, "CAP feed not read");
-            state
-                .cap_feeds
+            rt.status
                 .update(index, |s| s.last_error = Some(e.to_string()));
             return;
         }
@@ -475,7 +491,7 @@ async fn poll(
             .collect(),
         Err(e) => {
             tracing::warn!(feed = %target.url(), error = %e, "CAP feed not understood");
-            state.cap_feeds.update(index, |s| s.last_error = Some(e));
+            rt.status.update(index, |s| s.last_error = Some(e));
             return;
         }
     };
@@ -483,18 +499,18 @@ async fn poll(
     let mut last_error = None;
     for (url, body) in alerts {
         current.insert(url.clone());
-        if done.lock().is_ok_and(|d| d.contains(&url)) && body.is_none() {
+        if done.contains(&url) && body.is_none() {
             continue;
         }
-        let fate = one_alert(state, &url, body, key).await;
+        let fate = one_alert(rt, &url, body, key).await;
         let remember = !matches!(fate, Fate::Retry(_));
         match fate {
-            Fate::Accepted => state.cap_feeds.update(index, |s| s.accepted += 1),
-            Fate::Duplicate => state.cap_feeds.update(index, |s| s.duplicates += 1),
+            Fate::Accepted => rt.status.update(index, |s| s.accepted += 1),
+            Fate::Duplicate => rt.status.update(index, |s| s.duplicates += 1),
             Fate::Refused(reason) => {
                 tracing::warn!(feed = %target.url(), alert = %url, %reason, "CAP alert refused");
-                audit_refusal(state, &target.url(), &url, &reason).await;
-                state.cap_feeds.update(index, |s| s.refused += 1);
+                audit_refusal(rt, &target.url(), &url, &reason).await;
+                rt.status.update(index, |s| s.refused += 1);
                 last_error = Some(format!("{url}: {reason}"));
             }
             Fate::Retry(reason) => {
@@ -502,27 +518,20 @@ async fn poll(
                 last_error = Some(format!("{url}: {reason}"));
             }
         }
-        if remember && let Ok(mut d) = done.lock() {
-            d.insert(url);
+        if remember {
+            done.insert(url);
         }
     }
     // Only what the feed still lists is remembered, so the set stays as small as the feed.
-    if let Ok(mut d) = done.lock() {
-        d.retain(|u| current.contains(u));
-    }
-    let now = state.clock.now_ms();
-    state.cap_feeds.update(index, |s| {
+    done.retain(|u| current.contains(u));
+    let now = rt.write_ctx.now_ms();
+    rt.status.update(index, |s| {
         s.last_success_ms = Some(now);
         s.last_error = last_error;
     });
 }
 
-async fn one_alert(
-    state: &AppState,
-    url: &str,
-    body: Option<Bytes>,
-    key: Option<&TrustedKey>,
-) -> Fate {
+async fn one_alert(rt: &Runtime, url: &str, body: Option<Bytes>, key: Option<&TrustedKey>) -> Fate {
     let body = match body {
         Some(b) => b,
         None => match Target::parse(url) {
@@ -549,27 +558,32 @@ async fn one_alert(
         Ok(a) => a,
         Err(e) => return Fate::Refused(e.to_string()),
     };
-    let actor = Actor::system(state.node.area.clone());
-    use crate::http::problem::ApiError;
-    match super::routes::accept(state, actor, alert).await {
+    let ctx = rt.write_ctx.clone();
+    let applied = rt
+        .store
+        .write(move |conn| {
+            let actor = Actor::system(ctx.area.clone());
+            let area = ctx.area.clone();
+            super::inbound::apply(conn, &ctx, &actor, &area, alert)
+        })
+        .await;
+    match applied {
         Ok(super::inbound::Outcome::Duplicate(_)) => Fate::Duplicate,
         Ok(_) => Fate::Accepted,
-        Err(e @ (ApiError::Internal(_) | ApiError::Unavailable(_) | ApiError::Busy(_))) => {
-            Fate::Retry(e.to_string())
-        }
-        Err(ApiError::Invalid(e)) => Fate::Refused(e.to_string()),
+        // The store was busy or failing: the alert is fine, try it again.
+        Err(crate::warnings::WarningError::Store(e)) => Fate::Retry(e.to_string()),
         Err(e) => Fate::Refused(e.to_string()),
     }
 }
 
-async fn audit_refusal(state: &AppState, feed: &str, url: &str, reason: &str) {
+async fn audit_refusal(rt: &Runtime, feed: &str, url: &str, reason: &str) {
     let (ctx, feed, url, reason) = (
-        state.write_ctx(),
+        rt.write_ctx.clone(),
         feed.to_string(),
         url.to_string(),
         reason.to_string(),
     );
-    let written = state
+    let written = rt
         .store
         .write(move |conn| {
             ctx.audit(

@@ -200,7 +200,16 @@ async fn receive(
     }
     let alert = super::inbound::parse(&body).map_err(|e| ApiError::invalid("alert", e))?;
     use super::inbound::Outcome;
-    let (status, word, id) = match accept(&state, caller.actor.clone(), alert).await? {
+    let (ctx, actor, area) = (
+        state.write_ctx(),
+        caller.actor.clone(),
+        state.node.area.clone(),
+    );
+    let outcome = state
+        .store
+        .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
+        .await?;
+    let (status, word, id) = match outcome {
         Outcome::Created(id) => (axum::http::StatusCode::CREATED, "created", id),
         Outcome::Updated(id) => (axum::http::StatusCode::OK, "updated", id),
         Outcome::Cancelled(id) => (axum::http::StatusCode::OK, "cancelled", id),
@@ -211,18 +220,4 @@ async fn receive(
         axum::Json(serde_json::json!({"outcome": word, "warning": id.to_string()})),
     )
         .into_response())
-}
-
-/// Applies one parsed alert as `actor`; the change goes out as a warning event like any other.
-/// Shared by `POST /api/v1/cap` and the feed poller.
-pub(super) async fn accept(
-    state: &AppState,
-    actor: crate::auth::actor::Actor,
-    alert: super::inbound::InboundAlert,
-) -> Result<super::inbound::Outcome, ApiError> {
-    let (ctx, area) = (state.write_ctx(), state.node.area.clone());
-    Ok(state
-        .store
-        .write(move |conn| super::inbound::apply(conn, &ctx, &actor, &area, alert))
-        .await?)
 }

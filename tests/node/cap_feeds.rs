@@ -316,7 +316,7 @@ async fn feeds_take_alerts_their_key_signed_and_refuse_the_rest() {
         feed(format!("{base}/big.atom"), None),
     ];
     let h = Harness::with_config(config).await;
-    township_node::cap::feeds::spawn(h.state());
+    township_node::app::start_cap_feeds(h.state());
 
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
