@@ -66,6 +66,9 @@ pub struct Config {
     pub incidents: IncidentsConfig,
     pub sync: SyncConfig,
     pub cap: CapConfig,
+    /// Names (and optionally shapes) of area codes, for people and for CAP `area` blocks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub areas: Vec<AreaConfig>,
     /// The departments incidents are dispatched to. Replaces the built-in list when given.
     pub departments: Vec<Department>,
     /// Incident categories with their deadlines. Replaces the built-in list when given.
@@ -142,6 +145,72 @@ impl Default for SyncConfig {
             stall_timeout: Duration::from_secs(30),
             retry_max: Duration::from_secs(60),
         }
+    }
+}
+
+/// One area code with its name (`[[areas]]`), and the shape CAP messages give it, in CAP's own
+/// notation (WGS 84): `polygon` as at least four "lat,lon" pairs separated by spaces, the first and
+/// last the same; `circle` as "lat,lon radius_km".
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AreaConfig {
+    pub code: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polygon: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circle: Option<String>,
+}
+
+fn lat_lon(pair: &str) -> Option<(f64, f64)> {
+    let (lat, lon) = pair.split_once(',')?;
+    let (lat, lon): (f64, f64) = (lat.trim().parse().ok()?, lon.trim().parse().ok()?);
+    ((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon)).then_some((lat, lon))
+}
+
+impl AreaConfig {
+    /// Checks the entry; the error names the key and says what is wrong.
+    pub fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.code.parse::<township_sync::AreaCode>().is_err() {
+            return Err((
+                "code",
+                format!("`{}` is not an area code (6, 9 or 12 digits)", self.code),
+            ));
+        }
+        let n = self.name.trim().chars().count();
+        if n == 0 || n > 100 {
+            return Err(("name", "1 to 100 characters".into()));
+        }
+        if let Some(p) = &self.polygon {
+            let points: Option<Vec<(f64, f64)>> = p.split_whitespace().map(lat_lon).collect();
+            let ok = points.is_some_and(|pts| {
+                pts.len() >= 4 && pts.len() <= 1000 && pts.first() == pts.last()
+            });
+            if !ok {
+                return Err((
+                    "polygon",
+                    "at least four \"lat,lon\" pairs separated by spaces, the first and last the same".into(),
+                ));
+            }
+        }
+        if let Some(c) = &self.circle {
+            let mut parts = c.split_whitespace();
+            let ok = match (
+                parts.next().and_then(lat_lon),
+                parts.next().and_then(|r| r.parse::<f64>().ok()),
+                parts.next(),
+            ) {
+                (Some(_), Some(r), None) => r > 0.0 && r < 20_000.0,
+                _ => false,
+            };
+            if !ok {
+                return Err((
+                    "circle",
+                    "\"lat,lon radius_km\", for example \"28.89,119.81 5\"".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +443,7 @@ impl Default for Config {
             incidents: IncidentsConfig::default(),
             sync: SyncConfig::default(),
             cap: CapConfig::default(),
+            areas: Vec::new(),
             departments: default_departments(),
             categories: default_categories(),
             mqtt: Default::default(),
@@ -434,6 +504,14 @@ impl Config {
         }
         crate::telemetry::config::validate_devices(&self.devices, &self.mqtt, &self.hj212)
             .map_err(|(key, message)| invalid(&key, &message))?;
+        let mut codes = std::collections::HashSet::new();
+        for (i, area) in self.areas.iter().enumerate() {
+            area.check()
+                .map_err(|(key, message)| invalid(&format!("areas[{i}].{key}"), &message))?;
+            if !codes.insert(area.code.as_str()) {
+                return Err(invalid(&format!("areas[{i}].code"), "listed twice"));
+            }
+        }
         for (i, feed) in self.cap.feeds.iter().enumerate() {
             crate::cap::feeds::check(feed)
                 .map_err(|(key, message)| invalid(&format!("cap.feeds[{i}].{key}"), &message))?;
@@ -553,6 +631,51 @@ fn insert_path(table: &mut toml::Table, path: &[String], value: toml::Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn area_entries_are_checked_and_name_the_key() {
+        let area = |code: &str, polygon: Option<&str>, circle: Option<&str>| AreaConfig {
+            code: code.into(),
+            name: "王宅村".into(),
+            polygon: polygon.map(String::from),
+            circle: circle.map(String::from),
+        };
+        assert!(
+            area(
+                "330723001001",
+                Some("1,2 3,4 5,6 1,2"),
+                Some("28.9,119.8 5")
+            )
+            .check()
+            .is_ok()
+        );
+        for (bad, key) in [
+            (area("33072", None, None), "code"),
+            (area("330723001001", Some("1,2 3,4 1,2"), None), "polygon"),
+            (
+                area("330723001001", Some("1,2 3,4 5,6 7,8"), None),
+                "polygon",
+            ),
+            (
+                area("330723001001", Some("91,2 3,4 5,6 91,2"), None),
+                "polygon",
+            ),
+            (area("330723001001", None, Some("28.9,119.8")), "circle"),
+            (area("330723001001", None, Some("28.9,119.8 -1")), "circle"),
+            (area("330723001001", None, Some("28.9,119.8 1 2")), "circle"),
+        ] {
+            assert_eq!(bad.check().unwrap_err().0, key, "{bad:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "[[areas]]\ncode = \"330723001001\"\nname = \"a\"\n[[areas]]\ncode = \"330723001001\"\nname = \"b\"\n",
+        )
+        .unwrap();
+        let e = Config::load(Some(&file), std::iter::empty()).unwrap_err();
+        assert!(e.to_string().contains("areas[1].code"), "{e}");
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

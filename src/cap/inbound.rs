@@ -83,6 +83,10 @@ pub struct InboundAlert {
     pub headline: String,
     pub description: String,
     pub instruction: String,
+    /// The texts of an English `info`, when the alert has one (empty otherwise).
+    pub headline_en: String,
+    pub description_en: String,
+    pub instruction_en: String,
     /// Area codes (GB/T 2260), trailing zero groups removed.
     pub areas: Vec<AreaCode>,
     pub onset: Option<String>,
@@ -220,6 +224,9 @@ pub fn parse(xml: &str) -> Result<InboundAlert, CapError> {
                 headline: String::new(),
                 description: String::new(),
                 instruction: String::new(),
+                headline_en: String::new(),
+                description_en: String::new(),
+                instruction_en: String::new(),
                 areas: Vec::new(),
                 onset: None,
                 expires: None,
@@ -234,6 +241,17 @@ pub fn parse(xml: &str) -> Result<InboundAlert, CapError> {
         .filter(|g| g.text_of("valueName").is_some_and(|n| n.contains("2260")))
         .filter_map(|g| g.text_of("value").and_then(|v| area_from_geocode(&v)))
         .collect();
+    // An English info beside the Chinese one gives the English texts.
+    let english = infos
+        .iter()
+        .filter(|i| !std::ptr::eq(**i, info))
+        .find(|i| i.text_of("language").is_some_and(|l| l.starts_with("en")));
+    let english_text = |name: &str, max: usize| -> String {
+        english
+            .and_then(|i| i.text_of(name))
+            .map(|t| t.chars().take(max).collect())
+            .unwrap_or_default()
+    };
     let headline = info
         .text_of("headline")
         .or_else(|| info.text_of("event"))
@@ -260,6 +278,9 @@ pub fn parse(xml: &str) -> Result<InboundAlert, CapError> {
             .chars()
             .take(4000)
             .collect(),
+        headline_en: english_text("headline", 200),
+        description_en: english_text("description", 4000),
+        instruction_en: english_text("instruction", 4000),
         areas,
         onset: info.text_of("onset"),
         expires: info.text_of("expires"),
@@ -428,6 +449,9 @@ pub fn apply(
         headline: Some(alert.headline.clone()),
         description: Some(alert.description.clone()),
         instruction: Some(alert.instruction.clone()),
+        headline_en: Some(alert.headline_en.clone()).filter(|t| !t.is_empty()),
+        description_en: Some(alert.description_en.clone()).filter(|t| !t.is_empty()),
+        instruction_en: Some(alert.instruction_en.clone()).filter(|t| !t.is_empty()),
         areas: Some(areas),
         onset_ms: cap_time(alert.onset.as_deref(), "onset")?,
         expires_ms: cap_time(alert.expires.as_deref(), "expires")?,

@@ -102,14 +102,15 @@ pub fn urgency_severity(level: Level) -> (&'static str, &'static str) {
     }
 }
 
-fn category_and_name(event: &str) -> (&'static str, &'static str) {
+/// CAP category and the event's name in Chinese and English.
+fn category_and_names(event: &str) -> (&'static str, &'static str, &'static str) {
     match event {
-        "flood" => ("Met", "洪水"),
-        "rainstorm" => ("Met", "暴雨"),
-        "landslide" => ("Geo", "滑坡"),
-        "air_pollution" => ("Env", "大气污染"),
-        "water_pollution" => ("Env", "水污染"),
-        _ => ("Other", "其他"),
+        "flood" => ("Met", "洪水", "Flood"),
+        "rainstorm" => ("Met", "暴雨", "Rainstorm"),
+        "landslide" => ("Geo", "滑坡", "Landslide"),
+        "air_pollution" => ("Env", "大气污染", "Air pollution"),
+        "water_pollution" => ("Env", "水污染", "Water pollution"),
+        _ => ("Other", "其他", "Other"),
     }
 }
 
@@ -128,10 +129,91 @@ pub struct Sender {
     pub address: String,
     pub node_id: String,
     pub name: String,
+    /// `[[areas]]`: names and shapes for the `area` blocks.
+    pub areas: Vec<crate::config::AreaConfig>,
 }
 
 fn identifier(sender: &Sender, message: &Message) -> String {
     format!("township-node.{}.{}", sender.node_id, message.transition)
+}
+
+/// What the Chinese and the English `info` share.
+struct InfoCommon<'a> {
+    category: &'static str,
+    urgency: &'static str,
+    severity: &'static str,
+    certainty: &'static str,
+    level: Level,
+    folded: &'a crate::warnings::Folded,
+    sender: &'a Sender,
+}
+
+impl InfoCommon<'_> {
+    /// One `info` in `language`, in the order the schema requires.
+    fn write(&self, w: &mut xml::Writer, language: &str, event: &str, texts: [&String; 3]) {
+        let [headline, description, instruction] = texts;
+        let f = self.folded;
+        w.open("info", &[]);
+        w.leaf("language", language);
+        w.leaf("category", self.category);
+        w.leaf("event", event);
+        w.leaf("urgency", self.urgency);
+        w.leaf("severity", self.severity);
+        w.leaf("certainty", self.certainty);
+        if let Some(onset) = f.onset_ms {
+            w.leaf("onset", &cap_time(onset));
+        }
+        if let Some(expires) = f.expires_ms {
+            w.leaf("expires", &cap_time(expires));
+        }
+        w.leaf("senderName", &self.sender.name);
+        w.leaf("headline", headline);
+        if !description.is_empty() {
+            w.leaf("description", description);
+        }
+        if !instruction.is_empty() {
+            w.leaf("instruction", instruction);
+        }
+        for (name, value) in [
+            ("warningColour", self.level.as_str()),
+            ("warningLevel", self.level.grade()),
+        ] {
+            w.open("parameter", &[]);
+            w.leaf("valueName", name);
+            w.leaf("value", value);
+            w.close();
+        }
+        // One block per area code: its name, its shape when `[[areas]]` gives one, its code.
+        for code in &f.areas {
+            let known = self.sender.areas.iter().find(|a| &a.code == code);
+            w.open("area", &[]);
+            let desc = match known {
+                Some(a) if language.starts_with("zh") => a.name.clone(),
+                Some(a) => format!("{} ({code})", a.name),
+                None if language.starts_with("zh") => format!("行政区划 {code}"),
+                None => format!("Area {code}"),
+            };
+            w.leaf("areaDesc", &desc);
+            if let Some(polygon) = known.and_then(|a| a.polygon.as_deref()) {
+                w.leaf(
+                    "polygon",
+                    &polygon.split_whitespace().collect::<Vec<_>>().join(" "),
+                );
+            }
+            if let Some(circle) = known.and_then(|a| a.circle.as_deref()) {
+                w.leaf(
+                    "circle",
+                    &circle.split_whitespace().collect::<Vec<_>>().join(" "),
+                );
+            }
+            w.open("geocode", &[]);
+            w.leaf("valueName", "GB/T 2260");
+            w.leaf("value", code);
+            w.close();
+            w.close();
+        }
+        w.close();
+    }
 }
 
 /// The CAP document for `published.messages[index]`, in canonical form, unsigned.
@@ -161,52 +243,36 @@ pub fn alert(sender: &Sender, published: &Published, index: usize) -> Option<Str
     if !references.is_empty() {
         w.leaf("references", &references.join(" "));
     }
-    let (category, event_name) = category_and_name(&published.event);
+    let (category, event_zh, event_en) = category_and_names(&published.event);
     let (urgency, severity) = urgency_severity(level);
     let certainty = if published.source.get("rule").is_some() {
         "Observed"
     } else {
         "Likely"
     };
-    w.open("info", &[]);
-    w.leaf("language", "zh-CN");
-    w.leaf("category", category);
-    w.leaf("event", event_name);
-    w.leaf("urgency", urgency);
-    w.leaf("severity", severity);
-    w.leaf("certainty", certainty);
-    if let Some(onset) = f.onset_ms {
-        w.leaf("onset", &cap_time(onset));
+    let common = InfoCommon {
+        category,
+        urgency,
+        severity,
+        certainty,
+        level,
+        folded: f,
+        sender,
+    };
+    common.write(
+        &mut w,
+        "zh-CN",
+        event_zh,
+        [&f.headline, &f.description, &f.instruction],
+    );
+    if !f.headline_en.is_empty() {
+        common.write(
+            &mut w,
+            "en-US",
+            event_en,
+            [&f.headline_en, &f.description_en, &f.instruction_en],
+        );
     }
-    if let Some(expires) = f.expires_ms {
-        w.leaf("expires", &cap_time(expires));
-    }
-    w.leaf("senderName", &sender.name);
-    w.leaf("headline", &f.headline);
-    if !f.description.is_empty() {
-        w.leaf("description", &f.description);
-    }
-    if !f.instruction.is_empty() {
-        w.leaf("instruction", &f.instruction);
-    }
-    for (name, value) in [
-        ("warningColour", level.as_str()),
-        ("warningLevel", level.grade()),
-    ] {
-        w.open("parameter", &[]);
-        w.leaf("valueName", name);
-        w.leaf("value", value);
-        w.close();
-    }
-    w.open("area", &[]);
-    w.leaf("areaDesc", &format!("行政区划 {}", f.areas.join("、")));
-    for code in &f.areas {
-        w.open("geocode", &[]);
-        w.leaf("valueName", "GB/T 2260");
-        w.leaf("value", code);
-        w.close();
-    }
-    w.close();
     w.close();
     Some(w.finish())
 }

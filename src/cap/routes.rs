@@ -38,6 +38,7 @@ pub fn sender(state: &AppState) -> Sender {
             .unwrap_or_else(|| format!("{}@township-node", state.node.node_id)),
         node_id: state.node.node_id.clone(),
         name: state.node.name.clone(),
+        areas: state.config.areas.clone(),
     }
 }
 

@@ -28,6 +28,16 @@ pub fn level_zh(level: Level) -> &'static str {
     }
 }
 
+/// The level's name in English, for the English texts of rule-raised warnings.
+pub fn level_en(level: Level) -> &'static str {
+    match level {
+        Level::Blue => "Blue (IV)",
+        Level::Yellow => "Yellow (III)",
+        Level::Orange => "Orange (II)",
+        Level::Red => "Red (I)",
+    }
+}
+
 /// What the automation runs with.
 #[derive(Clone)]
 pub struct Runtime {
@@ -71,6 +81,14 @@ pub fn apply(
                 headline: Some(format!("{}{}预警", body.name, level_zh(level))),
                 description: Some(format!(
                     "{} {} {}（规则「{}」）",
+                    event.device,
+                    body.metric,
+                    event.value.map_or_else(String::new, |v| format!("{v:.2}")),
+                    body.name
+                )),
+                headline_en: Some(format!("{} warning: {}", level_en(level), body.name)),
+                description_en: Some(format!(
+                    "{} {} reached {} (rule \u{201c}{}\u{201d})",
                     event.device,
                     body.metric,
                     event.value.map_or_else(String::new, |v| format!("{v:.2}")),

@@ -162,6 +162,10 @@ pub struct Content {
     pub headline: Option<String>,
     pub description: Option<String>,
     pub instruction: Option<String>,
+    /// The English texts, when someone wrote them (CAP then carries an `en` info beside `zh-CN`).
+    pub headline_en: Option<String>,
+    pub description_en: Option<String>,
+    pub instruction_en: Option<String>,
     pub areas: Option<Vec<AreaCode>>,
     pub onset_ms: Option<i64>,
     pub expires_ms: Option<i64>,
@@ -176,6 +180,9 @@ impl Content {
             ("headline", self.headline),
             ("description", self.description),
             ("instruction", self.instruction),
+            ("headline_en", self.headline_en),
+            ("description_en", self.description_en),
+            ("instruction_en", self.instruction_en),
         ] {
             if let Some(v) = v {
                 data.insert(k.into(), v);
@@ -202,6 +209,9 @@ pub struct Folded {
     pub headline: String,
     pub description: String,
     pub instruction: String,
+    pub headline_en: String,
+    pub description_en: String,
+    pub instruction_en: String,
     pub areas: Vec<String>,
     pub onset_ms: Option<i64>,
     pub expires_ms: Option<i64>,
@@ -227,6 +237,9 @@ impl Machine for WarningMachine<'_> {
             headline: String::new(),
             description: String::new(),
             instruction: String::new(),
+            headline_en: String::new(),
+            description_en: String::new(),
+            instruction_en: String::new(),
             areas: vec![self.scope.to_string()],
             onset_ms: None,
             expires_ms: None,
@@ -294,6 +307,9 @@ impl Machine for WarningMachine<'_> {
             ("headline", &mut out.headline),
             ("description", &mut out.description),
             ("instruction", &mut out.instruction),
+            ("headline_en", &mut out.headline_en),
+            ("description_en", &mut out.description_en),
+            ("instruction_en", &mut out.instruction_en),
         ] {
             if let Some(v) = d.get(key) {
                 *field = v.clone();
@@ -425,9 +441,17 @@ fn validate_content(c: &Content, scope: &AreaCode, creating: bool) -> Result<(),
     } else if creating {
         return Err(Invalid::new("headline", "a warning needs a headline"));
     }
+    if c.headline_en
+        .as_ref()
+        .is_some_and(|h| h.chars().count() > 200)
+    {
+        return Err(Invalid::new("headline_en", "at most 200 characters"));
+    }
     for (field, v) in [
         ("description", &c.description),
         ("instruction", &c.instruction),
+        ("description_en", &c.description_en),
+        ("instruction_en", &c.instruction_en),
     ] {
         if v.as_ref().is_some_and(|t| t.chars().count() > 4000) {
             return Err(Invalid::new(field, "at most 4000 characters"));
@@ -731,6 +755,9 @@ fn render(
         "headline": f.headline,
         "description": f.description,
         "instruction": f.instruction,
+        "headline_en": f.headline_en,
+        "description_en": f.description_en,
+        "instruction_en": f.instruction_en,
         "areas": f.areas,
         "onset_ms": f.onset_ms,
         "expires_ms": f.expires_ms,

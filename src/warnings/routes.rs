@@ -167,6 +167,12 @@ struct ContentBody {
     #[serde(default)]
     instruction: Option<String>,
     #[serde(default)]
+    headline_en: Option<String>,
+    #[serde(default)]
+    description_en: Option<String>,
+    #[serde(default)]
+    instruction_en: Option<String>,
+    #[serde(default)]
     areas: Option<Vec<String>>,
     #[serde(default)]
     onset: Option<String>,
@@ -207,6 +213,9 @@ impl ContentBody {
             headline: self.headline.map(|h| h.trim().to_string()),
             description: self.description,
             instruction: self.instruction,
+            headline_en: self.headline_en.map(|h| h.trim().to_string()),
+            description_en: self.description_en,
+            instruction_en: self.instruction_en,
             areas,
             onset_ms,
             expires_ms,

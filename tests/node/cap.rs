@@ -449,3 +449,109 @@ async fn the_same_alert_posted_at_once_from_many_places_makes_one_warning() {
     assert_eq!(ids.len(), 1, "every answer names the one warning");
     assert_eq!(warning_count(&h).await, before + 1);
 }
+
+#[tokio::test]
+async fn english_texts_and_area_shapes_go_into_valid_signed_cap_and_come_back_in() {
+    let mut config = township_node::config::Config::default();
+    config.areas = vec![
+        township_node::config::AreaConfig {
+            code: "330723001001".into(),
+            name: "王宅村".into(),
+            polygon: Some("28.90,119.80 28.91,119.82 28.89,119.83 28.90,119.80".into()),
+            circle: None,
+        },
+        township_node::config::AreaConfig {
+            code: "330723001002".into(),
+            name: "下杨村".into(),
+            polygon: None,
+            circle: Some("28.88,119.79 2.5".into()),
+        },
+    ];
+    let h = Harness::with_config(config).await;
+    let staff = h
+        .user("li.ming", Role::TownshipStaff, "330723001", None)
+        .await;
+    let tmp = tempfile::tempdir().unwrap();
+    let (_, _, pem) = get_text(&h, "/api/v1/cap/key.pem").await;
+    let key = tmp.path().join("key.pem");
+    std::fs::write(&key, &pem).unwrap();
+    let w = h
+        .act(&staff, "POST", "/api/v1/warnings", Some(json!({"area": "330723001", "event": "flood", "level": "red",
+            "headline": "熟溪洪水红色预警", "description": "水位超保证。", "instruction": "立即转移。",
+            "headline_en": "Red (I) flood warning: Shuxi river", "description_en": "The river is above its guaranteed level.",
+            "instruction_en": "Move to high ground now.",
+            "areas": ["330723001001", "330723001002", "330723001003"]})))
+        .await
+        .expect(StatusCode::CREATED);
+    assert_eq!(w["headline_en"], "Red (I) flood warning: Shuxi river");
+    let id = w["id"].as_str().unwrap();
+    let (status, _, doc) = get_text(&h, &format!("/api/v1/warnings/{id}/cap")).await;
+    assert_eq!(status, StatusCode::OK);
+    let file = tmp.path().join("en.xml");
+    std::fs::write(&file, &doc).unwrap();
+    xmllint_valid(&file).unwrap_or_else(|e| panic!("not valid CAP 1.2: {e}\n{doc}"));
+    assert!(xmlsec_verifies(&file, &key), "{doc}");
+    for needle in [
+        "<language>zh-CN</language>",
+        "<language>en-US</language>",
+        "<event>Flood</event>",
+        "<headline>Red (I) flood warning: Shuxi river</headline>",
+        "<instruction>Move to high ground now.</instruction>",
+        "<areaDesc>王宅村</areaDesc><polygon>28.90,119.80 28.91,119.82 28.89,119.83 28.90,119.80</polygon>",
+        "<areaDesc>下杨村</areaDesc><circle>28.88,119.79 2.5</circle>",
+        "<areaDesc>行政区划 330723001003</areaDesc><geocode>",
+        "<areaDesc>王宅村 (330723001001)</areaDesc>",
+    ] {
+        assert!(doc.contains(needle), "{needle} missing:\n{doc}");
+    }
+    assert_eq!(doc.matches("<info>").count(), 2);
+    assert_eq!(
+        doc.matches("<area>").count(),
+        6,
+        "one block per area in each language"
+    );
+
+    // An alert with an English info beside the Chinese one brings its English texts in.
+    let it = h.user("it.xu", Role::CountyIt, "330723001", None).await;
+    let with_en = inbound("zj-en-1", "Alert", "", "红色").replace(
+        "</info>",
+        "</info><info><language>en-US</language><category>Met</category><event>Rainstorm</event>\
+         <urgency>Immediate</urgency><severity>Extreme</severity><certainty>Likely</certainty>\
+         <headline>Wuyi rainstorm red warning</headline><instruction>Stay indoors.</instruction></info>",
+    );
+    let (status, v) = post_xml(&h, &it, with_en.into_bytes()).await;
+    assert_eq!(status, StatusCode::CREATED, "{v}");
+    let made = h
+        .act(
+            &it,
+            "GET",
+            &format!("/api/v1/warnings/{}", v["warning"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(made["headline_en"], "Wuyi rainstorm red warning");
+    assert_eq!(made["instruction_en"], "Stay indoors.");
+    assert!(made["headline"].as_str().unwrap().contains("暴雨"));
+
+    // Bad English input is refused by name, and nothing is stored.
+    let before = warning_count(&h).await;
+    let answer = h
+        .act(
+            &staff,
+            "POST",
+            "/api/v1/warnings",
+            Some(
+                json!({"area": "330723001", "event": "flood", "level": "red",
+            "headline": "x", "headline_en": "y".repeat(201)}),
+            ),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer.body.to_string().contains("headline_en"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(warning_count(&h).await, before);
+}

@@ -2,7 +2,7 @@
 // alone), the history, one warning with its timeline, triggering readings, CAP download and the
 // actions the node lets this person take, and a form for township staff to issue a warning by hand.
 import { getJson, postJson, ApiError } from '../api.js';
-import { t } from '../i18n.js';
+import { t, lang } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { formatTime, nodeNow } from '../format.js';
@@ -36,6 +36,15 @@ function issueForm(onDone) {
   const description = el('textarea', { id: 'w-description', name: 'description', rows: 3 });
   const instruction = el('textarea', { id: 'w-instruction', name: 'instruction', rows: 2 });
   const area = el('input', { id: 'w-area', name: 'area', value: me ? me.area : '', required: true, inputmode: 'numeric' });
+  // English is optional: when given, the CAP message carries an English info beside the Chinese.
+  const headlineEn = el('input', { id: 'w-headline-en', name: 'headline_en', maxlength: 200, lang: 'en' });
+  const descriptionEn = el('textarea', { id: 'w-description-en', name: 'description_en', rows: 2, lang: 'en' });
+  const instructionEn = el('textarea', { id: 'w-instruction-en', name: 'instruction_en', rows: 2, lang: 'en' });
+  const english = el('details', { id: 'w-english' },
+    el('summary', {}, t('warnings.english')),
+    el('label', { for: 'w-headline-en' }, t('warnings.headline_en')), headlineEn,
+    el('label', { for: 'w-description-en' }, t('warnings.description_en')), descriptionEn,
+    el('label', { for: 'w-instruction-en' }, t('warnings.instruction_en')), instructionEn);
   const message = el('p', { class: 'error', role: 'alert' });
   form.append(
     el('h2', {}, t('warnings.issue')),
@@ -45,6 +54,7 @@ function issueForm(onDone) {
     el('label', { for: 'w-description' }, t('warnings.description')), description,
     el('label', { for: 'w-instruction' }, t('warnings.instruction')), instruction,
     el('label', { for: 'w-area' }, t('warnings.area')), area,
+    english,
     message,
     el('button', { type: 'submit' }, t('warnings.issue')));
   form.addEventListener('submit', async (e) => {
@@ -54,6 +64,9 @@ function issueForm(onDone) {
       const w = await postJson('/api/v1/warnings', {
         level: level.value, event: event.value, headline: headline.value.trim(),
         description: description.value, instruction: instruction.value, area: area.value.trim(),
+        ...(headlineEn.value.trim() ? {
+          headline_en: headlineEn.value.trim(), description_en: descriptionEn.value, instruction_en: instructionEn.value,
+        } : {}),
       });
       onDone(w);
     } catch (error) {
@@ -105,14 +118,16 @@ export async function renderDetail(main, { id }) {
     main.append(errorBox(error.message, () => renderDetail(main, { id })));
     return;
   }
+  // In English, the English texts when the warning has them.
+  const text = (key) => (lang() === 'en' && w.headline_en ? w[`${key}_en`] : w[key]) || '';
   main.append(
     el('p', {}, el('a', { href: '/warnings', 'data-link': true }, `← ${t('page.warnings')}`)),
     el('section', { class: `card warning-card level-${w.level || 'none'}`, id: 'warning-detail' },
-      el('h1', {}, w.headline),
+      el('h1', {}, text('headline')),
       el('p', { class: 'warning-level' }, `${levelName(w.level)} · ${t(`wstate.${w.state}`)} · ${t(`event.${w.event}`)}`,
         w.status !== 'actual' ? ` · ${t(`wstatus.${w.status}`)}` : ''),
-      w.description ? el('p', {}, w.description) : null,
-      w.instruction ? el('p', {}, el('strong', {}, `${t('warnings.instruction')}：`), w.instruction) : null,
+      text('description') ? el('p', {}, text('description')) : null,
+      text('instruction') ? el('p', {}, el('strong', {}, `${t('warnings.instruction')}：`), text('instruction')) : null,
       el('p', { class: 'muted small' }, `${t('warnings.area')}：${(w.areas || []).join('、')}`),
       w.expires_ms ? el('p', { class: 'muted small' }, `${t('warnings.expires')}：${formatTime(w.expires_ms)}`) : null,
       w.issued_ms ? el('p', {}, el('a', { href: `/api/v1/warnings/${w.id}/cap`, download: `${w.id}.cap.xml` }, t('warnings.cap'))) : null));
