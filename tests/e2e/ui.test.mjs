@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 
@@ -15,6 +16,8 @@ let dir;
 let node;
 let base;
 let browser;
+let mqttPort;
+const MQTT_SECRET = 'e2e-gauge-secret-2026';
 const ADMIN_PASSWORD = 'E2e-Admin-Pass-2026';
 const PEOPLE_PASSWORD = 'E2e-People-Pass-2026';
 
@@ -26,6 +29,24 @@ async function signIn(page, username, password) {
   await page.locator('#login-username').fill(username);
   await page.locator('#login-password').fill(password);
   await page.locator('#login-form button[type=submit]').click();
+}
+
+// A port nothing listens on now, for the node's embedded MQTT broker.
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+// One QoS 1 reading from the MQTT gauge, through mosquitto's own client, as a field sensor sends it.
+function publishLevel(value, ts) {
+  execFileSync('mosquitto_pub', ['-h', '127.0.0.1', '-p', String(mqttPort), '-u', 'wl-mqtt', '-P', MQTT_SECRET,
+    '-i', 'wl-mqtt', '-q', '1', '-t', 'sensors/wl-mqtt', '-m', JSON.stringify({ ts, water_level: value })]);
 }
 
 function startNode(dataDir) {
@@ -66,8 +87,22 @@ before(async () => {
     if (dept) args.push('--department', dept);
     execFileSync(BIN, args, { env: { PATH: process.env.PATH } });
   }
-  // A simulated river station reporting every second, so the sensors page has something live to show.
+  // A simulated river station reporting every second, so the sensors page has something live to show,
+  // and a river gauge that reports over MQTT to the embedded broker, for the storm.
+  mqttPort = await freePort();
   writeFileSync(join(dir, 'node', 'township-node.toml'), [
+    '[mqtt]',
+    `listen = "127.0.0.1:${mqttPort}"`,
+    '',
+    '[[devices]]',
+    'id = "wl-mqtt"',
+    'name = "熟溪水位站"',
+    'area = "330723001"',
+    'driver = "mqtt"',
+    `password = "${MQTT_SECRET}"`,
+    'interval = "1m"',
+    'points = [ { metric = "water_level", unit = "m", min = 0.0, max = 20.0 } ]',
+    '',
     '[[devices]]',
     'id = "sim-river"',
     'name = "模拟水位站"',
@@ -463,6 +498,62 @@ test('staff write a rule in the editor, try it on stored readings, and the live 
   page.once('dialog', (d) => d.accept());
   await page.locator('#rules-list li', { hasText: '模拟水位超警' }).locator('button.danger').click();
   await page.locator('#rules-none').waitFor();
+  assert.deepEqual(errors, []);
+  await context.close();
+});
+
+test('a storm through MQTT readings raises a yellow then an orange warning, the banner follows live, and it clears', async () => {
+  const context = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await signIn(page, 'staff.li', PEOPLE_PASSWORD);
+  await page.locator('#nav a[href="/warnings"]').click();
+  await page.getByRole('heading', { name: '风险预警' }).waitFor();
+  // The river rule, as township staff would set it (through the API with the page's own session).
+  const rule = await page.evaluate(async () => {
+    const session = await (await fetch('/api/v1/session')).json();
+    const r = await fetch('/api/v1/rules', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'x-csrf-token': session.csrf_token },
+      body: JSON.stringify({ name: '熟溪MQTT水位', area: '330723001', device: 'wl-mqtt', metric: 'water_level',
+        kind: 'threshold', op: '>=', levels: { yellow: 3.5, orange: 4.0, red: 4.5 }, hysteresis: 0.1,
+        event: 'flood', auto_issue: ['red', 'orange'] }),
+    });
+    return { status: r.status, body: await r.json() };
+  });
+  assert.equal(rule.status, 201, JSON.stringify(rule.body));
+  // The watcher loads a new rule within a second; the gauge reports until the rule has seen it rise.
+  let ts = Date.now() - 60_000;
+  const deadline = Date.now() + 20000;
+  for (;;) {
+    ts += 1000;
+    publishLevel(3.6, ts);
+    if (await page.locator('#warnings-active li', { hasText: '熟溪MQTT水位' }).count()) break;
+    assert.ok(Date.now() < deadline, 'the MQTT readings raised no warning');
+    await page.waitForTimeout(300);
+  }
+  // Yellow is raised, not issued: listed on the page (which reloads on the warning event) but no banner.
+  await page.locator('#warnings-active li', { hasText: '黄色（III级）' }).waitFor();
+  assert.ok(await page.locator('#warning-banner').isHidden());
+  // The river keeps rising: orange, issued by the rule; the banner appears without reloading.
+  ts += 1000;
+  publishLevel(4.1, ts);
+  await page.locator('#warning-banner:not([hidden])', { hasText: '橙色（II级）预警' }).waitFor({ timeout: 10000 });
+  await page.locator('#warnings-active li', { hasText: '橙色（II级）' }).waitFor();
+  await page.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'storm-mqtt-phone-zh.png'), fullPage: true });
+  // The water falls below every band: all clear, the banner goes, the warning moves to the history.
+  ts += 1000;
+  publishLevel(2.9, ts);
+  await page.waitForFunction(() => document.getElementById('warning-banner').hidden, null, { timeout: 10000 });
+  await page.locator('#warnings-active li', { hasText: '熟溪MQTT水位' }).waitFor({ state: 'detached' });
+  await page.locator('.warning-list.past li', { hasText: '熟溪MQTT水位' }).waitFor();
+  // Clean up for later runs: delete the rule.
+  const deleted = await page.evaluate(async (id) => {
+    const session = await (await fetch('/api/v1/session')).json();
+    return (await fetch(`/api/v1/rules/${id}`, { method: 'DELETE', headers: { 'x-csrf-token': session.csrf_token } })).status;
+  }, rule.body.id);
+  assert.ok(deleted < 300, `deleting the rule answered ${deleted}`);
   assert.deepEqual(errors, []);
   await context.close();
 });
