@@ -106,6 +106,19 @@ pub struct Spec {
     pub clear_after_ms: i64,
 }
 
+impl Spec {
+    /// How far back readings matter to this rule's state now: its window, its `for` and
+    /// `clear_after` periods, its stale `after`, whichever is longest.
+    pub fn memory_ms(&self) -> i64 {
+        let measure = match self.measure {
+            Measure::Threshold => 0,
+            Measure::RollingSum { window_ms } | Measure::Rate { window_ms } => window_ms,
+            Measure::Stale { after_ms } => after_ms,
+        };
+        measure.max(self.for_ms).max(self.clear_after_ms)
+    }
+}
+
 /// The state of a rule for one device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -260,6 +273,38 @@ impl Evaluator {
             }
         }
         self.settle(now_ms)
+    }
+
+    /// Runs stored readings (in time order) through the evaluator as if they arrived live, firing
+    /// the timers that ran out between them at their own time, then lets time pass to `until_ms`.
+    /// Each change is handed to `on_change` with the watched value then.
+    pub fn replay(
+        &mut self,
+        readings: impl IntoIterator<Item = (i64, f64, Usable)>,
+        until_ms: i64,
+        mut on_change: impl FnMut(Change, Option<f64>),
+    ) {
+        for (t, value, usable) in readings {
+            // A reading at the deadline itself is evidence and goes first.
+            while let Some(deadline) = self.next_deadline().filter(|d| *d < t) {
+                match self.tick(deadline) {
+                    Some(change) => on_change(change, self.value()),
+                    None => break,
+                }
+            }
+            if let Some(change) = self.observe(t, value, usable) {
+                on_change(change, self.value());
+            }
+        }
+        while let Some(deadline) = self.next_deadline().filter(|d| *d <= until_ms) {
+            match self.tick(deadline) {
+                Some(change) => on_change(change, self.value()),
+                None => break,
+            }
+        }
+        if let Some(change) = self.tick(until_ms) {
+            on_change(change, self.value());
+        }
     }
 
     /// When the next timer could change something (an entry whose `for` runs out, a stale alarm).

@@ -3,7 +3,11 @@
 //! records are reloaded when records change. Runs on its own task, off the telemetry writer.
 //! State changes go out on an in-process channel ([`RuleEvent`]) that warnings subscribe to.
 //!
-//! States live in memory: after a restart every rule starts at `none` and readings bring it back.
+//! States live in memory and are restored from stored readings: a rule that starts (at start-up,
+//! or because it was written) replays the readings its state depends on — its window, its `for`
+//! and `clear_after`, the last readings — and picks up where it was. The restored state goes out
+//! as a `restored` event, so a warning that should be open is raised, one that should have
+//! cleared clears, and one that stands is left alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +33,8 @@ pub struct RuleEvent {
     pub to: State,
     /// The watched value when it changed (the reading, the sum or the rate), if there was one.
     pub value: Option<f64>,
+    /// The state as restored from stored readings when the rule started, not a change seen live.
+    pub restored: bool,
 }
 
 /// The rule's current state: the highest over its devices, and since when.
@@ -80,7 +86,9 @@ impl Watch {
     }
 
     /// Takes the rules in force; evaluators of rules whose body did not change keep their state.
-    pub fn load(&self, rules: Vec<(Uuid, Rule)>, now_ms: i64) {
+    /// Returns the rules that start afresh, for [`warm_up`].
+    pub fn load(&self, rules: Vec<(Uuid, Rule)>, now_ms: i64) -> Vec<(Uuid, Rule)> {
+        let mut fresh = Vec::new();
         let mut current = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::new();
         let mut by_metric: HashMap<String, Vec<Uuid>> = HashMap::new();
@@ -93,6 +101,9 @@ impl Watch {
                 .or_default()
                 .push(id);
             let kept = current.by_id.remove(&id).filter(|w| w.rule == rule);
+            if kept.is_none() {
+                fresh.push((id, rule.clone()));
+            }
             let watched = kept.unwrap_or_else(|| {
                 let mut devices = HashMap::new();
                 // A rule naming its device watches it from now (so a silent one goes stale).
@@ -110,6 +121,45 @@ impl Watch {
             by_id: next,
             by_metric,
         };
+        fresh
+    }
+
+    /// Puts restored evaluators in place (for rules still in force as they were) and tells the
+    /// restored states: a level always, `none` only when readings showed it.
+    pub fn restore(&self, restored: Vec<Restored>) {
+        let mut told = Vec::new();
+        {
+            let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
+            for r in restored {
+                let Some(watched) = rules.by_id.get_mut(&r.rule) else {
+                    continue;
+                };
+                if watched.rule.spec != r.spec {
+                    continue;
+                }
+                let state = r.evaluator.state();
+                let value = r.evaluator.value();
+                let tell = matches!(state, State::Level(_)) || (state == State::None && r.evidence);
+                watched
+                    .devices
+                    .insert(r.device.clone(), (r.evaluator, r.since_ms));
+                if tell {
+                    told.push((r.rule, r.device, state, r.since_ms, value));
+                }
+            }
+        }
+        for (rule, device, state, since, value) in told {
+            tracing::info!(rule = %rule, device, state = state.as_str(), "rule state restored from stored readings");
+            let _ = self.events.send(RuleEvent {
+                rule,
+                device,
+                at_ms: since.unwrap_or(0),
+                from: State::None,
+                to: state,
+                value,
+                restored: true,
+            });
+        }
     }
 
     /// The state of one rule now.
@@ -142,6 +192,7 @@ impl Watch {
             from: change.from,
             to: change.to,
             value,
+            restored: false,
         });
     }
 
@@ -231,6 +282,105 @@ pub fn usable(
     }
 }
 
+/// One rule's state for one device, rebuilt from stored readings.
+pub struct Restored {
+    pub rule: Uuid,
+    pub device: String,
+    /// The spec it was rebuilt with, so a rule changed meanwhile is not given a stale state.
+    pub spec: super::eval::Spec,
+    pub evaluator: Evaluator,
+    pub since_ms: Option<i64>,
+    /// Whether any usable reading was replayed (a `none` without one proves nothing).
+    pub evidence: bool,
+}
+
+/// Most stored readings replayed per device and metric: enough for a day of 20-second readings.
+const WARM_UP_READINGS: usize = 5_000;
+/// Readings further back than this never matter, whatever the rule says.
+const WARM_UP_LONGEST_MS: i64 = 7 * 24 * 3_600_000;
+
+/// Rebuilds the state of rules starting afresh from the stored readings their state depends on: at
+/// least the last hour, or the rule's memory (window, `for`, `clear_after`, stale `after`) when
+/// longer, the newest [`WARM_UP_READINGS`] of each device. Devices of area-wide rules are those of
+/// `devices` inside the rule's area. One read per (device, metric), however many rules share it.
+pub fn warm_up(
+    conn: &rusqlite::Connection,
+    fresh: &[(Uuid, Rule)],
+    devices: &[crate::telemetry::devices::Device],
+    now_ms: i64,
+) -> Result<Vec<Restored>, crate::store::StoreError> {
+    let mut history: HashMap<(String, String), Vec<crate::telemetry::store::RawPoint>> =
+        HashMap::new();
+    let mut out = Vec::new();
+    for (id, rule) in fresh {
+        let memory = rule.spec.memory_ms().clamp(3_600_000, WARM_UP_LONGEST_MS);
+        let from = now_ms - memory;
+        let watched: Vec<String> = match &rule.body.device {
+            Some(d) => vec![d.clone()],
+            None => devices
+                .iter()
+                .filter(|d| rule.area.contains(&d.area))
+                .map(|d| d.id.clone())
+                .collect(),
+        };
+        for device in watched {
+            let key = (device.clone(), rule.body.metric.clone());
+            if !history.contains_key(&key) {
+                let points =
+                    match crate::telemetry::store::find_series(conn, &device, &rule.body.metric)? {
+                        Some((series, _)) => crate::telemetry::store::recent_range(
+                            conn,
+                            series,
+                            now_ms - WARM_UP_LONGEST_MS,
+                            now_ms + 1,
+                            WARM_UP_READINGS,
+                        )?,
+                        None => Vec::new(),
+                    };
+                history.insert(key.clone(), points);
+            }
+            let points: Vec<_> = history
+                .get(&key)
+                .map(|p| p.iter().filter(|p| p.t >= from).collect())
+                .unwrap_or_default();
+            if points.is_empty() && rule.body.device.is_none() {
+                continue;
+            }
+            let mut evaluator = Evaluator::new(rule.spec.clone(), from);
+            let mut since = None;
+            let evidence = points
+                .iter()
+                .any(|p| stored_usable(p.quality) == Usable::Yes);
+            evaluator.replay(
+                points
+                    .iter()
+                    .map(|p| (p.t, p.value, stored_usable(p.quality))),
+                now_ms,
+                |change, _| since = Some(change.at_ms),
+            );
+            out.push(Restored {
+                rule: *id,
+                device,
+                spec: rule.spec.clone(),
+                evaluator,
+                since_ms: since,
+                evidence,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a stored reading may move a rule when readings are replayed: its quality is kept, its
+/// device's health then is not.
+pub fn stored_usable(quality: Quality) -> Usable {
+    if matches!(quality, Quality::Good | Quality::ClockCorrected) {
+        Usable::Yes
+    } else {
+        Usable::No
+    }
+}
+
 /// What the watcher runs with.
 #[derive(Clone)]
 pub struct Runtime {
@@ -271,8 +421,23 @@ async fn reload(rt: &Runtime, seen: &mut Option<(i64, i64)>) {
     match result {
         Ok(None) => {}
         Ok(Some((now, rules))) => {
-            rt.watch.load(rules, rt.clock.now_ms());
+            let at = rt.clock.now_ms();
+            let fresh = rt.watch.load(rules, at);
             *seen = Some(now);
+            if fresh.is_empty() {
+                return;
+            }
+            let devices = rt.telemetry.devices.all();
+            match rt
+                .store
+                .read(move |conn| warm_up(conn, &fresh, &devices, at))
+                .await
+            {
+                Ok(restored) => rt.watch.restore(restored),
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not restore rule states from stored readings")
+                }
+            }
         }
         Err(e) => tracing::warn!(error = %e, "could not load the rules"),
     }

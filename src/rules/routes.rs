@@ -10,7 +10,8 @@ use serde::Deserialize;
 use serde_json::json;
 use uuid::Uuid;
 
-use super::eval::{Evaluator, Usable};
+use super::eval::Evaluator;
+use super::live::stored_usable;
 use super::record::{self, RuleError, RuleView};
 use super::spec::{self, RuleBody};
 use crate::app::AppState;
@@ -21,7 +22,6 @@ use crate::http::problem::ApiError;
 use crate::http::routes::Routes;
 use crate::invalid::Invalid;
 use crate::store::StoreError;
-use township_drivers::Quality;
 
 impl From<RuleError> for ApiError {
     fn from(e: RuleError) -> Self {
@@ -223,27 +223,12 @@ async fn backtest(
         readings += points.len();
         truncated |= points.len() >= share;
         let mut evaluator = Evaluator::new(rule.spec.clone(), from);
-        for p in points {
-            // Timers that ran out before this reading fire at their own time; a reading at the
-            // deadline itself is evidence and goes first.
-            while let Some(deadline) = evaluator.next_deadline().filter(|d| *d < p.t) {
-                match evaluator.tick(deadline) {
-                    Some(change) => transitions.push(json!({"device": device, "at_ms": change.at_ms, "from": change.from.as_str(), "to": change.to.as_str(), "value": evaluator.value()})),
-                    None => break,
-                }
-            }
-            let usable = if matches!(p.quality, Quality::Good | Quality::ClockCorrected) {
-                Usable::Yes
-            } else {
-                Usable::No
-            };
-            if let Some(change) = evaluator.observe(p.t, p.value, usable) {
-                transitions.push(json!({"device": device, "at_ms": change.at_ms, "from": change.from.as_str(), "to": change.to.as_str(), "value": evaluator.value()}));
-            }
-        }
-        if let Some(change) = evaluator.tick(to) {
-            transitions.push(json!({"device": device, "at_ms": change.at_ms, "from": change.from.as_str(), "to": change.to.as_str(), "value": evaluator.value()}));
-        }
+        let readings = points
+            .into_iter()
+            .map(|p| (p.t, p.value, stored_usable(p.quality)));
+        evaluator.replay(readings, to, |change, value| {
+            transitions.push(json!({"device": device, "at_ms": change.at_ms, "from": change.from.as_str(), "to": change.to.as_str(), "value": value}));
+        });
     }
     transitions.sort_by_key(|t| t["at_ms"].as_i64());
     Ok(Json(json!({

@@ -245,6 +245,31 @@ pub fn raw_range(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The newest `limit` raw readings in `from..to`, oldest first: what a rule needs to pick up where
+/// it was (its window and the last readings), however long the series.
+pub fn recent_range(
+    conn: &Connection,
+    series: i64,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<Vec<RawPoint>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT t, value, quality FROM telemetry_raw
+         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t DESC LIMIT ?4",
+    )?;
+    let rows = stmt.query_map(params![series, from, to, limit as i64], |r| {
+        Ok(RawPoint {
+            t: r.get(0)?,
+            value: r.get(1)?,
+            quality: quality_from_code(r.get(2)?),
+        })
+    })?;
+    let mut points: Vec<RawPoint> = rows.collect::<Result<_, _>>()?;
+    points.reverse();
+    Ok(points)
+}
+
 /// Buckets of `step_ms`, read from the coarsest table that divides the step: hour aggregates for
 /// whole hours, minute aggregates for whole minutes, raw readings otherwise.
 pub fn aggregated_range(

@@ -122,6 +122,8 @@ pub fn apply(
                         done.push((id, Action::Issue));
                     }
                 }
+                // A state restored at start that matches the open warning changes nothing.
+                Some((_, current)) if event.restored && current == level.as_str() => {}
                 Some((id, current)) => {
                     let folded = super::act(conn, ctx, &system, id, Action::Update, content)?;
                     if current != level.as_str() {

@@ -506,3 +506,90 @@ async fn the_event_stream_tells_each_person_the_warnings_that_cover_them() {
         "a grid worker of another village hears nothing of it"
     );
 }
+
+#[tokio::test]
+async fn a_rule_that_starts_again_picks_up_its_state_from_stored_readings() {
+    let (h, staff, grid) = harness().await;
+    let body = json!({"name": "熟溪水位", "area": "330723001", "device": "wl-01",
+        "metric": "water_level", "kind": "threshold", "levels": {"yellow": 3.5, "orange": 4.0, "red": 4.5},
+        "hysteresis": 0.1, "event": "flood", "auto_issue": ["red", "orange"]});
+    let rule = h
+        .act(&staff, "POST", "/api/v1/rules", Some(body.clone()))
+        .await
+        .expect(StatusCode::CREATED);
+    let rule_id = rule["id"].as_str().unwrap().to_string();
+    let mut t = START_MS - 600_000;
+    loop {
+        t += 1000;
+        h.commit(vec![reading(t, 4.2)]).await;
+        let list = warnings_of(&h, &grid).await;
+        if list.first().is_some_and(|w| w["state"] == "issued") {
+            break;
+        }
+        assert!(t < START_MS, "no warning was issued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let id = warnings_of(&h, &grid).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let before = transition_count(&h, &grid, &id).await;
+    // The rule is written again (a new name): its evaluation starts afresh, as after a restart,
+    // and rebuilds its state from the stored readings. Orange stands: the warning is left alone.
+    let mut rule_events = h.state().rules.subscribe();
+    let mut renamed = body.clone();
+    renamed["name"] = json!("熟溪水位（新）");
+    h.act(
+        &staff,
+        "PUT",
+        &format!("/api/v1/rules/{rule_id}"),
+        Some(renamed),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let restored = loop {
+        let e = tokio::time::timeout(Duration::from_secs(10), rule_events.recv())
+            .await
+            .expect("the rewritten rule restores its state")
+            .unwrap();
+        if e.restored {
+            break e;
+        }
+    };
+    assert_eq!(restored.rule.to_string(), rule_id);
+    assert_eq!(restored.to.as_str(), "orange");
+    let r = h
+        .act(&staff, "GET", &format!("/api/v1/rules/{rule_id}"), None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (r["name"].as_str(), r["state"].as_str()),
+        (Some("熟溪水位（新）"), Some("orange"))
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        transition_count(&h, &grid, &id).await,
+        before,
+        "a restored state that stands changes nothing"
+    );
+    // The water falls: the restored orange is left and the warning clears. Started from `none`, the
+    // rule would never have seen a level to leave, and the warning would stay open for ever.
+    h.commit(vec![reading(t + 1000, 2.0)]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while warnings_of(&h, &grid).await[0]["state"] != "cleared" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the warning did not clear"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn transition_count(h: &Harness, s: &Session, id: &str) -> usize {
+    h.act(s, "GET", &format!("/api/v1/warnings/{id}"), None)
+        .await
+        .expect(StatusCode::OK)["transitions"]
+        .as_array()
+        .unwrap()
+        .len()
+}
