@@ -53,7 +53,9 @@ struct Watched {
 #[derive(Default)]
 struct Rules {
     by_id: HashMap<Uuid, Watched>,
-    /// Which rules watch each metric, so a reading costs the rules that could care about it, not all.
+    /// Rules naming their device, by metric then device, and area-wide rules by metric: a reading
+    /// costs the rules that could care about it, not all of them (looked up without allocating).
+    by_device: HashMap<String, HashMap<String, Vec<Uuid>>>,
     by_metric: HashMap<String, Vec<Uuid>>,
 }
 
@@ -92,14 +94,23 @@ impl Watch {
         let mut current = self.rules.lock().unwrap_or_else(|e| e.into_inner());
         let mut next = HashMap::new();
         let mut by_metric: HashMap<String, Vec<Uuid>> = HashMap::new();
+        let mut by_device: HashMap<String, HashMap<String, Vec<Uuid>>> = HashMap::new();
         for (id, rule) in rules {
             if !rule.body.enabled {
                 continue;
             }
-            by_metric
-                .entry(rule.body.metric.clone())
-                .or_default()
-                .push(id);
+            match &rule.body.device {
+                Some(device) => by_device
+                    .entry(rule.body.metric.clone())
+                    .or_default()
+                    .entry(device.clone())
+                    .or_default()
+                    .push(id),
+                None => by_metric
+                    .entry(rule.body.metric.clone())
+                    .or_default()
+                    .push(id),
+            }
             let kept = current.by_id.remove(&id).filter(|w| w.rule == rule);
             if kept.is_none() {
                 fresh.push((id, rule.clone()));
@@ -119,6 +130,7 @@ impl Watch {
         }
         *current = Rules {
             by_id: next,
+            by_device,
             by_metric,
         };
         fresh
@@ -206,14 +218,25 @@ impl Watch {
         let mut changes = Vec::new();
         {
             let mut guard = self.rules.lock().unwrap_or_else(|e| e.into_inner());
-            let Rules { by_id, by_metric } = &mut *guard;
+            let Rules {
+                by_id,
+                by_device,
+                by_metric,
+            } = &mut *guard;
             for reading in readings {
-                let Some(ids) = by_metric.get(&reading.metric) else {
+                let named = by_device
+                    .get(&reading.metric)
+                    .and_then(|devices| devices.get(&reading.device))
+                    .map_or(&[][..], Vec::as_slice);
+                let area_wide = by_metric
+                    .get(&reading.metric)
+                    .map_or(&[][..], Vec::as_slice);
+                if named.is_empty() && area_wide.is_empty() {
                     continue;
-                };
+                }
                 // Once per reading, not per rule: it asks the device's health.
                 let fit = usable(reading);
-                for id in ids {
+                for id in named.iter().chain(area_wide) {
                     let Some(watched) = by_id.get_mut(id) else {
                         continue;
                     };

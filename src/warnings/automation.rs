@@ -148,6 +148,28 @@ pub fn apply(
     Ok(done)
 }
 
+/// Whether a rule event could change a warning, checked with a read: falling to `none` (or a
+/// stale alarm) with no warning open for the rule changes nothing, and a thousand rules restored
+/// at `none` at start must not cost a thousand write transactions.
+async fn worth_a_write(rt: &Runtime, event: &RuleEvent) -> bool {
+    if matches!(event.to, RuleState::Level(_)) {
+        return true;
+    }
+    if event.to == RuleState::Stale {
+        return false;
+    }
+    let rule = event.rule.to_string();
+    match rt
+        .store
+        .read(move |conn| super::open_for_rule(conn, &rule))
+        .await
+    {
+        Ok(open) => open.is_some(),
+        // When in doubt, let the write path decide.
+        Err(_) => true,
+    }
+}
+
 /// Runs until shutdown: rule changes become warning changes; expired warnings expire.
 pub async fn run(rt: Runtime) {
     let mut events = rt.watch.subscribe();
@@ -158,6 +180,9 @@ pub async fn run(rt: Runtime) {
             () = rt.shutdown.cancelled() => break,
             event = events.recv() => match event {
                 Ok(event) => {
+                    if !worth_a_write(&rt, &event).await {
+                        continue;
+                    }
                     let (ctx, e) = (rt.write_ctx.clone(), event.clone());
                     match rt.store.write(move |conn| apply(conn, &ctx, &e)).await {
                         Ok(done) => tracing::debug!(rule = %event.rule, changes = done.len(), "rule change applied to its warning"),
