@@ -76,6 +76,7 @@ def main():
     conf = os.path.join(tmp, "mosquitto.conf")
     open(conf, "w").write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     procs = [subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    DEBUG = os.environ.get("BENCH_DEBUG")  # node logs and warm-up progress on stderr
     wait_port(broker_port)
 
     node = os.path.join(tmp, "node")
@@ -87,7 +88,8 @@ def main():
         f'[mqtt.external]\nhost = "127.0.0.1"\nport = {broker_port}\nclient_id = "township-bench"\n'
         '[[devices]]\nid = "bench-00"\nname = "bench"\narea = "330723001"\ndriver = "mqtt"\n')
     procs.append(subprocess.Popen([BIN, "serve", "--data-dir", node, "--listen", f"127.0.0.1:{http_port}"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV))
+                                  stdout=None if DEBUG else subprocess.DEVNULL, stderr=None if DEBUG else subprocess.DEVNULL,
+                                  env=ENV | ({"RUST_LOG": "info"} if DEBUG else {})))
     red_dir = os.path.join(tmp, "node-red")
     os.makedirs(red_dir)
     for f in ("flow.json", "settings.js"):
@@ -129,17 +131,29 @@ def main():
                 if e["action"] == action:
                     return at
 
-        # Warm up until both sides answer (Node-RED connects and the rule loads within seconds).
+        # Warm up until both sides have answered once (Node-RED takes seconds to start; the node
+        # loads the rule within a second, from stored readings if they came first).
         ts = int(time.time() * 1000) - 3_600_000
+        ours_seen = theirs_seen = False
         for attempt in range(60):
             ts += 1000
             pub.publish("sensors/bench-00", json.dumps({"ts": ts, "alarm": 150}), qos=1).wait_for_publish()
-            try:
-                wait_event("issue", 1)
-                theirs.get(timeout=1)
+            end = time.perf_counter() + 1
+            while time.perf_counter() < end and not (ours_seen and theirs_seen):
+                try:
+                    at, e = ours.get(timeout=0.05)
+                    ours_seen |= e["action"] == "issue"
+                except queue.Empty:
+                    pass
+                try:
+                    theirs.get_nowait()
+                    theirs_seen = True
+                except queue.Empty:
+                    pass
+            if ours_seen and theirs_seen:
                 break
-            except queue.Empty:
-                continue
+            if DEBUG:
+                print(f"waiting: node answered {ours_seen}, Node-RED answered {theirs_seen}", file=sys.stderr)
         else:
             raise SystemExit("the node or Node-RED never answered an alarm")
         ts += 1000
