@@ -66,6 +66,8 @@ pub struct Config {
     pub incidents: IncidentsConfig,
     pub sync: SyncConfig,
     pub cap: CapConfig,
+    /// The loudspeaker outputs and zones this node drives, and how it speaks.
+    pub pa: crate::pa::config::PaConfig,
     /// Names (and optionally shapes) of area codes, for people and for CAP `area` blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub areas: Vec<AreaConfig>,
@@ -443,6 +445,7 @@ impl Default for Config {
             incidents: IncidentsConfig::default(),
             sync: SyncConfig::default(),
             cap: CapConfig::default(),
+            pa: Default::default(),
             areas: Vec::new(),
             departments: default_departments(),
             categories: default_categories(),
@@ -503,6 +506,20 @@ impl Config {
             ));
         }
         crate::telemetry::config::validate_devices(&self.devices, &self.mqtt, &self.hj212)
+            .map_err(|(key, message)| invalid(&key, &message))?;
+        let sensor_names: Vec<String> = self
+            .devices
+            .iter()
+            .flat_map(|d| {
+                let username = match &d.link {
+                    crate::telemetry::config::DeviceLink::Mqtt(m) => m.username.clone(),
+                    _ => None,
+                };
+                [Some(d.id.clone()), username]
+            })
+            .flatten()
+            .collect();
+        crate::pa::config::validate(&self.pa, &sensor_names)
             .map_err(|(key, message)| invalid(&key, &message))?;
         let mut codes = std::collections::HashSet::new();
         for (i, area) in self.areas.iter().enumerate() {

@@ -43,6 +43,7 @@ pub mod invalid;
 pub mod logging;
 pub mod metrics;
 pub mod node;
+pub mod pa;
 pub mod records;
 pub mod rules;
 pub mod store;

@@ -34,8 +34,9 @@ need_debian_packages() {
 # Real peers for the sensor tests (tests/sensors.rs): a serial line from socat's pseudo-terminals,
 # the mosquitto broker and its command-line clients, and Python for the pymodbus slave.
 # xmllint (libxml2-utils) validates CAP against the OASIS schema; xmlsec1 verifies its signatures and
-# signs the inbound alerts of the feed tests with keys openssl makes.
-need_debian_packages socat mosquitto mosquitto-clients libxml2-utils xmlsec1 openssl
+# signs the inbound alerts of the feed tests with keys openssl makes. espeak-ng speaks for the
+# loudspeakers.
+need_debian_packages socat mosquitto mosquitto-clients libxml2-utils xmlsec1 openssl espeak-ng
 command -v python3 >/dev/null || need_debian_packages python3 python3-pip
 need_python_packages() {
   if python3 -c "import pymodbus, serial, paho.mqtt; assert pymodbus.__version__ == '3.16.1'" 2>/dev/null; then

@@ -21,6 +21,7 @@ mod module_docs;
 mod rules;
 mod sensors;
 mod signin;
+mod speech;
 mod sync;
 mod telemetry;
 mod uploads;
