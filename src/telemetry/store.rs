@@ -224,6 +224,7 @@ pub struct AggPoint {
     pub count: i64,
 }
 
+/// At most `limit` raw readings in `from..to`, oldest first.
 pub fn raw_range(
     conn: &Connection,
     series: i64,
@@ -231,18 +232,7 @@ pub fn raw_range(
     to: i64,
     limit: usize,
 ) -> Result<Vec<RawPoint>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT t, value, quality FROM telemetry_raw
-         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t LIMIT ?4",
-    )?;
-    let rows = stmt.query_map(params![series, from, to, limit as i64], |r| {
-        Ok(RawPoint {
-            t: r.get(0)?,
-            value: r.get(1)?,
-            quality: quality_from_code(r.get(2)?),
-        })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+    raw_points(conn, series, from, to, limit, false)
 }
 
 /// The newest `limit` raw readings in `from..to`, oldest first: what a rule needs to pick up where
@@ -254,10 +244,27 @@ pub fn recent_range(
     to: i64,
     limit: usize,
 ) -> Result<Vec<RawPoint>, StoreError> {
-    let mut stmt = conn.prepare_cached(
+    let mut points = raw_points(conn, series, from, to, limit, true)?;
+    points.reverse();
+    Ok(points)
+}
+
+/// At most `limit` raw readings in `from..to`, from the oldest or from the newest.
+fn raw_points(
+    conn: &Connection,
+    series: i64,
+    from: i64,
+    to: i64,
+    limit: usize,
+    newest_first: bool,
+) -> Result<Vec<RawPoint>, StoreError> {
+    let mut stmt = conn.prepare_cached(if newest_first {
         "SELECT t, value, quality FROM telemetry_raw
-         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t DESC LIMIT ?4",
-    )?;
+         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t DESC LIMIT ?4"
+    } else {
+        "SELECT t, value, quality FROM telemetry_raw
+         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t LIMIT ?4"
+    })?;
     let rows = stmt.query_map(params![series, from, to, limit as i64], |r| {
         Ok(RawPoint {
             t: r.get(0)?,
@@ -265,9 +272,7 @@ pub fn recent_range(
             quality: quality_from_code(r.get(2)?),
         })
     })?;
-    let mut points: Vec<RawPoint> = rows.collect::<Result<_, _>>()?;
-    points.reverse();
-    Ok(points)
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// Buckets of `step_ms`, read from the coarsest table that divides the step: hour aggregates for

@@ -12,27 +12,12 @@ Then a reading below the threshold clears our warning before the next alarm.
 import http.client, json, os, queue, signal, socket, statistics, subprocess, sys, tempfile, threading, time
 
 import paho.mqtt.client as mqtt
+from benchlib import free_port, wait_port
 
 BIN, NODE_RED_DIR = sys.argv[1], sys.argv[2]
 ALARMS = int(os.environ.get("ALARMS", "1000"))
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
 ADMIN = "Bench-Admin-Pass-2026"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    for _ in range(3000):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def request(port, method, path, body=None, cookie=None, csrf=None):
@@ -77,7 +62,7 @@ def main():
     open(conf, "w").write(f"listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     procs = [subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
     DEBUG = os.environ.get("BENCH_DEBUG")  # node logs and warm-up progress on stderr
-    wait_port(broker_port)
+    wait_port(broker_port, 3000)
 
     node = os.path.join(tmp, "node")
     pw = os.path.join(tmp, "admin.pw")

@@ -2,6 +2,7 @@
 import json, os, re, signal, socket, sqlite3, statistics, subprocess, sys, tempfile, time, urllib.request
 
 import paho.mqtt.client as mqtt
+from benchlib import cpu_seconds, free_port, wait_port
 
 BIN, LOAD = sys.argv[1], sys.argv[2]
 K = int(os.environ.get("CONNECTIONS", "8"))
@@ -13,33 +14,11 @@ ADMIN = "Bench-Admin-Pass-2026"
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_seconds(pid):
-    """User + system CPU time of a process, from /proc."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def used_bytes(db):
     c = sqlite3.connect(db)
     pages, free, size = (c.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count", "page_size"))
     c.close()
     return (pages - free) * size
-
-
-def wait_port(port):
-    for _ in range(1000):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"nothing listens on {port}")
 
 
 def start_node(node, http, mqtt_port):

@@ -9,6 +9,7 @@
 import json, os, re, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 import paho.mqtt.client as mqtt
+from benchlib import cpu_seconds, free_port, wait_port
 
 BIN, LOAD = sys.argv[1], sys.argv[2]
 K, M, W = 8, int(os.environ.get("MESSAGES_EACH", "25000")), 100
@@ -17,27 +18,6 @@ ALARMS = int(os.environ.get("ALARMS", "200"))
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
 PASSWORD = "bench-device-secret"
 ADMIN = "Bench-Admin-Pass-2026"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port):
-    for _ in range(1000):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.01)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def cpu_seconds(pid):
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 class Api:
