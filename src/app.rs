@@ -44,6 +44,8 @@ pub struct AppInner {
     pub hlc: Hlc,
     /// The highest record sequence number issued (see [`WriteCtx::saw_seq`]).
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
+    /// Woken when `latest_seq` moves (see [`WriteCtx::saw_seq`]).
+    pub records_changed: Arc<tokio::sync::Notify>,
     pub throttle: Throttle,
     /// Signs the device cookies that let a browser that signed in before past the account-wide
     /// sign-in limit (see [`crate::auth::throttle`]). Derived from the node key, never stored.
@@ -162,6 +164,7 @@ impl AppState {
                 blobs,
                 hlc,
                 latest_seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
+                records_changed: Arc::default(),
                 throttle,
                 device_key,
                 sign_in_failures: crate::audit::Tally::new("auth.login_failed", "session"),
@@ -199,6 +202,7 @@ impl AppState {
             clock: self.clock.clone(),
             hlc: self.hlc.clone(),
             latest_seq: self.latest_seq.clone(),
+            records_changed: self.records_changed.clone(),
         }
     }
 
@@ -420,6 +424,8 @@ pub fn start_rules(state: &AppState) {
             store: state.store.clone(),
             docs: state.docs.clone(),
             notices: state.warnings.clone(),
+            latest_seq: state.latest_seq.clone(),
+            records_changed: state.records_changed.clone(),
             shutdown: state.shutdown.clone(),
         },
     ));

@@ -39,6 +39,8 @@ pub struct WriteCtx {
     pub hlc: township_sync::Hlc,
     /// The highest record sequence number issued, so sync sessions notice changes without a query.
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
+    /// Woken whenever `latest_seq` moves, for followers that skip commits that changed no record.
+    pub records_changed: Arc<tokio::sync::Notify>,
 }
 
 impl WriteCtx {
@@ -51,6 +53,7 @@ impl WriteCtx {
     pub fn saw_seq(&self, seq: i64) {
         self.latest_seq
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+        self.records_changed.notify_one();
     }
 
     /// The author claim for a change `actor` makes through this node: the person, or only the node

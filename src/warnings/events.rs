@@ -26,6 +26,10 @@ pub struct Runtime {
     pub store: Store,
     pub docs: DocStore,
     pub notices: Arc<Notices>,
+    /// The highest record sequence written or merged here, and its wake-up: a commit that moved no
+    /// record (readings, sessions, audit) costs the dispatcher nothing.
+    pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
+    pub records_changed: Arc<tokio::sync::Notify>,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -147,30 +151,39 @@ pub async fn run(rt: Runtime) {
         Err(e) => tracing::warn!(error = %e, "marking earlier warnings as announced failed"),
     }
     let mut seq = 0i64;
+    // The committed record sequence as of the last complete look; None until the first. A local
+    // write moves `latest_seq` before its commit and a merge after it, so the look happens on
+    // whichever signal comes second, and only once the record is visible.
+    let mut looked_at: Option<i64> = None;
     loop {
-        let docs = rt.docs.clone();
-        match rt.store.read(move |conn| untold(conn, &docs, seq)).await {
-            Ok((events, reached, full)) => {
-                for e in &events {
-                    rt.notices.send(e.clone());
-                }
-                if !events.is_empty() {
-                    let marked = rt.store.write(move |conn| mark(conn, &events)).await;
-                    if let Err(e) = marked {
-                        // Not marked: told again after a restart, which consumers dedupe.
-                        tracing::warn!(error = %e, "warning events could not be marked as told");
+        let latest = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
+        if looked_at.is_none_or(|l| latest > l) {
+            let docs = rt.docs.clone();
+            match rt.store.read(move |conn| untold(conn, &docs, seq)).await {
+                Ok((events, reached, full)) => {
+                    for e in &events {
+                        rt.notices.send(e.clone());
                     }
+                    if !events.is_empty() {
+                        let marked = rt.store.write(move |conn| mark(conn, &events)).await;
+                        if let Err(e) = marked {
+                            // Not marked: told again after a restart, which consumers dedupe.
+                            tracing::warn!(error = %e, "warning events could not be marked as told");
+                        }
+                    }
+                    seq = reached;
+                    if full {
+                        // A long backlog is read in passes; look again at once.
+                        continue;
+                    }
+                    looked_at = Some(reached);
                 }
-                seq = reached;
-                if full {
-                    // A long backlog is read in passes; look again at once.
-                    continue;
-                }
+                Err(e) => tracing::warn!(error = %e, "reading warnings for their events failed"),
             }
-            Err(e) => tracing::warn!(error = %e, "reading warnings for their events failed"),
         }
         tokio::select! {
             changed = commits.changed() => if changed.is_err() { break },
+            () = rt.records_changed.notified() => {}
             () = rt.shutdown.cancelled() => break,
         }
     }

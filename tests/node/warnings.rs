@@ -278,24 +278,27 @@ async fn load(h: &Harness, id: uuid::Uuid) -> Vec<u8> {
 
 async fn merge(h: &Harness, id: uuid::Uuid, bytes: Vec<u8>) {
     let docs = h.state().docs.clone();
-    h.state()
+    let seq = h
+        .state()
         .store
         .write(move |c| {
             let scope: township_sync::AreaCode = "330723001".parse().unwrap();
+            docs.merge_remote(
+                c,
+                township_sync::Sender::Trusted,
+                id,
+                "warning",
+                &scope,
+                &bytes,
+            )?;
             Ok::<_, StoreError>(
-                docs.merge_remote(
-                    c,
-                    township_sync::Sender::Trusted,
-                    id,
-                    "warning",
-                    &scope,
-                    &bytes,
-                )
-                .map(|_| ())?,
+                c.query_row("SELECT max(seq) FROM documents", [], |r| r.get::<_, i64>(0))?,
             )
         })
         .await
         .unwrap();
+    // As a sync session does once a merge has committed.
+    h.state().write_ctx().saw_seq(seq);
 }
 
 #[tokio::test]
