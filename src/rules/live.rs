@@ -248,12 +248,17 @@ impl Watch {
                     if !ours {
                         continue;
                     }
-                    let (evaluator, since) = watched
-                        .devices
-                        .entry(reading.device.clone())
-                        .or_insert_with(|| {
-                            (Evaluator::new(rule.spec.clone(), reading.time_ms), None)
-                        });
+                    // Looked up by reference: a reading reaches many rules, and cloning the
+                    // device id for each (as `entry` would) was a large share of their cost.
+                    if !watched.devices.contains_key(&reading.device) {
+                        let fresh = Evaluator::new(rule.spec.clone(), reading.time_ms);
+                        watched
+                            .devices
+                            .insert(reading.device.clone(), (fresh, None));
+                    }
+                    let Some((evaluator, since)) = watched.devices.get_mut(&reading.device) else {
+                        continue;
+                    };
                     if let Some(change) = evaluator.observe(reading.time_ms, reading.value, fit) {
                         *since = Some(change.at_ms);
                         changes.push((*id, reading.device.clone(), change, evaluator.value()));
