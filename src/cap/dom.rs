@@ -108,7 +108,12 @@ pub(super) fn resolve_ref(name: &str) -> Option<char> {
             Some(hex) => u32::from_str_radix(hex, 16).ok()?,
             None => num.parse().ok()?,
         };
-        return char::from_u32(code);
+        // Only characters XML 1.0 allows: a reference to any other is no character at all (and
+        // would otherwise vanish from the canonical form, changing the text unseen by the digest).
+        return char::from_u32(code).filter(|c| {
+            matches!(*c, '\t' | '\n' | '\r')
+                || (*c >= ' ' && !matches!(*c, '\u{FFFE}' | '\u{FFFF}'))
+        });
     }
     Some(match name {
         "amp" => '&',
@@ -238,7 +243,10 @@ pub(super) fn parse(xml: &str) -> Result<Document, CapError> {
                 }
             }
             Event::CData(t) => {
-                let text = String::from_utf8_lossy(&t).replace("\r\n", "\n");
+                // Line ends normalised as everywhere else in XML (a lone CR too).
+                let text = String::from_utf8_lossy(&t)
+                    .replace("\r\n", "\n")
+                    .replace('\r', "\n");
                 push_text(&mut stack, &text)?;
             }
             Event::GeneralRef(r) => {
@@ -252,7 +260,10 @@ pub(super) fn parse(xml: &str) -> Result<Document, CapError> {
             }
             Event::PI(pi) => {
                 let target = String::from_utf8_lossy(pi.target()).into_owned();
-                let data = String::from_utf8_lossy(pi.content()).into_owned();
+                // The data starts after the white space that follows the target.
+                let data = String::from_utf8_lossy(pi.content())
+                    .trim_start()
+                    .to_string();
                 let node = Node::Pi(target, data);
                 match (stack.last_mut(), root.is_some()) {
                     (Some(top), _) => top.children.push(node),

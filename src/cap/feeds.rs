@@ -197,11 +197,13 @@ async fn get_once(target: &Target, max: usize) -> Result<(u16, Option<String>, B
     let body = Limited::new(response.into_body(), max)
         .collect()
         .await
-        .map_err(|_| {
-            FetchError::Refused(format!(
-                "{} is larger than {max} bytes or broke off",
-                target.url()
-            ))
+        .map_err(|e| {
+            // Too large is the document's fault; a connection that broke off is worth another try.
+            if e.is::<http_body_util::LengthLimitError>() {
+                FetchError::Refused(format!("{} is larger than {max} bytes", target.url()))
+            } else {
+                FetchError::Unreachable(format!("{} broke off: {e}", target.url()))
+            }
         })?
         .to_bytes();
     driver.abort();

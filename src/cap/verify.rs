@@ -382,12 +382,16 @@ pub fn verify(xml: &str, key: &TrustedKey) -> Result<(), CapError> {
         ));
     }
     let mut enveloped = false;
+    let mut exclusive = false;
     let mut inclusive = Vec::new();
     if let Ok(transforms) = child(reference, "Transforms") {
         for t in transforms.elements() {
             match algorithm(t) {
                 ENVELOPED => enveloped = true,
-                EXC_C14N => inclusive = prefix_list(t),
+                EXC_C14N => {
+                    exclusive = true;
+                    inclusive = prefix_list(t);
+                }
                 other => {
                     return Err(err(format!("the transform `{other}` is not supported")));
                 }
@@ -397,6 +401,13 @@ pub fn verify(xml: &str, key: &TrustedKey) -> Result<(), CapError> {
     if !enveloped {
         return Err(err(
             "the signature's Reference lacks the enveloped-signature transform",
+        ));
+    }
+    // Without an explicit exclusive C14N transform the standard means inclusive C14N, which this
+    // node does not compute: say so rather than report a digest mismatch.
+    if !exclusive {
+        return Err(err(
+            "the signature's Reference must name the exclusive C14N transform (inclusive C14N is not supported)",
         ));
     }
     if algorithm(child(reference, "DigestMethod")?) != SHA256 {
@@ -483,6 +494,16 @@ mod tests {
                 .contains("does not verify")
         );
         assert!(verify(ALERT, &key).unwrap_err().0.contains("not signed"));
+    }
+
+    #[test]
+    fn processing_instructions_keep_one_space_and_disallowed_characters_are_refused() {
+        assert_eq!(
+            canonical("<?xml-stylesheet   href=\"a.xsl\"?><r/>"),
+            "<?xml-stylesheet href=\"a.xsl\"?>\n<r></r>"
+        );
+        assert!(parse("<r>a&#1;b</r>").is_err());
+        assert_eq!(canonical("<r><![CDATA[a\rb]]></r>"), "<r>a\nb</r>");
     }
 
     #[test]
