@@ -31,9 +31,30 @@ pub struct CommandOutput {
     argv: Vec<String>,
 }
 
+/// How much of the command's error output is kept for the reason it failed: the end of it.
+const STDERR_KEPT: usize = 400;
+
 /// One file being played.
 pub struct Playing {
     child: tokio::process::Child,
+    /// The last [`STDERR_KEPT`] bytes of the command's error output, read while it runs so a
+    /// chatty player never stalls on a full pipe.
+    stderr: tokio::task::JoinHandle<Vec<u8>>,
+}
+
+async fn keep_tail(mut err: tokio::process::ChildStderr) -> Vec<u8> {
+    let mut tail = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = err.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&buf[..n]);
+        if tail.len() > STDERR_KEPT {
+            tail.drain(..tail.len() - STDERR_KEPT);
+        }
+    }
+    tail
 }
 
 impl CommandOutput {
@@ -49,7 +70,7 @@ impl CommandOutput {
         let program = args
             .next()
             .ok_or_else(|| PlayError::Spawn("no program configured".into()))?;
-        let child = tokio::process::Command::new(&program)
+        let mut child = tokio::process::Command::new(&program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -61,7 +82,11 @@ impl CommandOutput {
                 std::io::ErrorKind::NotFound => PlayError::NotFound(program.clone()),
                 _ => PlayError::Spawn(e.to_string()),
             })?;
-        Ok(Playing { child })
+        let stderr = match child.stderr.take() {
+            Some(err) => tokio::spawn(keep_tail(err)),
+            None => tokio::spawn(async { Vec::new() }),
+        };
+        Ok(Playing { child, stderr })
     }
 }
 
@@ -71,12 +96,13 @@ impl Playing {
         match tokio::time::timeout(deadline, self.child.wait()).await {
             Ok(Ok(status)) if status.success() => Ok(()),
             Ok(Ok(status)) => {
-                let mut detail = String::new();
-                if let Some(mut err) = self.child.stderr.take() {
-                    let mut buf = vec![0u8; 400];
-                    let n = err.read(&mut buf).await.unwrap_or(0);
-                    detail = String::from_utf8_lossy(&buf[..n]).trim().to_string();
-                }
+                // The pipe closes when the command ends; whatever is left is read quickly.
+                let tail = tokio::time::timeout(STOP_GRACE, &mut self.stderr)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default();
+                let detail = String::from_utf8_lossy(&tail).trim().to_string();
                 Err(PlayError::Failed {
                     status: status.to_string(),
                     detail,
@@ -93,6 +119,7 @@ impl Playing {
     /// Stops the play and everything it started: SIGTERM to its process group, SIGKILL after
     /// [`STOP_GRACE`] if it is still there.
     pub async fn stop(mut self) {
+        self.stderr.abort();
         let Some(pid) = self.child.id() else {
             return;
         };
@@ -166,6 +193,25 @@ mod tests {
             .unwrap_err();
         assert!(matches!(e, PlayError::TimedOut(_)));
         assert!(started.elapsed() < Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn a_player_that_talks_a_lot_on_stderr_neither_stalls_nor_hides_its_last_words() {
+        let dir = tempfile::tempdir().unwrap();
+        let audio = dir.path().join("a.wav");
+        std::fs::write(&audio, b"x").unwrap();
+        // 1 MB of progress output (far past a pipe's 64 KB), then the reason it failed.
+        let script = "head -c 1000000 /dev/zero | tr '\\0' 'p' >&2; echo device busy >&2; exit 1";
+        let e = output(&["sh", "-c", script, "{file}"])
+            .start(&audio)
+            .unwrap()
+            .finish(Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, PlayError::Failed { detail, .. } if detail.ends_with("device busy") && detail.len() <= STDERR_KEPT),
+            "{e}"
+        );
     }
 
     #[tokio::test]

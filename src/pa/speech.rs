@@ -1,7 +1,8 @@
 //! Text to speech for the loudspeakers: espeak-ng as a subprocess (text on stdin, never on the
 //! command line; a deadline; a length bound), the WAV cached under the data directory by a hash of
-//! (text, voice, rate), so a message rendered ahead (a rule's template) plays at once and the same
-//! text is never synthesised twice. At most two syntheses run at a time; the rest wait their turn.
+//! (text, voice, rate), so a message rendered ahead (a rule's template) plays at once and a text
+//! spoken before is not synthesised again. At most two syntheses run at a time; the rest wait their
+//! turn (two requests racing for one new text may both synthesise it; the cache keeps one file).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -101,7 +102,9 @@ impl Speech {
         hex::encode(ctx.finish())
     }
 
-    fn check(text: &str) -> Result<&str, SpeechError> {
+    /// The text as it is spoken and keyed: trimmed, bounded, control characters (which mean nothing
+    /// spoken and could confuse the synthesiser's markup guesser) as spaces.
+    fn normalise(text: &str) -> Result<String, SpeechError> {
         let text = text.trim();
         if text.is_empty() {
             return Err(SpeechError::Empty);
@@ -109,24 +112,22 @@ impl Speech {
         if text.chars().count() > MAX_TEXT_CHARS {
             return Err(SpeechError::TooLong);
         }
-        Ok(text)
+        Ok(text
+            .chars()
+            .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+            .collect())
     }
 
     /// The cached speech for `text`, if it was synthesised before.
     pub fn cached(&self, text: &str) -> Option<Spoken> {
-        let text = Speech::check(text).ok()?;
-        let path = self.dir.join(format!("{}.wav", self.key(text)));
+        let text = Speech::normalise(text).ok()?;
+        let path = self.dir.join(format!("{}.wav", self.key(&text)));
         spoken(&path).ok()
     }
 
     /// Speech for `text`: from the cache, or synthesised now.
     pub async fn speak(&self, text: &str) -> Result<Spoken, SpeechError> {
-        let text = Speech::check(text)?;
-        // Control characters mean nothing spoken and could confuse the synthesiser's SSML guesser.
-        let text: String = text
-            .chars()
-            .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-            .collect();
+        let text = Speech::normalise(text)?;
         let path = self.dir.join(format!("{}.wav", self.key(&text)));
         if let Ok(done) = spoken(&path) {
             return Ok(done);
@@ -204,16 +205,19 @@ impl Speech {
                 detail.trim()
             )));
         }
-        if let Err(e) = spoken(&partial) {
-            let _ = tokio::fs::remove_file(&partial).await;
-            return Err(SpeechError::Failed(format!(
-                "espeak-ng wrote no usable WAV: {e}"
-            )));
-        }
+        let made = match spoken(&partial) {
+            Ok(made) => made,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&partial).await;
+                return Err(SpeechError::Failed(format!(
+                    "espeak-ng wrote no usable WAV: {e}"
+                )));
+            }
+        };
         tokio::fs::rename(&partial, &path)
             .await
             .map_err(io(&path))?;
-        spoken(&path).map_err(|e| SpeechError::Failed(e.to_string()))
+        Ok(Spoken { path, ..made })
     }
 }
 
