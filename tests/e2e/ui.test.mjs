@@ -535,6 +535,8 @@ test('a storm through MQTT readings raises a yellow then an orange warning, the 
   }
   // Yellow is raised, not issued: listed on the page (which reloads on the warning event) but no banner.
   await page.locator('#warnings-active li', { hasText: '黄色（III级）' }).waitFor();
+  // Raised, not issued: the card says so (the banner is only ever for orange and red).
+  await page.locator('#warnings-active li', { hasText: '黄色（III级） · 待发布' }).waitFor();
   assert.ok(await page.locator('#warning-banner').isHidden());
   // The river keeps rising: orange, issued by the rule; the banner appears without reloading.
   ts += 1000;

@@ -65,7 +65,7 @@ fallback(notFound);
 const warningStream = followWarnings(() => {
   warnings.refreshBanner();
   window.dispatchEvent(new CustomEvent('township:warning'));
-});
+}, () => Boolean(currentUser()));
 setInterval(() => warnings.refreshBanner(), 300000);
 
 afterNavigate((path) => {

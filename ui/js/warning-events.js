@@ -4,12 +4,19 @@
 // expired) the browser stops retrying, so we try again later.
 const RETRY_MS = 60e3;
 
-export function followWarnings(onChange) {
+// `signedIn` says whether there is anyone to follow for: a signed-out page opens no stream.
+export function followWarnings(onChange, signedIn) {
   let source = null;
   let retry = null;
   const connect = () => {
-    if (source || document.hidden) return;
+    if (source || document.hidden || !signedIn()) return;
     source = new EventSource('/api/v1/warnings/events');
+    // The browser reconnects by itself after a drop; events missed meanwhile mean "look again".
+    let opened = false;
+    source.addEventListener('open', () => {
+      if (opened) onChange(null);
+      opened = true;
+    });
     source.addEventListener('warning', (e) => {
       let event = null;
       try { event = JSON.parse(e.data); } catch (_) { /* a garbled event still means "look again" */ }
@@ -35,5 +42,14 @@ export function followWarnings(onChange) {
     connect();
   });
   connect();
-  return { reconnect: () => { if (source) source.close(); source = null; connect(); } };
+  return {
+    // After sign-in or sign-out: follow for the new user, or stop.
+    reconnect: () => {
+      if (source) source.close();
+      source = null;
+      clearTimeout(retry);
+      retry = null;
+      connect();
+    },
+  };
 }

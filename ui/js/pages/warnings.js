@@ -118,8 +118,8 @@ export async function renderDetail(main, { id }) {
     main.append(errorBox(error.message, () => renderDetail(main, { id })));
     return;
   }
-  // In English, the English texts when the warning has them.
-  const text = (key) => (lang() === 'en' && w.headline_en ? w[`${key}_en`] : w[key]) || '';
+  // In English, each English text the warning has; the Chinese one where it has none.
+  const text = (key) => (lang() === 'en' && w[`${key}_en`]) || w[key] || '';
   main.append(
     el('p', {}, el('a', { href: '/warnings', 'data-link': true }, `← ${t('page.warnings')}`)),
     el('section', { class: `card warning-card level-${w.level || 'none'}`, id: 'warning-detail' },
@@ -194,7 +194,7 @@ async function drawReadings(box, w) {
   let series;
   try {
     rule = await getJson(`/api/v1/rules/${encodeURIComponent(w.source.rule)}`);
-    const device = rule.device || w.device;
+    const device = rule.device;
     if (!device) return;
     const q = new URLSearchParams({ from: String(Math.floor(from)), to: String(Math.ceil(to)), metric: rule.metric });
     if (to - from > 6 * 3600e3) q.set('step', '1m');
@@ -202,10 +202,14 @@ async function drawReadings(box, w) {
   } catch (_) {
     return;
   }
-  const points = (series.points || []).map((p) => [p.t, p.value ?? p.mean ?? p.avg]).filter(([, v]) => Number.isFinite(v));
+  const points = (series.points || []).map((p) => [p.t, p.value ?? p.mean]).filter(([, v]) => Number.isFinite(v));
   if (!points.length) return;
-  const levels = Object.entries(rule.levels || {}).filter(([, v]) => Number.isFinite(v));
-  const values = [...points.map(([, v]) => v), ...w.readings.map(([, v]) => v), ...levels.map(([, v]) => v)];
+  // Level lines and triggering values only where they are on the readings' scale: a sum's or a
+  // rate's are not, so for those the chart shows the readings alone.
+  const sameScale = rule.kind === 'threshold';
+  const levels = sameScale ? Object.entries(rule.levels || {}).filter(([, v]) => Number.isFinite(v)) : [];
+  const triggers = sameScale ? w.readings : [];
+  const values = [...points.map(([, v]) => v), ...triggers.map(([, v]) => v), ...levels.map(([, v]) => v)];
   let lo = Math.min(...values);
   let hi = Math.max(...values);
   if (hi === lo) { hi += 1; lo -= 1; }
@@ -227,7 +231,7 @@ async function drawReadings(box, w) {
     root.append(label);
   }
   root.append(svg('polyline', { points: points.map(([at, v]) => `${x(at).toFixed(1)},${y(v).toFixed(1)}`).join(' '), class: 'series' }));
-  for (const [at, v] of w.readings) root.append(svg('circle', { cx: x(at), cy: y(v), r: 4, class: 'trigger' }));
+  for (const [at, v] of triggers) root.append(svg('circle', { cx: x(at), cy: y(v), r: 4, class: 'trigger' }));
   box.replaceChildren(root, el('p', { class: 'muted small' }, `${series.name || rule.metric}${series.unit ? ` (${series.unit})` : ''} · ${formatTime(from)} – ${formatTime(to)}`));
 }
 
