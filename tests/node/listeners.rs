@@ -179,25 +179,12 @@ fn time_text() -> String {
         .unwrap()
         .as_millis() as i64
         - 60_000;
-    let secs = ms / 1000 + 8 * 3600;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}{m:02}{d:02}{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    // 2026-07-01T08:00:00+08:00 → 20260701080000
+    township_node::clock::rfc3339_china(ms)
+        .chars()
+        .take(19)
+        .filter(char::is_ascii_digit)
+        .collect()
 }
 
 /// Sends a frame and waits for the data response; true when the station was answered.
