@@ -139,7 +139,10 @@ impl Watch {
     /// Puts restored evaluators in place (for rules still in force as they were) and tells the
     /// restored states: a level always, `none` only when readings showed it.
     pub fn restore(&self, restored: Vec<Restored>) {
-        let mut told = Vec::new();
+        // One verdict per rule, not per device: the highest level any device stands at, else
+        // `none` when readings showed it for every device (one device at none must not clear a
+        // warning another device still holds).
+        let mut verdicts: HashMap<Uuid, Verdict> = HashMap::new();
         {
             let mut rules = self.rules.lock().unwrap_or_else(|e| e.into_inner());
             for r in restored {
@@ -151,16 +154,36 @@ impl Watch {
                 }
                 let state = r.evaluator.state();
                 let value = r.evaluator.value();
-                let tell = matches!(state, State::Level(_)) || (state == State::None && r.evidence);
-                watched
-                    .devices
-                    .insert(r.device.clone(), (r.evaluator, r.since_ms));
-                if tell {
-                    told.push((r.rule, r.device, state, r.since_ms, value));
+                let v = verdicts.entry(r.rule).or_insert_with(|| Verdict {
+                    device: r.device.clone(),
+                    state: State::None,
+                    since: None,
+                    value: None,
+                    evidence: false,
+                });
+                if rank(state) > rank(v.state) {
+                    (v.device, v.state, v.since, v.value) =
+                        (r.device.clone(), state, r.since_ms, value);
                 }
+                v.evidence |= r.evidence;
+                watched.devices.insert(r.device, (r.evaluator, r.since_ms));
             }
         }
-        for (rule, device, state, since, value) in told {
+        for (
+            rule,
+            Verdict {
+                device,
+                state,
+                since,
+                value,
+                evidence,
+            },
+        ) in verdicts
+        {
+            let tell = matches!(state, State::Level(_)) || (state == State::None && evidence);
+            if !tell {
+                continue;
+            }
             tracing::info!(rule = %rule, device, state = state.as_str(), "rule state restored from stored readings");
             let _ = self.events.send(RuleEvent {
                 rule,
@@ -308,6 +331,15 @@ pub fn usable(
         Some(device) if telemetry.status(&device, now_ms, cfg) != Status::Faulty => Usable::Yes,
         _ => Usable::No,
     }
+}
+
+/// A rule's restored state: the device at its highest level, and whether any readings showed it.
+struct Verdict {
+    device: String,
+    state: State,
+    since: Option<i64>,
+    value: Option<f64>,
+    evidence: bool,
 }
 
 /// One rule's state for one device, rebuilt from stored readings.

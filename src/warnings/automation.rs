@@ -122,8 +122,14 @@ pub fn apply(
                         done.push((id, Action::Issue));
                     }
                 }
-                // A state restored at start that matches the open warning changes nothing.
-                Some((_, current)) if event.restored && current == level.as_str() => {}
+                // A state restored at start that matches the open warning changes nothing, except
+                // that a rule now saying `auto_issue` for the level issues a warning only raised.
+                Some((id, current)) if event.restored && current == level.as_str() => {
+                    if auto && super::current(conn, ctx, id)?.state == State::Raised {
+                        super::act(conn, ctx, &system, id, Action::Issue, Content::default())?;
+                        done.push((id, Action::Issue));
+                    }
+                }
                 Some((id, current)) => {
                     let folded = super::act(conn, ctx, &system, id, Action::Update, content)?;
                     if current != level.as_str() {

@@ -596,3 +596,46 @@ async fn transition_count(h: &Harness, s: &Session, id: &str) -> usize {
         .unwrap()
         .len()
 }
+
+#[tokio::test]
+async fn a_rule_rewritten_to_auto_issue_its_level_issues_the_raised_warning() {
+    let (h, staff, grid) = harness().await;
+    let mut body = json!({"name": "熟溪水位", "area": "330723001", "device": "wl-01",
+        "metric": "water_level", "kind": "threshold", "levels": {"yellow": 3.5, "orange": 4.0},
+        "hysteresis": 0.1, "event": "flood"});
+    let rule = h
+        .act(&staff, "POST", "/api/v1/rules", Some(body.clone()))
+        .await
+        .expect(StatusCode::CREATED);
+    let rule_id = rule["id"].as_str().unwrap().to_string();
+    let mut t = START_MS - 600_000;
+    while warnings_of(&h, &grid).await.is_empty() {
+        t += 1000;
+        h.commit(vec![reading(t, 3.6)]).await;
+        assert!(t < START_MS, "no warning was raised");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(warnings_of(&h, &grid).await[0]["state"], "raised");
+    body["auto_issue"] = json!(["yellow"]);
+    h.act(
+        &staff,
+        "PUT",
+        &format!("/api/v1/rules/{rule_id}"),
+        Some(body),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while warnings_of(&h, &grid).await[0]["state"] != "issued" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored yellow did not issue the warning"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        warnings_of(&h, &grid).await.len(),
+        1,
+        "the same warning, not a second"
+    );
+}
