@@ -72,6 +72,17 @@ pub struct AppInner {
     pub warnings: Arc<crate::warnings::Notices>,
     /// Signs the CAP messages of this node's warnings.
     pub cap_key: Arc<crate::cap::CapKey>,
+    /// The loudspeaker outputs and zones, with their health.
+    pub pa_outputs: Arc<crate::pa::outputs::Outputs>,
+    /// What the drivers must serve for the loudspeakers, taken once when the drivers start.
+    pub pa_wiring: std::sync::Mutex<Option<crate::telemetry::drivers::PaWiring>>,
+    /// Speech synthesis with its cache.
+    pub speech: Arc<crate::pa::speech::Speech>,
+    /// Spoken WAVs by content hash, for speakers to fetch.
+    pub broadcast_spoken:
+        Arc<std::sync::Mutex<std::collections::HashMap<String, std::path::PathBuf>>>,
+    /// The PA's counters for `/metrics`.
+    pub pa_counters: Arc<crate::broadcast::engine::Counters>,
     /// The CAP messages and feed as last served (see [`crate::cap::Served`]).
     pub cap_served: Arc<crate::cap::Served>,
     /// How each `[[cap.feeds]]` entry has fared.
@@ -96,6 +107,8 @@ fn projections(
         crate::incidents::IncidentProjection::shared(config.categories.clone()),
         crate::rules::RuleProjection::shared(key.clone(), clock.clone()),
         crate::warnings::WarningProjection::shared(),
+        crate::broadcast::BroadcastProjection::shared(),
+        crate::broadcast::receipts::ReceiptProjection::shared(),
     ]
 }
 
@@ -154,6 +167,17 @@ impl AppState {
             ),
         )));
         let hasher = Hasher::new(config.auth.password_iterations, 2);
+        let (pa_outputs, pa_wiring) = crate::pa::outputs::Outputs::wire(&config.pa);
+        let data_dir = store
+            .path()
+            .parent()
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf();
+        let speech = crate::pa::speech::Speech::new(
+            &data_dir.join("speech"),
+            &config.pa.voice,
+            config.pa.rate,
+        );
         AppState {
             inner: Arc::new(AppInner {
                 node,
@@ -182,6 +206,11 @@ impl AppState {
                 cap_key: Arc::new(cap_key),
                 cap_served: Arc::default(),
                 cap_feeds: Arc::default(),
+                pa_outputs: Arc::new(pa_outputs),
+                pa_wiring: std::sync::Mutex::new(Some(pa_wiring)),
+                speech: Arc::new(speech),
+                broadcast_spoken: Arc::default(),
+                pa_counters: Arc::default(),
             }),
         }
     }
@@ -267,6 +296,36 @@ impl AppState {
         }
     }
 
+    /// What the playback engine runs with. Orders play here when signed by this node, by its pinned
+    /// upstream or by a key in `[pa] trusted_keys`.
+    pub fn broadcast_runtime(&self) -> crate::broadcast::engine::Runtime {
+        let mut known_keys = vec![self.key.public_key()];
+        if let Some((_, key)) = &self.upstream {
+            known_keys.push(*key);
+        }
+        known_keys.extend(
+            self.config
+                .pa
+                .trusted_keys
+                .iter()
+                .filter_map(|k| k.parse::<township_sync::PublicKey>().ok()),
+        );
+        crate::broadcast::engine::Runtime {
+            store: self.store.clone(),
+            ctx: self.write_ctx(),
+            pa: Arc::new(self.config.pa.clone()),
+            outputs: self.pa_outputs.clone(),
+            speech: self.speech.clone(),
+            blobs: self.blobs.clone(),
+            known_keys: Arc::new(known_keys),
+            counters: self.pa_counters.clone(),
+            latest_seq: self.latest_seq.clone(),
+            records_changed: self.records_changed.clone(),
+            shutdown: self.shutdown.clone(),
+            spoken: self.broadcast_spoken.clone(),
+        }
+    }
+
     /// What the telemetry's background work runs with.
     pub fn telemetry_runtime(&self) -> crate::telemetry::Runtime {
         crate::telemetry::Runtime {
@@ -331,7 +390,15 @@ pub fn spawn_background(state: &AppState) {
     crate::sync::spawn_upstream(&state.sync_runtime());
     start_rules(state);
     state.spawn_every(Duration::from_secs(3600), |state| async move {
-        let referenced = match state.store.read(crate::incidents::referenced_blobs).await {
+        let referenced = match state
+            .store
+            .read(|conn| {
+                let mut all = crate::incidents::referenced_blobs(conn)?;
+                all.extend(crate::broadcast::referenced_blobs(conn)?);
+                Ok::<_, StoreError>(all)
+            })
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "orphaned attachment check failed");
@@ -358,6 +425,7 @@ pub fn spawn_background(state: &AppState) {
     });
     start_telemetry(state);
     start_cap_feeds(state);
+    start_broadcasts(state);
     state.spawn_every(Duration::from_secs(60), |state| async move {
         let now = state.clock.now_ms();
         let idle = state.config.auth.session_idle.as_millis() as i64;
@@ -476,13 +544,26 @@ pub fn start_telemetry(state: &AppState) {
         shutdown: state.shutdown.clone(),
         now_ms: Arc::new(move || clock.now_ms()),
     };
-    for driver in crate::telemetry::drivers::build(&state.config) {
+    let pa = state
+        .pa_wiring
+        .lock()
+        .ok()
+        .and_then(|mut w| w.take())
+        .unwrap_or_default();
+    for driver in crate::telemetry::drivers::build(&state.config, pa) {
         state.tasks.spawn(township_drivers::driver::supervise(
             driver,
             ctx.clone(),
             Duration::from_secs(1),
         ));
     }
+}
+
+/// Starts the playback engine (separate so in-process tests can run it alone).
+pub fn start_broadcasts(state: &AppState) {
+    state
+        .tasks
+        .spawn(crate::broadcast::engine::run(state.broadcast_runtime()));
 }
 
 /// A node opened from its data directory, holding the directory lock until dropped.

@@ -521,6 +521,18 @@ impl Config {
             .collect();
         crate::pa::config::validate(&self.pa, &sensor_names)
             .map_err(|(key, message)| invalid(&key, &message))?;
+        if self.mqtt.listen.is_none()
+            && let Some(i) = self
+                .pa
+                .outputs
+                .iter()
+                .position(|o| matches!(o, crate::pa::config::Output::MqttSpeaker(_)))
+        {
+            return Err(invalid(
+                &format!("pa.outputs[{i}].kind"),
+                "an mqtt_speaker signs in on the embedded broker: set mqtt.listen",
+            ));
+        }
         let mut codes = std::collections::HashSet::new();
         for (i, area) in self.areas.iter().enumerate() {
             area.check()

@@ -349,7 +349,14 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
         )),
         Err(_) => {}
     }
-    match crate::incidents::referenced_blobs(&conn) {
+    let referenced = crate::incidents::referenced_blobs(&conn).map(|mut all| {
+        // A database from before broadcasts has no broadcasts table: nothing more is referenced.
+        if let Ok(more) = crate::broadcast::referenced_blobs(&conn) {
+            all.extend(more);
+        }
+        all
+    });
+    match referenced {
         Ok(referenced) => {
             let store = crate::blobs::BlobStore::new(root);
             match store.orphans(&referenced) {

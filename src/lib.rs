@@ -17,6 +17,8 @@
 //! - [`blobs`]: content-addressed attachments and thumbnails (core and routes).
 //! - [`rules`]: rules on live readings: the rule body, the evaluation semantics, records, the watcher.
 //! - [`warnings`]: four-colour warnings as records, their workflow, automation from rules, the API.
+//! - [`broadcast`]: broadcasts to the loudspeakers as records, their safety rules, the playback engine.
+//! - [`pa`]: the loudspeaker outputs and zones, speech synthesis, audio checks.
 //! - [`cap`]: CAP 1.2 messages for warnings, signed, and their Atom feed.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
@@ -30,6 +32,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod blobs;
+pub mod broadcast;
 pub mod cap;
 pub mod cli;
 pub mod clock;

@@ -6,6 +6,10 @@
 //! its readings are committed, so once a sensor has its PUBACK the reading survives a crash. Other
 //! subscribers get messages at QoS 0; there are no retained messages and no persistent sessions.
 //!
+//! IP loudspeakers sign in the same way (see [`SpeakerLink`]) and are confined to `pa/{id}` and
+//! below: they receive the node's commands on `pa/{id}/cmd` and report on `pa/{id}/status` and
+//! `pa/{id}/heartbeat`, which go to the node, never to other clients and never as readings.
+//!
 //! Packets are encoded and decoded with rumqttc's MQTT codec. The broker itself is written here
 //! rather than taken from rumqttd because rumqttd (0.20) can neither restrict a client to its own
 //! topics nor hold an acknowledgement until the node has committed the message.
@@ -46,6 +50,44 @@ pub struct Account {
     pub device: String,
     pub password: String,
     pub format: Format,
+    /// A loudspeaker: confined to `pa/{device}`, its messages go to the node's [`SpeakerLink`].
+    pub speaker: bool,
+}
+
+/// A message a speaker published on its own topic.
+#[derive(Debug, Clone)]
+pub struct SpeakerMessage {
+    pub speaker: String,
+    pub topic: String,
+    pub payload: Bytes,
+}
+
+/// The node's side of the speakers on the embedded broker: their sign-ins, the commands it sends
+/// them and the messages they send it.
+pub struct SpeakerLink {
+    /// Speaker accounts by MQTT username (`speaker` set).
+    pub accounts: HashMap<String, Account>,
+    /// Commands for speakers, as (topic, payload); each speaker gets those on its own topics.
+    pub commands: broadcast::Sender<(Arc<str>, Bytes)>,
+    /// Everything speakers publish (status, heartbeats), for the node to read.
+    pub messages: broadcast::Sender<SpeakerMessage>,
+}
+
+impl SpeakerLink {
+    pub fn new(accounts: HashMap<String, Account>) -> SpeakerLink {
+        SpeakerLink {
+            accounts,
+            commands: broadcast::channel(256).0,
+            messages: broadcast::channel(1024).0,
+        }
+    }
+
+    /// Sends a command to one speaker (QoS 0: a speaker that is not connected misses it, which its
+    /// missing receipt reports).
+    pub fn command(&self, speaker: &str, payload: Bytes) {
+        let topic: Arc<str> = Arc::from(format!("pa/{speaker}/cmd").as_str());
+        let _ = self.commands.send((topic, payload));
+    }
 }
 
 impl std::fmt::Debug for Account {
@@ -53,6 +95,7 @@ impl std::fmt::Debug for Account {
         f.debug_struct("Account")
             .field("device", &self.device)
             .field("format", &self.format)
+            .field("speaker", &self.speaker)
             .finish_non_exhaustive()
     }
 }
@@ -75,6 +118,17 @@ pub fn topic_allowed(device: &str, topic: &str) -> bool {
         return false;
     };
     let Some(after) = rest.strip_prefix(device) else {
+        return false;
+    };
+    after.is_empty() || after.starts_with('/')
+}
+
+/// Whether `topic` lies under a speaker's own topic, `pa/{speaker}`.
+pub fn speaker_topic_allowed(speaker: &str, topic: &str) -> bool {
+    let Some(rest) = topic.strip_prefix("pa/") else {
+        return false;
+    };
+    let Some(after) = rest.strip_prefix(speaker) else {
         return false;
     };
     after.is_empty() || after.starts_with('/')
@@ -168,6 +222,7 @@ struct Shared {
     accounts: HashMap<String, Account>,
     /// Messages for subscribers: (topic, payload).
     fanout: broadcast::Sender<(Arc<str>, Bytes)>,
+    speakers: Option<Arc<SpeakerLink>>,
     /// (device, client id) → the token that ends its connection, so a reconnect with the same id
     /// takes over. Keyed by device too: one device's credentials cannot end another's connection by
     /// reusing its client id.
@@ -175,11 +230,31 @@ struct Shared {
     next_session: std::sync::atomic::AtomicU64,
 }
 
+impl Shared {
+    fn account(&self, username: &str) -> Option<&Account> {
+        self.accounts.get(username).or_else(|| {
+            self.speakers
+                .as_ref()
+                .and_then(|s| s.accounts.get(username))
+        })
+    }
+
+    fn allowed(account: &Account, topic: &str) -> bool {
+        if account.speaker {
+            speaker_topic_allowed(&account.device, topic)
+        } else {
+            topic_allowed(&account.device, topic)
+        }
+    }
+}
+
 /// The embedded broker as a supervised driver.
 pub struct EmbeddedBroker {
     pub addr: SocketAddr,
     pub accounts: HashMap<String, Account>,
     pub max_connections: usize,
+    /// Loudspeakers on this broker, if any are configured.
+    pub speakers: Option<Arc<SpeakerLink>>,
 }
 
 impl Driver for EmbeddedBroker {
@@ -200,6 +275,7 @@ impl Driver for EmbeddedBroker {
             let shared = Arc::new(Shared {
                 failures: Failures::default(),
                 accounts: self.accounts.clone(),
+                speakers: self.speakers.clone(),
                 fanout,
                 sessions: Mutex::new(HashMap::new()),
                 next_session: std::sync::atomic::AtomicU64::new(1),
@@ -338,7 +414,7 @@ async fn serve_client(
         if let Some(a) = connect
             .login
             .as_ref()
-            .and_then(|l| shared.accounts.get(&l.username))
+            .and_then(|l| shared.account(&l.username))
         {
             ctx.health
                 .sign_in_refused(&a.device, format!("address {ip} blocked"), ctx.now());
@@ -347,7 +423,7 @@ async fn serve_client(
         return Err(ClientError::Refused(format!("{ip} is blocked for a while")));
     }
     let account = connect.login.as_ref().and_then(|login| {
-        let a = shared.accounts.get(&login.username)?;
+        let a = shared.account(&login.username)?;
         constant_time_eq(a.password.as_bytes(), login.password.as_bytes()).then(|| a.clone())
     });
     let Some(account) = account else {
@@ -363,7 +439,7 @@ async fn serve_client(
             .unwrap_or_default();
         tracing::warn!(username = %Untrusted(&who), ip = ?peer, "MQTT sign-in refused");
         // Anyone can send a wrong password in a device's name: counted apart, never as a fault.
-        if let Some(a) = shared.accounts.get(&who) {
+        if let Some(a) = shared.account(&who) {
             ctx.health
                 .sign_in_refused(&a.device, "wrong MQTT password", ctx.now());
         }
@@ -590,7 +666,7 @@ async fn connected(
                     if p.topic.contains(['#', '+']) || p.topic.is_empty() {
                         return Err(ClientError::Protocol("wildcards in a publish topic".into()));
                     }
-                    if !topic_allowed(&account.device, &p.topic) {
+                    if !Shared::allowed(account, &p.topic) {
                         tracing::warn!(device = %account.device, topic = %Untrusted(&p.topic), "MQTT publish outside the device's topic refused");
                         ctx.health.error(
                             &account.device,
@@ -606,6 +682,26 @@ async fn connected(
                         )));
                     }
                     let now = ctx.now();
+                    if account.speaker {
+                        ctx.health.ok(&account.device, now);
+                        if let Some(link) = &shared.speakers {
+                            let _ = link.messages.send(SpeakerMessage {
+                                speaker: account.device.clone(),
+                                topic: p.topic.clone(),
+                                payload: p.payload.clone(),
+                            });
+                        }
+                        match p.qos {
+                            QoS::AtMostOnce => {}
+                            QoS::AtLeastOnce => {
+                                pending.acks.push(Packet::PubAck(PubAck::new(p.pkid)))
+                            }
+                            QoS::ExactlyOnce => {
+                                pending.acks.push(Packet::PubRec(PubRec::new(p.pkid)))
+                            }
+                        }
+                        continue;
+                    }
                     match readings_for(&account.device, account.format, &p.topic, &p.payload, now) {
                         Some(Ok(readings)) => {
                             ctx.health.ok(&account.device, now);
@@ -645,7 +741,7 @@ async fn connected(
                         .filters
                         .iter()
                         .map(|f| {
-                            if filter_valid(&f.path) && topic_allowed(&account.device, &f.path) {
+                            if filter_valid(&f.path) && Shared::allowed(account, &f.path) {
                                 if !subscriptions.contains(&f.path) {
                                     subscriptions.push(f.path.clone());
                                 }
@@ -658,7 +754,11 @@ async fn connected(
                         })
                         .collect();
                     if !subscriptions.is_empty() && fanout.is_none() {
-                        fanout = Some(shared.fanout.subscribe());
+                        // A speaker hears the node's commands; sensors hear each other's readings.
+                        fanout = match (&shared.speakers, account.speaker) {
+                            (Some(link), true) => Some(link.commands.subscribe()),
+                            _ => Some(shared.fanout.subscribe()),
+                        };
                     }
                     Some(Out::Now(Packet::SubAck(SubAck::new(s.pkid, codes))))
                 }
@@ -722,6 +822,16 @@ mod tests {
         assert!(!topic_allowed("rain-02", "sensors/+/senml"));
         assert!(!topic_allowed("rain-02", "#"));
         assert!(!topic_allowed("rain-02", "other/rain-02"));
+    }
+
+    #[test]
+    fn speakers_are_confined_to_their_own_pa_topics() {
+        assert!(speaker_topic_allowed("spk-1", "pa/spk-1/status"));
+        assert!(speaker_topic_allowed("spk-1", "pa/spk-1/#"));
+        assert!(!speaker_topic_allowed("spk-1", "pa/spk-10/cmd"));
+        assert!(!speaker_topic_allowed("spk-1", "pa/+/cmd"));
+        assert!(!speaker_topic_allowed("spk-1", "sensors/spk-1"));
+        assert!(!topic_allowed("spk-1", "pa/spk-1/status"));
     }
 
     #[test]

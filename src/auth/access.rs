@@ -38,6 +38,9 @@ const ACCOUNT_ADMINS: &[Role] = &[Admin, CountyIt];
 /// Who may write rules (inside their area, at a township or above; see `rules::record::may_edit`).
 const RULE_EDITORS: &[Role] = &[TownshipStaff, CountyIt, Admin];
 /// Who may report an incident: everyone but department handlers, who handle rather than report.
+/// Who may order, approve, cancel and correct broadcasts (inside their area, at a township or
+/// above; see `broadcast::may_broadcast`).
+const BROADCASTERS: &[Role] = &[TownshipStaff, Admin];
 const REPORTERS: &[Role] = &[GridWorker, TownshipStaff, CountyIt, Admin];
 
 pub const RULES: &[Rule] = &[
@@ -133,6 +136,25 @@ pub const RULES: &[Rule] = &[
         "/api/v1/warnings/{id}/transitions",
         Access::Roles(RULE_EDITORS),
     ),
+    // Broadcasts: everyone sees those covering their area (grid workers hear them anyway);
+    // ordering and acting is for broadcasters, checked again per broadcast's area.
+    rule("GET", "/api/v1/broadcasts", Access::SignedIn),
+    rule("GET", "/api/v1/broadcasts/{id}", Access::SignedIn),
+    rule("POST", "/api/v1/broadcasts", Access::Roles(BROADCASTERS)),
+    rule(
+        "POST",
+        "/api/v1/broadcasts/{id}/transitions",
+        Access::Roles(BROADCASTERS),
+    ),
+    rule(
+        "POST",
+        "/api/v1/broadcasts/{id}/audio",
+        Access::Roles(BROADCASTERS),
+    ),
+    rule("GET", "/api/v1/pa/zones", Access::SignedIn),
+    // Speakers fetch with their own HTTP Basic credentials; staff with their session (checked in
+    // the handler, which refuses everyone else).
+    rule("GET", "/api/v1/pa/audio/{sha256}", Access::Public),
 ];
 
 /// What a person in `role` may call, as `METHOD /path` strings (route templates), for the UI: it

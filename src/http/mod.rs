@@ -49,6 +49,7 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::telemetry::routes(r);
     let r = crate::rules::routes(r);
     let r = crate::warnings::routes(r);
+    let r = crate::broadcast::routes(r);
     let r = crate::cap::routes(r);
     crate::blobs::routes(r)
 }

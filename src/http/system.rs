@@ -147,6 +147,11 @@ pub async fn metrics(
             .telemetry
             .render_metrics(state.clock.now_ms(), &state.config.telemetry),
     );
+    body.push_str(
+        &state
+            .pa_counters
+            .render(&state.pa_outputs, state.clock.now_ms()),
+    );
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

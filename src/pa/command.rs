@@ -116,6 +116,37 @@ impl Playing {
         }
     }
 
+    /// [`Playing::finish`], unless `stop` is cancelled first: then the play is stopped (within
+    /// two seconds) and the answer is `Ok(false)`.
+    pub async fn finish_unless(
+        mut self,
+        deadline: Duration,
+        stop: &tokio_util::sync::CancellationToken,
+    ) -> Result<bool, PlayError> {
+        enum Ended {
+            Exited,
+            Overran,
+            Stopped,
+        }
+        let ended = tokio::select! {
+            _ = self.child.wait() => Ended::Exited,
+            () = tokio::time::sleep(deadline) => Ended::Overran,
+            () = stop.cancelled() => Ended::Stopped,
+        };
+        match ended {
+            // The status is read again by `finish`, which returns at once for an ended child.
+            Ended::Exited => self.finish(STOP_GRACE).await.map(|()| true),
+            Ended::Overran => {
+                self.stop().await;
+                Err(PlayError::TimedOut(deadline))
+            }
+            Ended::Stopped => {
+                self.stop().await;
+                Ok(false)
+            }
+        }
+    }
+
     /// Stops the play and everything it started: SIGTERM to its process group, SIGKILL after
     /// [`STOP_GRACE`] if it is still there.
     pub async fn stop(mut self) {

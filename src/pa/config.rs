@@ -18,6 +18,11 @@ pub struct PaConfig {
     pub rate: u32,
     /// Live broadcasts at these levels need a second person's approval.
     pub two_person: Vec<Level>,
+    /// Public keys (base64url, as `township-node id` prints them) of nodes whose signed broadcast
+    /// orders play here besides this node's own and its pinned upstream's: the county's, on a
+    /// village hub under a township.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_keys: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub outputs: Vec<Output>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -30,6 +35,7 @@ impl Default for PaConfig {
             voice: "cmn".into(),
             rate: 150,
             two_person: vec![Level::Red, Level::Orange],
+            trusted_keys: Vec::new(),
             outputs: Vec::new(),
             zones: Vec::new(),
         }
@@ -160,6 +166,14 @@ pub fn validate(pa: &PaConfig, device_ids: &[String]) -> Result<(), (String, Str
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'+')
     {
         return bad("pa.voice".into(), "an espeak-ng voice name such as cmn");
+    }
+    for (i, key) in pa.trusted_keys.iter().enumerate() {
+        if key.parse::<township_sync::PublicKey>().is_err() {
+            return bad(
+                format!("pa.trusted_keys[{i}]"),
+                "a node public key as `township-node id` prints it",
+            );
+        }
     }
     let mut ids = std::collections::HashSet::new();
     let mut usernames = std::collections::HashSet::new();

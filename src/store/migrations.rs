@@ -27,6 +27,7 @@ const MIGRATIONS: &[Migration] = &[
     v11_warnings,
     v12_cap_inbound,
     v13_warning_events,
+    v14_broadcasts,
 ];
 
 /// The schema version this binary writes.
@@ -424,6 +425,57 @@ fn v13_warning_events(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ) STRICT;
         INSERT INTO node_meta (key, value)
             SELECT 'warning_events_seed', '1' WHERE EXISTS (SELECT 1 FROM warnings);",
+    )
+}
+
+/// Broadcasts and their receipts (projections), and what this node did with each broadcast
+/// (`pa_plays`, never synced): whether it played or refused it, so a restart neither plays a
+/// finished broadcast again nor audits a refusal twice.
+fn v14_broadcasts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE broadcasts (
+            doc_id     TEXT PRIMARY KEY,
+            area       TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            mode       TEXT NOT NULL,
+            level      TEXT NOT NULL,
+            zones      TEXT NOT NULL,
+            text       TEXT NOT NULL,
+            requester  TEXT,
+            warning_id TEXT,
+            corrects   TEXT,
+            rule_id    TEXT,
+            audio      TEXT,
+            start_ms   INTEGER NOT NULL,
+            updated_ms INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX broadcasts_state ON broadcasts (state, updated_ms);
+        CREATE INDEX broadcasts_warning ON broadcasts (warning_id);
+        CREATE TABLE broadcast_receipt_docs (
+            doc_id       TEXT PRIMARY KEY,
+            broadcast_id TEXT NOT NULL,
+            area         TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX broadcast_receipt_docs_by ON broadcast_receipt_docs (broadcast_id, area);
+        CREATE TABLE broadcast_receipts (
+            doc_id        TEXT NOT NULL,
+            transition_id TEXT NOT NULL,
+            broadcast_id  TEXT NOT NULL,
+            node_area     TEXT NOT NULL,
+            zone          TEXT NOT NULL,
+            output        TEXT NOT NULL,
+            state         TEXT NOT NULL,
+            detail        TEXT NOT NULL,
+            at_ms         INTEGER NOT NULL,
+            PRIMARY KEY (doc_id, transition_id)
+        ) STRICT;
+        CREATE INDEX broadcast_receipts_by ON broadcast_receipts (broadcast_id, at_ms);
+        CREATE TABLE pa_plays (
+            broadcast_id TEXT PRIMARY KEY,
+            outcome      TEXT NOT NULL,
+            detail       TEXT NOT NULL,
+            at_ms        INTEGER NOT NULL
+        ) STRICT;",
     )
 }
 

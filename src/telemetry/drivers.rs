@@ -57,8 +57,22 @@ fn modbus_device(d: &DeviceConfig, m: &ModbusLink, default_interval: Duration) -
     }
 }
 
+/// What the loudspeakers need from the drivers: relay lines (served by the Modbus driver of their
+/// port, sensors or not) and the speakers' sign-ins on the embedded broker.
+#[derive(Default)]
+pub struct PaWiring {
+    /// (port, baud, parity, the coil commands for that line).
+    pub coil_lines: Vec<(
+        String,
+        u32,
+        SerialParity,
+        tokio::sync::mpsc::Receiver<township_drivers::modbus::CoilCommand>,
+    )>,
+    pub speakers: Option<Arc<township_drivers::mqtt_broker::SpeakerLink>>,
+}
+
 /// Every driver the configuration describes, each with a name unique on the node.
-pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
+pub fn build(config: &Config, pa: PaWiring) -> Vec<Box<dyn Driver>> {
     let mut drivers: Vec<Box<dyn Driver>> = Vec::new();
     let devices = &config.devices;
     let default_interval = config.telemetry.default_interval;
@@ -78,8 +92,19 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
                 Parity::Odd => SerialParity::Odd,
             },
             devices: Vec::new(),
+            coils: None,
         });
         entry.devices.push(modbus_device(d, m, default_interval));
+    }
+    for (port, baud, parity, commands) in pa.coil_lines {
+        let entry = ports.entry(port.clone()).or_insert_with(|| ModbusPort {
+            port,
+            baud,
+            parity,
+            devices: Vec::new(),
+            coils: None,
+        });
+        entry.coils = Some(commands);
     }
     drivers.extend(ports.into_values().map(|p| Box::new(p) as Box<dyn Driver>));
 
@@ -139,6 +164,7 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
                         device: d.id.clone(),
                         password: password.expose().to_string(),
                         format: format_of(m),
+                        speaker: false,
                     },
                 ))
             })
@@ -147,6 +173,7 @@ pub fn build(config: &Config) -> Vec<Box<dyn Driver>> {
             addr,
             accounts,
             max_connections: 1024,
+            speakers: pa.speakers.clone(),
         }));
     }
     if let Some(ext) = &config.mqtt.external {
@@ -250,7 +277,10 @@ profile = "rain"
 "#,
         )
         .unwrap();
-        let built: Vec<String> = build(&config).iter().map(|d| d.name()).collect();
+        let built: Vec<String> = build(&config, PaWiring::default())
+            .iter()
+            .map(|d| d.name())
+            .collect();
         for d in &config.devices {
             let name = driver_name(d, &config.mqtt);
             assert!(
@@ -261,7 +291,10 @@ profile = "rain"
         }
         let mut external_only = config.clone();
         external_only.mqtt.listen = None;
-        let built: Vec<String> = build(&external_only).iter().map(|d| d.name()).collect();
+        let built: Vec<String> = build(&external_only, PaWiring::default())
+            .iter()
+            .map(|d| d.name())
+            .collect();
         let rain = &external_only.devices[3];
         assert!(
             built.contains(&driver_name(rain, &external_only.mqtt)),

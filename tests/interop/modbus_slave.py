@@ -8,6 +8,12 @@ Register contents (both modes, slave ids 1 and 2):
           4-5: 70000 as u32 with the low word first;
   slave 1 input   0-1: 3.7 as f32 big-endian words;
   slave 2 holding 0: 500.
+Coils (pymodbus mode only; --noisy ignores coil requests): slaves 1 and 2 each have 16 coils, protocol
+addresses 0-15, all off at start, served by function 01 (read coils), 05 (write single coil) and 15
+(write multiple coils). With --coil-log FILE, every coil write that the slave accepts (whether or
+not it changes the value) appends one line per coil, "<slave> <address> <0|1> <time.time_ns()>",
+with the protocol address (0 for the first coil), flushed at once, so tests and benchmarks can
+timestamp relay switching at the slave.
 Prints "ready" on stdout once it serves.
 """
 import argparse
@@ -19,6 +25,7 @@ import time
 HOLDING = {1: [1234, 0xFFFE, *struct.unpack(">HH", struct.pack(">f", 12.5)), 70000 & 0xFFFF, 70000 >> 16] + [0] * 20,
            2: [500] + [0] * 20}
 INPUT = {1: [*struct.unpack(">HH", struct.pack(">f", 3.7))] + [0] * 20, 2: [0] * 20}
+COILS = 16  # per slave, protocol addresses 0..15
 
 
 def crc16(data: bytes) -> int:
@@ -34,16 +41,37 @@ def frame(body: bytes) -> bytes:
     return body + struct.pack("<H", crc16(body))
 
 
-def serve_pymodbus(port: str, baud: int) -> None:
+def serve_pymodbus(port: str, baud: int, coil_log: str | None) -> None:
     from pymodbus.datastore import (ModbusDeviceContext, ModbusSequentialDataBlock,
                                     ModbusServerContext)
     from pymodbus.server import StartSerialServer
     from pymodbus import FramerType
 
+    log = open(coil_log, "a", encoding="ascii") if coil_log else None
+
+    def coil_logger(slave: int):
+        # pymodbus 3.16 turns the (deprecated) data blocks into a SimDevice when the device context
+        # is built and never calls ModbusSequentialDataBlock.setValues, so a subclass overriding it
+        # would see nothing. The SimDevice "action" hook is called for every access the datastore
+        # accepts (after its address checks, before the write) with the request's function code,
+        # protocol address and values to write; writes carry values, reads None.
+        async def action(function_code, _start, address, _count, _registers, set_values):
+            if function_code in (5, 15) and set_values is not None:
+                now = time.time_ns()
+                for i, value in enumerate(set_values):
+                    log.write(f"{slave} {address + i} {int(bool(value))} {now}\n")
+                log.flush()
+            return None
+        return action
+
     def device(slave: int) -> ModbusDeviceContext:
         # pymodbus addresses data blocks from 1 for protocol address 0.
-        return ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, HOLDING[slave]),
-                                   ir=ModbusSequentialDataBlock(1, INPUT[slave]))
+        ctx = ModbusDeviceContext(hr=ModbusSequentialDataBlock(1, HOLDING[slave]),
+                                  ir=ModbusSequentialDataBlock(1, INPUT[slave]),
+                                  co=ModbusSequentialDataBlock(1, [False] * COILS))
+        if log is not None:  # no hook otherwise: reads stay as fast as before (tests/bench/modbus.sh)
+            ctx.simdevice.action = coil_logger(slave)
+        return ctx
 
     context = ModbusServerContext(devices={1: device(1), 2: device(2)}, single=False)
     print("ready", flush=True)
@@ -65,6 +93,8 @@ def serve_noisy(port: str, baud: int, seed: int) -> None:
                 continue
             buf = buf[8:]
             slave, function, start, count = req[0], req[1], *struct.unpack(">HH", req[2:6])
+            if function not in (3, 4):
+                continue  # coils and everything else: no answer
             table = (HOLDING if function == 3 else INPUT).get(slave)
             if table is None:
                 continue
@@ -96,11 +126,13 @@ def main() -> None:
     p.add_argument("--baud", type=int, default=115200)
     p.add_argument("--noisy", action="store_true")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--coil-log", metavar="FILE",
+                   help="append '<slave> <address> <0|1> <time_ns>' for every coil write")
     a = p.parse_args()
     if a.noisy:
         serve_noisy(a.port, a.baud, a.seed)
     else:
-        serve_pymodbus(a.port, a.baud)
+        serve_pymodbus(a.port, a.baud, a.coil_log)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,23 @@ async fn every_role_and_anonymous_against_every_route() {
             assert_eq!(status, StatusCode::FORBIDDEN, "/metrics from the LAN");
             continue;
         }
+        if path == "/api/v1/pa/audio/{sha256}" {
+            // Public in the table so speakers can sign in with HTTP Basic; the handler answers
+            // only speakers and people who may broadcast (tests/node/broadcast.rs covers speakers).
+            let (status, _, _) = h.call(method.as_str(), &uri, &[], None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "anonymous audio");
+            for (role, s) in &sessions {
+                let (status, _, _) = h.as_(s, method.as_str(), &uri, None).await;
+                let broadcaster = matches!(role, Role::TownshipStaff | Role::Admin);
+                let expected = if broadcaster {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::UNAUTHORIZED
+                };
+                assert_eq!(status, expected, "{role} GET audio");
+            }
+            continue;
+        }
         let (status, _, _) = h.call(method.as_str(), &uri, &[], None).await;
         match access {
             Access::Public => assert!(

@@ -6,6 +6,7 @@ mod common;
 
 mod accounts;
 mod authz;
+mod broadcast;
 mod cap;
 mod cap_feeds;
 mod cli;

@@ -1,0 +1,865 @@
+//! Broadcasts in process, with espeak-ng and audio commands as the outputs: a staff broadcast plays
+//! on its zone's outputs with receipts; a test reaches only monitor outputs and says so; the
+//! two-person rule for every role pair; cancel within two seconds; a correction within a minute
+//! without a second approval; a red pre-empting a routine programme that then plays again; audio
+//! messages checked by content; the zones API; and orders forged, altered, replayed or expired
+//! that never play.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::common::harness::{Harness, Session, multipart};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use township_node::auth::roles::Role;
+use township_node::config::Config;
+use township_node::pa::config::{CommandOutput, Output, PaConfig, Zone};
+use township_node::store::StoreError;
+
+/// An audio command that logs `start <file>` and `end <file>` to `log` around a pause of `secs`.
+fn logging_output(id: &str, log: &Path, secs: f64, test: bool) -> Output {
+    Output::AudioCommand(CommandOutput {
+        id: id.into(),
+        command: vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "echo \"start $1\" >> '{0}'; sleep {secs}; echo \"end $1\" >> '{0}'",
+                log.display()
+            ),
+            "sh".into(),
+            "{file}".into(),
+        ],
+        test,
+    })
+}
+
+struct Pa {
+    h: Harness,
+    staff: Session,
+    staff2: Session,
+    live_log: PathBuf,
+    monitor_log: PathBuf,
+}
+
+async fn pa(secs: f64, two_person: Vec<township_node::rules::eval::Level>) -> Pa {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let (live_log, monitor_log) = (dir.join("live.log"), dir.join("monitor.log"));
+    let config = Config {
+        pa: PaConfig {
+            two_person,
+            outputs: vec![
+                logging_output("amp-office", &live_log, secs, false),
+                logging_output("monitor", &monitor_log, secs, true),
+            ],
+            zones: vec![
+                Zone {
+                    id: "wangzhai".into(),
+                    name: "王宅村".into(),
+                    area: "330723001001".into(),
+                    outputs: vec!["amp-office".into(), "monitor".into()],
+                },
+                Zone {
+                    id: "xiayang".into(),
+                    name: "下洋村".into(),
+                    area: "330723001002".into(),
+                    outputs: vec![],
+                },
+            ],
+            ..PaConfig::default()
+        },
+        ..Config::default()
+    };
+    let h = Harness::with_config(config).await;
+    township_node::app::start_broadcasts(h.state());
+    let staff = h
+        .user("li.ming", Role::TownshipStaff, "330723001", None)
+        .await;
+    let staff2 = h
+        .user("zhao.lei", Role::TownshipStaff, "330723001", None)
+        .await;
+    Pa {
+        h,
+        staff,
+        staff2,
+        live_log,
+        monitor_log,
+    }
+}
+
+fn order(text: &str, mode: &str, level: &str) -> Value {
+    json!({"text": text, "zones": ["wangzhai"], "mode": mode, "level": level, "repeat": 1})
+}
+
+/// Polls a broadcast until `done` holds (or fails after `wait`).
+async fn until(
+    h: &Harness,
+    s: &Session,
+    id: &str,
+    wait: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + wait;
+    loop {
+        let v = h
+            .act(s, "GET", &format!("/api/v1/broadcasts/{id}"), None)
+            .await
+            .expect(StatusCode::OK);
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up waiting: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every audit entry as `action detail`.
+async fn audited(h: &Harness) -> Vec<String> {
+    h.state()
+        .store
+        .read(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT action || ' ' || COALESCE(detail, '') FROM audit_log ORDER BY seq",
+            )?;
+            let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            Ok::<_, StoreError>(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .unwrap()
+}
+
+fn lines(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(String::from)
+        .collect()
+}
+
+fn receipt(v: &Value, output: &str) -> Option<String> {
+    v["receipts"]
+        .as_array()?
+        .iter()
+        .find(|r| r["output"] == output)
+        .and_then(|r| r["state"].as_str().map(String::from))
+}
+
+#[tokio::test]
+async fn a_staff_broadcast_plays_on_every_output_of_its_zone_with_receipts() {
+    let p = pa(0.05, vec![]).await;
+    let mut body = order(
+        "请注意：今晚有大雨，请低洼地带居民做好转移准备。",
+        "live",
+        "yellow",
+    );
+    body["repeat"] = json!(2);
+    let b =
+        p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(body))
+            .await
+            .expect(StatusCode::CREATED);
+    assert_eq!(b["state"], "approved", "{b}");
+    assert_eq!(b["allowed_actions"], json!(["cancel", "correct"]));
+    let id = b["id"].as_str().unwrap();
+    let done = until(&p.h, &p.staff, id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    assert_eq!(
+        receipt(&done, "amp-office").as_deref(),
+        Some("finished"),
+        "{done}"
+    );
+    assert_eq!(
+        receipt(&done, "monitor").as_deref(),
+        Some("finished"),
+        "{done}"
+    );
+    // Played twice, one after the other, a real WAV each time.
+    let played = lines(&p.live_log);
+    assert_eq!(played.len(), 4, "{played:?}");
+    assert!(played[0].starts_with("start ") && played[1].starts_with("end "));
+    let wav = played[0].trim_start_matches("start ");
+    assert_eq!(&std::fs::read(wav).unwrap()[..4], b"RIFF");
+    let log: Vec<String> = done["receipt_log"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["output"] == "amp-office")
+        .map(|r| r["state"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(log, ["started", "finished"]);
+    // The speakers' audio is served by hash, to staff.
+    let audit = audited(&p.h).await;
+    assert!(
+        audit.iter().any(|a| a.contains("broadcast.request")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.contains("broadcast.receipt")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.contains("broadcast.start")),
+        "{audit:?}"
+    );
+    assert!(
+        audit.iter().any(|a| a.contains("broadcast.finish")),
+        "{audit:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_test_broadcast_reaches_only_monitor_outputs_and_says_it_is_a_test() {
+    let p = pa(0.05, vec![]).await;
+    let b =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("防汛广播系统测试。", "test", "red")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    // A test needs no second person even at red, and its spoken text says 测试 first.
+    assert_eq!(b["state"], "approved", "{b}");
+    assert!(
+        b["spoken_text"].as_str().unwrap().starts_with("测试"),
+        "{b}"
+    );
+    let id = b["id"].as_str().unwrap();
+    let done = until(&p.h, &p.staff, id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    assert_eq!(
+        receipt(&done, "monitor").as_deref(),
+        Some("finished"),
+        "{done}"
+    );
+    assert_eq!(receipt(&done, "amp-office"), None, "{done}");
+    assert!(lines(&p.live_log).is_empty());
+    assert_eq!(lines(&p.monitor_log).len(), 2);
+    // A zone without a monitor output records that nothing played, as intended.
+    let mut body = order("测试", "exercise", "blue");
+    body["zones"] = json!(["xiayang"]);
+    let b =
+        p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(body))
+            .await
+            .expect(StatusCode::CREATED);
+    let done = until(
+        &p.h,
+        &p.staff,
+        b["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        |v| v["state"] == "finished",
+    )
+    .await;
+    assert_eq!(done["receipts"][0]["state"], "simulated", "{done}");
+}
+
+#[tokio::test]
+async fn the_two_person_rule_holds_for_every_role_pair() {
+    use township_node::rules::eval::Level;
+    let p = pa(0.05, vec![Level::Red, Level::Orange]).await;
+    let h = &p.h;
+    let grid = h
+        .user("wang.fang", Role::GridWorker, "330723001001", None)
+        .await;
+    let handler = h
+        .user("chen.jun", Role::DeptHandler, "330723001", Some("water"))
+        .await;
+    let it = h.user("zhou.it", Role::CountyIt, "330723001", None).await;
+    let village_admin = h.user("cun.admin", Role::Admin, "330723001001", None).await;
+    let admin = h.user("xiang.admin", Role::Admin, "330723001", None).await;
+    // Who may not ask at all.
+    for s in [&grid, &handler, &it, &village_admin] {
+        h.act(
+            s,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("转移", "live", "red")),
+        )
+        .await
+        .expect(StatusCode::FORBIDDEN);
+    }
+    // Who may approve whose request: never their own; only township staff and admins in the area.
+    let requesters = [("li.ming", &p.staff), ("xiang.admin", &admin)];
+    let approvers: [(&str, &Session, bool); 7] = [
+        ("cun.admin", &village_admin, false),
+        ("li.ming", &p.staff, true),
+        ("zhao.lei", &p.staff2, true),
+        ("xiang.admin", &admin, true),
+        ("wang.fang", &grid, false),
+        ("chen.jun", &handler, false),
+        ("zhou.it", &it, false),
+    ];
+    for (requester, rs) in requesters {
+        for (approver, s, role_may) in &approvers {
+            let b = h
+                .act(
+                    rs,
+                    "POST",
+                    "/api/v1/broadcasts",
+                    Some(order("山洪红色预警，请立即转移。", "live", "red")),
+                )
+                .await
+                .expect(StatusCode::CREATED);
+            assert_eq!(b["state"], "requested", "{b}");
+            let id = b["id"].as_str().unwrap();
+            let answer = h
+                .act(
+                    s,
+                    "POST",
+                    &format!("/api/v1/broadcasts/{id}/transitions"),
+                    Some(json!({"action": "approve"})),
+                )
+                .await;
+            let expected = if !role_may {
+                StatusCode::FORBIDDEN
+            } else if *approver == requester {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
+            assert_eq!(
+                answer.status, expected,
+                "{requester} → {approver}: {}",
+                answer.body
+            );
+            // Nothing approved plays: cancel what is left so the next pair starts clean.
+            h.act(
+                rs,
+                "POST",
+                &format!("/api/v1/broadcasts/{id}/transitions"),
+                Some(json!({"action": "cancel"})),
+            )
+            .await
+            .expect(StatusCode::OK);
+        }
+    }
+    // While waiting for its second person, a red plays nowhere. (The approved ones above may have
+    // begun before their cancel: let them end first.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = lines(&p.live_log).len();
+    let b = h
+        .act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("山洪红色预警", "live", "red")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let id = b["id"].as_str().unwrap().to_string();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lines(&p.live_log).len(), before, "played without approval");
+    h.act(
+        &p.staff2,
+        "POST",
+        &format!("/api/v1/broadcasts/{id}/transitions"),
+        Some(json!({"action": "approve"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let done = until(h, &p.staff, &id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    assert_eq!(done["approver"], "zhao.lei");
+    assert_eq!(lines(&p.live_log).len(), before + 2);
+}
+
+#[tokio::test]
+async fn cancel_stops_a_playing_broadcast_on_every_output_within_two_seconds() {
+    let p = pa(60.0, vec![]).await;
+    let b =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("长时间广播", "live", "blue")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let id = b["id"].as_str().unwrap();
+    until(&p.h, &p.staff, id, Duration::from_secs(30), |v| {
+        receipt(v, "amp-office").as_deref() == Some("started")
+            && receipt(v, "monitor").as_deref() == Some("started")
+    })
+    .await;
+    let clicked = Instant::now();
+    p.h.act(
+        &p.staff,
+        "POST",
+        &format!("/api/v1/broadcasts/{id}/transitions"),
+        Some(json!({"action": "cancel", "note": "误发"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    let v = until(&p.h, &p.staff, id, Duration::from_secs(10), |v| {
+        receipt(v, "amp-office").as_deref() == Some("stopped")
+            && receipt(v, "monitor").as_deref() == Some("stopped")
+    })
+    .await;
+    let took = clicked.elapsed();
+    assert!(took < Duration::from_secs(2), "stopped after {took:?}");
+    assert_eq!(v["state"], "cancelled");
+    // The players really ended: no `end` line ever comes.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        lines(&p.live_log).iter().all(|l| l.starts_with("start")),
+        "{:?}",
+        lines(&p.live_log)
+    );
+}
+
+#[tokio::test]
+async fn a_correction_cancels_and_plays_within_a_minute_without_a_second_approval() {
+    use township_node::rules::eval::Level;
+    let p = pa(30.0, vec![Level::Red]).await;
+    let b =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("导弹来袭，立即避难。", "live", "red")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let id = b["id"].as_str().unwrap().to_string();
+    p.h.act(
+        &p.staff2,
+        "POST",
+        &format!("/api/v1/broadcasts/{id}/transitions"),
+        Some(json!({"action": "approve"})),
+    )
+    .await
+    .expect(StatusCode::OK);
+    until(&p.h, &p.staff, &id, Duration::from_secs(30), |v| {
+        receipt(v, "amp-office").as_deref() == Some("started")
+    })
+    .await;
+    let clicked = Instant::now();
+    let v =
+        p.h.act(
+            &p.staff,
+            "POST",
+            &format!("/api/v1/broadcasts/{id}/transitions"),
+            Some(json!({"action": "correct", "note": "这是误报，没有危险。"})),
+        )
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(v["state"], "cancelled", "{v}");
+    let correction = v["correction"].as_str().unwrap().to_string();
+    let c = until(&p.h, &p.staff, &correction, Duration::from_secs(60), |v| {
+        receipt(v, "amp-office").as_deref() == Some("started")
+    })
+    .await;
+    let took = clicked.elapsed();
+    assert!(
+        took < Duration::from_secs(60),
+        "the correction started after {took:?}"
+    );
+    assert!(c["text"].as_str().unwrap().starts_with("更正"), "{c}");
+    assert!(
+        c["text"].as_str().unwrap().contains("导弹来袭"),
+        "names what it corrects: {c}"
+    );
+    assert_eq!(c["corrects"], id.as_str());
+    assert_eq!(c["approver"], Value::Null, "no second approval was needed");
+    let original = until(&p.h, &p.staff, &id, Duration::from_secs(5), |v| {
+        receipt(v, "amp-office").as_deref() == Some("stopped")
+    })
+    .await;
+    assert_eq!(original["correction"], correction.as_str());
+}
+
+#[tokio::test]
+async fn a_red_pre_empts_a_routine_programme_which_then_plays_again_from_its_start() {
+    let p = pa(1.5, vec![]).await;
+    let routine =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("政策宣讲：医保缴费提醒。", "live", "routine")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let rid = routine["id"].as_str().unwrap().to_string();
+    until(&p.h, &p.staff, &rid, Duration::from_secs(30), |v| {
+        receipt(v, "amp-office").as_deref() == Some("started")
+    })
+    .await;
+    let red =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("山洪红色预警，请立即转移。", "live", "red")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let red_id = red["id"].as_str().unwrap().to_string();
+    // Equal levels queue: a second routine waits behind the first.
+    let second =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("政策宣讲：垃圾分类。", "live", "routine")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let sid = second["id"].as_str().unwrap().to_string();
+    for id in [&red_id, &rid, &sid] {
+        until(&p.h, &p.staff, id, Duration::from_secs(60), |v| {
+            v["state"] == "finished"
+        })
+        .await;
+    }
+    let order_seen: Vec<String> = lines(&p.live_log);
+    let files: Vec<&str> = order_seen
+        .iter()
+        .map(|l| l.split_once(' ').unwrap().1)
+        .collect();
+    // routine starts, is cut (no end), red plays whole, routine plays whole, then the second.
+    assert_eq!(order_seen.len(), 7, "{order_seen:?}");
+    assert!(
+        order_seen[0].starts_with("start") && order_seen[1].starts_with("start"),
+        "{order_seen:?}"
+    );
+    assert_eq!(
+        files[0], files[3],
+        "the routine plays again: {order_seen:?}"
+    );
+    assert_eq!(files[1], files[2], "the red played whole: {order_seen:?}");
+    assert_ne!(files[0], files[1]);
+    assert_ne!(files[5], files[0]);
+}
+
+fn wav(seconds: f64) -> Vec<u8> {
+    let rate = 8000u32;
+    let data = (f64::from(rate) * seconds) as u32 * 2;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data.to_le_bytes());
+    out.resize(out.len() + data as usize, 0);
+    out
+}
+
+#[tokio::test]
+async fn a_recorded_message_plays_instead_of_speech_and_other_files_are_refused() {
+    let p = pa(0.05, vec![]).await;
+    let mut body = order("", "live", "blue");
+    body.as_object_mut().unwrap().remove("text");
+    let b =
+        p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(body))
+            .await
+            .expect(StatusCode::CREATED);
+    let id = b["id"].as_str().unwrap().to_string();
+    // Without text it waits for its audio.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(lines(&p.live_log).is_empty());
+    let uri = format!("/api/v1/broadcasts/{id}/audio");
+    let (ct, pdf) = multipart("file", "message.wav", b"%PDF-1.7 this is not audio");
+    let (status, _, _) = p.h.send_raw(&p.staff, "POST", &uri, &ct, pdf).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let grid =
+        p.h.user("wang.fang", Role::GridWorker, "330723001001", None)
+            .await;
+    let (ct, good) = multipart("file", "message.wav", &wav(0.5));
+    let (status, _, _) = p.h.send_raw(&grid, "POST", &uri, &ct, good.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, _, answer) = p.h.send_raw(&p.staff, "POST", &uri, &ct, good).await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let v: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(v["audio"]["mime"], "audio/wav");
+    assert_eq!(v["audio"]["duration_ms"], 500);
+    let done = until(&p.h, &p.staff, &id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    let played = lines(&p.live_log);
+    let file = played[0].trim_start_matches("start ");
+    assert_eq!(std::fs::read(file).unwrap(), wav(0.5), "{done}");
+    // A second audio is refused: the message is fixed once it has one.
+    let (ct, again) = multipart("file", "m.wav", &wav(0.2));
+    let (status, _, _) = p.h.send_raw(&p.staff, "POST", &uri, &ct, again).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn zones_show_their_outputs_health_and_audio_is_served_only_to_staff_and_speakers() {
+    let p = pa(0.05, vec![]).await;
+    let grid =
+        p.h.user("wang.fang", Role::GridWorker, "330723001001", None)
+            .await;
+    let z =
+        p.h.act(&grid, "GET", "/api/v1/pa/zones", None)
+            .await
+            .expect(StatusCode::OK);
+    let zones = z["zones"].as_array().unwrap();
+    // A grid worker of 王宅村 sees her own village's zone only.
+    assert_eq!(zones.len(), 1, "{z}");
+    assert_eq!(zones[0]["outputs"][0]["health"]["status"], "unknown");
+    let b =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("通知", "live", "blue")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    until(
+        &p.h,
+        &p.staff,
+        b["id"].as_str().unwrap(),
+        Duration::from_secs(30),
+        |v| v["state"] == "finished",
+    )
+    .await;
+    let z =
+        p.h.act(&p.staff, "GET", "/api/v1/pa/zones", None)
+            .await
+            .expect(StatusCode::OK);
+    assert_eq!(z["zones"].as_array().unwrap().len(), 2);
+    assert_eq!(z["zones"][0]["outputs"][0]["health"]["status"], "ok", "{z}");
+    let played = lines(&p.live_log);
+    let wav = std::fs::read(played[0].trim_start_matches("start ")).unwrap();
+    let sha = township_node::blobs::sha256_hex(&wav);
+    let uri = format!("/api/v1/pa/audio/{sha}");
+    let got =
+        p.h.send_raw(&p.staff, "GET", &uri, "application/octet-stream", vec![])
+            .await;
+    assert_eq!(got.0, StatusCode::OK);
+    assert_eq!(got.2, wav);
+    let refused =
+        p.h.send_raw(&grid, "GET", &uri, "application/octet-stream", vec![])
+            .await;
+    assert_eq!(refused.0, StatusCode::UNAUTHORIZED);
+}
+
+/// Writes a broadcast record as a hostile node would, bypassing the API.
+async fn forge(
+    h: &Harness,
+    scope: &str,
+    author: township_sync::Author,
+    content_text: &str,
+    sign: Option<std::sync::Arc<township_sync::NodeKey>>,
+    tamper: bool,
+) -> uuid::Uuid {
+    let docs = h.state().docs.clone();
+    let scope: township_sync::AreaCode = scope.parse().unwrap();
+    let hlc = h.state().write_ctx().timestamp();
+    let text = content_text.to_string();
+    let key = sign;
+    h.state()
+        .store
+        .write(move |c| {
+            let content = township_node::broadcast::Content {
+                text: text.clone(),
+                zones: vec!["wangzhai".into()],
+                mode: township_node::broadcast::Mode::Live,
+                level: township_node::broadcast::Priority::Warning(
+                    township_node::rules::eval::Level::Blue,
+                ),
+                repeat: 1,
+                start_ms: crate::common::harness::START_MS,
+                expires_ms: crate::common::harness::START_MS + 3_600_000,
+                warning: None,
+                corrects: None,
+                needs_second: false,
+                rule: None,
+            };
+            let meta = docs.create(c, &author, "broadcast", &scope, |d| {
+                content.write(d)?;
+                township_sync::workflow::init(d)?;
+                Ok(())
+            })?;
+            let mut t = township_sync::Transition {
+                id: uuid::Uuid::now_v7().to_string(),
+                at: hlc,
+                actor: author
+                    .person
+                    .as_ref()
+                    .map_or("system".into(), |p| p.name.clone()),
+                role: author
+                    .person
+                    .as_ref()
+                    .map_or("system".into(), |p| p.role.clone()),
+                action: "request".into(),
+                data: Default::default(),
+                written: Default::default(),
+            };
+            if let Some(k) = &key {
+                let digest = content.digest(meta.id, &scope);
+                township_node::broadcast::sign_with(k, &digest, &mut t);
+            }
+            let tampered = if tamper {
+                Some(format!("{text}（已篡改）"))
+            } else {
+                None
+            };
+            docs.change(c, &author, meta.id, move |d| {
+                township_sync::workflow::append(d, &t)?;
+                if let Some(text) = tampered {
+                    use automerge::ReadDoc;
+                    use automerge::transaction::Transactable;
+                    if let Some((_, map)) = d.get(automerge::ROOT, "content")? {
+                        d.put(&map, "text", text)?;
+                    }
+                }
+                Ok(())
+            })?;
+            Ok::<_, StoreError>(meta.id)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn orders_forged_from_below_signed_by_strangers_altered_or_expired_never_play() {
+    let p = pa(0.05, vec![]).await;
+    let village: township_sync::AreaCode = "330723001001".parse().unwrap();
+    let township: township_sync::AreaCode = "330723001".parse().unwrap();
+    let person = |name: &str, role: &str, area: &township_sync::AreaCode| township_sync::Person {
+        name: name.into(),
+        role: role.into(),
+        area: area.clone(),
+    };
+    let stranger = std::sync::Arc::new(township_sync::NodeKey::generate().unwrap().0);
+    let own = p.h.state().key.clone();
+    let mut ids = Vec::new();
+    // 1. A village hub's grid worker orders a broadcast (no signature at all).
+    ids.push(
+        forge(
+            &p.h,
+            "330723001001",
+            township_sync::Author::person(
+                village.clone(),
+                person("wang.fang", "grid_worker", &village),
+            ),
+            "伪造一",
+            None,
+            false,
+        )
+        .await,
+    );
+    // 2. The village hub claims a township staff member, signed with its own (unknown) key.
+    ids.push(
+        forge(
+            &p.h,
+            "330723001001",
+            township_sync::Author::person(
+                village.clone(),
+                person("li.ming", "township_staff", &township),
+            ),
+            "伪造二",
+            Some(stranger.clone()),
+            false,
+        )
+        .await,
+    );
+    // 3. A well-formed order from this node, signed by a stranger's key.
+    ids.push(
+        forge(
+            &p.h,
+            "330723001",
+            township_sync::Author::person(
+                township.clone(),
+                person("li.ming", "township_staff", &township),
+            ),
+            "伪造三",
+            Some(stranger.clone()),
+            false,
+        )
+        .await,
+    );
+    // 4. Signed by this node, then its text altered.
+    ids.push(
+        forge(
+            &p.h,
+            "330723001",
+            township_sync::Author::person(
+                township.clone(),
+                person("li.ming", "township_staff", &township),
+            ),
+            "伪造四",
+            Some(own.clone()),
+            true,
+        )
+        .await,
+    );
+    // 5. A sound order signed by this node, as a control: it plays.
+    let control = forge(
+        &p.h,
+        "330723001",
+        township_sync::Author::person(
+            township.clone(),
+            person("li.ming", "township_staff", &township),
+        ),
+        "真实通知",
+        Some(own.clone()),
+        false,
+    )
+    .await;
+    until(
+        &p.h,
+        &p.staff,
+        &control.to_string(),
+        Duration::from_secs(30),
+        |v| v["state"] == "finished",
+    )
+    .await;
+    for id in &ids {
+        let v =
+            p.h.act(&p.staff, "GET", &format!("/api/v1/broadcasts/{id}"), None)
+                .await
+                .expect(StatusCode::OK);
+        assert!(v["receipts"].as_array().unwrap().is_empty(), "{v}");
+    }
+    let played = lines(&p.live_log);
+    assert_eq!(played.len(), 2, "only the control played: {played:?}");
+    let audit = audited(&p.h).await;
+    let refused: Vec<&String> = audit
+        .iter()
+        .filter(|a| a.starts_with("broadcast.refused"))
+        .collect();
+    // The stranger's signature and the altered text are refused and audited; the two made below
+    // never even count as requested (their claims fail where the fold reads them).
+    assert_eq!(refused.len(), 2, "{audit:?}");
+    assert!(
+        refused.iter().any(|a| a.contains("unsigned")),
+        "{refused:?}"
+    );
+    assert!(refused.iter().any(|a| a.contains("altered")), "{refused:?}");
+    for id in &ids[..2] {
+        let v =
+            p.h.act(&p.staff, "GET", &format!("/api/v1/broadcasts/{id}"), None)
+                .await
+                .expect(StatusCode::OK);
+        assert_eq!(v["conflicts"].as_array().unwrap().len(), 1, "{v}");
+    }
+    let metrics = p.h.state().pa_counters.render(&p.h.state().pa_outputs, 0);
+    assert!(
+        metrics.contains("township_pa_orders_refused_total{reason=\"unsigned\"} 1"),
+        "{metrics}"
+    );
+}
