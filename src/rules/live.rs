@@ -507,8 +507,13 @@ async fn reload(rt: &Runtime, seen: &mut Option<(i64, i64)>) {
 pub async fn run(rt: Runtime) {
     let mut readings = rt.telemetry.events.subscribe();
     let mut rule_set = None;
-    reload(&rt, &mut rule_set).await;
     let mut seen_seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
+    reload(&rt, &mut rule_set).await;
+    // A local write moves the sequence before its transaction commits, so a load on the tick that
+    // noticed the move may not see the rule yet: every change is looked at on one more tick (the
+    // look costs one indexed query when nothing changed). Without it a rule written just before or
+    // during a load waited for some unrelated record change to be loaded.
+    let mut look_again = true;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -534,6 +539,10 @@ pub async fn run(rt: Runtime) {
                 let seq = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
                 if seq != seen_seq {
                     seen_seq = seq;
+                    look_again = true;
+                    reload(&rt, &mut rule_set).await;
+                } else if look_again {
+                    look_again = false;
                     reload(&rt, &mut rule_set).await;
                 }
                 rt.watch.tick(rt.clock.now_ms());
