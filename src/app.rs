@@ -564,6 +564,10 @@ pub fn start_broadcasts(state: &AppState) {
     state
         .tasks
         .spawn(crate::broadcast::engine::run(state.broadcast_runtime()));
+    state.tasks.spawn(crate::broadcast::auto::run(
+        state.broadcast_runtime(),
+        state.warnings.clone(),
+    ));
 }
 
 /// A node opened from its data directory, holding the directory lock until dropped.

@@ -21,6 +21,7 @@
 //! [`engine`]. A forged, altered or replayed order therefore never plays even if a node on the way
 //! is hostile.
 
+pub mod auto;
 pub mod engine;
 pub mod receipts;
 mod routes;

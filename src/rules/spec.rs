@@ -79,8 +79,32 @@ pub struct RuleBody {
     pub event: Event,
     #[serde(default)]
     pub auto_issue: Vec<Level>,
+    /// Levels at which an issued warning of this rule goes on the loudspeakers with nobody at a
+    /// desk (issue 13), on `broadcast_zones` with `broadcast_message`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub auto_broadcast: Vec<Level>,
+    /// Zone ids, or area codes standing for every zone inside them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub broadcast_zones: Vec<String>,
+    /// The spoken text; `{level}` becomes the level's name (红色…) and `{rule}` the rule's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast_message: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
+}
+
+/// The spoken text when a rule gives none.
+pub const DEFAULT_BROADCAST_MESSAGE: &str = "紧急通知：{rule}，现已发布{level}预警。请立即按照村里的安排转移到安全地点，不要靠近河道和山边。";
+
+impl RuleBody {
+    /// The spoken text of this rule's automatic broadcast at `level`.
+    pub fn broadcast_text(&self, level: Level) -> String {
+        self.broadcast_message
+            .as_deref()
+            .unwrap_or(DEFAULT_BROADCAST_MESSAGE)
+            .replace("{level}", crate::warnings::automation::level_zh(level))
+            .replace("{rule}", self.name.trim())
+    }
 }
 
 fn default_event() -> Event {
@@ -186,6 +210,7 @@ pub fn validate(body: RuleBody) -> Result<Rule, Invalid> {
         ("levels", body.levels.is_some()),
         ("op", body.op.is_some()),
         ("auto_issue", !body.auto_issue.is_empty()),
+        ("auto_broadcast", !body.auto_broadcast.is_empty()),
     ] {
         if stale && present {
             return Err(Invalid::new(
@@ -249,6 +274,48 @@ pub fn validate(body: RuleBody) -> Result<Rule, Invalid> {
                 format!("{l} is not one of this rule's levels"),
             ));
         }
+    }
+    if let Some(l) = body
+        .auto_broadcast
+        .iter()
+        .find(|l| levels[**l as usize].is_none())
+    {
+        return Err(Invalid::new(
+            "auto_broadcast",
+            format!("{l} is not one of this rule's levels"),
+        ));
+    }
+    if !body.auto_broadcast.is_empty() && body.broadcast_zones.is_empty() {
+        return Err(Invalid::new(
+            "broadcast_zones",
+            "say which zones an automatic broadcast plays on",
+        ));
+    }
+    if body.broadcast_zones.len() > 50 {
+        return Err(Invalid::new("broadcast_zones", "at most 50 zones"));
+    }
+    for z in &body.broadcast_zones {
+        let zone_id = !z.is_empty()
+            && z.len() <= 64
+            && z.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
+        if !zone_id && z.parse::<AreaCode>().is_err() {
+            return Err(Invalid::new(
+                "broadcast_zones",
+                format!("`{z}` is neither a zone id nor an area code"),
+            ));
+        }
+        if let Ok(a) = z.parse::<AreaCode>()
+            && !area.contains(&a)
+        {
+            return Err(Invalid::new(
+                "broadcast_zones",
+                format!("{a} lies outside the rule's area {area}"),
+            ));
+        }
+    }
+    if let Some(m) = &body.broadcast_message {
+        name_like("broadcast_message", m, 500)?;
     }
     let spec = Spec {
         measure,

@@ -68,6 +68,13 @@ async fn pa(secs: f64, two_person: Vec<township_node::rules::eval::Level>) -> Pa
             ],
             ..PaConfig::default()
         },
+        devices: vec![
+            toml::from_str(
+                "id = \"wl-01\"\nname = \"熟溪水位站\"\narea = \"330723001001\"\ndriver = \"hj212\"\nmn = \"MNWL01\"\n\
+                 points = [{ metric = \"water_level\", unit = \"m\", min = 0.0, max = 20.0 }]",
+            )
+            .unwrap(),
+        ],
         ..Config::default()
     };
     let h = Harness::with_config(config).await;
@@ -862,4 +869,95 @@ async fn orders_forged_from_below_signed_by_strangers_altered_or_expired_never_p
         metrics.contains("township_pa_orders_refused_total{reason=\"unsigned\"} 1"),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn a_red_reading_puts_the_rules_message_on_the_loudspeakers_with_nobody_at_a_desk() {
+    let p = pa(0.05, vec![township_node::rules::eval::Level::Red]).await;
+    township_node::app::start_telemetry(p.h.state());
+    township_node::app::start_rules(p.h.state());
+    p.h.act(&p.staff, "POST", "/api/v1/rules", Some(json!({"name": "熟溪水位", "area": "330723001", "device": "wl-01",
+        "metric": "water_level", "kind": "threshold", "levels": {"orange": 4.0, "red": 4.5}, "event": "flood",
+        "auto_issue": ["red"], "auto_broadcast": ["red"], "broadcast_zones": ["330723001001"],
+        "broadcast_message": "{rule}{level}预警：熟溪水位超过警戒，请沿河居民立即转移。"})))
+        .await
+        .expect(StatusCode::CREATED);
+    // A rule naming a level it does not have, or no zones, is refused with the field named.
+    let bad = p.h.act(&p.staff, "POST", "/api/v1/rules", Some(json!({"name": "x", "area": "330723001", "device": "wl-01",
+        "metric": "water_level", "kind": "threshold", "levels": {"red": 4.5}, "auto_broadcast": ["red"]})))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    assert!(bad.to_string().contains("broadcast_zones"), "{bad}");
+    let mut t = crate::common::harness::START_MS - 600_000;
+    let broadcast = loop {
+        t += 1000;
+        p.h.commit(vec![crate::common::harness::reading(
+            "wl-01",
+            "water_level",
+            t,
+            4.8,
+            township_drivers::Quality::Good,
+        )])
+        .await;
+        let list =
+            p.h.act(&p.staff, "GET", "/api/v1/broadcasts", None)
+                .await
+                .expect(StatusCode::OK);
+        if let Some(b) = list["broadcasts"].as_array().unwrap().first() {
+            break b.clone();
+        }
+        if t >= crate::common::harness::START_MS {
+            let w =
+                p.h.act(&p.staff, "GET", "/api/v1/warnings", None)
+                    .await
+                    .expect(StatusCode::OK);
+            let r =
+                p.h.act(&p.staff, "GET", "/api/v1/rules", None)
+                    .await
+                    .expect(StatusCode::OK);
+            panic!("no broadcast was made; warnings {w}; rules {r}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(broadcast["level"], "red");
+    assert_eq!(broadcast["requester"], "system");
+    assert!(
+        broadcast["text"]
+            .as_str()
+            .unwrap()
+            .starts_with("熟溪水位红色预警"),
+        "{broadcast}"
+    );
+    let id = broadcast["id"].as_str().unwrap().to_string();
+    // A red at a two-person level plays without a second person: the rule's writers decided ahead.
+    let done = until(&p.h, &p.staff, &id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    assert!(
+        done["rule"].is_string() && done["warning"].is_string(),
+        "{done}"
+    );
+    assert_eq!(
+        lines(&p.live_log).len(),
+        6,
+        "three times on the live output"
+    );
+    // More red readings make no second broadcast for the same warning and level.
+    for i in 1..5 {
+        p.h.commit(vec![crate::common::harness::reading(
+            "wl-01",
+            "water_level",
+            t + i * 1000,
+            4.9,
+            township_drivers::Quality::Good,
+        )])
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let list =
+        p.h.act(&p.staff, "GET", "/api/v1/broadcasts", None)
+            .await
+            .expect(StatusCode::OK);
+    assert_eq!(list["broadcasts"].as_array().unwrap().len(), 1, "{list}");
 }
