@@ -48,6 +48,8 @@ use crate::store::{Store, StoreError};
 
 /// How long a speaker has to report `started` after its play command before it is `unreachable`.
 const SPEAKER_START_TIMEOUT: Duration = Duration::from_secs(15);
+/// The same for a speaker whose heartbeat has stopped.
+const OFFLINE_SPEAKER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Slack on top of the audio's own length before a play counts as hung.
 const PLAY_SLACK: Duration = Duration::from_secs(30);
 /// Over broadcasts are still looked at this long (to stop what was cancelled while queued).
@@ -1053,7 +1055,14 @@ async fn play_speaker(
     receipt(speaker, Stage::Commanded, String::new());
     let total = item.duration * item.repeat + PLAY_SLACK;
     let mut started = false;
-    let start_deadline = tokio::time::Instant::now() + SPEAKER_START_TIMEOUT;
+    // A speaker silent for longer than its heartbeat period gets a short chance only: the zone's
+    // receipts should say it is unreachable while people still wait for them.
+    let start_timeout = if rt.outputs.speaker_online(speaker, rt.ctx.now_ms()) {
+        SPEAKER_START_TIMEOUT
+    } else {
+        OFFLINE_SPEAKER_TIMEOUT
+    };
+    let start_deadline = tokio::time::Instant::now() + start_timeout;
     let end_deadline = tokio::time::Instant::now() + SPEAKER_START_TIMEOUT + total;
     loop {
         let deadline = if started {

@@ -19,6 +19,7 @@ mod incidents;
 mod layers;
 mod listeners;
 mod module_docs;
+mod pa_peers;
 mod rules;
 mod sensors;
 mod signin;
