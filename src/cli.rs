@@ -356,6 +356,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             if config.devices.is_empty() {
                 crate::demo::add_stations(&mut config);
             }
+            if config.pa.zones.is_empty() {
+                crate::demo::add_loudspeakers(&mut config, dir.root());
+            }
             if let Some(format) = log_format {
                 config.log.format = format;
             }

@@ -175,6 +175,65 @@ pub fn add_stations(config: &mut Config) {
     config.simulator.storm_peak = 45.0;
 }
 
+/// Loudspeakers for the demo: 王宅村 and the township hall each a zone whose "amplifier" keeps every
+/// broadcast it plays as a WAV under `<data dir>/loudspeakers/<zone>/` (so a newcomer without a sound
+/// card can listen afterwards; with `aplay` installed the township hall also plays aloud), and a
+/// monitor output in the office, the only place a test broadcast reaches.
+pub fn add_loudspeakers(config: &mut Config, data_dir: &std::path::Path) {
+    use crate::pa::config::{CommandOutput, Output, Zone};
+    let keep = |zone: &str| {
+        let dir = data_dir.join("loudspeakers").join(zone);
+        vec![
+            "sh".to_string(),
+            "-c".into(),
+            "mkdir -p \"$1\" && cp \"$2\" \"$1/$(date +%Y%m%d-%H%M%S)-$$.wav\" && sleep 2".into(),
+            "sh".into(),
+            dir.display().to_string(),
+            "{file}".into(),
+        ]
+    };
+    let aloud = std::process::Command::new("aplay")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let hall = if aloud {
+        vec!["aplay".to_string(), "-q".into(), "{file}".into()]
+    } else {
+        keep("hall")
+    };
+    config.pa.outputs = vec![
+        Output::AudioCommand(CommandOutput {
+            id: "amp-wangzhai".into(),
+            command: keep("wangzhai"),
+            test: false,
+        }),
+        Output::AudioCommand(CommandOutput {
+            id: "amp-hall".into(),
+            command: hall,
+            test: false,
+        }),
+        Output::AudioCommand(CommandOutput {
+            id: "office-monitor".into(),
+            command: keep("office-monitor"),
+            test: true,
+        }),
+    ];
+    config.pa.zones = vec![
+        Zone {
+            id: "wangzhai".into(),
+            name: "王宅村".into(),
+            area: "330723001001".into(),
+            outputs: vec!["amp-wangzhai".into(), "office-monitor".into()],
+        },
+        Zone {
+            id: "hall".into(),
+            name: "熟溪街道办".into(),
+            area: "330723001".into(),
+            outputs: vec!["amp-hall".into(), "office-monitor".into()],
+        },
+    ];
+}
+
 pub async fn seed(dir: &DataDir, config: Config, password: &str) -> Result<usize, NodeError> {
     let now = crate::clock::system_now_ms();
     let clock = Clock::manual(now - 10 * 24 * 3600 * 1000);
@@ -353,7 +412,10 @@ async fn seed_rules(state: &AppState, staff: &Actor) -> Result<(), String> {
         serde_json::json!({"name": "熟溪水位", "area": "330723001", "device": "wl-shuxi", "metric": "water_level",
             "kind": "threshold", "op": ">=", "levels": {"blue": 2.4, "yellow": 2.8, "orange": 3.2, "red": 4.5},
             "for": "10s", "hysteresis": 0.05, "clear_after": "30s",
-            "event": "flood", "auto_issue": ["red", "orange"], "enabled": true}),
+            "event": "flood", "auto_issue": ["red", "orange"],
+            "auto_broadcast": ["red", "orange"], "broadcast_zones": ["330723001001"],
+            "broadcast_message": "{rule}{level}预警：熟溪水位上涨，请沿河低洼地带居民立即转移到安全地点。",
+            "enabled": true}),
         serde_json::json!({"name": "熟溪流域累计雨量", "area": "330723001", "device": "rain-shuxi", "metric": "rainfall",
             "kind": "rolling_sum", "window": "10m", "levels": {"yellow": 30.0, "orange": 50.0},
             "event": "rainstorm", "auto_issue": ["orange"], "enabled": true}),

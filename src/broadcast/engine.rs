@@ -243,6 +243,13 @@ fn verdict(
             ));
         }
     }
+    // Past its expiry it can never play, approved or not.
+    if now_ms >= content.expires_ms {
+        return Ok(Verdict::Refuse(
+            "expired",
+            "its time to play had passed before it could start".into(),
+        ));
+    }
     if content.text.is_empty() && loaded.outcome.state.audio.is_none() {
         return Ok(Verdict::Wait);
     }
@@ -269,12 +276,6 @@ fn verdict(
     }
     if now_ms < content.start_ms {
         return Ok(Verdict::Wait);
-    }
-    if now_ms >= content.expires_ms {
-        return Ok(Verdict::Refuse(
-            "expired",
-            "its time to play had passed before it could start".into(),
-        ));
     }
     Ok(Verdict::Play)
 }
@@ -559,21 +560,22 @@ async fn look(
         if tracked.contains_key(&id) || preparing.contains(&id) {
             continue;
         }
-        if !matches!(state, State::Approved | State::Playing) {
-            // Requested and waiting for its second person, or finished elsewhere.
-            if state == State::Finished {
+        if state == State::Finished {
+            // Finished elsewhere before it came here.
+            settled.insert(id);
+            continue;
+        }
+        // A forged or expired order is refused whether it waits for its second person or not.
+        if let Some(Verdict::Refuse(reason, detail)) = &verdict {
+            if matches!(state, State::Requested | State::Approved | State::Playing) {
+                refuse(rt, &loaded, reason, detail).await;
                 settled.insert(id);
             }
             continue;
         }
-        match verdict {
-            Some(Verdict::Play) => {}
-            Some(Verdict::Wait) | None => continue,
-            Some(Verdict::Refuse(reason, detail)) => {
-                refuse(rt, &loaded, reason, &detail).await;
-                settled.insert(id);
-                continue;
-            }
+        if !matches!(state, State::Approved | State::Playing) || verdict != Some(Verdict::Play) {
+            // Waiting for its second person, its audio or its start time.
+            continue;
         }
         let Ok(content) = loaded.content.clone() else {
             continue;
@@ -781,7 +783,24 @@ async fn zone_player(
     loop {
         if current.is_none() {
             let now = rt.ctx.now_ms();
-            queue.retain(|i| i.expires_ms > now);
+            // What waited past its expiry behind higher levels is dropped, and said so.
+            let (stale, fresh): (VecDeque<Item>, VecDeque<Item>) =
+                queue.drain(..).partition(|i| i.expires_ms <= now);
+            queue = fresh;
+            for item in stale {
+                let _ = receipts.send((
+                    item.broadcast,
+                    Entry {
+                        zone: zone.clone(),
+                        output: String::new(),
+                        stage: Stage::Failed,
+                        detail: "expired while waiting behind higher levels".into(),
+                    },
+                ));
+                let _ = reports
+                    .send(ZoneReport::Done(item.broadcast, zone.clone()))
+                    .await;
+            }
             if let Some(next) = queue.pop_front() {
                 let token = rt.shutdown.child_token();
                 let handle = tokio::spawn(play(

@@ -961,3 +961,279 @@ async fn a_red_reading_puts_the_rules_message_on_the_loudspeakers_with_nobody_at
             .expect(StatusCode::OK);
     assert_eq!(list["broadcasts"].as_array().unwrap().len(), 1, "{list}");
 }
+
+/// A small deterministic generator, so a failing case can be replayed from its seed.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+/// One hostile record, built as a node on the way would build it: its own document, its own author
+/// claims, bytes merged through the sync path.
+fn hostile_record(
+    rng: &mut XorShift,
+    own: &township_sync::NodeKey,
+    stranger: &township_sync::NodeKey,
+    replayed: &township_sync::Transition,
+) -> (uuid::Uuid, String, Vec<u8>, bool) {
+    use automerge::transaction::{CommitOptions, Transactable};
+    use township_node::broadcast::{Content, Mode, Priority};
+    use township_node::rules::eval::Level;
+    let township: township_sync::AreaCode = "330723001".parse().unwrap();
+    let village: township_sync::AreaCode = "330723001001".parse().unwrap();
+    let variant = rng.next() % 8;
+    let now = crate::common::harness::START_MS;
+    let (scope, claim_area, person_area, role) = match variant {
+        // A village hub claiming a township staff member (refused where it merges from below).
+        7 => (
+            village.clone(),
+            village.clone(),
+            township.clone(),
+            "township_staff",
+        ),
+        _ => (
+            township.clone(),
+            township.clone(),
+            township.clone(),
+            "township_staff",
+        ),
+    };
+    let author = township_sync::Author::person(
+        claim_area,
+        township_sync::Person {
+            name: "li.ming".into(),
+            role: role.into(),
+            area: person_area,
+        },
+    );
+    let id = uuid::Uuid::now_v7();
+    let expired = variant == 4;
+    let content = Content {
+        text: format!("伪造的广播 {}", rng.next() % 1000),
+        zones: vec![if rng.next().is_multiple_of(2) {
+            "wangzhai".into()
+        } else {
+            "330723001001".into()
+        }],
+        mode: Mode::Live,
+        level: Priority::Warning(Level::ALL[(rng.next() % 4) as usize]),
+        repeat: 1,
+        start_ms: if expired { now - 7_200_000 } else { now },
+        expires_ms: if expired {
+            now - 3_600_000
+        } else {
+            now + 3_600_000
+        },
+        warning: None,
+        corrects: None,
+        needs_second: variant == 5,
+        rule: None,
+    };
+    let mut t = township_sync::Transition {
+        id: uuid::Uuid::now_v7().to_string(),
+        at: township_sync::Timestamp {
+            wall_ms: now as u64,
+            counter: (rng.next() % 1000) as u32,
+        },
+        actor: "li.ming".into(),
+        role: role.into(),
+        action: "request".into(),
+        data: Default::default(),
+        written: Default::default(),
+    };
+    let digest = content.digest(id, &scope);
+    match variant {
+        0 => {} // unsigned
+        1 => township_node::broadcast::sign_with(stranger, &digest, &mut t),
+        2 => {
+            // Signed by this node over other words than it carries.
+            let mut other = content.clone();
+            other.text.push('！');
+            township_node::broadcast::sign_with(own, &other.digest(id, &scope), &mut t);
+        }
+        3 => t = replayed.clone(), // a real signed request from another broadcast, copied
+        4 | 7 => township_node::broadcast::sign_with(own, &digest, &mut t),
+        5 => township_node::broadcast::sign_with(own, &digest, &mut t),
+        _ => township_node::broadcast::sign_with(own, &digest, &mut t),
+    }
+    let mut doc = automerge::AutoCommit::new();
+    doc.put(automerge::ROOT, "_kind", "broadcast").unwrap();
+    doc.put(automerge::ROOT, "_scope", scope.as_str()).unwrap();
+    content.write(&mut doc).unwrap();
+    township_sync::workflow::init(&mut doc).unwrap();
+    township_sync::workflow::append(&mut doc, &t).unwrap();
+    doc.commit_with(CommitOptions::default().with_message(author.encode()));
+    if variant == 5 {
+        // A second person's approval, in its own change under their name, but unsigned.
+        let approve = township_sync::Transition {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: township_sync::Timestamp {
+                wall_ms: now as u64 + 1,
+                counter: 0,
+            },
+            actor: "zhao.lei".into(),
+            role: role.into(),
+            action: "approve".into(),
+            data: Default::default(),
+            written: Default::default(),
+        };
+        township_sync::workflow::append(&mut doc, &approve).unwrap();
+        let second = township_sync::Author::person(
+            township.clone(),
+            township_sync::Person {
+                name: "zhao.lei".into(),
+                role: role.into(),
+                area: township.clone(),
+            },
+        );
+        doc.commit_with(CommitOptions::default().with_message(second.encode()));
+    }
+    if variant == 6 {
+        // Signed as it was made, then its words changed in a later change.
+        use automerge::ReadDoc;
+        let (_, map) = doc.get(automerge::ROOT, "content").unwrap().unwrap();
+        doc.put(&map, "text", "篡改后的内容").unwrap();
+        doc.commit_with(CommitOptions::default().with_message(author.encode()));
+    }
+    (id, scope.to_string(), doc.save(), variant == 7)
+}
+
+#[tokio::test]
+async fn ten_thousand_forged_altered_replayed_and_expired_orders_merged_through_sync_play_nothing()
+{
+    let count: usize = std::env::var("BROADCAST_FORGERIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let p = pa(0.05, vec![township_node::rules::eval::Level::Red]).await;
+    // A real order, whose signed request the replays copy.
+    let real =
+        p.h.act(
+            &p.staff,
+            "POST",
+            "/api/v1/broadcasts",
+            Some(order("真实通知", "test", "blue")),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let real_id = real["id"].as_str().unwrap().to_string();
+    until(&p.h, &p.staff, &real_id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    let replayed: township_sync::Transition = {
+        let docs = p.h.state().docs.clone();
+        let id: uuid::Uuid = real_id.parse().unwrap();
+        p.h.state()
+            .store
+            .read(move |c| {
+                let (_, mut doc) = docs.load(c, id)?;
+                let authors = township_sync::Authors::of(&mut doc);
+                Ok::<_, StoreError>(township_sync::workflow::read(&doc, &authors)[0].clone())
+            })
+            .await
+            .unwrap()
+    };
+    let receipts_before: i64 = count_rows(&p.h, "SELECT count(*) FROM broadcast_receipts").await;
+    let stranger = township_sync::NodeKey::generate().unwrap().0;
+    let own = p.h.state().key.clone();
+    let mut rng = XorShift(0x5eed_cafe_f00d_1234);
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        records.push(hostile_record(&mut rng, &own, &stranger, &replayed));
+    }
+    let started = Instant::now();
+    let mut refused_at_merge = 0usize;
+    for chunk in records.chunks(500) {
+        let chunk = chunk.to_vec();
+        let docs = p.h.state().docs.clone();
+        let (refused, seq) =
+            p.h.state()
+                .store
+                .write(move |c| {
+                    let below: township_sync::AreaCode = "330723001001".parse().unwrap();
+                    let mut refused = 0;
+                    for (id, scope, bytes, from_below) in &chunk {
+                        let scope: township_sync::AreaCode = scope.parse().unwrap();
+                        let sender = if *from_below {
+                            township_sync::Sender::Below(&below)
+                        } else {
+                            township_sync::Sender::Trusted
+                        };
+                        if docs
+                            .merge_remote(c, sender, *id, "broadcast", &scope, bytes)
+                            .is_err()
+                        {
+                            refused += 1;
+                        }
+                    }
+                    Ok::<_, StoreError>((
+                        refused,
+                        c.query_row("SELECT max(seq) FROM documents", [], |r| r.get::<_, i64>(0))?,
+                    ))
+                })
+                .await
+                .unwrap();
+        refused_at_merge += refused;
+        p.h.state().write_ctx().saw_seq(seq);
+    }
+    let stored = count - refused_at_merge;
+    assert!(
+        refused_at_merge > 0,
+        "the claims from below were refused where they merged"
+    );
+    // Every stored one is looked at and refused (or left waiting for an approval that never comes).
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let settled: i64 = count_rows(
+            &p.h,
+            "SELECT count(*) FROM pa_plays WHERE outcome = 'refused'",
+        )
+        .await;
+        if settled as usize >= stored {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {settled} of {stored} looked at"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let took = started.elapsed();
+    assert_eq!(
+        count_rows(&p.h, "SELECT count(*) FROM broadcast_receipts").await,
+        receipts_before,
+        "something played"
+    );
+    assert_eq!(lines(&p.live_log).len(), 0, "a live output played");
+    let metrics = p.h.state().pa_counters.render(&p.h.state().pa_outputs, 0);
+    for reason in ["unsigned", "altered", "expired"] {
+        assert!(
+            metrics.contains(&format!("reason=\"{reason}\"")),
+            "{reason}: {metrics}"
+        );
+    }
+    let audited = count_rows(
+        &p.h,
+        "SELECT count(*) FROM audit_log WHERE action = 'broadcast.refused'",
+    )
+    .await;
+    assert_eq!(audited as usize, stored, "each refusal audited once");
+    eprintln!(
+        "{count} hostile orders ({refused_at_merge} refused at the merge) looked at in {took:?}"
+    );
+}
+
+async fn count_rows(h: &Harness, sql: &'static str) -> i64 {
+    h.state()
+        .store
+        .read(move |c| Ok::<_, StoreError>(c.query_row(sql, [], |r| r.get::<_, i64>(0))?))
+        .await
+        .unwrap()
+}

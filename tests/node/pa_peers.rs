@@ -448,3 +448,84 @@ outputs = ["spk-xiayang-01", "spk-xiayang-02"]
         "{metrics}"
     );
 }
+
+#[test]
+fn an_order_from_the_township_plays_at_the_village_hub_and_its_receipts_come_back_up() {
+    if !have("espeak-ng", &["--version"]) {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let township_port = free_port();
+    let township_dir = init_tree_node(tmp.path(), "township", "330723001", "township", None);
+    let township_key = crate::common::id_of(&township_dir)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let url = format!("http://127.0.0.1:{township_port}");
+    let village_dir = init_tree_node(
+        tmp.path(),
+        "village",
+        "330723001001",
+        "village",
+        Some((&url, &township_key)),
+    );
+    let village_key = crate::common::id_of(&village_dir)["public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let out = crate::common::run(&[
+        "enroll",
+        "add",
+        "--data-dir",
+        township_dir.to_str().unwrap(),
+        "--public-key",
+        &village_key,
+        "--area",
+        "330723001001",
+        "--name",
+        "王宅村",
+    ]);
+    assert!(out.status.success(), "{}", crate::common::stderr(&out));
+    let log = tmp.path().join("village-amp.log");
+    std::fs::write(
+        village_dir.join("township-node.toml"),
+        format!(
+            r#"
+[[pa.outputs]]
+id = "amp"
+kind = "audio_command"
+command = ["sh", "-c", "echo \"play $1\" >> '{}'", "sh", "{{file}}"]
+
+[[pa.zones]]
+id = "wangzhai"
+name = "王宅村"
+area = "330723001001"
+outputs = ["amp"]
+"#,
+            log.display()
+        ),
+    )
+    .unwrap();
+    let township = crate::common::serve_on(&township_dir, township_port);
+    let _village = Server::start(&village_dir, &[], &[]);
+    let admin = login(&township.url(""), "admin", ADMIN_PASSWORD);
+    // The township does not know the village hub's zone ids: it names the village's area.
+    let (status, b) = post(
+        &township,
+        &admin,
+        "/api/v1/broadcasts",
+        json!({"text": "王宅村村民请注意：今晚八点起停水检修。", "zones": ["330723001001"], "mode": "live", "level": "blue", "repeat": 1}),
+    );
+    assert_eq!(status, 201, "{b}");
+    assert_eq!(b["area"], "330723001001");
+    let id = b["id"].as_str().unwrap().to_string();
+    eventually(
+        Duration::from_secs(60),
+        "the village's receipts at the township",
+        || receipt(&receipts_of(&township, &admin, &id), "amp").as_deref() == Some("finished"),
+    );
+    let v = receipts_of(&township, &admin, &id);
+    assert_eq!(v["receipts"][0]["node_area"], "330723001001", "{v}");
+    assert_eq!(v["receipts"][0]["zone"], "wangzhai", "{v}");
+    assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+}

@@ -18,7 +18,8 @@ import * as sensorsList from './pages/sensors-list.js';
 import * as sensorsStation from './pages/sensors-station.js';
 import * as warnings from './pages/warnings.js';
 import * as rules from './pages/rules.js';
-import { pending, notFound } from './pages/pending.js';
+import * as broadcasts from './pages/broadcasts.js';
+import { notFound } from './pages/pending.js';
 import { followWarnings } from './warning-events.js';
 
 // Pages that need a signed-in user and, where given, the API route the page is built on: a user the
@@ -54,11 +55,12 @@ route('/sensors/:id', guarded(sensorsStation.renderStation));
 route('/warnings', guarded(warnings.renderList));
 route('/warnings/:id', guarded(warnings.renderDetail));
 route('/rules', guarded(rules.render, 'GET', '/api/v1/rules'));
-for (const [path, key] of [
-  ['/broadcast', 'page.broadcast'],
-]) {
-  route(path, guarded(pending(key)));
-}
+// Broadcasts: everyone signed in sees those covering their area; the page offers the order form
+// and the actions only where the node's access table allows them.
+route('/broadcasts', guarded(broadcasts.renderList, 'GET', '/api/v1/broadcasts'));
+route('/broadcasts/:id', guarded(broadcasts.renderDetail, 'GET', '/api/v1/broadcasts/{id}'));
+// The address the placeholder page had, for bookmarks made before.
+route('/broadcast', () => navigate('/broadcasts', { replace: true }));
 fallback(notFound);
 
 // Live: the banner follows warning events; the slow poll only covers a stream that cannot connect.
