@@ -972,10 +972,16 @@ pub fn transition_json(t: &Transition) -> serde_json::Value {
 
 /// The spoken text of a broadcast: test and exercise broadcasts say so, before and after.
 pub fn spoken_text(content: &Content) -> String {
+    // The message's own closing stop is dropped so the sentence that follows does not double it.
+    let body = content
+        .text
+        .trim_end()
+        .trim_end_matches(['。', '.', '；', ';', '，', ','])
+        .to_string();
     match content.mode {
         Mode::Live => content.text.clone(),
-        Mode::Test => format!("测试，这是测试广播。{}。测试广播结束。", content.text),
-        Mode::Exercise => format!("演练，这是演练广播。{}。演练广播结束。", content.text),
+        Mode::Test => format!("测试，这是测试广播。{body}。测试广播结束。"),
+        Mode::Exercise => format!("演练，这是演练广播。{body}。演练广播结束。"),
     }
 }
 

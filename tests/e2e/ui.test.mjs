@@ -103,6 +103,23 @@ before(async () => {
     'interval = "1m"',
     'points = [ { metric = "water_level", unit = "m", min = 0.0, max = 20.0 } ]',
     '',
+    '[[pa.outputs]]',
+    'id = "amp"',
+    'kind = "audio_command"',
+    `command = ["sh", "-c", "cp \\"$1\\" '${join(dir, 'amp')}'-$(date +%s%N).wav; sleep 4", "sh", "{file}"]`,
+    '',
+    '[[pa.outputs]]',
+    'id = "monitor"',
+    'kind = "audio_command"',
+    `command = ["sh", "-c", "cp \\"$1\\" '${join(dir, 'monitor')}'-$(date +%s%N).wav", "sh", "{file}"]`,
+    'test = true',
+    '',
+    '[[pa.zones]]',
+    'id = "wangzhai"',
+    'name = "王宅村"',
+    'area = "330723001001"',
+    'outputs = ["amp", "monitor"]',
+    '',
     '[[devices]]',
     'id = "sim-river"',
     'name = "模拟水位站"',
@@ -558,4 +575,57 @@ test('a storm through MQTT readings raises a yellow then an orange warning, the 
   assert.ok(deleted < 300, `deleting the rule answered ${deleted}`);
   assert.deepEqual(errors, []);
   await context.close();
+});
+
+test('staff put a message on the loudspeakers: live asks for the zone count, one click stops it, a test reaches only the monitor', async () => {
+  const context = await browser.newContext({ viewport: { width: 1366, height: 768 } });
+  const staff = await context.newPage();
+  const errors = [];
+  staff.on('pageerror', (e) => errors.push(e.message));
+  await signIn(staff, 'staff.li', PEOPLE_PASSWORD);
+  await staff.locator('#nav a[href="/broadcasts"]').click();
+  await staff.locator('#broadcast-form').waitFor();
+  await staff.locator('#b-text').fill('王宅村村民请注意：明天上午九点停电检修。');
+  await staff.locator('input[name=zone][value=wangzhai]').check();
+  await staff.locator('#b-level').selectOption('blue');
+  await staff.locator('#b-mode-live').check();
+  await staff.locator('#b-submit').click();
+  // A live broadcast is sent only once the number of zones is typed.
+  await staff.locator('#b-confirm').waitFor();
+  const ok = staff.locator('#b-confirm button[type=submit]');
+  assert.ok(await ok.isDisabled(), 'confirm waits for the zone count');
+  await staff.locator('#b-confirm-count').fill('2');
+  assert.ok(await ok.isDisabled(), 'a wrong count does not confirm');
+  await staff.locator('#b-confirm-count').fill('1');
+  await ok.click();
+  await staff.locator('#broadcast-detail').waitFor();
+  await staff.locator('#broadcast-receipts tr[data-output="amp"][data-state="started"]').waitFor({ timeout: 20000 });
+  await staff.locator('#broadcast-stop').click();
+  await staff.locator('#broadcast-receipts tr[data-output="amp"][data-state="stopped"]').waitFor({ timeout: 10000 });
+  await staff.locator('#broadcast-state', { hasText: '已停止' }).waitFor();
+
+  // A test: its own look and a plain confirmation; only the monitor output plays it.
+  await staff.locator('#nav a[href="/broadcasts"]').click();
+  await staff.locator('#broadcast-form').waitFor();
+  await staff.locator('#b-mode-test').check();
+  await staff.locator('#b-text').fill('应急广播系统测试。');
+  await staff.locator('input[name=zone][value=wangzhai]').check();
+  assert.match(await staff.locator('#b-submit').innerText(), /测试/);
+  await staff.locator('#b-submit').click();
+  await staff.locator('#b-confirm button[type=submit]').click();
+  await staff.locator('#broadcast-detail').waitFor();
+  await staff.locator('#broadcast-receipts tr[data-output="monitor"][data-state="finished"]').waitFor({ timeout: 20000 });
+  assert.equal(await staff.locator('#broadcast-receipts tr[data-output="amp"]').count(), 0, 'a test reached a live output');
+  await staff.screenshot({ path: join(process.env.E2E_ARTIFACTS || dir, 'broadcast-test-zh.png'), fullPage: true });
+
+  // A grid worker follows broadcasts but cannot order one.
+  const phoneContext = await browser.newContext({ viewport: { width: 360, height: 740 } });
+  const phone = await phoneContext.newPage();
+  await signIn(phone, 'grid.wang', PEOPLE_PASSWORD);
+  await phone.locator('#nav a[href="/broadcasts"]').click();
+  await phone.locator('#broadcasts-history .broadcast-card').first().waitFor();
+  assert.equal(await phone.locator('#broadcast-form').count(), 0);
+  assert.deepEqual(errors, []);
+  await context.close();
+  await phoneContext.close();
 });

@@ -16,13 +16,14 @@ const logic = await import(`data:text/javascript;base64,${Buffer.from(source).to
 test('the spoken text says test and exercise before and after, as the node speaks it', () => {
   assert.equal(logic.spokenText('live', '请立即转移'), '请立即转移');
   assert.equal(logic.spokenText('test', '请立即转移'), '测试，这是测试广播。请立即转移。测试广播结束。');
+  assert.equal(logic.spokenText('test', '请立即转移。'), '测试，这是测试广播。请立即转移。测试广播结束。');
   assert.equal(logic.spokenText('exercise', '请立即转移'), '演练，这是演练广播。请立即转移。演练广播结束。');
 });
 
 test('the prefix matches the node\'s spoken_text in src/broadcast/mod.rs', () => {
   const rust = readFileSync(join(UI, '..', 'src', 'broadcast', 'mod.rs'), 'utf8');
-  assert.ok(rust.includes('"测试，这是测试广播。{}。测试广播结束。"'), 'test wording changed in the node');
-  assert.ok(rust.includes('"演练，这是演练广播。{}。演练广播结束。"'), 'exercise wording changed in the node');
+  assert.ok(rust.includes('"测试，这是测试广播。{body}。测试广播结束。"'), 'test wording changed in the node');
+  assert.ok(rust.includes('"演练，这是演练广播。{body}。演练广播结束。"'), 'exercise wording changed in the node');
 });
 
 const zones = [

@@ -23,8 +23,10 @@ export function isLive(mode) {
 // What the node speaks for a text, as src/broadcast/mod.rs `spoken_text` writes it: test and
 // exercise broadcasts say so before and after, so nobody mistakes one for the real thing.
 export function spokenText(mode, text) {
-  if (mode === 'test') return `测试，这是测试广播。${text}。测试广播结束。`;
-  if (mode === 'exercise') return `演练，这是演练广播。${text}。演练广播结束。`;
+  // The message's own closing stop is dropped, as the node does, so the next sentence does not double it.
+  const body = text.trimEnd().replace(/[。.；;，,]+$/u, '');
+  if (mode === 'test') return `测试，这是测试广播。${body}。测试广播结束。`;
+  if (mode === 'exercise') return `演练，这是演练广播。${body}。演练广播结束。`;
   return text;
 }
 

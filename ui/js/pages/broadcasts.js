@@ -858,10 +858,18 @@ export async function renderDetail(main, { id }) {
 
   paint(b);
 
-  // Receipts come in while it can still play: every 2 s until it is over, not while hidden.
+  // Receipts come in while it can still play: every 2 s until it is over, not while hidden. A stop's
+  // receipts arrive just after the state says so: outputs still reported as playing keep the page
+  // looking, and a few more looks follow the end.
   let loading = false;
+  let looksAfterEnd = 0;
+  const outputsBusy = (x) => (x.receipts || []).some((r) => r.state === 'commanded' || r.state === 'started');
   view.every(DETAIL_REFRESH_MS, async () => {
-    if (loading || document.hidden || !isActive(b.state)) return;
+    if (loading || document.hidden) return;
+    if (!isActive(b.state) && !outputsBusy(b)) {
+      if (looksAfterEnd >= 3) return;
+      looksAfterEnd += 1;
+    }
     loading = true;
     try {
       const next = await getJson(`/api/v1/broadcasts/${encodeURIComponent(b.id)}`, { timeoutMs: 8000 });
