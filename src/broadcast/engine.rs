@@ -580,6 +580,12 @@ async fn look(
         let Ok(content) = loaded.content.clone() else {
             continue;
         };
+        // A recorded message from above plays once its bytes have come down and been verified.
+        if let Some(audio) = &loaded.outcome.state.audio
+            && !rt.blobs.path(&audio.sha256).exists()
+        {
+            continue;
+        }
         tracked.insert(
             id,
             Tracked {

@@ -876,6 +876,33 @@ pub fn referenced_blobs(
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
+/// The first broadcast audio this node lacks, skipping `skip` (for the sync link to fetch: an
+/// order from above with a recorded message plays only once its bytes are here and verified).
+pub fn first_missing_audio(
+    conn: &Connection,
+    skip: &std::collections::HashSet<String>,
+) -> Result<Option<String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT b.audio FROM broadcasts b LEFT JOIN blobs x ON x.sha256 = b.audio
+         WHERE b.audio IS NOT NULL AND x.sha256 IS NULL",
+    )?;
+    let mut rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    Ok(rows.find_map(|row| {
+        row.ok()
+            .filter(|s| !skip.contains(s) && crate::blobs::is_sha256_hex(s))
+    }))
+}
+
+/// The areas of the broadcasts whose audio is `sha256`: a peer may have it exactly when it holds
+/// one of them.
+pub fn audio_areas(conn: &Connection, sha256: &str) -> Result<Vec<AreaCode>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT DISTINCT area FROM broadcasts WHERE audio = ?1")?;
+    let areas: Vec<String> = stmt
+        .query_map([sha256], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(areas.iter().filter_map(|a| a.parse().ok()).collect())
+}
+
 /// Keeps the `broadcasts` table in step with the records.
 pub struct BroadcastProjection;
 

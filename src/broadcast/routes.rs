@@ -446,11 +446,18 @@ async fn audio(
         }
         Err(e) => return Err(Invalid::new("file", e.to_string()).into()),
     };
+    let size = bytes.len();
     let blobs = state.blobs.clone();
     let sha = tokio::task::spawn_blocking(move || blobs.put(&bytes))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    // Registered like a fetched attachment, so the sync link knows this node has it.
+    let (registered, now) = (sha.clone(), state.clock.now_ms());
+    state
+        .store
+        .write(move |conn| crate::blobs::register(conn, &registered, size, mime, now))
+        .await?;
     let (ctx, actor) = (state.write_ctx(), caller.actor.clone());
     let mut data = BTreeMap::new();
     data.insert("sha256".to_string(), sha.clone());

@@ -102,7 +102,14 @@ pub async fn next_request(rt: &Runtime, fetch: &mut Fetch) -> Option<Frame> {
     let skip = fetch.unavailable.clone();
     let sha = rt
         .store
-        .read(move |conn| crate::incidents::first_missing_attachment(conn, &skip))
+        .read(move |conn| {
+            Ok::<_, crate::store::StoreError>(
+                match crate::incidents::first_missing_attachment(conn, &skip)? {
+                    Some(sha) => Some(sha),
+                    None => crate::broadcast::first_missing_audio(conn, &skip)?,
+                },
+            )
+        })
         .await
         .ok()
         .flatten()?;
@@ -127,12 +134,24 @@ pub async fn handle(
                 return Ok(vec![Frame::BlobMissing { sha256 }]);
             }
             let sha = sha256.clone();
-            let areas = rt
+            let (incident_areas, broadcast_areas) = rt
                 .store
-                .read(move |conn| crate::incidents::attachment_areas(conn, &sha))
+                .read(move |conn| {
+                    Ok::<_, crate::store::StoreError>((
+                        crate::incidents::attachment_areas(conn, &sha)?,
+                        crate::broadcast::audio_areas(conn, &sha)?,
+                    ))
+                })
                 .await?;
-            let flow = rt.docs.flow(crate::incidents::KIND);
-            if !areas.iter().any(|a| peer.holds(&rt.node.area, flow, a)) {
+            let incident_flow = rt.docs.flow(crate::incidents::KIND);
+            let broadcast_flow = rt.docs.flow(crate::broadcast::KIND);
+            let may_have = incident_areas
+                .iter()
+                .any(|a| peer.holds(&rt.node.area, incident_flow, a))
+                || broadcast_areas
+                    .iter()
+                    .any(|a| peer.holds(&rt.node.area, broadcast_flow, a));
+            if !may_have {
                 return Ok(vec![Frame::BlobMissing { sha256 }]);
             }
             let blobs = rt.blobs.clone();

@@ -283,6 +283,91 @@ outputs = ["amp-wangzhai", "line-out"]
         before,
         "a test switched a live relay"
     );
+    // Random interleavings of live, test and exercise orders and cancels (seeded, so a failure can
+    // be replayed): the relay is written only for live broadcasts, once on and once off per play.
+    let mut seed: u64 = 0x7e57_11fe;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut made: Vec<(String, String)> = Vec::new();
+    for _ in 0..16 {
+        match next() % 4 {
+            0 | 1 => {
+                let mode = ["live", "test", "exercise"][(next() % 3) as usize];
+                let level = ["blue", "yellow", "routine", "red"][(next() % 4) as usize];
+                let level = if mode == "live" && level == "red" {
+                    "yellow"
+                } else {
+                    level
+                };
+                let (status, b) = post(
+                    &server,
+                    &admin,
+                    "/api/v1/broadcasts",
+                    json!({"text": format!("交错{}", made.len()), "zones": ["wangzhai"], "mode": mode, "level": level, "repeat": 1}),
+                );
+                assert_eq!(status, 201, "{b}");
+                made.push((b["id"].as_str().unwrap().to_string(), mode.to_string()));
+            }
+            2 if !made.is_empty() => {
+                let (id, _) = &made[(next() % made.len() as u64) as usize];
+                let _ = post(
+                    &server,
+                    &admin,
+                    &format!("/api/v1/broadcasts/{id}/transitions"),
+                    json!({"action": "cancel"}),
+                );
+            }
+            _ => std::thread::sleep(Duration::from_millis(next() % 400)),
+        }
+    }
+    eventually(
+        Duration::from_secs(120),
+        "every interleaved broadcast to end",
+        || {
+            made.iter().all(|(id, _)| {
+                let v = receipts_of(&server, &admin, id);
+                ["finished", "cancelled", "refused"].contains(&v["state"].as_str().unwrap_or(""))
+                    && !v["receipts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|r| r["state"] == "started")
+            })
+        },
+    );
+    let mut relay_plays = 0;
+    for (id, mode) in &made {
+        let v = receipts_of(&server, &admin, id);
+        let amp: Vec<&Value> = v["receipt_log"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["output"] == "amp-wangzhai")
+            .collect();
+        if mode != "live" {
+            assert!(
+                amp.is_empty(),
+                "a {mode} broadcast reached the live relay: {v}"
+            );
+        }
+        relay_plays += amp.iter().filter(|r| r["state"] == "started").count();
+    }
+    let writes = coil_writes(&coil_log)[before..].to_vec();
+    let ons = writes.iter().filter(|w| w.2).count();
+    assert_eq!(
+        ons, relay_plays,
+        "coil-on writes against live plays: {writes:?}"
+    );
+    assert_eq!(
+        writes.iter().filter(|w| !w.2).count(),
+        ons,
+        "every on was followed by an off"
+    );
+    assert!(writes.last().is_none_or(|w| !w.2), "the relay ended off");
     let metrics = String::from_utf8(
         blocking_request("GET", &server.url("/metrics"), &[])
             .unwrap()
@@ -290,7 +375,7 @@ outputs = ["amp-wangzhai", "line-out"]
     )
     .unwrap();
     assert!(
-        metrics.contains("township_pa_receipts_total{zone=\"wangzhai\",output=\"amp-wangzhai\",state=\"finished\"} 1"),
+        metrics.contains("township_pa_receipts_total{zone=\"wangzhai\",output=\"amp-wangzhai\",state=\"finished\"} "),
         "{metrics}"
     );
 }
@@ -528,4 +613,55 @@ outputs = ["amp"]
     assert_eq!(v["receipts"][0]["node_area"], "330723001001", "{v}");
     assert_eq!(v["receipts"][0]["zone"], "wangzhai", "{v}");
     assert_eq!(std::fs::read_to_string(&log).unwrap().lines().count(), 1);
+    // A recorded message: its bytes follow the order down the sync link and are verified first.
+    let (status, b) = post(
+        &township,
+        &admin,
+        "/api/v1/broadcasts",
+        json!({"zones": ["330723001001"], "mode": "live", "level": "blue", "repeat": 1}),
+    );
+    assert_eq!(status, 201, "{b}");
+    let id = b["id"].as_str().unwrap().to_string();
+    let mut wav = b"RIFF".to_vec();
+    let data = 8000u32;
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    for v in [16u32] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [1u16, 1] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [8000u32, 16000] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    for v in [2u16, 16] {
+        wav.extend_from_slice(&v.to_le_bytes());
+    }
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    wav.extend((0..data).map(|i| (i % 251) as u8));
+    let (ct, body) = crate::common::harness::multipart("file", "message.wav", &wav);
+    let mut headers = admin.headers();
+    headers.push(("content-type", ct.as_str()));
+    let (status, _, answer) = crate::common::blocking_send(
+        "POST",
+        &township.url(&format!("/api/v1/broadcasts/{id}/audio")),
+        &headers,
+        &body,
+    )
+    .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&answer));
+    eventually(
+        Duration::from_secs(60),
+        "the recorded message at the village",
+        || receipt(&receipts_of(&township, &admin, &id), "amp").as_deref() == Some("finished"),
+    );
+    let played = std::fs::read_to_string(&log).unwrap();
+    let file = played.lines().last().unwrap().trim_start_matches("play ");
+    assert_eq!(
+        std::fs::read(file).unwrap(),
+        wav,
+        "the village played the verified bytes"
+    );
 }
