@@ -398,36 +398,8 @@ async fn audio(
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
     // The broadcast must be the caller's to change before a byte is stored.
     load_view(&state, &caller.actor, id).await?;
-    let mut bytes: Option<Vec<u8>> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })? {
-        if field.name() != Some("file") {
-            continue;
-        }
-        let mut data = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest(e.body_text())
-            }
-        })? {
-            if data.len() + chunk.len() > MAX_AUDIO_BYTES {
-                return Err(ApiError::PayloadTooLarge);
-            }
-            data.extend_from_slice(&chunk);
-        }
-        bytes = Some(data);
-        break;
-    }
-    let bytes = bytes.ok_or_else(|| {
-        ApiError::invalid("file", "send the audio in a multipart field named `file`")
-    })?;
+    let bytes =
+        crate::http::extract::file_field(&mut multipart, MAX_AUDIO_BYTES, "the audio").await?;
     let probe_bytes = bytes.clone();
     let probed = tokio::task::spawn_blocking(move || crate::pa::audio::probe(&probe_bytes))
         .await

@@ -121,3 +121,36 @@ pub fn empty_as_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<St
     let value = <Option<String> as serde::Deserialize>::deserialize(d)?;
     Ok(value.filter(|s| !s.is_empty()))
 }
+
+/// The bytes of the multipart field named `file`, at most `limit` of them (413 beyond, without
+/// reading further), or a 400 saying what to send (`what`, such as "the photo").
+pub async fn file_field(
+    multipart: &mut axum::extract::Multipart,
+    limit: usize,
+    what: &str,
+) -> Result<Vec<u8>, ApiError> {
+    let failed = |e: axum::extract::multipart::MultipartError| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::PayloadTooLarge
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    };
+    while let Some(mut field) = multipart.next_field().await.map_err(failed)? {
+        if field.name() != Some("file") {
+            continue;
+        }
+        let mut data = Vec::new();
+        while let Some(chunk) = field.chunk().await.map_err(failed)? {
+            if data.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge);
+            }
+            data.extend_from_slice(&chunk);
+        }
+        return Ok(data);
+    }
+    Err(ApiError::invalid(
+        "file",
+        format!("send {what} in a multipart field named `file`"),
+    ))
+}

@@ -449,36 +449,7 @@ async fn attach(
         .read(move |conn| super::check_quota(conn, &who, 1, quota, now))
         .await?;
     let limit = state.config.incidents.max_attachment_bytes;
-    let mut bytes: Option<Vec<u8>> = None;
-    while let Some(mut field) = multipart.next_field().await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::BadRequest(e.body_text())
-        }
-    })? {
-        if field.name() != Some("file") {
-            continue;
-        }
-        let mut data = Vec::new();
-        while let Some(chunk) = field.chunk().await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge
-            } else {
-                ApiError::BadRequest(e.body_text())
-            }
-        })? {
-            if data.len() + chunk.len() > limit {
-                return Err(ApiError::PayloadTooLarge);
-            }
-            data.extend_from_slice(&chunk);
-        }
-        bytes = Some(data);
-        break;
-    }
-    let bytes = bytes.ok_or_else(|| {
-        ApiError::invalid("file", "send the file in a multipart field named `file`")
-    })?;
+    let bytes = crate::http::extract::file_field(&mut multipart, limit, "the file").await?;
     if bytes.is_empty() {
         return Err(ApiError::invalid("file", "the file is empty"));
     }

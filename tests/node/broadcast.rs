@@ -753,80 +753,60 @@ async fn orders_forged_from_below_signed_by_strangers_altered_or_expired_never_p
     };
     let stranger = std::sync::Arc::new(township_sync::NodeKey::generate().unwrap().0);
     let own = p.h.state().key.clone();
-    let mut ids = Vec::new();
-    // 1. A village hub's grid worker orders a broadcast (no signature at all).
-    ids.push(
-        forge(
-            &p.h,
+    // (record scope, the change's node and person, text, signing key, altered after signing)
+    let cases = [
+        // 1. A village hub's grid worker orders a broadcast (no signature at all).
+        (
             "330723001001",
-            township_sync::Author::person(
-                village.clone(),
-                person("wang.fang", "grid_worker", &village),
-            ),
+            &village,
+            person("wang.fang", "grid_worker", &village),
             "伪造一",
             None,
             false,
-        )
-        .await,
-    );
-    // 2. The village hub claims a township staff member, signed with its own (unknown) key.
-    ids.push(
-        forge(
-            &p.h,
+        ),
+        // 2. The village hub claims a township staff member, signed with its own (unknown) key.
+        (
             "330723001001",
-            township_sync::Author::person(
-                village.clone(),
-                person("li.ming", "township_staff", &township),
-            ),
+            &village,
+            person("li.ming", "township_staff", &township),
             "伪造二",
             Some(stranger.clone()),
             false,
-        )
-        .await,
-    );
-    // 3. A well-formed order from this node, signed by a stranger's key.
-    ids.push(
-        forge(
-            &p.h,
+        ),
+        // 3. A well-formed order from this node, signed by a stranger's key.
+        (
             "330723001",
-            township_sync::Author::person(
-                township.clone(),
-                person("li.ming", "township_staff", &township),
-            ),
+            &township,
+            person("li.ming", "township_staff", &township),
             "伪造三",
             Some(stranger.clone()),
             false,
-        )
-        .await,
-    );
-    // 4. Signed by this node, then its text altered.
-    ids.push(
-        forge(
-            &p.h,
+        ),
+        // 4. Signed by this node, then its text altered.
+        (
             "330723001",
-            township_sync::Author::person(
-                township.clone(),
-                person("li.ming", "township_staff", &township),
-            ),
+            &township,
+            person("li.ming", "township_staff", &township),
             "伪造四",
             Some(own.clone()),
             true,
-        )
-        .await,
-    );
-    // 5. A sound order signed by this node, as a control: it plays.
-    let control = forge(
-        &p.h,
-        "330723001",
-        township_sync::Author::person(
-            township.clone(),
-            person("li.ming", "township_staff", &township),
         ),
-        "真实通知",
-        Some(own.clone()),
-        false,
-    )
-    .await;
+        // 5. A sound order signed by this node, as a control: it plays.
+        (
+            "330723001",
+            &township,
+            person("li.ming", "township_staff", &township),
+            "真实通知",
+            Some(own.clone()),
+            false,
+        ),
+    ];
+    let mut ids = Vec::new();
+    for (scope, node, who, text, key, tamper) in cases {
+        let author = township_sync::Author::person(node.clone(), who);
+        ids.push(forge(&p.h, scope, author, text, key, tamper).await);
+    }
+    let control = ids.pop().unwrap();
     until(
         &p.h,
         &p.staff,

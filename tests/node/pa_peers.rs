@@ -8,12 +8,13 @@
 
 use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::common::{
     ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_tree_node, login, send_json,
 };
+use crate::sensors::{Killed, eventually, pty_pair};
 use serde_json::{Value, json};
 
 fn have(tool: &str, probe: &[&str]) -> bool {
@@ -33,23 +34,6 @@ fn have(tool: &str, probe: &[&str]) -> bool {
     ok
 }
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn get_json(server: &Server, session: &Session, path: &str) -> Value {
     let (status, _, body) = blocking_request("GET", &server.url(path), &session.headers()).unwrap();
     assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
@@ -62,41 +46,6 @@ fn post(server: &Server, session: &Session, path: &str, body: Value) -> (u16, Va
         status,
         serde_json::from_slice(&answer).unwrap_or(Value::Null),
     )
-}
-
-/// A socat pair: the node's end and the slave's end, with the slave's end held open.
-struct Line {
-    _socat: Killed,
-    _hold: std::fs::File,
-    node: String,
-    slave: String,
-}
-
-fn line(dir: &Path) -> Line {
-    let (node, slave) = (dir.join("ttyNODE"), dir.join("ttySLAVE"));
-    let socat = Command::new("socat")
-        .args([
-            &format!("pty,raw,echo=0,link={}", node.display()),
-            &format!("pty,raw,echo=0,link={}", slave.display()),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    eventually(Duration::from_secs(10), "socat's pseudo-terminals", || {
-        node.exists() && slave.exists()
-    });
-    let hold = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(&slave)
-        .unwrap();
-    Line {
-        _socat: Killed(socat),
-        _hold: hold,
-        node: node.display().to_string(),
-        slave: slave.display().to_string(),
-    }
 }
 
 fn relay_board(port: &str, coil_log: &Path) -> Killed {
@@ -170,7 +119,7 @@ fn with_the_county_down_a_red_reading_switches_the_relay_plays_and_switches_it_o
         Some((&url, &county_key)),
     );
     drop(county);
-    let wire = line(tmp.path());
+    let wire = pty_pair(tmp.path());
     let coil_log = tmp.path().join("coils.log");
     let _board = relay_board(&wire.slave, &coil_log);
     let audio_log = tmp.path().join("audio.log");
@@ -211,7 +160,7 @@ name = "王宅村"
 area = "330723001001"
 outputs = ["amp-wangzhai", "line-out"]
 "#,
-        port = wire.node,
+        port = wire.master,
         log = audio_log.display()
     );
     std::fs::write(dir.join("township-node.toml"), config).unwrap();

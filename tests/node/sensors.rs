@@ -91,7 +91,7 @@ fn raw_values(
 }
 
 /// Polls `check` until it holds or `timeout` passes.
-fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn eventually(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
@@ -126,7 +126,7 @@ fn data_time(ms: i64) -> String {
         .collect()
 }
 
-struct Killed(Child);
+pub(crate) struct Killed(pub(crate) Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -800,17 +800,17 @@ fn raw_count(server: &Server, session: &Session) -> usize {
 // ---------------------------------------------------------------------------------------------
 // Modbus RTU
 
-struct PtyPair {
+pub(crate) struct PtyPair {
     _socat: Killed,
     /// Held open so the line stays up while the slave process is stopped: a pseudo-terminal whose
     /// last user closes it reads as an I/O error on the other end, which is an unplugged port, not a
     /// silent slave.
     _hold: std::fs::File,
-    master: String,
-    slave: String,
+    pub(crate) master: String,
+    pub(crate) slave: String,
 }
 
-fn pty_pair(dir: &Path) -> PtyPair {
+pub(crate) fn pty_pair(dir: &Path) -> PtyPair {
     let (master, slave) = (dir.join("ttyNODE"), dir.join("ttySLAVE"));
     let socat = Command::new("socat")
         .args([
