@@ -171,6 +171,11 @@ async fn render_ahead(rt: &Runtime) {
 
 /// Runs until shutdown.
 pub async fn run(rt: Runtime, notices: std::sync::Arc<crate::warnings::Notices>) {
+    // Without zones here nothing could play: no broadcast is made and nothing is synthesised.
+    if rt.outputs.zones.is_empty() {
+        rt.shutdown.cancelled().await;
+        return;
+    }
     let mut events = notices.subscribe();
     let mut ahead = tokio::time::interval(Duration::from_secs(600));
     ahead.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

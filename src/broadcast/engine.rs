@@ -367,6 +367,12 @@ struct Tracked {
 
 /// Runs until shutdown.
 pub async fn run(rt: Runtime) {
+    // A node without zones (most townships above their villages' hubs, the county) plays nothing:
+    // the engine costs it nothing, not even a look a second.
+    if rt.outputs.zones.is_empty() {
+        rt.shutdown.cancelled().await;
+        return;
+    }
     let (report_tx, mut reports) = mpsc::channel::<ZoneReport>(256);
     let (receipt_tx, receipt_rx) = mpsc::unbounded_channel::<(Uuid, Entry)>();
     let writer = tokio::spawn(write_receipts(rt.clone(), receipt_rx));
