@@ -104,6 +104,7 @@ pub fn on_warning(
         corrects: None,
         needs_second: false,
         rule: Some(rule.to_string()),
+        schedule: Vec::new(),
     };
     // Only where the zones are: elsewhere the record would be noise, and a node above must not
     // order a second copy of what the village hub plays itself.
@@ -159,6 +160,7 @@ async fn render_ahead(rt: &Runtime) {
                 corrects: None,
                 needs_second: false,
                 rule: None,
+                schedule: Vec::new(),
             });
             if rt.speech.cached(&text).is_none()
                 && let Err(e) = rt.speech.speak(&text).await

@@ -200,6 +200,7 @@ fn claimed_zones(outputs: &Outputs, doc: &automerge::AutoCommit, scope: &AreaCod
         corrects: None,
         needs_second: false,
         rule: None,
+        schedule: Vec::new(),
     };
     local_zones(outputs, &probe, scope)
 }
@@ -310,7 +311,7 @@ fn correction_made(
 type Prepared = (Uuid, Result<(Item, Vec<String>), String>);
 
 /// What this node already did with a broadcast.
-fn played_before(conn: &Connection, id: Uuid) -> Result<Option<String>, StoreError> {
+fn played_before(conn: &Connection, id: impl ToString) -> Result<Option<String>, StoreError> {
     Ok(conn
         .query_row(
             "SELECT outcome FROM pa_plays WHERE broadcast_id = ?1",
@@ -322,7 +323,7 @@ fn played_before(conn: &Connection, id: Uuid) -> Result<Option<String>, StoreErr
 
 fn remember(
     conn: &Connection,
-    id: Uuid,
+    id: impl ToString,
     outcome: &str,
     detail: &str,
     at_ms: i64,
@@ -363,6 +364,21 @@ struct Tracked {
     zones: HashSet<String>,
     started: bool,
     scope: AreaCode,
+    /// For a programme on a schedule, the scheduled time this play is for.
+    occurrence: Option<i64>,
+}
+
+/// When a broadcast plays: once (at its start), or on its schedule now, or not now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Once,
+    Now(i64),
+    NotNow,
+}
+
+/// What `pa_plays` remembers one scheduled play of a programme by.
+fn occurrence_key(id: Uuid, at_ms: i64) -> String {
+    format!("{id}@{at_ms}")
 }
 
 /// Runs until shutdown.
@@ -463,12 +479,18 @@ pub async fn run(rt: Runtime) {
                             None => false,
                         };
                         if finished && let Some(t) = tracked.remove(&id) {
-                            if t.started {
-                                system_transition(&rt, id, &t.scope, Action::Finish).await;
-                            }
                             rt.counters.played.fetch_add(1, Ordering::Relaxed);
-                            settle(&rt, id, "played", "").await;
-                            settled.insert(id);
+                            match t.occurrence {
+                                // One play of a programme: remembered; the programme goes on.
+                                Some(at) => settle_key(&rt, occurrence_key(id, at), "played").await,
+                                None => {
+                                    if t.started {
+                                        system_transition(&rt, id, &t.scope, Action::Finish).await;
+                                    }
+                                    settle(&rt, id, "played", "").await;
+                                    settled.insert(id);
+                                }
+                            }
                         }
                     }
                 }
@@ -524,7 +546,17 @@ async fn look(
                 } else {
                     Some(verdict(conn, &rt2, &loaded, now)?)
                 };
-                out.push((loaded, zones, before, verdict));
+                // A programme on a schedule: the play due now, unless it was played already.
+                let due = match &loaded.content {
+                    Ok(c) if !c.schedule.is_empty() => match c.due_occurrence(now) {
+                        Some(at) if played_before(conn, &occurrence_key(id, at))?.is_none() => {
+                            Due::Now(at)
+                        }
+                        _ => Due::NotNow,
+                    },
+                    _ => Due::Once,
+                };
+                out.push((loaded, zones, before, verdict, due));
             }
             Ok::<_, StoreError>(out)
         })
@@ -536,7 +568,7 @@ async fn look(
             return;
         }
     };
-    for (loaded, zones, before, verdict) in found {
+    for (loaded, zones, before, verdict, due) in found {
         let id = loaded.meta.id;
         let state = loaded.outcome.state.state;
         if zones.is_empty() || before.is_some() {
@@ -571,6 +603,16 @@ async fn look(
             settled.insert(id);
             continue;
         }
+        // A programme that played and reached its expiry is over, not refused.
+        if due != Due::Once
+            && state == State::Playing
+            && matches!(&verdict, Some(Verdict::Refuse("expired", _)))
+        {
+            system_transition(rt, id, &loaded.meta.scope, Action::Finish).await;
+            settle(rt, id, "played", "schedule ended").await;
+            settled.insert(id);
+            continue;
+        }
         // A forged or expired order is refused whether it waits for its second person or not.
         if let Some(Verdict::Refuse(reason, detail)) = &verdict {
             if matches!(state, State::Requested | State::Approved | State::Playing) {
@@ -592,12 +634,18 @@ async fn look(
         {
             continue;
         }
+        let occurrence = match due {
+            Due::Once => None,
+            Due::Now(at) => Some(at),
+            Due::NotNow => continue,
+        };
         tracked.insert(
             id,
             Tracked {
                 zones: zones.iter().cloned().collect(),
-                started: false,
+                started: state == State::Playing && occurrence.is_some(),
                 scope: loaded.meta.scope.clone(),
+                occurrence,
             },
         );
         preparing.insert(id);
@@ -724,6 +772,18 @@ async fn settle(rt: &Runtime, id: Uuid, outcome: &'static str, detail: &str) {
         .await
     {
         tracing::warn!(broadcast = %id, error = %e, "recording a broadcast's outcome failed");
+    }
+}
+
+/// Remembers one scheduled play.
+async fn settle_key(rt: &Runtime, key: String, outcome: &'static str) {
+    let now = rt.ctx.now_ms();
+    if let Err(e) = rt
+        .store
+        .write(move |conn| remember(conn, &key, outcome, "", now).map(|_| ()))
+        .await
+    {
+        tracing::warn!(error = %e, "recording a scheduled play failed");
     }
 }
 

@@ -266,6 +266,9 @@ pub struct Content {
     pub needs_second: bool,
     /// The rule that requested it, for automatic broadcasts.
     pub rule: Option<String>,
+    /// For routine programmes: times of day (Beijing, "HH:MM") at which it plays, every day from
+    /// its start until its expiry. Empty: it plays once, at its start.
+    pub schedule: Vec<String>,
 }
 
 const CONTENT_KEY: &str = "content";
@@ -285,6 +288,7 @@ impl Content {
         doc.put(&map, "corrects", self.corrects.clone().unwrap_or_default())?;
         doc.put(&map, "needs_second", self.needs_second)?;
         doc.put(&map, "rule", self.rule.clone().unwrap_or_default())?;
+        doc.put(&map, "schedule", self.schedule.join(","))?;
         Ok(())
     }
 
@@ -330,6 +334,11 @@ impl Content {
             corrects: opt(text("corrects")),
             needs_second,
             rule: opt(text("rule")),
+            schedule: text("schedule")
+                .split(',')
+                .filter(|t| parse_time_of_day(t).is_some())
+                .map(String::from)
+                .collect(),
         })
     }
 
@@ -356,7 +365,51 @@ impl Content {
         field(self.corrects.as_deref().unwrap_or(""));
         field(if self.needs_second { "1" } else { "0" });
         field(self.rule.as_deref().unwrap_or(""));
+        field(&self.schedule.join(","));
         hex::encode(ring::digest::digest(&ring::digest::SHA256, out.as_bytes()))
+    }
+}
+
+/// Minutes after midnight for a time of day written "HH:MM".
+pub fn parse_time_of_day(text: &str) -> Option<i64> {
+    let (h, m) = text.split_once(':')?;
+    if h.len() != 2 || m.len() != 2 {
+        return None;
+    }
+    let (h, m): (i64, i64) = (h.parse().ok()?, m.parse().ok()?);
+    ((0..24).contains(&h) && (0..60).contains(&m)).then_some(h * 60 + m)
+}
+
+/// How late a scheduled play may still start: a node that was down at 07:30 plays the morning
+/// programme at 07:35, not at noon.
+pub const SCHEDULE_GRACE_MS: i64 = 10 * 60 * 1000;
+
+impl Content {
+    /// The scheduled play due now, as its time (milliseconds): the latest scheduled time of day
+    /// not after `now`, within the programme's start and expiry and at most
+    /// [`SCHEDULE_GRACE_MS`] ago. `None` for one-off broadcasts and between plays.
+    pub fn due_occurrence(&self, now_ms: i64) -> Option<i64> {
+        const DAY: i64 = 86_400_000;
+        const BEIJING: i64 = 8 * 3_600_000;
+        let today = (now_ms + BEIJING).div_euclid(DAY);
+        let mut best: Option<i64> = None;
+        for day in [today - 1, today] {
+            let midnight = day * DAY - BEIJING;
+            for t in &self.schedule {
+                let Some(minutes) = parse_time_of_day(t) else {
+                    continue;
+                };
+                let at = midnight + minutes * 60_000;
+                if at <= now_ms
+                    && at >= self.start_ms
+                    && at < self.expires_ms
+                    && now_ms - at <= SCHEDULE_GRACE_MS
+                {
+                    best = Some(best.map_or(at, |b: i64| b.max(at)));
+                }
+            }
+        }
+        best
     }
 }
 
@@ -1046,6 +1099,7 @@ mod tests {
             corrects: None,
             needs_second: true,
             rule: None,
+            schedule: Vec::new(),
         }
     }
 
@@ -1067,6 +1121,36 @@ mod tests {
         b.text = "a".into();
         b.zones = vec!["b".into()];
         assert_ne!(a.digest(id, &scope), b.digest(id, &scope));
+    }
+
+    #[test]
+    fn a_schedule_plays_at_its_times_of_day_in_beijing_within_its_span() {
+        // 2026-12-01 00:00 Beijing is 2026-11-30 16:00 UTC.
+        let midnight = 1_796_054_400_000;
+        let at = |h: i64, m: i64| midnight + (h * 60 + m) * 60_000;
+        let mut c = content();
+        c.schedule = vec!["07:30".into(), "18:00".into()];
+        c.start_ms = at(0, 0);
+        c.expires_ms = at(0, 0) + 2 * 86_400_000;
+        assert_eq!(c.due_occurrence(at(7, 29)), None);
+        assert_eq!(c.due_occurrence(at(7, 30)), Some(at(7, 30)));
+        assert_eq!(c.due_occurrence(at(7, 39)), Some(at(7, 30)));
+        assert_eq!(
+            c.due_occurrence(at(7, 41)),
+            None,
+            "too late for the morning"
+        );
+        assert_eq!(c.due_occurrence(at(18, 5)), Some(at(18, 0)));
+        // Just after midnight, yesterday evening's is long gone.
+        assert_eq!(c.due_occurrence(at(24, 1)), None);
+        assert_eq!(c.due_occurrence(at(24 + 7, 30)), Some(at(24 + 7, 30)));
+        // Not after its expiry, not before its start.
+        assert_eq!(c.due_occurrence(at(48 + 7, 30)), None);
+        c.start_ms = at(8, 0);
+        assert_eq!(c.due_occurrence(at(7, 30)), None);
+        assert_eq!(parse_time_of_day("24:00"), None);
+        assert_eq!(parse_time_of_day("7:30"), None);
+        assert_eq!(parse_time_of_day("07:30"), Some(450));
     }
 
     #[test]

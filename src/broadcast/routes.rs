@@ -132,6 +132,7 @@ fn view(
         "warning": content.and_then(|c| c.warning.clone()),
         "corrects": content.and_then(|c| c.corrects.clone()),
         "rule": content.and_then(|c| c.rule.clone()),
+        "schedule": content.map(|c| c.schedule.clone()).unwrap_or_default(),
         "needs_second": content.map(|c| c.needs_second),
         "requester": f.requester,
         "approver": f.approver,
@@ -185,6 +186,9 @@ struct CreateBody {
     start_at: Option<String>,
     #[serde(default, deserialize_with = "empty_as_none")]
     expires_at: Option<String>,
+    /// Routine programmes only: times of day (Beijing, "HH:MM") it plays every day until it expires.
+    #[serde(default)]
+    schedule: Vec<String>,
 }
 
 /// The area each requested zone stands for: a zone of this node, or an area code.
@@ -259,14 +263,40 @@ async fn create(
         }
         None => now,
     };
+    let mut schedule: Vec<String> = Vec::new();
+    for t in &body.schedule {
+        let t = t.trim();
+        if super::parse_time_of_day(t).is_none() {
+            return Err(Invalid::new(
+                "schedule",
+                format!("`{t}` is not a time of day such as 07:30"),
+            )
+            .into());
+        }
+        if !schedule.iter().any(|s| s == t) {
+            schedule.push(t.to_string());
+        }
+    }
+    schedule.sort();
+    if !schedule.is_empty() && level != Priority::Routine {
+        return Err(Invalid::new("schedule", "only routine programmes play on a schedule").into());
+    }
+    if schedule.len() > 12 {
+        return Err(Invalid::new("schedule", "at most 12 times a day").into());
+    }
     let expires_ms = match body.expires_at {
         Some(s) => {
             let t = crate::clock::parse_time("expires_at", &s)?;
             if t <= start_ms {
                 return Err(Invalid::new("expires_at", "must be after the start").into());
             }
+            if t - start_ms > 366 * 86_400_000 {
+                return Err(Invalid::new("expires_at", "at most a year after the start").into());
+            }
             t
         }
+        // A programme runs a week unless it says otherwise; a one-off order stays playable an hour.
+        None if !schedule.is_empty() => start_ms + 7 * 86_400_000,
         None => start_ms + super::DEFAULT_VALIDITY_MS,
     };
     if let Some(w) = &body.warning {
@@ -300,6 +330,7 @@ async fn create(
         corrects: None,
         needs_second,
         rule: None,
+        schedule,
     };
     let (ctx, actor) = (state.write_ctx(), caller.actor.clone());
     let id = state
@@ -367,6 +398,7 @@ async fn transition(
                 corrects: Some(id.to_string()),
                 needs_second: false,
                 rule: None,
+                schedule: Vec::new(),
             };
             let correction_id = super::create(
                 conn,

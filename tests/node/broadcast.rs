@@ -167,8 +167,11 @@ async fn a_staff_broadcast_plays_on_every_output_of_its_zone_with_receipts() {
     assert_eq!(b["state"], "approved", "{b}");
     assert_eq!(b["allowed_actions"], json!(["cancel", "correct"]));
     let id = b["id"].as_str().unwrap();
+    // Receipts are written beside the state: wait for both.
     let done = until(&p.h, &p.staff, id, Duration::from_secs(30), |v| {
         v["state"] == "finished"
+            && receipt(v, "amp-office").as_deref() == Some("finished")
+            && receipt(v, "monitor").as_deref() == Some("finished")
     })
     .await;
     assert_eq!(
@@ -694,6 +697,7 @@ async fn forge(
                 corrects: None,
                 needs_second: false,
                 rule: None,
+                schedule: Vec::new(),
             };
             let meta = docs.create(c, &author, "broadcast", &scope, |d| {
                 content.write(d)?;
@@ -1014,6 +1018,7 @@ fn hostile_record(
         corrects: None,
         needs_second: variant == 5,
         rule: None,
+        schedule: Vec::new(),
     };
     let mut t = township_sync::Transition {
         id: uuid::Uuid::now_v7().to_string(),
@@ -1216,4 +1221,67 @@ async fn count_rows(h: &Harness, sql: &'static str) -> i64 {
         .read(move |c| Ok::<_, StoreError>(c.query_row(sql, [], |r| r.get::<_, i64>(0))?))
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_routine_programme_plays_at_its_times_of_day_until_it_ends() {
+    let p = pa(0.05, vec![]).await;
+    const DAY: i64 = 86_400_000;
+    let start = p.h.clock.now_ms();
+    // Two minutes after the harness's time, in Beijing.
+    let minutes = ((start + 8 * 3_600_000).rem_euclid(DAY) / 60_000 + 2) % (24 * 60);
+    let at = format!("{:02}:{:02}", minutes / 60, minutes % 60);
+    let mut body = order("政策宣讲：城乡居民医保开始缴费。", "live", "routine");
+    body["schedule"] = json!([at]);
+    body["expires_at"] = json!(township_node::clock::rfc3339_seconds(
+        start + 2 * DAY - 3_600_000
+    ));
+    let b =
+        p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(body.clone()))
+            .await
+            .expect(StatusCode::CREATED);
+    assert_eq!(b["schedule"], json!([at]));
+    let id = b["id"].as_str().unwrap().to_string();
+    // A schedule is for routine programmes only, and times are times of day.
+    let mut bad = body.clone();
+    bad["level"] = json!("red");
+    let e =
+        p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(bad))
+            .await
+            .expect(StatusCode::BAD_REQUEST);
+    assert!(e.to_string().contains("schedule"), "{e}");
+    let mut bad = body;
+    bad["schedule"] = json!(["7:30"]);
+    p.h.act(&p.staff, "POST", "/api/v1/broadcasts", Some(bad))
+        .await
+        .expect(StatusCode::BAD_REQUEST);
+    // Nothing before its time.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(lines(&p.live_log).is_empty());
+    let played = |n: usize| {
+        let log = p.live_log.clone();
+        move |_: &Value| lines(&log).len() >= 2 * n
+    };
+    p.h.clock.advance_ms(2 * 60_000 + 30_000);
+    until(&p.h, &p.staff, &id, Duration::from_secs(30), played(1)).await;
+    // Sessions end after idle time; the clock jumps by days below, so each look signs in afresh.
+    // Once per day: the next tick the same minute plays nothing more.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(lines(&p.live_log).len(), 2);
+    let v = until(&p.h, &p.staff, &id, Duration::from_secs(5), |v| {
+        v["state"] == "playing"
+    })
+    .await;
+    assert_eq!(v["receipts"][0]["state"], "finished", "{v}");
+    p.h.clock.advance_ms(DAY);
+    let staff = p.h.session_for("li.ming").await;
+    until(&p.h, &staff, &id, Duration::from_secs(30), played(2)).await;
+    // After its expiry the programme is over.
+    p.h.clock.advance_ms(DAY);
+    let staff = p.h.session_for("li.ming").await;
+    until(&p.h, &staff, &id, Duration::from_secs(30), |v| {
+        v["state"] == "finished"
+    })
+    .await;
+    assert_eq!(lines(&p.live_log).len(), 4);
 }
