@@ -549,7 +549,7 @@ async fn look(
                 // A programme on a schedule: the play due now, unless it was played already.
                 let due = match &loaded.content {
                     Ok(c) if !c.schedule.is_empty() => match c.due_occurrence(now) {
-                        Some(at) if played_before(conn, &occurrence_key(id, at))?.is_none() => {
+                        Some(at) if played_before(conn, occurrence_key(id, at))?.is_none() => {
                             Due::Now(at)
                         }
                         _ => Due::NotNow,
