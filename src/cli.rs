@@ -377,6 +377,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("  chen.jing (emergency), sun.hao (enforcement), it.zhou (county IT): {people_password}");
                     println!("  (passwords are shown once; keep them)");
                 }
+                if let Some(speaker) = crate::demo::add_speaker(&mut config, dir.root())? {
+                    println!("  an IP loudspeaker for the township hall can join with the reference speaker:");
+                    println!("  {speaker}");
+                }
                 serve(&dir, config, true).await
             })?;
             Ok(ExitCode::SUCCESS)

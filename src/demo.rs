@@ -234,6 +234,58 @@ pub fn add_loudspeakers(config: &mut Config, data_dir: &std::path::Path) {
     ];
 }
 
+/// The township hall's IP loudspeaker for the demo: an `mqtt_speaker` on the embedded broker
+/// (127.0.0.1:18830 unless `[mqtt] listen` says otherwise) whose password is made once and kept in
+/// the data directory. Returns the command that runs the reference speaker against it, or `None`
+/// when the configuration already has its own loudspeakers.
+pub fn add_speaker(
+    config: &mut Config,
+    data_dir: &std::path::Path,
+) -> Result<Option<String>, NodeError> {
+    use crate::pa::config::{Output, SpeakerOutput};
+    if !config.pa.zones.iter().any(|z| z.id == "hall") {
+        return Ok(None);
+    }
+    let io = |source| NodeError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    };
+    let file = data_dir.join("speaker-hall.pw");
+    if !file.exists() {
+        let mut secret = [0u8; 18];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret).map_err(
+            |_| {
+                io(std::io::Error::other(
+                    "no randomness for the speaker's password",
+                ))
+            },
+        )?;
+        std::fs::write(&file, format!("{}\n", hex::encode(secret))).map_err(io)?;
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(io)?;
+    }
+    let listen = *config
+        .mqtt
+        .listen
+        .get_or_insert_with(|| std::net::SocketAddr::from(([127, 0, 0, 1], 18830)));
+    config.pa.outputs.push(Output::MqttSpeaker(SpeakerOutput {
+        id: "spk-hall".into(),
+        username: "spk-hall".into(),
+        password_file: file.clone(),
+        test: false,
+    }));
+    if let Some(hall) = config.pa.zones.iter_mut().find(|z| z.id == "hall") {
+        hall.outputs.push("spk-hall".into());
+    }
+    Ok(Some(format!(
+        "python3 tests/interop/pa_speaker.py --id spk-hall --host {} --port {} --username spk-hall --password-file {} --http http://{} --player 'aplay -q {{file}}'",
+        listen.ip(),
+        listen.port(),
+        file.display(),
+        config.http.listen
+    )))
+}
+
 pub async fn seed(dir: &DataDir, config: Config, password: &str) -> Result<usize, NodeError> {
     let now = crate::clock::system_now_ms();
     let clock = Clock::manual(now - 10 * 24 * 3600 * 1000);

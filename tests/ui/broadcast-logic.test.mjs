@@ -141,3 +141,11 @@ test('a start time goes out as RFC 3339 UTC, and an empty one not at all', () =>
   assert.match(logic.startAtFrom('2026-05-01T08:00'), /^2026-0[45]-\d\dT\d\d:00:00Z$/);
   assert.equal(logic.clock(65000), '1:05');
 });
+
+test('daily times are read as typed, with Chinese punctuation, sorted and checked', () => {
+  assert.deepEqual(logic.parseSchedule('18:00, 7:30，07:30、 25:00 noon'), { times: ['07:30', '18:00'], bad: ['25:00', 'noon'] });
+  assert.deepEqual(logic.parseSchedule('07：30'), { times: ['07:30'], bad: [] });
+  const body = logic.orderBody({ text: '节目', zones: ['a'], mode: 'live', level: 'routine', repeat: 1, schedule: ['07:30'] });
+  assert.deepEqual(body.schedule, ['07:30']);
+  assert.equal(logic.orderBody({ text: 'x', zones: ['a'], mode: 'live', level: 'red', repeat: 1, schedule: ['07:30'] }).schedule, undefined);
+});

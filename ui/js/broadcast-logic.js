@@ -96,7 +96,25 @@ export function orderProblem({ text, zones, hasAudio, repeat }) {
 
 // The POST /api/v1/broadcasts body, exactly: text left out when an audio message follows (the node
 // then waits for it instead of speaking anything), warning and start_at only when given.
-export function orderBody({ text, zones, mode, level, repeat, warning, startAt, hasAudio }) {
+// Times of day for a routine programme, as typed ("07:30, 18:00" or with Chinese commas): the
+// valid ones, sorted and without repeats, and the ones that are not times.
+export function parseSchedule(typed) {
+  const times = [];
+  const bad = [];
+  for (const part of (typed || '').split(/[,，、\s]+/u)) {
+    if (!part) continue;
+    const m = /^(\d{1,2})[:：](\d{2})$/u.exec(part);
+    if (!m || Number(m[1]) > 23 || Number(m[2]) > 59) {
+      bad.push(part);
+      continue;
+    }
+    const time = `${m[1].padStart(2, '0')}:${m[2]}`;
+    if (!times.includes(time)) times.push(time);
+  }
+  return { times: times.sort(), bad };
+}
+
+export function orderBody({ text, zones, mode, level, repeat, warning, startAt, hasAudio, schedule }) {
   const body = {};
   const trimmed = (text || '').trim();
   if (!hasAudio && trimmed) body.text = trimmed;
@@ -106,6 +124,7 @@ export function orderBody({ text, zones, mode, level, repeat, warning, startAt, 
   body.repeat = repeat;
   if (warning) body.warning = warning;
   if (startAt) body.start_at = startAt;
+  if (level === 'routine' && schedule && schedule.length) body.schedule = [...schedule];
   return body;
 }
 

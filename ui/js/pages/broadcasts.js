@@ -14,6 +14,7 @@ import {
   LEVELS, MODES, HISTORY, MAX_TEXT, MAX_REPEAT, MAX_RECORDING_MS, isActive, isLive, spokenText, charCount,
   reachable, groupZones, healthCounts, healthText, confirmMatches, orderProblem, orderBody, warningPrefill,
   pickRecorderType, recordingName, acceptableAudio, clock, splitList, sortReceipts, correctionText, startAtFrom,
+  parseSchedule,
 } from '../broadcast-logic.js';
 
 const LIST_REFRESH_MS = 5000;
@@ -209,6 +210,10 @@ function orderForm(zones, warnings, view) {
 
   const repeat = el('input', { id: 'b-repeat', name: 'repeat', type: 'number', min: 1, max: MAX_REPEAT, step: 1, value: 2, inputmode: 'numeric', required: true });
   const start = el('input', { id: 'b-start', name: 'start_at', type: 'datetime-local' });
+  // Routine programmes may play every day at set times (Beijing) until they expire.
+  const schedule = el('input', { id: 'b-schedule', name: 'schedule', type: 'text', inputmode: 'numeric', autocomplete: 'off', placeholder: '07:30, 18:00', 'aria-describedby': 'b-schedule-note' });
+  const scheduleNote = el('p', { class: 'muted small', id: 'b-schedule-note' }, t('broadcasts.schedule_note'));
+  const scheduleBox = el('div', { id: 'b-schedule-box', hidden: true }, label('b-schedule', 'broadcasts.schedule'), schedule, scheduleNote);
 
   const speech = 'speechSynthesis' in window && typeof window.SpeechSynthesisUtterance === 'function';
   const preview = el('button', { type: 'button', class: 'secondary', id: 'b-preview', hidden: !speech }, t('broadcasts.preview'));
@@ -229,6 +234,7 @@ function orderForm(zones, warnings, view) {
     voice.part,
     label('b-repeat', 'broadcasts.repeat'), repeat,
     label('b-start', 'broadcasts.start_at'), start,
+    scheduleBox,
     el('div', { class: 'row' }, preview), previewNote,
     summary, error, progress, submit);
 
@@ -263,6 +269,7 @@ function orderForm(zones, warnings, view) {
     textCount.textContent = `${charCount(text.value)}/${MAX_TEXT}`;
     text.disabled = Boolean(audio);
     textNote.hidden = !audio;
+    scheduleBox.hidden = level.value !== 'routine';
     submit.textContent = t(`broadcasts.submit.${mode}`);
     summary.textContent = fill(`broadcasts.summary.${mode}`, {
       n, level: levelName(level.value), repeat: repeat.value || '—',
@@ -350,6 +357,11 @@ function orderForm(zones, warnings, view) {
       focusField('start_at');
       return;
     }
+    if (level.value === 'routine' && parseSchedule(schedule.value).bad.length) {
+      error.textContent = t('broadcasts.problem.schedule');
+      schedule.focus();
+      return;
+    }
     const ok = await confirmOrder(form, { mode, level: level.value, zones: zonesChosen });
     if (!ok) { submit.focus(); return; }
     busy = true;
@@ -359,7 +371,7 @@ function orderForm(zones, warnings, view) {
     try {
       created = await postJson('/api/v1/broadcasts', orderBody({
         text: text.value, zones: zonesChosen.map((z) => z.id), mode, level: level.value, repeat: repeatValue,
-        warning: warningSelect.value, startAt, hasAudio: Boolean(audio),
+        warning: warningSelect.value, startAt, hasAudio: Boolean(audio), schedule: parseSchedule(schedule.value).times,
       }));
       if (audio) {
         progress.textContent = t('broadcasts.uploading');
