@@ -587,7 +587,19 @@ where
             .unwrap_or((usize::MAX, far));
         tokio::select! {
             biased;
-            () = ctx.shutdown.cancelled() => return Ok(()),
+            () = ctx.shutdown.cancelled() => {
+                // Players switch their relays off as they stop: serve those last commands (for a
+                // few seconds at most) so no amplifier stays powered through a restart.
+                if let Some(rx) = coils.as_mut() {
+                    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                    while let Ok(Some(c)) = tokio::time::timeout_at(until, rx.recv()).await {
+                        let result = switch_coil(stream, c.slave, c.coil, c.on, c.timeout, silent).await;
+                        let _ = c.reply.send(result);
+                        silent_gap(silent).await;
+                    }
+                }
+                return Ok(());
+            }
             command = async {
                 match coils.as_mut() {
                     Some(rx) => rx.recv().await,

@@ -87,10 +87,12 @@ pub fn on_warning(
         return Ok(None);
     }
     let now = rt.ctx.now_ms();
+    // An unknown status fails closed: nothing is broadcast for it.
     let mode = match event.status.as_str() {
+        "actual" => Mode::Live,
         "exercise" => Mode::Exercise,
         "test" => Mode::Test,
-        _ => Mode::Live,
+        _ => return Ok(None),
     };
     let content = Content {
         text: body.broadcast_text(level),
@@ -109,7 +111,7 @@ pub fn on_warning(
     // Only where the zones are: elsewhere the record would be noise, and a node above must not
     // order a second copy of what the village hub plays itself.
     let zone_scope = scope.clone();
-    if local_zones(&rt.outputs, &content, &zone_scope).is_empty() {
+    if local_zones(&rt.outputs, &content, &zone_scope, true).is_empty() {
         return Ok(None);
     }
     let system = Actor::system(rt.ctx.area.clone());

@@ -154,7 +154,14 @@ enum Verdict {
 
 /// The zones of this node a broadcast names: zone ids configured here, or area codes standing for
 /// every zone inside them; always inside the broadcast's scope.
-pub fn local_zones(outputs: &Outputs, content: &Content, scope: &AreaCode) -> Vec<String> {
+/// Zone ids are this node's own names: they count only in broadcasts requested here (`ids_here`);
+/// an order from another node names zones by area code.
+pub fn local_zones(
+    outputs: &Outputs,
+    content: &Content,
+    scope: &AreaCode,
+    ids_here: bool,
+) -> Vec<String> {
     let mut out = Vec::new();
     for z in &outputs.zones {
         let Ok(area) = z.area.parse::<AreaCode>() else {
@@ -164,7 +171,8 @@ pub fn local_zones(outputs: &Outputs, content: &Content, scope: &AreaCode) -> Ve
             continue;
         }
         let named = content.zones.iter().any(|entry| {
-            entry == &z.id || entry.parse::<AreaCode>().is_ok_and(|a| a.contains(&area))
+            (ids_here && entry == &z.id)
+                || entry.parse::<AreaCode>().is_ok_and(|a| a.contains(&area))
         });
         if named && !out.contains(&z.id) {
             out.push(z.id.clone());
@@ -177,8 +185,32 @@ fn signed(digest: &str, t: &Transition, known: &[PublicKey]) -> bool {
     super::signed_by(digest, t, known).is_some()
 }
 
+/// Whether the broadcast's request was written by this node (its author claim names this node's
+/// area), so its zone ids are this node's.
+fn requested_here(loaded: &Loaded, area: &AreaCode) -> bool {
+    // Read from the conflicts too: a void broadcast's transitions are all conflicts, and its
+    // refusal must still be recorded where its zones are.
+    loaded
+        .outcome
+        .applied
+        .iter()
+        .chain(loaded.outcome.conflicts.iter().map(|c| &c.transition))
+        .find(|t| t.action == Action::Request.as_str())
+        .is_some_and(|t| match &t.written {
+            township_sync::Written::By(township_sync::Provenance::Claimed(a)) => {
+                a.node_area == *area
+            }
+            _ => false,
+        })
+}
+
 /// The local zones a void broadcast's content names, read as it stands.
-fn claimed_zones(outputs: &Outputs, doc: &automerge::AutoCommit, scope: &AreaCode) -> Vec<String> {
+fn claimed_zones(
+    outputs: &Outputs,
+    doc: &automerge::AutoCommit,
+    scope: &AreaCode,
+    ids_here: bool,
+) -> Vec<String> {
     use automerge::ReadDoc;
     let Ok(Some((_, map))) = doc.get(automerge::ROOT, "content") else {
         return Vec::new();
@@ -202,7 +234,7 @@ fn claimed_zones(outputs: &Outputs, doc: &automerge::AutoCommit, scope: &AreaCod
         rule: None,
         schedule: Vec::new(),
     };
-    local_zones(outputs, &probe, scope)
+    local_zones(outputs, &probe, scope, ids_here)
 }
 
 /// Whether a broadcast may play here now.
@@ -260,9 +292,13 @@ fn verdict(
             Priority::Warning(l) => rt.pa.two_person.contains(&l),
             Priority::Routine => false,
         };
-    let approved = applied
-        .iter()
-        .any(|t| t.action == Action::Approve.as_str() && t.actor != request.actor);
+    // An approval counts for the message as it was approved, never for audio added after it.
+    let audio_now = super::approved_audio(&loaded.outcome.state);
+    let approved = applied.iter().any(|t| {
+        t.action == Action::Approve.as_str()
+            && t.actor != request.actor
+            && t.data.get("audio").map(String::as_str) == Some(audio_now.as_str())
+    });
     let needs_approval = content.needs_second || (by_person && two_person);
     if needs_approval && !approved {
         // A correction needs no second person when the correction of a broadcast that played
@@ -299,6 +335,10 @@ fn correction_made(
     let Ok(content) = &loaded.content else {
         return Ok(false);
     };
+    // Corrections are for what just went out: a day after the original, a second person again.
+    if rt.ctx.now_ms() - content.start_ms > 24 * 3_600_000 {
+        return Ok(false);
+    }
     let digest = content.digest(original, &loaded.meta.scope);
     Ok(loaded.outcome.applied.iter().any(|t| {
         t.action == Action::Correct.as_str()
@@ -420,31 +460,57 @@ pub async fn run(rt: Runtime) {
             }
         })
     });
+    // Relays off at start: a crash or power cut in the middle of a broadcast must not leave an
+    // amplifier powered until the next one.
+    for zone in &rt.outputs.zones {
+        for o in &zone.outputs {
+            if let Some((_, Driven::Relay(r))) = rt.outputs.output(o)
+                && let Err(e) = r.switch(false).await
+            {
+                rt.outputs.note(o, false, &e, rt.ctx.now_ms());
+                tracing::warn!(output = %o, error = %e, "a relay could not be switched off at start");
+            }
+        }
+    }
     let mut commits = rt.store.commits();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Commits that moved no record (readings, sessions) are not worth a look; the tick is.
+    let mut looked_at_seq = -1i64;
+    let mut due_tick = true;
     let mut tracked: HashMap<Uuid, Tracked> = HashMap::new();
     // Broadcasts known not to concern this node (no zones here) or already settled here.
     let mut settled: HashSet<Uuid> = HashSet::new();
     let mut preparing: HashSet<Uuid> = HashSet::new();
     let (ready_tx, mut ready) = mpsc::channel::<Prepared>(16);
     loop {
-        look(
-            &rt,
-            &mut tracked,
-            &mut settled,
-            &mut preparing,
-            &players,
-            &ready_tx,
-        )
-        .await;
+        let seq = rt.latest_seq.load(Ordering::Relaxed);
+        if due_tick || seq > looked_at_seq {
+            due_tick = false;
+            // What the look saw committed: a write moves the sequence before its commit, so a
+            // look that ran in between is repeated when the commit signal comes.
+            if let Some(seen) = look(
+                &rt,
+                &mut tracked,
+                &mut settled,
+                &mut preparing,
+                &players,
+                &ready_tx,
+            )
+            .await
+            {
+                looked_at_seq = seen;
+            }
+        }
         tokio::select! {
             changed = commits.changed() => if changed.is_err() { break },
             () = rt.records_changed.notified() => {}
-            _ = tick.tick() => {}
+            _ = tick.tick() => due_tick = true,
             Some((id, prepared)) = ready.recv() => {
                 preparing.remove(&id);
                 match prepared {
+                    // Cancelled while its audio was being made: it no longer plays.
+                    Ok(_) if !tracked.contains_key(&id) => {}
                     Ok((item, zones)) => {
                         for z in &zones {
                             if let Some(p) = players.get(z) {
@@ -517,13 +583,17 @@ async fn look(
     preparing: &mut HashSet<Uuid>,
     players: &HashMap<String, mpsc::UnboundedSender<ZoneCommand>>,
     ready: &mpsc::Sender<Prepared>,
-) {
+) -> Option<i64> {
     let now = rt.ctx.now_ms();
     let rt2 = rt.clone();
     let skip: HashSet<Uuid> = settled.clone();
     let found = rt
         .store
         .read(move |conn| {
+            let committed: i64 =
+                conn.query_row("SELECT COALESCE(max(seq), 0) FROM documents", [], |r| {
+                    r.get(0)
+                })?;
             let mut out = Vec::new();
             for id in super::active_ids(conn, now - RECENT_MS)? {
                 if skip.contains(&id) {
@@ -534,11 +604,12 @@ async fn look(
                     Err(super::BroadcastError::Store(e)) => return Err(e),
                     Err(_) => continue,
                 };
+                let here = requested_here(&loaded, &rt2.ctx.area);
                 let zones = match &loaded.content {
-                    Ok(c) => local_zones(&rt2.outputs, c, &loaded.meta.scope),
+                    Ok(c) => local_zones(&rt2.outputs, c, &loaded.meta.scope, here),
                     // Void (altered) content still names zones: if they are ours, the refusal
                     // is recorded and audited rather than passed over in silence.
-                    Err(_) => claimed_zones(&rt2.outputs, &doc, &loaded.meta.scope),
+                    Err(_) => claimed_zones(&rt2.outputs, &doc, &loaded.meta.scope, here),
                 };
                 let before = played_before(conn, id)?;
                 let verdict = if zones.is_empty() || before.is_some() {
@@ -558,14 +629,14 @@ async fn look(
                 };
                 out.push((loaded, zones, before, verdict, due));
             }
-            Ok::<_, StoreError>(out)
+            Ok::<_, StoreError>((committed, out))
         })
         .await;
-    let found = match found {
+    let (committed, found) = match found {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "reading broadcasts for playback failed");
-            return;
+            return None;
         }
     };
     for (loaded, zones, before, verdict, due) in found {
@@ -603,11 +674,9 @@ async fn look(
             settled.insert(id);
             continue;
         }
-        // A programme that played and reached its expiry is over, not refused.
-        if due != Due::Once
-            && state == State::Playing
-            && matches!(&verdict, Some(Verdict::Refuse("expired", _)))
-        {
+        // One that played and reached its expiry (a programme's last day, or a one-off cut short
+        // by a restart) is over, not refused.
+        if state == State::Playing && matches!(&verdict, Some(Verdict::Refuse("expired", _))) {
             system_transition(rt, id, &loaded.meta.scope, Action::Finish).await;
             settle(rt, id, "played", "schedule ended").await;
             settled.insert(id);
@@ -661,6 +730,7 @@ async fn look(
             let _ = ready.send((id, prepared)).await;
         });
     }
+    Some(committed)
 }
 
 /// The audio a broadcast plays: its attachment, or the speech of its text.
@@ -890,7 +960,7 @@ async fn zone_player(
             command = commands.recv() => match command {
                 None => break,
                 Some(ZoneCommand::Play(item)) => {
-                    let preempts = current.as_ref().is_some_and(|(c, _, _)| item.priority > c.priority);
+                    let preempts = current.as_ref().is_some_and(|(c, _, _)| item.rank() > c.rank());
                     enqueue(&mut queue, item);
                     if preempts && let Some((interrupted, token, handle)) = current.take() {
                         token.cancel();
@@ -940,9 +1010,17 @@ fn enqueue(queue: &mut VecDeque<Item>, item: Item) {
     }
     let at = queue
         .iter()
-        .position(|i| i.priority < item.priority)
+        .position(|i| i.rank() < item.rank())
         .unwrap_or(queue.len());
     queue.insert(at, item);
+}
+
+impl Item {
+    /// What pre-emption and queueing compare: anything live above any test or exercise, then the
+    /// level (a red exercise never interrupts a live orange warning).
+    fn rank(&self) -> (bool, Priority) {
+        (self.mode.is_live(), self.priority)
+    }
 }
 
 /// Ahead of everything of its level, behind anything higher.
@@ -952,7 +1030,7 @@ fn resume(queue: &mut VecDeque<Item>, item: Item) {
     }
     let at = queue
         .iter()
-        .position(|i| i.priority <= item.priority)
+        .position(|i| i.rank() <= item.rank())
         .unwrap_or(queue.len());
     queue.insert(at, item);
 }
@@ -1017,6 +1095,9 @@ async fn play(
         })
         .collect();
     let mut on = Vec::new();
+    // Every relay a switch-on was sent to is switched off afterwards, confirmed or not: a write
+    // whose echo or read-back was lost may still have closed the contact.
+    let mut tried = Vec::new();
     let mut warmup = Duration::ZERO;
     let switched = futures_util::future::join_all(
         relays
@@ -1035,6 +1116,7 @@ async fn play(
             Err(e) => {
                 rt.outputs.note(&o, false, &e, rt.ctx.now_ms());
                 receipt(&o, Stage::Failed, e);
+                tried.push((o, r));
             }
         }
     }
@@ -1055,6 +1137,11 @@ async fn play(
         completed = results.iter().all(|r| *r) && !stop.is_cancelled();
     }
     // Relays off, whatever happened.
+    for (o, r) in tried {
+        if let Err(e) = r.switch(false).await {
+            rt.outputs.note(&o, false, &e, rt.ctx.now_ms());
+        }
+    }
     for (o, r) in on {
         match r.switch(false).await {
             Ok(()) => receipt(
@@ -1085,7 +1172,7 @@ async fn play_command(
     stop: &CancellationToken,
     receipt: &impl Fn(&str, Stage, String),
 ) -> bool {
-    let deadline = item.duration + PLAY_SLACK;
+    let deadline = item.duration.saturating_add(PLAY_SLACK);
     for round in 0..item.repeat {
         let playing = match command.start(&item.file) {
             Ok(p) => p,
@@ -1144,7 +1231,10 @@ async fn play_speaker(
         }),
     );
     receipt(speaker, Stage::Commanded, String::new());
-    let total = item.duration * item.repeat + PLAY_SLACK;
+    let total = item
+        .duration
+        .saturating_mul(item.repeat)
+        .saturating_add(PLAY_SLACK);
     let mut started = false;
     // A speaker silent for longer than its heartbeat period gets a short chance only: the zone's
     // receipts should say it is unreachable while people still wait for them.
@@ -1154,7 +1244,9 @@ async fn play_speaker(
         OFFLINE_SPEAKER_TIMEOUT
     };
     let start_deadline = tokio::time::Instant::now() + start_timeout;
-    let end_deadline = tokio::time::Instant::now() + SPEAKER_START_TIMEOUT + total;
+    let end_deadline = tokio::time::Instant::now()
+        + SPEAKER_START_TIMEOUT
+        + total.min(Duration::from_secs(24 * 3600));
     loop {
         let deadline = if started {
             end_deadline

@@ -522,9 +522,14 @@ impl Machine for BroadcastMachine<'_> {
                 };
             }
             (Action::Audio, State::Requested | State::Approved) if f.audio.is_none() => {
+                // Only the requester's own message, and never after someone approved the order:
+                // an approval is for what the approver heard.
+                if f.requester.as_deref() != Some(t.actor.as_str()) || f.approver.is_some() {
+                    return Err("only the requester adds the audio, before any approval".into());
+                }
                 let d = &t.data;
                 let sha = d.get("sha256").cloned().unwrap_or_default();
-                if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+                if !crate::blobs::is_sha256_hex(&sha) {
                     return Err("audio without a sha256".into());
                 }
                 out.audio = Some(Audio {
@@ -762,6 +767,11 @@ pub fn act(
     }
     let mut t = ctx.transition(&actor.username, actor.role.as_str(), action.as_str());
     t.data = data;
+    if action == Action::Approve {
+        // The approval names the message it approves; a playing node counts it only for that one.
+        t.data
+            .insert("audio".into(), approved_audio(&loaded.outcome.state));
+    }
     let machine = BroadcastMachine {
         scope: &scope,
         content: Some(content),
@@ -791,6 +801,13 @@ pub fn act(
     )?;
     let (after, _) = load(conn, &ctx.docs, id)?;
     Ok(after.outcome.state)
+}
+
+/// What an approval of a broadcast in this state approves besides its content: its audio message.
+pub fn approved_audio(f: &Folded) -> String {
+    f.audio
+        .as_ref()
+        .map_or_else(|| "none".to_string(), |a| a.sha256.clone())
 }
 
 /// Whether someone of `area` sees a broadcast for `scope`: those covering it and those inside it.
@@ -1065,21 +1082,16 @@ pub fn spoken_text(content: &Content) -> String {
     }
 }
 
-/// The text of a correction (更正) naming what it corrects.
-pub fn correction_text(original: &Content, note: &str) -> String {
+/// The text of a correction (更正) naming what it corrects. The person's note is never part of it:
+/// a correction plays without a second person, so it says only what the node writes for it.
+pub fn correction_text(original: &Content) -> String {
     let quoted: String = original.text.chars().take(60).collect();
     let ellipsis = if original.text.chars().count() > 60 {
         "……"
     } else {
         ""
     };
-    let mut text =
-        format!("更正：刚才播出的广播“{quoted}{ellipsis}”有误，已经撤销，请不要按该广播行动。");
-    let note = note.trim();
-    if !note.is_empty() {
-        text.push_str(note);
-    }
-    text
+    format!("更正：刚才播出的广播“{quoted}{ellipsis}”有误，已经撤销，请不要按该广播行动。")
 }
 
 #[cfg(test)]

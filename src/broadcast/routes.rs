@@ -40,7 +40,11 @@ pub fn routes(r: Routes) -> Routes {
         .post("/api/v1/broadcasts", create)
         .get("/api/v1/broadcasts/{id}", get)
         .post("/api/v1/broadcasts/{id}/transitions", transition)
-        .post("/api/v1/broadcasts/{id}/audio", audio)
+        .post_with_limit(
+            "/api/v1/broadcasts/{id}/audio",
+            audio,
+            MAX_AUDIO_BYTES + 64 * 1024,
+        )
         .get("/api/v1/pa/zones", zones)
         .get("/api/v1/pa/audio/{sha256}", fetch_audio)
 }
@@ -234,6 +238,13 @@ async fn create(
     if !(1..=10).contains(&repeat) {
         return Err(Invalid::new("repeat", "1 to 10").into());
     }
+    // Sizes first: de-duplicating an enormous list would cost quadratic time.
+    if body.zones.len() > 50 {
+        return Err(Invalid::new("zones", "1 to 50 zones").into());
+    }
+    if body.schedule.len() > 12 {
+        return Err(Invalid::new("schedule", "at most 12 times a day").into());
+    }
     let mut zones: Vec<String> = Vec::new();
     for z in body.zones {
         let z = z.trim().to_string();
@@ -386,8 +397,10 @@ async fn transition(
             let original = loaded
                 .content
                 .map_err(|e| BroadcastError::Conflict(format!("this broadcast is void: {e}")))?;
+            // The note is recorded with the transition, never spoken: a correction plays without a
+            // second person, so it may only say what the node writes for it.
             let correction_content = Content {
-                text: super::correction_text(&original, &note),
+                text: super::correction_text(&original),
                 zones: original.zones.clone(),
                 mode: original.mode,
                 level: original.level,

@@ -234,6 +234,8 @@ pub fn validate(pa: &PaConfig, device_ids: &[String]) -> Result<(), (String, Str
         }
     }
     let mut zone_ids = std::collections::HashSet::new();
+    // A relay in two zones would be switched off by one zone while the other still plays.
+    let mut relay_zones: std::collections::HashMap<&str, &str> = std::collections::HashMap::new();
     for (i, zone) in pa.zones.iter().enumerate() {
         let key = |field: &str| format!("pa.zones[{i}].{field}");
         if !valid_id(&zone.id) || !zone_ids.insert(zone.id.clone()) {
@@ -254,6 +256,20 @@ pub fn validate(pa: &PaConfig, device_ids: &[String]) -> Result<(), (String, Str
                 key("outputs"),
                 format!("no output `{unknown}` in [[pa.outputs]]"),
             ));
+        }
+        for o in &zone.outputs {
+            let relay = pa
+                .outputs
+                .iter()
+                .any(|out| out.id() == o && matches!(out, Output::ModbusRelay(_)));
+            if relay && let Some(other) = relay_zones.insert(o, &zone.id) {
+                return Err((
+                    key("outputs"),
+                    format!(
+                        "relay `{o}` already powers zone `{other}`: a relay belongs to one zone"
+                    ),
+                ));
+            }
         }
     }
     Ok(())
@@ -315,6 +331,17 @@ outputs = ["amp-wangzhai", "spk-xiayang-01"]
         let base: PaConfig = toml::from_str(EXAMPLE).unwrap();
         let mut unknown_output = base.clone();
         unknown_output.zones[0].outputs.push("amp-nowhere".into());
+        let mut shared_relay = base.clone();
+        shared_relay.zones.push(Zone {
+            id: "second".into(),
+            name: "另一个村".into(),
+            area: "330723001002".into(),
+            outputs: vec!["amp-wangzhai".into()],
+        });
+        assert_eq!(
+            validate(&shared_relay, &[]).map_err(|(k, _)| k),
+            Err("pa.zones[1].outputs".to_string())
+        );
         assert_eq!(
             validate(&unknown_output, &[]).unwrap_err().0,
             "pa.zones[0].outputs"

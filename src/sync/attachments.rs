@@ -94,6 +94,15 @@ async fn blocking<T: Send + 'static>(
         .map_err(SessionError::from)
 }
 
+/// Whether a stored blob is audio, from its first bytes.
+fn is_audio(blobs: &crate::blobs::BlobStore, sha: &str) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 16];
+    std::fs::File::open(blobs.path(sha))
+        .and_then(|mut f| f.read(&mut head))
+        .is_ok_and(|n| crate::pa::audio::sniff(&head[..n]).is_some())
+}
+
 /// The request for the next attachment this node lacks, if any (and if nothing is being fetched).
 pub async fn next_request(rt: &Runtime, fetch: &mut Fetch) -> Option<Frame> {
     if !fetch.is_idle() {
@@ -145,12 +154,15 @@ pub async fn handle(
                 .await?;
             let incident_flow = rt.docs.flow(crate::incidents::KIND);
             let broadcast_flow = rt.docs.flow(crate::broadcast::KIND);
+            // Through a broadcast only audio is served: a node below may name any hash in a
+            // broadcast of its own area, and must not fetch a photo that way.
             let may_have = incident_areas
                 .iter()
                 .any(|a| peer.holds(&rt.node.area, incident_flow, a))
-                || broadcast_areas
+                || (broadcast_areas
                     .iter()
-                    .any(|a| peer.holds(&rt.node.area, broadcast_flow, a));
+                    .any(|a| peer.holds(&rt.node.area, broadcast_flow, a))
+                    && is_audio(&rt.blobs, &sha256));
             if !may_have {
                 return Ok(vec![Frame::BlobMissing { sha256 }]);
             }

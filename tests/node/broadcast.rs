@@ -371,11 +371,25 @@ async fn the_two_person_rule_holds_for_every_role_pair() {
     )
     .await
     .expect(StatusCode::OK);
+    // Once approved, the requester cannot swap in a recording of their own: the approval was for
+    // what the approver saw.
+    let (ct, wav_body) = multipart("file", "m.wav", &wav(0.2));
+    let (status, _, _) = h
+        .send_raw(
+            &p.staff,
+            "POST",
+            &format!("/api/v1/broadcasts/{id}/audio"),
+            &ct,
+            wav_body,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
     let done = until(h, &p.staff, &id, Duration::from_secs(30), |v| {
         v["state"] == "finished"
     })
     .await;
     assert_eq!(done["approver"], "zhao.lei");
+    assert_eq!(done["transitions"][1]["data"]["audio"], "none", "{done}");
     assert_eq!(lines(&p.live_log).len(), before + 2);
 }
 
@@ -475,6 +489,9 @@ async fn a_correction_cancels_and_plays_within_a_minute_without_a_second_approva
         c["text"].as_str().unwrap().contains("导弹来袭"),
         "names what it corrects: {c}"
     );
+    // The note is kept with the transition, never spoken: one person cannot put words on the air
+    // through a correction.
+    assert!(!c["text"].as_str().unwrap().contains("这是误报"), "{c}");
     assert_eq!(c["corrects"], id.as_str());
     assert_eq!(c["approver"], Value::Null, "no second approval was needed");
     let original = until(&p.h, &p.staff, &id, Duration::from_secs(5), |v| {

@@ -130,9 +130,9 @@ test('active broadcasts come first, newest first', () => {
 });
 
 test('a correction reads as the node will play it', () => {
-  assert.equal(logic.correctionText('请转移', '水位已回落'), '更正：刚才播出的广播“请转移”有误，已经撤销，请不要按该广播行动。水位已回落');
+  assert.equal(logic.correctionText('请转移'), '更正：刚才播出的广播“请转移”有误，已经撤销，请不要按该广播行动。');
   const long = '字'.repeat(61);
-  assert.ok(logic.correctionText(long, '').includes(`“${'字'.repeat(60)}……”`));
+  assert.ok(logic.correctionText(long).includes(`“${'字'.repeat(60)}……”`));
 });
 
 test('a start time goes out as RFC 3339 UTC, and an empty one not at all', () => {

@@ -186,11 +186,14 @@ export function sortReceipts(receipts) {
 
 // The text of a correction as src/broadcast/mod.rs `correction_text` writes it, to show before it
 // is sent: the first 60 characters of the original quoted, then the note.
-export function correctionText(original, note) {
+// What a correction says, as src/broadcast/mod.rs `correction_text` writes it. The person's note is
+// kept with the correction in the record, never spoken: a correction plays without a second
+// person, so it may only say what the node writes for it.
+export function correctionText(original) {
   const chars = [...(original || '')];
   const quoted = chars.slice(0, 60).join('');
   const ellipsis = chars.length > 60 ? '……' : '';
-  return `更正：刚才播出的广播“${quoted}${ellipsis}”有误，已经撤销，请不要按该广播行动。${(note || '').trim()}`;
+  return `更正：刚才播出的广播“${quoted}${ellipsis}”有误，已经撤销，请不要按该广播行动。`;
 }
 
 // A datetime-local value as RFC 3339 in UTC to the second, which the node parses; empty stays empty.

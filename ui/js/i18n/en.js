@@ -432,7 +432,7 @@ export default {
   'broadcasts.waiting_second': 'Waiting for a second person: live red and orange broadcasts play only after someone else approves them; the requester cannot approve their own.',
   'broadcasts.correct': 'Broadcast a correction',
   'broadcasts.correct_help': 'This stops the broadcast and plays a correction on the same zones, telling people not to act on it.',
-  'broadcasts.correct_note': 'Correction note (short, e.g. what is right)',
+  'broadcasts.correct_note': 'Correction note (kept in the record and the audit log, not spoken)',
   'broadcasts.correct_preview': 'It will say:',
   'broadcasts.correct_ok': 'Confirm correction',
   'broadcasts.void': 'This broadcast’s record is invalid and will not play:',

@@ -432,7 +432,7 @@ export default {
   'broadcasts.waiting_second': '等待第二位工作人员批准：红色、橙色的正式广播要另一个人批准后才会播放，发起人不能自己批准。',
   'broadcasts.correct': '发布更正',
   'broadcasts.correct_help': '将停止这条广播，并在相同区域播出更正，告诉大家不要按这条广播行动。',
-  'broadcasts.correct_note': '更正说明（简短，例如正确的内容）',
+  'broadcasts.correct_note': '更正说明（记入记录和审计日志，不会播出）',
   'broadcasts.correct_preview': '将播出：',
   'broadcasts.correct_ok': '确认更正',
   'broadcasts.void': '这条广播的记录无效，不会播放：',

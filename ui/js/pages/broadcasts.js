@@ -768,9 +768,8 @@ export async function renderDetail(main, { id }) {
       correct.addEventListener('click', async () => {
         const note = el('textarea', { id: 'b-correct-note', rows: 3, maxlength: 500 });
         const preview = el('p', { class: 'correction-preview', id: 'b-correct-preview' });
-        const showPreview = () => { preview.textContent = correctionText(b.text, note.value); };
-        note.addEventListener('input', showPreview);
-        showPreview();
+        // The note goes into the record (and the audit log); what plays is the fixed correction.
+        preview.textContent = correctionText(b.text);
         const ok = await openDialog(main, {
           id: 'b-correct',
           title: t('broadcasts.correct'),
