@@ -556,7 +556,29 @@ async fn fetch_audio(
         .lock()
         .ok()
         .and_then(|m| m.get(&sha).cloned());
-    let path = spoken.unwrap_or_else(|| state.blobs.path(&sha));
+    let path = match spoken {
+        Some(path) => path,
+        None => {
+            // A recorded message: only one a broadcast here refers to, and for a person only one
+            // of a broadcast they may see.
+            let viewer = caller.as_ref().map(|c| c.actor.area.clone());
+            let wanted = sha.clone();
+            let visible = state
+                .store
+                .read(move |conn| {
+                    let areas = super::audio_areas(conn, &wanted)?;
+                    Ok::<_, crate::store::StoreError>(match viewer {
+                        Some(v) => areas.iter().any(|a| super::may_see(&v, a)),
+                        None => !areas.is_empty(),
+                    })
+                })
+                .await?;
+            if !visible {
+                return Err(ApiError::NotFound);
+            }
+            state.blobs.path(&sha)
+        }
+    };
     let bytes = match tokio::fs::read(&path).await {
         Ok(b) => b,
         Err(_) => return Err(ApiError::NotFound),

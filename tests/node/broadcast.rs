@@ -618,6 +618,29 @@ async fn a_recorded_message_plays_instead_of_speech_and_other_files_are_refused(
     let v: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(v["audio"]["mime"], "audio/wav");
     assert_eq!(v["audio"]["duration_ms"], 500);
+    // Served to a broadcaster who may see the broadcast; an audio file no broadcast names is not.
+    let sha = v["audio"]["sha256"].as_str().unwrap().to_string();
+    let got =
+        p.h.send_raw(
+            &p.staff,
+            "GET",
+            &format!("/api/v1/pa/audio/{sha}"),
+            "application/octet-stream",
+            vec![],
+        )
+        .await;
+    assert_eq!((got.0, got.2), (StatusCode::OK, wav(0.5)));
+    let stray = p.h.state().blobs.put(&wav(0.3)).unwrap();
+    let got =
+        p.h.send_raw(
+            &p.staff,
+            "GET",
+            &format!("/api/v1/pa/audio/{stray}"),
+            "application/octet-stream",
+            vec![],
+        )
+        .await;
+    assert_eq!(got.0, StatusCode::NOT_FOUND);
     let done = until(&p.h, &p.staff, &id, Duration::from_secs(30), |v| {
         v["state"] == "finished"
     })
