@@ -423,6 +423,16 @@ pub fn spawn_background(state: &AppState) {
             tracing::warn!(error = %e, "deadline check failed");
         }
     });
+    state.spawn_every(Duration::from_secs(3600), |state| async move {
+        let now = state.clock.now_ms();
+        if let Err(e) = state
+            .store
+            .write(move |conn| crate::http::idempotency::purge(conn, now))
+            .await
+        {
+            tracing::warn!(error = %e, "dropping old idempotent answers failed");
+        }
+    });
     start_telemetry(state);
     start_cap_feeds(state);
     start_broadcasts(state);

@@ -8,6 +8,7 @@ pub mod access;
 pub mod caller;
 pub mod csv;
 pub mod extract;
+pub mod idempotency;
 pub mod problem;
 pub mod routes;
 mod system;
@@ -61,6 +62,11 @@ pub fn app(state: AppState) -> Router {
     let hosts = std::sync::Arc::new(AllowedHosts::new(&http.tls_names));
     all_routes(&state.config)
         .into_router()
+        // Inside the access check, so the caller is known; a retried POST is answered from here.
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            idempotency::idempotent,
+        ))
         .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(middleware::from_fn(label_route))
         .fallback(ui::fallback)

@@ -73,6 +73,9 @@ pub enum ApiError {
     QuotaExceeded(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// Well-formed but not acceptable as it stands (an idempotency key reused for another request).
+    #[error("{0}")]
+    Unprocessable(String),
     #[error("too many attempts; try again in {0} seconds")]
     TooManyRequests(u64),
     #[error("the service is not ready: {0}")]
@@ -103,6 +106,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge | ApiError::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,

@@ -28,6 +28,7 @@ const MIGRATIONS: &[Migration] = &[
     v12_cap_inbound,
     v13_warning_events,
     v14_broadcasts,
+    v15_idempotency,
 ];
 
 /// The schema version this binary writes.
@@ -476,6 +477,24 @@ fn v14_broadcasts(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             detail       TEXT NOT NULL,
             at_ms        INTEGER NOT NULL
         ) STRICT;",
+    )
+}
+
+/// Answers kept for `Idempotency-Key` retries (see `http::idempotency`), per person and key, for a
+/// day. `status` is NULL while the first request runs.
+fn v15_idempotency(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE idempotency (
+            username     TEXT NOT NULL,
+            key          TEXT NOT NULL,
+            fingerprint  TEXT NOT NULL,
+            status       INTEGER,
+            content_type TEXT,
+            body         BLOB,
+            created_ms   INTEGER NOT NULL,
+            PRIMARY KEY (username, key)
+        ) STRICT;
+        CREATE INDEX idempotency_age ON idempotency (created_ms);",
     )
 }
 

@@ -15,6 +15,7 @@ mod graceful;
 mod hostile;
 mod http;
 mod hygiene;
+mod idempotency;
 mod incidents;
 mod layers;
 mod listeners;
