@@ -353,6 +353,7 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
         };
         let jitter = ((n * 37) % 100) as f64 / 10_000.0;
         let new = NewIncident {
+            id: None,
             category: category.into(),
             title: title.into(),
             description: description.into(),

@@ -74,6 +74,32 @@ impl WriteCtx {
         audit::append(conn, &self.key, self.now_ms(), event)
     }
 
+    /// [`Self::create_record`] under an id the caller chose (checked unused by the caller).
+    #[allow(clippy::too_many_arguments)]
+    pub fn create_record_with_id(
+        &self,
+        conn: &Connection,
+        by: &Author,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        detail: serde_json::Value,
+        build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
+    ) -> Result<DocMeta, StoreError> {
+        let actor = audit_name(by);
+        let meta = self.docs.create_with_id(conn, by, id, kind, scope, build)?;
+        self.saw_seq(meta.seq);
+        let target = format!("{kind}/{}", meta.id);
+        self.audit(
+            conn,
+            Event::new(actor.as_str(), "record.create", &target).detail(serde_json::json!({
+                "scope": scope.as_str(),
+                "fields": detail,
+            })),
+        )?;
+        Ok(meta)
+    }
+
     /// Creates a record and audits it as `record.create` by `by`.
     pub fn create_record(
         &self,

@@ -68,6 +68,8 @@ pub fn invalid(field: &str, detail: impl ToString) -> IncidentError {
 /// A new report.
 #[derive(Debug, Clone)]
 pub struct NewIncident {
+    /// The id the reporter's phone chose (a UUIDv7), so a retried report finds the first one.
+    pub id: Option<Uuid>,
     pub category: String,
     pub title: String,
     pub description: String,
@@ -163,7 +165,8 @@ pub fn create(
     let role = actor.role.as_str();
     let scope = new.area.clone();
     let by = ctx.author(actor);
-    let meta = ctx.create_record(conn, &by, KIND, &scope, detail, move |doc| {
+    let chosen = new.id;
+    let build = move |doc: &mut automerge::AutoCommit| -> Result<(), township_sync::DocError> {
         doc.put(automerge::ROOT, "category", new.category.as_str())?;
         doc.put(automerge::ROOT, "title", new.title.trim())?;
         doc.put(automerge::ROOT, "description", new.description.as_str())?;
@@ -187,8 +190,32 @@ pub fn create(
         doc.put_object(automerge::ROOT, "comments", ObjType::List)?;
         doc.put_object(automerge::ROOT, "attachments", ObjType::List)?;
         Ok(())
-    })?;
+    };
+    let meta = match chosen {
+        Some(id) => ctx.create_record_with_id(conn, &by, id, KIND, &scope, detail, build)?,
+        None => ctx.create_record(conn, &by, KIND, &scope, detail, build)?,
+    };
     Ok(meta.id)
+}
+
+/// What an id a phone chose for its report already names, if anything: `Some(true)` when it is
+/// that person's own report (a retry), `Some(false)` when it is any other record.
+pub fn chosen_id_taken(
+    conn: &Connection,
+    id: Uuid,
+    reporter: &str,
+) -> Result<Option<bool>, StoreError> {
+    if township_sync::DocStore::meta(conn, id)?.is_none() {
+        return Ok(None);
+    }
+    let own: Option<String> = conn
+        .query_row(
+            "SELECT reporter FROM incidents WHERE id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(Some(own.as_deref() == Some(reporter)))
 }
 
 /// A transition request, before it is checked.

@@ -99,6 +99,9 @@ struct Location {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
+    /// A UUIDv7 the reporter's phone chose, so a retry after a lost answer finds the first report.
+    #[serde(default)]
+    id: Option<String>,
     category: String,
     title: String,
     #[serde(default)]
@@ -113,7 +116,51 @@ async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
+    let chosen = match body.id.as_deref() {
+        None => None,
+        Some(text) => {
+            let id = Uuid::parse_str(text)
+                .ok()
+                .filter(|u| u.get_version_num() == 7)
+                .ok_or_else(|| invalid("id", "a UUIDv7 made on the phone, or leave it out"))?;
+            // Its time must be near now: an id from far away is no phone's fresh report.
+            let ms = id
+                .get_timestamp()
+                .map(|t| {
+                    let (secs, nanos) = t.to_unix();
+                    i64::try_from(secs).unwrap_or(i64::MAX) * 1000 + i64::from(nanos / 1_000_000)
+                })
+                .unwrap_or(0);
+            let now = state.clock.now_ms();
+            if ms < now - 30 * 86_400_000 || ms > now + 86_400_000 {
+                return Err(invalid("id", "its time is more than 30 days from now").into());
+            }
+            Some(id)
+        }
+    };
+    if let Some(id) = chosen {
+        // A retry of a report that arrived: answered with it, nothing made twice.
+        let who = caller.username.clone();
+        match state
+            .store
+            .read(move |conn| super::chosen_id_taken(conn, id, &who))
+            .await?
+        {
+            Some(true) => {
+                return Ok(
+                    (StatusCode::OK, Json(load_view(&state, &caller, id).await?)).into_response(),
+                );
+            }
+            Some(false) => {
+                return Err(ApiError::Conflict(
+                    "this id belongs to another record".into(),
+                ));
+            }
+            None => {}
+        }
+    }
     let new = NewIncident {
+        id: chosen,
         category: body.category.trim().to_string(),
         title: body.title,
         description: body.description,
@@ -127,12 +174,31 @@ async fn create(
     super::check_new(&state.config, &state.node.area, &caller, &new)?;
     let ctx = state.write_ctx();
     let who = caller.clone();
-    let id = state
+    // Checked again where it is written: two retries racing each other make one report.
+    let (id, made) = state
         .store
-        .write(move |conn| super::create(conn, &ctx, &who, new))
+        .write(move |conn| {
+            if let Some(id) = new.id {
+                match super::chosen_id_taken(conn, id, &who.username)? {
+                    Some(true) => return Ok((id, false)),
+                    Some(false) => {
+                        return Err(IncidentError::Conflict(
+                            "this id belongs to another record".into(),
+                        ));
+                    }
+                    None => {}
+                }
+            }
+            Ok((super::create(conn, &ctx, &who, new)?, true))
+        })
         .await?;
     let view = load_view(&state, &caller, id).await?;
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    let status = if made {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(view)).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -377,7 +377,23 @@ impl DocStore {
         scope: &AreaCode,
         build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
     ) -> Result<DocMeta, DocError> {
-        let id = Uuid::now_v7();
+        self.create_with_id(conn, author, Uuid::now_v7(), kind, scope, build)
+    }
+
+    /// [`Self::create`] with an id chosen by the caller (a phone's outbox names its report so a
+    /// retry finds it); refused if a record already has it.
+    pub fn create_with_id(
+        &self,
+        conn: &Connection,
+        author: &Author,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
+    ) -> Result<DocMeta, DocError> {
+        if Self::meta(conn, id)?.is_some() {
+            return Err(DocError::Invalid(format!("record {id} exists already")));
+        }
         let mut doc = AutoCommit::new().with_actor(self.actor.clone());
         doc.put(automerge::ROOT, KIND_KEY, kind)?;
         doc.put(automerge::ROOT, SCOPE_KEY, scope.as_str())?;

@@ -161,3 +161,50 @@ async fn the_same_report_sent_twice_at_once_makes_one_incident() {
     }
     assert_eq!(incident_count(&h).await, 1);
 }
+
+#[tokio::test]
+async fn a_report_named_by_the_phone_is_made_once_however_often_it_is_sent() {
+    let h = Harness::new().await;
+    let grid = h
+        .user("wang.fang", Role::GridWorker, "330723001001", None)
+        .await;
+    let other = h
+        .user("li.qiang", Role::GridWorker, "330723001001", None)
+        .await;
+    // A UUIDv7 made now by the phone (the harness clock's now).
+    let ts = uuid::Timestamp::from_unix(uuid::NoContext, (h.clock.now_ms() / 1000) as u64, 0);
+    let id = uuid::Uuid::new_v7(ts).to_string();
+    let mut body = report("垃圾堆放", "其他");
+    body["id"] = json!(id);
+    let (status, _, first) = h
+        .as_(&grid, "POST", "/api/v1/incidents", Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["id"], id.as_str());
+    // Sent again (the answer was lost, or the outbox retried after a reload): the same report.
+    let (status, _, again) = h
+        .as_(&grid, "POST", "/api/v1/incidents", Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(incident_count(&h).await, 1);
+    // Nobody else can take or probe that id.
+    let (status, _, _) = h
+        .as_(&other, "POST", "/api/v1/incidents", Some(body.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    // Only a fresh UUIDv7.
+    for bad in [
+        "not-a-uuid",
+        "6f1c6a2e-9c1b-4b5e-8f4d-1d2c3b4a5e6f",
+        "00000000-0000-7000-8000-000000000000",
+    ] {
+        body["id"] = json!(bad);
+        let (status, _, e) = h
+            .as_(&grid, "POST", "/api/v1/incidents", Some(body.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {e}");
+        assert_eq!(e["field"], "id");
+    }
+    assert_eq!(incident_count(&h).await, 1);
+}
