@@ -87,6 +87,10 @@ pub struct AppInner {
     pub cap_served: Arc<crate::cap::Served>,
     /// How each `[[cap.feeds]]` entry has fared.
     pub cap_feeds: Arc<crate::cap::feeds::Feeds>,
+    /// The data directory (the database, blobs, keys and certificates live under it).
+    pub data_dir: std::path::PathBuf,
+    /// HTTPS on the LAN, once [`open`] has loaded the certificates (never for one-off commands).
+    pub tls: std::sync::OnceLock<Arc<crate::tls::LanTls>>,
 }
 
 impl Deref for AppState {
@@ -211,6 +215,8 @@ impl AppState {
                 speech: Arc::new(speech),
                 broadcast_spoken: Arc::default(),
                 pa_counters: Arc::default(),
+                data_dir,
+                tls: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -249,9 +255,9 @@ impl AppState {
         });
     }
 
-    /// Whether cookies should be marked Secure. The node serves plain HTTP until LAN TLS exists.
-    pub fn serves_https(&self) -> bool {
-        false
+    /// The LAN HTTPS state, when the node serves HTTPS.
+    pub fn lan_tls(&self) -> Option<&crate::tls::LanTls> {
+        self.tls.get().map(|t| t.as_ref())
     }
 }
 
@@ -360,6 +366,27 @@ impl AppState {
 /// collection, deadlines, the telemetry writer, statuses, retention and drivers, and housekeeping.
 /// All of it stops on the shutdown signal and is awaited through the task tracker.
 pub fn spawn_background(state: &AppState) {
+    // The LAN certificate is renewed well before it expires and when the hub gets a new address;
+    // the listener takes the new one without a restart.
+    if state.lan_tls().is_some() {
+        state.spawn_every(Duration::from_secs(3600), |state| async move {
+            let Some(lan) = state.tls.get().cloned() else {
+                return;
+            };
+            let now = state.clock.now_ms();
+            match tokio::task::spawn_blocking(move || {
+                lan.renew(crate::tls::Renew::IfNeeded, now)
+                    .map(|r| (r, lan.certs()))
+            })
+            .await
+            {
+                Ok(Ok((Some(reason), certs))) => audit_tls_issue(&state, &certs, reason).await,
+                Ok(Ok((None, _))) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "LAN certificate renewal failed"),
+                Err(e) => tracing::warn!(error = %e, "LAN certificate renewal panicked"),
+            }
+        });
+    }
     state.spawn_every(Duration::from_secs(30), |state| async move {
         let (key, now) = (state.key.clone(), state.clock.now_ms());
         match state
@@ -431,6 +458,16 @@ pub fn spawn_background(state: &AppState) {
             .await
         {
             tracing::warn!(error = %e, "dropping old idempotent answers failed");
+        }
+        let data_dir = state.data_dir.clone();
+        match state
+            .store
+            .write(move |conn| crate::uploads::purge(conn, &data_dir, now))
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(uploads = n, "dropped uploads without progress for a day"),
+            Err(e) => tracing::warn!(error = %e, "dropping stale uploads failed"),
         }
     });
     start_telemetry(state);
@@ -598,6 +635,12 @@ pub async fn open_with_clock(
     clock: Clock,
 ) -> Result<OpenedNode, NodeError> {
     let opened = open_store(dir, config, clock).await?;
+    if opened.state.config.http.https_listen.is_some()
+        && let Err(e) = open_lan_tls(&opened.state).await
+    {
+        opened.state.store.close().await;
+        return Err(e);
+    }
     let (ctx, flat) = (
         opened.state.write_ctx(),
         crate::audit::flatten_config(&opened.state.config),
@@ -611,6 +654,55 @@ pub async fn open_with_clock(
         tracing::warn!(error = %e, "could not record the configuration in the audit log");
     }
     Ok(opened)
+}
+
+/// Loads or makes the LAN certificates (audited when something is issued) and keeps them in the
+/// state for the HTTPS listener and the trust page.
+async fn open_lan_tls(state: &AppState) -> Result<(), NodeError> {
+    let (lan, reason) = crate::tls::LanTls::open(
+        state.data_dir.clone(),
+        &state.node.name,
+        &state.config.http.tls_names,
+        state.clock.now_ms(),
+    )?;
+    if let Some(reason) = reason {
+        audit_tls_issue(state, &lan.certs(), reason).await;
+    }
+    let _ = state.tls.set(Arc::new(lan));
+    Ok(())
+}
+
+/// Logs and audits a (re)issued LAN certificate.
+pub async fn audit_tls_issue(
+    state: &AppState,
+    certs: &crate::tls::LanCerts,
+    reason: crate::tls::Reason,
+) {
+    let detail = serde_json::json!({
+        "reason": reason,
+        "names": certs.issued.server_names,
+        "not_after": crate::clock::rfc3339_china(certs.issued.server_not_after_ms),
+        "ca_sha256": certs.ca_fingerprint(),
+    });
+    tracing::info!(?reason, names = ?certs.issued.server_names, "LAN certificate issued");
+    let ctx = state.write_ctx();
+    if let Err(e) = state
+        .store
+        .write(move |conn| {
+            ctx.audit(
+                conn,
+                crate::audit::Event::new(
+                    crate::auth::actor::SYSTEM,
+                    "tls.issue",
+                    "lan-certificate",
+                )
+                .detail(detail),
+            )
+        })
+        .await
+    {
+        tracing::warn!(error = %e, "could not audit the LAN certificate");
+    }
 }
 
 /// Opens the node for a one-off CLI command while it is not serving. Unlike [`open`] it does not

@@ -65,6 +65,38 @@ enum Command {
     /// Check the audit chain.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The node's own HTTPS certificate for the LAN: show it (CA fingerprint, names, expiry) or
+    /// renew it.
+    #[command(subcommand)]
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsCommand {
+    /// Print the CA's SHA-256 fingerprint (what phones check when they trust it), the certificate's
+    /// names and addresses, and when each expires.
+    Show(TlsArgs),
+    /// Reissue the server certificate under the same CA (phones keep trusting it); with --new-ca,
+    /// make a new CA as well (every phone must trust the new one). A running node uses it at once.
+    Renew(TlsRenewArgs),
+}
+
+#[derive(Debug, Args)]
+struct TlsArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Config file; defaults to township-node.toml in the data directory when present.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TlsRenewArgs {
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Make a new CA too, covering the names now configured in [http] tls_names.
+    #[arg(long)]
+    new_ca: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -312,6 +344,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 info.area,
                 dir.root().display()
             );
+            if config.http.https_listen.is_some() {
+                let configured = &config.http.tls_names;
+                let (certs, _) = crate::tls::certs::ensure(
+                    dir.root(),
+                    &info.name,
+                    configured,
+                    &crate::tls::certs::wanted_names(configured),
+                    crate::clock::system_now_ms(),
+                    crate::tls::Renew::IfNeeded,
+                    false,
+                )?;
+                println!("LAN CA SHA-256: {}", certs.ca_fingerprint());
+            }
             println!("node_id:    {}", info.node_id);
             println!("public_key: {}", info.public_key);
             if generated {
@@ -477,6 +522,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("{token}");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tls(TlsCommand::Show(args)) => {
+            let dir = DataDir::new(&args.data_dir);
+            dir.ensure_exists()?;
+            let config = Config::load_from_process(config_path(&dir, args.config).as_deref())?;
+            match crate::tls::certs::load(dir.root())? {
+                Some(certs) => {
+                    print!("{}", crate::tls::describe(&certs, config.http.https_listen));
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    println!(
+                        "no LAN certificate yet in {}: the node makes one when it starts (or run `township-node tls renew --data-dir {}`)",
+                        dir.root().display(),
+                        dir.root().display()
+                    );
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Tls(TlsCommand::Renew(args)) => {
+            let reply = control(
+                &args.data_dir,
+                control::Request::TlsRenew {
+                    new_ca: args.new_ca,
+                },
+            )?;
+            let control::Reply::Tls { shown } = reply else {
+                bail!("unexpected answer from the node: {reply:?}");
+            };
+            print!("{shown}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Rebuild(args) => {
             let reply = control(&args.data_dir, control::Request::Rebuild)?;
             let control::Reply::Rebuilt { documents, millis } = reply else {
@@ -578,6 +655,34 @@ async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
         .local_addr()
         .context("listener has no local address")?;
     tracing::info!(node_id = %state.node.node_id, area = %state.node.area, role = %state.node.role, "listening on http://{addr}");
+    let https = match (state.config.http.https_listen, state.tls.get().cloned()) {
+        (Some(https_listen), Some(lan)) => {
+            let https_listener = match tokio::net::TcpListener::bind(https_listen).await {
+                Ok(l) => l,
+                Err(e) => {
+                    app::finish(&state, Duration::from_secs(1)).await;
+                    bail!(
+                        "cannot listen for HTTPS on {https_listen}: {e} (set [http] https_listen to a free address, or \"off\")"
+                    );
+                }
+            };
+            let https_addr = https_listener
+                .local_addr()
+                .context("HTTPS listener has no local address")?;
+            lan.set_port(https_addr.port());
+            tracing::info!(ca_sha256 = %lan.certs().ca_fingerprint(), "listening on https://{https_addr}");
+            let tls_config = crate::tls::serve::server_config(lan.slot.clone())
+                .context("cannot configure TLS")?;
+            Some(tokio::spawn(crate::tls::serve::run_https(
+                https_listener,
+                crate::http::app(state.clone()),
+                tls_config,
+                state.shutdown.clone(),
+                grace,
+            )))
+        }
+        _ => None,
+    };
     if demo {
         let shown = if addr.ip().is_unspecified() {
             SocketAddr::from(([127, 0, 0, 1], addr.port()))
@@ -587,6 +692,14 @@ async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
         println!(
             "township-node demo is running: open http://{shown}/ in a browser (Ctrl+C to stop)"
         );
+        if let Some(lan) = state.lan_tls()
+            && let Some(port) = lan.port()
+        {
+            println!(
+                "  phones on the LAN: open http://<this machine's address>:{}/ca to trust the node's certificate, then https://<address>:{port}/",
+                addr.port()
+            );
+        }
         let simulated = state
             .config
             .devices
@@ -613,6 +726,14 @@ async fn serve(dir: &DataDir, config: Config, demo: bool) -> Result<()> {
         tracing::warn!(error = %e, "control socket unavailable; CLI account commands will wait for the node to stop");
     }
     let served = app::run(listener, state.clone()).await;
+    if let Some(https) = https {
+        state.shutdown.cancel();
+        match https.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the HTTPS server failed"),
+            Err(e) => tracing::warn!(error = %e, "the HTTPS server task failed"),
+        }
+    }
     app::finish(&state, grace.min(Duration::from_secs(5))).await;
     drop(opened);
     served.context("the HTTP server failed")?;

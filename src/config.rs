@@ -333,6 +333,37 @@ pub struct HttpConfig {
     /// DNS rebinding to talk to the node through a phone's browser. IP addresses, `localhost` and
     /// this machine's own host name (and `<name>.local`) are always accepted.
     pub tls_names: Vec<String>,
+    /// Where HTTPS listens, with the node's own LAN certificate (see `township-node tls show`).
+    /// Phones need it for geolocation, the camera and the offline app; plain HTTP on `listen` then
+    /// redirects LAN browsers here. `"off"` serves plain HTTP only.
+    #[serde(with = "listen_or_off")]
+    pub https_listen: Option<SocketAddr>,
+}
+
+/// `https_listen = "0.0.0.0:8443"` or `"off"`.
+mod listen_or_off {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(addr) => s.serialize_str(&addr.to_string()),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim().eq_ignore_ascii_case("off") {
+            return Ok(None);
+        }
+        text.trim().parse().map(Some).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "https_listen must be an address such as \"0.0.0.0:8443\" or \"off\", not {text:?}"
+            ))
+        })
+    }
 }
 
 impl Default for HttpConfig {
@@ -345,6 +376,7 @@ impl Default for HttpConfig {
             metrics_token: None,
             metrics_public: false,
             tls_names: Vec::new(),
+            https_listen: Some(SocketAddr::from(([0, 0, 0, 0], 8443))),
         }
     }
 }

@@ -56,6 +56,11 @@ pub enum Request {
         area: String,
         name: String,
     },
+    /// Reissue the LAN server certificate (under the same CA unless `new_ca`); a running node puts
+    /// it in service at once.
+    TlsRenew {
+        new_ca: bool,
+    },
 }
 
 /// What a request produced, typed on both sides of the socket so the CLI never picks fields out of
@@ -79,6 +84,8 @@ pub enum Reply {
     Enrolled { node: crate::sync::PeerRow },
     /// Projections rebuilt from the record documents.
     Rebuilt { documents: usize, millis: u64 },
+    /// The LAN certificate after a renewal: the `tls show` text.
+    Tls { shown: String },
 }
 
 /// Why a request was not carried out; the message is for a person at a terminal.
@@ -94,6 +101,8 @@ pub enum ControlError {
     Random(#[from] session::RandomUnavailable),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -242,6 +251,39 @@ pub async fn execute(
             Ok(Reply::Rebuilt {
                 documents,
                 millis: started.elapsed().as_millis() as u64,
+            })
+        }
+        Request::TlsRenew { new_ca } => {
+            let renew = if new_ca {
+                crate::tls::Renew::NewCa
+            } else {
+                crate::tls::Renew::Server
+            };
+            let now = state.clock.now_ms();
+            let (certs, reason) = match state.tls.get().cloned() {
+                Some(lan) => {
+                    let reason = lan.renew(renew, now)?;
+                    (lan.certs(), reason)
+                }
+                // Not serving: renew the files; the node takes them when it starts.
+                None => {
+                    let configured = &state.config.http.tls_names;
+                    crate::tls::certs::ensure(
+                        &state.data_dir,
+                        &state.node.name,
+                        configured,
+                        &crate::tls::certs::wanted_names(configured),
+                        now,
+                        renew,
+                        false,
+                    )?
+                }
+            };
+            if let Some(reason) = reason {
+                crate::app::audit_tls_issue(state, &certs, reason).await;
+            }
+            Ok(Reply::Tls {
+                shown: crate::tls::describe(&certs, state.config.http.https_listen),
             })
         }
     }

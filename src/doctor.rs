@@ -55,6 +55,122 @@ fn check(
     }
 }
 
+/// The LAN HTTPS certificate: present, its keys private, not expired or about to, and carrying
+/// every configured name (checked the way a phone that trusts only the node's CA would).
+fn lan_certificate(dir: &DataDir, config: &Config, out: &mut Vec<Check>) {
+    use Verdict::{Fail, Pass, Warn};
+    let shown = dir.root().display();
+    let certs = match crate::tls::certs::load(dir.root()) {
+        Ok(Some(c)) => c,
+        Ok(None) => {
+            out.push(check(
+                Warn,
+                "LAN certificate",
+                "none yet; the node makes its CA and certificate when it starts",
+                Some(format!(
+                    "start the node, or run `township-node tls renew --data-dir {shown}`"
+                )),
+            ));
+            return;
+        }
+        Err(e) => {
+            out.push(check(Fail, "LAN certificate", e.to_string(), None));
+            return;
+        }
+    };
+    for key in crate::tls::certs::key_files(dir.root()) {
+        match std::fs::metadata(&key) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => out.push(check(
+                Fail,
+                "LAN certificate key",
+                format!(
+                    "{} has mode {:o}; other users could impersonate the node to phones",
+                    key.display(),
+                    meta.permissions().mode() & 0o777
+                ),
+                Some(format!("chmod 600 {}", key.display())),
+            )),
+            Ok(_) => {}
+            Err(e) => out.push(check(
+                Fail,
+                "LAN certificate key",
+                format!("{}: {e}", key.display()),
+                Some(format!("run `township-node tls renew --data-dir {shown}`")),
+            )),
+        }
+    }
+    let now = crate::clock::system_now_ms();
+    let day = 24 * 3600 * 1000;
+    let left_days = (certs.issued.server_not_after_ms - now) / day;
+    let renew = Some(format!(
+        "run `township-node tls renew --data-dir {shown}` (phones keep trusting the same CA)"
+    ));
+    if left_days < 0 {
+        out.push(check(
+            Fail,
+            "LAN certificate expiry",
+            "the certificate has expired",
+            renew.clone(),
+        ));
+    } else if left_days < crate::tls::certs::RENEW_BEFORE_DAYS {
+        out.push(check(
+            Warn,
+            "LAN certificate expiry",
+            format!("{left_days} days left; a running node renews it within the hour"),
+            renew.clone(),
+        ));
+    } else {
+        out.push(check(
+            Pass,
+            "LAN certificate expiry",
+            format!(
+                "valid to {} ({left_days} days)",
+                crate::clock::rfc3339_china(certs.issued.server_not_after_ms)
+            ),
+            None,
+        ));
+    }
+    let mut missing = Vec::new();
+    let mut outside = Vec::new();
+    for name in &config.http.tls_names {
+        let name = name.trim().to_ascii_lowercase();
+        if !crate::tls::certs::permitted(&certs.issued, &name) {
+            outside.push(name);
+        } else if crate::tls::certs::verify_for(&certs, &name, now).is_err() {
+            missing.push(name);
+        }
+    }
+    if !outside.is_empty() {
+        out.push(check(
+            Warn,
+            "LAN certificate names",
+            format!("{} are outside what the node's CA may vouch for", outside.join(", ")),
+            Some(format!("run `township-node tls renew --new-ca --data-dir {shown}` (every phone must then trust the new CA)")),
+        ));
+    }
+    if !missing.is_empty() {
+        out.push(check(
+            Warn,
+            "LAN certificate names",
+            format!("the certificate does not carry {}", missing.join(", ")),
+            renew,
+        ));
+    } else if outside.is_empty() {
+        out.push(check(
+            Pass,
+            "LAN certificate names",
+            certs.issued.server_names.join(", "),
+            None,
+        ));
+    }
+    out.push(check(
+        Pass,
+        "LAN CA fingerprint",
+        certs.ca_fingerprint(),
+        None,
+    ));
+}
+
 /// Serial ports the devices use: present, and readable and writable by this user (without opening
 /// them, so a running node's line is not disturbed). A missing port is a warning: the driver waits
 /// for the adapter to come back.
@@ -186,6 +302,9 @@ pub fn run(dir: &DataDir, config_file: Option<&Path>) -> Vec<Check> {
     };
     if let Some(config) = &config {
         serial_ports(config, &mut out);
+        if config.http.https_listen.is_some() {
+            lan_certificate(dir, config, &mut out);
+        }
     }
     let store_config = config.map(|c| c.store).unwrap_or(store_config);
 

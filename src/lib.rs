@@ -52,5 +52,7 @@ pub mod rules;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod tls;
+pub mod uploads;
 pub mod users;
 pub mod warnings;

@@ -26,6 +26,8 @@ pub const CONFIG_FILE: &str = "township-node.toml";
 pub enum NodeError {
     #[error(transparent)]
     CapKey(#[from] crate::cap::sign::KeyError),
+    #[error("the LAN certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error(
         "data directory {0} already exists; init never touches an existing directory. Choose a new path (or remove it if it is an empty leftover)"
     )]

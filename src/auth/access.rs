@@ -49,6 +49,11 @@ pub const RULES: &[Rule] = &[
     // Protected by its own bearer token when http.metrics_token is set, so Prometheus needs no account.
     rule("GET", "/metrics", Access::Public),
     rule("GET", "/api/v1/node", Access::Public),
+    // The LAN CA certificate and how to trust it: public by nature, needed before anyone can sign in
+    // over HTTPS.
+    rule("GET", "/ca.crt", Access::Public),
+    rule("GET", "/ca", Access::Public),
+    rule("GET", "/ca/qr.svg", Access::Public),
     rule("GET", "/api/v1/openapi.json", Access::Public),
     rule("POST", "/api/v1/session", Access::Public),
     rule("GET", "/api/v1/session", Access::SignedIn),
@@ -93,6 +98,11 @@ pub const RULES: &[Rule] = &[
         "/api/v1/incidents/{id}/attachments",
         Access::SignedIn,
     ),
+    // Resumable uploads: each person sees and sends only their own (the handlers check).
+    rule("POST", "/api/v1/uploads", Access::SignedIn),
+    rule("GET", "/api/v1/uploads/{id}", Access::SignedIn),
+    rule("PATCH", "/api/v1/uploads/{id}", Access::SignedIn),
+    rule("DELETE", "/api/v1/uploads/{id}", Access::SignedIn),
     rule("GET", "/api/v1/indicators", Access::SignedIn),
     rule("GET", "/api/v1/catalog", Access::SignedIn),
     rule("GET", "/api/v1/blobs/{sha256}", Access::SignedIn),

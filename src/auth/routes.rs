@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::Json;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -58,6 +58,9 @@ fn device_cookie(value: &str, secure: bool) -> HeaderValue {
 /// Sign-in. The attempt is reserved with the throttle before the password is checked; a wrong
 /// password, an unknown user and a disabled account all get the same answer after the same work.
 async fn login(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    // Cookies set over HTTPS are Secure; over plain HTTP (localhost, the hub's own screen) they
+    // cannot be, or the browser would never send them back.
+    let secure = request.extensions().get::<crate::tls::OverTls>().is_some();
     let addr = client_address(
         request
             .extensions()
@@ -164,17 +167,15 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
         "can": super::access::capabilities(account.role),
     });
     let mut response = Json(me).into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie(&token, max_age, state.serves_https()),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&token, max_age, secure));
     // This browser has now signed in as this account: later attempts from it are not held by the
     // account-wide limit that strangers elsewhere could fill.
     if let Some(value) = throttle::device::issue(&state.device_key, &account.username) {
-        response.headers_mut().append(
-            header::SET_COOKIE,
-            device_cookie(&value, state.serves_https()),
-        );
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, device_cookie(&value, secure));
     }
     response
         .headers_mut()
@@ -228,8 +229,9 @@ async fn current(caller: Caller) -> Response {
 async fn logout(
     State(state): State<AppState>,
     caller: Caller,
-    _headers: HeaderMap,
+    tls: Option<axum::Extension<crate::tls::OverTls>>,
 ) -> Result<Response, ApiError> {
+    let secure = tls.is_some();
     let ctx = state.write_ctx();
     let who = caller.username.clone();
     let token_hash = match &caller.via {
@@ -247,9 +249,8 @@ async fn logout(
         })
         .await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
-    response.headers_mut().insert(
-        header::SET_COOKIE,
-        session_cookie("", 0, state.serves_https()),
-    );
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie("", 0, secure));
     Ok(response)
 }

@@ -52,6 +52,8 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = crate::warnings::routes(r);
     let r = crate::broadcast::routes(r);
     let r = crate::cap::routes(r);
+    let r = crate::tls::routes(r);
+    let r = crate::uploads::routes(r);
     crate::blobs::routes(r)
 }
 
@@ -70,6 +72,10 @@ pub fn app(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(middleware::from_fn(label_route))
         .fallback(ui::fallback)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            redirect_lan_browsers,
+        ))
         .layer(middleware::from_fn_with_state(hosts, check_host))
         // Extractors (JSON, form, multipart) refuse bodies over the limit with 413.
         .layer(DefaultBodyLimit::max(http.max_body_bytes))
@@ -90,6 +96,70 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .with_state(state)
+}
+
+/// Paths a browser on the LAN is sent to HTTPS for: the app's pages and assets. The API (devices,
+/// other nodes, scripts), the health and metrics probes and the certificate pages stay on plain
+/// HTTP, which is how a phone fetches the CA before it can use HTTPS at all.
+fn redirected_to_https(path: &str) -> bool {
+    !(path == "/api"
+        || path.starts_with("/api/")
+        || matches!(
+            path,
+            "/healthz" | "/readyz" | "/metrics" | "/ca" | "/ca.crt" | "/ca/qr.svg"
+        )
+        || path.starts_with("/ebd/"))
+}
+
+/// Sends a LAN browser that opened the plain-HTTP address to the same page over HTTPS (308), so
+/// phones get a secure context. Requests from this machine are served as they are: `localhost` is a
+/// secure context already and the hub's own screen and scripts need no certificate.
+async fn redirect_lan_browsers(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let over_tls = request.extensions().get::<crate::tls::OverTls>().is_some();
+    let safe = matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    let from_lan = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .is_some_and(|c| !c.0.ip().is_loopback() && !c.0.ip().to_canonical().is_loopback());
+    if !over_tls
+        && safe
+        && from_lan
+        && redirected_to_https(request.uri().path())
+        && let Some(port) = state.lan_tls().and_then(|t| t.port())
+        && let Some(host) = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+    {
+        let host = match host.strip_prefix('[') {
+            Some(rest) => format!("[{}]", rest.split(']').next().unwrap_or_default()),
+            None => host.split(':').next().unwrap_or_default().to_string(),
+        };
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let port = if port == 443 {
+            String::new()
+        } else {
+            format!(":{port}")
+        };
+        if let Ok(location) = HeaderValue::from_str(&format!("https://{host}{port}{target}")) {
+            let mut response = Response::new(axum::body::Body::empty());
+            *response.status_mut() = StatusCode::PERMANENT_REDIRECT;
+            response.headers_mut().insert(header::LOCATION, location);
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// The host names the node answers to (besides IP addresses): `localhost`, this machine's host name

@@ -78,6 +78,9 @@ pub enum ApiError {
     Unprocessable(String),
     #[error("too many attempts; try again in {0} seconds")]
     TooManyRequests(u64),
+    /// An upload's bytes do not have the declared SHA-256 (460, as in tus's checksum extension).
+    #[error("{0}")]
+    ChecksumMismatch(String),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
     /// The request names a host this node does not answer to (DNS rebinding).
@@ -108,6 +111,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::ChecksumMismatch(_) => {
+                StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
+            }
             ApiError::Unavailable(_) | ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -4,7 +4,7 @@
 use axum::Router;
 use axum::handler::Handler;
 use axum::http::Method;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{delete, get, patch, post, put};
 
 use crate::app::AppState;
 
@@ -49,7 +49,7 @@ impl Routes {
 
     /// A POST route whose body may be larger than the default limit (uploads).
     pub fn post_with_limit<H, T>(
-        mut self,
+        self,
         path: &'static str,
         handler: H,
         max_body_bytes: usize,
@@ -58,11 +58,35 @@ impl Routes {
         H: Handler<T, AppState>,
         T: 'static,
     {
+        self.limited(path, Method::POST, post(handler), max_body_bytes)
+    }
+
+    /// A PATCH route whose body may be larger than the default limit (upload chunks).
+    pub fn patch_with_limit<H, T>(
+        self,
+        path: &'static str,
+        handler: H,
+        max_body_bytes: usize,
+    ) -> Self
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.limited(path, Method::PATCH, patch(handler), max_body_bytes)
+    }
+
+    fn limited(
+        mut self,
+        path: &'static str,
+        method: Method,
+        route: axum::routing::MethodRouter<AppState>,
+        max_body_bytes: usize,
+    ) -> Self {
         self.router = self.router.route(
             path,
-            post(handler).layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)),
+            route.layer(axum::extract::DefaultBodyLimit::max(max_body_bytes)),
         );
-        self.table.push((Method::POST, path));
+        self.table.push((method, path));
         self
     }
 

@@ -2,7 +2,7 @@
 //! attachments, exports and indicators.
 
 use axum::Json;
-use axum::extract::{Multipart, Path, Query, State};
+use axum::extract::{FromRequest, Multipart, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -498,11 +498,20 @@ async fn rate(
     Ok(Json(load_view(&state, &caller, id).await?))
 }
 
+/// `{"upload": "<id>"}`: attach a finished resumable upload (see [`crate::uploads`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FromUpload {
+    upload: String,
+}
+
+/// Attaches a file: sent whole as multipart field `file`, or named as a finished resumable upload
+/// with JSON `{"upload": "<id>"}` (what the phone's outbox does on a bad link).
 async fn attach(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    mut multipart: Multipart,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     // The incident must exist and be the caller's to touch before a byte is stored, and the person
@@ -514,8 +523,25 @@ async fn attach(
         .store
         .read(move |conn| super::check_quota(conn, &who, 1, quota, now))
         .await?;
-    let limit = state.config.incidents.max_attachment_bytes;
-    let bytes = crate::http::extract::file_field(&mut multipart, limit, "the file").await?;
+    let is_json = request
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    let (bytes, used_upload) = if is_json {
+        let ApiJson(body): ApiJson<FromUpload> =
+            ApiJson::from_request_compat(request, &state).await?;
+        let (upload, bytes) =
+            crate::uploads::routes::take_complete(&state, &caller, &body.upload).await?;
+        (bytes, Some(upload.id))
+    } else {
+        let mut multipart = Multipart::from_request(request, &state)
+            .await
+            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        let limit = state.config.incidents.max_attachment_bytes;
+        let bytes = crate::http::extract::file_field(&mut multipart, limit, "the file").await?;
+        (bytes, None)
+    };
     if bytes.is_empty() {
         return Err(ApiError::invalid("file", "the file is empty"));
     }
@@ -561,6 +587,9 @@ async fn attach(
     {
         release(&state);
         return Err(e.into());
+    }
+    if let Some(upload) = used_upload {
+        crate::uploads::routes::consumed(&state, upload).await;
     }
     Ok((
         StatusCode::CREATED,

@@ -29,6 +29,7 @@ const MIGRATIONS: &[Migration] = &[
     v13_warning_events,
     v14_broadcasts,
     v15_idempotency,
+    v16_uploads,
 ];
 
 /// The schema version this binary writes.
@@ -495,6 +496,27 @@ fn v15_idempotency(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             PRIMARY KEY (username, key)
         ) STRICT;
         CREATE INDEX idempotency_age ON idempotency (created_ms);",
+    )
+}
+
+/// Resumable uploads (see `uploads`): per upload its owner, declared length and SHA-256, and the
+/// offset acknowledged so far.
+fn v16_uploads(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE uploads (
+            id           TEXT PRIMARY KEY,
+            username     TEXT NOT NULL,
+            length       INTEGER NOT NULL,
+            offset       INTEGER NOT NULL,
+            sha256       TEXT NOT NULL,
+            filename     TEXT NOT NULL,
+            content_type TEXT,
+            complete     INTEGER NOT NULL,
+            created_ms   INTEGER NOT NULL,
+            updated_ms   INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX uploads_owner ON uploads (username, complete);
+        CREATE INDEX uploads_age ON uploads (updated_ms);",
     )
 }
 

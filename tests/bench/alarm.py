@@ -16,7 +16,7 @@ from benchlib import free_port, wait_port
 
 BIN, NODE_RED_DIR = sys.argv[1], sys.argv[2]
 ALARMS = int(os.environ.get("ALARMS", "1000"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 ADMIN = "Bench-Admin-Pass-2026"
 
 

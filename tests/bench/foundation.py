@@ -33,7 +33,7 @@ def healthz_ok(port):
 
 
 def clean_env():
-    return {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+    return {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 
 
 def start(data_dir, port):

@@ -3,7 +3,7 @@ import json, os, re, socket, subprocess, sys, tempfile, time, urllib.parse, urll
 
 BIN = sys.argv[1]
 TARGET = int(os.environ.get("INCIDENTS", "100000"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 
 POST_LUA = r"""
 local n = 0

@@ -21,7 +21,7 @@ from benchlib import free_port, wait_port
 BIN, SLAVE_PORT, NODE_PORT, COIL_LOG, ROOT = sys.argv[1:6]
 ALARMS = int(os.environ.get("ALARMS", "200"))
 STOPS = int(os.environ.get("STOPS", "20"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 ADMIN = "Bench-Admin-Pass-2026"
 SENSOR_PW = "bench-sensor-password"
 SPEAKER_PW = "bench-speaker-password"

@@ -15,7 +15,7 @@ exec python3 - "$ROOT/target/release/township-node" <<'PY'
 import json, os, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 BIN = sys.argv[1]
-env = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+env = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 with tempfile.TemporaryDirectory() as tmp:
     pw = os.path.join(tmp, "admin.pw")
     open(pw, "w").write("Bench-Admin-Pass-1\n")

@@ -15,7 +15,7 @@ BIN, LOAD = sys.argv[1], sys.argv[2]
 K, M, W = 8, int(os.environ.get("MESSAGES_EACH", "25000")), 100
 RULES = int(os.environ.get("RULES", "1000"))
 ALARMS = int(os.environ.get("ALARMS", "200"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 PASSWORD = "bench-device-secret"
 ADMIN = "Bench-Admin-Pass-2026"
 

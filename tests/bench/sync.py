@@ -3,7 +3,7 @@ import asyncio, json, os, re, socket, statistics, subprocess, sys, tempfile, thr
 
 BIN = sys.argv[1]
 N = int(os.environ.get("INCIDENTS", "10000"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 POST_LUA = r"""
 local n = 0
 wrk.method = "POST"

@@ -11,7 +11,7 @@ REL = sys.argv[1]
 BIN = f"{REL}/township-node"
 NODES = int(os.environ.get("NODES", "300"))
 IDLE = int(os.environ.get("SECONDS_IDLE", "30"))
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 def run(*a): return subprocess.run([BIN, *a], check=True, capture_output=True, text=True, env=ENV).stdout
 def stat(pid):
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()

@@ -4,7 +4,7 @@ import concurrent.futures, json, os, socket, subprocess, sys, tempfile, time, ur
 
 BIN, FILES = sys.argv[1], sys.argv[2]
 PEER = os.environ.get("PEER_BIN")
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn"}
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("TOWNSHIP_")} | {"RUST_LOG": "warn", "TOWNSHIP_HTTP__HTTPS_LISTEN": "127.0.0.1:0"}
 KINDS = [("lying", "639-byte JPEG claiming 7,000 x 7,000"), ("bomb", "PNG bomb, 7,000 x 7,000 of zeros"),
          ("flat", "real one-colour JPEG, 7,000 x 7,000"), ("photo", "phone photo JPEG, 4,000 x 3,000")]
 

@@ -52,7 +52,7 @@ function publishLevel(value, ts) {
 function startNode(dataDir) {
   return new Promise((resolve, reject) => {
     const child = spawn(BIN, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
-      env: { PATH: process.env.PATH, RUST_LOG: 'info' },
+      env: { PATH: process.env.PATH, RUST_LOG: 'info', TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' },
     });
     const timer = setTimeout(() => reject(new Error('node did not report its address')), 30000);
     let buffer = '';
@@ -75,7 +75,7 @@ before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'township-e2e-'));
   writeFileSync(join(dir, 'admin.pw'), `${ADMIN_PASSWORD}\n`);
   execFileSync(BIN, ['init', '--data-dir', join(dir, 'node'), '--area', '330723001', '--name', '熟溪街道', '--role', 'township',
-    '--admin-password-file', join(dir, 'admin.pw')], { env: { PATH: process.env.PATH } });
+    '--admin-password-file', join(dir, 'admin.pw')], { env: { PATH: process.env.PATH, TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' } });
   writeFileSync(join(dir, 'people.pw'), `${PEOPLE_PASSWORD}\n`);
   for (const [username, role, area, dept] of [
     ['grid.wang', 'grid_worker', '330723001001', null],
@@ -85,7 +85,7 @@ before(async () => {
     const args = ['user', 'add', '--data-dir', join(dir, 'node'), '--username', username, '--role', role, '--area', area,
       '--password-file', join(dir, 'people.pw')];
     if (dept) args.push('--department', dept);
-    execFileSync(BIN, args, { env: { PATH: process.env.PATH } });
+    execFileSync(BIN, args, { env: { PATH: process.env.PATH, TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' } });
   }
   // A simulated river station reporting every second, so the sensors page has something live to show,
   // and a river gauge that reports over MQTT to the embedded broker, for the storm.

@@ -365,6 +365,10 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
         if name.to_string_lossy().ends_with(".sock") || name.to_string_lossy().ends_with(".lock") {
             continue;
         }
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(&name));
+            continue;
+        }
         std::fs::copy(entry.path(), to.join(&name)).unwrap();
         std::fs::set_permissions(
             to.join(&name),

@@ -40,6 +40,8 @@ pub fn command(args: &[&str]) -> Command {
             cmd.env_remove(key);
         }
     }
+    // Every test node serves HTTPS on a port of its own; the default 8443 would collide.
+    cmd.env("TOWNSHIP_HTTP__HTTPS_LISTEN", "127.0.0.1:0");
     cmd
 }
 
