@@ -52,7 +52,8 @@ need_python_packages
 export TOWNSHIP_REQUIRE_PEERS=1
 
 if [ -z "${SKIP_E2E:-}" ]; then
-  need_debian_packages chromium fonts-wqy-microhei
+  # certutil (libnss3-tools) puts the hub's CA into the test browser's NSS database.
+  need_debian_packages chromium fonts-wqy-microhei libnss3-tools
 fi
 
 log "cargo fmt --check"
@@ -85,7 +86,7 @@ log "browser end-to-end tests (headless Chromium)"
   fi
   mkdir -p "$ROOT/target/e2e"
   E2E_NODE_BIN="$ROOT/target/debug/township-node" E2E_ARTIFACTS="$ROOT/target/e2e" \
-    node --test --test-reporter=spec ui.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec ui.test.mjs phone.test.mjs
 )
 
 log "all tests passed"

@@ -6,6 +6,9 @@
 //!   the current one the response is cacheable for a year (`immutable`); old phones on bad Wi-Fi then
 //!   load the app once per release. A stale version still gets the current file, but uncached.
 //! - `/{file.ext}` (icons, the manifest): served with revalidation; unknown ones are 404.
+//! - `/sw.js`: the service worker, never cached by HTTP (browsers check it for updates), with the
+//!   content version and the list of this version's files filled in, so it precaches exactly the
+//!   files this build serves and drops the previous version's cache.
 //! - `/api/...` that no route matched: 404 problem JSON.
 //! - any other path: the app shell (`index.html`), never cached, so a new release is picked up at
 //!   once and deep links like `/incidents/123` work.
@@ -24,7 +27,9 @@ use crate::http::problem::{ApiError, Problem};
 struct Assets;
 
 const SHELL: &str = "index.html";
+const SERVICE_WORKER: &str = "sw.js";
 const VERSION_PLACEHOLDER: &str = "__UI_VERSION__";
+const ASSETS_PLACEHOLDER: &str = "__ASSETS__";
 const CACHE_FOREVER: &str = "public, max-age=31536000, immutable";
 const REVALIDATE: &str = "no-cache";
 const NEVER_CACHE: &str = "no-cache, no-store, must-revalidate";
@@ -34,6 +39,7 @@ const NEVER_CACHE: &str = "no-cache, no-store, must-revalidate";
 pub struct Ui {
     version: String,
     shell: Vec<u8>,
+    service_worker: Vec<u8>,
 }
 
 impl Ui {
@@ -57,7 +63,35 @@ impl Ui {
                     .into()
             })
             .into_bytes();
-        Ui { version, shell }
+        // What the service worker precaches: the files the app loads (under this version's asset
+        // URLs) and the root files the shell and manifest name; not the shell (fetched as `/`),
+        // the worker itself, or the vendored files' notes.
+        let assets: Vec<String> = names
+            .iter()
+            .filter(|n| n.as_str() != SHELL && n.as_str() != SERVICE_WORKER)
+            .filter(|n| !n.ends_with(".md"))
+            .map(|n| {
+                if n.contains('/') {
+                    format!("/assets/{version}/{n}")
+                } else {
+                    format!("/{n}")
+                }
+            })
+            .collect();
+        let assets = serde_json::to_string(&assets).unwrap_or_else(|_| "[]".into());
+        let service_worker = Assets::get(SERVICE_WORKER)
+            .map(|f| {
+                String::from_utf8_lossy(&f.data)
+                    .replace(VERSION_PLACEHOLDER, &version)
+                    .replace(ASSETS_PLACEHOLDER, &assets)
+            })
+            .unwrap_or_default()
+            .into_bytes();
+        Ui {
+            version,
+            shell,
+            service_worker,
+        }
     }
 
     pub fn version(&self) -> &str {
@@ -87,6 +121,7 @@ fn file_response(
     request: &HeaderMap,
 ) -> Option<Response> {
     if name == SHELL
+        || name == SERVICE_WORKER
         || name
             .split('/')
             .any(|seg| seg.is_empty() || seg == "." || seg == "..")
@@ -157,6 +192,20 @@ pub async fn fallback(
         };
         return file_response(name, cache, &method, &headers)
             .unwrap_or_else(|| ApiError::NotFound.into_response());
+    }
+    if path == "/sw.js" && !ui.service_worker.is_empty() {
+        let mut response = if method == Method::HEAD {
+            Response::new(Body::empty())
+        } else {
+            Response::new(Body::from(ui.service_worker.clone()))
+        };
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/javascript; charset=utf-8"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(NEVER_CACHE));
+        return response;
     }
     let last_segment = path.rsplit('/').next().unwrap_or("");
     if last_segment.contains('.') {

@@ -131,7 +131,7 @@ pub async fn run_https(
                 router.map_request(move |mut request: hyper::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.extensions_mut().insert(OverTls);
-                    request
+                    with_host_from_authority(request)
                 });
             let service = TowerToHyperService::new(service);
             let mut builder = Builder::new(TokioExecutor::new());
@@ -157,6 +157,22 @@ pub async fn run_https(
         );
     }
     Ok(())
+}
+
+/// HTTP/2 names the host in `:authority`, not `Host`; the Host check, the CSRF origin check and the
+/// redirects read `Host`, so it is set from the authority when missing.
+fn with_host_from_authority<B>(mut request: hyper::Request<B>) -> hyper::Request<B> {
+    if !request.headers().contains_key(axum::http::header::HOST)
+        && let Some(value) = request
+            .uri()
+            .authority()
+            .and_then(|a| axum::http::HeaderValue::from_str(a.as_str()).ok())
+    {
+        request
+            .headers_mut()
+            .insert(axum::http::header::HOST, value);
+    }
+    request
 }
 
 /// The peer address a request came from, on either listener.

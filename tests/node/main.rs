@@ -21,6 +21,7 @@ mod lan_https;
 mod layers;
 mod listeners;
 mod module_docs;
+mod offline_app;
 mod pa_peers;
 mod resumable;
 mod rules;

@@ -1,11 +1,20 @@
 // A small fetch wrapper: JSON in and out, RFC 9457 problem details turned into errors with a message,
 // the CSRF token on every change, and a timeout so a phone on bad Wi-Fi gets an answer instead of a
-// spinner forever.
+// spinner forever. No answer at all becomes an ApiError with status 0 and a sentence in the person's
+// language, never the browser's "Failed to fetch". An answer the service worker gave from the phone's
+// copy (sw.js) carries its age as `offlineAt` (ms), which pages show as "offline data · 3 min ago".
+import { t } from './i18n.js';
+import { noteReachable } from './net.js';
+
 const DEFAULT_TIMEOUT_MS = 15000;
 let csrfToken = null;
 
 export function setCsrf(token) {
   csrfToken = token || null;
+}
+
+export function getCsrf() {
+  return csrfToken;
 }
 
 export class ApiError extends Error {
@@ -14,6 +23,11 @@ export class ApiError extends Error {
     this.status = status;
     this.problem = problem;
     this.field = problem?.field;
+  }
+
+  // True when the node never answered (network down, timeout).
+  get offline() {
+    return this.status === 0;
   }
 }
 
@@ -24,16 +38,33 @@ async function request(method, path, body, { timeoutMs = DEFAULT_TIMEOUT_MS } = 
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (method !== 'GET' && csrfToken) headers['X-CSRF-Token'] = csrfToken;
   try {
-    const response = await fetch(path, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: 'same-origin',
-      signal: controller.signal,
-    });
-    const type = response.headers.get('content-type') || '';
-    const data = type.includes('json') ? await response.json() : null;
+    let response;
+    let data;
+    try {
+      response = await fetch(path, {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        credentials: 'same-origin',
+        signal: controller.signal,
+      });
+      const type = response.headers.get('content-type') || '';
+      data = type.includes('json') ? await response.json() : null;
+    } catch (error) {
+      if (response && !(error instanceof DOMException)) {
+        // The node answered with something that is not JSON: its status still says what happened.
+        data = null;
+      } else {
+        noteReachable(false);
+        throw new ApiError(0, { detail: t(controller.signal.aborted ? 'common.timeout' : 'common.unreachable') });
+      }
+    }
+    const cachedAt = Number(response.headers.get('X-Offline-Cached-At')) || null;
+    noteReachable(!cachedAt);
     if (!response.ok) throw new ApiError(response.status, data);
+    if (cachedAt && data && typeof data === 'object') {
+      Object.defineProperty(data, 'offlineAt', { value: cachedAt, enumerable: false });
+    }
     return data;
   } finally {
     clearTimeout(timer);

@@ -1,10 +1,14 @@
 // Entry point: language, the signed-in user, the header, navigation by what the user may do, then the
-// router.
+// router. Also starts the outbox (outbox.js) and registers the service worker (sw.js) that keeps the
+// app and the last-read data on the phone.
 import { applyTranslations, toggleLang, t } from './i18n.js';
 import { route, fallback, start, afterNavigate, navigate } from './router.js';
 import { getJson } from './api.js';
 import { formatTime } from './format.js';
-import { refresh, currentUser, onChange, signOut, can } from './session.js';
+import { refresh, currentUser, onChange, signOut, can, lastUsername } from './session.js';
+import * as outbox from './outbox.js';
+import { isOffline, onNetChange } from './net.js';
+import * as outboxPage from './pages/outbox.js';
 import * as overview from './pages/overview.js';
 import * as login from './pages/login.js';
 import * as users from './pages/users.js';
@@ -46,6 +50,7 @@ route('/incidents', guarded(incidents.renderList));
 route('/incidents/new', guarded(report.render, 'POST', '/api/v1/incidents'));
 route('/incidents/:id', guarded(incident.render));
 route('/tasks', guarded(incidents.renderTasks));
+route('/outbox', guarded(outboxPage.render));
 route('/indicators', guarded(indicators.render));
 route('/nodes', guarded(nodes.render, 'GET', '/api/v1/nodes'));
 // Every signed-in role sees sensors; the node shows each only the stations inside their area.
@@ -72,6 +77,7 @@ setInterval(() => warnings.refreshBanner(), 300000);
 
 afterNavigate((path) => {
   warnings.refreshBanner();
+  outboxHeader();
   for (const link of document.querySelectorAll('#nav a')) {
     const target = new URL(link.href).pathname;
     const active = target === '/' ? path === '/' : path === target || path.startsWith(target + '/');
@@ -96,7 +102,8 @@ function renderUser(user) {
     out.dataset.i18n = 'login.logout';
     out.textContent = t('login.logout');
     out.addEventListener('click', async () => {
-      await signOut();
+      await signOut().catch(() => {});
+      clearOfflineData();
       navigate('/login');
     });
     box.append(name, out);
@@ -163,19 +170,69 @@ async function linkState() {
 }
 setInterval(linkState, 15000);
 
+// What the outbox needs from the person, in the header: how many items need attention (a link to
+// the outbox), and a sign-in prompt when items wait for one. The prompt returns to this page.
+function outboxHeader() {
+  const badge = document.getElementById('outbox-count');
+  const n = outbox.count();
+  badge.hidden = n === 0;
+  badge.textContent = `${t('outbox.badge')} ${n}`;
+  badge.dataset.count = String(n);
+  const prompt = document.getElementById('outbox-auth');
+  prompt.hidden = !outbox.needsSignIn() || location.pathname === '/login';
+  if (location.pathname !== '/login') {
+    prompt.href = `/login?next=${encodeURIComponent(location.pathname + location.search)}`;
+  }
+}
+
+function netHeader() {
+  document.getElementById('net-state').hidden = !isOffline();
+}
+
+// The service worker's copies of this person's data, dropped on sign-out (a shared phone).
+function clearOfflineData() {
+  if ('serviceWorker' in navigator && navigator.serviceWorker.controller) {
+    navigator.serviceWorker.controller.postMessage({ type: 'clear-api-data' });
+  }
+}
+
+// Secure contexts only (HTTPS, or localhost), as browsers require; never in the way of the first
+// paint, so it waits for the page to load.
+function registerWorker() {
+  if (!('serviceWorker' in navigator) || !window.isSecureContext) return;
+  const register = () => navigator.serviceWorker.register('/sw.js', { scope: '/' }).catch(() => {});
+  if (document.readyState === 'complete') register();
+  else window.addEventListener('load', register, { once: true });
+}
+
 document.getElementById('lang-toggle').addEventListener('click', () => {
   toggleLang();
   renderUser(currentUser());
+  outboxHeader();
   // Re-render the page so text built from data (not only data-i18n) follows the language.
   navigate(location.pathname + location.search, { push: false });
 });
 
-onChange((user) => { renderUser(user); linkState(); warningStream.reconnect(); });
+// Someone else signing in on this phone does not get the last person's offline copies.
+let knownUsername = lastUsername();
+onChange((user) => {
+  if (user && knownUsername && user.username !== knownUsername) clearOfflineData();
+  if (user) knownUsername = user.username;
+  renderUser(user);
+  linkState();
+  warningStream.reconnect();
+  outboxHeader();
+});
+outbox.onChange(outboxHeader);
+onNetChange(netHeader);
 applyTranslations(document);
+netHeader();
 header();
+registerWorker();
 refresh()
   .catch(() => null)
   .finally(() => {
     renderUser(currentUser());
+    outbox.start();
     start();
   });

@@ -44,3 +44,13 @@ export function ago(ms) {
     : seconds < 86400 ? [Math.floor(seconds / 3600), 'unit.hours'] : [Math.floor(seconds / 86400), 'unit.days'];
   return lang() === 'en' ? `${n} ${t(unit)} ago` : `${n} ${t(unit)}前`;
 }
+
+// The age of an answer the service worker gave from the phone's copy: "离线数据 · 3 分钟前". Both
+// times are the phone's own clock, so no node offset applies.
+export function offlineAge(ms) {
+  const minutes = Math.max(0, Math.floor((Date.now() - ms) / 60000));
+  const [n, unit] = minutes < 60 ? [minutes, 'unit.minutes']
+    : minutes < 1440 ? [Math.floor(minutes / 60), 'unit.hours'] : [Math.floor(minutes / 1440), 'unit.days'];
+  const age = minutes < 1 ? t('sensors.just_now') : lang() === 'en' ? `${n} ${t(unit)} ago` : `${n} ${t(unit)}前`;
+  return `${t('offline.data')} · ${age}`;
+}

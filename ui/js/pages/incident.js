@@ -1,10 +1,41 @@
 // One incident: its facts, photos, timeline, conflicts, comments, and only the actions this user may
-// take now (the server says which).
-import { getJson, postJson, upload } from '../api.js';
+// take now (the server says which). Every change made here (a workflow step, a comment, a rating,
+// photos) goes through the outbox: sent at once when the node can be reached, kept on the phone and
+// sent later when it cannot, and shown here as waiting until then.
+import { getJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
 import { loadCatalog, departmentName, stateBadge, dueBadge } from '../incidents-common.js';
-import { formatTime, relative } from '../format.js';
+import { formatTime, relative, offlineAge } from '../format.js';
+import * as outbox from '../outbox.js';
+import { isOffline } from '../net.js';
+import { preparePhoto } from '../photo.js';
+import { stateText, errorText, kindText } from '../outbox-text.js';
+import { startView } from '../view.js';
+
+// How long a change waits for the node before the page says it will be sent later; known to be
+// offline, only a moment (the send is tried at once all the same).
+const SETTLE_MS = 5000;
+const OFFLINE_SETTLE_MS = 300;
+
+// Queues one change and waits briefly for it. 'sent': the page reloads; 'refused': the node's reason
+// is shown where the person acted, and the item is dropped from the outbox (they saw it, and can act
+// again here); otherwise it waits in the outbox and the page says so.
+async function submitChange(input) {
+  const item = await outbox.enqueue(input);
+  const settled = await outbox.settle(item.id, isOffline() ? OFFLINE_SETTLE_MS : SETTLE_MS);
+  if (settled && settled.state === 'refused') {
+    await outbox.discard(settled.id);
+    return { state: 'refused', message: errorText(settled.error) };
+  }
+  // Null: discarded meanwhile (from the outbox page); nothing was sent.
+  return { state: settled ? settled.state : 'waiting' };
+}
+
+function queuedNote() {
+  return el('p', { class: 'notice queued-note', role: 'status' }, t('outbox.queued_note'), ' ',
+    el('a', { href: '/outbox', 'data-link': true }, t('outbox.title')));
+}
 
 function actionForm(incident, action, reload, catalog) {
   const fields = [];
@@ -35,24 +66,62 @@ function actionForm(incident, action, reload, catalog) {
     if (assist) body.assist_departments = [...assist.selectedOptions].map((o) => o.value);
     if (deadline && deadline.value) body.deadline = new Date(deadline.value).getTime();
     try {
-      await postJson(`/api/v1/incidents/${incident.id}/transitions`, body);
-      await reload();
-    } catch (err) {
+      const result = await submitChange({
+        kind: 'transition',
+        label: `${t(`action.${action}`)} · ${incident.title}`,
+        method: 'POST',
+        path: `/api/v1/incidents/${encodeURIComponent(incident.id)}/transitions`,
+        body,
+        incidentId: incident.id,
+      });
+      if (result.state === 'sent') await reload();
+      else if (result.state === 'refused') {
+        error.hidden = false;
+        error.textContent = result.message;
+        submit.disabled = false;
+      } else form.replaceWith(queuedNote());
+    } catch (_) {
       error.hidden = false;
-      error.textContent = err.message;
+      error.textContent = t('incident.queue_failed');
       submit.disabled = false;
     }
   });
   return form;
 }
 
+// This person's changes to the incident still on the phone.
+function pendingCard(incidentId) {
+  const items = outbox.forIncident(incidentId);
+  if (!items.length) return null;
+  return el('section', { class: 'card warn', id: 'incident-pending' },
+    el('h2', {}, t('outbox.pending_here')),
+    el('ul', { class: 'pending-list' }, ...items.map((i) => el('li', { 'data-state': i.state },
+      el('strong', {}, kindText(i.kind)), ` · ${i.kind === 'comment' ? i.body.text : i.label} · `,
+      el('span', { class: 'muted' }, stateText(i))))),
+    el('a', { href: '/outbox', 'data-link': true }, t('outbox.title')));
+}
+
+// The pending card's subscription, replaced when the page renders again after a change.
+let stopPending = () => {};
+
 export async function render(main, { id }) {
   clear(main);
+  stopPending();
+  const view = startView();
   let catalog;
   let incident;
   try {
     [catalog, incident] = await Promise.all([loadCatalog(), getJson(`/api/v1/incidents/${encodeURIComponent(id)}`)]);
   } catch (e) {
+    // A report still on this phone has its id already but is not on the node yet.
+    await outbox.list().catch(() => []);
+    const queued = outbox.forIncident(id).find((i) => i.kind === 'report');
+    if (queued) {
+      main.append(el('h1', {}, queued.label), el('section', { class: 'card' },
+        el('p', {}, t('outbox.report_not_sent')), el('p', { class: 'muted' }, stateText(queued)),
+        el('a', { href: '/outbox', 'data-link': true }, t('outbox.title'))));
+      return;
+    }
     main.append(errorBox(e.status === 404 ? t('notfound.body') : e.message, e.status === 404 ? null : () => render(main, { id })));
     return;
   }
@@ -72,10 +141,32 @@ export async function render(main, { id }) {
   fact('incident.result', incident.result_note);
   if (incident.rating) fact('incident.rating', `${'★'.repeat(incident.rating.score)}${incident.rating.comment ? ' ' + incident.rating.comment : ''}`);
 
+  main.append(el('h1', { id: 'incident-title' }, incident.title));
+  // The phone's copy, shown when the node could not be reached: say how old it is.
+  if (incident.offlineAt) main.append(el('p', { class: 'offline-note', id: 'offline-note' }, offlineAge(incident.offlineAt)));
   main.append(
-    el('h1', { id: 'incident-title' }, incident.title),
     el('p', { class: 'badges' }, stateBadge(incident.state), ' ', dueBadge(incident.due_state), incident.escalated ? el('span', { class: 'badge' }, t('incident.escalated')) : null),
     el('section', { class: 'card' }, el('p', { class: 'description' }, incident.description || '—'), facts));
+  const pendingSlot = el('div', { id: 'incident-pending-slot' });
+  // When what waited here has gone out, offer a reload rather than reloading under the person's
+  // fingers (they may be typing the next comment).
+  let hadPending = false;
+  const drawPending = () => {
+    const card = pendingCard(incident.id);
+    if (card) {
+      hadPending = true;
+      pendingSlot.replaceChildren(card);
+    } else if (hadPending) {
+      hadPending = false;
+      const again = el('button', { type: 'button', class: 'secondary small', id: 'incident-reload' }, t('outbox.reload'));
+      again.addEventListener('click', () => reload());
+      pendingSlot.replaceChildren(el('p', { class: 'notice', role: 'status' }, t('outbox.sent_here'), ' ', again));
+    }
+  };
+  drawPending();
+  main.append(pendingSlot);
+  stopPending = outbox.onChange(drawPending);
+  view.add(stopPending);
 
   if (Object.keys(incident.field_conflicts).length > 0) {
     const box = el('section', { class: 'card warn', id: 'field-conflicts' }, el('h2', {}, t('incident.field_conflicts')));
@@ -92,16 +183,30 @@ export async function render(main, { id }) {
       ? el('a', { href: src, target: '_blank', rel: 'noopener' }, el('img', { src: `${src}/thumbnail`, alt: t('incident.photo'), loading: 'lazy', width: 96, height: 96 }))
       : el('a', { href: src, target: '_blank', rel: 'noopener', class: 'video' }, `▶ ${t('incident.video')}`));
   }
-  const addPhoto = el('input', { type: 'file', accept: 'image/jpeg,image/png,image/webp,video/mp4', capture: 'environment', id: 'add-photo' });
-  const uploadState = el('span', { class: 'muted small' });
+  const addPhoto = el('input', { type: 'file', accept: 'image/jpeg,image/png,image/webp,video/mp4', multiple: true, id: 'add-photo' });
+  const uploadState = el('span', { class: 'muted small', id: 'add-photo-state', role: 'status' });
   addPhoto.addEventListener('change', async () => {
-    const file = addPhoto.files[0];
-    if (!file) return;
+    const files = [...addPhoto.files];
+    addPhoto.value = '';
+    if (!files.length) return;
     try {
-      await upload(`/api/v1/incidents/${incident.id}/attachments`, file, (p) => { uploadState.textContent = `${Math.round(p * 100)}%`; });
-      await reload();
-    } catch (e) {
-      uploadState.textContent = e.message;
+      const prepared = [];
+      for (const [i, file] of files.entries()) {
+        uploadState.textContent = `${t('incident.preparing')} ${i + 1}/${files.length}`;
+        prepared.push(await preparePhoto(file));
+      }
+      uploadState.textContent = t('incident.uploading');
+      const result = await submitChange({
+        kind: 'photos',
+        label: `${kindText('photos')} · ${incident.title}`,
+        photos: prepared.map((p) => ({ blob: p.blob, name: p.name, type: p.type })),
+        incidentId: incident.id,
+      });
+      if (result.state === 'sent') await reload();
+      else if (result.state === 'refused') uploadState.textContent = result.message;
+      else uploadState.textContent = t('outbox.queued_note');
+    } catch (_) {
+      uploadState.textContent = t('incident.queue_failed');
     }
   });
   main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.photos')), photos,
@@ -138,25 +243,73 @@ export async function render(main, { id }) {
 
   const comments = el('ul', { class: 'comments', id: 'comments' },
     ...incident.comments.map((c) => el('li', {}, el('strong', {}, c.author), ` · ${formatTime(c.at_ms)}`, el('p', {}, c.text))));
-  const text = el('textarea', { id: 'comment-text', rows: 2, maxlength: 2000 });
+  const text = el('textarea', { id: 'comment-text', rows: 2, maxlength: 2000, 'aria-label': t('incident.comment') });
   const send = el('button', { type: 'submit' }, t('incident.comment'));
   const commentForm = el('form', { class: 'form', id: 'comment-form' }, text, send);
+  const commentError = el('p', { class: 'error', role: 'alert', hidden: true, id: 'comment-error' });
+  commentForm.prepend(commentError);
   commentForm.addEventListener('submit', async (e) => {
     e.preventDefault();
     if (!text.value.trim()) return;
     send.disabled = true;
-    try { await postJson(`/api/v1/incidents/${incident.id}/comments`, { text: text.value }); await reload(); } catch (err) { alert(err.message); send.disabled = false; }
+    commentError.hidden = true;
+    try {
+      const result = await submitChange({
+        kind: 'comment',
+        label: `${text.value.trim().slice(0, 40)} · ${incident.title}`,
+        method: 'POST',
+        path: `/api/v1/incidents/${encodeURIComponent(incident.id)}/comments`,
+        body: { text: text.value },
+        incidentId: incident.id,
+      });
+      if (result.state === 'sent') await reload();
+      else if (result.state === 'refused') {
+        commentError.hidden = false;
+        commentError.textContent = result.message;
+        send.disabled = false;
+      } else {
+        text.value = '';
+        send.disabled = false;
+      }
+    } catch (_) {
+      commentError.hidden = false;
+      commentError.textContent = t('incident.queue_failed');
+      send.disabled = false;
+    }
   });
   main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.comments')), comments, commentForm));
 
   if (incident.state === 'closed' && !incident.rating) {
-    const score = el('select', { id: 'rating-score' }, ...[5, 4, 3, 2, 1].map((n) => el('option', { value: n }, '★'.repeat(n))));
-    const comment = el('input', { id: 'rating-comment', maxlength: 500 });
+    const score = el('select', { id: 'rating-score', 'aria-label': t('incident.rating') }, ...[5, 4, 3, 2, 1].map((n) => el('option', { value: n }, '★'.repeat(n))));
+    const comment = el('input', { id: 'rating-comment', maxlength: 500, 'aria-label': t('incident.rating_comment') });
     const rate = el('button', { type: 'submit' }, t('incident.rate'));
     const rateForm = el('form', { class: 'form', id: 'rating-form' }, score, comment, rate);
+    const rateError = el('p', { class: 'error', role: 'alert', hidden: true });
+    rateForm.prepend(rateError);
     rateForm.addEventListener('submit', async (e) => {
       e.preventDefault();
-      try { await postJson(`/api/v1/incidents/${incident.id}/rating`, { score: Number(score.value), comment: comment.value }); await reload(); } catch (err) { alert(err.message); }
+      rate.disabled = true;
+      rateError.hidden = true;
+      try {
+        const result = await submitChange({
+          kind: 'rating',
+          label: `${'★'.repeat(Number(score.value))} · ${incident.title}`,
+          method: 'POST',
+          path: `/api/v1/incidents/${encodeURIComponent(incident.id)}/rating`,
+          body: { score: Number(score.value), comment: comment.value },
+          incidentId: incident.id,
+        });
+        if (result.state === 'sent') await reload();
+        else if (result.state === 'refused') {
+          rateError.hidden = false;
+          rateError.textContent = result.message;
+          rate.disabled = false;
+        } else rateForm.replaceWith(queuedNote());
+      } catch (_) {
+        rateError.hidden = false;
+        rateError.textContent = t('incident.queue_failed');
+        rate.disabled = false;
+      }
     });
     main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.rating')), rateForm));
   }

@@ -4,6 +4,7 @@ import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { loadCatalog, incidentItem } from '../incidents-common.js';
+import { offlineAge } from '../format.js';
 
 const STATES = ['reported', 'accepted', 'escalated', 'dispatched', 'in_progress', 'resolved', 'closed', 'rejected'];
 
@@ -28,10 +29,12 @@ function listView(main, titleKey, baseQuery, { filters = true } = {}) {
     el('label', { for: 'f-due', 'data-i18n': 'incident.due' }, t('incident.due')), overdue,
     el('button', { type: 'submit', 'data-i18n': 'audit.search' }, t('audit.search')));
   const summary = el('p', { class: 'muted', id: 'incident-total' });
+  // Shown when the list is the phone's copy (no network): how old it is.
+  const offline = el('p', { class: 'offline-note', id: 'offline-note', hidden: true });
   const list = el('ul', { class: 'incident-list', id: 'incident-list' });
   const more = el('button', { type: 'button', class: 'secondary', hidden: true, 'data-i18n': 'audit.more' }, t('audit.more'));
   const exports = el('p', { class: 'muted small' });
-  main.append(form, summary, list, more, exports);
+  main.append(form, offline, summary, list, more, exports);
   loadCatalog().then((c) => category.append(...c.categories.map((x) => el('option', { value: x.name }, x.name)))).catch(() => {});
 
   let cursor = null;
@@ -50,6 +53,8 @@ function listView(main, titleKey, baseQuery, { filters = true } = {}) {
     if (reset) clear(list);
     try {
       const data = await getJson(`/api/v1/incidents?${p}`);
+      offline.hidden = !data.offlineAt;
+      offline.textContent = data.offlineAt ? offlineAge(data.offlineAt) : '';
       list.append(...data.incidents.map(incidentItem));
       cursor = data.next_cursor;
       more.hidden = !cursor;
