@@ -94,11 +94,17 @@ export async function emulateLink(page, kbps, latencyMs) {
 }
 
 // A TCP proxy to 127.0.0.1:`target` that cuts every connection once `cutAfter` bytes have passed
+// (Infinity: never)
 // (both directions counted), as a village link in a storm does. `stats.cuts` counts the cuts.
 export function cuttingProxy(target, cutAfter) {
   const stats = { connections: 0, cuts: 0, bytes: 0 };
   const sockets = new Set();
+  let down = false;
   const server = createServer((client) => {
+    if (down) {
+      client.destroy();
+      return;
+    }
     stats.connections += 1;
     const upstream = connect(target, '127.0.0.1');
     sockets.add(client);
@@ -127,6 +133,12 @@ export function cuttingProxy(target, cutAfter) {
     port: server.address().port,
     stats,
     close: () => new Promise((done) => { for (const s of sockets) s.destroy(); server.close(() => done()); }),
+    // The link goes down (every connection cut, new ones refused) or comes back: offline for the
+    // page and its service worker alike, which DevTools' offline switch is not.
+    setDown: (value) => {
+      down = value;
+      if (down) for (const s of sockets) s.destroy();
+    },
   })));
 }
 

@@ -65,6 +65,13 @@ async function waitSent(page, title, timeout) {
 }
 
 test('offline with two photos, reloaded, browser closed and reopened, back online: one incident, both photos as downsized, the position saved', async () => {
+  // The village link: a proxy that can go down for the page and its service worker alike.
+  const link = await cuttingProxy(hub.httpsPort, Infinity);
+  const origin = `https://${HOST}:${link.port}`;
+  const offline = async (phone, value) => {
+    link.setDown(value);
+    await phone.setOffline(value);
+  };
   const profile = join(dir, 'profile-offline');
   let phone = await launchPhone(profile, home);
   let page = phone.pages()[0] || await phone.newPage();
@@ -81,7 +88,14 @@ test('offline with two photos, reloaded, browser closed and reopened, back onlin
   photos.forEach((bytes, i) => writeFileSync(join(dir, `camera-${i}.jpg`), bytes));
   assert.ok(photos[0].length > 2_000_000, `a camera-sized photo (${photos[0].length} bytes)`);
 
-  await phone.setOffline(true);
+  // The list she looked at while online stays readable offline, marked with its age.
+  await page.goto(`${origin}/incidents`);
+  await page.locator('#offline-note').waitFor({ state: 'attached', timeout: 20000 });
+  await page.waitForLoadState('networkidle');
+  await page.goto(`${origin}/incidents/new`);
+  await page.locator('#r-title').waitFor();
+
+  await offline(phone, true);
   const title = '护栏倒塌离线上报';
   await fillReport(page, title);
   await page.locator('#r-photos').setInputFiles([join(dir, 'camera-0.jpg'), join(dir, 'camera-1.jpg')]);
@@ -105,14 +119,19 @@ test('offline with two photos, reloaded, browser closed and reopened, back onlin
   // Close the browser and open it again, still offline.
   await phone.close();
   phone = await launchPhone(profile, home);
-  await phone.setOffline(true);
+  await offline(phone, true);
   page = phone.pages()[0] || await phone.newPage();
   await page.goto(`${origin}/outbox`);
   await page.locator('#outbox-list li[data-kind="report"]').first().waitFor({ timeout: 20000 });
   assert.equal((await admin.incidentsTitled(title)).length, 0, 'nothing reached the hub while offline');
+  await page.locator('#nav a[href="/incidents"]').click();
+  await page.locator('#offline-note').waitFor({ state: 'visible', timeout: 20000 })
+    .catch(async (e) => { throw new Error(`offline list: ${await page.locator('main').innerText()}`, { cause: e }); });
+  assert.match(await page.locator('#offline-note').innerText(), /离线/);
+  await page.locator('#nav a[href="/outbox"]').click();
 
   // Back online: sent once, with both photos byte-identical to the downsized ones.
-  await phone.setOffline(false);
+  await offline(phone, false);
   await page.locator(`#outbox-sent li[data-state="sent"]:has-text("${title}")`).waitFor({ timeout: 60000 });
   const incidents = await admin.incidentsTitled(title);
   assert.equal(incidents.length, 1, 'exactly one incident');
@@ -122,6 +141,7 @@ test('offline with two photos, reloaded, browser closed and reopened, back onlin
   assert.ok(Math.abs(incident.location.lat - POSITION.latitude) < 1e-5, JSON.stringify(incident.location));
   assert.ok(Math.abs(incident.location.lon - POSITION.longitude) < 1e-5);
   await phone.close();
+  await link.close();
 });
 
 test('a response lost after the hub committed is retried into the same incident', async () => {
