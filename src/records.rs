@@ -74,7 +74,7 @@ impl WriteCtx {
         audit::append(conn, &self.key, self.now_ms(), event)
     }
 
-    /// [`Self::create_record`] under an id the caller chose (checked unused by the caller).
+    /// [`Self::create_record`] under an id the caller chose (refused if a record already has it).
     #[allow(clippy::too_many_arguments)]
     pub fn create_record_with_id(
         &self,
@@ -110,19 +110,7 @@ impl WriteCtx {
         detail: serde_json::Value,
         build: impl FnOnce(&mut AutoCommit) -> Result<(), DocError>,
     ) -> Result<DocMeta, StoreError> {
-        let actor = audit_name(by);
-        let actor = actor.as_str();
-        let meta = self.docs.create(conn, by, kind, scope, build)?;
-        self.saw_seq(meta.seq);
-        let target = format!("{kind}/{}", meta.id);
-        self.audit(
-            conn,
-            Event::new(actor, "record.create", &target).detail(serde_json::json!({
-                "scope": scope.as_str(),
-                "fields": detail,
-            })),
-        )?;
-        Ok(meta)
+        self.create_record_with_id(conn, by, Uuid::now_v7(), kind, scope, detail, build)
     }
 
     /// Changes a record and audits it as `record.change` with the change's action and detail.

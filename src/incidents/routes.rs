@@ -138,27 +138,6 @@ async fn create(
             Some(id)
         }
     };
-    if let Some(id) = chosen {
-        // A retry of a report that arrived: answered with it, nothing made twice.
-        let who = caller.username.clone();
-        match state
-            .store
-            .read(move |conn| super::chosen_id_taken(conn, id, &who))
-            .await?
-        {
-            Some(true) => {
-                return Ok(
-                    (StatusCode::OK, Json(load_view(&state, &caller, id).await?)).into_response(),
-                );
-            }
-            Some(false) => {
-                return Err(ApiError::Conflict(
-                    "this id belongs to another record".into(),
-                ));
-            }
-            None => {}
-        }
-    }
     let new = NewIncident {
         id: chosen,
         category: body.category.trim().to_string(),
@@ -174,7 +153,8 @@ async fn create(
     super::check_new(&state.config, &state.node.area, &caller, &new)?;
     let ctx = state.write_ctx();
     let who = caller.clone();
-    // Checked again where it is written: two retries racing each other make one report.
+    // A chosen id is checked where it is written: a retry of a report that arrived (even one racing
+    // the first) is answered with it, an id of someone else's record is a conflict.
     let (id, made) = state
         .store
         .write(move |conn| {
