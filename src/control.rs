@@ -6,6 +6,7 @@
 //! The socket lives in the data directory (mode 0700) with mode 0600, so only the service user, who
 //! could read the database anyway, can use it.
 
+use crate::codes::{Code, Reason};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -197,7 +198,10 @@ pub async fn execute(
                     let account = users::find_account(conn, &who)?
                         .ok_or_else(|| UserError::NotFound(who.clone()))?;
                     if account.disabled {
-                        return Err(UserError::Forbidden(format!("user `{who}` is disabled")));
+                        return Err(UserError::Forbidden(
+                            Reason::new(Code::AccountDisabled, format!("user `{who}` is disabled"))
+                                .param("username", who.clone()),
+                        ));
                     }
                     session::insert_token(conn, &token_id, &hash, &account, &name, ctx.now_ms())?;
                     ctx.audit(

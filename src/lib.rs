@@ -9,6 +9,7 @@
 //! - [`clock`]: wall time (controllable in tests) and the one wire format for times.
 //! - [`store`]: SQLite, the writer thread, the read pool and migrations.
 //! - [`records`]: record writes through the document store, always with their audit entry.
+//! - [`codes`]: the stable machine codes of refusals, which clients translate.
 //! - [`invalid`]: the one "this field is wrong, because" error every domain uses.
 //! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
 //! - [`users`]: accounts as records, their projection and API.
@@ -36,6 +37,7 @@ pub mod broadcast;
 pub mod cap;
 pub mod cli;
 pub mod clock;
+pub mod codes;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -127,7 +127,7 @@ async fn login(State(state): State<AppState>, request: Request) -> Result<Respon
                     })
                     .await?;
             }
-            return Err(ApiError::Unauthorized);
+            return Err(ApiError::BadCredentials);
         }
     };
     state.throttle.succeeded(attempt);

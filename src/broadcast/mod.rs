@@ -26,6 +26,7 @@ pub mod engine;
 pub mod receipts;
 mod routes;
 
+use crate::codes::{Code, Reason};
 use std::collections::BTreeMap;
 
 use automerge::transaction::Transactable;
@@ -59,11 +60,11 @@ pub enum BroadcastError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(crate::codes::Reason),
     #[error("broadcast not found")]
     NotFound,
     #[error("{0}")]
-    Conflict(String),
+    Conflict(crate::codes::Reason),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -694,10 +695,13 @@ pub fn create(
     new: NewBroadcast,
 ) -> Result<Uuid, BroadcastError> {
     if actor.role != ActorRole::System && !actor_may_broadcast(actor, &new.scope) {
-        return Err(BroadcastError::Forbidden(format!(
-            "broadcasts for {} are ordered by township staff or an admin at a township or above whose area contains it",
-            new.scope
-        )));
+        return Err(BroadcastError::Forbidden(
+            format!(
+                "broadcasts for {} are ordered by township staff or an admin at a township or above whose area contains it",
+                new.scope
+            )
+            .into(),
+        ));
     }
     let content = new.content.clone();
     let mut t = ctx.transition(
@@ -746,23 +750,38 @@ pub fn act(
     if actor.role != ActorRole::System && !may_see(&actor.area, &scope) {
         return Err(BroadcastError::NotFound);
     }
-    let content = loaded
-        .content
-        .as_ref()
-        .map_err(|e| BroadcastError::Conflict(format!("this broadcast is void: {e}")))?;
+    let content = loaded.content.as_ref().map_err(|e| {
+        BroadcastError::Conflict(Reason::new(
+            Code::BroadcastVoid,
+            format!("this broadcast is void: {e}"),
+        ))
+    })?;
     if actor.role != ActorRole::System {
         if action.system_only() {
-            return Err(BroadcastError::Forbidden(format!(
-                "{} is done by the playing node, not by a person",
-                action.as_str()
-            )));
+            return Err(BroadcastError::Forbidden(
+                Reason::new(
+                    Code::SystemOnly,
+                    format!(
+                        "{} is done by the playing node, not by a person",
+                        action.as_str()
+                    ),
+                )
+                .param("action", action.as_str()),
+            ));
         }
         if !actor_may_broadcast(actor, &scope) {
-            return Err(BroadcastError::Forbidden(format!(
-                "the {} role may not {} a broadcast for {scope}",
-                actor.role,
-                action.as_str()
-            )));
+            return Err(BroadcastError::Forbidden(
+                Reason::new(
+                    Code::RoleMayNotAct,
+                    format!(
+                        "the {} role may not {} a broadcast for {scope}",
+                        actor.role,
+                        action.as_str()
+                    ),
+                )
+                .param("role", actor.role.as_str())
+                .param("action", action.as_str()),
+            ));
         }
     }
     let mut t = ctx.transition(&actor.username, actor.role.as_str(), action.as_str());
@@ -778,7 +797,7 @@ pub fn act(
         here_area: Some(&actor.area),
     };
     if let Err(why) = machine.apply(&loaded.outcome.state, &t) {
-        return Err(BroadcastError::Conflict(why));
+        return Err(BroadcastError::Conflict(why.into()));
     }
     if action.is_signed() {
         sign(ctx, &content.digest(id, &scope), &mut t);

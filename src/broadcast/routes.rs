@@ -2,6 +2,7 @@
 //! actions, new broadcasts, transitions (approve, cancel, correct), an audio message instead of
 //! text, the zones with their outputs' health, and the audio speakers fetch.
 
+use crate::codes::{Code, Reason};
 use std::collections::BTreeMap;
 
 use axum::Json;
@@ -255,10 +256,14 @@ async fn create(
     let areas = zone_areas(&state, &zones)?;
     let scope = super::common_area(&areas).ok_or_else(|| Invalid::new("zones", "no zones"))?;
     if let Some(outside) = areas.iter().find(|a| !caller.area.contains(a)) {
-        return Err(ApiError::Forbidden(format!(
-            "zone area {outside} lies outside your area {}",
-            caller.area
-        )));
+        return Err(ApiError::Forbidden(
+            Reason::new(
+                Code::AreaOutsideYours,
+                format!("zone area {outside} lies outside your area {}", caller.area),
+            )
+            .param("area", outside.to_string())
+            .param("yours", caller.area.to_string()),
+        ));
     }
     let start_ms = match body.start_at {
         Some(s) => {
@@ -394,9 +399,12 @@ async fn transition(
             // zones at the same level, without a second approval (the playing node checks that
             // the original's signed `correct` names this correction).
             let (loaded, _) = super::load(conn, &ctx.docs, id)?;
-            let original = loaded
-                .content
-                .map_err(|e| BroadcastError::Conflict(format!("this broadcast is void: {e}")))?;
+            let original = loaded.content.map_err(|e| {
+                BroadcastError::Conflict(Reason::new(
+                    Code::BroadcastVoid,
+                    format!("this broadcast is void: {e}"),
+                ))
+            })?;
             // The note is recorded with the transition, never spoken: a correction plays without a
             // second person, so it may only say what the node writes for it.
             let correction_content = Content {
@@ -457,9 +465,9 @@ async fn audio(
             ));
         }
         Err(crate::pa::audio::AudioError::Unreadable(e)) => {
-            return Err(ApiError::UnsupportedMediaType(format!(
-                "the audio could not be read: {e}"
-            )));
+            return Err(ApiError::UnsupportedMediaType(
+                format!("the audio could not be read: {e}").into(),
+            ));
         }
         Err(e) => return Err(Invalid::new("file", e.to_string()).into()),
     };

@@ -2,6 +2,7 @@
 //! the access table ([`crate::auth::access::RULES`]; a route missing from it is refused), and for
 //! changes check the origin and, for cookie sessions, the CSRF token.
 
+use crate::codes::{Code, Reason};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
@@ -64,14 +65,21 @@ pub async fn authorize(
         (Access::SignedIn, Some(_)) => {}
         (Access::Roles(roles), Some(c)) => {
             if !c.is_any(roles) {
-                return ApiError::Forbidden(format!("the {} role may not do this", c.role))
-                    .into_response();
+                return ApiError::Forbidden(
+                    Reason::new(
+                        Code::RoleForbidden,
+                        format!("the {} role may not do this", c.role),
+                    )
+                    .param("role", c.role.as_str()),
+                )
+                .into_response();
             }
         }
     }
     if !is_safe(request.method()) {
         if !same_origin(request.headers()) {
-            return ApiError::Forbidden("cross-origin request refused".into()).into_response();
+            return ApiError::forbidden(Code::OriginRefused, "cross-origin request refused")
+                .into_response();
         }
         if let Some(crate::auth::Caller {
             via: Via::Session { csrf, .. },
@@ -87,7 +95,8 @@ pub async fn authorize(
                     == ring::digest::digest(&ring::digest::SHA256, csrf.as_bytes()).as_ref()
             });
             if !matches {
-                return ApiError::Forbidden("missing or wrong X-CSRF-Token".into()).into_response();
+                return ApiError::forbidden(Code::CsrfMissing, "missing or wrong X-CSRF-Token")
+                    .into_response();
             }
         }
     }

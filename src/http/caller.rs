@@ -1,6 +1,7 @@
 //! The caller of a request: identified from an API token or the session cookie (expired, idle or
 //! disabled credentials identify nobody), handed to handlers as the [`Caller`] extractor.
 
+use crate::codes::{Code, Reason};
 use axum::extract::FromRequestParts;
 use axum::http::HeaderMap;
 use axum::http::request::Parts;
@@ -24,7 +25,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
 impl From<NotNodeWide> for ApiError {
     fn from(e: NotNodeWide) -> Self {
-        ApiError::Forbidden(e.to_string())
+        ApiError::Forbidden(Reason::new(Code::PersonOnly, e.to_string()))
     }
 }
 

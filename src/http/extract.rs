@@ -133,7 +133,7 @@ pub async fn file_field(
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {
-            ApiError::BadRequest(e.body_text())
+            ApiError::BadRequest(e.body_text().into())
         }
     };
     while let Some(mut field) = multipart.next_field().await.map_err(failed)? {

@@ -7,6 +7,7 @@
 //!
 //! Follows the IETF draft "The Idempotency-Key HTTP Header Field" where it fits.
 
+use crate::codes::{Code, Reason};
 use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -164,16 +165,17 @@ pub async fn idempotent(State(state): State<AppState>, request: Request, next: N
             return replay(status, &content_type, body);
         }
         Ok(Some(Kept::Pending { fingerprint: f })) if f == fingerprint => {
-            return ApiError::Conflict(
-                "a request with this Idempotency-Key is still being processed; try again shortly"
-                    .into(),
-            )
+            return ApiError::Conflict(Reason::new(
+                Code::StillProcessing,
+                "a request with this Idempotency-Key is still being processed; try again shortly",
+            ))
             .into_response();
         }
         Ok(Some(_)) => {
-            return ApiError::Unprocessable(
-                "this Idempotency-Key was used for a different request".into(),
-            )
+            return ApiError::Unprocessable(Reason::new(
+                Code::IdempotencyKeyReused,
+                "this Idempotency-Key was used for a different request",
+            ))
             .into_response();
         }
         Ok(None) => {}

@@ -229,7 +229,8 @@ async fn check_host(
             format!(
                 "this node does not answer to the name `{}`; add it to http.tls_names",
                 township_drivers::untrusted::Untrusted(&host)
-            ),
+            )
+            .into(),
         ));
     }
     next.run(request).await

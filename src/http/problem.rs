@@ -9,6 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use crate::codes::{Code, Reason};
 use crate::invalid::Invalid;
 use crate::store::StoreError;
 
@@ -25,6 +26,11 @@ pub struct Problem {
     /// For validation errors: which request field was wrong.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// What went wrong as a stable snake_case code ([`Code`]); clients show their own text for it.
+    pub code: &'static str,
+    /// Values the client's text for `code` fills in.
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Problem {
@@ -35,7 +41,15 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             field: None,
+            code: Code::for_status(status.as_u16()).as_str(),
+            params: serde_json::Map::new(),
         }
+    }
+
+    fn with(mut self, code: Code, params: serde_json::Map<String, serde_json::Value>) -> Problem {
+        self.code = code.as_str();
+        self.params = params;
+        self
     }
 }
 
@@ -54,38 +68,44 @@ impl IntoResponse for Problem {
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
-    BadRequest(String),
+    BadRequest(Reason),
     /// A field of the request was refused; the problem document names it.
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("authentication required")]
     Unauthorized,
+    /// A sign-in with a wrong username or password (which of them is never said).
+    #[error("wrong username or password")]
+    BadCredentials,
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(Reason),
     #[error("not found")]
     NotFound,
     #[error("{0}")]
-    Conflict(String),
+    Conflict(Reason),
     #[error("request body too large")]
     PayloadTooLarge,
     /// Over a quota; the message names it.
     #[error("{0}")]
-    QuotaExceeded(String),
+    QuotaExceeded(Reason),
     #[error("{0}")]
-    UnsupportedMediaType(String),
+    UnsupportedMediaType(Reason),
     /// Well-formed but not acceptable as it stands (an idempotency key reused for another request).
     #[error("{0}")]
-    Unprocessable(String),
+    Unprocessable(Reason),
     #[error("too many attempts; try again in {0} seconds")]
     TooManyRequests(u64),
+    /// Over a count limit (not a rate): the reason says which; retry after the seconds given.
+    #[error("{0}")]
+    OverLimit(Reason, u64),
     /// An upload's bytes do not have the declared SHA-256 (460, as in tus's checksum extension).
     #[error("{0}")]
-    ChecksumMismatch(String),
+    ChecksumMismatch(Reason),
     #[error("the service is not ready: {0}")]
-    Unavailable(String),
+    Unavailable(Reason),
     /// The request names a host this node does not answer to (DNS rebinding).
     #[error("{0}")]
-    Misdirected(String),
+    Misdirected(Reason),
     /// Too much of this work is under way; try again after this many seconds.
     #[error("the node is busy; try again in {0} seconds")]
     Busy(u64),
@@ -103,14 +123,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) | ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::BadCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge | ApiError::QuotaExceeded(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyRequests(_) | ApiError::OverLimit(..) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::ChecksumMismatch(_) => {
                 StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST)
             }
@@ -118,6 +138,43 @@ impl ApiError {
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
+    }
+}
+
+impl ApiError {
+    /// The machine code and parameters of this refusal.
+    pub fn code(&self) -> (Code, serde_json::Map<String, serde_json::Value>) {
+        let reason = |r: &Reason, fallback: Code| (r.code.unwrap_or(fallback), r.params.clone());
+        let seconds = |code: Code, secs: u64| {
+            let mut params = serde_json::Map::new();
+            params.insert("seconds".into(), secs.into());
+            (code, params)
+        };
+        match self {
+            ApiError::Invalid(i) => (i.code, i.params.clone()),
+            ApiError::BadRequest(r) => reason(r, Code::BadRequest),
+            ApiError::Forbidden(r) => reason(r, Code::Forbidden),
+            ApiError::Conflict(r) => reason(r, Code::Conflict),
+            ApiError::QuotaExceeded(r) => reason(r, Code::QuotaExceeded),
+            ApiError::UnsupportedMediaType(r) => reason(r, Code::UnsupportedMediaType),
+            ApiError::Unprocessable(r) => reason(r, Code::Unprocessable),
+            ApiError::ChecksumMismatch(r) => reason(r, Code::ChecksumMismatch),
+            ApiError::Misdirected(r) => reason(r, Code::Misdirected),
+            ApiError::Unavailable(r) => reason(r, Code::Unavailable),
+            ApiError::TooManyRequests(secs) => seconds(Code::TooManyAttempts, *secs),
+            ApiError::OverLimit(r, _) => reason(r, Code::TooManyRequests),
+            ApiError::Busy(secs) => seconds(Code::Busy, *secs),
+            ApiError::Unauthorized => (Code::Unauthenticated, Default::default()),
+            ApiError::BadCredentials => (Code::BadCredentials, Default::default()),
+            ApiError::NotFound => (Code::NotFound, Default::default()),
+            ApiError::PayloadTooLarge => (Code::PayloadTooLarge, Default::default()),
+            ApiError::Internal(_) => (Code::Internal, Default::default()),
+        }
+    }
+
+    /// A refusal with a specific code (403 unless `status` says otherwise is up to the caller).
+    pub fn forbidden(code: Code, detail: impl Into<String>) -> ApiError {
+        ApiError::Forbidden(Reason::new(code, detail))
     }
 }
 
@@ -149,12 +206,14 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(%cause, "internal error while handling request");
         }
-        let mut problem = Problem::new(status, Some(self.to_string()));
+        let (code, params) = self.code();
+        let mut problem = Problem::new(status, Some(self.to_string())).with(code, params);
         if let ApiError::Invalid(invalid) = &self {
             problem.field = Some(invalid.field.clone());
         }
         let mut response = problem.into_response();
-        if let ApiError::TooManyRequests(secs) | ApiError::Busy(secs) = &self
+        if let ApiError::TooManyRequests(secs) | ApiError::Busy(secs) | ApiError::OverLimit(_, secs) =
+            &self
             && let Ok(v) = HeaderValue::from_str(&secs.to_string())
         {
             response.headers_mut().insert(header::RETRY_AFTER, v);

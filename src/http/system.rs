@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Va
         .store
         .read(|conn| Ok::<_, StoreError>(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
         .await
-        .map_err(|e| ApiError::Unavailable(format!("database not answering: {e}")))?;
+        .map_err(|e| ApiError::Unavailable(format!("database not answering: {e}").into()))?;
     Ok(Json(json!({"status": "ready"})))
 }
 

@@ -14,6 +14,7 @@ pub mod workflow;
 
 pub use routes::routes;
 
+use crate::codes::{Code, Reason};
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
@@ -40,14 +41,14 @@ pub enum IncidentError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(crate::codes::Reason),
     #[error("incident not found")]
     NotFound,
     #[error("{0}")]
-    Conflict(String),
+    Conflict(crate::codes::Reason),
     /// Over the person's daily upload quota; the message names it.
     #[error("{0}")]
-    Quota(String),
+    Quota(crate::codes::Reason),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -59,6 +60,16 @@ impl From<DocError> for IncidentError {
             other => IncidentError::Store(other.into()),
         }
     }
+}
+
+/// "`area` is outside your area `yours`", with the code clients translate.
+pub fn outside_yours(area: &AreaCode, yours: &AreaCode) -> Reason {
+    Reason::new(
+        Code::AreaOutsideYours,
+        format!("area {area} is outside your area {yours}"),
+    )
+    .param("area", area.to_string())
+    .param("yours", yours.to_string())
 }
 
 pub fn invalid(field: &str, detail: impl ToString) -> IncidentError {
@@ -86,14 +97,20 @@ pub fn check_new(
     new: &NewIncident,
 ) -> Result<(), IncidentError> {
     if config.category(&new.category).is_none() {
-        return Err(invalid(
+        return Err(IncidentError::Invalid(Invalid::unknown(
             "category",
+            &new.category,
             format!("unknown category `{}`", new.category),
-        ));
+        )));
     }
     let title_len = new.title.trim().chars().count();
     if !(1..=100).contains(&title_len) {
-        return Err(invalid("title", "title is 1 to 100 characters"));
+        return Err(IncidentError::Invalid(Invalid::length(
+            "title",
+            1,
+            100,
+            "title is 1 to 100 characters",
+        )));
     }
     // One-line fields hold no control characters at all; the description keeps line breaks.
     let text_ok = |s: &str, multiline: bool| {
@@ -114,10 +131,12 @@ pub fn check_new(
         }
     }
     if new.description.chars().count() > 5000 {
-        return Err(invalid(
+        return Err(IncidentError::Invalid(Invalid::length(
             "description",
+            0,
+            5000,
             "description is at most 5000 characters",
-        ));
+        )));
     }
     if let Some((lat, lon)) = new.location
         && !(lat.is_finite()
@@ -125,9 +144,12 @@ pub fn check_new(
             && (-90.0..=90.0).contains(&lat)
             && (-180.0..=180.0).contains(&lon))
     {
-        return Err(invalid(
-            "location",
-            "location needs lat in -90..90 and lon in -180..180",
+        return Err(IncidentError::Invalid(
+            Invalid::new(
+                "location",
+                "location needs lat in -90..90 and lon in -180..180",
+            )
+            .code(Code::LocationInvalid),
         ));
     }
     if new
@@ -135,18 +157,28 @@ pub fn check_new(
         .as_deref()
         .is_some_and(|p| p.chars().count() > 200)
     {
-        return Err(invalid("place", "place is at most 200 characters"));
+        return Err(IncidentError::Invalid(Invalid::length(
+            "place",
+            0,
+            200,
+            "place is at most 200 characters",
+        )));
     }
     if !node_area.contains(&new.area) {
-        return Err(invalid(
-            "area",
-            format!("area {} is outside this node's area {node_area}", new.area),
+        return Err(IncidentError::Invalid(
+            Invalid::new(
+                "area",
+                format!("area {} is outside this node's area {node_area}", new.area),
+            )
+            .code(Code::AreaOutsideNode)
+            .param("area", new.area.to_string())
+            .param("node", node_area.to_string()),
         ));
     }
     if !actor.can_reach(&new.area) {
-        return Err(IncidentError::Forbidden(format!(
-            "area {} is outside your area {}",
-            new.area, actor.area
+        return Err(IncidentError::Forbidden(outside_yours(
+            &new.area,
+            &actor.area,
         )));
     }
     Ok(())
@@ -421,26 +453,45 @@ pub fn transition(
         .filter(|n| !n.is_empty())
         .map(String::from);
     if note.as_deref().is_some_and(|n| n.chars().count() > 2000) {
-        return Err(invalid("note", "note is at most 2000 characters"));
+        return Err(IncidentError::Invalid(Invalid::length(
+            "note",
+            0,
+            2000,
+            "note is at most 2000 characters",
+        )));
     }
     if !workflow::role_may(action, acting(actor), &reporter, &folded.state) {
-        return Err(IncidentError::Forbidden(format!(
-            "the {} role may not {} this incident now",
-            actor.role,
-            action.as_str()
-        )));
+        return Err(IncidentError::Forbidden(
+            Reason::new(
+                Code::RoleMayNotAct,
+                format!(
+                    "the {} role may not {} this incident now",
+                    actor.role,
+                    action.as_str()
+                ),
+            )
+            .param("role", actor.role.as_str())
+            .param("action", action.as_str()),
+        ));
     }
     let Some(next) = workflow::next_state(current, action) else {
-        return Err(IncidentError::Conflict(format!(
-            "cannot {} an incident that is {current}",
-            action.as_str()
-        )));
+        return Err(IncidentError::Conflict(
+            Reason::new(
+                Code::ActionNotAllowed,
+                format!("cannot {} an incident that is {current}", action.as_str()),
+            )
+            .param("action", action.as_str())
+            .param("state", current.as_str()),
+        ));
     };
     if action.needs_note() && note.is_none() {
-        return Err(invalid(
+        return Err(Invalid::required(
             "note",
             format!("{} needs a note saying why", action.as_str()),
-        ));
+        )
+        .code(Code::NoteRequired)
+        .param("action", action.as_str())
+        .into());
     }
     let mut t: Transition = ctx.transition(&actor.username, actor.role.as_str(), action.as_str());
     if let Some(dept) = &actor.department {
@@ -455,20 +506,27 @@ pub fn transition(
             .as_deref()
             .map(str::trim)
             .filter(|d| !d.is_empty())
-            .ok_or_else(|| invalid("department", "dispatch needs the lead department"))?;
+            .ok_or_else(|| {
+                IncidentError::Invalid(Invalid::required(
+                    "department",
+                    "dispatch needs the lead department",
+                ))
+            })?;
         if config.department(lead).is_none() {
-            return Err(invalid(
+            return Err(IncidentError::Invalid(Invalid::unknown(
                 "department",
+                lead,
                 format!("unknown department `{lead}`"),
-            ));
+            )));
         }
         let mut assist = Vec::new();
         for d in &req.assist_departments {
             if config.department(d).is_none() {
-                return Err(invalid(
+                return Err(IncidentError::Invalid(Invalid::unknown(
                     "assist_departments",
+                    d,
                     format!("unknown department `{d}`"),
-                ));
+                )));
             }
             if d != lead && !assist.contains(d) {
                 assist.push(d.clone());
@@ -477,7 +535,11 @@ pub fn transition(
         if let Some(deadline) = req.deadline_ms
             && deadline <= ctx.now_ms()
         {
-            return Err(invalid("deadline", "the deadline must be in the future"));
+            return Err(IncidentError::Invalid(
+                Invalid::new("deadline", "the deadline must be in the future")
+                    .code(Code::TimeOrder)
+                    .param("after", "now"),
+            ));
         }
         t.data.insert("department".into(), lead.to_string());
         t.data.insert("assist_departments".into(), assist.join(","));
@@ -519,7 +581,12 @@ pub fn comment(
 ) -> Result<(), IncidentError> {
     let text = text.trim();
     if !(1..=2000).contains(&text.chars().count()) {
-        return Err(invalid("text", "a comment is 1 to 2000 characters"));
+        return Err(IncidentError::Invalid(Invalid::length(
+            "text",
+            1,
+            2000,
+            "a comment is 1 to 2000 characters",
+        )));
     }
     if text
         .chars()
@@ -572,19 +639,26 @@ pub fn rate(
         return Err(invalid("score", "score is 1 to 5"));
     }
     if comment.as_deref().is_some_and(|c| c.chars().count() > 500) {
-        return Err(invalid("comment", "comment is at most 500 characters"));
+        return Err(IncidentError::Invalid(Invalid::length(
+            "comment",
+            0,
+            500,
+            "comment is at most 500 characters",
+        )));
     }
     let loaded = load_visible(conn, ctx, actor, id)?;
     let (folded, reporter) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
     if !(actor.username == reporter || actor.is_any(&[Role::TownshipStaff, Role::Admin])) {
-        return Err(IncidentError::Forbidden(
-            "only the reporter or township staff rate an incident".into(),
-        ));
+        return Err(IncidentError::Forbidden(Reason::new(
+            Code::RatingNotYours,
+            "only the reporter or township staff rate an incident",
+        )));
     }
     if folded.state.current() != State::Closed {
-        return Err(IncidentError::Conflict(
-            "an incident is rated after it is closed".into(),
-        ));
+        return Err(IncidentError::Conflict(Reason::new(
+            Code::RatingNotClosed,
+            "an incident is rated after it is closed",
+        )));
     }
     let (by, now) = (actor.username.clone(), ctx.now_ms());
     ctx.change_record(
@@ -651,12 +725,19 @@ pub fn check_quota(
     let used = uploaded_today(conn, username, now_ms)?;
     if used.saturating_add(size) > quota {
         let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
-        return Err(IncidentError::Quota(format!(
-            "daily upload quota reached: {username} may upload {:.0} MB a day (incidents.upload_quota_per_day) and has used {:.1} MB today; this file is {:.1} MB",
-            mb(quota),
-            mb(used),
-            mb(size)
-        )));
+        return Err(IncidentError::Quota(
+            Reason::new(
+                Code::QuotaExceeded,
+                format!(
+                    "daily upload quota reached: {username} may upload {:.0} MB a day (incidents.upload_quota_per_day) and has used {:.1} MB today; this file is {:.1} MB",
+                    mb(quota),
+                    mb(used),
+                    mb(size)
+                ),
+            )
+            .param("quota_mb", mb(quota).round())
+            .param("used_mb", (mb(used) * 10.0).round() / 10.0),
+        ));
     }
     Ok(())
 }

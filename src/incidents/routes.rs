@@ -1,6 +1,7 @@
 //! The incidents API: report, list and search, detail, workflow actions, comments, ratings,
 //! attachments, exports and indicators.
 
+use crate::codes::{Code, Reason};
 use axum::Json;
 use axum::extract::{FromRequest, Multipart, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -11,7 +12,7 @@ use township_sync::AreaCode;
 use uuid::Uuid;
 
 use super::query::{self, Filter};
-use super::{Attachment, IncidentError, NewIncident, TransitionRequest, invalid};
+use super::{Attachment, IncidentError, NewIncident, TransitionRequest};
 use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::roles::Role;
@@ -122,7 +123,15 @@ async fn create(
             let id = Uuid::parse_str(text)
                 .ok()
                 .filter(|u| u.get_version_num() == 7)
-                .ok_or_else(|| invalid("id", "a UUIDv7 made on the phone, or leave it out"))?;
+                .ok_or_else(|| {
+                    IncidentError::Invalid(
+                        crate::invalid::Invalid::new(
+                            "id",
+                            "a UUIDv7 made on the phone, or leave it out",
+                        )
+                        .code(Code::IdInvalid),
+                    )
+                })?;
             // Its time must be near now: an id from far away is no phone's fresh report.
             let ms = id
                 .get_timestamp()
@@ -133,7 +142,10 @@ async fn create(
                 .unwrap_or(0);
             let now = state.clock.now_ms();
             if ms < now - 30 * 86_400_000 || ms > now + 86_400_000 {
-                return Err(invalid("id", "its time is more than 30 days from now").into());
+                return Err(ApiError::Invalid(
+                    crate::invalid::Invalid::new("id", "its time is more than 30 days from now")
+                        .code(Code::IdInvalid),
+                ));
             }
             Some(id)
         }
@@ -146,7 +158,7 @@ async fn create(
         area: body
             .area
             .parse::<AreaCode>()
-            .map_err(|e| invalid("area", e.to_string()))?,
+            .map_err(|e| IncidentError::Invalid(crate::invalid::Invalid::area("area", e)))?,
         location: body.location.map(|l| (l.lat, l.lon)),
         place: body.place,
     };
@@ -162,9 +174,10 @@ async fn create(
                 match super::chosen_id_taken(conn, id, &who.username)? {
                     Some(true) => return Ok((id, false)),
                     Some(false) => {
-                        return Err(IncidentError::Conflict(
-                            "this id belongs to another record".into(),
-                        ));
+                        return Err(IncidentError::Conflict(Reason::new(
+                            Code::IdTaken,
+                            "this id belongs to another record",
+                        )));
                     }
                     None => {}
                 }
@@ -517,7 +530,7 @@ async fn attach(
     } else {
         let mut multipart = Multipart::from_request(request, &state)
             .await
-            .map_err(|e| ApiError::BadRequest(e.body_text()))?;
+            .map_err(|e| ApiError::BadRequest(e.body_text().into()))?;
         let limit = state.config.incidents.max_attachment_bytes;
         let bytes = crate::http::extract::file_field(&mut multipart, limit, "the file").await?;
         (bytes, None)
@@ -526,7 +539,7 @@ async fn attach(
         return Err(ApiError::invalid("file", "the file is empty"));
     }
     let content_type = crate::blobs::sniff(&bytes).ok_or_else(|| {
-        ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string())
+        ApiError::UnsupportedMediaType(crate::blobs::BlobError::UnsupportedType.to_string().into())
     })?;
     let size = bytes.len();
     // The bytes are taken from the quota before the file is written, in a write, so parallel
@@ -604,18 +617,22 @@ async fn indicators(
             .transpose()?
             .unwrap_or(now);
     if from > to {
-        return Err(ApiError::invalid("from", "from must not be after to"));
+        return Err(ApiError::Invalid(
+            crate::invalid::Invalid::new("from", "from must not be after to")
+                .code(Code::TimeOrder)
+                .param("after", "to"),
+        ));
     }
     let within = match q.area {
         Some(a) => a
             .parse::<AreaCode>()
-            .map_err(|e| ApiError::invalid("area", e))?,
+            .map_err(|e| ApiError::Invalid(crate::invalid::Invalid::area("area", e)))?,
         None => caller.area.clone(),
     };
     if !caller.can_reach(&within) {
-        return Err(ApiError::Forbidden(format!(
-            "area {within} is outside your area {}",
-            caller.area
+        return Err(ApiError::Forbidden(crate::incidents::outside_yours(
+            &within,
+            &caller.area,
         )));
     }
     Ok(Json(

@@ -29,7 +29,7 @@ pub enum RuleError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(crate::codes::Reason),
     #[error("rule not found")]
     NotFound,
     #[error("{0}")]
@@ -61,9 +61,12 @@ fn check_editor(actor: &Actor, area: &AreaCode) -> Result<(), RuleError> {
     if allowed {
         Ok(())
     } else {
-        Err(RuleError::Forbidden(format!(
-            "rules for {area} are edited by township staff, county IT or an admin whose area contains it"
-        )))
+        Err(RuleError::Forbidden(
+            format!(
+                "rules for {area} are edited by township staff, county IT or an admin whose area contains it"
+            )
+            .into(),
+        ))
     }
 }
 

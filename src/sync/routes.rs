@@ -20,7 +20,7 @@ impl From<EnrollError> for ApiError {
     fn from(e: EnrollError) -> Self {
         match e {
             EnrollError::Invalid(invalid) => ApiError::Invalid(invalid),
-            EnrollError::Exists(_) => ApiError::Conflict(e.to_string()),
+            EnrollError::Exists(_) => ApiError::Conflict(e.to_string().into()),
             EnrollError::Store(s) => s.into(),
         }
     }

@@ -1,6 +1,7 @@
 //! The tus 1.0 routes of resumable uploads (see the module above for the protocol and limits), and
 //! the hand-over of a finished upload to the attachment route.
 
+use crate::codes::{Code, Reason};
 use std::path::{Path, PathBuf};
 
 use axum::body::Body;
@@ -91,9 +92,13 @@ async fn create(
         return Err(ApiError::invalid("upload-length", "the file is empty"));
     }
     if length > max {
-        return Err(ApiError::QuotaExceeded(format!(
-            "the file is {length} bytes; at most {max} are accepted"
-        )));
+        return Err(ApiError::QuotaExceeded(
+            Reason::new(
+                Code::PayloadTooLarge,
+                format!("the file is {length} bytes; at most {max} are accepted"),
+            )
+            .param("max", max),
+        ));
     }
     let metadata = headers
         .get("upload-metadata")
@@ -141,7 +146,14 @@ async fn create(
                 |r| r.get(0),
             )?;
             if open >= MAX_OPEN_PER_PERSON {
-                return Ok(Err(ApiError::TooManyRequests(60)));
+                return Ok(Err(ApiError::OverLimit(
+                    Reason::new(
+                        Code::UploadsTooMany,
+                        format!("at most {MAX_OPEN_PER_PERSON} unfinished uploads at once; finish or delete one"),
+                    )
+                    .param("max", MAX_OPEN_PER_PERSON),
+                    60,
+                )));
             }
             if let Err(e) = crate::incidents::check_quota(conn, &who, length, quota, now) {
                 return Ok(Err(e.into()));
@@ -196,7 +208,8 @@ async fn status(
 
 /// 409 with the offset the node has, so the client can go on from there.
 fn offset_conflict(upload: &Upload, detail: &str) -> Response {
-    let mut response = ApiError::Conflict(detail.into()).into_response();
+    let reason = Reason::new(Code::UploadOffset, detail).param("offset", upload.offset);
+    let mut response = ApiError::Conflict(reason).into_response();
     tus_headers(response.headers_mut(), upload);
     response
 }
@@ -267,7 +280,10 @@ async fn append(
     upload.offset = new_offset;
     if written.broken {
         // The client is gone; what arrived is kept and acknowledged to the next HEAD.
-        return Err(ApiError::BadRequest("the chunk was cut short".into()));
+        return Err(ApiError::BadRequest(Reason::new(
+            Code::UploadCut,
+            "the chunk was cut short",
+        )));
     }
     if upload.offset == upload.length {
         upload = finish(&state, upload).await?;
@@ -381,7 +397,7 @@ async fn finish(state: &AppState, mut upload: Upload) -> Result<Upload, ApiError
     let Some(kind) = kind else {
         remove(state, upload.id).await?;
         return Err(ApiError::UnsupportedMediaType(
-            crate::blobs::BlobError::UnsupportedType.to_string(),
+            crate::blobs::BlobError::UnsupportedType.to_string().into(),
         ));
     };
     let (id, now) = (upload.id.to_string(), state.clock.now_ms());
@@ -435,10 +451,17 @@ pub async fn take_complete(
 ) -> Result<(Upload, Vec<u8>), ApiError> {
     let upload = owned(state, caller, id).await?;
     if !upload.complete {
-        return Err(ApiError::Conflict(format!(
-            "upload {} has {} of {} bytes; finish it first",
-            upload.id, upload.offset, upload.length
-        )));
+        return Err(ApiError::Conflict(
+            Reason::new(
+                Code::UploadUnfinished,
+                format!(
+                    "upload {} has {} of {} bytes; finish it first",
+                    upload.id, upload.offset, upload.length
+                ),
+            )
+            .param("offset", upload.offset)
+            .param("length", upload.length),
+        ));
     }
     let bytes = tokio::fs::read(file_of(state, upload.id))
         .await

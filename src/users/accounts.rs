@@ -14,7 +14,11 @@ use super::{Account, Actor, NewUser, UserError, UserView};
 fn hash_error(e: HashError) -> UserError {
     match e {
         HashError::Password(p @ (PasswordError::Length | PasswordError::Trivial)) => {
-            UserError::Invalid(Invalid::new("password", p))
+            UserError::Invalid(
+                Invalid::new("password", p)
+                    .code(crate::codes::Code::PasswordWeak)
+                    .param("min", crate::auth::password::MIN_PASSWORD_CHARS),
+            )
         }
         other => UserError::Hash(other),
     }

@@ -8,6 +8,7 @@ mod routes;
 pub mod accounts;
 pub use routes::routes;
 
+use crate::codes::{Code, Reason};
 use std::sync::Arc;
 
 use automerge::transaction::Transactable;
@@ -40,7 +41,7 @@ pub enum UserError {
     #[error("{0}")]
     Ambiguous(String),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(crate::codes::Reason),
     #[error(transparent)]
     Hash(#[from] crate::auth::password::HashError),
     #[error("{0}")]
@@ -138,16 +139,17 @@ pub fn check_username(name: &str) -> Result<(), UserError> {
         Err(UserError::Invalid(Invalid::new(
             "username",
             "username must be 2 to 32 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
-        )))
+        ).code(Code::UsernameInvalid)))
     }
 }
 
 fn check_department(role: Role, department: Option<&str>) -> Result<Option<String>, UserError> {
     match (role, department.map(str::trim).filter(|d| !d.is_empty())) {
-        (Role::DeptHandler, None) => Err(Invalid::new(
+        (Role::DeptHandler, None) => Err(Invalid::required(
             "department",
             "a dept_handler belongs to one department: give its id",
         )
+        .code(Code::DepartmentRequired)
         .into()),
         (_, Some(d))
             if !(1..=40).contains(&d.len())
@@ -307,15 +309,16 @@ pub fn check_authority(actor: &Actor, role: Role, area: &AreaCode) -> Result<(),
         ));
     }
     if !actor.area.contains(area) {
-        return Err(UserError::Forbidden(format!(
-            "area {area} is outside your area {}",
-            actor.area
+        return Err(UserError::Forbidden(crate::incidents::outside_yours(
+            area,
+            &actor.area,
         )));
     }
     if role == Role::Admin && !actor.is(Role::Admin) {
-        return Err(UserError::Forbidden(
-            "only an admin may manage admin accounts".into(),
-        ));
+        return Err(UserError::Forbidden(Reason::new(
+            Code::AdminOnly,
+            "only an admin may manage admin accounts",
+        )));
     }
     Ok(())
 }
@@ -334,13 +337,17 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
                 new.area
             ),
         )
+        .code(Code::AreaOutsideNode)
+        .param("area", new.area.to_string())
+        .param("node", node_area.to_string())
         .into());
     }
     if !new.role.allowed_at(&new.area) {
-        return Err(UserError::Invalid(Invalid::new(
-            "role",
-            new.role.level_rule(),
-        )));
+        return Err(UserError::Invalid(
+            Invalid::new("role", new.role.level_rule())
+                .code(Code::RoleLevel)
+                .param("role", new.role.as_str()),
+        ));
     }
     check_department(new.role, new.department.as_deref())?;
     if new
@@ -348,8 +355,10 @@ pub fn validate(new: &NewUser, node_area: &AreaCode) -> Result<(), UserError> {
         .as_deref()
         .is_some_and(|d| d.chars().count() > 60)
     {
-        return Err(UserError::Invalid(Invalid::new(
+        return Err(UserError::Invalid(Invalid::length(
             "display_name",
+            0,
+            60,
             "display name is at most 60 characters",
         )));
     }
@@ -555,9 +564,10 @@ pub fn disable(
         find_account(conn, username)?.ok_or_else(|| UserError::NotFound(username.into()))?;
     check_authority(actor, account.role, &account.area)?;
     if actor.username == account.username {
-        return Err(UserError::Forbidden(
-            "you cannot disable your own account".into(),
-        ));
+        return Err(UserError::Forbidden(Reason::new(
+            Code::SelfDisable,
+            "you cannot disable your own account",
+        )));
     }
     match account.doc_id {
         Some(id) => {
@@ -628,9 +638,10 @@ pub fn rename(
         target.1.parse::<Role>(),
         target.2.parse::<AreaCode>(),
     ) else {
-        return Err(UserError::Forbidden(
-            "this record is quarantined: its role or area cannot be read".into(),
-        ));
+        return Err(UserError::Forbidden(Reason::new(
+            Code::Quarantined,
+            "this record is quarantined: its role or area cannot be read",
+        )));
     };
     check_authority(actor, role, &area)?;
     if new_username == LOCAL_ADMIN || name_taken(conn, new_username, &ctx.area)? {

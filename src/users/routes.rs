@@ -12,6 +12,7 @@ use crate::app::AppState;
 use crate::auth::Caller;
 use crate::auth::password::HashError;
 use crate::auth::roles::Role;
+use crate::codes::{Code, Reason};
 use crate::config::Secret;
 use crate::http::extract::{ApiJson, empty_as_none};
 use crate::http::problem::ApiError;
@@ -29,7 +30,10 @@ impl From<UserError> for ApiError {
     fn from(e: UserError) -> Self {
         match e {
             UserError::Invalid(invalid) => ApiError::Invalid(invalid),
-            UserError::Taken(_) | UserError::Ambiguous(_) => ApiError::Conflict(e.to_string()),
+            UserError::Taken(_) => {
+                ApiError::Conflict(Reason::new(Code::UsernameTaken, e.to_string()))
+            }
+            UserError::Ambiguous(_) => ApiError::Conflict(e.to_string().into()),
             UserError::NotFound(_) => ApiError::NotFound,
             UserError::Forbidden(m) => ApiError::Forbidden(m),
             UserError::Hash(HashError::ShuttingDown) => {
@@ -55,13 +59,13 @@ async fn list(
     let within = match q.area {
         Some(a) => a
             .parse::<AreaCode>()
-            .map_err(|e| ApiError::invalid("area", e))?,
+            .map_err(|e| ApiError::Invalid(crate::invalid::Invalid::area("area", e)))?,
         None => caller.area.clone(),
     };
     if !caller.can_reach(&within) {
-        return Err(ApiError::Forbidden(format!(
-            "area {within} is outside your area {}",
-            caller.area
+        return Err(ApiError::Forbidden(crate::incidents::outside_yours(
+            &within,
+            &caller.area,
         )));
     }
     let users = state
@@ -97,7 +101,7 @@ async fn create(
         area: body
             .area
             .parse::<AreaCode>()
-            .map_err(|e| ApiError::invalid("area", e))?,
+            .map_err(|e| ApiError::Invalid(crate::invalid::Invalid::area("area", e)))?,
         department: body.department,
         display_name: body.display_name.map(|d| d.trim().to_string()),
         phone: body

@@ -16,6 +16,7 @@ pub mod automation;
 pub mod events;
 mod routes;
 
+use crate::codes::{Code, Reason};
 use std::collections::BTreeMap;
 
 use automerge::AutoCommit;
@@ -44,11 +45,11 @@ pub enum WarningError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
     #[error("{0}")]
-    Forbidden(String),
+    Forbidden(crate::codes::Reason),
     #[error("warning not found")]
     NotFound,
     #[error("{0}")]
-    Conflict(String),
+    Conflict(crate::codes::Reason),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -488,10 +489,13 @@ pub fn create(
         return Err(Invalid::new("status", "actual, exercise or test").into());
     }
     if actor.role != ActorRole::System && !may_warn(actor, &new.area) {
-        return Err(WarningError::Forbidden(format!(
-            "warnings for {} are issued by township staff, county IT or an admin whose area contains it",
-            new.area
-        )));
+        return Err(WarningError::Forbidden(
+            format!(
+                "warnings for {} are issued by township staff, county IT or an admin whose area contains it",
+                new.area
+            )
+            .into(),
+        ));
     }
     let mut t = ctx.transition(&actor.username, actor.role.as_str(), new.first.as_str());
     new.content.clone().into_data(&mut t.data);
@@ -540,26 +544,43 @@ pub fn act(
     let folded = fold_doc(&doc, &authors, &meta.scope).state;
     if actor.role != ActorRole::System {
         if action.system_only() {
-            return Err(WarningError::Forbidden(format!(
-                "{} is done by the node, not by a person",
-                action.as_str()
-            )));
+            return Err(WarningError::Forbidden(
+                Reason::new(
+                    Code::SystemOnly,
+                    format!("{} is done by the node, not by a person", action.as_str()),
+                )
+                .param("action", action.as_str()),
+            ));
         }
         if !may_warn(actor, &meta.scope) {
-            return Err(WarningError::Forbidden(format!(
-                "the {} role may not {} a warning for {}",
-                actor.role,
-                action.as_str(),
-                meta.scope
-            )));
+            return Err(WarningError::Forbidden(
+                Reason::new(
+                    Code::RoleMayNotAct,
+                    format!(
+                        "the {} role may not {} a warning for {}",
+                        actor.role,
+                        action.as_str(),
+                        meta.scope
+                    ),
+                )
+                .param("role", actor.role.as_str())
+                .param("action", action.as_str()),
+            ));
         }
     }
     if action.next(folded.state).is_none() {
-        return Err(WarningError::Conflict(format!(
-            "cannot {} a warning that is {}",
-            action.as_str(),
-            folded.state.as_str()
-        )));
+        return Err(WarningError::Conflict(
+            Reason::new(
+                Code::ActionNotAllowed,
+                format!(
+                    "cannot {} a warning that is {}",
+                    action.as_str(),
+                    folded.state.as_str()
+                ),
+            )
+            .param("action", action.as_str())
+            .param("state", folded.state.as_str()),
+        ));
     }
     validate_content(&content, &meta.scope, false)?;
     let mut t = ctx.transition(&actor.username, actor.role.as_str(), action.as_str());

@@ -112,7 +112,7 @@ async fn list(
         .area
         .map(|a| {
             a.parse::<AreaCode>()
-                .map_err(|e| ApiError::invalid("area", e))
+                .map_err(|e| ApiError::Invalid(crate::invalid::Invalid::area("area", e)))
         })
         .transpose()?;
     let levels = split(q.level);
@@ -194,8 +194,9 @@ impl ContentBody {
             .map(|list| {
                 list.iter()
                     .map(|a| {
-                        a.parse::<AreaCode>()
-                            .map_err(|e| ApiError::invalid("areas", e))
+                        a.parse::<AreaCode>().map_err(|e| {
+                            ApiError::Invalid(crate::invalid::Invalid::area("areas", e))
+                        })
                     })
                     .collect::<Result<Vec<_>, _>>()
             })

@@ -23,6 +23,7 @@ mod listeners;
 mod module_docs;
 mod offline_app;
 mod pa_peers;
+mod problems;
 mod resumable;
 mod rules;
 mod sensors;

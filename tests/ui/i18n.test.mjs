@@ -16,9 +16,10 @@ async function dictionary(name) {
   return module.default;
 }
 
+// Merged as ui/js/i18n.js merges them: the refusal texts live in their own files.
 const dictionaries = {
-  'zh-CN': await dictionary('zh-CN.js'),
-  en: await dictionary('en.js'),
+  'zh-CN': { ...await dictionary('zh-CN.js'), ...await dictionary('problems-zh-CN.js') },
+  en: { ...await dictionary('en.js'), ...await dictionary('problems-en.js') },
 };
 
 function missing(from, to) {
@@ -76,4 +77,28 @@ test('every key the UI names exists in both dictionaries', () => {
     if (lacking.length) problems.push(`${key} (used in ${[...files].join(', ')}) is missing from ${lacking.join(' and ')}`);
   }
   assert.deepEqual(problems, [], problems.join('\n'));
+});
+
+// A {placeholder} only one language has shows as a literal brace, or loses the value, in the other.
+test('both languages fill in the same {placeholders}', () => {
+  const names = (text) => [...String(text).matchAll(/\{([a-z_]+)\}/g)].map((m) => m[1]).sort();
+  const differ = Object.keys(dictionaries['zh-CN'])
+    .filter((key) => Object.hasOwn(dictionaries.en, key))
+    .filter((key) => names(dictionaries['zh-CN'][key]).join() !== names(dictionaries.en[key]).join());
+  assert.deepEqual(differ, [], `placeholders differ in: ${differ.join(', ')}`);
+});
+
+// The codes the node emits are listed in src/codes.rs; each needs a text in both languages (the Rust
+// unit test checks the same from the other side).
+test('every problem code in src/codes.rs has a text in both languages', () => {
+  const source = readFileSync(join(UI, '..', 'src', 'codes.rs'), 'utf8');
+  const codes = [...source.matchAll(/^\s+[A-Z][A-Za-z]+ = "([a-z_]+)",$/gm)].map((m) => m[1]);
+  assert.ok(codes.length > 40, `found only ${codes.length} codes; is the pattern still right?`);
+  const lacking = [];
+  for (const code of codes) {
+    for (const language of Object.keys(dictionaries)) {
+      if (!Object.hasOwn(dictionaries[language], `problem.${code}`)) lacking.push(`${language}: ${code}`);
+    }
+  }
+  assert.deepEqual(lacking, [], lacking.join('\n'));
 });

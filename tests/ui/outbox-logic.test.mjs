@@ -76,10 +76,11 @@ test('answers: what each means for the item', () => {
   assert.equal(c(204, null, 'patch'), 'ok');
   assert.equal(c(0, null), 'retry', 'no answer');
   assert.equal(c(401, { title: 'Unauthorized' }), 'auth');
-  assert.equal(c(403, { detail: 'missing or wrong X-CSRF-Token' }), 'csrf');
+  assert.equal(c(403, { code: 'csrf_missing', detail: 'missing or wrong X-CSRF-Token' }), 'csrf');
+  assert.equal(c(403, { code: 'forbidden', detail: 'csrf in words only' }), 'refuse');
   assert.equal(c(403, { detail: 'this action is not allowed now' }), 'refuse');
   for (const s of [408, 429, 500, 502, 503, 504]) assert.equal(c(s, {}), 'retry', String(s));
-  assert.equal(c(409, { detail: 'a request with this Idempotency-Key is still being processed; try again shortly' }), 'retry');
+  assert.equal(c(409, { code: 'still_processing', detail: 'a request with this Idempotency-Key is still being processed; try again shortly' }), 'retry');
   assert.equal(c(409, { detail: 'this id belongs to another record' }), 'refuse');
   assert.equal(c(409, {}, 'patch'), 'offset');
   assert.equal(c(460, {}, 'patch'), 'checksum');
@@ -87,13 +88,14 @@ test('answers: what each means for the item', () => {
   assert.equal(c(410, {}, 'head'), 'gone');
   assert.equal(c(404, {}, 'attach'), 'attach-missing');
   assert.equal(c(409, { detail: 'upload x has 5 of 9 bytes; finish it first' }, 'attach'), 'offset');
-  assert.equal(c(409, { detail: 'a request with this Idempotency-Key is still being processed; try again shortly' }, 'attach'), 'retry');
+  assert.equal(c(409, { code: 'still_processing', detail: 'a request with this Idempotency-Key is still being processed; try again shortly' }, 'attach'), 'retry');
   assert.equal(c(415, {}, 'patch'), 'refuse', 'the node sniffed the finished file and does not take it');
   assert.equal(c(404, {}, 'request'), 'refuse');
   for (const s of [400, 413, 415, 422]) assert.equal(c(s, {}), 'refuse', String(s));
-  assert.deepEqual(logic.errorOf(400, { title: 'Bad Request', detail: 'title is required', field: 'title', status: 400, type: 'about:blank' }),
-    { status: 400, code: 'title', message: 'title is required' });
-  assert.deepEqual(logic.errorOf(0, null), { status: 0, code: null, message: '' });
+  assert.deepEqual(logic.errorOf(400, { title: 'Bad Request', detail: 'title is 1 to 100 characters', field: 'title', status: 400, type: 'about:blank', code: 'text_length', params: { field: 'title', min: 1, max: 100 } }),
+    { status: 400, code: 'text_length', params: { field: 'title', min: 1, max: 100 }, message: 'title is 1 to 100 characters' });
+  assert.deepEqual(logic.errorOf(0, null), { status: 0, code: null, params: {}, message: '' });
+  assert.deepEqual(logic.errorOf(400, { code: 7, params: [1] }), { status: 400, code: null, params: {}, message: '' }, 'garbage from a proxy is not a code');
   assert.equal(logic.refusalKey(413), 'outbox.refused.413');
   assert.equal(logic.refusalKey(418), 'outbox.refused.other');
 });

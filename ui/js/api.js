@@ -5,6 +5,7 @@
 // copy (sw.js) carries its age as `offlineAt` (ms), which pages show as "offline data · 3 min ago".
 import { t } from './i18n.js';
 import { noteReachable } from './net.js';
+import { problemText, problemCode } from './problem.js';
 
 const DEFAULT_TIMEOUT_MS = 15000;
 let csrfToken = null;
@@ -17,12 +18,15 @@ export function getCsrf() {
   return csrfToken;
 }
 
+// `message` is in the person's language (from the problem's code); `detail` keeps the node's English.
 export class ApiError extends Error {
   constructor(status, problem) {
-    super(problem?.detail || problem?.title || `HTTP ${status}`);
+    super(status ? problemText(status, problem) : (problem?.detail || t('common.unreachable')));
     this.status = status;
     this.problem = problem;
     this.field = problem?.field;
+    this.code = status ? problemCode(status, problem) : null;
+    this.detail = problem?.detail || '';
   }
 
   // True when the node never answered (network down, timeout).
@@ -80,7 +84,7 @@ export function upload(path, file, onProgress) {
     xhr.responseType = 'json';
     xhr.upload.onprogress = (e) => { if (e.lengthComputable && onProgress) onProgress(e.loaded / e.total); };
     xhr.onload = () => (xhr.status >= 200 && xhr.status < 300 ? resolve(xhr.response) : reject(new ApiError(xhr.status, xhr.response)));
-    xhr.onerror = () => reject(new ApiError(0, { detail: 'network error' }));
+    xhr.onerror = () => reject(new ApiError(0, { detail: t('common.unreachable') }));
     const form = new FormData();
     form.append('file', file);
     xhr.send(form);

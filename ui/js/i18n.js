@@ -2,8 +2,11 @@
 // The texts live in i18n/, one file per language, so a translator edits one language at a time.
 import zhCN from './i18n/zh-CN.js';
 import en from './i18n/en.js';
+import problemsZhCN from './i18n/problems-zh-CN.js';
+import problemsEn from './i18n/problems-en.js';
 
-const dictionaries = { 'zh-CN': zhCN, en };
+// Refusal texts live apart (one per problem code the node can send, kept in step with src/codes.rs).
+const dictionaries = { 'zh-CN': { ...zhCN, ...problemsZhCN }, en: { ...en, ...problemsEn } };
 
 const STORAGE_KEY = 'township.lang';
 let current = pickInitial();
@@ -20,8 +23,16 @@ export function lang() {
   return current;
 }
 
-export function t(key) {
-  return dictionaries[current][key] ?? dictionaries['zh-CN'][key] ?? key;
+// The text for `key`; `{name}` in it is replaced by params.name when params are given.
+export function t(key, params) {
+  const text = dictionaries[current][key] ?? dictionaries['zh-CN'][key] ?? key;
+  if (!params) return text;
+  return text.replace(/\{([a-z_]+)\}/g, (whole, name) => (params[name] === undefined || params[name] === null ? whole : String(params[name])));
+}
+
+// Whether `key` has a text (in this language or the Chinese fallback).
+export function has(key) {
+  return key in dictionaries[current] || key in dictionaries['zh-CN'];
 }
 
 function setLang(next) {

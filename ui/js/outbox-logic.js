@@ -84,8 +84,8 @@ export function backoffMs(attempt, random = Math.random) {
   return Math.min(BACKOFF_MAX_MS, Math.round(base * (0.8 + 0.4 * random())));
 }
 
-function detailOf(problem) {
-  return (problem && typeof problem === 'object' && (problem.detail || problem.title)) || '';
+function codeOf(problem) {
+  return (problem && typeof problem === 'object' && typeof problem.code === 'string' && problem.code) || '';
 }
 
 // What an answer means for an item. `phase` is the step: 'request' (the item's own POST), 'create',
@@ -96,15 +96,15 @@ function detailOf(problem) {
 //   upload no longer exists, start it again · attach-missing: 404 on attach, the upload may be gone.
 // Only answers that are the node's final word are refusals; a person then decides.
 export function classify(status, problem, phase = 'request') {
-  const detail = detailOf(problem);
+  const code = codeOf(problem);
   if (!status) return 'retry';
   if (status >= 200 && status < 300) return 'ok';
   if (status === 401) return 'auth';
   // The access check refuses a stale token with 403 before anything runs; another token fixes it.
-  if (status === 403 && /csrf/i.test(detail)) return 'csrf';
+  if (status === 403 && code === 'csrf_missing') return 'csrf';
   if (status === 408 || status === 429 || status >= 500) return 'retry';
   // The first request with this key is still running on the node (its answer lost on the way back).
-  if (status === 409 && /still being processed/i.test(detail)) return 'retry';
+  if (status === 409 && code === 'still_processing') return 'retry';
   if (phase === 'patch') {
     if (status === 409) return 'offset';
     if (status === 460) return 'checksum';
@@ -116,14 +116,15 @@ export function classify(status, problem, phase = 'request') {
   return 'refuse';
 }
 
-// The error kept on an item, as the UI shows it: the status, the field or problem type, and the
-// node's own words.
+// The error kept on an item, as the UI shows it: the status, the problem's code and params (which
+// the UI turns into the person's language), and the node's own English words.
 export function errorOf(status, problem) {
   const p = problem && typeof problem === 'object' ? problem : {};
-  const type = typeof p.type === 'string' && p.type !== 'about:blank' ? p.type : null;
+  const params = p.params && typeof p.params === 'object' && !Array.isArray(p.params) ? p.params : {};
   return {
     status: status || 0,
-    code: (typeof p.field === 'string' && p.field) || type || null,
+    code: (typeof p.code === 'string' && p.code) || null,
+    params,
     message: String(p.detail || p.title || ''),
   };
 }

@@ -1,7 +1,8 @@
 // How outbox items read on screen, shared by the outbox page and the incident page: the kind, the
 // state with its progress, and a refusal in the person's language with the node's own words after it.
-import { t } from './i18n.js';
+import { t, has } from './i18n.js';
 import { refusalKey } from './outbox-logic.js';
+import { problemText } from './problem.js';
 import { formatTime } from './format.js';
 
 export function kindText(kind) {
@@ -14,6 +15,9 @@ export function errorText(error) {
   if (error.code === 'checksum') return t('outbox.refused.460');
   if (error.code === 'upload_gone') return t('outbox.upload_gone');
   const status = error.status ? ` (${error.status})` : '';
+  if (error.code && has(`problem.${error.code}`)) {
+    return `${t(refusalKey(error.status))}${status}${t('outbox.colon')}${problemText(error.status, error)}`;
+  }
   const words = error.message ? `${t('outbox.colon')}${error.message}` : '';
   return `${t(refusalKey(error.status))}${status}${words}`;
 }

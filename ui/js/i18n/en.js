@@ -159,8 +159,6 @@ export default {
   'login.submit': 'Sign in',
   'login.logout': 'Sign out',
   'login.wrong': 'Wrong username or password.',
-  'login.throttled': 'Too many attempts. Try again later.',
-  'login.disabled': 'This account is disabled. Ask an administrator.',
   'role.grid_worker': 'Grid worker',
   'role.township_staff': 'Township staff',
   'role.dept_handler': 'Department handler',

@@ -159,8 +159,6 @@ export default {
   'login.submit': '登录',
   'login.logout': '退出',
   'login.wrong': '用户名或密码错误。',
-  'login.throttled': '尝试次数过多，请稍后再试。',
-  'login.disabled': '该账号已停用，请联系管理员。',
   'role.grid_worker': '网格员',
   'role.township_staff': '乡镇工作人员',
   'role.dept_handler': '部门处置人员',

@@ -25,10 +25,8 @@ export async function render(main) {
       navigate(next);
     } catch (e) {
       error.hidden = false;
-      error.textContent = e.status === 401 ? t('login.wrong')
-        : e.status === 429 ? t('login.throttled')
-          : e.status === 403 ? t('login.disabled')
-            : t('common.unreachable');
+      // The node's code says which: wrong password, throttled, a refused origin, or offline.
+      error.textContent = e.status === 401 ? t('login.wrong') : e.message || t('common.unreachable');
       password.value = '';
       password.focus();
     } finally {
