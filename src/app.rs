@@ -110,6 +110,7 @@ fn projections(
         users::UserProjection::shared(key.clone(), clock.clone()),
         crate::incidents::IncidentProjection::shared(config.categories.clone()),
         crate::rules::RuleProjection::shared(key.clone(), clock.clone()),
+        crate::areas::AreaProjection::shared(key.clone(), clock.clone()),
         crate::warnings::WarningProjection::shared(),
         crate::broadcast::BroadcastProjection::shared(),
         crate::broadcast::receipts::ReceiptProjection::shared(),
@@ -238,6 +239,7 @@ impl AppState {
             hlc: self.hlc.clone(),
             latest_seq: self.latest_seq.clone(),
             records_changed: self.records_changed.clone(),
+            has_upstream: self.upstream.is_some(),
         }
     }
 
@@ -652,6 +654,18 @@ pub async fn open_with_clock(
         .await
     {
         tracing::warn!(error = %e, "could not record the configuration in the audit log");
+    }
+    // The names in [[areas]] become records, so the nodes below learn them.
+    let (ctx, areas) = (opened.state.write_ctx(), opened.state.config.areas.clone());
+    match opened
+        .state
+        .store
+        .write(move |conn| crate::areas::bootstrap(conn, &ctx, &areas))
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(changed = n, "area names from the config written as records"),
+        Err(e) => tracing::warn!(error = %e, "could not write the configured area names"),
     }
     Ok(opened)
 }

@@ -400,6 +400,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             config.http.listen = args.listen;
             if config.devices.is_empty() {
                 crate::demo::add_stations(&mut config);
+                crate::demo::add_area_names(&mut config);
             }
             if config.pa.zones.is_empty() {
                 crate::demo::add_loudspeakers(&mut config, dir.root());

@@ -71,6 +71,8 @@ pub struct Config {
     /// Names (and optionally shapes) of area codes, for people and for CAP `area` blocks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub areas: Vec<AreaConfig>,
+    /// The base map and start view of the UI's maps.
+    pub map: crate::map::MapConfig,
     /// The departments incidents are dispatched to. Replaces the built-in list when given.
     pub departments: Vec<Department>,
     /// Incident categories with their deadlines. Replaces the built-in list when given.
@@ -479,6 +481,7 @@ impl Default for Config {
             cap: CapConfig::default(),
             pa: Default::default(),
             areas: Vec::new(),
+            map: Default::default(),
             departments: default_departments(),
             categories: default_categories(),
             mqtt: Default::default(),
@@ -573,6 +576,9 @@ impl Config {
                 return Err(invalid(&format!("areas[{i}].code"), "listed twice"));
             }
         }
+        self.map
+            .check()
+            .map_err(|(key, message)| invalid(&format!("map.{key}"), &message))?;
         for (i, feed) in self.cap.feeds.iter().enumerate() {
             crate::cap::feeds::check(feed)
                 .map_err(|(key, message)| invalid(&format!("cap.feeds[{i}].{key}"), &message))?;
@@ -842,6 +848,10 @@ mod tests {
         expected.mqtt = parsed.mqtt.clone();
         expected.hj212.listen = parsed.hj212.listen;
         expected.simulator.storm_after = parsed.simulator.storm_after;
+        // The example shows a base map and a start view, which are off by default.
+        expected.map.mbtiles = parsed.map.mbtiles.clone();
+        expected.map.tile_url = parsed.map.tile_url.clone();
+        expected.map.center = parsed.map.center;
         assert_eq!(parsed, expected, "the example must document the defaults");
         let defaults = toml::Table::try_from(Config::default()).unwrap();
         for (section, keys) in defaults {

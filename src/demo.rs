@@ -19,67 +19,84 @@ const VILLAGES: [(&str, &str, f64, f64); 5] = [
     ("330723001005", "熟溪村", 28.8921, 119.8165),
 ];
 
-const REPORTS: [(&str, &str, &str); 12] = [
+/// The demo's reports: category, title, description, and the department whose work it is.
+const REPORTS: [(&str, &str, &str, &str); 12] = [
     (
         "安全隐患",
         "路灯损坏不亮",
         "村口主干道三盏路灯不亮，夜间行人和电动车通行有安全隐患。",
+        "housing",
     ),
     (
         "环境卫生",
         "河道垃圾堆积",
         "熟溪支流桥下垃圾堆积，有异味，需清理。",
+        "environment",
     ),
     (
         "防汛防台",
         "山塘水位偏高",
         "连续降雨后山塘水位接近溢洪道，请水利部门查看。",
+        "water",
     ),
     (
         "违章建筑",
         "村民私自搭建彩钢棚",
         "三组有村民在宅基地外搭建彩钢棚，影响邻居通行。",
+        "enforcement",
     ),
     (
         "矛盾纠纷",
         "邻里装修噪音纠纷",
         "楼上装修噪音持续到晚上十点后，邻里争执，需调解。",
+        "police",
     ),
     (
         "道路交通",
         "占道经营影响通行",
         "菜市场门口早市摊位占用机动车道。",
+        "enforcement",
     ),
     (
         "消防安全",
         "楼道堆放杂物",
         "老旧小区楼道堆放纸箱和电动车，堵塞消防通道。",
+        "emergency",
     ),
     (
         "食品安全",
         "小餐馆卫生问题",
         "群众反映街边小餐馆后厨卫生差，需市场监管核查。",
+        "market",
     ),
     (
         "民生服务",
         "独居老人需要帮扶",
         "五组独居老人行动不便，家中漏雨，需协调帮扶。",
+        "housing",
     ),
     (
         "安全隐患",
         "电线私拉乱接",
         "出租房外墙电线私拉乱接给电动车充电。",
+        "emergency",
     ),
     (
         "环境卫生",
         "垃圾分类投放点满溢",
         "垃圾分类投放点清运不及时，满溢。",
+        "environment",
     ),
-    ("其他", "公交站牌破损", "站牌玻璃破损，有划伤风险。"),
+    (
+        "其他",
+        "公交站牌破损",
+        "站牌玻璃破损，有划伤风险。",
+        "housing",
+    ),
 ];
 
 /// Who the demo has: username, display name, role, area, department.
-const PEOPLE: [(&str, &str, Role, &str, Option<&str>); 7] = [
+const PEOPLE: [(&str, &str, Role, &str, Option<&str>); 11] = [
     ("zhang.min", "张敏", Role::TownshipStaff, "330723001", None),
     ("wang.fang", "王芳", Role::GridWorker, "330723001001", None),
     ("li.qiang", "李强", Role::GridWorker, "330723001002", None),
@@ -104,8 +121,52 @@ const PEOPLE: [(&str, &str, Role, &str, Option<&str>); 7] = [
         "330723001",
         Some("enforcement"),
     ),
+    (
+        "liu.yang",
+        "刘洋",
+        Role::DeptHandler,
+        "330723001",
+        Some("housing"),
+    ),
+    (
+        "he.li",
+        "何丽",
+        Role::DeptHandler,
+        "330723001",
+        Some("environment"),
+    ),
+    (
+        "qian.wei",
+        "钱伟",
+        Role::DeptHandler,
+        "330723001",
+        Some("market"),
+    ),
+    (
+        "wu.gang",
+        "吴刚",
+        Role::DeptHandler,
+        "330723001",
+        Some("police"),
+    ),
     ("it.zhou", "周工", Role::CountyIt, "330723001", None),
 ];
+
+/// The real names of the county, the township and its villages, for the area directory.
+pub fn add_area_names(config: &mut Config) {
+    let mut names = vec![("330723", "武义县"), ("330723001", "熟溪街道")];
+    names.extend(VILLAGES.iter().map(|(code, name, _, _)| (*code, *name)));
+    for (code, name) in names {
+        if !config.areas.iter().any(|a| a.code == code) {
+            config.areas.push(crate::config::AreaConfig {
+                code: code.into(),
+                name: name.into(),
+                polygon: None,
+                circle: None,
+            });
+        }
+    }
+}
 
 /// A person of the demo, acting directly through the domain functions (no session or token needed).
 fn person(
@@ -326,25 +387,19 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
         .map_err(|e| e.to_string())?;
     }
     let staff = person("zhang.min", Role::TownshipStaff, "330723001", None)?;
-    let handlers = [
-        person("zhao.lei", Role::DeptHandler, "330723001", Some("water"))?,
-        person(
-            "chen.jing",
-            Role::DeptHandler,
-            "330723001",
-            Some("emergency"),
-        )?,
-        person(
-            "sun.hao",
-            Role::DeptHandler,
-            "330723001",
-            Some("enforcement"),
-        )?,
-    ];
+    // Each case goes to the handler of the department whose work it is.
+    let handler_of = |department: &str| -> Result<Actor, String> {
+        let (username, ..) = PEOPLE
+            .iter()
+            .find(|p| p.4 == Some(department))
+            .ok_or_else(|| format!("the demo has no handler for {department}"))?;
+        person(username, Role::DeptHandler, "330723001", Some(department))
+    };
+    let mut made: Vec<uuid::Uuid> = Vec::new();
     let total = 36;
     for n in 0..total {
         let (village, _, lat, lon) = VILLAGES[n % VILLAGES.len()];
-        let (category, title, description) = REPORTS[n % REPORTS.len()];
+        let (category, title, description, department) = REPORTS[n % REPORTS.len()];
         // Grid workers report in their own villages; the township staff report the rest.
         let reporter = match village {
             "330723001001" => person("wang.fang", Role::GridWorker, village, None)?,
@@ -373,12 +428,22 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
         clock.advance_ms(20 * 60 * 1000 + (n as i64 % 5) * 7 * 60 * 1000);
 
         // Walk each incident some way along the loop: the older ones further.
-        let handler = &handlers[n % handlers.len()];
-        let department = handler.department.clone().unwrap_or_default();
+        made.push(id);
+        let handler = &handler_of(department)?;
+        let department = department.to_string();
+        // The same report twelve cases earlier is the original this one duplicates.
+        let original = n
+            .checked_sub(REPORTS.len())
+            .and_then(|i| made.get(i))
+            .copied();
         let steps: Vec<(&Actor, &str, Option<&str>)> = match n % 9 {
             0 => vec![],
             1 => vec![(&staff, "accept", None)],
-            2 => vec![(&staff, "reject", Some("重复上报，已合并处理"))],
+            2 => vec![(
+                &staff,
+                "reject",
+                Some("不属于本街道职责范围，已告知群众向县级部门反映"),
+            )],
             3 | 4 => vec![(&staff, "accept", None), (&staff, "dispatch", None)],
             5 => vec![
                 (&staff, "accept", None),
@@ -391,10 +456,10 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
                 (handler, "start", None),
                 (handler, "resolve", Some("已现场处置完毕")),
             ],
-            7 => vec![
-                (&staff, "accept", None),
-                (&staff, "escalate", Some("涉及多个部门，请县级协调")),
-            ],
+            // This node has no level above (the demo runs alone), so nothing is escalated: the
+            // repeated reports are closed as duplicates of their originals instead.
+            7 if original.is_some() => vec![(&staff, "duplicate", None)],
+            7 => vec![(&staff, "accept", None)],
             _ => vec![
                 (&staff, "accept", None),
                 (&staff, "dispatch", None),
@@ -408,12 +473,18 @@ async fn seed_into(state: &AppState, clock: &Clock, password: &str) -> Result<us
                 action: action.into(),
                 note: note.map(String::from),
                 department: (action == "dispatch").then(|| department.clone()),
-                assist_departments: if action == "dispatch" && n % 3 == 0 {
-                    vec!["housing".into()]
+                assist_departments: if action == "dispatch"
+                    && n % 3 == 0
+                    && department != "emergency"
+                {
+                    vec!["emergency".into()]
                 } else {
                     vec![]
                 },
                 deadline_ms: None,
+                duplicate_of: (action == "duplicate")
+                    .then(|| original.map(|o| o.to_string()))
+                    .flatten(),
             };
             let (ctx, config, who) = (state.write_ctx(), state.config.clone(), who.clone());
             state

@@ -12,6 +12,7 @@
 //! - [`codes`]: the stable machine codes of refusals, which clients translate.
 //! - [`invalid`]: the one "this field is wrong, because" error every domain uses.
 //! - [`auth`]: sessions, API tokens, passwords, throttling and the access table.
+//! - [`areas`]: the area directory: names for area codes, as records that flow down.
 //! - [`users`]: accounts as records, their projection and API.
 //! - [`incidents`]: reporting, dispatch, deadlines and closed-loop handling of incidents.
 //! - [`telemetry`]: devices, drivers, the readings stream, retention, status and the sensors API.
@@ -25,11 +26,13 @@
 //! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
+//! - [`map`]: the maps' base layer (MBTiles served by the node, or a tile URL) and area outlines.
 //! - [`metrics`]: the Prometheus registry.
 //! - [`logging`]: log set-up and the wrapper for untrusted strings in log lines.
 //! - [`doctor`]: the data-directory checks behind `township-node doctor`.
 
 pub mod app;
+pub mod areas;
 pub mod audit;
 pub mod auth;
 pub mod blobs;
@@ -46,6 +49,7 @@ pub mod http;
 pub mod incidents;
 pub mod invalid;
 pub mod logging;
+pub mod map;
 pub mod metrics;
 pub mod node;
 pub mod pa;

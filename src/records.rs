@@ -41,6 +41,8 @@ pub struct WriteCtx {
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
     /// Woken whenever `latest_seq` moves, for followers that skip commits that changed no record.
     pub records_changed: Arc<tokio::sync::Notify>,
+    /// Whether this node has a level above it: escalation needs somewhere to go.
+    pub has_upstream: bool,
 }
 
 impl WriteCtx {

@@ -105,6 +105,11 @@ pub const RULES: &[Rule] = &[
     rule("DELETE", "/api/v1/uploads/{id}", Access::SignedIn),
     rule("GET", "/api/v1/indicators", Access::SignedIn),
     rule("GET", "/api/v1/catalog", Access::SignedIn),
+    rule("GET", "/api/v1/areas", Access::SignedIn),
+    rule("GET", "/api/v1/map", Access::SignedIn),
+    rule("GET", "/api/v1/map/tiles/{z}/{x}/{y}", Access::SignedIn),
+    // Who may name which area is checked by `areas::set_name` (township or above, inside their area).
+    rule("PUT", "/api/v1/areas/{code}", Access::Roles(ACCOUNT_ADMINS)),
     rule("GET", "/api/v1/blobs/{sha256}", Access::SignedIn),
     rule("GET", "/api/v1/blobs/{sha256}/thumbnail", Access::SignedIn),
     // Nodes authenticate with the Ed25519 handshake inside the WebSocket, not with accounts.

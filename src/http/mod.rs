@@ -44,6 +44,8 @@ pub fn all_routes(config: &crate::config::Config) -> routes::Routes {
     let r = system::routes(r);
     let r = crate::auth::routes(r);
     let r = crate::users::routes(r);
+    let r = crate::areas::routes::routes(r);
+    let r = crate::map::routes::routes(r);
     let r = crate::audit::routes(r);
     let r = crate::incidents::routes(r, config.incidents.max_attachment_bytes);
     let r = crate::sync::routes(r);
@@ -62,6 +64,7 @@ pub fn app(state: AppState) -> Router {
     // Layers wrap everything added before them, so the last one here sees a request first: request
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
     let hosts = std::sync::Arc::new(AllowedHosts::new(&http.tls_names));
+    let csp = content_security_policy(state.config.map.external_origin().as_deref());
     all_routes(&state.config)
         .into_router()
         // Inside the access check, so the caller is known; a retried POST is answered from here.
@@ -82,7 +85,7 @@ pub fn app(state: AppState) -> Router {
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, http.request_timeout))
         .layer(CatchPanicLayer::new())
         .layer(middleware::map_response(problem::normalize))
-        .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn_with_state(csp, security_headers))
         .layer(CompressionLayer::new())
         .layer(middleware::from_fn_with_state(state.clone(), record_metrics))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -266,8 +269,27 @@ async fn record_metrics(State(state): State<AppState>, request: Request, next: N
     response
 }
 
+/// The UI loads nothing from elsewhere, except map tiles from the tile server an operator
+/// configured (`[map] tile_url`, checked to be a plain https origin).
+fn content_security_policy(tile_origin: Option<&str>) -> HeaderValue {
+    let images = match tile_origin {
+        Some(origin) => format!("'self' data: blob: {origin}"),
+        None => "'self' data: blob:".to_string(),
+    };
+    let policy = format!(
+        "default-src 'self'; img-src {images}; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+    );
+    HeaderValue::from_str(&policy).unwrap_or(HeaderValue::from_static(
+        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ))
+}
+
 /// Headers that cost nothing and close whole classes of browser attacks on a LAN service.
-async fn security_headers(request: Request, next: Next) -> Response {
+async fn security_headers(
+    axum::extract::State(csp): axum::extract::State<HeaderValue>,
+    request: Request,
+    next: Next,
+) -> Response {
     let mut response = next.run(request).await;
     let headers = response.headers_mut();
     let set = |headers: &mut axum::http::HeaderMap, name: HeaderName, value: &'static str| {
@@ -278,11 +300,9 @@ async fn security_headers(request: Request, next: Next) -> Response {
     set(headers, header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     set(headers, header::X_FRAME_OPTIONS, "DENY");
     set(headers, header::REFERRER_POLICY, "no-referrer");
-    set(
-        headers,
-        header::CONTENT_SECURITY_POLICY,
-        "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    );
+    headers
+        .entry(header::CONTENT_SECURITY_POLICY)
+        .or_insert(csp);
     response
 }
 

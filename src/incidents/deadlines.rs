@@ -73,7 +73,9 @@ pub async fn check(
     let now = ctx.now_ms();
     // Escalating is the township's or the county's office; a village hub only flags deadlines (its
     // own escalations would not count anywhere, see `workflow::IncidentMachine`).
-    let escalates_here = ctx.area.level() != township_sync::NodeRole::Village;
+    // Nor does a node with no level above: escalating there would strand the incident (issue 16),
+    // so an overdue incident stays with this node's own staff, shown as overdue.
+    let escalates_here = ctx.area.level() != township_sync::NodeRole::Village && ctx.has_upstream;
     let auto: Vec<String> = categories
         .iter()
         .filter(|c| c.auto_escalate && escalates_here)

@@ -258,6 +258,8 @@ pub struct TransitionRequest {
     pub department: Option<String>,
     pub assist_departments: Vec<String>,
     pub deadline_ms: Option<i64>,
+    /// For `duplicate`: the id of the original incident.
+    pub duplicate_of: Option<String>,
 }
 
 /// The actor as the workflow sees them.
@@ -320,6 +322,53 @@ fn load_visible(
         return Err(IncidentError::NotFound);
     }
     Ok(loaded)
+}
+
+/// The original a duplicate points to: another incident the actor can see, not itself closed as a
+/// duplicate (so duplicates never chain) and not the incident itself.
+fn check_duplicate_target(
+    conn: &Connection,
+    ctx: &WriteCtx,
+    actor: &Actor,
+    id: Uuid,
+    given: Option<&str>,
+) -> Result<Uuid, IncidentError> {
+    let refuse = |detail: &str| {
+        IncidentError::Invalid(Invalid::new("duplicate_of", detail).code(Code::DuplicateTarget))
+    };
+    let text = given
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| {
+            IncidentError::Invalid(Invalid::required(
+                "duplicate_of",
+                "duplicate needs the id of the original incident",
+            ))
+        })?;
+    let original = Uuid::parse_str(text).map_err(|_| refuse("not an incident id"))?;
+    if original == id {
+        return Err(refuse("an incident cannot duplicate itself"));
+    }
+    let loaded = match load_visible(conn, ctx, actor, original) {
+        Ok(loaded) => loaded,
+        Err(IncidentError::NotFound) => return Err(refuse("no such incident here")),
+        Err(e) => return Err(e),
+    };
+    let (folded, _) = fold_doc(&loaded.doc, &loaded.authors, &loaded.meta.scope);
+    if folded.state.current() == State::Duplicate {
+        return Err(refuse(
+            "the original is itself a duplicate; name the incident it duplicates",
+        ));
+    }
+    Ok(original)
+}
+
+/// The ids of the incidents closed as duplicates of `id`.
+pub fn duplicates_of(conn: &Connection, id: Uuid) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT id FROM incidents WHERE duplicate_of = ?1 ORDER BY created_ms")?;
+    let rows = stmt.query_map([id.to_string()], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The hashes of every attachment an incident here lists: the files the blob store must keep.
@@ -474,6 +523,12 @@ pub fn transition(
             .param("action", action.as_str()),
         ));
     }
+    if action == Action::Escalate && !ctx.has_upstream {
+        return Err(IncidentError::Conflict(Reason::new(
+            Code::NoUpstream,
+            "this node has no level above to escalate to; handle the incident here",
+        )));
+    }
     let Some(next) = workflow::next_state(current, action) else {
         return Err(IncidentError::Conflict(
             Reason::new(
@@ -499,6 +554,10 @@ pub fn transition(
     }
     if let Some(n) = &note {
         t.data.insert("note".into(), n.clone());
+    }
+    if action == Action::Duplicate {
+        let original = check_duplicate_target(conn, ctx, actor, id, req.duplicate_of.as_deref())?;
+        t.data.insert("duplicate_of".into(), original.to_string());
     }
     if action == Action::Dispatch {
         let lead = req
@@ -958,7 +1017,7 @@ pub fn due(
                 .unwrap_or(start.saturating_add(millis(category.resolve_within)));
             Some((start, due, "resolve"))
         }
-        State::Resolved | State::Closed | State::Rejected => None,
+        State::Resolved | State::Closed | State::Rejected | State::Duplicate => None,
     }
 }
 
@@ -980,7 +1039,14 @@ pub fn due_state(now: i64, start: i64, due: i64) -> &'static str {
 }
 
 /// The full incident as the API shows it, with the actions `actor` may take now.
-pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_json::Value {
+/// `has_upstream`: whether escalation has somewhere to go from this node.
+pub fn view(
+    loaded: &Loaded,
+    config: &Config,
+    actor: &Actor,
+    now: i64,
+    has_upstream: bool,
+) -> serde_json::Value {
     let (doc, meta, authors) = (&loaded.doc, &loaded.meta, &loaded.authors);
     let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
     let state = folded.state.current();
@@ -993,6 +1059,7 @@ pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_
     };
     let allowed: Vec<&str> = workflow::ALL_ACTIONS
         .into_iter()
+        .filter(|a| *a != Action::Escalate || has_upstream)
         .filter(|a| workflow::next_state(state, *a).is_some())
         .filter(|a| workflow::role_may(*a, acting(actor), &reporter, &folded.state))
         .map(Action::as_str)
@@ -1023,6 +1090,7 @@ pub fn view(loaded: &Loaded, config: &Config, actor: &Actor, now: i64) -> serde_
         "deadline_kind": due.map(|d| d.2),
         "due_state": due.map(|(s, d, _)| due_state(now, s, d)).unwrap_or("ok"),
         "result_note": folded.state.result_note,
+        "duplicate_of": folded.state.duplicate_of,
         "transitions": folded.applied.iter().map(transition_json).collect::<Vec<_>>(),
         "conflicts": folded.conflicts.iter().map(|c| json!({
             "transition": transition_json(&c.transition), "reason": c.reason,
@@ -1111,8 +1179,8 @@ impl Projection for IncidentProjection {
         conn.execute(
             "INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department, assist_departments,
                 assignee, lat, lon, place, escalated, created_ms, updated_ms, accepted_ms, dispatched_ms, resolved_ms, closed_ms,
-                rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)
+                rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts, duplicate_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
              ON CONFLICT(id) DO UPDATE SET area = excluded.area, category = excluded.category, title = excluded.title,
                 description = excluded.description, state = excluded.state, reporter = excluded.reporter,
                 lead_department = excluded.lead_department, assist_departments = excluded.assist_departments,
@@ -1121,7 +1189,7 @@ impl Projection for IncidentProjection {
                 dispatched_ms = excluded.dispatched_ms, resolved_ms = excluded.resolved_ms, closed_ms = excluded.closed_ms,
                 rejected_ms = excluded.rejected_ms, due_start_ms = excluded.due_start_ms, due_ms = excluded.due_ms,
                 due_kind = excluded.due_kind, due_state = excluded.due_state, on_time = excluded.on_time,
-                rating = excluded.rating, conflicts = excluded.conflicts",
+                rating = excluded.rating, conflicts = excluded.conflicts, duplicate_of = excluded.duplicate_of",
             params![
                 meta.id.to_string(),
                 meta.scope.as_str(),
@@ -1151,6 +1219,7 @@ impl Projection for IncidentProjection {
                 on_time,
                 score,
                 folded.conflicts.len() as i64,
+                f.duplicate_of,
             ],
         )?;
         conn.execute(

@@ -59,6 +59,8 @@ pub struct Row {
     pub description: String,
     pub rating: Option<i64>,
     pub closed_ms: Option<i64>,
+    /// The original, when this incident was closed as its duplicate.
+    pub duplicate_of: Option<String>,
 }
 
 /// Adds a parameter and returns its placeholder.
@@ -144,7 +146,7 @@ const COLUMNS: &str = "i.id, i.area, i.category, i.title, i.state, i.reporter, i
     i.assignee, i.lat, i.lon, i.place, i.created_ms, i.updated_ms, i.due_ms, i.due_kind, i.due_state, i.conflicts,
     (SELECT a.sha256 FROM incident_attachments a JOIN blobs b ON b.sha256 = a.sha256
        WHERE a.incident_id = i.id AND b.content_type LIKE 'image/%' LIMIT 1),
-    i.description, i.rating, i.closed_ms";
+    i.description, i.rating, i.closed_ms, i.duplicate_of";
 
 fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     let assist: String = r.get(7)?;
@@ -175,6 +177,7 @@ fn read_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         description: r.get(19)?,
         rating: r.get(20)?,
         closed_ms: r.get(21)?,
+        duplicate_of: r.get(22)?,
     })
 }
 
@@ -278,7 +281,8 @@ pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
                 "properties": {
                     "title": r.title, "category": r.category, "state": r.state, "area": r.area,
                     "reporter": r.reporter, "lead_department": r.lead_department, "created": crate::clock::rfc3339_seconds(r.created_ms),
-                    "due_state": r.due_state, "place": r.place,
+                    "due_state": r.due_state, "place": r.place, "created_ms": r.created_ms,
+                    "due_ms": r.due_ms, "duplicate_of": r.duplicate_of,
                 }
             }))
         })
@@ -287,19 +291,24 @@ pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
 }
 
 /// The plan's measures over a period, for an area: in total, per child area and per lead department.
+///
+/// Duplicates are counted apart (`duplicates`), not as reports. The on-time rate counts every
+/// incident whose deadline has been decided: resolved in time, resolved late, and still open past
+/// its deadline, so 100% never stands beside overdue cases.
 pub fn indicators(
     conn: &Connection,
     within: &AreaCode,
     from_ms: i64,
     to_ms: i64,
 ) -> Result<serde_json::Value, StoreError> {
-    let measures = "count(*),
-        sum(accepted_ms IS NOT NULL OR state NOT IN ('reported', 'rejected')),
+    let measures = "sum(state != 'duplicate'),
+        sum(accepted_ms IS NOT NULL OR state NOT IN ('reported', 'rejected', 'duplicate')),
         sum(state = 'closed'),
-        sum(on_time = 1), sum(on_time IS NOT NULL),
+        sum(on_time = 1), sum(on_time IS NOT NULL OR due_state = 'overdue'),
         sum(state = 'closed' AND assist_departments != ''), sum(accepted_ms IS NOT NULL AND assist_departments != ''),
         avg(accepted_ms - created_ms), avg(CASE WHEN state = 'closed' THEN closed_ms - created_ms END),
-        avg(rating), count(rating), sum(due_state = 'overdue'), sum(state = 'rejected')";
+        avg(rating), count(rating), sum(due_state = 'overdue'), sum(state = 'rejected'),
+        sum(state = 'duplicate')";
     let read = |r: &rusqlite::Row<'_>, offset: usize| -> rusqlite::Result<serde_json::Value> {
         let n = |i: usize| r.get::<_, Option<i64>>(offset + i).map(|v| v.unwrap_or(0));
         let f = |i: usize| r.get::<_, Option<f64>>(offset + i);
@@ -316,6 +325,7 @@ pub fn indicators(
             "accepted": n(1)?,
             "closed": n(2)?,
             "rejected": n(12)?,
+            "duplicates": n(13)?,
             "overdue_open": n(11)?,
             "on_time_rate": rate(on_time, with_deadline),
             "cross_department_completion_rate": rate(cross_closed, cross_accepted),

@@ -55,11 +55,12 @@ async fn load_view(
     caller: &Caller,
     id: Uuid,
 ) -> Result<serde_json::Value, ApiError> {
-    let (docs, config, who, now) = (
+    let (docs, config, who, now, has_upstream) = (
         state.docs.clone(),
         state.config.clone(),
         caller.clone(),
         state.clock.now_ms(),
+        state.upstream().is_some(),
     );
     state
         .store
@@ -70,7 +71,10 @@ async fn load_view(
             {
                 return Err(IncidentError::NotFound);
             }
-            Ok(super::view(&loaded, &config, &who, now))
+            let mut view = super::view(&loaded, &config, &who, now, has_upstream);
+            view["duplicates"] = serde_json::json!(super::duplicates_of(conn, id)?);
+            crate::areas::Names::load(conn, &config)?.annotate(&mut view);
+            Ok(view)
         })
         .await
         .map_err(ApiError::from)
@@ -311,7 +315,8 @@ async fn list(
     Query(q): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let filter = filter_from(q, &caller)?;
-    let (rows, next, total) = state
+    let config = state.config.clone();
+    let (rows, next, total, names) = state
         .store
         .read(move |conn| {
             let (rows, next) = query::list(conn, &filter)?;
@@ -322,9 +327,12 @@ async fn list(
                     ..filter
                 },
             )?;
-            Ok::<_, StoreError>((rows, next, total))
+            let names = crate::areas::Names::load(conn, &config)?;
+            Ok::<_, StoreError>((rows, next, total, names))
         })
         .await?;
+    let mut rows = serde_json::to_value(rows).map_err(|e| ApiError::Internal(e.to_string()))?;
+    names.annotate(&mut rows);
     Ok(Json(
         json!({ "incidents": rows, "next_cursor": next, "total": total }),
     ))
@@ -334,11 +342,17 @@ async fn export_rows(
     state: &AppState,
     caller: &Caller,
     q: ListQuery,
-) -> Result<Vec<query::Row>, ApiError> {
+) -> Result<(Vec<query::Row>, crate::areas::Names), ApiError> {
     let filter = filter_from(q, caller)?;
+    let config = state.config.clone();
     Ok(state
         .store
-        .read(move |conn| query::all(conn, &filter, MAX_EXPORT_ROWS))
+        .read(move |conn| {
+            Ok::<_, StoreError>((
+                query::all(conn, &filter, MAX_EXPORT_ROWS)?,
+                crate::areas::Names::load(conn, &config)?,
+            ))
+        })
         .await?)
 }
 
@@ -362,9 +376,9 @@ async fn export_csv(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = export_rows(&state, &caller, q).await?;
+    let (rows, names) = export_rows(&state, &caller, q).await?;
     Ok(download(
-        incidents_csv(&rows).into_response(),
+        incidents_csv(&rows, &names).into_response(),
         "text/csv; charset=utf-8",
         "attachment; filename=\"incidents.csv\"",
     ))
@@ -375,9 +389,15 @@ async fn export_geojson(
     caller: Caller,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
-    let rows = export_rows(&state, &caller, q).await?;
+    let (rows, names) = export_rows(&state, &caller, q).await?;
+    let mut collection = query::to_geojson(&rows);
+    if let Some(features) = collection["features"].as_array_mut() {
+        for feature in features {
+            names.annotate(&mut feature["properties"]);
+        }
+    }
     Ok(download(
-        Json(query::to_geojson(&rows)).into_response(),
+        Json(collection).into_response(),
         "application/geo+json",
         "attachment; filename=\"incidents.geojson\"",
     ))
@@ -401,6 +421,8 @@ struct TransitionBody {
     assist_departments: Vec<String>,
     /// RFC 3339 or epoch milliseconds.
     deadline: Option<serde_json::Value>,
+    /// For `duplicate`: the original incident's id.
+    duplicate_of: Option<String>,
 }
 
 async fn transition(
@@ -435,6 +457,7 @@ async fn transition(
         department: body.department,
         assist_departments: body.assist_departments,
         deadline_ms,
+        duplicate_of: body.duplicate_of,
     };
     let (ctx, config, who) = (state.write_ctx(), state.config.clone(), caller.clone());
     state
@@ -658,32 +681,53 @@ async fn catalog(State(state): State<AppState>) -> Json<serde_json::Value> {
     }))
 }
 
-/// The incidents as CSV (see [`crate::http::csv`]).
-fn incidents_csv(rows: &[query::Row]) -> String {
+/// The incidents as CSV (see [`crate::http::csv`]): names beside codes and ids, so a spreadsheet
+/// reads without a lookup table, and times in Beijing time with their offset.
+fn incidents_csv(rows: &[query::Row], names: &crate::areas::Names) -> String {
     let mut out = String::from(csv::BOM);
     out.push_str(
-        "编号 id,区划 area,类别 category,标题 title,状态 state,上报人 reporter,牵头部门 lead_department,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,描述 description\r\n",
+        "编号 id,区划代码 area,区划 area_name,类别 category,标题 title,状态代码 state,状态 state_name,上报人账号 reporter,上报人 reporter_name,牵头部门代码 lead_department,牵头部门 lead_department_name,协办部门 assist_departments,处置人 assignee,纬度 lat,经度 lon,地点 place,上报时间 created,期限 deadline,期限状态 due_state,评价 rating,重复于 duplicate_of,描述 description\r\n",
     );
+    let time = |ms: i64| crate::clock::rfc3339_china(ms);
     for r in rows {
+        let assist: Vec<&str> = r
+            .assist_departments
+            .iter()
+            .map(|d| names.department(d).unwrap_or(d))
+            .collect();
         let cells = [
             r.id.clone(),
             r.area.clone(),
+            names.area(&r.area).unwrap_or_default().to_string(),
             r.category.clone(),
             r.title.clone(),
             r.state.clone(),
+            r.state
+                .parse::<super::workflow::State>()
+                .map(|s| s.name_zh())
+                .unwrap_or_default()
+                .to_string(),
             r.reporter.clone(),
+            names.person(&r.reporter).unwrap_or_default().to_string(),
             r.lead_department.clone().unwrap_or_default(),
-            r.assist_departments.join(";"),
-            r.assignee.clone().unwrap_or_default(),
+            r.lead_department
+                .as_deref()
+                .and_then(|d| names.department(d))
+                .unwrap_or_default()
+                .to_string(),
+            assist.join(";"),
+            r.assignee
+                .as_deref()
+                .map(|a| names.person(a).unwrap_or(a).to_string())
+                .unwrap_or_default(),
             r.lat.map(|v| v.to_string()).unwrap_or_default(),
             r.lon.map(|v| v.to_string()).unwrap_or_default(),
             r.place.clone().unwrap_or_default(),
-            crate::clock::rfc3339_seconds(r.created_ms),
-            r.due_ms
-                .map(crate::clock::rfc3339_seconds)
-                .unwrap_or_default(),
+            time(r.created_ms),
+            r.due_ms.map(time).unwrap_or_default(),
             r.due_state.clone(),
             r.rating.map(|v| v.to_string()).unwrap_or_default(),
+            r.duplicate_of.clone().unwrap_or_default(),
             r.description.clone(),
         ];
         out.push_str(&csv::line(&cells));

@@ -7,8 +7,12 @@
 //! reported ──accept──▶ accepted ──dispatch──▶ dispatched ──start──▶ in_progress ──resolve──▶ resolved ──verify──▶ closed
 //!     │                   │  ▲                    │                                            │
 //!     └─reject─▶ rejected │  └──────return────────┘                   dispatched ◀──reopen─────┘
-//!  (reported, accepted, dispatched, in_progress) ──escalate──▶ escalated ──dispatch (county)──▶ dispatched
+//!  (reported, accepted, dispatched, in_progress) ──escalate──▶ escalated ──dispatch (county, or the township until then)──▶ dispatched
+//!  (reported, accepted, escalated, dispatched, in_progress) ──duplicate──▶ duplicate (closed as a copy of another)
 //! ```
+//!
+//! An escalated incident stays actionable by the township that escalated it until the level above
+//! dispatches it, so nothing waits on a county that is unreachable for days.
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,9 +34,11 @@ pub enum State {
     InProgress,
     Resolved,
     Closed,
+    /// Closed as a duplicate of another incident (`duplicate_of`).
+    Duplicate,
 }
 
-pub const ALL_STATES: [State; 8] = [
+pub const ALL_STATES: [State; 9] = [
     State::Reported,
     State::Accepted,
     State::Rejected,
@@ -41,6 +47,7 @@ pub const ALL_STATES: [State; 8] = [
     State::InProgress,
     State::Resolved,
     State::Closed,
+    State::Duplicate,
 ];
 
 impl State {
@@ -54,6 +61,24 @@ impl State {
             State::InProgress => "in_progress",
             State::Resolved => "resolved",
             State::Closed => "closed",
+            State::Duplicate => "duplicate",
+        }
+    }
+}
+
+impl State {
+    /// The state as people in the county read it, for exports that must stand alone (CSV).
+    pub fn name_zh(self) -> &'static str {
+        match self {
+            State::Reported => "已上报",
+            State::Accepted => "已受理",
+            State::Rejected => "不予受理",
+            State::Escalated => "已上报县级",
+            State::Dispatched => "已派遣",
+            State::InProgress => "处置中",
+            State::Resolved => "已办结待核查",
+            State::Closed => "已结案",
+            State::Duplicate => "重复件",
         }
     }
 }
@@ -86,9 +111,11 @@ pub enum Action {
     Resolve,
     Verify,
     Reopen,
+    /// Close as a duplicate of another incident, named in the transition's `duplicate_of`.
+    Duplicate,
 }
 
-pub const ALL_ACTIONS: [Action; 9] = [
+pub const ALL_ACTIONS: [Action; 10] = [
     Action::Accept,
     Action::Reject,
     Action::Dispatch,
@@ -98,6 +125,7 @@ pub const ALL_ACTIONS: [Action; 9] = [
     Action::Resolve,
     Action::Verify,
     Action::Reopen,
+    Action::Duplicate,
 ];
 
 impl Action {
@@ -112,6 +140,7 @@ impl Action {
             Action::Resolve => "resolve",
             Action::Verify => "verify",
             Action::Reopen => "reopen",
+            Action::Duplicate => "duplicate",
         }
     }
 
@@ -130,7 +159,7 @@ impl FromStr for Action {
         ALL_ACTIONS
             .into_iter()
             .find(|a| a.as_str() == s)
-            .ok_or_else(|| format!("unknown action `{s}`: expected accept, reject, dispatch, escalate, start, return, resolve, verify or reopen"))
+            .ok_or_else(|| format!("unknown action `{s}`: expected accept, reject, dispatch, escalate, start, return, resolve, verify, reopen or duplicate"))
     }
 }
 
@@ -152,6 +181,8 @@ pub struct Folded {
     pub closed_ms: Option<i64>,
     pub rejected_ms: Option<i64>,
     pub result_note: Option<String>,
+    /// The incident this one duplicates, once closed as a duplicate.
+    pub duplicate_of: Option<String>,
 }
 
 impl Folded {
@@ -197,15 +228,14 @@ pub fn role_may(action: Action, who: Acting<'_>, reporter: &str, folded: &Folded
     let is_lead_handler =
         role == Role::DeptHandler && actor_department.is_some() && actor_department == lead;
     match action {
-        Action::Accept | Action::Reject | Action::Escalate | Action::Reopen => {
+        Action::Accept | Action::Reject | Action::Escalate | Action::Reopen | Action::Duplicate => {
             role == Role::TownshipStaff
         }
         Action::Dispatch => {
-            if folded.current() == State::Escalated {
-                role == Role::CountyIt
-            } else {
-                role == Role::TownshipStaff
-            }
+            // The level above takes an escalated incident by dispatching it; until it does, the
+            // township that escalated it may still dispatch it itself.
+            role == Role::TownshipStaff
+                || (folded.current() == State::Escalated && role == Role::CountyIt)
         }
         Action::Start | Action::Return | Action::Resolve => is_lead_handler,
         Action::Verify => role == Role::TownshipStaff || actor == reporter,
@@ -226,6 +256,10 @@ pub fn next_state(from: State, action: Action) -> Option<State> {
         (S::InProgress, A::Resolve) => S::Resolved,
         (S::Resolved, A::Verify) => S::Closed,
         (S::Resolved, A::Reopen) => S::Dispatched,
+        (
+            S::Reported | S::Accepted | S::Escalated | S::Dispatched | S::InProgress,
+            A::Duplicate,
+        ) => S::Duplicate,
         _ => return None,
     })
 }
@@ -367,6 +401,15 @@ impl Machine for IncidentMachine<'_> {
                 next.assignee = None;
                 next.dispatched_ms = Some(at);
             }
+            Action::Duplicate => {
+                let original = t
+                    .data
+                    .get("duplicate_of")
+                    .filter(|d| uuid::Uuid::parse_str(d).is_ok())
+                    .ok_or("duplicate needs the id of the original incident")?;
+                next.duplicate_of = Some(original.clone());
+                next.closed_ms = Some(at);
+            }
         }
         Ok(next)
     }
@@ -488,7 +531,7 @@ mod tests {
     }
 
     #[test]
-    fn escalated_incidents_are_dispatched_by_the_county() {
+    fn escalated_incidents_stay_with_the_township_until_the_county_dispatches_them() {
         let scope = village();
         let m = IncidentMachine {
             reporter: "g",
@@ -513,10 +556,31 @@ mod tests {
                 &[("department", "emergency")],
             ),
         ];
+        // The township's dispatch came first: it keeps the incident, and the county's, later,
+        // finds it dispatched already.
         let f = fold(&m, &list);
         assert_eq!(f.state.current(), State::Dispatched);
         assert!(f.state.escalated);
+        assert_eq!(f.state.lead_department.as_deref(), Some("water"));
+        assert_eq!(f.conflicts.len(), 1);
+        // The county first: it takes the incident, and the township's later dispatch conflicts.
+        let mut county_first = list.clone();
+        county_first[1].at.wall_ms = 40;
+        let f = fold(&m, &county_first);
         assert_eq!(f.state.lead_department.as_deref(), Some("emergency"));
         assert_eq!(f.conflicts.len(), 1);
+        // A department handler never dispatches, escalated or not.
+        let handler = [
+            list[0].clone(),
+            t(
+                "4",
+                20,
+                "h",
+                "dept_handler",
+                "dispatch",
+                &[("department", "water")],
+            ),
+        ];
+        assert_eq!(fold(&m, &handler).conflicts.len(), 1);
     }
 }

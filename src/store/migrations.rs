@@ -30,6 +30,8 @@ const MIGRATIONS: &[Migration] = &[
     v14_broadcasts,
     v15_idempotency,
     v16_uploads,
+    v17_area_names,
+    v18_incident_duplicates,
 ];
 
 /// The schema version this binary writes.
@@ -517,6 +519,28 @@ fn v16_uploads(tx: &Transaction<'_>) -> rusqlite::Result<()> {
         ) STRICT;
         CREATE INDEX uploads_owner ON uploads (username, complete);
         CREATE INDEX uploads_age ON uploads (updated_ms);",
+    )
+}
+
+/// The area directory's projection (see `areas`): one row per `area` record with its verdict.
+fn v17_area_names(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE area_names (
+            doc_id     TEXT PRIMARY KEY,
+            code       TEXT NOT NULL,
+            name       TEXT NOT NULL,
+            updated_ms INTEGER NOT NULL,
+            quarantine TEXT
+        ) STRICT;
+        CREATE INDEX area_names_code ON area_names (code);",
+    )
+}
+
+/// Incidents closed as duplicates name their original, so the original lists them.
+fn v18_incident_duplicates(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE incidents ADD COLUMN duplicate_of TEXT;
+        CREATE INDEX incidents_duplicate_of ON incidents (duplicate_of) WHERE duplicate_of IS NOT NULL;",
     )
 }
 

@@ -57,9 +57,15 @@ async fn list_nodes(
     caller: Caller,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_node_wide(&state.node.area)?;
-    let rows = state
+    let config = state.config.clone();
+    let (rows, names) = state
         .store
-        .read(|conn| registry::peers(conn, "downstream"))
+        .read(move |conn| {
+            Ok::<_, crate::store::StoreError>((
+                registry::peers(conn, "downstream")?,
+                crate::areas::Directory::load(conn, &config.areas)?,
+            ))
+        })
         .await?;
     let (_, live) = state.sync.snapshot();
     let nodes: Vec<serde_json::Value> = rows
@@ -67,7 +73,8 @@ async fn list_nodes(
         .map(|p| {
             let link = live.get(&p.node_id).cloned().unwrap_or_default();
             json!({
-                "node_id": p.node_id, "public_key": p.public_key, "area": p.area, "name": p.name,
+                "node_id": p.node_id, "public_key": p.public_key, "area_name": names.name(&p.area),
+                "area": p.area, "name": p.name,
                 "enrolled_ms": p.enrolled_ms, "revoked": p.revoked_ms.is_some(), "revoked_ms": p.revoked_ms,
                 "connected": link.connected, "last_seen_ms": p.last_seen_ms, "version": p.version,
                 "pending_out": link.pending_out, "pending_in": link.pending_in,

@@ -237,6 +237,23 @@ pub fn find_bound_account(
 
 /// Lists accounts whose area (or whose record's scope) lies inside `within`, with clashes, which one
 /// signs in, and quarantined records, so county IT and admins see every record that claims a name.
+/// Display names by username, for showing people by name (effective accounts and local admins).
+pub fn display_names(
+    conn: &Connection,
+) -> Result<std::collections::HashMap<String, String>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT username, display_name FROM users WHERE quarantine IS NULL
+         UNION ALL SELECT username, display_name FROM local_accounts",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = std::collections::HashMap::new();
+    for row in rows {
+        let (username, name) = row?;
+        out.entry(username).or_insert(name);
+    }
+    Ok(out)
+}
+
 pub fn list(conn: &Connection, within: &AreaCode) -> Result<Vec<UserView>, StoreError> {
     let mut out = Vec::new();
     let mut stmt = conn.prepare(

@@ -68,10 +68,18 @@ async fn list(
             &caller.area,
         )));
     }
-    let users = state
+    let config = state.config.clone();
+    let (users, names) = state
         .store
-        .read(move |conn| super::list(conn, &within))
+        .read(move |conn| {
+            Ok::<_, crate::store::StoreError>((
+                super::list(conn, &within)?,
+                crate::areas::Names::load(conn, &config)?,
+            ))
+        })
         .await?;
+    let mut users = serde_json::to_value(users).map_err(|e| ApiError::Internal(e.to_string()))?;
+    names.annotate(&mut users);
     Ok(Json(serde_json::json!({ "users": users })).into_response())
 }
 

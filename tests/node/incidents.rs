@@ -72,7 +72,7 @@ async fn the_whole_loop_by_each_role() {
         .await;
     assert_eq!(
         v["allowed_actions"],
-        json!(["accept", "reject", "escalate"])
+        json!(["accept", "reject", "duplicate"])
     );
 
     let (status, v) = act(&h, &c.staff, &id, json!({"action": "accept"})).await;
@@ -393,12 +393,79 @@ async fn refused_paths_wrong_role_wrong_area_invalid_transition_bad_input() {
     let _ = c.it;
 }
 
-#[tokio::test]
-async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
-    // Sessions that outlast the simulated days, so the clock only moves the incidents' deadlines.
+fn long_sessions() -> Config {
     let mut config = Config::default();
     config.auth.session_idle = std::time::Duration::from_secs(3 * 24 * 3600);
     config.auth.session_max = std::time::Duration::from_secs(3 * 24 * 3600);
+    config
+}
+
+/// A pinned upstream (never reached in these tests): escalation has a level above to go to.
+fn with_upstream(config: &mut Config) {
+    let (key, _) = township_sync::NodeKey::generate().unwrap();
+    config.sync.upstream_url = Some("http://127.0.0.1:9".into());
+    config.sync.upstream_key = Some(key.public_key().to_string());
+}
+
+#[tokio::test]
+async fn a_node_without_a_level_above_never_strands_an_overdue_incident() {
+    let h = Harness::with_config(long_sessions()).await;
+    let c = cast(&h).await;
+    let urgent = create(&h, &c.grid, report("燃气泄漏", "安全隐患")).await;
+    h.clock.advance_ms(3 * 60 * MINUTE);
+    let report = h.state().check_deadlines().await.unwrap();
+    assert_eq!(report.overdue, 1);
+    assert!(report.escalated.is_empty(), "nowhere to escalate to");
+    let (_, _, v) = h
+        .as_(
+            &c.staff,
+            "GET",
+            &format!("/api/v1/incidents/{urgent}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (v["state"].as_str(), v["due_state"].as_str()),
+        (Some("reported"), Some("overdue"))
+    );
+    assert_eq!(
+        v["allowed_actions"],
+        json!(["accept", "reject", "duplicate"]),
+        "escalate is not offered"
+    );
+    let (status, v) = act(&h, &c.staff, &urgent, json!({"action": "escalate"})).await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::CONFLICT, Some("no_upstream"))
+    );
+    // The on-time rate counts the overdue open incident: never 100% beside an overdue case.
+    let v = h
+        .act(&c.staff, "GET", "/api/v1/indicators", None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (
+            v["total"]["overdue_open"].as_i64(),
+            &v["total"]["on_time_rate"]
+        ),
+        (Some(1), &json!(0.0)),
+        "{v}"
+    );
+    // The township's own staff handle it.
+    for step in [
+        json!({"action": "accept"}),
+        json!({"action": "dispatch", "department": "emergency"}),
+    ] {
+        assert_eq!(act(&h, &c.staff, &urgent, step).await.0, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
+    // Sessions that outlast the simulated days, so the clock only moves the incidents' deadlines; an
+    // upstream, so escalation has somewhere to go.
+    let mut config = long_sessions();
+    with_upstream(&mut config);
     let h = Harness::with_config(config).await;
     let c = cast(&h).await;
     // 安全隐患: accept within 2 h, escalates on its own. 其他: 24 h, does not.
@@ -446,18 +513,23 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
         .as_(&c.it, "GET", "/api/v1/incidents?state=escalated", None)
         .await;
     assert_eq!(list["incidents"][0]["id"], urgent.as_str());
-    // The county dispatches an escalated incident; the township no longer may.
-    assert_eq!(
-        act(
-            &h,
+    // Until the county takes it, the township may still dispatch it itself: nothing is stranded.
+    let (_, _, v) = h
+        .as_(
             &c.staff,
-            &urgent,
-            json!({"action": "dispatch", "department": "emergency"})
+            "GET",
+            &format!("/api/v1/incidents/{urgent}"),
+            None,
         )
-        .await
-        .0,
-        StatusCode::FORBIDDEN
+        .await;
+    assert!(
+        v["allowed_actions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("dispatch")),
+        "{v}"
     );
+    // The county takes it by dispatching it; then it is the department's.
     let (status, v) = act(
         &h,
         &c.it,
@@ -468,6 +540,18 @@ async fn deadlines_flag_near_and_overdue_and_escalate_configured_categories() {
     assert_eq!(
         (status, v["state"].as_str()),
         (StatusCode::OK, Some("dispatched"))
+    );
+    assert_eq!(
+        act(
+            &h,
+            &c.staff,
+            &urgent,
+            json!({"action": "dispatch", "department": "water"})
+        )
+        .await
+        .0,
+        StatusCode::CONFLICT,
+        "dispatched once by the county, it is not dispatched again"
     );
 
     h.clock.advance_ms(24 * 60 * MINUTE);
@@ -548,6 +632,9 @@ async fn transitions_made_apart_fold_the_same_on_both_nodes_with_the_conflict_sh
     let (_, _, vb) = b
         .as_(&staff_b, "GET", &format!("/api/v1/incidents/{id}"), None)
         .await;
+    // Names are each node's own knowledge of people (staff.b is unknown at a); the folded record
+    // itself must be identical.
+    let (va, vb) = (without_names(va), without_names(vb));
     assert_eq!(va["state"], vb["state"]);
     assert_eq!(va["transitions"], vb["transitions"]);
     assert_eq!(va["conflicts"], vb["conflicts"]);
@@ -909,4 +996,112 @@ fn urlencode(s: &str) -> String {
             }
         })
         .collect()
+}
+
+#[tokio::test]
+async fn staff_close_a_report_as_a_duplicate_linked_both_ways_and_counted_apart() {
+    let h = Harness::new().await;
+    let c = cast(&h).await;
+    let original = create(&h, &c.grid, report("河道垃圾堆积", "环境卫生")).await;
+    let copy = create(&h, &c.grid, report("桥下垃圾很多", "环境卫生")).await;
+    let other = create(&h, &c.grid, report("路灯损坏", "安全隐患")).await;
+
+    // Refused: a grid worker; no original; itself; an unknown id.
+    let (status, _) = act(
+        &h,
+        &c.grid,
+        &copy,
+        json!({"action": "duplicate", "duplicate_of": original}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    for (given, code) in [
+        (json!(null), "required"),
+        (json!(copy), "duplicate_target"),
+        (json!(uuid::Uuid::now_v7().to_string()), "duplicate_target"),
+        (json!("not-an-id"), "duplicate_target"),
+    ] {
+        let (status, v) = act(
+            &h,
+            &c.staff,
+            &copy,
+            json!({"action": "duplicate", "duplicate_of": given}),
+        )
+        .await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (StatusCode::BAD_REQUEST, Some(code)),
+            "{given}: {v}"
+        );
+    }
+
+    let (status, v) = act(
+        &h,
+        &c.staff,
+        &copy,
+        json!({"action": "duplicate", "duplicate_of": original}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["state"].as_str(), v["duplicate_of"].as_str()),
+        (Some("duplicate"), Some(original.as_str()))
+    );
+    assert_eq!(v["allowed_actions"], json!([]), "a duplicate is closed");
+    let (_, _, v) = h
+        .as_(
+            &c.staff,
+            "GET",
+            &format!("/api/v1/incidents/{original}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        v["duplicates"],
+        json!([copy]),
+        "the original lists its duplicates"
+    );
+    // Duplicates never chain: a report cannot duplicate a duplicate.
+    let (status, v) = act(
+        &h,
+        &c.staff,
+        &other,
+        json!({"action": "duplicate", "duplicate_of": copy}),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("duplicate_target"))
+    );
+
+    let v = h
+        .act(&c.staff, "GET", "/api/v1/indicators", None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (
+            v["total"]["reported"].as_i64(),
+            v["total"]["duplicates"].as_i64()
+        ),
+        (Some(2), Some(1)),
+        "{v}"
+    );
+    let audit = h.audit_actions().await;
+    assert!(audit.iter().any(|a| a == "record.change"), "{audit:?}");
+}
+
+/// The view without the `*_name` fields a node adds from its own directory of people and areas.
+fn without_names(mut v: Value) -> Value {
+    fn strip(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.retain(|k, _| !k.ends_with("_name") && k != "assist_department_names");
+                map.values_mut().for_each(strip);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    strip(&mut v);
+    v
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod accounts;
+mod areas;
 mod authz;
 mod broadcast;
 mod cap;
