@@ -81,12 +81,12 @@ log "browser end-to-end tests (headless Chromium)"
 [ -x "$ROOT/target/debug/township-node" ] || cargo build --locked --bin township-node
 (
   cd tests/e2e
-  if [ ! -d node_modules/playwright-core ]; then
+  if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/axe-core ]; then
     npm ci --no-audit --no-fund --loglevel=error
   fi
   mkdir -p "$ROOT/target/e2e"
   E2E_NODE_BIN="$ROOT/target/debug/township-node" E2E_ARTIFACTS="$ROOT/target/e2e" \
-    node --test --test-concurrency=1 --test-reporter=spec ui.test.mjs phone.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec ui.test.mjs phone.test.mjs layout.test.mjs
 )
 
 log "all tests passed"

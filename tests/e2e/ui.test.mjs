@@ -242,6 +242,8 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   await page.locator('#nav a[href="/audit"]').click();
   await page.getByRole('heading', { name: '审计日志' }).waitFor();
   await page.locator('#audit-table td', { hasText: 'record.create' }).first().waitFor();
+  // On a phone the filters are folded away behind "筛选".
+  await page.locator('#audit-filters-box summary', { hasText: '筛选' }).click();
   await page.locator('#audit-action').fill('auth.login');
   await page.locator('#audit-filters button[type=submit]').click();
   await page.waitForFunction(() => {
@@ -331,6 +333,7 @@ test('an incident goes round the whole loop in the browser: report with a photo,
   await page.locator('#timeline li').nth(5).waitFor();
   assert.equal(await page.locator('#timeline li').count(), 6);
   await page.goto(base + '/incidents');
+  await page.locator('#incident-filters-box summary', { hasText: '筛选' }).click();
   await page.locator('#f-q').fill('护栏');
   await page.locator('#incident-filters button[type=submit]').click();
   await page.locator('#incident-list li', { hasText: '桥头护栏断裂' }).waitFor();

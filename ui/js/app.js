@@ -4,6 +4,7 @@
 import { applyTranslations, toggleLang, t } from './i18n.js';
 import { route, fallback, start, afterNavigate, navigate } from './router.js';
 import { getJson } from './api.js';
+import { el } from './dom.js';
 import { formatTime } from './format.js';
 import { refresh, currentUser, onChange, signOut, can, lastUsername } from './session.js';
 import * as outbox from './outbox.js';
@@ -78,14 +79,52 @@ setInterval(() => warnings.refreshBanner(), 300000);
 afterNavigate((path) => {
   warnings.refreshBanner();
   outboxHeader();
+  let current = null;
   for (const link of document.querySelectorAll('#nav a')) {
     const target = new URL(link.href).pathname;
     const active = target === '/' ? path === '/' : path === target || path.startsWith(target + '/');
-    if (active) link.setAttribute('aria-current', 'page');
-    else link.removeAttribute('aria-current');
+    if (active) {
+      link.setAttribute('aria-current', 'page');
+      current = link;
+    } else link.removeAttribute('aria-current');
   }
+  pageTitle(current);
+  showInNav(current);
   document.getElementById('main').focus({ preventScroll: true });
 });
+
+// The window title names the page: its heading (an incident's or a station's own name on their
+// pages), else the menu item it belongs to, then the app ("事件上报与处置 · 基层治理节点").
+function pageTitle(navLink) {
+  const heading = document.querySelector('#main h1');
+  const name = heading?.textContent.trim() || navLink?.textContent.trim() || t('app.title');
+  document.title = `${name} · ${t('app.window_title')}`;
+}
+
+// The menu scrolls sideways on a phone: a fade with an arrow marks the side where more items are
+// (data-more, styled in app.css), and the current page's item is scrolled into view.
+const nav = document.getElementById('nav');
+function navCue() {
+  const more = [];
+  if (nav.scrollWidth > nav.clientWidth + 1) {
+    if (nav.scrollLeft > 1) more.push('left');
+    if (nav.scrollLeft + nav.clientWidth < nav.scrollWidth - 1) more.push('right');
+  }
+  nav.dataset.more = more.join(' ');
+}
+function showInNav(link) {
+  if (link && nav.scrollWidth > nav.clientWidth + 1) {
+    const box = nav.getBoundingClientRect();
+    const r = link.getBoundingClientRect();
+    // Beyond the fade (2.5rem) on either side.
+    const margin = 40;
+    if (r.left < box.left + margin) nav.scrollLeft -= box.left + margin - r.left;
+    else if (r.right > box.right - margin) nav.scrollLeft += r.right - (box.right - margin);
+  }
+  navCue();
+}
+nav.addEventListener('scroll', navCue, { passive: true });
+window.addEventListener('resize', navCue);
 
 function renderUser(user) {
   const box = document.getElementById('user-box');
@@ -94,7 +133,8 @@ function renderUser(user) {
     const name = document.createElement('span');
     name.className = 'user-name';
     name.id = 'user-name';
-    name.textContent = `${user.display_name} · ${t(`role.${user.role}`)}`;
+    // On a phone the role gives way to the name (app.css); screen readers still read both.
+    name.append(user.display_name, el('span', { class: 'user-role' }, ` · ${t(`role.${user.role}`)}`));
     const out = document.createElement('button');
     out.type = 'button';
     out.id = 'logout';
@@ -124,6 +164,7 @@ function renderUser(user) {
   for (const a of document.querySelectorAll('#nav a[data-signed-in]')) {
     a.hidden = !user;
   }
+  navCue();
 }
 
 async function header() {

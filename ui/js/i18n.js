@@ -46,11 +46,16 @@ export function toggleLang() {
   setLang(current === 'zh-CN' ? 'en' : 'zh-CN');
 }
 
-// Fills every element that carries data-i18n with the text for the current language.
+// Fills every element that carries data-i18n with the text for the current language, and every
+// data-i18n-label with its aria-label.
 export function applyTranslations(root) {
   document.documentElement.lang = current;
   for (const el of root.querySelectorAll('[data-i18n]')) {
     el.textContent = t(el.dataset.i18n);
+  }
+  // Names that are not text on screen (a landmark's aria-label).
+  for (const el of root.querySelectorAll('[data-i18n-label]')) {
+    el.setAttribute('aria-label', t(el.dataset.i18nLabel));
   }
   const toggle = document.getElementById('lang-toggle');
   if (toggle) {

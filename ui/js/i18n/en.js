@@ -1,6 +1,12 @@
 // The English texts, key for key with zh-CN.js; a key missing here would show in Chinese.
 export default {
   'app.title': 'Township node',
+  'app.window_title': 'township-node',
+  'nav.label': 'Main menu',
+  'common.filters': 'Filters',
+  'form.required_note': '* required',
+  'incident.comment_text': 'Your comment',
+  'incident.rating_score': 'Score',
   'nav.overview': 'Overview',
   'nav.incidents': 'Incidents',
   'nav.tasks': 'My tasks',

@@ -1,6 +1,12 @@
 // The Chinese (zh-CN) texts: the default language, and the one every key must have first.
 export default {
   'app.title': '基层治理节点',
+  'app.window_title': '基层治理节点',
+  'nav.label': '主导航',
+  'common.filters': '筛选',
+  'form.required_note': '* 为必填项',
+  'incident.comment_text': '留言内容',
+  'incident.rating_score': '评分',
   'nav.overview': '概览',
   'nav.incidents': '事件',
   'nav.tasks': '我的任务',

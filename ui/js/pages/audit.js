@@ -1,7 +1,7 @@
 // The audit log page: newest first, filtered, paged backwards.
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, field, foldable } from '../dom.js';
 import { formatTime } from '../format.js';
 
 export async function render(main) {
@@ -16,7 +16,7 @@ export async function render(main) {
   };
   const form = el('form', { class: 'card form filters', id: 'audit-filters' });
   for (const [key, input] of Object.entries(inputs)) {
-    form.append(el('label', { for: input.id, 'data-i18n': `audit.${key}` }, t(`audit.${key}`)), input);
+    form.append(field(el('label', { for: input.id, 'data-i18n': `audit.${key}` }, t(`audit.${key}`)), input));
   }
   form.append(el('button', { type: 'submit', 'data-i18n': 'audit.search' }, t('audit.search')));
   const body = el('tbody');
@@ -25,7 +25,9 @@ export async function render(main) {
       .map((k) => el('th', { 'data-i18n': k }, t(k))))), body);
   const more = el('button', { type: 'button', class: 'secondary', hidden: true, 'data-i18n': 'audit.more' }, t('audit.more'));
   const status = el('p', { class: 'muted' });
-  main.append(form, el('section', { class: 'card' }, el('div', { class: 'scroll' }, table), status, more));
+  // The table scrolls sideways on a phone: a region keyboard users can focus and scroll.
+  const scroller = el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-label': t('page.audit') }, table);
+  main.append(foldable(form, { id: 'audit-filters-box' }), el('section', { class: 'card' }, scroller, status, more));
 
   let before = null;
   const load = async (reset) => {

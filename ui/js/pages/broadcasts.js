@@ -5,7 +5,7 @@
 // refreshed every 2 s while it can still play.
 import { getJson, postJson, upload, ApiError } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { can } from '../session.js';
 import { formatTime } from '../format.js';
 import { navigate } from '../router.js';
@@ -237,6 +237,7 @@ function orderForm(zones, warnings, view) {
     scheduleBox,
     el('div', { class: 'row' }, preview), previewNote,
     summary, error, progress, submit);
+  markRequired(form);
 
   const chosen = () => zoneItems.filter((z) => z.input.checked).map((z) => z.zone);
 

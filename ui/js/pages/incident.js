@@ -4,7 +4,7 @@
 // sent later when it cannot, and shown here as waiting until then.
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { loadCatalog, departmentName, stateBadge, dueBadge } from '../incidents-common.js';
 import { formatTime, relative, offlineAge } from '../format.js';
 import * as outbox from '../outbox.js';
@@ -39,24 +39,25 @@ function queuedNote() {
 
 function actionForm(incident, action, reload, catalog) {
   const fields = [];
-  const note = el('textarea', { name: 'note', rows: 2, placeholder: t(`action_note.${action}`) });
+  const id = (name) => `action-${action}-${name}`;
+  const note = el('textarea', { name: 'note', id: id('note'), rows: 2, placeholder: t(`action_note.${action}`) });
   let department = null;
   let assist = null;
   let deadline = null;
   if (action === 'dispatch') {
-    department = el('select', { name: 'department', required: true },
+    department = el('select', { name: 'department', id: id('department'), required: true },
       ...catalog.departments.map((d) => el('option', { value: d.id }, d.name)));
-    assist = el('select', { name: 'assist', multiple: true, size: 4 },
+    assist = el('select', { name: 'assist', id: id('assist'), multiple: true, size: 4 },
       ...catalog.departments.map((d) => el('option', { value: d.id }, d.name)));
-    deadline = el('input', { name: 'deadline', type: 'datetime-local' });
-    fields.push(el('label', {}, t('incident.lead_department')), department,
-      el('label', {}, t('incident.assist_departments')), assist,
-      el('label', {}, t('incident.deadline')), deadline);
+    deadline = el('input', { name: 'deadline', id: id('deadline'), type: 'datetime-local' });
+    fields.push(el('label', { for: id('department') }, t('incident.lead_department')), department,
+      el('label', { for: id('assist') }, t('incident.assist_departments')), assist,
+      el('label', { for: id('deadline') }, t('incident.deadline')), deadline);
   }
-  fields.push(el('label', {}, t('incident.note')), note);
+  fields.push(el('label', { for: id('note') }, t('incident.note')), note);
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
   const submit = el('button', { type: 'submit', class: action === 'reject' ? 'danger' : '' }, t(`action.${action}`));
-  const form = el('form', { class: 'form action-form', 'data-action': action }, ...fields, error, submit);
+  const form = markRequired(el('form', { class: 'form action-form', 'data-action': action }, ...fields, error, submit));
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     submit.disabled = true;
@@ -243,9 +244,10 @@ export async function render(main, { id }) {
 
   const comments = el('ul', { class: 'comments', id: 'comments' },
     ...incident.comments.map((c) => el('li', {}, el('strong', {}, c.author), ` · ${formatTime(c.at_ms)}`, el('p', {}, c.text))));
-  const text = el('textarea', { id: 'comment-text', rows: 2, maxlength: 2000, 'aria-label': t('incident.comment') });
+  const text = el('textarea', { id: 'comment-text', rows: 2, maxlength: 2000 });
   const send = el('button', { type: 'submit' }, t('incident.comment'));
-  const commentForm = el('form', { class: 'form', id: 'comment-form' }, text, send);
+  const commentForm = el('form', { class: 'form', id: 'comment-form' },
+    el('label', { for: 'comment-text' }, t('incident.comment_text')), text, send);
   const commentError = el('p', { class: 'error', role: 'alert', hidden: true, id: 'comment-error' });
   commentForm.prepend(commentError);
   commentForm.addEventListener('submit', async (e) => {
@@ -280,10 +282,12 @@ export async function render(main, { id }) {
   main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.comments')), comments, commentForm));
 
   if (incident.state === 'closed' && !incident.rating) {
-    const score = el('select', { id: 'rating-score', 'aria-label': t('incident.rating') }, ...[5, 4, 3, 2, 1].map((n) => el('option', { value: n }, '★'.repeat(n))));
-    const comment = el('input', { id: 'rating-comment', maxlength: 500, 'aria-label': t('incident.rating_comment') });
+    const score = el('select', { id: 'rating-score' }, ...[5, 4, 3, 2, 1].map((n) => el('option', { value: n, 'aria-label': `${n} / 5` }, '★'.repeat(n))));
+    const comment = el('input', { id: 'rating-comment', maxlength: 500 });
     const rate = el('button', { type: 'submit' }, t('incident.rate'));
-    const rateForm = el('form', { class: 'form', id: 'rating-form' }, score, comment, rate);
+    const rateForm = el('form', { class: 'form', id: 'rating-form' },
+      el('label', { for: 'rating-score' }, t('incident.rating_score')), score,
+      el('label', { for: 'rating-comment' }, t('incident.rating_comment')), comment, rate);
     const rateError = el('p', { class: 'error', role: 'alert', hidden: true });
     rateForm.prepend(rateError);
     rateForm.addEventListener('submit', async (e) => {

@@ -1,7 +1,7 @@
 // The incident list with filters and search, and the "my tasks" view built on the same list.
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, field, foldable } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { loadCatalog, incidentItem } from '../incidents-common.js';
 import { offlineAge } from '../format.js';
@@ -23,18 +23,18 @@ function listView(main, titleKey, baseQuery, { filters = true } = {}) {
   const overdue = el('select', { id: 'f-due', name: 'due_state' }, el('option', { value: '' }, t('incident.any_due')),
     el('option', { value: 'near' }, t('due.near')), el('option', { value: 'overdue' }, t('due.overdue')));
   form.append(
-    el('label', { for: 'f-q', 'data-i18n': 'incident.search' }, t('incident.search')), q,
-    el('label', { for: 'f-state', 'data-i18n': 'incident.state' }, t('incident.state')), state,
-    el('label', { for: 'f-category', 'data-i18n': 'incident.category' }, t('incident.category')), category,
-    el('label', { for: 'f-due', 'data-i18n': 'incident.due' }, t('incident.due')), overdue,
+    field(el('label', { for: 'f-q', 'data-i18n': 'incident.search' }, t('incident.search')), q),
+    field(el('label', { for: 'f-state', 'data-i18n': 'incident.state' }, t('incident.state')), state),
+    field(el('label', { for: 'f-category', 'data-i18n': 'incident.category' }, t('incident.category')), category),
+    field(el('label', { for: 'f-due', 'data-i18n': 'incident.due' }, t('incident.due')), overdue),
     el('button', { type: 'submit', 'data-i18n': 'audit.search' }, t('audit.search')));
   const summary = el('p', { class: 'muted', id: 'incident-total' });
   // Shown when the list is the phone's copy (no network): how old it is.
   const offline = el('p', { class: 'offline-note', id: 'offline-note', hidden: true });
   const list = el('ul', { class: 'incident-list', id: 'incident-list' });
   const more = el('button', { type: 'button', class: 'secondary', hidden: true, 'data-i18n': 'audit.more' }, t('audit.more'));
-  const exports = el('p', { class: 'muted small' });
-  main.append(form, offline, summary, list, more, exports);
+  const exports = el('p', { class: 'muted small exports', id: 'incident-exports' });
+  main.append(foldable(form, { id: 'incident-filters-box', hidden: !filters }), offline, summary, list, more, exports);
   loadCatalog().then((c) => category.append(...c.categories.map((x) => el('option', { value: x.name }, x.name)))).catch(() => {});
 
   let cursor = null;

@@ -1,6 +1,6 @@
 // The sign-in page. After signing in it returns to the page that asked for it.
 import { t } from '../i18n.js';
-import { el, clear } from '../dom.js';
+import { el, clear, markRequired } from '../dom.js';
 import { signIn } from '../session.js';
 import { navigate } from '../router.js';
 
@@ -33,6 +33,6 @@ export async function render(main) {
       submit.disabled = false;
     }
   });
-  main.append(el('h1', { 'data-i18n': 'login.title' }, t('login.title')), form);
+  main.append(el('h1', { 'data-i18n': 'login.title' }, t('login.title')), markRequired(form));
   username.focus();
 }

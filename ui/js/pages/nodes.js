@@ -2,7 +2,7 @@
 // key, and revocation.
 import { getJson, postJson, del } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { formatTime } from '../format.js';
 
 export async function render(main) {
@@ -61,6 +61,6 @@ export async function render(main) {
       error.textContent = err.message;
     }
   });
-  main.append(list, form);
+  main.append(list, markRequired(form));
   await reload();
 }

@@ -220,7 +220,7 @@ export async function render(main) {
   });
 
   const form = el('form', { class: 'card form', id: 'report-form' },
-    el('p', { class: 'muted small', id: 'r-required-note', 'data-i18n': 'incident.required_note' }, t('incident.required_note')),
+    el('p', { class: 'muted small required-note', id: 'r-required-note', 'data-i18n': 'incident.required_note' }, t('incident.required_note')),
     label('r-category', 'incident.category', true), category,
     label('r-title', 'incident.title', true), title,
     label('r-description', 'incident.description'), description,

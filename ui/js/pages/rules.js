@@ -2,7 +2,7 @@
 // write rules an editor that tries a rule on the last 24 hours of stored readings before saving it.
 import { getJson, postJson, putJson, del, ApiError } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { formatTime } from '../format.js';
 
@@ -97,7 +97,7 @@ function editor(main, rule, devices) {
     el('fieldset', {}, el('legend', {}, t('rules.auto_issue')),
       ...LEVELS.map((l) => el('label', { class: 'inline' }, auto[l], ` ${t(`level.${l}`)}`))),
     message, el('p', {}, test, ' ', save), preview);
-  return form;
+  return markRequired(form);
 }
 
 export async function render(main) {

@@ -3,7 +3,7 @@
 // could grant) are listed with the reason, never usable.
 import { getJson, postJson } from '../api.js';
 import { t } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { currentUser } from '../session.js';
 
 const ROLES = ['grid_worker', 'township_staff', 'dept_handler', 'county_it', 'admin'];
@@ -37,6 +37,7 @@ function addForm(onDone) {
     ...field('user-phone', 'users.phone', inputs.phone),
     ...field('user-password', 'users.password', inputs.password),
     error, submit);
+  markRequired(form);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     submit.disabled = true;

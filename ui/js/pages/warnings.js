@@ -3,7 +3,7 @@
 // actions the node lets this person take, and a form for township staff to issue a warning by hand.
 import { getJson, postJson, ApiError } from '../api.js';
 import { t, lang } from '../i18n.js';
-import { el, clear, errorBox } from '../dom.js';
+import { el, clear, errorBox, markRequired } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { formatTime, nodeNow } from '../format.js';
 import { navigate } from '../router.js';
@@ -57,6 +57,7 @@ function issueForm(onDone) {
     english,
     message,
     el('button', { type: 'submit' }, t('warnings.issue')));
+  markRequired(form);
   form.addEventListener('submit', async (e) => {
     e.preventDefault();
     message.textContent = '';
