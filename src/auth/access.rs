@@ -78,6 +78,8 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/api/v1/audit", Access::Roles(ACCOUNT_ADMINS)),
     rule("POST", "/api/v1/incidents", Access::Roles(REPORTERS)),
     rule("GET", "/api/v1/incidents", Access::SignedIn),
+    rule("GET", "/api/v1/incidents/work", Access::SignedIn),
+    rule("GET", "/api/v1/incidents/work/events", Access::SignedIn),
     rule("GET", "/api/v1/incidents/export.csv", Access::SignedIn),
     rule("GET", "/api/v1/incidents/export.geojson", Access::SignedIn),
     rule("GET", "/api/v1/incidents/{id}", Access::SignedIn),

@@ -290,6 +290,123 @@ pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
     json!({"type": "FeatureCollection", "features": features})
 }
 
+/// What waits for a person, by kind: the counts behind the landing page and the notification
+/// badge. Each kind is one list the UI can open (`filter` in the list's query syntax).
+///
+/// - grid worker: `verify` — her reports resolved and waiting for her check;
+/// - township staff and admins: `new` reports, `overdue` open incidents, `escalated` still here;
+/// - department handler: `queue` — dispatched to or being handled by their department;
+/// - county IT: `escalated` from the townships.
+pub fn work(
+    conn: &Connection,
+    role: crate::auth::roles::Role,
+    username: &str,
+    department: Option<&str>,
+    within: &AreaCode,
+) -> Result<serde_json::Value, StoreError> {
+    use crate::auth::roles::Role;
+    let base = Filter {
+        within: Some(within.clone()),
+        ..Filter::default()
+    };
+    let open: Vec<String> = [
+        "reported",
+        "accepted",
+        "escalated",
+        "dispatched",
+        "in_progress",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut kinds: Vec<(&str, Filter, String)> = Vec::new();
+    match role {
+        Role::GridWorker => kinds.push((
+            "verify",
+            Filter {
+                states: vec!["resolved".into()],
+                reporter: Some(username.to_string()),
+                ..base.clone()
+            },
+            format!("state=resolved&reporter={username}"),
+        )),
+        Role::TownshipStaff | Role::Admin => {
+            kinds.push((
+                "new",
+                Filter {
+                    states: vec!["reported".into()],
+                    ..base.clone()
+                },
+                "state=reported".to_string(),
+            ));
+            kinds.push((
+                "overdue",
+                Filter {
+                    states: open.clone(),
+                    overdue: Some(true),
+                    ..base.clone()
+                },
+                "overdue=true".to_string(),
+            ));
+            kinds.push((
+                "escalated",
+                Filter {
+                    states: vec!["escalated".into()],
+                    ..base.clone()
+                },
+                "state=escalated".to_string(),
+            ));
+        }
+        Role::DeptHandler => kinds.push((
+            "queue",
+            Filter {
+                states: vec!["dispatched".into(), "in_progress".into()],
+                department: Some(department.unwrap_or("-").to_string()),
+                ..base.clone()
+            },
+            format!(
+                "state=dispatched,in_progress&department={}",
+                department.unwrap_or("-")
+            ),
+        )),
+        Role::CountyIt => kinds.push((
+            "escalated",
+            Filter {
+                states: vec!["escalated".into()],
+                ..base.clone()
+            },
+            "state=escalated".to_string(),
+        )),
+    }
+    let mut items = Vec::new();
+    let mut total = 0;
+    let mut latest: Option<i64> = None;
+    for (kind, filter, query) in kinds {
+        let n = count(conn, &filter)?;
+        let (sql, args) = where_clause(&filter);
+        let newest: Option<i64> = conn.query_row(
+            &format!("SELECT max(i.updated_ms) FROM incidents i{sql}"),
+            params_from_iter(args),
+            |r| r.get(0),
+        )?;
+        latest = latest.max(newest);
+        // Overdue reported or escalated incidents are already counted there; the badge counts
+        // each incident once.
+        total += if kind == "overdue" {
+            count(
+                conn,
+                &Filter {
+                    states: vec!["accepted".into(), "dispatched".into(), "in_progress".into()],
+                    ..filter.clone()
+                },
+            )?
+        } else {
+            n
+        };
+        items.push(json!({"kind": kind, "count": n, "filter": query}));
+    }
+    Ok(json!({"items": items, "total": total, "latest_ms": latest}))
+}
+
 /// The plan's measures over a period, for an area: in total, per child area and per lead department.
 ///
 /// Duplicates are counted apart (`duplicates`), not as reports. The on-time rate counts every

@@ -30,6 +30,8 @@ const MAX_EXPORT_ROWS: usize = 100_000;
 pub fn routes(r: Routes, max_attachment_bytes: usize) -> Routes {
     r.post("/api/v1/incidents", create)
         .get("/api/v1/incidents", list)
+        .get("/api/v1/incidents/work", work)
+        .get("/api/v1/incidents/work/events", work_events)
         .get("/api/v1/incidents/export.csv", export_csv)
         .get("/api/v1/incidents/export.geojson", export_geojson)
         .get("/api/v1/incidents/{id}", detail)
@@ -336,6 +338,83 @@ async fn list(
     Ok(Json(
         json!({ "incidents": rows, "next_cursor": next, "total": total }),
     ))
+}
+
+/// The caller's work summary (see [`query::work`]).
+async fn work_summary(state: &AppState, caller: &Caller) -> Result<serde_json::Value, ApiError> {
+    let Some(role) = caller.actor.role.person() else {
+        return Err(ApiError::Forbidden("only people have work lists".into()));
+    };
+    let (username, department, area) = (
+        caller.actor.username.clone(),
+        caller.actor.department.clone(),
+        caller.area.clone(),
+    );
+    Ok(state
+        .store
+        .read(move |conn| query::work(conn, role, &username, department.as_deref(), &area))
+        .await?)
+}
+
+async fn work(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(work_summary(&state, &caller).await?))
+}
+
+/// The work summary as server-sent events (`work`): once at once, then whenever it changes. It is
+/// looked at after commits, at most every two seconds, so a busy sensor line costs an open tab one
+/// small query per two seconds, not one per reading. Ends at shutdown.
+async fn work_events(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    let first = work_summary(&state, &caller).await?;
+    let commits = state.store.commits();
+    let shutdown = state.shutdown.clone();
+    let start = (
+        state,
+        caller,
+        commits,
+        shutdown,
+        Some(first),
+        serde_json::Value::Null,
+    );
+    let stream = futures_util::stream::unfold(
+        start,
+        |(state, caller, mut commits, shutdown, mut pending, mut last)| async move {
+            loop {
+                if let Some(summary) = pending.take()
+                    && summary != last
+                {
+                    last = summary.clone();
+                    let event = SseEvent::default()
+                        .event("work")
+                        .json_data(&summary)
+                        .unwrap_or_else(|_| SseEvent::default().event("work").data("{}"));
+                    return Some((Ok(event), (state, caller, commits, shutdown, None, last)));
+                }
+                tokio::select! {
+                    changed = commits.changed() => if changed.is_err() { return None },
+                    () = shutdown.cancelled() => return None,
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+                commits.borrow_and_update();
+                pending = work_summary(&state, &caller).await.ok();
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(std::time::Duration::from_secs(15))))
 }
 
 async fn export_rows(

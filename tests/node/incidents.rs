@@ -1105,3 +1105,78 @@ fn without_names(mut v: Value) -> Value {
     strip(&mut v);
     v
 }
+
+#[tokio::test]
+async fn each_role_sees_what_waits_for_it_first() {
+    let h = Harness::new().await;
+    let c = cast(&h).await;
+    let work = |s: &Session| {
+        let s = s.clone();
+        let h = &h;
+        async move {
+            let v = h
+                .act(&s, "GET", "/api/v1/incidents/work", None)
+                .await
+                .expect(StatusCode::OK);
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|i| {
+                    (
+                        i["kind"].as_str().unwrap().to_string(),
+                        i["count"].as_i64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let id = create(&h, &c.grid, report("路灯损坏", "安全隐患")).await;
+    assert_eq!(
+        work(&c.staff).await,
+        vec![
+            ("new".into(), 1),
+            ("overdue".into(), 0),
+            ("escalated".into(), 0)
+        ]
+    );
+    assert_eq!(work(&c.grid).await, vec![("verify".into(), 0)]);
+    for step in [
+        json!({"action": "accept"}),
+        json!({"action": "dispatch", "department": "water"}),
+    ] {
+        assert_eq!(act(&h, &c.staff, &id, step).await.0, StatusCode::OK);
+    }
+    assert_eq!(work(&c.water).await, vec![("queue".into(), 1)]);
+    assert_eq!(
+        work(&c.police).await,
+        vec![("queue".into(), 0)],
+        "another department's queue"
+    );
+    for step in [
+        json!({"action": "start"}),
+        json!({"action": "resolve", "note": "已更换"}),
+    ] {
+        assert_eq!(act(&h, &c.water, &id, step).await.0, StatusCode::OK);
+    }
+    // Resolved, it waits for the grid worker who reported it; the badge's total says so.
+    let v = h
+        .act(&c.grid, "GET", "/api/v1/incidents/work", None)
+        .await
+        .expect(StatusCode::OK);
+    assert_eq!(
+        (v["items"][0]["kind"].as_str(), v["total"].as_i64()),
+        (Some("verify"), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["items"][0]["filter"], "state=resolved&reporter=grid.wang");
+    assert_eq!(work(&c.it).await, vec![("escalated".into(), 0)]);
+    // The same as a live stream.
+    let (status, headers, _) = h
+        .as_(&c.grid, "GET", "/api/v1/incidents/work/events", None)
+        .await;
+    assert_eq!(
+        (status, headers["content-type"].to_str().unwrap()),
+        (StatusCode::OK, "text/event-stream")
+    );
+}
