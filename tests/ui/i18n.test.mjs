@@ -18,8 +18,8 @@ async function dictionary(name) {
 
 // Merged as ui/js/i18n.js merges them: the refusal texts live in their own files.
 const dictionaries = {
-  'zh-CN': { ...await dictionary('zh-CN.js'), ...await dictionary('problems-zh-CN.js') },
-  en: { ...await dictionary('en.js'), ...await dictionary('problems-en.js') },
+  'zh-CN': { ...await dictionary('zh-CN.js'), ...await dictionary('problems-zh-CN.js'), ...await dictionary('work-zh-CN.js') },
+  en: { ...await dictionary('en.js'), ...await dictionary('problems-en.js'), ...await dictionary('work-en.js') },
 };
 
 function missing(from, to) {

@@ -4,9 +4,15 @@ import zhCN from './i18n/zh-CN.js';
 import en from './i18n/en.js';
 import problemsZhCN from './i18n/problems-zh-CN.js';
 import problemsEn from './i18n/problems-en.js';
+import workZhCN from './i18n/work-zh-CN.js';
+import workEn from './i18n/work-en.js';
 
-// Refusal texts live apart (one per problem code the node can send, kept in step with src/codes.rs).
-const dictionaries = { 'zh-CN': { ...zhCN, ...problemsZhCN }, en: { ...en, ...problemsEn } };
+// Refusal texts live apart (one per problem code the node can send, kept in step with src/codes.rs),
+// as do the work pages' texts.
+const dictionaries = {
+  'zh-CN': { ...zhCN, ...problemsZhCN, ...workZhCN },
+  en: { ...en, ...problemsEn, ...workEn },
+};
 
 const STORAGE_KEY = 'township.lang';
 let current = pickInitial();
