@@ -420,7 +420,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("demo node created in {} with {incidents} incidents", dir.root().display());
                     println!("  admin (local administrator): {password}");
                     println!("  zhang.min (township staff), wang.fang and li.qiang (grid workers), zhao.lei (water),");
-                    println!("  chen.jing (emergency), sun.hao (enforcement), it.zhou (county IT): {people_password}");
+                    println!("  chen.jing (emergency), sun.hao (enforcement), liu.yang (housing), he.li (environment),");
+                    println!("  qian.wei (market), wu.gang (police), it.zhou (county IT): {people_password}");
                     println!("  (passwords are shown once; keep them)");
                 }
                 if let Some(speaker) = crate::demo::add_speaker(&mut config, dir.root())? {

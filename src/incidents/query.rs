@@ -280,7 +280,7 @@ pub fn to_geojson(rows: &[Row]) -> serde_json::Value {
                 "geometry": {"type": "Point", "coordinates": [lon, lat]},
                 "properties": {
                     "title": r.title, "category": r.category, "state": r.state, "area": r.area,
-                    "reporter": r.reporter, "lead_department": r.lead_department, "created": crate::clock::rfc3339_seconds(r.created_ms),
+                    "reporter": r.reporter, "lead_department": r.lead_department, "created": crate::clock::rfc3339_china(r.created_ms),
                     "due_state": r.due_state, "place": r.place, "created_ms": r.created_ms,
                     "due_ms": r.due_ms, "duplicate_of": r.duplicate_of,
                 }

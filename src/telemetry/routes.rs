@@ -97,9 +97,9 @@ fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
     })
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
+async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     let now = state.clock.now_ms();
-    let devices: Vec<Value> = state
+    let mut devices: Vec<Value> = state
         .telemetry
         .devices
         .all()
@@ -107,7 +107,9 @@ async fn list(State(state): State<AppState>, caller: Caller) -> Json<Value> {
         .filter(|d| caller.can_reach(&d.area))
         .map(|d| device_view(&state, d, now))
         .collect();
-    Json(json!({ "devices": devices, "now": now }))
+    let directory = crate::areas::routes::directory(&state).await?;
+    devices.iter_mut().for_each(|d| directory.annotate(d));
+    Ok(Json(json!({ "devices": devices, "now": now })))
 }
 
 #[derive(Deserialize)]

@@ -138,6 +138,10 @@ async fn list(
         .store
         .read(move |conn| super::list(conn, &viewer, &filter))
         .await?;
+    let mut rows = serde_json::to_value(rows).map_err(|e| ApiError::Internal(e.to_string()))?;
+    crate::areas::routes::directory(&state)
+        .await?
+        .annotate(&mut rows);
     Ok(Json(json!({ "warnings": rows })))
 }
 
@@ -152,6 +156,10 @@ async fn get(
         .store
         .read(move |conn| super::view(conn, &docs, &actor, id))
         .await?;
+    let mut view = view;
+    crate::areas::routes::directory(&state)
+        .await?
+        .annotate(&mut view);
     Ok(Json(view))
 }
 
