@@ -31,7 +31,7 @@ export async function render(main) {
           });
           actions.append(revoke);
         }
-        return el('tr', { 'data-node': n.node_id }, el('td', {}, n.name), el('td', {}, n.area), el('td', {}, state),
+        return el('tr', { 'data-node': n.node_id }, el('td', {}, n.name), el('td', { title: n.area }, n.area_name || n.area), el('td', {}, state),
           el('td', {}, formatTime(n.last_seen_ms)), el('td', {}, String(n.pending_out)), el('td', {}, n.version || '—'),
           el('td', { class: 'wrap' }, n.last_error || '—'), actions);
       });

@@ -37,7 +37,7 @@ function stationCard(device) {
   if (device.points.length === 0) list.append(el('li', { class: 'muted small metric-link' }, t('sensors.no_value')));
   const root = el('li', { class: 'station card', 'data-device': device.id, 'data-status': device.status },
     el('a', { href, 'data-link': true, class: 'station-head' }, el('strong', { class: 'station-name' }, device.name), badgeSlot),
-    el('p', { class: 'station-meta muted small' }, `${device.area} · ${driverLabel(device.driver)} · ${t('sensors.last_seen')} `, seen),
+    el('p', { class: 'station-meta muted small' }, `${device.area_name || device.area} · ${driverLabel(device.driver)} · ${t('sensors.last_seen')} `, seen),
     list);
 
   return {

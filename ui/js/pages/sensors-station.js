@@ -103,7 +103,7 @@ async function station(main, { id }) {
   const seen = el('span', { class: 'seen' });
   const total = el('span');
   const facts = el('dl', { class: 'facts' },
-    el('dt', {}, t('sensors.area')), el('dd', {}, device.area),
+    el('dt', {}, t('sensors.area')), el('dd', { title: device.area }, device.area_name ? `${device.area_name}（${device.area}）` : device.area),
     el('dt', {}, t('sensors.driver')), el('dd', {}, driverLabel(device.driver)),
     el('dt', {}, t('sensors.interval')), el('dd', {}, formatInterval(device.interval_s)),
     el('dt', {}, t('sensors.last_seen')), el('dd', {}, seen),

@@ -23,7 +23,7 @@ function card(w) {
       el('strong', { class: 'warning-level' }, `${levelName(w.level)} · ${t(`wstate.${w.state}`)}`),
       el('span', { class: 'warning-headline' }, w.headline)),
     el('p', { class: 'muted small' },
-      `${t(`event.${w.event}`)} · ${w.area} · ${formatTime(w.issued_ms || w.updated_ms)}`,
+      `${t(`event.${w.event}`)} · ${w.area_name || w.area} · ${formatTime(w.issued_ms || w.updated_ms)}`,
       w.status !== 'actual' ? ` · ${t(`wstatus.${w.status}`)}` : ''));
 }
 
