@@ -1,6 +1,7 @@
 // Times as the UI shows them, in one place so every page writes a moment the same way: wall-clock
 // text, relative text, and the node's clock that sensor times are measured against.
 import { t, lang } from './i18n.js';
+import { lateness, durationParts } from './incidents-logic.js';
 
 const pad = (n) => String(n).padStart(2, '0');
 
@@ -22,6 +23,18 @@ export function relative(ms) {
   const span = `${unit[0]} ${unit[1]}`;
   if (lang() === 'en') return minutes >= 0 ? `in ${span}` : `${span} ago`;
   return minutes >= 0 ? `${span}后` : `${span}前`;
+}
+
+// How late an overdue item is: "超期 3 小时" / "3 h overdue"; null when it is not past `dueMs`.
+export function overdueText(dueMs, now = Date.now()) {
+  const late = lateness(dueMs, now);
+  return late ? t('incident.overdue_by', { span: `${late.n} ${t(`unit.${late.unit}`)}` }) : null;
+}
+
+// A length of time as the deadlines are spoken of: "72 小时", "7 天", "72 h".
+export function durationText(minutes) {
+  const d = durationParts(minutes);
+  return `${d.n} ${t(`unit.${d.unit}`)}`;
 }
 
 // The node's clock minus this phone's: "last seen" and chart windows are measured against the node,

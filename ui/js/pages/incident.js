@@ -1,12 +1,18 @@
 // One incident: its facts, photos, timeline, conflicts, comments, and only the actions this user may
 // take now (the server says which). Every change made here (a workflow step, a comment, a rating,
 // photos) goes through the outbox: sent at once when the node can be reached, kept on the phone and
-// sent later when it cannot, and shown here as waiting until then.
+// sent later when it cannot, and shown here as waiting until then. People, villages and departments
+// are shown by name (the node sends the names beside the ids; an id shows only when it has none), and
+// a report closed as a duplicate links to its original and back.
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox, markRequired } from '../dom.js';
-import { loadCatalog, departmentName, stateBadge, dueBadge } from '../incidents-common.js';
-import { formatTime, relative, offlineAge } from '../format.js';
+import { loadCatalog, departmentName, stateBadge, lateBadge } from '../incidents-common.js';
+import { formatTime, relative, offlineAge, overdueText, durationText } from '../format.js';
+import { loadAreas, areaNode, personNode } from '../names.js';
+import {
+  OPEN_STATES, assistChoices, assistSelection, defaultDeadline, localInputValue, rankCandidates,
+} from '../incidents-logic.js';
 import * as outbox from '../outbox.js';
 import { isOffline } from '../net.js';
 import { preparePhoto } from '../photo.js';
@@ -37,23 +43,123 @@ function queuedNote() {
     el('a', { href: '/outbox', 'data-link': true }, t('outbox.title')));
 }
 
-function actionForm(incident, action, reload, catalog) {
+// The lead department, the departments assisting it (check boxes, never the lead itself: choosing a
+// department as lead takes it out of the list and unticks it), and the deadline, filled in with the
+// category's default and saying so.
+function dispatchFields(incident, catalog, id) {
+  const lead = el('select', { name: 'department', id: id('department'), required: true },
+    el('option', { value: '' }, t('incident.choose_department')),
+    ...catalog.departments.map((d) => el('option', { value: d.id }, d.name)));
+  const ticked = new Set();
+  const boxes = el('div', { class: 'check-grid', id: id('assist-list') });
+  const drawAssist = () => {
+    boxes.replaceChildren(...assistChoices(catalog.departments, lead.value).map((d) => {
+      const box = el('input', { type: 'checkbox', name: 'assist', value: d.id, id: id(`assist-${d.id}`), checked: ticked.has(d.id) });
+      box.addEventListener('change', () => { if (box.checked) ticked.add(d.id); else ticked.delete(d.id); });
+      return el('label', { class: 'check', for: box.id }, box, el('span', {}, d.name));
+    }));
+  };
+  lead.addEventListener('change', () => {
+    ticked.delete(lead.value);
+    drawAssist();
+  });
+  drawAssist();
+  const assist = el('fieldset', { class: 'assist-choices', id: id('assist') },
+    el('legend', {}, t('incident.assist_departments_pick')), boxes);
+
+  const deadline = el('input', { name: 'deadline', id: id('deadline'), type: 'datetime-local', min: localInputValue(Date.now()) });
+  const hint = el('p', { class: 'muted small deadline-hint', id: id('deadline-hint') });
+  const preset = defaultDeadline(incident.category, catalog.categories, Date.now());
+  if (preset) {
+    deadline.value = localInputValue(preset.ms);
+    deadline.setAttribute('aria-describedby', hint.id);
+    hint.textContent = t('incident.deadline_default', { category: preset.category, span: durationText(preset.minutes) });
+  } else {
+    hint.hidden = true;
+  }
+  return {
+    nodes: [el('label', { for: lead.id }, t('incident.lead_department')), lead, assist,
+      el('label', { for: deadline.id }, t('incident.deadline')), deadline, hint],
+    fill(body) {
+      body.department = lead.value;
+      body.assist_departments = assistSelection(catalog.departments, ticked, lead.value);
+      if (deadline.value) body.deadline = new Date(deadline.value).getTime();
+    },
+  };
+}
+
+// One report offered as the original: its title, then state, village and when it came in.
+function candidateOption(c, dir, id) {
+  const radio = el('input', { type: 'radio', name: 'duplicate_of', value: c.id, id: id(`c-${c.id}`) });
+  return el('label', { class: 'check candidate', for: radio.id, 'data-id': c.id }, radio,
+    el('span', { class: 'candidate-text' }, el('strong', {}, c.title),
+      el('span', { class: 'muted small' }, t(`state.${c.state}`), ' · ', areaNode(dir, c.area, c.area_name), ` · ${formatTime(c.created_ms)}`)));
+}
+
+// Choosing the report this one repeats: open reports of the same category in the same village come
+// first, newest first; the search box looks through all reports (q=).
+function duplicateFields(incident, dir, id) {
+  const q = el('input', { type: 'search', id: id('q'), name: 'q', autocomplete: 'off', placeholder: t('incident.search_hint') });
+  const search = el('button', { type: 'button', class: 'secondary', id: id('search') }, t('audit.search'));
+  const list = el('div', { class: 'candidate-list', id: id('candidates'), 'aria-live': 'polite' }, el('p', { class: 'muted small' }, t('common.loading')));
+  // Only the newest search is drawn; an older one answering late is dropped.
+  let asked = 0;
+  const load = async () => {
+    const mine = ++asked;
+    const open = `state=${OPEN_STATES.join(',')}&limit=20`;
+    const text = q.value.trim();
+    let rows;
+    try {
+      if (text) {
+        const all = OPEN_STATES.concat(['resolved', 'closed']).join(',');
+        rows = (await getJson(`/api/v1/incidents?q=${encodeURIComponent(text)}&state=${all}&limit=30`)).incidents;
+      } else {
+        const [alike, any] = await Promise.all([
+          getJson(`/api/v1/incidents?${open}&category=${encodeURIComponent(incident.category)}&area=${encodeURIComponent(incident.area)}`),
+          getJson(`/api/v1/incidents?${open}`)]);
+        rows = [...alike.incidents, ...any.incidents];
+      }
+    } catch (e) {
+      if (mine === asked) list.replaceChildren(el('p', { class: 'error' }, e.message));
+      return;
+    }
+    if (mine !== asked) return;
+    const ranked = rankCandidates(rows, incident);
+    if (!ranked.length) {
+      list.replaceChildren(el('p', { class: 'muted small' }, t('incident.no_candidates')));
+      return;
+    }
+    const options = ranked.map((c) => candidateOption(c, dir, id));
+    // A choice is required; one required radio makes the whole group so.
+    options[0].querySelector('input').required = true;
+    list.replaceChildren(...options);
+  };
+  search.addEventListener('click', load);
+  q.addEventListener('keydown', (e) => {
+    // Enter searches; it must not send the form with no original chosen.
+    if (e.key === 'Enter') {
+      e.preventDefault();
+      load();
+    }
+  });
+  load();
+  return {
+    nodes: [el('label', { for: q.id }, t('incident.find_original')), el('div', { class: 'search-row' }, q, search),
+      el('fieldset', { class: 'candidates' }, el('legend', {}, t('incident.choose_original')), list)],
+    fill(body, form) {
+      const chosen = form.querySelector('input[name="duplicate_of"]:checked');
+      if (chosen) body.duplicate_of = chosen.value;
+    },
+  };
+}
+
+function actionForm(incident, action, reload, catalog, dir) {
   const fields = [];
   const id = (name) => `action-${action}-${name}`;
   const note = el('textarea', { name: 'note', id: id('note'), rows: 2, placeholder: t(`action_note.${action}`) });
-  let department = null;
-  let assist = null;
-  let deadline = null;
-  if (action === 'dispatch') {
-    department = el('select', { name: 'department', id: id('department'), required: true },
-      ...catalog.departments.map((d) => el('option', { value: d.id }, d.name)));
-    assist = el('select', { name: 'assist', id: id('assist'), multiple: true, size: 4 },
-      ...catalog.departments.map((d) => el('option', { value: d.id }, d.name)));
-    deadline = el('input', { name: 'deadline', id: id('deadline'), type: 'datetime-local' });
-    fields.push(el('label', { for: id('department') }, t('incident.lead_department')), department,
-      el('label', { for: id('assist') }, t('incident.assist_departments')), assist,
-      el('label', { for: id('deadline') }, t('incident.deadline')), deadline);
-  }
+  const extra = action === 'dispatch' ? dispatchFields(incident, catalog, id)
+    : action === 'duplicate' ? duplicateFields(incident, dir, id) : null;
+  if (extra) fields.push(...extra.nodes);
   fields.push(el('label', { for: id('note') }, t('incident.note')), note);
   const error = el('p', { class: 'error', role: 'alert', hidden: true });
   const submit = el('button', { type: 'submit', class: action === 'reject' ? 'danger' : '' }, t(`action.${action}`));
@@ -63,9 +169,7 @@ function actionForm(incident, action, reload, catalog) {
     submit.disabled = true;
     const body = { action };
     if (note.value.trim()) body.note = note.value.trim();
-    if (department) body.department = department.value;
-    if (assist) body.assist_departments = [...assist.selectedOptions].map((o) => o.value);
-    if (deadline && deadline.value) body.deadline = new Date(deadline.value).getTime();
+    if (extra) extra.fill(body, form);
     try {
       const result = await submitChange({
         kind: 'transition',
@@ -90,6 +194,51 @@ function actionForm(incident, action, reload, catalog) {
   return form;
 }
 
+// Titles of linked incidents are asked one request each; past this many an original's duplicates are
+// listed by id (a report repeated that often is rare, and the page must not wait on dozens of reads).
+const MAX_TITLES = 20;
+
+function plainLink(otherId, linkId, text = otherId) {
+  return el('a', { href: `/incidents/${encodeURIComponent(otherId)}`, 'data-link': true, class: 'incident-ref', id: linkId, 'data-id': otherId }, text);
+}
+
+// A link to another incident, named by its title once the node has said it (the record holds only
+// the id); the id stays when the title cannot be had.
+function incidentLink(otherId, linkId) {
+  const a = plainLink(otherId, linkId);
+  getJson(`/api/v1/incidents/${encodeURIComponent(otherId)}`)
+    .then((o) => { if (o && o.title) a.textContent = o.title; })
+    .catch(() => {});
+  return a;
+}
+
+// Where it is: the typed place, else the village's name, with the coordinates after it as the
+// secondary part (a reader knows 王宅村东头河堤, not 28.9, 119.81).
+function placeNode(incident, dir) {
+  const loc = incident.location;
+  if (!loc) return incident.place || null;
+  const coords = el('span', { class: 'muted small coords' }, ` ${loc.lat}, ${loc.lon}`);
+  if (incident.place) return el('span', {}, incident.place, coords);
+  return el('span', {}, areaNode(dir, incident.area, incident.area_name), coords);
+}
+
+// What a step carried, in words: the departments by name, the deadline set, the original of a
+// duplicate as a link, the note. The record keeps assisting departments as one comma-separated text.
+function transitionDetail(data) {
+  const parts = [];
+  if (data.department) parts.push(`${t('incident.lead_department')}${t('outbox.colon')}${departmentName(data.department)}`);
+  const assist = Array.isArray(data.assist_departments) ? data.assist_departments
+    : typeof data.assist_departments === 'string' ? data.assist_departments.split(',').filter(Boolean) : [];
+  if (assist.length) parts.push(`${t('incident.assist_departments')}${t('outbox.colon')}${assist.map((d) => departmentName(d)).join('、')}`);
+  const deadline = /^\d+$/.test(String(data.deadline ?? '')) ? Number(data.deadline) : Date.parse(data.deadline);
+  if (data.deadline && Number.isFinite(deadline)) parts.push(`${t('incident.deadline')}${t('outbox.colon')}${formatTime(deadline)}`);
+  if (data.note) parts.push(data.note);
+  if (!parts.length && !data.duplicate_of) return null;
+  const box = el('div', { class: 'muted small' }, parts.join(' — '));
+  if (data.duplicate_of) box.append(parts.length ? ' — ' : '', t('incident.duplicate_of'), ' ', plainLink(data.duplicate_of, undefined, t('field.duplicate_of')));
+  return box;
+}
+
 // This person's changes to the incident still on the phone.
 function pendingCard(incidentId) {
   const items = outbox.forIncident(incidentId);
@@ -111,8 +260,9 @@ export async function render(main, { id }) {
   const view = startView();
   let catalog;
   let incident;
+  let dir;
   try {
-    [catalog, incident] = await Promise.all([loadCatalog(), getJson(`/api/v1/incidents/${encodeURIComponent(id)}`)]);
+    [catalog, incident, dir] = await Promise.all([loadCatalog(), getJson(`/api/v1/incidents/${encodeURIComponent(id)}`), loadAreas()]);
   } catch (e) {
     // A report still on this phone has its id already but is not on the node yet.
     await outbox.list().catch(() => []);
@@ -126,28 +276,51 @@ export async function render(main, { id }) {
     main.append(errorBox(e.status === 404 ? t('notfound.body') : e.message, e.status === 404 ? null : () => render(main, { id })));
     return;
   }
+  if (!view.alive) return;
   const reload = () => render(main, { id });
   const facts = el('dl', { class: 'facts' });
-  const fact = (key, value) => { if (value !== null && value !== undefined && value !== '') facts.append(el('dt', {}, t(key)), el('dd', {}, value)); };
+  const fact = (key, value, factId) => {
+    if (value !== null && value !== undefined && value !== '') facts.append(el('dt', {}, t(key)), el('dd', { id: factId }, value));
+  };
+  const assistNames = (incident.assist_departments || []).map((d, n) => departmentName(d, incident.assist_department_names?.[n]));
   fact('incident.category', incident.category);
-  fact('incident.area', incident.area);
-  fact('incident.place', incident.place);
-  if (incident.location) fact('incident.location', `${incident.location.lat}, ${incident.location.lon}`);
-  fact('incident.reporter', incident.reporter);
+  fact('incident.area_filter', areaNode(dir, incident.area, incident.area_name, { code: true }), 'incident-area');
+  fact('incident.place', placeNode(incident, dir), 'incident-place');
+  fact('incident.reporter', personNode(incident.reporter_name, incident.reporter), 'incident-reporter');
   fact('incident.created', formatTime(incident.created_ms));
-  fact('incident.lead_department', incident.lead_department && departmentName(incident.lead_department));
-  fact('incident.assist_departments', incident.assist_departments.map(departmentName).join('、'));
-  fact('incident.assignee', incident.assignee);
-  if (incident.deadline_ms) fact('incident.deadline', `${formatTime(incident.deadline_ms)} (${relative(incident.deadline_ms)})`);
+  fact('incident.lead_department', incident.lead_department && departmentName(incident.lead_department, incident.lead_department_name), 'incident-lead');
+  fact('incident.assist_departments', assistNames.join('、'), 'incident-assist');
+  fact('incident.assignee', incident.assignee && personNode(incident.assignee_name, incident.assignee));
+  if (incident.deadline_ms) {
+    const late = ['closed', 'rejected', 'duplicate'].includes(incident.state) ? null : overdueText(incident.deadline_ms);
+    fact('incident.deadline', el('span', {}, `${formatTime(incident.deadline_ms)} (${relative(incident.deadline_ms)})`,
+      late ? el('strong', { class: 'late-text' }, ` · ${late}`) : null), 'incident-deadline');
+  }
   fact('incident.result', incident.result_note);
-  if (incident.rating) fact('incident.rating', `${'★'.repeat(incident.rating.score)}${incident.rating.comment ? ' ' + incident.rating.comment : ''}`);
+  if (incident.rating) {
+    const by = incident.rating.by ? personNode(incident.rating.by_name, incident.rating.by) : null;
+    fact('incident.rating', el('span', {}, `${'★'.repeat(incident.rating.score)}${incident.rating.comment ? ' ' + incident.rating.comment : ''}`,
+      by ? ' · ' : null, by));
+  }
 
   main.append(el('h1', { id: 'incident-title' }, incident.title));
   // The phone's copy, shown when the node could not be reached: say how old it is.
   if (incident.offlineAt) main.append(el('p', { class: 'offline-note', id: 'offline-note' }, offlineAge(incident.offlineAt)));
-  main.append(
-    el('p', { class: 'badges' }, stateBadge(incident.state), ' ', dueBadge(incident.due_state), incident.escalated ? el('span', { class: 'badge' }, t('incident.escalated')) : null),
-    el('section', { class: 'card' }, el('p', { class: 'description' }, incident.description || '—'), facts));
+  const open = !['closed', 'rejected', 'duplicate'].includes(incident.state);
+  main.append(el('p', { class: 'badges' }, stateBadge(incident.state), ' ', open ? lateBadge(incident.due_state, incident.deadline_ms) : null,
+    incident.escalated ? el('span', { class: 'badge' }, t('incident.escalated')) : null));
+  // Which report this one repeats, and the reports that repeat it, as links both ways.
+  if (incident.duplicate_of) {
+    main.append(el('p', { class: 'notice duplicate-of', id: 'duplicate-of' }, t('incident.duplicate_of'), ' ',
+      incidentLink(incident.duplicate_of, 'duplicate-of-link')));
+  }
+  const duplicates = incident.duplicates || [];
+  if (duplicates.length) {
+    main.append(el('section', { class: 'card', id: 'duplicates' },
+      el('h2', {}, t('incident.duplicates', { n: duplicates.length })),
+      el('ul', { class: 'duplicate-list' }, ...duplicates.map((d, n) => el('li', {}, n < MAX_TITLES ? incidentLink(d) : plainLink(d))))));
+  }
+  main.append(el('section', { class: 'card' }, el('p', { class: 'description' }, incident.description || '—'), facts));
   const pendingSlot = el('div', { id: 'incident-pending-slot' });
   // When what waited here has gone out, offer a reload rather than reloading under the person's
   // fingers (they may be typing the next comment).
@@ -219,7 +392,7 @@ export async function render(main, { id }) {
     const slot = el('div');
     for (const action of incident.allowed_actions) {
       const b = el('button', { type: 'button', class: 'secondary', 'data-action': action }, t(`action.${action}`));
-      b.addEventListener('click', () => slot.replaceChildren(actionForm(incident, action, reload, catalog)));
+      b.addEventListener('click', () => slot.replaceChildren(actionForm(incident, action, reload, catalog, dir)));
       tabs.append(b);
     }
     actions.append(tabs, slot);
@@ -227,23 +400,23 @@ export async function render(main, { id }) {
   }
 
   const timeline = el('ol', { class: 'timeline', id: 'timeline' },
-    el('li', {}, el('strong', {}, t('state.reported')), ` · ${incident.reporter} · ${formatTime(incident.created_ms)}`));
+    el('li', {}, el('strong', {}, t('state.reported')), ' · ', personNode(incident.reporter_name, incident.reporter), ` · ${formatTime(incident.created_ms)}`));
   for (const tr of incident.transitions) {
-    const extra = [tr.data.department && departmentName(tr.data.department), tr.data.note].filter(Boolean).join(' — ');
-    timeline.append(el('li', {}, el('strong', {}, t(`action.${tr.action}`)), ` · ${tr.actor} (${t(`role.${tr.role}`) || tr.role}) · ${formatTime(tr.at_ms)}`,
-      extra ? el('div', { class: 'muted small' }, extra) : null));
+    timeline.append(el('li', { 'data-action': tr.action }, el('strong', {}, t(`action.${tr.action}`)), ' · ', personNode(tr.actor_name, tr.actor),
+      ` (${t(`role.${tr.role}`) || tr.role}) · ${formatTime(tr.at_ms)}`, transitionDetail(tr.data || {})));
   }
   main.append(el('section', { class: 'card' }, el('h2', {}, t('incident.timeline')), timeline));
   if (incident.conflicts.length > 0) {
     const list = el('ul', { class: 'conflicts', id: 'conflicts' });
     for (const c of incident.conflicts) {
-      list.append(el('li', {}, `${t(`action.${c.transition.action}`)} · ${c.transition.actor} · ${formatTime(c.transition.at_ms)}: ${c.reason}`));
+      list.append(el('li', {}, `${t(`action.${c.transition.action}`)} · `, personNode(c.transition.actor_name, c.transition.actor),
+        ` · ${formatTime(c.transition.at_ms)}: ${c.reason}`));
     }
     main.append(el('section', { class: 'card warn' }, el('h2', {}, t('incident.conflicts')), el('p', { class: 'muted small' }, t('incident.conflicts_help')), list));
   }
 
   const comments = el('ul', { class: 'comments', id: 'comments' },
-    ...incident.comments.map((c) => el('li', {}, el('strong', {}, c.author), ` · ${formatTime(c.at_ms)}`, el('p', {}, c.text))));
+    ...incident.comments.map((c) => el('li', {}, el('strong', {}, personNode(c.author_name, c.author)), ` · ${formatTime(c.at_ms)}`, el('p', {}, c.text))));
   const text = el('textarea', { id: 'comment-text', rows: 2, maxlength: 2000 });
   const send = el('button', { type: 'submit' }, t('incident.comment'));
   const commentForm = el('form', { class: 'form', id: 'comment-form' },

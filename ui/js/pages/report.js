@@ -1,12 +1,18 @@
-// Reporting an incident from a phone: category, title, description, the village code, a typed place,
-// the phone's position where the browser allows it, and photos. Nothing here waits for the network:
-// submitting puts the report and its downsized photos in the outbox (outbox.js), which sends them
-// when it can, and until then what has been typed and picked is kept on the phone as a draft
-// (drafts.js), so a reload, a session timeout or a lost connection loses nothing.
+// Reporting an incident from a phone: category, title, description, the village (chosen by name), a
+// typed place, the position (tapped on the map or the phone's own where the browser allows it; both
+// move the same pin), and photos. The map rings the open reports around, and the form names any close
+// to the chosen place, so a reporter sees a likely duplicate before sending. Nothing here waits for
+// the network: submitting puts the report and its downsized photos in the outbox (outbox.js), which
+// sends them when it can, and until then what has been typed and picked is kept on the phone as a
+// draft (drafts.js), so a reload, a session timeout or a lost connection loses nothing.
 import { t } from '../i18n.js';
+import { getJson } from '../api.js';
 import { el, clear, errorBox } from '../dom.js';
 import { currentUser } from '../session.js';
-import { loadCatalog } from '../incidents-common.js';
+import { loadCatalog, mapLabels } from '../incidents-common.js';
+import { loadAreas } from '../names.js';
+import { areaPicker } from '../area-picker.js';
+import { OPEN_STATES, areaAt, nearbyReports } from '../incidents-logic.js';
 import { navigate } from '../router.js';
 import { startView } from '../view.js';
 import { formatTime } from '../format.js';
@@ -22,8 +28,11 @@ const SAVE_DELAY_MS = 500;
 // the outbox page, with its progress, rather than behind a spinner.
 const SETTLE_MS = 3000;
 const OFFLINE_SETTLE_MS = 300;
+// Open reports this close to the chosen place are named under the map.
+const NEARBY_METERS = 300;
+const NEARBY_LISTED = 3;
 
-function positionText(p) {
+function coordsText(p) {
   return `${p.lat}, ${p.lon}${p.accuracy ? ` (±${p.accuracy} m)` : ''}`;
 }
 
@@ -32,8 +41,9 @@ export async function render(main) {
   const view = startView();
   main.append(el('h1', { 'data-i18n': 'incident.report' }, t('incident.report')));
   let catalog;
+  let dir;
   try {
-    catalog = await loadCatalog();
+    [catalog, dir] = await Promise.all([loadCatalog(), loadAreas()]);
   } catch (e) {
     main.append(errorBox(e.message, () => render(main)));
     return;
@@ -48,26 +58,31 @@ export async function render(main) {
     ...catalog.categories.map((c) => el('option', { value: c.name }, c.name)));
   const title = el('input', { id: 'r-title', name: 'title', required: true, maxlength: 100, autocomplete: 'off' });
   const description = el('textarea', { id: 'r-description', name: 'description', rows: 4, maxlength: 5000 });
-  const area = el('input', { id: 'r-area', name: 'area', required: true, inputmode: 'numeric', pattern: '[0-9]{6}([0-9]{3}){0,2}', title: t('incident.area_format'), maxlength: 12, autocomplete: 'off' });
+  const ownVillage = me.area.length === 12 ? me.area : '';
+  const picker = areaPicker({
+    id: 'r-area', labelKey: 'incident.area_pick', otherLabelKey: 'incident.area', dir, scope: me.area,
+    value: saved.area || ownVillage, extra: [ownVillage],
+  });
+  // The field a code is typed into (the only one that can hold a code outside the person's area).
+  const typedArea = picker.nodes.find((n) => n.tagName === 'INPUT');
   const place = el('input', { id: 'r-place', name: 'place', maxlength: 200, placeholder: t('incident.place_hint') });
   if (saved.category && catalog.categories.some((c) => c.name === saved.category)) category.value = saved.category;
   title.value = saved.title || '';
   description.value = saved.description || '';
-  area.value = saved.area || (me.area.length === 12 ? me.area : '');
   place.value = saved.place || '';
   // The node refuses a village outside the reporter's area: say so before it is queued, not after.
   const checkArea = () => {
-    const v = area.value.trim();
-    area.setCustomValidity(v && me.area && !v.startsWith(me.area) ? `${t('incident.area_outside')} ${me.area}` : '');
+    const v = typedArea.value.trim();
+    typedArea.setCustomValidity(v && me.area && !v.startsWith(me.area) ? `${t('incident.area_outside')} ${me.area}` : '');
   };
-  area.addEventListener('input', checkArea);
+  typedArea.addEventListener('input', checkArea);
   checkArea();
   const checkTitle = () => title.setCustomValidity(title.value && !title.value.trim() ? t('incident.title_blank') : '');
   title.addEventListener('input', checkTitle);
   checkTitle();
 
   let position = saved.location && Number.isFinite(saved.location.lat) ? saved.location : null;
-  const locationText = el('span', { class: 'muted small', id: 'r-location' }, position ? positionText(position) : t('incident.no_location'));
+  const locationText = el('span', { class: 'muted small location-text', id: 'r-location', 'aria-live': 'polite' }, t('incident.no_location'));
   const locationHint = el('p', { class: 'muted small', id: 'r-location-hint', hidden: true });
   const locate = el('button', { type: 'button', class: 'secondary', id: 'r-locate', 'data-i18n': 'incident.locate' }, t('incident.locate'));
   if (!window.isSecureContext) {
@@ -105,7 +120,7 @@ export async function render(main) {
     category: category.value,
     title: title.value,
     description: description.value,
-    area: area.value,
+    area: picker.value(),
     place: place.value,
     location: position,
     keepLocation: keep.checked,
@@ -186,13 +201,80 @@ export async function render(main) {
     }).finally(() => { if (!submitted) submit.disabled = false; });
   });
 
+  // The map: a pin that a tap, a drag or the phone's position puts down, the open reports around as
+  // rings, and the village outlines, which also name the place a position lies in.
+  const mapBox = el('div', { id: 'r-map', class: 'report-map' });
+  const nearbyNote = el('div', { class: 'nearby-note', id: 'r-nearby', 'aria-live': 'polite' });
+  let mapHandle = null;
+  let outlines = null;
+  let nearby = null;
+  const showPosition = () => {
+    if (!position) {
+      if (!locate.disabled) locationText.textContent = t('incident.no_location');
+      nearbyNote.replaceChildren();
+      return;
+    }
+    const where = outlines ? areaAt(outlines, position.lat, position.lon) : null;
+    locationText.replaceChildren(
+      el('strong', { class: 'location-place' }, where ? t('incident.location_in', { name: where.name }) : t('incident.location_set')),
+      el('span', { class: 'coords' }, ` · ${coordsText(position)}`));
+    showNearby();
+  };
+  // Open reports close to the chosen place, by title, each a link to look at before sending.
+  const showNearby = () => {
+    const close = position && nearby ? nearbyReports(nearby, position.lat, position.lon, NEARBY_METERS) : [];
+    if (!close.length) {
+      nearbyNote.replaceChildren();
+      return;
+    }
+    nearbyNote.replaceChildren(el('p', { class: 'notice' }, t('incident.nearby_open', { n: close.length, m: NEARBY_METERS })),
+      el('ul', { class: 'nearby-list' }, ...close.slice(0, NEARBY_LISTED).map(({ feature, meters }) => el('li', {},
+        el('a', { href: `/incidents/${encodeURIComponent(feature.id)}`, 'data-link': true, 'data-id': feature.id }, feature.properties?.title || feature.id),
+        el('span', { class: 'muted small' }, ` · ${t(`state.${feature.properties?.state}`)} · ${meters} m`)))));
+  };
+  // A place picked on the map fills in the village when none is chosen yet.
+  const fillArea = () => {
+    if (!position || !outlines || picker.value()) return;
+    const where = areaAt(outlines, position.lat, position.lon);
+    if (where && where.code.startsWith(me.area)) {
+      picker.setValue(where.code);
+      checkArea();
+    }
+  };
+  const setPosition = (p, fromMap) => {
+    position = p;
+    if (!fromMap && mapHandle) mapHandle.setValue(p);
+    showPosition();
+    fillArea();
+    saveSoon();
+  };
+  showPosition();
+  view.add(() => { if (mapHandle) mapHandle.destroy(); });
+  import('../map.js').then(async ({ mountPickMap, loadMapConfig }) => {
+    if (!view.alive) return;
+    mapHandle = mountPickMap(mapBox, {
+      value: position,
+      labels: mapLabels(),
+      onPick: (v) => setPosition({ lat: v.lat, lon: v.lon }, true),
+    });
+    const [config, open] = await Promise.all([
+      loadMapConfig(),
+      getJson(`/api/v1/incidents/export.geojson?state=${OPEN_STATES.join(',')}`).catch(() => null),
+    ]);
+    if (!view.alive) return;
+    outlines = config.outlines;
+    nearby = open;
+    if (open) mapHandle.setNearby(open);
+    showPosition();
+  }).catch(() => {
+    mapBox.replaceChildren(el('p', { class: 'muted small' }, t('map.load_failed')));
+  });
+
   locate.addEventListener('click', () => {
     locationText.textContent = t('common.loading');
     navigator.geolocation.getCurrentPosition(
       (pos) => {
-        position = { lat: Number(pos.coords.latitude.toFixed(6)), lon: Number(pos.coords.longitude.toFixed(6)), accuracy: Math.round(pos.coords.accuracy) };
-        locationText.textContent = positionText(position);
-        saveSoon();
+        setPosition({ lat: Number(pos.coords.latitude.toFixed(6)), lon: Number(pos.coords.longitude.toFixed(6)), accuracy: Math.round(pos.coords.accuracy) }, false);
       },
       () => { locationText.textContent = t('incident.location_denied'); },
       { enableHighAccuracy: true, timeout: 15000, maximumAge: 60000 });
@@ -209,11 +291,12 @@ export async function render(main) {
     title.value = '';
     description.value = '';
     place.value = '';
-    area.value = me.area.length === 12 ? me.area : '';
+    picker.setValue(ownVillage);
     keep.checked = false;
     checkTitle();
     position = null;
-    if (!locate.disabled) locationText.textContent = t('incident.no_location');
+    if (mapHandle) mapHandle.setValue(null);
+    showPosition();
     checkArea();
     showSaved(null);
     draftState.textContent = t('incident.draft_cleared');
@@ -224,10 +307,14 @@ export async function render(main) {
     label('r-category', 'incident.category', true), category,
     label('r-title', 'incident.title', true), title,
     label('r-description', 'incident.description'), description,
-    label('r-area', 'incident.area', true), area,
+    ...picker.nodes,
     label('r-place', 'incident.place'), place,
+    el('p', { class: 'field-title', id: 'r-map-title', 'data-i18n': 'incident.location' }, t('incident.location')),
+    el('p', { class: 'muted small', id: 'r-map-hint', 'data-i18n': 'incident.map_hint' }, t('incident.map_hint')),
+    mapBox,
     el('div', { class: 'row' }, locate, locationText),
     locationHint,
+    nearbyNote,
     label('r-photos', 'incident.photos'), photosInput,
     el('div', { class: 'check-row' }, keep,
       el('label', { for: 'r-keep-location', 'data-i18n': 'incident.keep_location' }, t('incident.keep_location'))),
@@ -251,7 +338,7 @@ export async function render(main) {
       await processing;
       await drafts.settled();
       const id = uuidv7();
-      const body = { id, category: category.value, title: title.value.trim(), description: description.value, area: area.value.trim() };
+      const body = { id, category: category.value, title: title.value.trim(), description: description.value, area: picker.value() };
       if (place.value.trim()) body.place = place.value.trim();
       if (position) body.location = { lat: position.lat, lon: position.lon };
       const queued = [];
