@@ -86,7 +86,7 @@ log "browser end-to-end tests (headless Chromium)"
   fi
   mkdir -p "$ROOT/target/e2e"
   E2E_NODE_BIN="$ROOT/target/debug/township-node" E2E_ARTIFACTS="$ROOT/target/e2e" \
-    node --test --test-concurrency=1 --test-reporter=spec ui.test.mjs phone.test.mjs layout.test.mjs
+    node --test --test-concurrency=1 --test-reporter=spec ui.test.mjs phone.test.mjs layout.test.mjs cases.test.mjs work.test.mjs
 )
 
 log "all tests passed"

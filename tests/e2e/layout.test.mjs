@@ -59,7 +59,8 @@ const MAX_HEADER = { phone: 104, desktop: 60 };
 
 // What each page shows once it has loaded its data (beyond the heading).
 const READY = {
-  '/': '#main .badge',
+  '/': '#work-sections[data-ready]',
+  '/node': '#main .badge',
   '/incidents': '#incident-list li',
   '/tasks': '#incident-list li',
   '/outbox': '#outbox-list',

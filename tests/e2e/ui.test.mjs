@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
+import { FROM_DISK, serveUiFromDisk } from './ui-from-disk.mjs';
 
 const BIN = process.env.E2E_NODE_BIN;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -135,6 +136,16 @@ before(async () => {
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
       '--disable-component-update', '--disable-sync'],
   });
+  // E2E_UI_FROM_DISK=1: every context (browser.newPage makes one through newContext too) serves ui/
+  // from disk, with service workers blocked so the worker's precache of the binary's copy stays out.
+  if (FROM_DISK) {
+    const newContext = browser.newContext.bind(browser);
+    browser.newContext = async (options = {}) => {
+      const context = await newContext({ ...options, serviceWorkers: 'block' });
+      await serveUiFromDisk(context, base);
+      return context;
+    };
+  }
 });
 
 after(async () => {
@@ -149,7 +160,7 @@ test('renders the overview in Chinese first with the node identity', async () =>
   page.on('pageerror', (e) => errors.push(e.message));
   // Chromium logs every 4xx as a console error; a 401 from the session probe just means "signed out".
   page.on('console', (m) => { if (m.type() === 'error' && !/status of 401/.test(m.text())) errors.push(m.text()); });
-  await page.goto(base + '/');
+  await page.goto(base + '/node');
   await page.getByRole('heading', { name: '节点概览' }).waitFor();
   assert.equal(await page.locator('html').getAttribute('lang'), 'zh-CN');
   assert.equal(await page.locator('#node-name').textContent(), '熟溪街道');
@@ -163,7 +174,7 @@ test('renders the overview in Chinese first with the node identity', async () =>
 test('switches to English and remembers the choice', async () => {
   const context = await browser.newContext();
   const page = await context.newPage();
-  await page.goto(base + '/');
+  await page.goto(base + '/node');
   await page.getByRole('heading', { name: '节点概览' }).waitFor();
   await page.locator('#lang-toggle').click();
   await page.getByRole('heading', { name: 'Node overview' }).waitFor();
@@ -179,7 +190,7 @@ test('switches to English and remembers the choice', async () => {
 test('navigates without reloading and deep links load the shell', async () => {
   const page = await browser.newPage();
   await signIn(page, 'admin', ADMIN_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.evaluate(() => { window.__marker = 'same-document'; });
   await page.locator('#nav a[href="/sensors"]').click();
   await page.getByRole('heading', { name: '监测站点' }).waitFor();
@@ -187,7 +198,7 @@ test('navigates without reloading and deep links load the shell', async () => {
   assert.equal(await page.evaluate(() => window.__marker), 'same-document', 'no full reload');
   assert.equal(await page.locator('#nav a[href="/sensors"]').getAttribute('aria-current'), 'page');
   await page.goBack();
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
 
   await page.goto(base + '/incidents/some-id/deep');
   await page.getByRole('heading', { name: '页面不存在' }).waitFor();
@@ -219,7 +230,7 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
   await signIn(page, 'admin', ADMIN_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.locator('#nav a[href="/users"]').click();
   await page.getByRole('heading', { name: '用户管理' }).waitFor();
   await page.locator('#user-username').fill('wang.xiaoming');
@@ -264,7 +275,7 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
 
   // The new grid worker can sign in and does not see account pages.
   await signIn(page, 'wang.xiaoming', 'Grid-Worker-2026');
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   assert.equal(await page.locator('#nav a[href="/users"]').isHidden(), true);
   assert.equal(await page.locator('#nav a[href="/incidents"]').isVisible(), true);
   await context.close();
@@ -278,7 +289,7 @@ test('an incident goes round the whole loop in the browser: report with a photo,
 
   // The grid worker reports from a phone, with a photo and a typed place (no GPS over plain HTTP).
   await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.goto(base + '/incidents/new');
   await page.locator('#r-category').selectOption('安全隐患');
   await page.locator('#r-title').fill('桥头护栏断裂');
@@ -295,21 +306,21 @@ test('an incident goes round the whole loop in the browser: report with a photo,
 
   // Township staff accept and dispatch it to water, with housing assisting.
   await signIn(page, 'staff.li', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.goto(base + '/tasks');
   await page.locator('#incident-list li', { hasText: '桥头护栏断裂' }).click();
   await page.locator('#actions button[data-action="accept"]').click();
   await page.locator('form[data-action="accept"] button[type=submit]').click();
   await page.locator('#actions button[data-action="dispatch"]').click();
   await page.locator('form[data-action="dispatch"] select[name="department"]').selectOption('water');
-  await page.locator('form[data-action="dispatch"] select[name="assist"]').selectOption(['housing']);
+  await page.locator('form[data-action="dispatch"] input[name="assist"][value="housing"]').check();
   await page.locator('form[data-action="dispatch"] button[type=submit]').click();
   await page.locator('.badge[data-state="dispatched"]').waitFor();
   await page.locator('#logout').click();
 
   // The water department handles it.
   await signIn(page, 'water.zhao', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.goto(url);
   await page.locator('#actions button[data-action="start"]').click();
   await page.locator('form[data-action="start"] button[type=submit]').click();
@@ -322,7 +333,7 @@ test('an incident goes round the whole loop in the browser: report with a photo,
 
   // The reporter verifies and rates; search finds it; indicators count it.
   await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.goto(url);
   await page.locator('#actions button[data-action="verify"]').click();
   await page.locator('form[data-action="verify"] button[type=submit]').click();
@@ -353,7 +364,7 @@ test('the sensors page shows a simulated station live, charts it, and follows th
 
   // Township staff: not an account admin, and the station lies inside their area.
   await signIn(page, 'staff.li', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.evaluate(() => { window.__marker = 'same-document'; });
   await page.locator('#nav a[href="/sensors"]').click();
   await page.getByRole('heading', { name: '监测站点' }).waitFor();
@@ -420,7 +431,7 @@ test('the sensors page shows a simulated station live, charts it, and follows th
 
   // A grid worker's village holds no station: the page works and says so.
   await signIn(page, 'grid.wang', PEOPLE_PASSWORD);
-  await page.getByRole('heading', { name: '节点概览' }).waitFor();
+  await page.getByRole('heading', { name: '我的工作' }).waitFor();
   await page.locator('#nav a[href="/sensors"]').click();
   await page.locator('#sensors-empty').waitFor();
   assert.equal(await page.locator('.station').count(), 0);

@@ -11,6 +11,7 @@ import * as outbox from './outbox.js';
 import { isOffline, onNetChange } from './net.js';
 import * as outboxPage from './pages/outbox.js';
 import * as overview from './pages/overview.js';
+import * as home from './pages/home.js';
 import * as login from './pages/login.js';
 import * as users from './pages/users.js';
 import * as audit from './pages/audit.js';
@@ -26,6 +27,7 @@ import * as rules from './pages/rules.js';
 import * as broadcasts from './pages/broadcasts.js';
 import { notFound } from './pages/pending.js';
 import { followWarnings } from './warning-events.js';
+import * as work from './work.js';
 
 // Pages that need a signed-in user and, where given, the API route the page is built on: a user the
 // node would refuse there gets "not found" rather than a page of errors.
@@ -43,7 +45,10 @@ function guarded(render, method, path) {
   };
 }
 
-route('/', (main) => overview.render(main));
+// People land on their work; the node's own identity and health moved to /node, open to anyone as
+// the overview was.
+route('/', guarded(home.render));
+route('/node', (main) => overview.render(main));
 route('/login', (main) => login.render(main));
 route('/users', guarded(users.render, 'GET', '/api/v1/users'));
 route('/audit', guarded(audit.render, 'GET', '/api/v1/audit'));
@@ -250,6 +255,7 @@ document.getElementById('lang-toggle').addEventListener('click', () => {
   toggleLang();
   renderUser(currentUser());
   outboxHeader();
+  work.retranslate();
   // Re-render the page so text built from data (not only data-i18n) follows the language.
   navigate(location.pathname + location.search, { push: false });
 });
@@ -262,6 +268,7 @@ onChange((user) => {
   renderUser(user);
   linkState();
   warningStream.reconnect();
+  work.follow(user);
   outboxHeader();
 });
 outbox.onChange(outboxHeader);
@@ -274,6 +281,7 @@ refresh()
   .catch(() => null)
   .finally(() => {
     renderUser(currentUser());
+    work.follow(currentUser());
     outbox.start();
     start();
   });

@@ -1,4 +1,5 @@
-// The overview page: who this node is and whether it is healthy, from /api/v1/node and /readyz.
+// The node page (/node, "本节点"): who this node is and whether it is healthy, from /api/v1/node and /readyz.
+// It was the landing page; people now land on their work (home.js), and this stays open to anyone.
 import { getJson } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox } from '../dom.js';
