@@ -9,6 +9,10 @@ import { el, clear, errorBox, markRequired } from '../dom.js';
 import { can } from '../session.js';
 import { formatTime } from '../format.js';
 import { navigate } from '../router.js';
+import { loadAreas, areaLabel } from '../names.js';
+
+// The area directory, loaded as a page opens (it never fails; without it areas show as codes).
+let areaDir = null;
 import { startView } from '../view.js';
 import {
   LEVELS, MODES, HISTORY, MAX_TEXT, MAX_REPEAT, MAX_RECORDING_MS, isActive, isLive, spokenText, charCount,
@@ -66,6 +70,7 @@ function card(b) {
 
 export async function renderList(main) {
   clear(main);
+  areaDir = await loadAreas();
   const view = startView();
   const activeBox = el('section', { id: 'broadcasts-active-box', 'aria-labelledby': 'broadcasts-active-title' },
     el('h2', { id: 'broadcasts-active-title' }, t('broadcasts.active')),
@@ -178,7 +183,7 @@ function orderForm(zones, warnings, view) {
   const zoneSet = el('fieldset', { class: 'zone-groups', id: 'b-zones' }, el('legend', {}, t('broadcasts.zones')));
   const zoneCount = el('p', { class: 'small', id: 'b-zone-count', 'aria-live': 'polite' });
   groupZones(zones).forEach((group, g) => {
-    const all = el('input', { type: 'checkbox', id: `b-all-${g}`, class: 'zone-all', 'aria-label': fill('broadcasts.select_all', { area: group.area || '—' }) });
+    const all = el('input', { type: 'checkbox', id: `b-all-${g}`, class: 'zone-all', 'aria-label': fill('broadcasts.select_all', { area: group.area ? areaLabel(areaDir, group.area) : '—' }) });
     const items = group.zones.map((zone) => {
       const i = zoneItems.length;
       const input = el('input', { type: 'checkbox', name: 'zone', value: zone.id, id: `b-zone-${i}`, 'aria-describedby': `b-zone-health-${i}` });
@@ -193,7 +198,7 @@ function orderForm(zones, warnings, view) {
       update();
     });
     zoneSet.append(el('fieldset', { class: 'zone-group' },
-      el('legend', {}, fill('broadcasts.village', { area: group.area || '—' })),
+      el('legend', {}, fill('broadcasts.village', { area: group.area ? areaLabel(areaDir, group.area) : '—' })),
       el('label', { class: 'check select-all', for: `b-all-${g}` }, all, el('span', {}, t('broadcasts.select_all_short'))),
       ...items));
   });
@@ -622,6 +627,7 @@ function confirmOrder(form, { mode, level, zones }) {
 
 export async function renderDetail(main, { id }) {
   clear(main);
+  areaDir = await loadAreas();
   const view = startView();
   const retry = () => navigate(location.pathname, { push: false });
   let b;
@@ -741,7 +747,7 @@ export async function renderDetail(main, { id }) {
     fact('broadcasts.rule', b.rule);
     if (b.corrects) fact('broadcasts.corrects', link(`/broadcasts/${b.corrects}`, t('broadcasts.open_corrected')));
     if (b.correction) fact('broadcasts.correction', link(`/broadcasts/${b.correction}`, t('broadcasts.open_correction')));
-    fact('broadcasts.area', b.area);
+    fact('broadcasts.area', areaLabel(areaDir, b.area));
     facts.replaceChildren(...rows);
   }
 

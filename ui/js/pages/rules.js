@@ -5,6 +5,7 @@ import { t } from '../i18n.js';
 import { el, clear, errorBox, markRequired } from '../dom.js';
 import { currentUser, can } from '../session.js';
 import { formatTime } from '../format.js';
+import { loadAreas, areaLabel } from '../names.js';
 
 const LEVELS = ['blue', 'yellow', 'orange', 'red'];
 const KINDS = ['threshold', 'rolling_sum', 'rate', 'stale'];
@@ -105,10 +106,12 @@ export async function render(main) {
   main.append(el('h1', {}, t('page.rules')));
   let rules;
   let devices = [];
+  let dir = null;
   try {
-    [rules, devices] = await Promise.all([
+    [rules, devices, dir] = await Promise.all([
       getJson('/api/v1/rules').then((r) => r.rules),
       getJson('/api/v1/sensors').then((s) => s.devices).catch(() => []),
+      loadAreas(),
     ]);
   } catch (error) {
     main.append(errorBox(error.message, () => render(main)));
@@ -120,7 +123,7 @@ export async function render(main) {
     const item = el('li', { class: `warning-card level-${LEVELS.includes(r.state) ? r.state : 'none'}`, 'data-rule': r.id },
       el('strong', { class: 'warning-level' }, `${stateText(r.state)}${r.since ? ` · ${formatTime(r.since)}` : ''}`),
       el('span', { class: 'warning-headline' }, r.name),
-      el('p', { class: 'muted small' }, `${r.device || t('rules.any_device')} · ${r.metric} · ${t(`rules.kind_${r.kind}`)} · ${r.area}`),
+      el('p', { class: 'muted small' }, `${r.device || t('rules.any_device')} · ${r.metric} · ${t(`rules.kind_${r.kind}`)} · ${areaLabel(dir, r.area)}`),
       r.quarantine ? el('p', { class: 'error small' }, `${t('rules.quarantined')}：${r.quarantine}`) : null);
     if (editable && !r.quarantine) {
       const edit = el('button', { type: 'button', class: 'secondary' }, t('rules.edit'));
