@@ -213,6 +213,9 @@ test('an expired session holds the outbox until she signs in again: nothing lost
   await signIn(page, origin);
   await page.goto(`${origin}/incidents/new`);
   await controlled(page);
+  // The form is on screen before the link goes (pages load on first use; this test is about the
+  // session ending, not about a page cut off while it loads).
+  await page.locator('#r-title').waitFor();
   await phone.setOffline(true);
   const title = '会话过期后补发';
   await fillReport(page, title);

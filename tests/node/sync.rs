@@ -642,3 +642,81 @@ fn proxied_pair(
     assert!(out.status.success(), "{}", stderr(&out));
     (county, county_port, village, breaks)
 }
+
+/// Names made at the county flow down to a village over a real sync link; the village may name
+/// nothing itself.
+#[test]
+fn area_names_made_at_the_county_flow_down_to_a_village() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (county, county_port, village, _) = proxied_pair(tmp.path(), 1 << 40, false, 0);
+    let cs = Server::spawn(command(&[
+        "serve",
+        "--data-dir",
+        county.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{county_port}"),
+    ]));
+    let ac = login(&cs.base, "admin", ADMIN_PASSWORD);
+    for (code, name) in [
+        ("330723", "武义县"),
+        ("330723001", "熟溪街道"),
+        ("330723001001", "王宅村"),
+    ] {
+        let (status, _, body) = send_json(
+            "PUT",
+            &cs.url(&format!("/api/v1/areas/{code}")),
+            &ac.headers(),
+            &json!({"name": name}),
+        );
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    }
+    let sv = Server::spawn(command(&[
+        "serve",
+        "--data-dir",
+        village.to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_port()),
+    ]));
+    let av = login(&sv.base, "admin", ADMIN_PASSWORD);
+    let names = || -> Vec<(String, String)> {
+        let (_, _, body) =
+            blocking_request("GET", &sv.url("/api/v1/areas"), &av.headers()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["areas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["code"].as_str().unwrap().to_string(),
+                    a["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while names().len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "names never arrived: {:?}",
+            names()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        names(),
+        vec![
+            ("330723".to_string(), "武义县".to_string()),
+            ("330723001".to_string(), "熟溪街道".to_string()),
+            ("330723001001".to_string(), "王宅村".to_string()),
+        ]
+    );
+    // The village's own admin may not rename even its own village.
+    let (status, _, _) = send_json(
+        "PUT",
+        &sv.url("/api/v1/areas/330723001001"),
+        &av.headers(),
+        &json!({"name": "县政府"}),
+    );
+    assert_eq!(status, 403);
+}

@@ -4,28 +4,54 @@
 import { applyTranslations, toggleLang, t } from './i18n.js';
 import { route, fallback, start, afterNavigate, navigate } from './router.js';
 import { getJson } from './api.js';
-import { el } from './dom.js';
+import { el, errorBox } from './dom.js';
 import { formatTime } from './format.js';
 import { refresh, currentUser, onChange, signOut, can, lastUsername } from './session.js';
 import * as outbox from './outbox.js';
 import { isOffline, onNetChange } from './net.js';
-import * as outboxPage from './pages/outbox.js';
-import * as overview from './pages/overview.js';
-import * as home from './pages/home.js';
 import * as login from './pages/login.js';
-import * as users from './pages/users.js';
-import * as audit from './pages/audit.js';
-import * as incidents from './pages/incidents.js';
-import * as report from './pages/report.js';
-import * as incident from './pages/incident.js';
-import * as indicators from './pages/indicators.js';
-import * as nodes from './pages/nodes.js';
-import * as sensorsList from './pages/sensors-list.js';
-import * as sensorsStation from './pages/sensors-station.js';
+// The warning banner is on every page, so its module is always needed.
 import * as warnings from './pages/warnings.js';
-import * as rules from './pages/rules.js';
-import * as broadcasts from './pages/broadcasts.js';
 import { notFound } from './pages/pending.js';
+
+// Every other page is fetched when it is first opened: the sign-in page on a 400 kbit/s link then
+// waits only for what it shows. The service worker keeps every file of this version, so pages open
+// offline all the same. A page that cannot be fetched says so, with a retry, instead of a blank.
+const pageLoaders = [];
+function page(load, name) {
+  pageLoaders.push(load);
+  let module = null;
+  return async (main, params) => {
+    try {
+      module ??= await load();
+    } catch (_) {
+      main.replaceChildren(errorBox(t('common.unreachable'),
+        () => navigate(location.pathname + location.search, { push: false })));
+      return;
+    }
+    await module[name](main, params);
+  };
+}
+const outboxPage = { render: page(() => import('./pages/outbox.js'), 'render') };
+const overview = { render: page(() => import('./pages/overview.js'), 'render') };
+const home = { render: page(() => import('./pages/home.js'), 'render') };
+const users = { render: page(() => import('./pages/users.js'), 'render') };
+const audit = { render: page(() => import('./pages/audit.js'), 'render') };
+const incidents = {
+  renderList: page(() => import('./pages/incidents.js'), 'renderList'),
+  renderTasks: page(() => import('./pages/incidents.js'), 'renderTasks'),
+};
+const report = { render: page(() => import('./pages/report.js'), 'render') };
+const incident = { render: page(() => import('./pages/incident.js'), 'render') };
+const indicators = { render: page(() => import('./pages/indicators.js'), 'render') };
+const nodes = { render: page(() => import('./pages/nodes.js'), 'render') };
+const sensorsList = { renderList: page(() => import('./pages/sensors-list.js'), 'renderList') };
+const sensorsStation = { renderStation: page(() => import('./pages/sensors-station.js'), 'renderStation') };
+const rules = { render: page(() => import('./pages/rules.js'), 'render') };
+const broadcasts = {
+  renderList: page(() => import('./pages/broadcasts.js'), 'renderList'),
+  renderDetail: page(() => import('./pages/broadcasts.js'), 'renderDetail'),
+};
 import { followWarnings } from './warning-events.js';
 import * as work from './work.js';
 
@@ -283,5 +309,17 @@ refresh()
     renderUser(currentUser());
     work.follow(currentUser());
     outbox.start();
-    start();
+    start().finally(warmPages);
   });
+
+// Once the first page is up, the other pages are fetched in the background (one at a time, when the
+// browser is idle), so a phone that loses the link before its service worker controls the page can
+// still open every page it has not opened yet.
+function warmPages() {
+  const idle = window.requestIdleCallback || ((fn) => setTimeout(fn, 200));
+  const next = (i) => {
+    if (i >= pageLoaders.length) return;
+    idle(() => pageLoaders[i]().catch(() => {}).finally(() => next(i + 1)));
+  };
+  next(0);
+}
