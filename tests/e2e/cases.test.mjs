@@ -8,12 +8,13 @@
 // E2E_ARTIFACTS: where screenshots go.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { FROM_DISK, serveUiFromDisk } from './ui-from-disk.mjs';
+import { serveNode, signedIn } from './node-kit.mjs';
 
 const BIN = process.env.E2E_NODE_BIN;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -32,48 +33,11 @@ let base;
 let browser;
 const seeded = {};
 
-function startNode(data, config) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['serve', '--data-dir', data, '--config', config, '--listen', '127.0.0.1:0'], { env: { ...ENV, RUST_LOG: 'info' } });
-    const timer = setTimeout(() => reject(new Error('node did not report its address')), 30000);
-    let buffer = '';
-    const onData = (chunk) => {
-      buffer += chunk.toString();
-      const match = /listening on (http:\/\/[0-9.:]+)/.exec(buffer);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1] });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => reject(new Error(`node exited with ${code}: ${buffer}`)));
-  });
-}
 
-// A signed-in API client (no Origin header, so the node's same-origin check passes); `token` is the
-// session cookie's value, handed to a browser context.
-async function apiSession(username, password) {
-  const r = await fetch(`${base}/api/v1/session`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username, password }),
-  });
-  assert.equal(r.status, 200, `${username} signs in`);
-  const cookie = r.headers.getSetCookie().map((c) => c.split(';')[0]).find((c) => c.startsWith('tn_session='));
-  const { csrf_token: csrf } = await r.json();
-  const call = async (method, path, body) => {
-    const response = await fetch(`${base}${path}`, {
-      method,
-      headers: { cookie, 'x-csrf-token': csrf, ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await response.text();
-    assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
-    return text ? JSON.parse(text) : null;
-  };
-  return { token: cookie.slice('tn_session='.length), call };
-}
+
+const startNode = (data, config) => serveNode(BIN, ['--data-dir', data, '--config', config], { ...ENV, RUST_LOG: 'info' });
+const apiSession = (username, password) => signedIn(base, username, password);
+
 
 before(async () => {
   assert.ok(BIN, 'set E2E_NODE_BIN to the township-node binary');

@@ -25,13 +25,14 @@
 // page). KEEP_E2E=1 keeps the node's data directory.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { FROM_DISK, serveUiFromDisk } from './ui-from-disk.mjs';
+import { serveNode, signedIn } from './node-kit.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const BIN = process.env.E2E_NODE_BIN;
@@ -82,50 +83,12 @@ let base;
 let browser;
 const seeded = {};
 
-function startNode(dataDir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
-      env: { PATH: process.env.PATH, RUST_LOG: 'info', TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' },
-    });
-    const timer = setTimeout(() => reject(new Error('node did not report its address')), 30000);
-    let buffer = '';
-    const onData = (chunk) => {
-      buffer += chunk.toString();
-      const match = /listening on (http:\/\/[0-9.:]+)/.exec(buffer);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1] });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => reject(new Error(`node exited with ${code}: ${buffer}`)));
-  });
-}
 
-// A signed-in API client on plain HTTP (no Origin header, so the node's same-origin check passes);
-// `token` is the session cookie's value, for handing the same session to a browser.
-async function apiSession(username, password) {
-  const r = await fetch(`${base}/api/v1/session`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username, password }),
-  });
-  assert.equal(r.status, 200, `${username} signs in`);
-  const cookie = r.headers.getSetCookie().map((c) => c.split(';')[0]).find((c) => c.startsWith('tn_session='));
-  const { csrf_token: csrf } = await r.json();
-  const call = async (method, path, body) => {
-    const response = await fetch(`${base}${path}`, {
-      method,
-      headers: { cookie, 'x-csrf-token': csrf, ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await response.text();
-    assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
-    return text ? JSON.parse(text) : null;
-  };
-  return { token: cookie.slice('tn_session='.length), call };
-}
+
+const startNode = (dataDir) => serveNode(BIN, ['--data-dir', dataDir],
+  { PATH: process.env.PATH, RUST_LOG: 'info', TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' });
+const apiSession = (username, password) => signedIn(base, username, password);
+
 
 before(async () => {
   assert.ok(BIN, 'set E2E_NODE_BIN to the township-node binary');

@@ -3,13 +3,14 @@
 // work. Run by tests/run.sh; E2E_NODE_BIN names the binary.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { FROM_DISK, serveUiFromDisk } from './ui-from-disk.mjs';
+import { serveNode } from './node-kit.mjs';
 
 const BIN = process.env.E2E_NODE_BIN;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -50,26 +51,10 @@ function publishLevel(value, ts) {
     '-i', 'wl-mqtt', '-q', '1', '-t', 'sensors/wl-mqtt', '-m', JSON.stringify({ ts, water_level: value })]);
 }
 
-function startNode(dataDir) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['serve', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], {
-      env: { PATH: process.env.PATH, RUST_LOG: 'info', TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' },
-    });
-    const timer = setTimeout(() => reject(new Error('node did not report its address')), 30000);
-    let buffer = '';
-    const onData = (chunk) => {
-      buffer += chunk.toString();
-      const match = /listening on (http:\/\/[0-9.:]+)/.exec(buffer);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1] });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => reject(new Error(`node exited with ${code}: ${buffer}`)));
-  });
-}
+
+const startNode = (dataDir) => serveNode(BIN, ['--data-dir', dataDir],
+  { PATH: process.env.PATH, RUST_LOG: 'info', TOWNSHIP_HTTP__HTTPS_LISTEN: '127.0.0.1:0' });
+
 
 before(async () => {
   assert.ok(BIN, 'set E2E_NODE_BIN to the township-node binary');

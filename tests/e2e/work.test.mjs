@@ -13,12 +13,13 @@
 // Run by tests/run.sh; E2E_NODE_BIN names the binary; E2E_UI_FROM_DISK=1 serves ui/ from disk.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, execFileSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
 import { FROM_DISK, serveUiFromDisk } from './ui-from-disk.mjs';
+import { serveNode, signedIn } from './node-kit.mjs';
 
 const BIN = process.env.E2E_NODE_BIN;
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
@@ -34,24 +35,6 @@ let node;
 let base;
 let browser;
 
-function startNode() {
-  return new Promise((resolve, reject) => {
-    const child = spawn(BIN, ['serve', '--data-dir', data, '--listen', '127.0.0.1:0'], { env: { ...ENV, RUST_LOG: 'info' } });
-    const timer = setTimeout(() => reject(new Error('node did not report its address')), 30000);
-    let buffer = '';
-    const onData = (chunk) => {
-      buffer += chunk.toString();
-      const match = /listening on (http:\/\/[0-9.:]+)/.exec(buffer);
-      if (match) {
-        clearTimeout(timer);
-        resolve({ child, base: match[1] });
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.on('exit', (code) => reject(new Error(`node exited with ${code}: ${buffer}`)));
-  });
-}
 
 async function stopNode() {
   if (!node || node.exitCode !== null) return;
@@ -60,27 +43,6 @@ async function stopNode() {
   await exited;
 }
 
-// A signed-in API client on plain HTTP (no Origin header, so the node's same-origin check passes).
-async function apiSession(username, password = PEOPLE_PASSWORD) {
-  const r = await fetch(`${base}/api/v1/session`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ username, password }),
-  });
-  assert.equal(r.status, 200, `${username} signs in`);
-  const cookie = r.headers.getSetCookie().map((c) => c.split(';')[0]).find((c) => c.startsWith('tn_session='));
-  const { csrf_token: csrf } = await r.json();
-  return async (method, path, body) => {
-    const response = await fetch(`${base}${path}`, {
-      method,
-      headers: { cookie, 'x-csrf-token': csrf, ...(body ? { 'content-type': 'application/json' } : {}) },
-      body: body ? JSON.stringify(body) : undefined,
-    });
-    const text = await response.text();
-    assert.ok(response.ok, `${method} ${path}: ${response.status} ${text}`);
-    return text ? JSON.parse(text) : null;
-  };
-}
 
 const report = (as, title, category) => as('POST', '/api/v1/incidents', {
   category, title, description: '', area: '330723001001', place: '王宅村',
@@ -108,6 +70,10 @@ async function signIn(page, username, password = PEOPLE_PASSWORD) {
   assert.equal(new URL(page.url()).pathname, '/');
   await page.locator('#work-sections[data-ready]').waitFor({ state: 'attached' });
 }
+
+const startNode = () => serveNode(BIN, ['--data-dir', data], { ...ENV, RUST_LOG: 'info' });
+const apiSession = async (username, password = PEOPLE_PASSWORD) => (await signedIn(base, username, password)).call;
+
 
 before(async () => {
   assert.ok(BIN, 'set E2E_NODE_BIN to the township-node binary');
