@@ -379,16 +379,8 @@ pub fn work(
     }
     let mut items = Vec::new();
     let mut total = 0;
-    let mut latest: Option<i64> = None;
     for (kind, filter, query) in kinds {
         let n = count(conn, &filter)?;
-        let (sql, args) = where_clause(&filter);
-        let newest: Option<i64> = conn.query_row(
-            &format!("SELECT max(i.updated_ms) FROM incidents i{sql}"),
-            params_from_iter(args),
-            |r| r.get(0),
-        )?;
-        latest = latest.max(newest);
         // Overdue reported or escalated incidents are already counted there; the badge counts
         // each incident once.
         total += if kind == "overdue" {
@@ -404,7 +396,7 @@ pub fn work(
         };
         items.push(json!({"kind": kind, "count": n, "filter": query}));
     }
-    Ok(json!({"items": items, "total": total, "latest_ms": latest}))
+    Ok(json!({"items": items, "total": total}))
 }
 
 /// The plan's measures over a period, for an area: in total, per child area and per lead department.

@@ -134,14 +134,18 @@ async fn list(
             area,
         },
     );
-    let rows = state
+    let config = state.config.clone();
+    let (rows, directory) = state
         .store
-        .read(move |conn| super::list(conn, &viewer, &filter))
+        .read(move |conn| {
+            Ok::<_, crate::store::StoreError>((
+                super::list(conn, &viewer, &filter)?,
+                crate::areas::Directory::load(conn, &config.areas)?,
+            ))
+        })
         .await?;
     let mut rows = serde_json::to_value(rows).map_err(|e| ApiError::Internal(e.to_string()))?;
-    crate::areas::routes::directory(&state)
-        .await?
-        .annotate(&mut rows);
+    directory.annotate(&mut rows);
     Ok(Json(json!({ "warnings": rows })))
 }
 
@@ -151,15 +155,19 @@ async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = Uuid::parse_str(&id).map_err(|_| ApiError::NotFound)?;
-    let (docs, actor) = (state.docs.clone(), caller.actor.clone());
+    let (docs, actor, config) = (
+        state.docs.clone(),
+        caller.actor.clone(),
+        state.config.clone(),
+    );
     let view = state
         .store
-        .read(move |conn| super::view(conn, &docs, &actor, id))
+        .read(move |conn| {
+            let mut view = super::view(conn, &docs, &actor, id)?;
+            crate::areas::Directory::load(conn, &config.areas)?.annotate(&mut view);
+            Ok::<_, super::WarningError>(view)
+        })
         .await?;
-    let mut view = view;
-    crate::areas::routes::directory(&state)
-        .await?
-        .annotate(&mut view);
     Ok(Json(view))
 }
 

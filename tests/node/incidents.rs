@@ -1171,6 +1171,23 @@ async fn each_role_sees_what_waits_for_it_first() {
     );
     assert_eq!(v["items"][0]["filter"], "state=resolved&reporter=grid.wang");
     assert_eq!(work(&c.it).await, vec![("escalated".into(), 0)]);
+    // Strangers get no stream and no summary; many asking at once all get the same answer.
+    for path in ["/api/v1/incidents/work", "/api/v1/incidents/work/events"] {
+        let (status, _, v) = h.call("GET", path, &[], None).await;
+        assert_eq!(
+            (status, v["code"].as_str()),
+            (StatusCode::UNAUTHORIZED, Some("unauthenticated"))
+        );
+    }
+    let answers = futures_util::future::join_all(
+        (0..32).map(|_| h.as_(&c.grid, "GET", "/api/v1/incidents/work", None)),
+    )
+    .await;
+    assert!(
+        answers
+            .iter()
+            .all(|(s, _, v)| *s == StatusCode::OK && v["total"] == 1)
+    );
     // The same as a live stream.
     let (status, headers, _) = h
         .as_(&c.grid, "GET", "/api/v1/incidents/work/events", None)
