@@ -212,11 +212,6 @@ impl Directory {
         self.names.get(code).map(String::as_str)
     }
 
-    /// `code`'s name, or the code itself, for places (CSV, audit) that must show something.
-    pub fn name_or_code<'a>(&'a self, code: &'a str) -> &'a str {
-        self.name(code).unwrap_or(code)
-    }
-
     /// The entries whose code `viewer` contains or that contain `viewer` (the names a person there
     /// meets), sorted by code.
     pub fn entries(&self, viewer: &AreaCode) -> Vec<AreaEntry> {
