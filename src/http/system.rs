@@ -72,7 +72,7 @@ pub async fn metrics(
         }
     }
     let writes = state.store.write_metrics();
-    let (documents, quarantined, audit_entries) = state
+    let (documents, quarantined, audit_entries, attachments) = state
         .store
         .read(|conn| {
             let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
@@ -80,6 +80,7 @@ pub async fn metrics(
                 count("SELECT count(*) FROM documents")?,
                 count("SELECT count(*) FROM documents WHERE quarantined IS NOT NULL")?,
                 count("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?,
+                count("SELECT count(*) FROM blobs")?,
             ))
         })
         .await?;
@@ -95,6 +96,12 @@ pub async fn metrics(
             help: "Record documents that failed to load and are kept out of use until repaired.",
             kind: "gauge",
             value: quarantined as f64,
+        },
+        Sample {
+            name: "township_attachments",
+            help: "Attachments stored and verified (photos, videos, audio).",
+            kind: "gauge",
+            value: attachments as f64,
         },
         Sample {
             name: "township_audit_entries",

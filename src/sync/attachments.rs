@@ -15,16 +15,41 @@ use crate::blobs::{BlobError, BlobStore};
 /// Largest attachment a peer may announce; anything claiming more is ignored.
 const MAX_TOTAL: u64 = 1 << 32;
 
+/// The first chunk a connection asks for; each chunk landed doubles the next, up to [`BLOB_CHUNK`].
+pub const FIRST_CHUNK: usize = 16 * 1024;
+/// Smallest chunk served, whatever the asker says.
+const MIN_CHUNK: usize = 4 * 1024;
+
 /// One session's fetching: at most one attachment at a time, and those the peer does not have.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Fetch {
     fetching: Option<String>,
     unavailable: HashSet<String>,
+    /// The size of the next chunk to ask for.
+    chunk: usize,
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Fetch {
+            fetching: None,
+            unavailable: HashSet::new(),
+            chunk: FIRST_CHUNK,
+        }
+    }
 }
 
 impl Fetch {
     pub fn is_idle(&self) -> bool {
         self.fetching.is_none()
+    }
+
+    fn request(&self, sha256: String, offset: u64) -> Frame {
+        Frame::BlobRequest {
+            sha256,
+            offset,
+            len: u32::try_from(self.chunk).unwrap_or(u32::MAX),
+        }
     }
 
     fn is_fetching(&self, sha256: &str) -> bool {
@@ -54,9 +79,18 @@ pub enum Landed {
     Corrupt,
 }
 
-/// The chunk of a stored attachment at `offset`, or `BlobMissing` (blocking: file I/O).
-pub fn serve_chunk(blobs: &BlobStore, sha256: String, offset: u64) -> Result<Frame, BlobError> {
-    Ok(match blobs.read_chunk(&sha256, offset, BLOB_CHUNK)? {
+/// The chunk of a stored attachment at `offset`, at most `len` bytes (within [4 KiB, `BLOB_CHUNK`]),
+/// or `BlobMissing` (blocking: file I/O).
+pub fn serve_chunk(
+    blobs: &BlobStore,
+    sha256: String,
+    offset: u64,
+    len: u32,
+) -> Result<Frame, BlobError> {
+    let len = usize::try_from(len)
+        .unwrap_or(BLOB_CHUNK)
+        .clamp(MIN_CHUNK, BLOB_CHUNK);
+    Ok(match blobs.read_chunk(&sha256, offset, len)? {
         Some((data, total)) => Frame::BlobChunk {
             sha256,
             offset,
@@ -124,10 +158,7 @@ pub async fn next_request(rt: &Runtime, fetch: &mut Fetch) -> Option<Frame> {
         .flatten()?;
     let offset = rt.blobs.partial_len(&sha);
     fetch.fetching = Some(sha.clone());
-    Some(Frame::BlobRequest {
-        sha256: sha,
-        offset,
-    })
+    Some(fetch.request(sha, offset))
 }
 
 /// Serves and fetches attachments in chunks; returns the frames to send back.
@@ -138,7 +169,11 @@ pub async fn handle(
     fetch: &mut Fetch,
 ) -> Result<Vec<Frame>, SessionError> {
     match frame {
-        Frame::BlobRequest { sha256, offset } => {
+        Frame::BlobRequest {
+            sha256,
+            offset,
+            len,
+        } => {
             if !crate::blobs::is_sha256_hex(&sha256) {
                 return Ok(vec![Frame::BlobMissing { sha256 }]);
             }
@@ -168,7 +203,7 @@ pub async fn handle(
             }
             let blobs = rt.blobs.clone();
             Ok(vec![
-                blocking(move || serve_chunk(&blobs, sha256, offset)).await?,
+                blocking(move || serve_chunk(&blobs, sha256, offset, len)).await?,
             ])
         }
         Frame::BlobChunk {
@@ -182,10 +217,10 @@ pub async fn handle(
             }
             let (blobs, sha) = (rt.blobs.clone(), sha256.clone());
             match blocking(move || land_chunk(&blobs, &sha, offset, total, &data)).await? {
-                Landed::More(from) => Ok(vec![Frame::BlobRequest {
-                    sha256,
-                    offset: from,
-                }]),
+                Landed::More(from) => {
+                    fetch.chunk = (fetch.chunk * 2).min(BLOB_CHUNK);
+                    Ok(vec![fetch.request(sha256, from)])
+                }
                 Landed::Verified { content_type, size } => {
                     fetch.fetching = None;
                     let (ctx, sha) = (rt.write_ctx.clone(), sha256.clone());
@@ -233,7 +268,7 @@ mod tests {
                 total,
                 data,
                 ..
-            } = serve_chunk(from, sha.to_string(), offset).unwrap()
+            } = serve_chunk(from, sha.to_string(), offset, BLOB_CHUNK as u32).unwrap()
             else {
                 panic!("the source has it");
             };
@@ -276,7 +311,8 @@ mod tests {
         let bytes = photo(2 * BLOB_CHUNK + 10);
         let sha = from.put(&bytes).unwrap();
         // One chunk lands, then the link breaks.
-        let Frame::BlobChunk { total, data, .. } = serve_chunk(&from, sha.clone(), 0).unwrap()
+        let Frame::BlobChunk { total, data, .. } =
+            serve_chunk(&from, sha.clone(), 0, BLOB_CHUNK as u32).unwrap()
         else {
             panic!("the source has it");
         };
@@ -311,7 +347,8 @@ mod tests {
         let (from, to) = (BlobStore::new(a.path()), BlobStore::new(b.path()));
         let bytes = photo(2 * BLOB_CHUNK);
         let sha = from.put(&bytes).unwrap();
-        let Frame::BlobChunk { total, data, .. } = serve_chunk(&from, sha.clone(), 0).unwrap()
+        let Frame::BlobChunk { total, data, .. } =
+            serve_chunk(&from, sha.clone(), 0, BLOB_CHUNK as u32).unwrap()
         else {
             panic!("the source has it");
         };
@@ -337,7 +374,7 @@ mod tests {
         let b = tempfile::tempdir().unwrap();
         let store = BlobStore::new(b.path());
         assert_eq!(
-            serve_chunk(&store, "cd".repeat(32), 0).unwrap(),
+            serve_chunk(&store, "cd".repeat(32), 0, BLOB_CHUNK as u32).unwrap(),
             Frame::BlobMissing {
                 sha256: "cd".repeat(32)
             }

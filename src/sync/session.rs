@@ -1,7 +1,7 @@
 //! One sync session: the handshake a downstream node opens with us, then the record sync engine over
 //! the authenticated connection until it closes, stalls, fails, or is cancelled (revocation,
-//! shutdown). Records go first; once they settle, append-only streams go up and attachments that
-//! this node lacks are fetched.
+//! shutdown). Local commits wake the session at once; records go first; once they settle,
+//! append-only streams go up and attachments that this node lacks are fetched.
 
 use std::time::Duration;
 
@@ -17,12 +17,9 @@ use super::{Runtime, SessionError, attachments, registry, streams};
 use crate::audit::Event;
 use crate::store::StoreError;
 
-/// How often a session looks for local changes to send (when the sequence number moved).
-const POLL: Duration = Duration::from_millis(300);
-/// Polls between engine ticks (stall checks); the engine restarts a record after five quiet ticks.
-const TICK_EVERY: u32 = 10;
-/// Polls between looks for attachments this node still lacks.
-const BLOB_LOOK_EVERY: u32 = 3;
+/// How often a session ticks: stall checks (the engine restarts a record after five quiet ticks),
+/// pings, and a look for attachments this node still lacks.
+const TICK: Duration = Duration::from_secs(3);
 
 /// Tells a peer its handshake is refused, counts the refusal per client address (auditing the
 /// first of each window), and returns the reason as the session's error.
@@ -165,8 +162,28 @@ pub async fn serve_downstream(
     result
 }
 
+/// What a look at the link found, for the status page and for what follows records.
+struct LinkState {
+    pending_out: usize,
+    pending_in: usize,
+    caught_up: bool,
+}
+
+fn link_state(link: &Link, conn: &rusqlite::Connection) -> Result<LinkState, StoreError> {
+    Ok(LinkState {
+        pending_out: link.pending(conn),
+        pending_in: link.pending_in(),
+        caught_up: link.caught_up(conn)?,
+    })
+}
+
 /// Runs the record sync engine over an authenticated connection until it closes, fails, or `cancel`.
 /// `status_key` names the link in [`super::SyncStatus`] (`None` for the upstream).
+///
+/// Local changes are offered as soon as the store's writer commits them (its commit signal, not a
+/// poll); a tick every [`TICK`] checks stalls and pings. Records go first; once the link is caught
+/// up, append-only streams go up and attachments this node lacks are fetched, each next batch or
+/// chunk asked for as soon as the last one landed.
 pub async fn run<S: FrameIo>(
     rt: &Runtime,
     io: &mut S,
@@ -177,18 +194,22 @@ pub async fn run<S: FrameIo>(
 ) -> Result<(), SessionError> {
     let peer_id = peer.node_id.clone();
     let docs = rt.docs.clone();
+    // Subscribed before the first look, so no commit after it is missed.
+    let mut commits = rt.store.commits();
     let link = Link::new(rt.node.area.clone(), peer.clone(), acked_seq);
-    let (mut link, frames, mut seen) = {
+    let (mut link, frames, mut offered, mut state) = {
         let docs = docs.clone();
         let mut l = link;
         rt.store
             .write(move |conn| {
+                let offered = DocStore::current_seq(conn)?;
                 let frames = l.start(conn, &docs)?;
-                let seq = DocStore::current_seq(conn)?;
-                Ok::<_, StoreError>((l, frames, seq))
+                let state = link_state(&l, conn)?;
+                Ok::<_, StoreError>((l, frames, offered, state))
             })
             .await?
     };
+    let mut persisted_ack = acked_seq;
     let mut sender = Sender {
         bandwidth: Bandwidth::new(rt.config.sync.bandwidth_limit),
         stall_timeout: rt.config.sync.stall_timeout,
@@ -197,12 +218,42 @@ pub async fn run<S: FrameIo>(
     for f in &frames {
         sender.send(io, f).await?;
     }
-    let mut polls = 0u32;
     let mut blobs = attachments::Fetch::default();
     let mut streaming = false;
+    // Whether to look for the next stream batch or attachment once the link is caught up.
+    let mut look = true;
     let mut last_heard = tokio::time::Instant::now();
     let mut last_ping = tokio::time::Instant::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        if link.acked_seq() > persisted_ack {
+            persisted_ack = link.acked_seq();
+            let (id, now) = (peer_id.clone(), rt.clock.now_ms());
+            if let Err(e) = rt
+                .store
+                .write(move |conn| registry::record_ack(conn, &id, persisted_ack, now))
+                .await
+            {
+                tracing::debug!(error = %e, "could not persist a sync acknowledgement");
+            }
+        }
+        rt.status.update(status_key.as_deref(), |l| {
+            l.pending_out = state.pending_out;
+            l.pending_in = state.pending_in;
+        });
+        // Records first, then append-only streams up the tree, then attachments.
+        if look && state.caught_up && !streaming {
+            look = false;
+            if peer.relation == Relation::Upstream
+                && let Some(batch) = streams::next_batch(rt, &peer.node_id).await
+            {
+                sender.send(io, &batch).await?;
+                streaming = true;
+            } else if let Some(request) = attachments::next_request(rt, &mut blobs).await {
+                sender.send(io, &request).await?;
+            }
+        }
         tokio::select! {
             () = cancel.cancelled() => return Err(SessionError::ClosedHere),
             incoming = io.recv_frame() => {
@@ -214,7 +265,7 @@ pub async fn run<S: FrameIo>(
                 last_heard = tokio::time::Instant::now();
                 let frame = engine::decode(&bytes)?;
                 let (docs, ctx, from) = (docs.clone(), rt.write_ctx.clone(), peer_id.clone());
-                let (l, outcome) = rt
+                let (l, outcome, st) = rt
                     .store
                     .write(move |conn| {
                         let mut l = link;
@@ -226,21 +277,20 @@ pub async fn run<S: FrameIo>(
                                     .detail(json!({"reason": reason})),
                             )?;
                         }
-                        Ok::<_, StoreError>((l, outcome))
+                        let st = link_state(&l, conn)?;
+                        Ok::<_, StoreError>((l, outcome, st))
                     })
                     .await?;
                 link = l;
+                state = st;
                 for meta in &outcome.changed {
                     rt.write_ctx.saw_seq(meta.seq);
                 }
                 for f in &outcome.frames {
                     sender.send(io, f).await?;
                 }
-                if let Some(upto) = outcome.acked {
-                    let (id, now) = (peer_id.clone(), rt.clock.now_ms());
-                    if let Err(e) = rt.store.write(move |conn| registry::record_ack(conn, &id, upto, now)).await {
-                        tracing::debug!(error = %e, "could not persist a sync acknowledgement");
-                    }
+                if !outcome.blobs.is_empty() || !outcome.changed.is_empty() {
+                    look = true;
                 }
                 for frame in outcome.blobs {
                     let replies = match frame {
@@ -255,8 +305,34 @@ pub async fn run<S: FrameIo>(
                 }
                 rt.status.update(status_key.as_deref(), |l| l.last_success_ms = Some(rt.clock.now_ms()));
             }
-            () = tokio::time::sleep(POLL) => {
-                polls += 1;
+            changed = commits.changed() => {
+                if changed.is_err() {
+                    // The store is closing: the node is shutting down.
+                    return Err(SessionError::ClosedHere);
+                }
+                // Most commits are not records (readings, audit entries): skip the look then.
+                if rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed) <= offered {
+                    continue;
+                }
+                let docs = docs.clone();
+                let (l, frames, now_seq, st) = rt
+                    .store
+                    .write(move |conn| {
+                        let mut l = link;
+                        let now_seq = DocStore::current_seq(conn)?;
+                        let frames = l.advance(conn, &docs)?;
+                        let st = link_state(&l, conn)?;
+                        Ok::<_, StoreError>((l, frames, now_seq, st))
+                    })
+                    .await?;
+                link = l;
+                offered = now_seq;
+                state = st;
+                for f in &frames {
+                    sender.send(io, f).await?;
+                }
+            }
+            _ = ticker.tick() => {
                 if last_heard.elapsed() > stall_timeout {
                     return Err(SessionError::Stalled(format!("nothing heard for {} s", stall_timeout.as_secs())));
                 }
@@ -264,52 +340,22 @@ pub async fn run<S: FrameIo>(
                     last_ping = tokio::time::Instant::now();
                     sender.send(io, &Frame::Ping).await?;
                 }
-                let tick = polls.is_multiple_of(TICK_EVERY);
-                // Most polls find nothing new: skip the database unless a record changed or a tick is due.
-                if !tick && rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed) <= seen {
-                    continue;
-                }
                 let docs = docs.clone();
-                let (l, frames, now_seq, pending, pending_in) = rt
+                let (l, frames, st) = rt
                     .store
                     .write(move |conn| {
                         let mut l = link;
-                        let mut frames = Vec::new();
-                        let now_seq = DocStore::current_seq(conn)?;
-                        if now_seq > seen {
-                            for meta in DocStore::changed_since(conn, seen, 10_000)? {
-                                frames.extend(l.local_change(conn, &docs, &meta)?);
-                            }
-                        }
-                        if tick {
-                            frames.extend(l.tick(conn, &docs)?);
-                        }
-                        let pending = l.pending(conn);
-                        let pending_in = l.pending_in();
-                        Ok::<_, StoreError>((l, frames, now_seq, pending, pending_in))
+                        let frames = l.tick(conn, &docs)?;
+                        let st = link_state(&l, conn)?;
+                        Ok::<_, StoreError>((l, frames, st))
                     })
                     .await?;
                 link = l;
-                seen = now_seq;
+                state = st;
                 for f in &frames {
                     sender.send(io, f).await?;
                 }
-                rt.status.update(status_key.as_deref(), |l| {
-                    l.pending_out = pending;
-                    l.pending_in = pending_in;
-                });
-                // Records first, then append-only streams up the tree, then attachments.
-                if pending == 0 && !streaming && peer.relation == Relation::Upstream
-                    && let Some(batch) = streams::next_batch(rt, &peer.node_id).await
-                {
-                    sender.send(io, &batch).await?;
-                    streaming = true;
-                }
-                if pending == 0 && !streaming && polls.is_multiple_of(BLOB_LOOK_EVERY)
-                    && let Some(request) = attachments::next_request(rt, &mut blobs).await
-                {
-                    sender.send(io, &request).await?;
-                }
+                look = true;
             }
         }
     }

@@ -11,6 +11,23 @@ use crate::store::StoreError;
 
 /// Stream records shipped per batch at most.
 pub const BATCH: i64 = 500;
+/// Payload bytes per batch at most (a single larger record goes alone): a link that breaks after
+/// 64 KB still carries a whole batch and its acknowledgement.
+pub const BATCH_BYTES: usize = 24 * 1024;
+
+/// The longest prefix of `records` within [`BATCH_BYTES`], and never nothing.
+fn within_budget(mut records: Vec<StreamRecord>) -> Vec<StreamRecord> {
+    let mut bytes = 0usize;
+    let keep = records
+        .iter()
+        .position(|r| {
+            bytes += r.payload.len() + 16;
+            bytes > BATCH_BYTES
+        })
+        .map_or(records.len(), |i| i.max(1));
+    records.truncate(keep);
+    records
+}
 /// Most records a batch from below may carry; more closes nothing but is ignored.
 const MAX_BATCH_FROM_BELOW: usize = 10_000;
 const AUDIT: &str = "audit";
@@ -38,6 +55,7 @@ pub fn next_batch_in(
             .into_iter()
             .map(|(seq, payload)| StreamRecord { seq, payload })
             .collect();
+    let records = within_budget(records);
     if !records.is_empty() {
         return Ok(Some(Frame::StreamBatch {
             stream: AUDIT.into(),
@@ -64,6 +82,7 @@ pub fn next_batch_in(
                 })
             })?
             .collect::<Result<_, _>>()?;
+        let records = within_budget(records);
         if !records.is_empty() {
             return Ok(Some(Frame::StreamBatch {
                 stream: AUDIT.into(),

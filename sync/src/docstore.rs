@@ -693,6 +693,70 @@ impl DocStore {
         Ok(out)
     }
 
+    /// [`Self::changed_since`] with each document's stored size in bytes (snapshot and pending
+    /// changes), so a sender can bound a batch by what it will put on the wire.
+    pub fn changed_since_sized(
+        conn: &Connection,
+        since: i64,
+        limit: usize,
+    ) -> Result<Vec<(DocMeta, usize)>, DocError> {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, kind, scope, heads, seq, created_ms, updated_ms,
+                    length(snapshot) + CASE WHEN pending_changes = 0 THEN 0 ELSE
+                      (SELECT COALESCE(SUM(length(bytes)), 0) FROM document_changes WHERE doc_id = id) END
+             FROM documents WHERE seq > ?1 AND quarantined IS NULL ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since, limit as i64], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, kind, scope, heads, seq, created_ms, updated_ms, size) = row?;
+            if let Ok(id) = id.parse() {
+                out.push((
+                    meta_from_columns(id, kind, &scope, &heads, seq, created_ms, updated_ms)?,
+                    usize::try_from(size).unwrap_or(0),
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// A document as stored: its snapshot followed by its pending changes, which automerge loads
+    /// as one sequence of chunks. Sent whole to a peer that has never seen the record, without
+    /// loading it here. None for a document this node lacks or has quarantined.
+    pub fn stored_bytes(conn: &Connection, id: Uuid) -> Result<Option<Vec<u8>>, DocError> {
+        let key = id.to_string();
+        let row = conn
+            .query_row(
+                "SELECT snapshot, pending_changes FROM documents WHERE id = ?1 AND quarantined IS NULL",
+                [&key],
+                |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .optional()?;
+        let Some((mut bytes, pending)) = row else {
+            return Ok(None);
+        };
+        if pending > 0 {
+            let mut stmt = conn.prepare_cached(
+                "SELECT bytes FROM document_changes WHERE doc_id = ?1 ORDER BY n",
+            )?;
+            for change in stmt.query_map([&key], |r| r.get::<_, Vec<u8>>(0))? {
+                bytes.extend_from_slice(&change?);
+            }
+        }
+        Ok(Some(bytes))
+    }
+
     /// Folds pending incremental changes into snapshots for up to `limit` documents with at least
     /// `min_pending` changes. Returns how many were compacted. Compaction changes bytes, not content,
     /// so it does not bump the sequence.

@@ -1,17 +1,22 @@
 //! The record sync engine: one [`Link`] per connection to a peer, transport-agnostic and
 //! deterministic, so the same code runs over a WebSocket and inside the seeded simulation.
 //!
-//! On connect each side sends a [`Frame::Manifest`] of the records it changed since the peer last
-//! acknowledged (only those in the peer's scope). Records whose heads differ are synced with
-//! automerge's sync protocol, many records per frame, with fresh sync state per connection. When the
-//! receiver holds everything a manifest named, it acknowledges the manifest's sequence number, which
-//! the sender persists so the next connection starts from there. After catch-up, local changes are
-//! pushed as they happen. A record whose sync stops making progress is restarted from a fresh state.
+//! Each side walks its record sequence from the peer's last acknowledgement in bounded batches: a
+//! [`Frame::Manifest`] names the records of one batch (at most [`BATCH_BYTES`] of stored record bytes)
+//! with their heads, and at most [`WINDOW`] batches are unacknowledged at once. The receiver asks for
+//! records it has never seen whole ([`Frame::Want`], answered by [`Frame::Records`]: the stored bytes,
+//! loaded and checked there like any merge) and syncs records it holds differently with automerge's
+//! sync protocol, many per frame, with fresh sync state per connection. Once it holds everything a
+//! batch named it acknowledges that batch, and the sender persists the acknowledgement of every
+//! batch before it, so a connection that carries one batch makes progress however soon it breaks.
+//! Local changes extend the walk as they commit, which is also how they are pushed live. A record
+//! whose sync stops making progress is restarted from a fresh state; batches never acknowledged are
+//! offered again.
 //!
 //! Scope and authority (see `DESIGN.md`): a peer receives only records it should hold, and its changes
 //! are accepted only for records it may write; anything else is refused and reported, never stored.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use automerge::ChangeHash;
 use rusqlite::Connection;
@@ -21,9 +26,14 @@ use uuid::Uuid;
 use crate::area::AreaCode;
 use crate::docstore::{DocError, DocMeta, DocStore, Flow, Merged, Sender};
 
-pub const PROTOCOL_VERSION: u32 = 1;
-/// Records named in one manifest frame at most; larger catch-ups send several.
-pub const MANIFEST_CHUNK: usize = 2_000;
+/// Stored record bytes named by one manifest at most (a single larger record goes alone): small
+/// enough that a link which breaks after 64 KB still carries a whole batch and its acknowledgement.
+pub const BATCH_BYTES: usize = 24 * 1024;
+/// Records named by one manifest at most.
+pub const MANIFEST_MAX: usize = 512;
+/// Manifests sent and not yet acknowledged at most: enough to keep a fast link busy while the
+/// receiver merges, few enough that a slow one is not flooded.
+pub const WINDOW: usize = 8;
 /// Sync messages carried in one frame at most.
 pub const SYNC_BATCH: usize = 256;
 /// Ticks without progress after which a record's sync is restarted from a fresh state.
@@ -34,7 +44,19 @@ pub struct ManifestEntry {
     pub id: Uuid,
     pub kind: String,
     pub scope: String,
-    pub heads: Vec<String>,
+    /// The record's heads, 32 bytes each.
+    #[serde(with = "serde_bytes_compat")]
+    pub heads: Vec<u8>,
+}
+
+/// A record as its sender stores it, for a receiver that has never seen it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WholeRecord {
+    pub id: Uuid,
+    pub kind: String,
+    pub scope: String,
+    #[serde(with = "serde_bytes_compat")]
+    pub bytes: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,19 +71,28 @@ pub struct DocMessage {
 /// What crosses the link after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame {
-    /// Records changed since the peer's last acknowledgement; `upto` is the sender's sequence number
-    /// when the manifest was made. `last` marks the final chunk.
+    /// One batch of the sender's records: those it changed after sequence number `from` up to
+    /// `upto` that the peer should hold (records the peer is known to hold already are left out).
     Manifest {
+        from: i64,
         upto: i64,
         entries: Vec<ManifestEntry>,
-        last: bool,
+    },
+    /// Records a manifest named that the receiver has never seen: send them whole.
+    Want {
+        ids: Vec<Uuid>,
+    },
+    /// Records sent whole, in answer to [`Frame::Want`].
+    Records {
+        records: Vec<WholeRecord>,
     },
     /// Automerge sync messages, one per record.
     Sync {
         docs: Vec<DocMessage>,
     },
-    /// The receiver holds everything the sender's manifest up to `upto` named.
+    /// The receiver holds everything the manifest `from`..`upto` named.
     Ack {
+        from: i64,
         upto: i64,
     },
     /// A record the receiver would not take from this peer, and why.
@@ -69,10 +100,13 @@ pub enum Frame {
         id: Uuid,
         reason: String,
     },
-    /// Asks for part of an attachment referenced by a synced record, from `offset` on (resumable).
+    /// Asks for part of an attachment referenced by a synced record, from `offset` on (resumable),
+    /// at most `len` bytes: the asker grows its chunks while a link holds, so a link that breaks
+    /// often still lands whole chunks.
     BlobRequest {
         sha256: String,
         offset: u64,
+        len: u32,
     },
     /// Part of an attachment; `total` is its full size.
     BlobChunk {
@@ -312,22 +346,72 @@ struct DocSync {
 /// Unproductive exchanges tolerated before a record's sync state is reset.
 pub const IDLE_ROUNDS: u32 = 4;
 
+/// One manifest sent and not yet acknowledged (or acknowledged out of order).
+#[derive(Debug, Clone, Copy)]
+struct Batch {
+    from: i64,
+    upto: i64,
+    entries: usize,
+    acked: bool,
+}
+
+/// A record asked for whole and not yet received.
+struct WantedWhole {
+    kind: String,
+    scope: AreaCode,
+    asked: u64,
+}
+
+/// Records whose heads the peer has told us, at most: an optimisation (not offering a record back to
+/// the peer it came from), so it is simply forgotten when it grows past this.
+const KNOWN_MAX: usize = 200_000;
+
 /// One side of one connection.
 pub struct Link {
     our_area: AreaCode,
     peer: PeerInfo,
     docs: BTreeMap<Uuid, DocSync>,
-    /// Manifests received and not yet fully held: upto -> records still missing.
-    incoming: BTreeMap<i64, BTreeSet<Uuid>>,
+    /// Manifests received and not yet fully held: (from, upto) -> records still missing.
+    incoming: BTreeMap<(i64, i64), BTreeSet<Uuid>>,
     /// Heads named by those manifests, per record.
     wanted: BTreeMap<Uuid, Vec<ChangeHash>>,
-    manifest_complete: BTreeSet<i64>,
+    /// Records asked for whole.
+    whole: BTreeMap<Uuid, WantedWhole>,
+    /// The peer holds everything of ours up to here (persisted by the caller).
     acked_seq: i64,
+    /// Our records up to here have been named in a manifest on this connection.
+    sent_upto: i64,
+    in_flight: VecDeque<Batch>,
+    /// Tick of the last manifest sent or acknowledged.
+    sent_progress: u64,
+    /// Heads the peer told us it holds, per record, so a record is not offered back to where it came from.
+    known: HashMap<Uuid, Vec<ChangeHash>>,
     tick: u64,
 }
 
-fn parse_heads(heads: &[String]) -> Vec<ChangeHash> {
-    heads.iter().filter_map(|h| h.parse().ok()).collect()
+/// The heads in a manifest entry; None when the bytes are not whole hashes.
+fn parse_heads(bytes: &[u8]) -> Option<Vec<ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return None;
+    }
+    bytes
+        .chunks(32)
+        .map(|c| ChangeHash::try_from(c).ok())
+        .collect()
+}
+
+fn heads_bytes(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn same_heads(a: &[ChangeHash], b: &[ChangeHash]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort();
+    b.sort();
+    a == b
 }
 
 impl Link {
@@ -338,8 +422,12 @@ impl Link {
             docs: BTreeMap::new(),
             incoming: BTreeMap::new(),
             wanted: BTreeMap::new(),
-            manifest_complete: BTreeSet::new(),
+            whole: BTreeMap::new(),
             acked_seq,
+            sent_upto: acked_seq,
+            in_flight: VecDeque::new(),
+            sent_progress: 0,
+            known: HashMap::new(),
             tick: 0,
         }
     }
@@ -348,12 +436,25 @@ impl Link {
         &self.peer
     }
 
-    /// Records whose sync has not settled on this link (the peer's heads are not known to equal ours).
+    /// The peer holds every record of ours up to this sequence number.
+    pub fn acked_seq(&self) -> i64 {
+        self.acked_seq
+    }
+
+    /// Our records still on their way: named in unacknowledged manifests, or syncing unsettled.
     pub fn pending(&self, conn: &Connection) -> usize {
-        self.docs
+        let named: usize = self
+            .in_flight
             .iter()
-            .filter(|(id, d)| !settled(conn, **id, d))
-            .count()
+            .filter(|b| !b.acked)
+            .map(|b| b.entries)
+            .sum();
+        named
+            + self
+                .docs
+                .iter()
+                .filter(|(id, d)| !settled(conn, **id, d))
+                .count()
     }
 
     /// Records the peer announced that this node does not hold yet (incoming changes still to arrive).
@@ -361,40 +462,95 @@ impl Link {
         self.incoming.values().map(BTreeSet::len).sum()
     }
 
-    /// The manifest that opens the connection.
+    /// Nothing is on its way in either direction and every local change has been offered: the
+    /// moment for what comes after records (streams, attachments).
+    pub fn caught_up(&self, conn: &Connection) -> Result<bool, DocError> {
+        Ok(self.in_flight.is_empty()
+            && self.whole.is_empty()
+            && self.pending_in() == 0
+            && self.sent_upto >= DocStore::current_seq(conn)?
+            && self.pending(conn) == 0)
+    }
+
+    /// What opens the connection: the first batches since the peer's last acknowledgement.
     pub fn start(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
-        let upto = DocStore::current_seq(conn)?;
+        self.advance(conn, store)
+    }
+
+    /// Whether the peer is known to hold exactly `heads` of record `id`.
+    fn peer_holds(&mut self, id: Uuid, heads: &[ChangeHash]) -> bool {
+        let told = self
+            .known
+            .remove(&id)
+            .is_some_and(|theirs| same_heads(&theirs, heads));
+        told || self.docs.get(&id).is_some_and(|d| {
+            d.state
+                .their_heads
+                .as_ref()
+                .is_some_and(|theirs| same_heads(theirs, heads))
+        })
+    }
+
+    /// Names further records in manifests while the window has room: the catch-up after connecting,
+    /// and local changes as they commit.
+    pub fn advance(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
         let mut frames = Vec::new();
-        let mut since = self.acked_seq;
-        loop {
-            let batch = DocStore::changed_since(conn, since, MANIFEST_CHUNK)?;
-            let done = batch.len() < MANIFEST_CHUNK;
-            if let Some(last) = batch.last() {
-                since = last.seq;
-            }
-            let entries: Vec<ManifestEntry> = batch
-                .into_iter()
-                .filter(|m| {
-                    m.seq <= upto
-                        && self
-                            .peer
-                            .holds(&self.our_area, store.flow(&m.kind), &m.scope)
-                })
-                .map(|m| ManifestEntry {
-                    id: m.id,
-                    kind: m.kind,
-                    scope: m.scope.to_string(),
-                    heads: m.heads.iter().map(|h| h.to_string()).collect(),
-                })
-                .collect();
-            frames.push(Frame::Manifest {
-                upto,
-                entries,
-                last: done,
-            });
-            if done {
+        while self.in_flight.len() < WINDOW {
+            let rows = DocStore::changed_since_sized(conn, self.sent_upto, MANIFEST_MAX)?;
+            if rows.is_empty() {
                 break;
             }
+            let from = self.sent_upto;
+            let mut upto = from;
+            let mut bytes = 0usize;
+            let mut entries = Vec::new();
+            for (meta, size) in rows {
+                if !entries.is_empty() && bytes + size > BATCH_BYTES {
+                    break;
+                }
+                upto = meta.seq;
+                if !self
+                    .peer
+                    .holds(&self.our_area, store.flow(&meta.kind), &meta.scope)
+                    || self.peer_holds(meta.id, &meta.heads)
+                {
+                    continue;
+                }
+                bytes += size;
+                entries.push(ManifestEntry {
+                    id: meta.id,
+                    heads: heads_bytes(&meta.heads),
+                    kind: meta.kind,
+                    scope: meta.scope.to_string(),
+                });
+            }
+            self.sent_upto = upto;
+            if entries.is_empty() {
+                // Nothing here for the peer: acknowledged without asking once everything before is.
+                if self.in_flight.is_empty() {
+                    self.acked_seq = upto;
+                } else {
+                    self.in_flight.push_back(Batch {
+                        from,
+                        upto,
+                        entries: 0,
+                        acked: true,
+                    });
+                }
+                continue;
+            }
+            self.in_flight.push_back(Batch {
+                from,
+                upto,
+                entries: entries.len(),
+                acked: false,
+            });
+            self.sent_progress = self.tick;
+            frames.push(Frame::Manifest {
+                from,
+                upto,
+                entries,
+            });
         }
         Ok(frames)
     }
@@ -439,23 +595,217 @@ impl Link {
         frames
     }
 
-    /// A record changed here: push it to the peer if the peer holds it.
-    pub fn local_change(
+    /// A record can no longer be had on this connection (refused either way): it stops holding up
+    /// the acknowledgement of the manifests that named it.
+    fn give_up(&mut self, id: Uuid) {
+        self.docs.remove(&id);
+        self.whole.remove(&id);
+        self.wanted.remove(&id);
+        for missing in self.incoming.values_mut() {
+            missing.remove(&id);
+        }
+    }
+
+    fn on_manifest(
         &mut self,
         conn: &Connection,
         store: &DocStore,
-        meta: &DocMeta,
-    ) -> Result<Vec<Frame>, DocError> {
-        if !self
-            .peer
-            .holds(&self.our_area, store.flow(&meta.kind), &meta.scope)
-        {
-            return Ok(Vec::new());
+        key: (i64, i64),
+        entries: Vec<ManifestEntry>,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        let mut missing = BTreeSet::new();
+        let mut want = Vec::new();
+        let mut sync = Vec::new();
+        for e in entries {
+            let Ok(scope) = e.scope.parse::<AreaCode>() else {
+                out.refused.push((e.id, format!("bad scope {}", e.scope)));
+                continue;
+            };
+            let Some(heads) = parse_heads(&e.heads) else {
+                out.refused.push((e.id, "malformed heads".into()));
+                continue;
+            };
+            // What we would not accept from this peer is not worth asking for.
+            if !self
+                .peer
+                .may_send(&self.our_area, store.flow(&e.kind), &scope)
+            {
+                continue;
+            }
+            if self.known.len() >= KNOWN_MAX {
+                self.known.clear();
+            }
+            self.known.insert(e.id, heads.clone());
+            if store.has_heads(conn, e.id, &heads)? {
+                continue;
+            }
+            missing.insert(e.id);
+            self.wanted.insert(e.id, heads);
+            if self.docs.contains_key(&e.id) || DocStore::meta(conn, e.id)?.is_some() {
+                self.entry(e.id, &e.kind, &scope);
+                sync.push(e.id);
+            } else if !self.whole.contains_key(&e.id) {
+                self.whole.insert(
+                    e.id,
+                    WantedWhole {
+                        kind: e.kind,
+                        scope,
+                        asked: self.tick,
+                    },
+                );
+                want.push(e.id);
+            }
         }
-        self.entry(meta.id, &meta.kind, &meta.scope);
-        Ok(Self::batch(
-            self.generate(conn, store, meta.id)?.into_iter().collect(),
-        ))
+        self.incoming.entry(key).or_default().extend(missing);
+        if !want.is_empty() {
+            out.frames.push(Frame::Want { ids: want });
+        }
+        let mut messages = Vec::new();
+        for id in sync {
+            if let Some(m) = self.generate(conn, store, id)? {
+                messages.push(m);
+            }
+        }
+        out.frames.extend(Self::batch(messages));
+        Ok(())
+    }
+
+    fn on_want(
+        &mut self,
+        conn: &Connection,
+        store: &DocStore,
+        ids: Vec<Uuid>,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        let mut records = Vec::new();
+        let mut bytes = 0usize;
+        for id in ids {
+            let meta = DocStore::meta(conn, id)?;
+            let offered = meta.as_ref().is_some_and(|(m, quarantined)| {
+                quarantined.is_none()
+                    && self
+                        .peer
+                        .holds(&self.our_area, store.flow(&m.kind), &m.scope)
+            });
+            let stored = if offered {
+                DocStore::stored_bytes(conn, id)?
+            } else {
+                None
+            };
+            let (Some((meta, _)), Some(stored)) = (meta, stored) else {
+                out.frames.push(Frame::Refused {
+                    id,
+                    reason: "not available".into(),
+                });
+                continue;
+            };
+            if !records.is_empty() && bytes + stored.len() > BATCH_BYTES {
+                out.frames.push(Frame::Records {
+                    records: std::mem::take(&mut records),
+                });
+                bytes = 0;
+            }
+            bytes += stored.len();
+            records.push(WholeRecord {
+                id,
+                kind: meta.kind,
+                scope: meta.scope.to_string(),
+                bytes: stored,
+            });
+        }
+        if !records.is_empty() {
+            out.frames.push(Frame::Records { records });
+        }
+        Ok(())
+    }
+
+    fn on_records(
+        &mut self,
+        conn: &Connection,
+        store: &DocStore,
+        records: Vec<WholeRecord>,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        let mut messages = Vec::new();
+        for r in records {
+            let Ok(scope) = r.scope.parse::<AreaCode>() else {
+                out.refused.push((r.id, format!("bad scope {}", r.scope)));
+                self.give_up(r.id);
+                continue;
+            };
+            // A whole record carries changes: only from a peer that may write it.
+            if !self
+                .peer
+                .may_send(&self.our_area, store.flow(&r.kind), &scope)
+                || !self.peer.may_write(&self.our_area, &scope)
+            {
+                let reason = format!(
+                    "{} may not send {} records scoped to {scope}",
+                    self.peer.area, r.kind
+                );
+                out.refused.push((r.id, reason.clone()));
+                out.frames.push(Frame::Refused { id: r.id, reason });
+                self.give_up(r.id);
+                continue;
+            }
+            match store.merge_remote(conn, self.peer.sender(), r.id, &r.kind, &scope, &r.bytes) {
+                Ok(Merged::Changed(meta)) => out.changed.push(meta),
+                Ok(Merged::Unchanged) => {}
+                Err(
+                    e @ (DocError::Invalid(_)
+                    | DocError::Corrupt { .. }
+                    | DocError::Quarantined { .. }),
+                ) => {
+                    let reason = e.to_string();
+                    out.refused.push((r.id, reason.clone()));
+                    out.frames.push(Frame::Refused { id: r.id, reason });
+                    self.give_up(r.id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            self.whole.remove(&r.id);
+            self.settle(conn, store, r.id)?;
+            // Changes that were still waiting for their dependencies at the sender: fetch the rest
+            // through automerge's sync.
+            if self.wanted.contains_key(&r.id) {
+                self.entry(r.id, &r.kind, &scope);
+                if let Some(m) = self.generate(conn, store, r.id)? {
+                    messages.push(m);
+                }
+            }
+        }
+        out.frames.extend(Self::batch(messages));
+        Ok(())
+    }
+
+    fn on_ack(
+        &mut self,
+        conn: &Connection,
+        store: &DocStore,
+        from: i64,
+        upto: i64,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        for b in self.in_flight.iter_mut() {
+            if b.from == from && b.upto == upto {
+                b.acked = true;
+            }
+        }
+        let before = self.acked_seq;
+        while let Some(b) = self.in_flight.front()
+            && b.acked
+        {
+            self.acked_seq = self.acked_seq.max(b.upto);
+            self.in_flight.pop_front();
+        }
+        if self.acked_seq > before {
+            self.sent_progress = self.tick;
+            out.acked = Some(self.acked_seq);
+        }
+        out.frames.extend(self.advance(conn, store)?);
+        Ok(())
     }
 
     /// Handles one frame from the peer.
@@ -466,151 +816,21 @@ impl Link {
         frame: Frame,
     ) -> Result<Outcome, DocError> {
         let mut out = Outcome::default();
+        let before = self.acked_seq;
         match frame {
             Frame::Manifest {
+                from,
                 upto,
                 entries,
-                last,
-            } => {
-                let mut messages = Vec::new();
-                let missing = self.incoming.entry(upto).or_default();
-                let mut to_sync = Vec::new();
-                for e in entries {
-                    let Ok(scope) = e.scope.parse::<AreaCode>() else {
-                        out.refused.push((e.id, format!("bad scope {}", e.scope)));
-                        continue;
-                    };
-                    // What we would not accept from this peer is not worth asking for.
-                    if !self
-                        .peer
-                        .may_send(&self.our_area, store.flow(&e.kind), &scope)
-                    {
-                        continue;
-                    }
-                    let heads = parse_heads(&e.heads);
-                    if store.has_heads(conn, e.id, &heads)? {
-                        continue;
-                    }
-                    missing.insert(e.id);
-                    self.wanted.insert(e.id, heads);
-                    to_sync.push((e.id, e.kind, scope));
-                }
-                if last {
-                    self.manifest_complete.insert(upto);
-                }
-                for (id, kind, scope) in to_sync {
-                    self.entry(id, &kind, &scope);
-                    if let Some(m) = self.generate(conn, store, id)? {
-                        messages.push(m);
-                    }
-                }
-                out.frames.extend(Self::batch(messages));
-                // Our own manifest goes out at start(); the peer's needs are met by its sync messages.
-            }
-            Frame::Sync { docs } => {
-                let mut replies = Vec::new();
-                for m in docs {
-                    let Ok(scope) = m.scope.parse::<AreaCode>() else {
-                        out.refused.push((m.id, format!("bad scope {}", m.scope)));
-                        continue;
-                    };
-                    if !self
-                        .peer
-                        .may_send(&self.our_area, store.flow(&m.kind), &scope)
-                    {
-                        let reason = format!(
-                            "{} may not send {} records scoped to {scope}",
-                            self.peer.area, m.kind
-                        );
-                        out.refused.push((m.id, reason.clone()));
-                        out.frames.push(Frame::Refused { id: m.id, reason });
-                        continue;
-                    }
-                    let tick = self.tick;
-                    let sync = self.entry(m.id, &m.kind, &scope);
-                    sync.progress = tick;
-                    // A peer may ask about records it should hold even when it may not change them (a
-                    // village learning a county broadcast); its message must then carry no changes.
-                    let writable = self.peer.may_write(&self.our_area, &scope);
-                    let sender = self.peer.sender();
-                    let mut st = self
-                        .docs
-                        .get_mut(&m.id)
-                        .map(|d| std::mem::replace(&mut d.state, automerge::sync::State::new()))
-                        .unwrap_or_default();
-                    // The writable path answers from the document it already loaded.
-                    let (result, answer) = if writable {
-                        match store.sync_exchange(
-                            conn, sender, m.id, &m.kind, &scope, &m.message, &mut st, true,
-                        ) {
-                            Ok((merged, answer)) => (Ok(merged), Some(answer)),
-                            Err(e) => (Err(e), None),
-                        }
-                    } else {
-                        (
-                            receive_read_only(conn, store, m.id, &m.message, &mut st),
-                            None,
-                        )
-                    };
-                    if let Some(d) = self.docs.get_mut(&m.id) {
-                        d.state = st;
-                    }
-                    match result {
-                        Ok(Merged::Changed(meta)) => {
-                            if let Some(d) = self.docs.get_mut(&m.id) {
-                                d.idle_rounds = 0;
-                            }
-                            out.changed.push(meta);
-                        }
-                        Ok(Merged::Unchanged) => {
-                            if let Some(d) = self.docs.get_mut(&m.id)
-                                && !settled(conn, m.id, d)
-                            {
-                                d.idle_rounds += 1;
-                                if d.idle_rounds >= IDLE_ROUNDS {
-                                    d.idle_rounds = 0;
-                                    d.state = automerge::sync::State::new();
-                                }
-                            }
-                        }
-                        Err(
-                            e @ (DocError::Invalid(_)
-                            | DocError::Corrupt { .. }
-                            | DocError::Quarantined { .. }),
-                        ) => {
-                            let reason = e.to_string();
-                            out.refused.push((m.id, reason.clone()));
-                            out.frames.push(Frame::Refused { id: m.id, reason });
-                            self.docs.remove(&m.id);
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                    let reply = match answer {
-                        Some(message) => message.map(|message| DocMessage {
-                            id: m.id,
-                            kind: m.kind.clone(),
-                            scope: scope.to_string(),
-                            message,
-                        }),
-                        None => self.generate(conn, store, m.id)?,
-                    };
-                    if let Some(reply) = reply {
-                        replies.push(reply);
-                    }
-                    self.settle(conn, store, m.id)?;
-                }
-                out.frames.extend(Self::batch(replies));
-            }
-            Frame::Ack { upto } => {
-                if upto > self.acked_seq {
-                    self.acked_seq = upto;
-                    out.acked = Some(upto);
-                }
-            }
+            } => self.on_manifest(conn, store, (from, upto), entries, &mut out)?,
+            Frame::Want { ids } => self.on_want(conn, store, ids, &mut out)?,
+            Frame::Records { records } => self.on_records(conn, store, records, &mut out)?,
+            Frame::Sync { docs } => self.on_sync(conn, store, docs, &mut out)?,
+            Frame::Ack { from, upto } => self.on_ack(conn, store, from, upto, &mut out)?,
             Frame::Refused { id, reason } => {
-                // The peer would not take our record; stop offering it on this connection.
-                self.docs.remove(&id);
+                // The peer would not take our record, or will not give us its own: stop on this
+                // connection.
+                self.give_up(id);
                 out.refused.push((id, format!("peer refused: {reason}")));
             }
             Frame::Ping => out.frames.push(Frame::Pong),
@@ -622,7 +842,113 @@ impl Link {
             | Frame::StreamAck { .. }) => out.blobs.push(other),
         }
         out.frames.extend(self.acks());
+        if self.acked_seq > before {
+            out.acked = Some(self.acked_seq);
+        }
         Ok(out)
+    }
+
+    fn on_sync(
+        &mut self,
+        conn: &Connection,
+        store: &DocStore,
+        docs: Vec<DocMessage>,
+        out: &mut Outcome,
+    ) -> Result<(), DocError> {
+        let mut replies = Vec::new();
+        for m in docs {
+            let Ok(scope) = m.scope.parse::<AreaCode>() else {
+                out.refused.push((m.id, format!("bad scope {}", m.scope)));
+                continue;
+            };
+            if !self
+                .peer
+                .may_send(&self.our_area, store.flow(&m.kind), &scope)
+            {
+                let reason = format!(
+                    "{} may not send {} records scoped to {scope}",
+                    self.peer.area, m.kind
+                );
+                out.refused.push((m.id, reason.clone()));
+                out.frames.push(Frame::Refused { id: m.id, reason });
+                continue;
+            }
+            let tick = self.tick;
+            let sync = self.entry(m.id, &m.kind, &scope);
+            sync.progress = tick;
+            // A peer may ask about records it should hold even when it may not change them (a
+            // village learning a county broadcast); its message must then carry no changes.
+            let writable = self.peer.may_write(&self.our_area, &scope);
+            let sender = self.peer.sender();
+            let mut st = self
+                .docs
+                .get_mut(&m.id)
+                .map(|d| std::mem::replace(&mut d.state, automerge::sync::State::new()))
+                .unwrap_or_default();
+            // The writable path answers from the document it already loaded.
+            let (result, answer) = if writable {
+                match store.sync_exchange(
+                    conn, sender, m.id, &m.kind, &scope, &m.message, &mut st, true,
+                ) {
+                    Ok((merged, answer)) => (Ok(merged), Some(answer)),
+                    Err(e) => (Err(e), None),
+                }
+            } else {
+                (
+                    receive_read_only(conn, store, m.id, &m.message, &mut st),
+                    None,
+                )
+            };
+            if let Some(d) = self.docs.get_mut(&m.id) {
+                d.state = st;
+            }
+            match result {
+                Ok(Merged::Changed(meta)) => {
+                    if let Some(d) = self.docs.get_mut(&m.id) {
+                        d.idle_rounds = 0;
+                    }
+                    out.changed.push(meta);
+                }
+                Ok(Merged::Unchanged) => {
+                    if let Some(d) = self.docs.get_mut(&m.id)
+                        && !settled(conn, m.id, d)
+                    {
+                        d.idle_rounds += 1;
+                        if d.idle_rounds >= IDLE_ROUNDS {
+                            d.idle_rounds = 0;
+                            d.state = automerge::sync::State::new();
+                        }
+                    }
+                }
+                Err(
+                    e @ (DocError::Invalid(_)
+                    | DocError::Corrupt { .. }
+                    | DocError::Quarantined { .. }),
+                ) => {
+                    let reason = e.to_string();
+                    out.refused.push((m.id, reason.clone()));
+                    out.frames.push(Frame::Refused { id: m.id, reason });
+                    self.give_up(m.id);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let reply = match answer {
+                Some(message) => message.map(|message| DocMessage {
+                    id: m.id,
+                    kind: m.kind.clone(),
+                    scope: scope.to_string(),
+                    message,
+                }),
+                None => self.generate(conn, store, m.id)?,
+            };
+            if let Some(reply) = reply {
+                replies.push(reply);
+            }
+            self.settle(conn, store, m.id)?;
+        }
+        out.frames.extend(Self::batch(replies));
+        Ok(())
     }
 
     /// Marks a record held once we have every head the peer's manifest named.
@@ -631,6 +957,7 @@ impl Link {
             && store.has_heads(conn, id, heads)?
         {
             self.wanted.remove(&id);
+            self.whole.remove(&id);
             for missing in self.incoming.values_mut() {
                 missing.remove(&id);
             }
@@ -639,23 +966,24 @@ impl Link {
     }
 
     fn acks(&mut self) -> Vec<Frame> {
-        let done: Vec<i64> = self
+        let done: Vec<(i64, i64)> = self
             .incoming
             .iter()
-            .filter(|(upto, missing)| missing.is_empty() && self.manifest_complete.contains(upto))
-            .map(|(upto, _)| *upto)
+            .filter(|(_, missing)| missing.is_empty())
+            .map(|(key, _)| *key)
             .collect();
         let mut frames = Vec::new();
-        for upto in done {
-            self.incoming.remove(&upto);
-            self.manifest_complete.remove(&upto);
-            frames.push(Frame::Ack { upto });
+        for (from, upto) in done {
+            self.incoming.remove(&(from, upto));
+            frames.push(Frame::Ack { from, upto });
         }
         frames
     }
 
     /// Advances time by one tick; restarts records whose sync has not settled and has heard nothing
-    /// from the peer for a while (a message was lost), from a fresh sync state.
+    /// from the peer for a while (a message was lost), from a fresh sync state; asks through
+    /// automerge's sync for records asked for whole that never came; offers again the batches the
+    /// peer never acknowledged.
     pub fn tick(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
         self.tick += 1;
         let now = self.tick;
@@ -680,7 +1008,27 @@ impl Link {
                 messages.push(m);
             }
         }
-        Ok(Self::batch(messages))
+        let unanswered: Vec<Uuid> = self
+            .whole
+            .iter()
+            .filter(|(_, w)| now - w.asked >= STALL_TICKS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in unanswered {
+            if let Some(w) = self.whole.remove(&id) {
+                self.entry(id, &w.kind, &w.scope);
+                if let Some(m) = self.generate(conn, store, id)? {
+                    messages.push(m);
+                }
+            }
+        }
+        let mut frames = Self::batch(messages);
+        if !self.in_flight.is_empty() && now - self.sent_progress >= 2 * STALL_TICKS {
+            self.in_flight.clear();
+            self.sent_upto = self.acked_seq;
+        }
+        frames.extend(self.advance(conn, store)?);
+        Ok(frames)
     }
 }
 
@@ -862,10 +1210,12 @@ mod tests {
                 "nothing stored for {scope}"
             );
             // And the honest path never offers them.
+            let offered = up.advance(&v_conn, &v_store).unwrap();
             assert!(
-                up.local_change(&v_conn, &v_store, &meta)
-                    .unwrap()
-                    .is_empty()
+                !offered
+                    .iter()
+                    .any(|f| matches!(f, Frame::Manifest { entries, .. }
+                if entries.iter().any(|e| e.id == meta.id)))
             );
         }
     }
@@ -1012,6 +1362,231 @@ mod tests {
             DocStore::meta(&t_conn, meta.id).unwrap().unwrap().0.heads,
             heads
         );
+    }
+
+    /// Delivers frames between two links until both are quiet; returns the frames each side sent.
+    fn exchange(
+        a: (&Connection, &DocStore, &mut Link),
+        b: (&Connection, &DocStore, &mut Link),
+        first: Vec<Frame>,
+    ) -> (usize, usize) {
+        let (mut to_b, mut to_a): (VecDeque<Frame>, VecDeque<Frame>) =
+            (first.into(), VecDeque::new());
+        let (mut sent_a, mut sent_b) = (0, 0);
+        while !to_a.is_empty() || !to_b.is_empty() {
+            if let Some(f) = to_b.pop_front() {
+                sent_a += 1;
+                to_a.extend(b.2.receive(b.0, b.1, f).unwrap().frames);
+            }
+            if let Some(f) = to_a.pop_front() {
+                sent_b += 1;
+                to_b.extend(a.2.receive(a.0, a.1, f).unwrap().frames);
+            }
+        }
+        (sent_a, sent_b)
+    }
+
+    fn notes(conn: &Connection, store: &DocStore, area: &AreaCode, n: usize, size: usize) {
+        let author = Author::node(area.clone());
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for i in 0..n {
+            // Text that does not compress, so a record's stored size is about `size`.
+            let text: String = (0..size)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
+            store
+                .create(conn, &author, "note", area, |d| {
+                    Ok(d.put(automerge::ROOT, "t", format!("{i:05}{text}"))
+                        .map(|_| ())?)
+                })
+                .unwrap();
+        }
+    }
+
+    /// Catch-up goes in batches bounded by bytes, each acknowledged as it lands: a link that carries
+    /// only the first batch before it breaks still moves the acknowledgement, and the next link
+    /// starts after it.
+    #[test]
+    fn catch_up_goes_in_bounded_batches_each_acknowledged_as_it_lands() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        notes(&v_conn, &v_store, &v_area, 800, 400);
+        let mut up = Link::new(v_area.clone(), peer("330723001", Relation::Upstream), 0);
+        let mut down = Link::new(
+            t_area.clone(),
+            peer("330723001001", Relation::Downstream),
+            0,
+        );
+        let opening = up.start(&v_conn, &v_store).unwrap();
+        assert_eq!(
+            opening.len(),
+            WINDOW,
+            "a full window of manifests, not everything"
+        );
+        let Frame::Manifest {
+            from,
+            upto,
+            entries,
+        } = &opening[0]
+        else {
+            panic!("a manifest first");
+        };
+        assert_eq!(*from, 0);
+        assert!(
+            entries.len() < 100,
+            "bounded by bytes: {} records",
+            entries.len()
+        );
+        // Only the first batch crosses: the township asks for it whole and acknowledges it.
+        let asked = down.receive(&t_conn, &t_store, opening[0].clone()).unwrap();
+        let Some(Frame::Want { ids }) = asked.frames.first() else {
+            panic!("records never seen are asked for whole: {:?}", asked.frames);
+        };
+        assert_eq!(ids.len(), entries.len());
+        let answer = up
+            .receive(&v_conn, &v_store, asked.frames[0].clone())
+            .unwrap();
+        let mut acks = Vec::new();
+        for f in answer.frames {
+            acks.extend(down.receive(&t_conn, &t_store, f).unwrap().frames);
+        }
+        assert!(
+            acks.contains(&Frame::Ack {
+                from: 0,
+                upto: *upto
+            }),
+            "{acks:?}"
+        );
+        for f in acks {
+            up.receive(&v_conn, &v_store, f).unwrap();
+        }
+        assert_eq!(
+            up.acked_seq(),
+            *upto,
+            "the first batch is acknowledged on its own"
+        );
+        // The link breaks; the next one starts after the acknowledged batch and completes.
+        let mut up = Link::new(v_area.clone(), peer("330723001", Relation::Upstream), *upto);
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let opening = up.start(&v_conn, &v_store).unwrap();
+        let Frame::Manifest { from, .. } = &opening[0] else {
+            panic!("a manifest first");
+        };
+        assert_eq!(from, upto);
+        exchange(
+            (&v_conn, &v_store, &mut up),
+            (&t_conn, &t_store, &mut down),
+            opening,
+        );
+        assert_eq!(up.acked_seq(), DocStore::current_seq(&v_conn).unwrap());
+        assert_eq!(
+            DocStore::changed_since(&t_conn, 0, 1000).unwrap().len(),
+            800
+        );
+        assert!(up.caught_up(&v_conn).unwrap());
+    }
+
+    /// Records that came from a peer are not offered back to it.
+    #[test]
+    fn records_are_not_offered_back_to_the_peer_they_came_from() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        notes(&v_conn, &v_store, &v_area, 50, 10);
+        let mut up = Link::new(v_area, peer("330723001", Relation::Upstream), 0);
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let opening = up.start(&v_conn, &v_store).unwrap();
+        exchange(
+            (&v_conn, &v_store, &mut up),
+            (&t_conn, &t_store, &mut down),
+            opening,
+        );
+        assert_eq!(DocStore::changed_since(&t_conn, 0, 100).unwrap().len(), 50);
+        let back = down.advance(&t_conn, &t_store).unwrap();
+        assert!(back.is_empty(), "nothing offered back: {back:?}");
+        assert_eq!(down.acked_seq(), DocStore::current_seq(&t_conn).unwrap());
+    }
+
+    /// A hostile village sends whole records straight to its township: outside its area, or with
+    /// an author claim above itself. Each is refused and nothing is stored.
+    #[test]
+    fn forged_whole_records_from_below_are_refused_and_nothing_is_stored() {
+        let (v_conn, v_store, v_area) = node("330723001001", 1);
+        let (t_conn, t_store, t_area) = node("330723001", 2);
+        let sibling: AreaCode = "330723001002".parse().unwrap();
+        let forged = [
+            (Author::node(v_area.clone()), sibling.clone()),
+            (Author::node(t_area.clone()), v_area.clone()),
+            (
+                Author::person(
+                    v_area.clone(),
+                    Person {
+                        name: "li.ming".into(),
+                        role: "township_staff".into(),
+                        area: t_area.clone(),
+                    },
+                ),
+                v_area.clone(),
+            ),
+        ];
+        for (author, scope) in forged {
+            let meta = v_store
+                .create(&v_conn, &author, "note", &scope, |d| {
+                    Ok(d.put(automerge::ROOT, "t", "forged").map(|_| ())?)
+                })
+                .unwrap();
+            let mut down = Link::new(
+                t_area.clone(),
+                peer("330723001001", Relation::Downstream),
+                0,
+            );
+            let frame = Frame::Records {
+                records: vec![WholeRecord {
+                    id: meta.id,
+                    kind: "note".into(),
+                    scope: scope.to_string(),
+                    bytes: DocStore::stored_bytes(&v_conn, meta.id).unwrap().unwrap(),
+                }],
+            };
+            let out = down.receive(&t_conn, &t_store, frame).unwrap();
+            assert_eq!(out.refused.len(), 1, "{author:?} in {scope}");
+            assert!(out.changed.is_empty());
+            assert!(
+                out.frames
+                    .iter()
+                    .any(|f| matches!(f, Frame::Refused { id, .. } if *id == meta.id))
+            );
+            assert!(
+                DocStore::meta(&t_conn, meta.id).unwrap().is_none(),
+                "nothing stored"
+            );
+        }
+        // An envelope that lies about the scope of an honest record is refused too.
+        let meta = v_store
+            .create(
+                &v_conn,
+                &Author::node(v_area.clone()),
+                "note",
+                &v_area,
+                |d| Ok(d.put(automerge::ROOT, "t", "fine").map(|_| ())?),
+            )
+            .unwrap();
+        let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+        let lying = Frame::Records {
+            records: vec![WholeRecord {
+                id: meta.id,
+                kind: "note".into(),
+                scope: "330723001001001".into(),
+                bytes: DocStore::stored_bytes(&v_conn, meta.id).unwrap().unwrap(),
+            }],
+        };
+        let out = down.receive(&t_conn, &t_store, lying).unwrap();
+        assert_eq!(out.refused.len(), 1);
+        assert!(DocStore::meta(&t_conn, meta.id).unwrap().is_none());
     }
 
     /// A registry with a kind whose transition list is append-only (the default).
@@ -1304,7 +1879,7 @@ mod tests {
         #[test]
         fn garbage_and_truncated_frames_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512), cut in 0usize..200) {
             let _ = decode(&bytes);
-            let frame = Frame::Manifest { upto: 7, entries: vec![ManifestEntry { id: Uuid::nil(), kind: "k".into(), scope: "330723".into(), heads: vec!["ab".into()] }], last: true };
+            let frame = Frame::Manifest { from: 3, upto: 7, entries: vec![ManifestEntry { id: Uuid::nil(), kind: "k".into(), scope: "330723".into(), heads: vec![0xab; 32] }] };
             let encoded = encode(&frame).unwrap();
             prop_assert_eq!(decode(&encoded).unwrap(), frame);
             let _ = decode(&encoded[..cut.min(encoded.len())]);

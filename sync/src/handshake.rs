@@ -20,7 +20,7 @@ use crate::identity::{NodeKey, PublicKey};
 /// 2: every change carries an author claim, and changes from below without one are refused. A
 /// version-1 node would have its changes refused one by one; it is refused here instead, with a
 /// message that says which node to upgrade.
-pub const HANDSHAKE_VERSION: u32 = 2;
+pub const HANDSHAKE_VERSION: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HandshakeFrame {

@@ -228,10 +228,10 @@ impl World {
         wire.to_child.clear();
     }
 
-    /// Tells every live link at `node` (except `except`) about a changed record.
-    fn propagate(&mut self, node: usize, meta: &DocMeta, except: Option<usize>) {
+    /// Tells every live link at `node` that its records changed, as a commit does in the node.
+    fn propagate(&mut self, node: usize) {
         for i in 0..self.wires.len() {
-            if Some(i) == except || !self.wires[i].connected {
+            if !self.wires[i].connected {
                 continue;
             }
             let (child, parent) = (self.wires[i].child, self.wires[i].parent);
@@ -241,7 +241,7 @@ impl World {
                     .up
                     .as_mut()
                     .unwrap()
-                    .local_change(&n.conn, &n.store, meta)
+                    .advance(&n.conn, &n.store)
                     .unwrap();
                 self.wires[i].to_parent.extend(
                     frames
@@ -253,7 +253,7 @@ impl World {
                     .down
                     .as_mut()
                     .unwrap()
-                    .local_change(&n.conn, &n.store, meta)
+                    .advance(&n.conn, &n.store)
                     .unwrap();
                 self.wires[i].to_child.extend(
                     frames
@@ -330,7 +330,7 @@ impl World {
                 .0
         };
         self.edits.push((meta.id, meta.heads.clone()));
-        self.propagate(node, &meta, None);
+        self.propagate(node);
     }
 
     /// Delivers one frame on wire `i` towards `to_parent`; returns false if nothing was queued.
@@ -375,6 +375,7 @@ impl World {
         };
         let n = &self.nodes[node];
         let outcome = link.receive(&n.conn, &n.store, frame).unwrap();
+        let acked = link.acked_seq();
         let peer = if to_parent { wire.child } else { wire.parent };
         let back = if to_parent {
             &mut wire.to_child
@@ -387,12 +388,10 @@ impl World {
                 .iter()
                 .map(|f| engine::encode(f).expect("frames encode")),
         );
-        if let Some(upto) = outcome.acked {
-            self.acked.insert((node, peer), upto);
-        }
+        self.acked.insert((node, peer), acked);
         self.refused += outcome.refused.len();
-        for meta in outcome.changed {
-            self.propagate(node, &meta, Some(i));
+        if !outcome.changed.is_empty() {
+            self.propagate(node);
         }
         true
     }
