@@ -6,6 +6,7 @@
 //! needs the node key. Every 100 entries, and every 5 minutes while entries arrive, a checkpoint
 //! signature is also kept. `township-node audit verify` walks the chain and the signatures.
 
+pub mod relayed;
 mod routes;
 pub mod tally;
 pub mod verify;
@@ -318,22 +319,32 @@ fn is_secret_key(key: &str) -> bool {
 }
 
 /// This node's own chain entries after `after`, at most `limit`, as the JSON the upstream stores and
-/// verifies (seq, time, actor, action, target, detail, and both hashes).
+/// verifies (seq, time, actor, action, target, detail, and both hashes; on a checkpoint entry also
+/// the checkpoint signature and the key that made it, see [`relayed`]).
 pub fn chain_after(
     conn: &Connection,
     after: i64,
     limit: i64,
 ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT seq, at_ms, actor, action, target, detail, prev_hash, hash FROM audit_log WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT a.seq, a.at_ms, a.actor, a.action, a.target, a.detail, a.prev_hash, a.hash, c.signature, c.public_key
+         FROM audit_log a LEFT JOIN audit_checkpoints c ON c.seq = a.seq AND c.hash = a.hash
+         WHERE a.seq > ?1 ORDER BY a.seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after, limit], |r| {
         let seq: i64 = r.get(0)?;
-        let entry = serde_json::json!({
+        let mut entry = serde_json::json!({
             "seq": seq, "at_ms": r.get::<_, i64>(1)?, "actor": r.get::<_, String>(2)?,
             "action": r.get::<_, String>(3)?, "target": r.get::<_, String>(4)?, "detail": r.get::<_, String>(5)?,
             "prev_hash": r.get::<_, String>(6)?, "hash": r.get::<_, String>(7)?,
         });
+        if let (Some(signature), Some(key)) = (
+            r.get::<_, Option<String>>(8)?,
+            r.get::<_, Option<String>>(9)?,
+        ) {
+            entry["checkpoint"] = signature.into();
+            entry["public_key"] = key.into();
+        }
         Ok((seq, entry.to_string().into_bytes()))
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

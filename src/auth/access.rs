@@ -117,6 +117,7 @@ pub const RULES: &[Rule] = &[
     // Nodes authenticate with the Ed25519 handshake inside the WebSocket, not with accounts.
     rule("GET", "/api/v1/sync", Access::Public),
     rule("GET", "/api/v1/sync/status", Access::SignedIn),
+    rule("GET", "/api/v1/sync/chains", Access::Roles(ACCOUNT_ADMINS)),
     rule("GET", "/api/v1/nodes", Access::Roles(ACCOUNT_ADMINS)),
     rule("POST", "/api/v1/nodes", Access::Roles(ACCOUNT_ADMINS)),
     rule(

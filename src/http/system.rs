@@ -72,7 +72,7 @@ pub async fn metrics(
         }
     }
     let writes = state.store.write_metrics();
-    let (documents, quarantined, audit_entries, attachments) = state
+    let (documents, quarantined, audit_entries, attachments, chains_broken) = state
         .store
         .read(|conn| {
             let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0));
@@ -81,6 +81,7 @@ pub async fn metrics(
                 count("SELECT count(*) FROM documents WHERE quarantined IS NOT NULL")?,
                 count("SELECT COALESCE(MAX(seq), 0) FROM audit_log")?,
                 count("SELECT count(*) FROM blobs")?,
+                crate::audit::relayed::broken_count(conn)?,
             ))
         })
         .await?;
@@ -102,6 +103,12 @@ pub async fn metrics(
             help: "Attachments stored and verified (photos, videos, audio).",
             kind: "gauge",
             value: attachments as f64,
+        },
+        Sample {
+            name: "township_audit_chains_broken",
+            help: "Audit chains from nodes below that failed their check here (altered, re-signed or unsigned).",
+            kind: "gauge",
+            value: chains_broken as f64,
         },
         Sample {
             name: "township_audit_entries",

@@ -32,6 +32,7 @@ const MIGRATIONS: &[Migration] = &[
     v16_uploads,
     v17_area_names,
     v18_incident_duplicates,
+    v19_audit_chains,
 ];
 
 /// The schema version this binary writes.
@@ -541,6 +542,23 @@ fn v18_incident_duplicates(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
         "ALTER TABLE incidents ADD COLUMN duplicate_of TEXT;
         CREATE INDEX incidents_duplicate_of ON incidents (duplicate_of) WHERE duplicate_of IS NOT NULL;",
+    )
+}
+
+/// How far each audit chain relayed from below has been checked, and where it broke
+/// (see `audit::relayed`).
+fn v19_audit_chains(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE audit_chains (
+            origin       TEXT PRIMARY KEY,
+            verified_seq INTEGER NOT NULL,
+            last_hash    TEXT NOT NULL,
+            signed_seq   INTEGER NOT NULL,
+            public_key   TEXT,
+            broken_seq   INTEGER,
+            problem      TEXT,
+            checked_ms   INTEGER NOT NULL
+        ) STRICT;",
     )
 }
 

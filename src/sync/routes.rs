@@ -29,6 +29,7 @@ impl From<EnrollError> for ApiError {
 pub fn routes(r: Routes) -> Routes {
     r.get("/api/v1/sync", accept)
         .get("/api/v1/sync/status", status)
+        .get("/api/v1/sync/chains", list_chains)
         .get("/api/v1/nodes", list_nodes)
         .post("/api/v1/nodes", add_node)
         .delete("/api/v1/nodes/{id}", revoke_node)
@@ -58,15 +59,18 @@ async fn list_nodes(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_node_wide(&state.node.area)?;
     let config = state.config.clone();
-    let (rows, names) = state
+    let (rows, names, chains) = state
         .store
         .read(move |conn| {
             Ok::<_, crate::store::StoreError>((
                 registry::peers(conn, "downstream")?,
                 crate::areas::Directory::load(conn, &config.areas)?,
+                crate::audit::relayed::chains(conn)?,
             ))
         })
         .await?;
+    let chains: std::collections::HashMap<String, crate::audit::relayed::ChainStatus> =
+        chains.into_iter().map(|c| (c.origin.clone(), c)).collect();
     let (_, live) = state.sync.snapshot();
     let nodes: Vec<serde_json::Value> = rows
         .into_iter()
@@ -79,10 +83,52 @@ async fn list_nodes(
                 "connected": link.connected, "last_seen_ms": p.last_seen_ms, "version": p.version,
                 "pending_out": link.pending_out, "pending_in": link.pending_in,
                 "acked_seq": p.acked_seq, "last_error": p.last_error.or(link.last_error),
+                "chain": chains.get(&p.node_id),
             })
         })
         .collect();
     Ok(Json(json!({ "nodes": nodes })))
+}
+
+/// The audit chains of the nodes below, as checked here: broken ones first, each with the node's
+/// name when it is enrolled here (a relayed origin is known by its id and the node that relayed it).
+async fn list_chains(
+    State(state): State<AppState>,
+    caller: Caller,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    caller.require_node_wide(&state.node.area)?;
+    let (chains, peers, vias) = state
+        .store
+        .read(|conn| {
+            let vias: Vec<(String, String)> = conn
+                .prepare(
+                    "SELECT origin, via FROM stream_records WHERE stream = 'audit'
+                     GROUP BY origin HAVING seq = MAX(seq)",
+                )?
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            Ok::<_, crate::store::StoreError>((
+                crate::audit::relayed::chains(conn)?,
+                registry::peers(conn, "downstream")?,
+                vias,
+            ))
+        })
+        .await?;
+    let peers: std::collections::HashMap<String, registry::PeerRow> =
+        peers.into_iter().map(|p| (p.node_id.clone(), p)).collect();
+    let vias: std::collections::HashMap<String, String> = vias.into_iter().collect();
+    let chains: Vec<serde_json::Value> = chains
+        .into_iter()
+        .map(|c| {
+            let peer = peers.get(&c.origin);
+            json!({
+                "origin": c.origin, "name": peer.map(|p| p.name.clone()), "area": peer.map(|p| p.area.clone()),
+                "via": vias.get(&c.origin), "entries": c.entries, "signed_seq": c.signed_seq,
+                "intact": c.intact, "broken_seq": c.broken_seq, "problem": c.problem, "checked_ms": c.checked_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "chains": chains })))
 }
 
 async fn revoke_node(

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use axum::extract::ws::WebSocket;
+use futures_util::FutureExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use township_sync::engine::{self, Frame, Link, PeerInfo, Relation};
@@ -20,6 +21,9 @@ use crate::store::StoreError;
 /// How often a session ticks: stall checks (the engine restarts a record after five quiet ticks),
 /// pings, and a look for attachments this node still lacks.
 const TICK: Duration = Duration::from_secs(3);
+/// Frames already received that one write job handles at most, and their bytes.
+const MAX_FRAMES_PER_JOB: usize = 32;
+const MAX_BYTES_PER_JOB: usize = 4 * 1024 * 1024;
 
 /// Tells a peer its handshake is refused, counts the refusal per client address (auditing the
 /// first of each window), and returns the reason as the session's error.
@@ -263,22 +267,46 @@ pub async fn run<S: FrameIo>(
                     Some(Ok(b)) => b,
                 };
                 last_heard = tokio::time::Instant::now();
-                let frame = engine::decode(&bytes)?;
+                // Frames that already arrived are handled in the same write job: one commit (one
+                // fsync) for a run of batches instead of one each.
+                let mut frames = vec![engine::decode(&bytes)?];
+                let mut queued = bytes.len();
+                let mut closed = false;
+                while frames.len() < MAX_FRAMES_PER_JOB && queued < MAX_BYTES_PER_JOB {
+                    match io.recv_frame().now_or_never() {
+                        Some(Some(Ok(b))) => {
+                            queued += b.len();
+                            frames.push(engine::decode(&b)?);
+                        }
+                        Some(Some(Err(e))) => return Err(e),
+                        Some(None) => {
+                            closed = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 let (docs, ctx, from) = (docs.clone(), rt.write_ctx.clone(), peer_id.clone());
                 let (l, outcome, st) = rt
                     .store
                     .write(move |conn| {
                         let mut l = link;
-                        let outcome = l.receive(conn, &docs, frame)?;
-                        for (id, reason) in &outcome.refused {
-                            ctx.audit(
-                                conn,
-                                Event::new(&format!("node:{from}"), "sync.refused", &format!("record/{id}"))
-                                    .detail(json!({"reason": reason})),
-                            )?;
+                        let mut all = engine::Outcome::default();
+                        for frame in frames {
+                            let outcome = l.receive(conn, &docs, frame)?;
+                            for (id, reason) in &outcome.refused {
+                                ctx.audit(
+                                    conn,
+                                    Event::new(&format!("node:{from}"), "sync.refused", &format!("record/{id}"))
+                                        .detail(json!({"reason": reason})),
+                                )?;
+                            }
+                            all.frames.extend(outcome.frames);
+                            all.changed.extend(outcome.changed);
+                            all.blobs.extend(outcome.blobs);
                         }
                         let st = link_state(&l, conn)?;
-                        Ok::<_, StoreError>((l, outcome, st))
+                        Ok::<_, StoreError>((l, all, st))
                     })
                     .await?;
                 link = l;
@@ -302,6 +330,9 @@ pub async fn run<S: FrameIo>(
                     for reply in &replies {
                         sender.send(io, reply).await?;
                     }
+                }
+                if closed {
+                    return Ok(());
                 }
                 rt.status.update(status_key.as_deref(), |l| l.last_success_ms = Some(rt.clock.now_ms()));
             }

@@ -163,9 +163,24 @@ pub async fn handle(
                 return Ok(Vec::new());
             }
             let (via, now, from) = (peer.node_id.clone(), rt.clock.now_ms(), origin.clone());
+            let ctx = rt.write_ctx.clone();
             let upto = rt
                 .store
-                .write(move |conn| store_batch(conn, &via, &from, &records, now))
+                .write(move |conn| {
+                    let upto = store_batch(conn, &via, &from, &records, now)?;
+                    // Checked where it lands, in the same transaction: a chain altered on its way
+                    // up is flagged before anything is relayed further.
+                    if let Some(fault) = crate::audit::relayed::check(conn, &from, now)? {
+                        tracing::error!(origin = %from, via = %via, seq = fault.seq, problem = %fault.problem,
+                            "an audit chain from below is broken");
+                        ctx.audit(
+                            conn,
+                            crate::audit::Event::new("sync", "audit.chain_broken", &format!("node:{from}"))
+                                .detail(serde_json::json!({"seq": fault.seq, "problem": fault.problem, "via": via})),
+                        )?;
+                    }
+                    Ok::<_, StoreError>(upto)
+                })
                 .await?;
             Ok(upto
                 .map(|upto| Frame::StreamAck {

@@ -26,11 +26,17 @@ use uuid::Uuid;
 use crate::area::AreaCode;
 use crate::docstore::{DocError, DocMeta, DocStore, Flow, Merged, Sender};
 
-/// Stored record bytes named by one manifest at most (a single larger record goes alone): small
-/// enough that a link which breaks after 64 KB still carries a whole batch and its acknowledgement.
+/// Stored record bytes named by the first manifest of a connection at most (a single larger record
+/// goes alone): small enough that a link which breaks after 64 KB still carries a whole batch and
+/// its acknowledgement. Each acknowledged batch doubles the next, up to [`MAX_BATCH_BYTES`], so a
+/// link that holds moves records in fewer, larger transactions.
 pub const BATCH_BYTES: usize = 24 * 1024;
+/// The largest batch, however long a link has held.
+pub const MAX_BATCH_BYTES: usize = 768 * 1024;
+/// Records sent whole in one frame at most, in stored bytes.
+const RECORDS_FRAME_BYTES: usize = 256 * 1024;
 /// Records named by one manifest at most.
-pub const MANIFEST_MAX: usize = 512;
+pub const MANIFEST_MAX: usize = 2_000;
 /// Manifests sent and not yet acknowledged at most: enough to keep a fast link busy while the
 /// receiver merges, few enough that a slow one is not flooded.
 pub const WINDOW: usize = 8;
@@ -384,6 +390,8 @@ pub struct Link {
     in_flight: VecDeque<Batch>,
     /// Tick of the last manifest sent or acknowledged.
     sent_progress: u64,
+    /// Stored bytes the next manifest may name.
+    batch_bytes: usize,
     /// Heads the peer told us it holds, per record, so a record is not offered back to where it came from.
     known: HashMap<Uuid, Vec<ChangeHash>>,
     tick: u64,
@@ -427,6 +435,7 @@ impl Link {
             sent_upto: acked_seq,
             in_flight: VecDeque::new(),
             sent_progress: 0,
+            batch_bytes: BATCH_BYTES,
             known: HashMap::new(),
             tick: 0,
         }
@@ -496,7 +505,9 @@ impl Link {
     pub fn advance(&mut self, conn: &Connection, store: &DocStore) -> Result<Vec<Frame>, DocError> {
         let mut frames = Vec::new();
         while self.in_flight.len() < WINDOW {
-            let rows = DocStore::changed_since_sized(conn, self.sent_upto, MANIFEST_MAX)?;
+            // Rows enough for a batch of small records, not thousands read to use fifty.
+            let limit = (self.batch_bytes / 128).clamp(64, MANIFEST_MAX);
+            let rows = DocStore::changed_since_sized(conn, self.sent_upto, limit)?;
             if rows.is_empty() {
                 break;
             }
@@ -505,7 +516,7 @@ impl Link {
             let mut bytes = 0usize;
             let mut entries = Vec::new();
             for (meta, size) in rows {
-                if !entries.is_empty() && bytes + size > BATCH_BYTES {
+                if !entries.is_empty() && bytes + size > self.batch_bytes {
                     break;
                 }
                 upto = meta.seq;
@@ -700,7 +711,7 @@ impl Link {
                 });
                 continue;
             };
-            if !records.is_empty() && bytes + stored.len() > BATCH_BYTES {
+            if !records.is_empty() && bytes + stored.len() > RECORDS_FRAME_BYTES {
                 out.frames.push(Frame::Records {
                     records: std::mem::take(&mut records),
                 });
@@ -802,6 +813,7 @@ impl Link {
         }
         if self.acked_seq > before {
             self.sent_progress = self.tick;
+            self.batch_bytes = (self.batch_bytes * 2).min(MAX_BATCH_BYTES);
             out.acked = Some(self.acked_seq);
         }
         out.frames.extend(self.advance(conn, store)?);

@@ -851,3 +851,150 @@ fn a_cold_sync_through_a_link_cut_every_64_kb_completes_with_photos() {
     );
     assert!(connections >= 10, "the link was cut again and again");
 }
+
+/// Enrols `child` (its key) at `parent` for `area`.
+fn enroll_at(parent: &std::path::Path, child: &std::path::Path, area: &str, name: &str) {
+    let key = id_of(child)["public_key"].as_str().unwrap().to_string();
+    let out = run(&[
+        "enroll",
+        "add",
+        "--data-dir",
+        parent.to_str().unwrap(),
+        "--public-key",
+        &key,
+        "--area",
+        area,
+        "--name",
+        name,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+fn chains(server: &Server, session: &Session) -> Vec<Value> {
+    let (status, _, body) = blocking_request(
+        "GET",
+        &server.url("/api/v1/sync/chains"),
+        &session.headers(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<Value>(&body).unwrap()["chains"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A township relays its village's audit chain to the county, but one entry was altered in the
+/// township's store on the way. The county checks every origin's chain against that node's key
+/// and flags the village's chain as broken at that entry (API, metric, audit), while the
+/// township's own chain stays intact.
+#[test]
+fn a_relayed_audit_entry_altered_on_its_way_up_is_flagged_at_the_county() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (county_port, township_port) = (free_port(), free_port());
+    let county = init_tree_node(tmp.path(), "county", "330723", "county", None);
+    let county_key = id_of(&county)["public_key"].as_str().unwrap().to_string();
+    let township = init_tree_node(
+        tmp.path(),
+        "township",
+        "330723001",
+        "township",
+        Some((&format!("http://127.0.0.1:{county_port}"), &county_key)),
+    );
+    let township_key = id_of(&township)["public_key"].as_str().unwrap().to_string();
+    let village = init_tree_node(
+        tmp.path(),
+        "village",
+        "330723001001",
+        "village",
+        Some((&format!("http://127.0.0.1:{township_port}"), &township_key)),
+    );
+    enroll_at(&county, &township, "330723001", "城关镇");
+    enroll_at(&township, &village, "330723001001", "王宅村");
+    let village_id = id_of(&village)["node_id"].as_str().unwrap().to_string();
+    let township_id = id_of(&township)["node_id"].as_str().unwrap().to_string();
+
+    // The county is down; the village's chain reaches the township and checks out there.
+    let ts = serve_on(&township, township_port);
+    let vs = serve_on(&village, free_port());
+    let va = login(&vs.base, "admin", ADMIN_PASSWORD);
+    for i in 0..3 {
+        report(&vs, &va, &format!("审计链{i}"), "330723001001");
+    }
+    let ta = login(&ts.base, "admin", ADMIN_PASSWORD);
+    let mut shipped = 0;
+    wait_for("the village's chain to reach the township", || {
+        let found = chains(&ts, &ta);
+        shipped = found
+            .iter()
+            .find(|c| c["origin"] == village_id.as_str())
+            .and_then(|c| c["entries"].as_i64())
+            .unwrap_or(0);
+        shipped >= 5 && found.iter().all(|c| c["intact"] == true)
+    });
+    drop(vs);
+    drop(ts);
+
+    // One relayed entry is rewritten in the township's store, hash and all.
+    let db = rusqlite::Connection::open(township.join("township.db")).unwrap();
+    let (seq, payload): (i64, Vec<u8>) = db
+        .query_row(
+            "SELECT seq, payload FROM stream_records WHERE origin = ?1 AND stream = 'audit' AND seq = 3",
+            [&village_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let mut entry: Value = serde_json::from_slice(&payload).unwrap();
+    entry["target"] = "incident/forged".into();
+    let forged = entry.to_string();
+    db.execute(
+        "UPDATE stream_records SET payload = ?1 WHERE origin = ?2 AND stream = 'audit' AND seq = ?3",
+        rusqlite::params![forged.as_bytes(), village_id, seq],
+    )
+    .unwrap();
+    drop(db);
+
+    let cs = serve_on(&county, county_port);
+    let _ts = serve_on(&township, township_port);
+    let ca = login(&cs.base, "admin", ADMIN_PASSWORD);
+    wait_for("the county to check both chains", || {
+        let found = chains(&cs, &ca);
+        found.iter().any(|c| c["origin"] == village_id.as_str())
+            && found.iter().any(|c| c["origin"] == township_id.as_str())
+    });
+    let found = chains(&cs, &ca);
+    let village_chain = found
+        .iter()
+        .find(|c| c["origin"] == village_id.as_str())
+        .unwrap();
+    assert_eq!(village_chain["intact"], false, "{village_chain}");
+    assert_eq!(village_chain["broken_seq"], seq, "{village_chain}");
+    assert_eq!(village_chain["via"], township_id.as_str());
+    let township_chain = found
+        .iter()
+        .find(|c| c["origin"] == township_id.as_str())
+        .unwrap();
+    assert_eq!(township_chain["intact"], true, "{township_chain}");
+    assert_eq!(township_chain["name"], "城关镇");
+    // The nodes page shows it beside the township, the metric counts it, the audit log says it.
+    let (_, _, body) = blocking_request("GET", &cs.url("/api/v1/nodes"), &ca.headers()).unwrap();
+    let nodes: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(nodes["nodes"][0]["chain"]["intact"], true, "{nodes}");
+    let (_, _, metrics) = blocking_request("GET", &cs.url("/metrics"), &[]).unwrap();
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("\ntownship_audit_chains_broken 1\n"),
+        "the metric counts the broken chain"
+    );
+    let (_, _, body) = blocking_request(
+        "GET",
+        &cs.url("/api/v1/audit?action=audit.chain_broken"),
+        &ca.headers(),
+    )
+    .unwrap();
+    let audit: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        audit["entries"].as_array().map(Vec::len),
+        Some(1),
+        "audited once: {audit}"
+    );
+}
