@@ -1,25 +1,112 @@
 // The nodes page (county IT, admin): downstream nodes with their health and lag, enrollment by public
-// key, and revocation.
+// key, and revocation; and the audit chains of every node below (villages relayed by a township
+// among them) as checked here, with an alarm at the top when one was tampered with.
 import { getJson, postJson, del } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox, markRequired } from '../dom.js';
 import { formatTime } from '../format.js';
+import { chainSummary, brokenFirst, countBroken, alarmKey, nodeLabel, viaLabel } from '../chains-logic.js';
+
+const CHAINS_ID = 'audit-chains';
+
+// A node id cut short for a cell, the full id as its tooltip.
+function idNode(label) {
+  return label.named ? el('span', { title: label.id }, label.text) : el('span', { class: 'node-id', title: label.id }, label.text);
+}
+
+// A chain's check in one cell: "完整 · 已核 N 条，签名至 M", "未收到", or the alarm with the node's
+// reason (English, from the server) on a smaller line under it.
+function chainNode(chain, { short = false } = {}) {
+  const s = chainSummary(chain);
+  const checked = chain && chain.checked_ms ? t('nodes.chain_checked', { time: formatTime(chain.checked_ms, { seconds: true }) }) : null;
+  if (s.state === 'none') return el('span', { class: 'chain-none', 'data-chain': 'none' }, t(s.key));
+  if (s.state === 'intact') {
+    return el('span', { class: 'chain-ok', 'data-chain': 'intact', title: checked },
+      short ? t('nodes.chain_intact_short') : t(s.key, s.params));
+  }
+  return el('div', { class: 'chain-broken-text', 'data-chain': 'broken', title: checked },
+    el('span', { class: 'badge chain-bad' }, t(s.key, s.params)),
+    s.problem ? el('p', { class: 'small chain-problem' },
+      el('span', { class: 'chain-problem-label' }, t('nodes.chain_reason')), el('span', { lang: 'en' }, s.problem)) : null);
+}
+
+function chainsTable(chains, byId) {
+  const head = ['nodes.chain_node', 'nodes.state', 'nodes.chain_entries', 'nodes.chain_signed', 'nodes.chain_via', 'nodes.area_name', 'nodes.chain_checked_at']
+    .map((k) => el('th', { 'data-i18n': k }, t(k)));
+  const rows = brokenFirst(chains).map((c) => {
+    const who = nodeLabel(c.origin, c.name, byId);
+    const node = byId.get(c.origin);
+    const areaCode = c.area || (node && node.area) || null;
+    const areaName = (node && node.area === areaCode && node.area_name) || areaCode;
+    const via = viaLabel(c, byId);
+    const viaCell = via.kind === 'direct' ? t('nodes.chain_direct') : via.kind === 'node' ? idNode(via) : '—';
+    const broken = c.intact === false;
+    return el('tr', { 'data-origin': c.origin, class: broken ? 'chain-broken' : null },
+      el('td', {}, idNode(who)), el('td', { class: 'chain' }, chainNode(c, { short: true })),
+      el('td', {}, String(c.entries ?? 0)), el('td', {}, c.signed_seq > 0 ? String(c.signed_seq) : t('nodes.chain_unsigned')),
+      el('td', {}, viaCell), el('td', { title: areaCode }, areaName || '—'),
+      el('td', {}, formatTime(c.checked_ms, { seconds: true })));
+  });
+  const table = el('table', { class: 'table', id: 'chains-table' }, el('thead', {}, el('tr', {}, ...head)), el('tbody', {}, ...rows));
+  // Nothing in it to focus, so the scroller itself is the stop a keyboard scrolls it from.
+  return el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-labelledby': `${CHAINS_ID}-title` }, table);
+}
+
+// Why an answer is not a list: the request's error, or (an answer of another shape) that the node
+// could not be read.
+function failure(answer) {
+  return (answer.status === 'rejected' && answer.reason && answer.reason.message) || t('common.unreachable');
+}
 
 export async function render(main) {
   clear(main);
   main.append(el('h1', { 'data-i18n': 'page.nodes' }, t('page.nodes')));
+  // The alarm: a live region in the page from the start, filled only when the count of broken chains
+  // changes, so a reload after a revocation does not read it out again.
+  const alarm = el('div', { class: 'chain-alarm', id: 'chain-alarm', role: 'alert', hidden: true });
+  let alarmed = 0;
+  const setAlarm = (n) => {
+    if (n === alarmed) return;
+    alarmed = n;
+    clear(alarm);
+    alarm.hidden = n === 0;
+    if (n === 0) return;
+    const link = el('a', { href: `#${CHAINS_ID}` }, t('nodes.chains_alarm_link'));
+    link.addEventListener('click', (event) => {
+      // Scrolled here rather than followed: a new fragment would send the router round again.
+      event.preventDefault();
+      chainsSection.scrollIntoView({ block: 'start' });
+      chainsTitle.focus({ preventScroll: true });
+    });
+    alarm.append(el('p', {}, el('span', { class: 'chain-alarm-text' }, t(alarmKey(n), { n })), ' ', link));
+  };
+
   const list = el('section', { class: 'card' });
+  const chainsTitle = el('h2', { id: `${CHAINS_ID}-title`, tabindex: -1, 'data-i18n': 'nodes.chains_title' }, t('nodes.chains_title'));
+  const chainsBody = el('div');
+  const chainsSection = el('section', { class: 'card chains', id: CHAINS_ID, 'aria-labelledby': `${CHAINS_ID}-title` },
+    chainsTitle, el('p', { class: 'muted small', 'data-i18n': 'nodes.chains_help' }, t('nodes.chains_help')), chainsBody);
+
   const reload = async () => {
     clear(list);
-    try {
-      const { nodes } = await getJson('/api/v1/nodes');
-      if (nodes.length === 0) {
-        list.append(el('p', { class: 'muted' }, t('nodes.none')));
-        return;
-      }
-      const head = ['nodes.name', 'nodes.area', 'nodes.state', 'nodes.last_seen', 'nodes.pending', 'nodes.version', 'nodes.error', 'users.actions']
+    clear(chainsBody);
+    // Both lists at once; the chains failing (an older node) leaves the nodes list as it was.
+    const [nodesAnswer, chainsAnswer] = await Promise.allSettled([getJson('/api/v1/nodes'), getJson('/api/v1/sync/chains')]);
+    const nodes = nodesAnswer.status === 'fulfilled' && Array.isArray(nodesAnswer.value.nodes) ? nodesAnswer.value.nodes : null;
+    const chains = chainsAnswer.status === 'fulfilled' && Array.isArray(chainsAnswer.value.chains) ? chainsAnswer.value.chains : null;
+    const byId = new Map((nodes || []).map((n) => [n.node_id, n]));
+    // Every chain checked here when that list came, else those of the nodes enrolled here.
+    setAlarm(chains ? countBroken(chains) : countBroken(nodes || [], (n) => n.chain));
+
+    if (!nodes) {
+      list.append(errorBox(failure(nodesAnswer), reload));
+    } else if (nodes.length === 0) {
+      list.append(el('p', { class: 'muted' }, t('nodes.none')));
+    } else {
+      // The audit chain beside the name, so a phone sees it without scrolling the table.
+      const head = ['nodes.name', 'nodes.chain', 'nodes.area_name', 'nodes.state', 'nodes.last_seen', 'nodes.pending', 'nodes.version', 'nodes.error', 'users.actions']
         .map((k) => el('th', {}, t(k)));
-      const rows = nodes.map((n) => {
+      const rows = brokenFirst(nodes, (n) => n.chain).map((n) => {
         const state = n.revoked ? el('span', { class: 'badge bad' }, t('nodes.revoked'))
           : n.connected ? el('span', { class: 'badge ok' }, t('nodes.connected')) : el('span', { class: 'badge' }, t('nodes.offline'));
         const actions = el('td');
@@ -31,13 +118,21 @@ export async function render(main) {
           });
           actions.append(revoke);
         }
-        return el('tr', { 'data-node': n.node_id }, el('td', {}, n.name), el('td', { title: n.area }, n.area_name || n.area), el('td', {}, state),
+        const broken = n.chain && n.chain.intact === false;
+        return el('tr', { 'data-node': n.node_id, class: broken ? 'chain-broken' : null }, el('td', {}, n.name),
+          el('td', { class: 'chain' }, chainNode(n.chain)), el('td', { title: n.area }, n.area_name || n.area), el('td', {}, state),
           el('td', {}, formatTime(n.last_seen_ms)), el('td', {}, String(n.pending_out)), el('td', {}, n.version || '—'),
           el('td', { class: 'wrap' }, n.last_error || '—'), actions);
       });
       list.append(el('div', { class: 'scroll' }, el('table', { class: 'table', id: 'nodes-table' }, el('thead', {}, el('tr', {}, ...head)), el('tbody', {}, ...rows))));
-    } catch (e) {
-      list.append(errorBox(e.message, reload));
+    }
+
+    if (!chains) {
+      chainsBody.append(errorBox(failure(chainsAnswer), reload));
+    } else if (chains.length === 0) {
+      chainsBody.append(el('p', { class: 'muted', id: 'chains-none' }, t('nodes.chains_none')));
+    } else {
+      chainsBody.append(chainsTable(chains, byId));
     }
   };
   const key = el('input', { id: 'n-key', required: true, spellcheck: 'false' });
@@ -61,6 +156,6 @@ export async function render(main) {
       error.textContent = err.message;
     }
   });
-  main.append(list, markRequired(form));
+  main.append(alarm, list, chainsSection, markRequired(form));
   await reload();
 }
