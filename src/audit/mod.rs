@@ -131,10 +131,10 @@ fn head_value(key: &NodeKey, seq: i64, hash: &str) -> String {
 /// never signed: someone who rewrote the chain and its head without the key would have the next
 /// restart sign their forgery.
 pub fn sign_head_if_unsigned(conn: &Connection, key: &NodeKey) -> Result<bool, StoreError> {
-    let allowed = conn.execute(
-        "DELETE FROM node_meta WHERE key = 'audit_head_unsigned_ok'",
-        [],
-    )? > 0;
+    let allowed = conn
+        .prepare_cached("DELETE FROM node_meta WHERE key = 'audit_head_unsigned_ok'")?
+        .execute([])?
+        > 0;
     if !allowed {
         return Ok(false);
     }
@@ -156,10 +156,8 @@ pub fn sign_head_if_unsigned(conn: &Connection, key: &NodeKey) -> Result<bool, S
     else {
         return Ok(false);
     };
-    conn.execute(
-        "UPDATE node_meta SET value = ?2 WHERE key = ?1",
-        params![HEAD_KEY, head_value(key, seq, hash)],
-    )?;
+    conn.prepare_cached("UPDATE node_meta SET value = ?2 WHERE key = ?1")?
+        .execute(params![HEAD_KEY, head_value(key, seq, hash)])?;
     Ok(true)
 }
 
@@ -205,15 +203,11 @@ pub fn append(
         &detail,
         &prev_hash,
     );
-    conn.execute(
-        "INSERT INTO audit_log (seq, at_ms, actor, action, target, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-        params![seq, now_ms, event.actor, event.action, event.target, detail, prev_hash, hash],
+    conn.prepare_cached("INSERT INTO audit_log (seq, at_ms, actor, action, target, detail, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)")?.execute(params![seq, now_ms, event.actor, event.action, event.target, detail, prev_hash, hash],
     )?;
     // The head is kept beside the chain, signed, so that cutting entries off the end, or rewriting
     // the newest ones and chaining them anew, is noticed too.
-    conn.execute(
-        "INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![HEAD_KEY, head_value(key, seq, &hash)],
+    conn.prepare_cached("INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?.execute(params![HEAD_KEY, head_value(key, seq, &hash)],
     )?;
     if seq % CHECKPOINT_EVERY == 0 {
         sign_checkpoint(conn, key, seq, &hash, now_ms)?;
@@ -229,9 +223,7 @@ fn sign_checkpoint(
     now_ms: i64,
 ) -> Result<(), StoreError> {
     let signature = key.sign(&checkpoint_message(seq, hash));
-    conn.execute(
-        "INSERT OR IGNORE INTO audit_checkpoints (seq, hash, signature, public_key, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![seq, hash, hex::encode(signature), key.public_key().to_string(), now_ms],
+    conn.prepare_cached("INSERT OR IGNORE INTO audit_checkpoints (seq, hash, signature, public_key, at_ms) VALUES (?1, ?2, ?3, ?4, ?5)")?.execute(params![seq, hash, hex::encode(signature), key.public_key().to_string(), now_ms],
     )?;
     Ok(())
 }
@@ -405,9 +397,7 @@ pub fn record_config(
         }
     }
     let text = serde_json::to_string(current).unwrap_or_default();
-    conn.execute(
-        "INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        params![CONFIG_KEY, text],
+    conn.prepare_cached("INSERT INTO node_meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value")?.execute(params![CONFIG_KEY, text],
     )?;
     ctx.audit(
         conn,

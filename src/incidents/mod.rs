@@ -811,15 +811,16 @@ pub fn reserve_upload(
     now_ms: i64,
 ) -> Result<(), IncidentError> {
     check_quota(conn, username, size, quota, now_ms)?;
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO upload_use (username, day, bytes) VALUES (?1, ?2, ?3)
          ON CONFLICT(username, day) DO UPDATE SET bytes = bytes + excluded.bytes",
-        params![
-            username,
-            beijing_day(now_ms),
-            i64::try_from(size).unwrap_or(i64::MAX)
-        ],
     )
+    .map_err(StoreError::from)?
+    .execute(params![
+        username,
+        beijing_day(now_ms),
+        i64::try_from(size).unwrap_or(i64::MAX)
+    ])
     .map_err(StoreError::from)?;
     Ok(())
 }
@@ -831,14 +832,14 @@ pub fn release_upload(
     size: u64,
     now_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "UPDATE upload_use SET bytes = max(0, bytes - ?3) WHERE username = ?1 AND day = ?2",
-        params![
-            username,
-            beijing_day(now_ms),
-            i64::try_from(size).unwrap_or(i64::MAX)
-        ],
-    )?;
+    )?
+    .execute(params![
+        username,
+        beijing_day(now_ms),
+        i64::try_from(size).unwrap_or(i64::MAX)
+    ])?;
     Ok(())
 }
 
@@ -1176,8 +1177,7 @@ impl Projection for IncidentProjection {
             _ => None,
         };
         let score = rating(doc).and_then(|r| r["score"].as_i64());
-        conn.execute(
-            "INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department, assist_departments,
+        conn.prepare_cached("INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department, assist_departments,
                 assignee, lat, lon, place, escalated, created_ms, updated_ms, accepted_ms, dispatched_ms, resolved_ms, closed_ms,
                 rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts, duplicate_of)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
@@ -1189,8 +1189,7 @@ impl Projection for IncidentProjection {
                 dispatched_ms = excluded.dispatched_ms, resolved_ms = excluded.resolved_ms, closed_ms = excluded.closed_ms,
                 rejected_ms = excluded.rejected_ms, due_start_ms = excluded.due_start_ms, due_ms = excluded.due_ms,
                 due_kind = excluded.due_kind, due_state = excluded.due_state, on_time = excluded.on_time,
-                rating = excluded.rating, conflicts = excluded.conflicts, duplicate_of = excluded.duplicate_of",
-            params![
+                rating = excluded.rating, conflicts = excluded.conflicts, duplicate_of = excluded.duplicate_of")?.execute(params![
                 meta.id.to_string(),
                 meta.scope.as_str(),
                 category,
@@ -1222,15 +1221,13 @@ impl Projection for IncidentProjection {
                 f.duplicate_of,
             ],
         )?;
-        conn.execute(
-            "DELETE FROM incident_attachments WHERE incident_id = ?1",
-            [meta.id.to_string()],
-        )?;
+        conn.prepare_cached("DELETE FROM incident_attachments WHERE incident_id = ?1")?
+            .execute([meta.id.to_string()])?;
         for a in read_attachments(doc, authors) {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT OR IGNORE INTO incident_attachments (incident_id, sha256) VALUES (?1, ?2)",
-                params![meta.id.to_string(), a.sha256],
-            )?;
+            )?
+            .execute(params![meta.id.to_string(), a.sha256])?;
         }
         Ok(())
     }

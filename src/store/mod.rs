@@ -93,6 +93,9 @@ struct StoreInner {
 fn configure(conn: &Connection, config: &StoreConfig, writer: bool) -> Result<(), StoreError> {
     conn.busy_timeout(config.busy_timeout)?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Every statement of a record merge, its projection and its audit entry stays prepared: parsing
+    // SQL again was a quarter of the county's CPU in a cold sync (rusqlite keeps 16 by default).
+    conn.set_prepared_statement_cache_capacity(256);
     if writer {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Records and everything acknowledged to a person must survive a power cut.

@@ -125,7 +125,7 @@ pub fn enroll(
     let node_id = key.node_id().to_string();
     conn.execute(
         "INSERT INTO sync_peers (node_id, public_key, area, name, relation, enrolled_ms) VALUES (?1, ?2, ?3, ?4, 'downstream', ?5)",
-        params![node_id, key.to_string(), area.as_str(), name, now_ms],
+params![node_id, key.to_string(), area.as_str(), name, now_ms],
     )
     .map_err(StoreError::from)?;
     ctx.audit(
@@ -154,9 +154,7 @@ pub fn revoke(
     actor: &str,
     node_id: &str,
 ) -> Result<bool, StoreError> {
-    let n = conn.execute(
-        "UPDATE sync_peers SET revoked_ms = ?2 WHERE node_id = ?1 AND relation = 'downstream' AND revoked_ms IS NULL",
-        params![node_id, ctx.now_ms()],
+    let n = conn.prepare_cached("UPDATE sync_peers SET revoked_ms = ?2 WHERE node_id = ?1 AND relation = 'downstream' AND revoked_ms IS NULL")?.execute(params![node_id, ctx.now_ms()],
     )?;
     if n > 0 {
         ctx.audit(conn, Event::new(actor, "sync.revoke", node_id))?;
@@ -183,9 +181,7 @@ pub fn record_seen(
     version: Option<&str>,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE sync_peers SET version = ?2, last_seen_ms = ?3, last_error = NULL WHERE node_id = ?1",
-        params![node_id, version, at_ms],
+    conn.prepare_cached("UPDATE sync_peers SET version = ?2, last_seen_ms = ?3, last_error = NULL WHERE node_id = ?1")?.execute(params![node_id, version, at_ms],
     )?;
     Ok(())
 }
@@ -197,9 +193,7 @@ pub fn record_ack(
     upto: i64,
     at_ms: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
-        "UPDATE sync_peers SET acked_seq = max(acked_seq, ?2), last_seen_ms = ?3 WHERE node_id = ?1",
-        params![node_id, upto, at_ms],
+    conn.prepare_cached("UPDATE sync_peers SET acked_seq = max(acked_seq, ?2), last_seen_ms = ?3 WHERE node_id = ?1")?.execute(params![node_id, upto, at_ms],
     )?;
     Ok(())
 }
@@ -213,14 +207,10 @@ pub fn remember_upstream(
     area: &AreaCode,
     at_ms: i64,
 ) -> Result<i64, StoreError> {
-    conn.execute(
-        "INSERT INTO sync_peers (node_id, public_key, area, name, relation, enrolled_ms) VALUES (?1, ?2, ?3, 'upstream', 'upstream', ?4)
-         ON CONFLICT(node_id) DO UPDATE SET area = excluded.area",
-        params![node_id, key.to_string(), area.as_str(), at_ms],
+    conn.prepare_cached("INSERT INTO sync_peers (node_id, public_key, area, name, relation, enrolled_ms) VALUES (?1, ?2, ?3, 'upstream', 'upstream', ?4)
+         ON CONFLICT(node_id) DO UPDATE SET area = excluded.area")?.execute(params![node_id, key.to_string(), area.as_str(), at_ms],
     )?;
-    Ok(conn.query_row(
-        "SELECT acked_seq FROM sync_peers WHERE node_id = ?1",
-        [node_id],
-        |r| r.get::<_, i64>(0),
-    )?)
+    Ok(conn
+        .prepare_cached("SELECT acked_seq FROM sync_peers WHERE node_id = ?1")?
+        .query_row([node_id], |r| r.get::<_, i64>(0))?)
 }

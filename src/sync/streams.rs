@@ -118,11 +118,11 @@ pub fn record_ack(
     origin: &str,
     upto: i64,
 ) -> Result<(), StoreError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT INTO stream_cursors (peer, origin, stream, acked) VALUES (?1, ?2, 'audit', ?3)
          ON CONFLICT(peer, origin, stream) DO UPDATE SET acked = max(acked, excluded.acked)",
-        params![peer, origin, upto],
-    )?;
+    )?
+    .execute(params![peer, origin, upto])?;
     Ok(())
 }
 

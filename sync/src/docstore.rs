@@ -300,20 +300,18 @@ impl DocStore {
     }
 
     fn next_seq(conn: &Connection) -> Result<i64, DocError> {
-        Ok(conn.query_row(
-            "UPDATE doc_counters SET value = value + 1 WHERE name = 'seq' RETURNING value",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(conn
+            .prepare_cached(
+                "UPDATE doc_counters SET value = value + 1 WHERE name = 'seq' RETURNING value",
+            )?
+            .query_row([], |r| r.get(0))?)
     }
 
     /// The highest sequence number issued so far.
     pub fn current_seq(conn: &Connection) -> Result<i64, DocError> {
-        Ok(conn.query_row(
-            "SELECT value FROM doc_counters WHERE name = 'seq'",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(conn
+            .prepare_cached("SELECT value FROM doc_counters WHERE name = 'seq'")?
+            .query_row([], |r| r.get(0))?)
     }
 
     fn project(
@@ -415,10 +413,8 @@ impl DocStore {
         let heads = doc.get_heads();
         let seq = Self::next_seq(conn)?;
         let now = (self.now_ms)();
-        conn.execute(
-            "INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)",
-            params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
+        conn.prepare_cached("INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)")?.execute(params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
         )?;
         let meta = DocMeta {
             id,
@@ -470,11 +466,9 @@ impl DocStore {
         if let Some(reason) = quarantined {
             return Err(DocError::Quarantined { id, reason });
         }
-        let snapshot: Vec<u8> = conn.query_row(
-            "SELECT snapshot FROM documents WHERE id = ?1",
-            [id.to_string()],
-            |r| r.get(0),
-        )?;
+        let snapshot: Vec<u8> = conn
+            .prepare_cached("SELECT snapshot FROM documents WHERE id = ?1")?
+            .query_row([id.to_string()], |r| r.get(0))?;
         let mut doc = guarded(id, || AutoCommit::load(&snapshot))?;
         let mut stmt =
             conn.prepare_cached("SELECT bytes FROM document_changes WHERE doc_id = ?1 ORDER BY n")?;
@@ -536,30 +530,25 @@ impl DocStore {
         bytes: &[u8],
     ) -> Result<DocMeta, DocError> {
         let id = meta.id.to_string();
-        let pending: i64 = conn.query_row(
-            "SELECT pending_changes FROM documents WHERE id = ?1",
-            [&id],
-            |r| r.get(0),
-        )?;
+        let pending: i64 = conn
+            .prepare_cached("SELECT pending_changes FROM documents WHERE id = ?1")?
+            .query_row([&id], |r| r.get(0))?;
         let seq = Self::next_seq(conn)?;
         let now = (self.now_ms)();
         let heads = doc.get_heads();
         // A save holds only applied changes; while some wait for dependencies, keep the log instead.
         if pending + 1 >= self.compact_after && doc.get_missing_deps(&[]).is_empty() {
             let snapshot = doc.save();
-            conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
-            conn.execute(
-                "UPDATE documents SET snapshot = ?2, pending_changes = 0, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1",
-                params![id, snapshot, encode_heads(&heads), seq, now],
+            conn.prepare_cached("DELETE FROM document_changes WHERE doc_id = ?1")?
+                .execute([&id])?;
+            conn.prepare_cached("UPDATE documents SET snapshot = ?2, pending_changes = 0, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1")?.execute(params![id, snapshot, encode_heads(&heads), seq, now],
             )?;
         } else {
-            conn.execute(
+            conn.prepare_cached(
                 "INSERT INTO document_changes (doc_id, n, bytes) VALUES (?1, ?2, ?3)",
-                params![id, pending + 1, bytes],
-            )?;
-            conn.execute(
-                "UPDATE documents SET pending_changes = ?2, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1",
-                params![id, pending + 1, encode_heads(&heads), seq, now],
+            )?
+            .execute(params![id, pending + 1, bytes])?;
+            conn.prepare_cached("UPDATE documents SET pending_changes = ?2, heads = ?3, seq = ?4, updated_ms = ?5 WHERE id = ?1")?.execute(params![id, pending + 1, encode_heads(&heads), seq, now],
             )?;
         }
         meta.heads = heads;
@@ -630,10 +619,11 @@ impl DocStore {
 
     /// Marks a document as quarantined: it is skipped by loads, projections and sync until repaired.
     pub fn quarantine(conn: &Connection, id: Uuid, reason: &str) -> Result<(), DocError> {
-        conn.execute(
-            "UPDATE documents SET quarantined = ?2 WHERE id = ?1",
-            params![id.to_string(), reason.chars().take(500).collect::<String>()],
-        )?;
+        conn.prepare_cached("UPDATE documents SET quarantined = ?2 WHERE id = ?1")?
+            .execute(params![
+                id.to_string(),
+                reason.chars().take(500).collect::<String>()
+            ])?;
         Ok(())
     }
 
@@ -785,11 +775,12 @@ impl DocStore {
                 continue;
             }
             let snapshot = doc.save();
-            conn.execute("DELETE FROM document_changes WHERE doc_id = ?1", [&id])?;
-            conn.execute(
+            conn.prepare_cached("DELETE FROM document_changes WHERE doc_id = ?1")?
+                .execute([&id])?;
+            conn.prepare_cached(
                 "UPDATE documents SET snapshot = ?2, pending_changes = 0 WHERE id = ?1",
-                params![id, snapshot],
-            )?;
+            )?
+            .execute(params![id, snapshot])?;
             done += 1;
         }
         Ok(done)
@@ -854,7 +845,8 @@ impl DocStore {
                         message: e.0,
                     })?;
                 }
-                conn.execute("DELETE FROM documents WHERE id = ?1", [&id])?;
+                conn.prepare_cached("DELETE FROM documents WHERE id = ?1")?
+                    .execute([&id])?;
                 gone += 1;
             }
             if gone > 0 {
@@ -1151,12 +1143,14 @@ impl DocStore {
                     Sender::Trusted => self.keep_pending(conn, meta.id, &raw_changes)?,
                     Sender::Below(_) => {
                         for change in checked_pending(id, &mut doc, &raw_chunks, sender, scope)? {
-                            let (waiting, known): (i64, bool) = conn.query_row(
-                                "SELECT pending_changes, EXISTS (SELECT 1 FROM document_changes
+                            let (waiting, known): (i64, bool) = conn
+                                .prepare_cached(
+                                    "SELECT pending_changes, EXISTS (SELECT 1 FROM document_changes
                                    WHERE doc_id = ?1 AND bytes = ?2) FROM documents WHERE id = ?1",
-                                params![id.to_string(), change],
-                                |r| Ok((r.get(0)?, r.get(1)?)),
-                            )?;
+                                )?
+                                .query_row(params![id.to_string(), change], |r| {
+                                    Ok((r.get(0)?, r.get(1)?))
+                                })?;
                             if !known && waiting < MAX_PENDING_FROM_BELOW {
                                 self.keep_pending(conn, meta.id, &change)?;
                             }
@@ -1200,19 +1194,13 @@ impl DocStore {
     /// new sequence number (nothing visible changed).
     fn keep_pending(&self, conn: &Connection, id: Uuid, bytes: &[u8]) -> Result<(), DocError> {
         let key = id.to_string();
-        let pending: i64 = conn.query_row(
-            "SELECT pending_changes FROM documents WHERE id = ?1",
-            [&key],
-            |r| r.get(0),
-        )?;
-        conn.execute(
-            "INSERT INTO document_changes (doc_id, n, bytes) VALUES (?1, ?2, ?3)",
-            params![key, pending + 1, bytes],
-        )?;
-        conn.execute(
-            "UPDATE documents SET pending_changes = ?2 WHERE id = ?1",
-            params![key, pending + 1],
-        )?;
+        let pending: i64 = conn
+            .prepare_cached("SELECT pending_changes FROM documents WHERE id = ?1")?
+            .query_row([&key], |r| r.get(0))?;
+        conn.prepare_cached("INSERT INTO document_changes (doc_id, n, bytes) VALUES (?1, ?2, ?3)")?
+            .execute(params![key, pending + 1, bytes])?;
+        conn.prepare_cached("UPDATE documents SET pending_changes = ?2 WHERE id = ?1")?
+            .execute(params![key, pending + 1])?;
         Ok(())
     }
 
@@ -1266,9 +1254,7 @@ mod tests {
             _authors: &Authors,
         ) -> Result<(), ProjectionError> {
             *self.calls.lock().unwrap() += 1;
-            conn.execute(
-                "INSERT INTO notes (id, title) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET title = excluded.title",
-                params![meta.id.to_string(), crate::fields::text(doc, "title").unwrap_or_default()],
+            conn.execute("INSERT INTO notes (id, title) VALUES (?1, ?2) ON CONFLICT(id) DO UPDATE SET title = excluded.title", params![meta.id.to_string(), crate::fields::text(doc, "title").unwrap_or_default()],
             )?;
             Ok(())
         }
@@ -1296,12 +1282,10 @@ mod tests {
     }
 
     fn title(conn: &Connection, id: Uuid) -> String {
-        conn.query_row(
-            "SELECT title FROM notes WHERE id = ?1",
-            [id.to_string()],
-            |r| r.get(0),
-        )
-        .unwrap()
+        conn.prepare_cached("SELECT title FROM notes WHERE id = ?1")
+            .unwrap()
+            .query_row([id.to_string()], |r| r.get(0))
+            .unwrap()
     }
 
     #[test]
@@ -1344,7 +1328,10 @@ mod tests {
         let (_, doc) = store.load(&conn, meta.id).unwrap();
         assert_eq!(crate::fields::text(&doc, "title").as_deref(), Some("v9"));
 
-        conn.execute("DELETE FROM notes", []).unwrap();
+        conn.prepare_cached("DELETE FROM notes")
+            .unwrap()
+            .execute([])
+            .unwrap();
         let before = *projection.calls.lock().unwrap();
         assert_eq!(store.rebuild_projections(&conn).unwrap(), 1);
         assert_eq!(*projection.calls.lock().unwrap(), before + 1);
@@ -1446,11 +1433,10 @@ mod tests {
                 Ok(d.put(automerge::ROOT, "title", "x").map(|_| ())?)
             })
             .unwrap();
-        conn.execute(
-            "UPDATE documents SET snapshot = x'00ff00ff' WHERE id = ?1",
-            [meta.id.to_string()],
-        )
-        .unwrap();
+        conn.prepare_cached("UPDATE documents SET snapshot = x'00ff00ff' WHERE id = ?1")
+            .unwrap()
+            .execute([meta.id.to_string()])
+            .unwrap();
         let err = store.load(&conn, meta.id).unwrap_err();
         assert!(matches!(err, DocError::Corrupt { .. }), "{err}");
         DocStore::quarantine(&conn, meta.id, "test").unwrap();

@@ -648,12 +648,21 @@ impl Link {
                 self.known.clear();
             }
             self.known.insert(e.id, heads.clone());
-            if store.has_heads(conn, e.id, &heads)? {
-                continue;
-            }
+            // One look at the row answers the common cases (never seen, same heads); only a
+            // difference loads the document.
+            let exists = match DocStore::meta(conn, e.id)? {
+                None => false,
+                Some((meta, None)) if same_heads(&meta.heads, &heads) => continue,
+                Some(_) => {
+                    if store.has_heads(conn, e.id, &heads)? {
+                        continue;
+                    }
+                    true
+                }
+            };
             missing.insert(e.id);
             self.wanted.insert(e.id, heads);
-            if self.docs.contains_key(&e.id) || DocStore::meta(conn, e.id)?.is_some() {
+            if exists || self.docs.contains_key(&e.id) {
                 self.entry(e.id, &e.kind, &scope);
                 sync.push(e.id);
             } else if !self.whole.contains_key(&e.id) {
