@@ -42,10 +42,12 @@ pub struct AppInner {
     pub docs: DocStore,
     pub blobs: crate::blobs::BlobStore,
     pub hlc: Hlc,
-    /// The highest record sequence number issued (see [`WriteCtx::saw_seq`]).
+    /// The highest record sequence number issued (see [`WriteCtx::saw`]).
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
-    /// Woken when `latest_seq` moves (see [`WriteCtx::saw_seq`]).
+    /// Woken when `latest_seq` moves (see [`WriteCtx::saw`]).
     pub records_changed: Arc<tokio::sync::Notify>,
+    /// The kind and scope of the latest record changes (see [`crate::records::RecentChanges`]).
+    pub recent: Arc<crate::records::RecentChanges>,
     pub throttle: Throttle,
     /// Signs the device cookies that let a browser that signed in before past the account-wide
     /// sign-in limit (see [`crate::auth::throttle`]). Derived from the node key, never stored.
@@ -194,6 +196,7 @@ impl AppState {
                 hlc,
                 latest_seq: Arc::new(std::sync::atomic::AtomicI64::new(0)),
                 records_changed: Arc::default(),
+                recent: Arc::default(),
                 throttle,
                 device_key,
                 sign_in_failures: crate::audit::Tally::new("auth.login_failed", "session"),
@@ -239,6 +242,7 @@ impl AppState {
             hlc: self.hlc.clone(),
             latest_seq: self.latest_seq.clone(),
             records_changed: self.records_changed.clone(),
+            recent: self.recent.clone(),
             has_upstream: self.upstream.is_some(),
         }
     }

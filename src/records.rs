@@ -41,8 +41,56 @@ pub struct WriteCtx {
     pub latest_seq: Arc<std::sync::atomic::AtomicI64>,
     /// Woken whenever `latest_seq` moves, for followers that skip commits that changed no record.
     pub records_changed: Arc<tokio::sync::Notify>,
+    /// The kind and scope of the records changed lately, so a sync session can tell without the
+    /// database whether a change is for its peer at all.
+    pub recent: Arc<RecentChanges>,
     /// Whether this node has a level above it: escalation needs somewhere to go.
     pub has_upstream: bool,
+}
+
+/// The last [`RecentChanges::KEPT`] record changes by sequence number: kind and scope. A county with
+/// hundreds of villages connected would otherwise have every session look in the database after
+/// every change anywhere; with this, only the sessions whose peer holds the record do.
+#[derive(Debug, Default)]
+pub struct RecentChanges(std::sync::Mutex<std::collections::VecDeque<(i64, String, AreaCode)>>);
+
+impl RecentChanges {
+    pub const KEPT: usize = 4096;
+
+    fn push(&self, seq: i64, kind: &str, scope: &AreaCode) {
+        let mut ring = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ring.len() >= Self::KEPT {
+            ring.pop_front();
+        }
+        ring.push_back((seq, kind.to_string(), scope.clone()));
+    }
+
+    /// Whether any change after `after` up to `upto` satisfies `relevant`; None when the changes
+    /// kept no longer reach back that far (the caller must look in the database).
+    pub fn any_between(
+        &self,
+        after: i64,
+        upto: i64,
+        relevant: impl Fn(&str, &AreaCode) -> bool,
+    ) -> Option<bool> {
+        let ring = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let seen: Vec<&(i64, String, AreaCode)> = ring
+            .iter()
+            .filter(|(seq, _, _)| *seq > after && *seq <= upto)
+            .collect();
+        // Every sequence number in between must be here (they are issued one by one), or one
+        // was missed and only the database can say.
+        if i64::try_from(seen.len()).ok()? != upto - after {
+            return None;
+        }
+        Some(seen.iter().any(|(_, kind, scope)| relevant(kind, scope)))
+    }
 }
 
 impl WriteCtx {
@@ -50,8 +98,15 @@ impl WriteCtx {
         self.clock.now_ms()
     }
 
-    /// Notes that a record reached sequence `seq` (the write may still roll back; a spurious wake-up
-    /// only costs a sync session one look).
+    /// Notes that a record changed, reaching sequence `meta.seq` (the write may still roll back; a
+    /// spurious wake-up only costs a sync session one look).
+    pub fn saw(&self, meta: &DocMeta) {
+        self.recent.push(meta.seq, &meta.kind, &meta.scope);
+        self.saw_seq(meta.seq);
+    }
+
+    /// [`Self::saw`] when the record's kind and scope are not at hand: sessions then look in the
+    /// database for what changed.
     pub fn saw_seq(&self, seq: i64) {
         self.latest_seq
             .fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
@@ -90,7 +145,7 @@ impl WriteCtx {
     ) -> Result<DocMeta, StoreError> {
         let actor = audit_name(by);
         let meta = self.docs.create_with_id(conn, by, id, kind, scope, build)?;
-        self.saw_seq(meta.seq);
+        self.saw(&meta);
         let target = format!("{kind}/{}", meta.id);
         self.audit(
             conn,
@@ -145,7 +200,7 @@ impl WriteCtx {
         if meta.seq == before.seq {
             return Ok((meta, out));
         }
-        self.saw_seq(meta.seq);
+        self.saw(&meta);
         let target = format!("{kind}/{id}");
         self.audit(
             conn,
@@ -228,4 +283,36 @@ pub fn record_verdict(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RecentChanges;
+    use township_sync::AreaCode;
+
+    #[test]
+    fn recent_changes_answer_only_when_they_reach_back_far_enough() {
+        let recent = RecentChanges::default();
+        let village: AreaCode = "330723001001".parse().unwrap();
+        let other: AreaCode = "330723002001".parse().unwrap();
+        for seq in 1..=10 {
+            recent.push(seq, "incident", if seq == 7 { &village } else { &other });
+        }
+        let for_village = |_: &str, scope: &AreaCode| scope == &village;
+        assert_eq!(recent.any_between(0, 10, for_village), Some(true));
+        assert_eq!(recent.any_between(7, 10, for_village), Some(false));
+        assert_eq!(recent.any_between(2, 6, for_village), Some(false));
+        // A change not seen here (or a sequence number used twice after a rollback): ask the database.
+        assert_eq!(recent.any_between(7, 12, for_village), None);
+        recent.push(10, "incident", &village);
+        assert_eq!(recent.any_between(8, 10, for_village), None);
+        for seq in 11..=(RecentChanges::KEPT as i64 + 20) {
+            recent.push(seq, "incident", &other);
+        }
+        assert_eq!(
+            recent.any_between(0, 30, for_village),
+            None,
+            "fell off the ring"
+        );
+    }
 }

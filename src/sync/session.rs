@@ -312,7 +312,7 @@ pub async fn run<S: FrameIo>(
                 link = l;
                 state = st;
                 for meta in &outcome.changed {
-                    rt.write_ctx.saw_seq(meta.seq);
+                    rt.write_ctx.saw(meta);
                 }
                 for f in &outcome.frames {
                     sender.send(io, f).await?;
@@ -342,7 +342,17 @@ pub async fn run<S: FrameIo>(
                     return Err(SessionError::ClosedHere);
                 }
                 // Most commits are not records (readings, audit entries): skip the look then.
-                if rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed) <= offered {
+                let latest = rt.latest_seq.load(std::sync::atomic::Ordering::Relaxed);
+                if latest <= offered {
+                    continue;
+                }
+                // Nor is every record change for this peer: with hundreds of nodes connected, only
+                // the sessions whose peer holds the record look in the database.
+                let for_peer = rt.write_ctx.recent.any_between(offered, latest, |kind, scope| {
+                    peer.holds(&rt.node.area, rt.docs.flow(kind), scope)
+                });
+                if for_peer == Some(false) {
+                    offered = latest;
                     continue;
                 }
                 let docs = docs.clone();
