@@ -190,7 +190,7 @@ impl Store {
         &self.inner.path
     }
 
-    /// Wakes after every committed write transaction (the value counts them), so what follows records
+    /// Wakes after every committed write transaction that wrote something (the value counts them), so what follows records
     /// reads them once they are visible to readers, without polling.
     pub fn commits(&self) -> tokio::sync::watch::Receiver<u64> {
         self.inner.commits.subscribe()

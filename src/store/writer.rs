@@ -1,5 +1,5 @@
 //! The writer thread: takes queued jobs, runs each in its own savepoint inside one transaction,
-//! commits once, then answers every job in the batch and counts the commit on a watch channel, so
+//! commits once, then answers every job in the batch and counts the commit (when it wrote anything) on a watch channel, so
 //! parts of the node that follow records (warning events) wake on a commit instead of polling.
 //!
 //! A plain OS thread rather than a tokio task, because it blocks on SQLite and `fsync` for its whole
@@ -136,8 +136,11 @@ pub fn spawn(
         })
 }
 
-/// Runs one batch in one transaction; true when it committed.
+/// Runs one batch in one transaction; true when it committed and wrote something. A batch of jobs
+/// that only read (a sync session's tick, say) wakes nobody: with hundreds of sessions each ticking,
+/// waking all of them for each other's empty commits cost a county most of a core.
 fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &WriteMetrics) -> bool {
+    let changes_before = conn.total_changes();
     metrics.batches.fetch_add(1, Ordering::Relaxed);
     metrics
         .jobs
@@ -172,5 +175,5 @@ fn run_batch(conn: &Connection, batch: &mut Vec<Box<dyn RunJob>>, metrics: &Writ
     for job in batch.drain(..) {
         job.finish(commit.clone());
     }
-    committed
+    committed && conn.total_changes() != changes_before
 }
