@@ -96,6 +96,15 @@ impl From<crate::workflow::TransitionDocError> for DocError {
 
 impl DocError {
     /// Lock contention is transient; everything else will fail the same way again.
+    /// The record was refused (invalid, unreadable or quarantined): the sender is told and the
+    /// connection goes on; any other error ends the write.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DocError::Invalid(_) | DocError::Corrupt { .. } | DocError::Quarantined { .. }
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, DocError::Sqlite(rusqlite::Error::SqliteFailure(e, _))
             if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))

@@ -606,6 +606,14 @@ impl Link {
         frames
     }
 
+    /// Refuses a record from the peer: reported to the caller (to audit), told to the peer, and no
+    /// longer waited for on this connection.
+    fn refuse(&mut self, out: &mut Outcome, id: Uuid, reason: String) {
+        out.refused.push((id, reason.clone()));
+        out.frames.push(Frame::Refused { id, reason });
+        self.give_up(id);
+    }
+
     /// A record can no longer be had on this connection (refused either way): it stops holding up
     /// the acknowledgement of the manifests that named it.
     fn give_up(&mut self, id: Uuid) {
@@ -764,23 +772,14 @@ impl Link {
                     "{} may not send {} records scoped to {scope}",
                     self.peer.area, r.kind
                 );
-                out.refused.push((r.id, reason.clone()));
-                out.frames.push(Frame::Refused { id: r.id, reason });
-                self.give_up(r.id);
+                self.refuse(out, r.id, reason);
                 continue;
             }
             match store.merge_remote(conn, self.peer.sender(), r.id, &r.kind, &scope, &r.bytes) {
                 Ok(Merged::Changed(meta)) => out.changed.push(meta),
                 Ok(Merged::Unchanged) => {}
-                Err(
-                    e @ (DocError::Invalid(_)
-                    | DocError::Corrupt { .. }
-                    | DocError::Quarantined { .. }),
-                ) => {
-                    let reason = e.to_string();
-                    out.refused.push((r.id, reason.clone()));
-                    out.frames.push(Frame::Refused { id: r.id, reason });
-                    self.give_up(r.id);
+                Err(e) if e.is_refusal() => {
+                    self.refuse(out, r.id, e.to_string());
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -823,7 +822,6 @@ impl Link {
         if self.acked_seq > before {
             self.sent_progress = self.tick;
             self.batch_bytes = (self.batch_bytes * 2).min(MAX_BATCH_BYTES);
-            out.acked = Some(self.acked_seq);
         }
         out.frames.extend(self.advance(conn, store)?);
         Ok(())
@@ -941,15 +939,8 @@ impl Link {
                         }
                     }
                 }
-                Err(
-                    e @ (DocError::Invalid(_)
-                    | DocError::Corrupt { .. }
-                    | DocError::Quarantined { .. }),
-                ) => {
-                    let reason = e.to_string();
-                    out.refused.push((m.id, reason.clone()));
-                    out.frames.push(Frame::Refused { id: m.id, reason });
-                    self.give_up(m.id);
+                Err(e) if e.is_refusal() => {
+                    self.refuse(out, m.id, e.to_string());
                     continue;
                 }
                 Err(e) => return Err(e),
