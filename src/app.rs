@@ -345,6 +345,7 @@ impl AppState {
             store: self.store.clone(),
             clock: self.clock.clone(),
             config: self.config.clone(),
+            node_name: self.node.name.clone(),
             shutdown: self.shutdown.clone(),
         }
     }
@@ -421,6 +422,13 @@ pub fn spawn_background(state: &AppState) {
         }
     });
     crate::sync::spawn_upstream(&state.sync_runtime());
+    // The links below, for the upstream's overview of the whole tree: looked at every few seconds,
+    // sent only when a report changed (times are rounded to the minute).
+    state.spawn_every(Duration::from_secs(5), |state| async move {
+        if let Err(e) = crate::sync::links::report(&state.sync_runtime()).await {
+            tracing::warn!(error = %e, "could not report the links below");
+        }
+    });
     start_rules(state);
     state.spawn_every(Duration::from_secs(3600), |state| async move {
         let referenced = match state
@@ -575,9 +583,19 @@ pub fn start_telemetry(state: &AppState) {
         .tasks
         .spawn(crate::telemetry::run_writer(runtime.clone(), queue));
     let statuses = runtime.clone();
+    // A status change is also news for the upstream: the stations' descriptions carry it.
+    // Once a minute regardless, for metrics first seen since (describing what has not changed
+    // costs a read).
+    let ticks = Arc::new(std::sync::atomic::AtomicU64::new(0));
     state.spawn_every(Duration::from_secs(1), move |_| {
-        crate::telemetry::refresh_statuses(&statuses);
-        std::future::ready(())
+        let tick = ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let changed = crate::telemetry::refresh_statuses(&statuses) || tick.is_multiple_of(60);
+        let runtime = statuses.clone();
+        async move {
+            if changed && let Err(e) = crate::telemetry::describe_stations(&runtime).await {
+                tracing::warn!(error = %e, "could not record the stations' descriptions");
+            }
+        }
     });
     let retention = runtime;
     state.spawn_every(Duration::from_secs(300), move |_| {

@@ -138,6 +138,10 @@ pub struct SyncConfig {
     /// waits this long at once.
     #[serde(with = "humantime_serde")]
     pub retry_max: Duration,
+    /// Raw readings this recent go up the tree after the minute aggregates (which always go), so the
+    /// upstream sees live values and can chart them in full; 0 sends aggregates only.
+    #[serde(with = "humantime_serde")]
+    pub raw_readings_window: Duration,
 }
 
 impl Default for SyncConfig {
@@ -148,6 +152,7 @@ impl Default for SyncConfig {
             bandwidth_limit: 0,
             stall_timeout: Duration::from_secs(30),
             retry_max: Duration::from_secs(60),
+            raw_readings_window: Duration::from_secs(24 * 3600),
         }
     }
 }

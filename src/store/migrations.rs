@@ -33,6 +33,7 @@ const MIGRATIONS: &[Migration] = &[
     v17_area_names,
     v18_incident_duplicates,
     v19_audit_chains,
+    v20_readings_upstream,
 ];
 
 /// The schema version this binary writes.
@@ -559,6 +560,96 @@ fn v19_audit_chains(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             problem      TEXT,
             checked_ms   INTEGER NOT NULL
         ) STRICT;",
+    )
+}
+
+/// Readings and link reports up the tree (see `telemetry::outbox`, `telemetry::tree` and
+/// `sync::links`). This node's minute aggregates and raw readings get a sequence number from one
+/// counter, bumped on every write, so a stream cursor finds what changed since; station
+/// descriptions and link reports get theirs from the same counter.
+/// Readings from below land in their own tables, keyed by origin so one village's `rain-01` is not
+/// another's. Minute rows already stored are numbered now, so a node that upgrades ships its history;
+/// raw readings from before the upgrade stay local.
+fn v20_readings_upstream(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "ALTER TABLE telemetry_raw ADD COLUMN seq INTEGER;
+        CREATE INDEX telemetry_raw_seq ON telemetry_raw (seq) WHERE seq IS NOT NULL;
+        ALTER TABLE telemetry_minute ADD COLUMN seq INTEGER;
+        UPDATE telemetry_minute SET seq = m.n FROM (
+            SELECT series, bucket, row_number() OVER (ORDER BY bucket, series) AS n FROM telemetry_minute
+        ) AS m WHERE m.series = telemetry_minute.series AND m.bucket = telemetry_minute.bucket;
+        CREATE INDEX telemetry_minute_seq ON telemetry_minute (seq) WHERE seq IS NOT NULL;
+        CREATE TABLE outbox_seq (
+            id   INTEGER PRIMARY KEY CHECK (id = 1),
+            last INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO outbox_seq (id, last) SELECT 1, count(*) FROM telemetry_minute;
+        -- What this node says about its own stations, as last shipped.
+        CREATE TABLE telemetry_stations (
+            device  TEXT PRIMARY KEY,
+            seq     INTEGER NOT NULL,
+            payload BLOB NOT NULL
+        ) STRICT;
+        CREATE INDEX telemetry_stations_seq ON telemetry_stations (seq);
+        -- Stations of nodes below, as their origin describes them; via is the child that sent it.
+        CREATE TABLE tree_stations (
+            origin      TEXT NOT NULL,
+            device      TEXT NOT NULL,
+            via         TEXT NOT NULL,
+            area        TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            payload     BLOB NOT NULL,
+            received_ms INTEGER NOT NULL,
+            PRIMARY KEY (origin, device)
+        ) STRICT;
+        CREATE TABLE tree_series (
+            id             INTEGER PRIMARY KEY,
+            origin         TEXT NOT NULL,
+            device         TEXT NOT NULL,
+            metric         TEXT NOT NULL,
+            unit           TEXT,
+            latest_t       INTEGER,
+            latest_value   REAL,
+            latest_quality INTEGER,
+            UNIQUE (origin, device, metric)
+        ) STRICT;
+        -- A minute from below replaces the one held when its sequence number is higher: the origin
+        -- sends the whole aggregate each time, so a minute re-sent after a late reading counts once.
+        CREATE TABLE tree_minute (
+            series INTEGER NOT NULL REFERENCES tree_series (id),
+            bucket INTEGER NOT NULL,
+            min    REAL NOT NULL,
+            max    REAL NOT NULL,
+            sum    REAL NOT NULL,
+            count  INTEGER NOT NULL,
+            seq    INTEGER NOT NULL,
+            PRIMARY KEY (series, bucket)
+        ) STRICT, WITHOUT ROWID;
+        -- What this node says about the links of the nodes enrolled under it (`sync::links`), and
+        -- what its children say about theirs.
+        CREATE TABLE link_reports (
+            node_id TEXT PRIMARY KEY,
+            seq     INTEGER NOT NULL,
+            payload BLOB NOT NULL
+        ) STRICT;
+        CREATE INDEX link_reports_seq ON link_reports (seq);
+        CREATE TABLE tree_links (
+            origin      TEXT NOT NULL,
+            node_id     TEXT NOT NULL,
+            via         TEXT NOT NULL,
+            area        TEXT NOT NULL,
+            seq         INTEGER NOT NULL,
+            payload     BLOB NOT NULL,
+            received_ms INTEGER NOT NULL,
+            PRIMARY KEY (origin, node_id)
+        ) STRICT;
+        CREATE TABLE tree_raw (
+            series  INTEGER NOT NULL REFERENCES tree_series (id),
+            t       INTEGER NOT NULL,
+            value   REAL NOT NULL,
+            quality INTEGER NOT NULL,
+            PRIMARY KEY (series, t)
+        ) STRICT, WITHOUT ROWID;",
     )
 }
 

@@ -12,11 +12,14 @@
 //! never reaches for the HTTP layer's state.
 
 pub mod attachments;
+pub mod links;
 pub mod registry;
 mod routes;
 pub mod session;
 pub mod status;
 pub mod streams;
+#[cfg(test)]
+mod streams_sim;
 pub mod transport;
 pub mod upstream;
 

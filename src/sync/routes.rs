@@ -59,13 +59,14 @@ async fn list_nodes(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     caller.require_node_wide(&state.node.area)?;
     let config = state.config.clone();
-    let (rows, names, chains) = state
+    let (rows, names, chains, reported) = state
         .store
         .read(move |conn| {
             Ok::<_, crate::store::StoreError>((
                 registry::peers(conn, "downstream")?,
                 crate::areas::Directory::load(conn, &config.areas)?,
                 crate::audit::relayed::chains(conn)?,
+                super::links::below(conn)?,
             ))
         })
         .await?;
@@ -87,7 +88,21 @@ async fn list_nodes(
             })
         })
         .collect();
-    Ok(Json(json!({ "nodes": nodes })))
+    // Nodes further down, as the nodes above them report their links (see `links`).
+    let below: Vec<serde_json::Value> = reported
+        .into_iter()
+        .map(|r| {
+            let d = r.doc;
+            json!({
+                "node_id": d.node_id, "name": d.name, "area": d.area, "area_name": names.name(&d.area),
+                "reported_by": r.origin, "via": r.via, "reported_ms": r.received_ms,
+                "connected": d.connected, "revoked": d.revoked, "last_seen_ms": d.last_seen_ms,
+                "version": d.version, "pending_in": d.pending_in, "pending_out": d.pending_out,
+                "last_error": d.last_error, "chain": chains.get(&d.node_id),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "nodes": nodes, "below": below })))
 }
 
 /// The audit chains of the nodes below, as checked here: broken ones first, each with the node's

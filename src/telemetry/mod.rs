@@ -10,8 +10,10 @@
 pub mod config;
 pub mod devices;
 pub mod drivers;
+pub mod outbox;
 mod routes;
 pub mod store;
+pub mod tree;
 
 pub use routes::routes;
 
@@ -268,6 +270,8 @@ pub struct Runtime {
     pub store: Store,
     pub clock: Clock,
     pub config: Arc<crate::config::Config>,
+    /// This node's name, which its stations' descriptions carry up the tree.
+    pub node_name: String,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -415,8 +419,62 @@ pub async fn run_writer(state: Runtime, mut rx: mpsc::Receiver<Batch>) {
     }
 }
 
-/// Publishes status changes to the live stream and keeps the status gauge current.
-pub fn refresh_statuses(state: &Runtime) {
+/// Records what the upstream should know of every device (see [`outbox::StationDoc`]): names,
+/// area, driver, points and the status now. Only descriptions that changed take a new number.
+pub async fn describe_stations(state: &Runtime) -> Result<usize, StoreError> {
+    let t = &state.telemetry;
+    let now = state.clock.now_ms();
+    let cfg = &state.config.telemetry;
+    let docs: Vec<outbox::StationDoc> = t
+        .devices
+        .all()
+        .iter()
+        .map(|d| {
+            let mut metrics: Vec<String> =
+                d.config.points.iter().map(|p| p.metric.clone()).collect();
+            let mut seen: Vec<String> = t
+                .latest(&d.id)
+                .into_keys()
+                .filter(|m| !metrics.contains(m))
+                .collect();
+            seen.sort();
+            metrics.extend(seen);
+            outbox::StationDoc {
+                device: d.id.clone(),
+                name: d.name.clone(),
+                area: d.area.to_string(),
+                driver: d.kind.label().to_string(),
+                interval_s: d.interval.unwrap_or(cfg.default_interval).as_secs_f64(),
+                status: t.status(d, now, cfg).label().to_string(),
+                node_name: state.node_name.clone(),
+                points: metrics
+                    .iter()
+                    .map(|m| {
+                        let p = d.point(m);
+                        outbox::PointDoc {
+                            metric: m.clone(),
+                            name: d.display_name(m),
+                            unit: d.default_unit(m),
+                            min: p.and_then(|p| p.min),
+                            max: p.and_then(|p| p.max),
+                        }
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    if docs.is_empty() {
+        return Ok(0);
+    }
+    state
+        .store
+        .write(move |conn| outbox::describe(conn, &docs))
+        .await
+}
+
+/// Publishes status changes to the live stream and keeps the status gauge current; says whether
+/// any status changed (every device's does at the first call).
+pub fn refresh_statuses(state: &Runtime) -> bool {
     let t = &state.telemetry;
     let now = state.clock.now_ms();
     let mut changed = Vec::new();
@@ -428,6 +486,7 @@ pub fn refresh_statuses(state: &Runtime) {
             }
         }
     }
+    let any = !changed.is_empty();
     for (device, status) in changed {
         let last_seen = t.last_seen(&device);
         tracing::info!(device = %device, status = status.label(), "device status");
@@ -437,6 +496,7 @@ pub fn refresh_statuses(state: &Runtime) {
             last_seen,
         });
     }
+    any
 }
 
 /// One pass of retention: raw readings past their period or over the disk budget, then aggregates
@@ -450,6 +510,8 @@ pub async fn prune(state: &Runtime, step_rows: usize) -> Result<u64, StoreError>
         (store::PruneTable::Raw, cfg.raw_retention),
         (store::PruneTable::Minute, cfg.minute_retention),
         (store::PruneTable::Hour, cfg.hour_retention),
+        (store::PruneTable::TreeRaw, cfg.raw_retention),
+        (store::PruneTable::TreeMinute, cfg.minute_retention),
     ] {
         let cutoff = now.saturating_sub(ms(keep));
         loop {

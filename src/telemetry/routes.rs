@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::devices::Device;
+use super::store::Source;
+use super::tree::{self, TreeStation};
 use super::{StreamEvent, store};
 use crate::app::AppState;
 use crate::auth::Caller;
@@ -37,13 +39,174 @@ pub fn routes(r: Routes) -> Routes {
         .get("/api/v1/stream", stream)
 }
 
-fn reachable(state: &AppState, caller: &Caller, id: &str) -> Result<Device, ApiError> {
+/// A station the API can show: one of this node's devices, or one of a node below (id
+/// `device@origin`, see [`tree`]).
+enum Station {
+    Local(Device),
+    Tree(Box<TreeStation>),
+}
+
+impl Station {
+    fn id(&self) -> String {
+        match self {
+            Station::Local(d) => d.id.clone(),
+            Station::Tree(t) => t.api_id(),
+        }
+    }
+
+    fn display_name(&self, metric: &str) -> Option<String> {
+        match self {
+            Station::Local(d) => d.display_name(metric),
+            Station::Tree(t) => t
+                .doc
+                .points
+                .iter()
+                .find(|p| p.metric == metric)
+                .and_then(|p| p.name.clone()),
+        }
+    }
+
+    fn default_unit(&self, metric: &str) -> Option<String> {
+        match self {
+            Station::Local(d) => d.default_unit(metric),
+            Station::Tree(t) => t
+                .doc
+                .points
+                .iter()
+                .find(|p| p.metric == metric)
+                .and_then(|p| p.unit.clone()),
+        }
+    }
+
+    /// Every metric the station has: configured (or described) first, then any others seen.
+    fn metrics(&self, state: &AppState) -> Vec<String> {
+        let mut all: Vec<String> = match self {
+            Station::Local(d) => {
+                let mut m: Vec<String> = d.config.points.iter().map(|p| p.metric.clone()).collect();
+                m.extend(state.telemetry.latest(&d.id).into_keys());
+                m
+            }
+            Station::Tree(t) => {
+                let mut m: Vec<String> = t.doc.points.iter().map(|p| p.metric.clone()).collect();
+                m.extend(t.series.iter().map(|s| s.metric.clone()));
+                m
+            }
+        };
+        all.sort();
+        all.dedup();
+        all
+    }
+
+    /// The series id, its unit and where its rows are.
+    fn series(
+        &self,
+        conn: &rusqlite::Connection,
+        metric: &str,
+    ) -> Result<Option<(i64, Option<String>, Source)>, StoreError> {
+        Ok(match self {
+            Station::Local(d) => {
+                store::find_series(conn, &d.id, metric)?.map(|(id, unit)| (id, unit, Source::Local))
+            }
+            Station::Tree(t) => t
+                .series(metric)
+                .map(|s| (s.id, s.unit.clone(), Source::Tree)),
+        })
+    }
+}
+
+async fn reachable(state: &AppState, caller: &Caller, id: &str) -> Result<Station, ApiError> {
+    if id.contains('@') {
+        let api_id = id.to_string();
+        let found = state
+            .store
+            .read(move |conn| tree::station(conn, &api_id))
+            .await?;
+        return found
+            .filter(|t| caller.can_reach(&t.area))
+            .map(|t| Station::Tree(Box::new(t)))
+            .ok_or(ApiError::NotFound);
+    }
     state
         .telemetry
         .devices
         .get(id)
         .filter(|d| caller.can_reach(&d.area))
+        .map(Station::Local)
         .ok_or(ApiError::NotFound)
+}
+
+/// A station below as the node sees it: faulty when its node says so, stale when nothing newer
+/// than a few intervals (at least three minutes, since minutes go up once they are over) has
+/// arrived, whether the station or the link is silent.
+fn tree_status(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) -> &'static str {
+    let Some(last) = t.last_data() else {
+        return if t.doc.status == "faulty" {
+            "faulty"
+        } else {
+            "unknown"
+        };
+    };
+    if t.doc.status == "faulty" {
+        return "faulty";
+    }
+    let interval_ms = (t.doc.interval_s.max(1.0) * 1000.0 * cfg.stale_after) as i64;
+    if now.saturating_sub(last) > interval_ms.max(180_000) {
+        "stale"
+    } else {
+        "online"
+    }
+}
+
+fn tree_view(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) -> Value {
+    let station = Station::Tree(Box::new(t.clone()));
+    let points: Vec<Value> = t
+        .doc
+        .points
+        .iter()
+        .map(|p| p.metric.clone())
+        .chain(
+            t.series
+                .iter()
+                .filter(|s| !t.doc.points.iter().any(|p| p.metric == s.metric))
+                .map(|s| s.metric.clone()),
+        )
+        .map(|m| {
+            let p = t.doc.points.iter().find(|p| p.metric == m);
+            let series = t.series(&m);
+            let unit = series
+                .and_then(|s| s.unit.clone())
+                .or_else(|| station.default_unit(&m));
+            json!({
+                "metric": m,
+                "name": station.display_name(&m),
+                "unit": unit,
+                "min": p.and_then(|p| p.min),
+                "max": p.and_then(|p| p.max),
+                "latest": series.and_then(|s| s.latest).map(|(at, value, q)| json!({
+                    "t": at, "value": value, "unit": unit, "quality": store::quality_from_code(q),
+                })),
+            })
+        })
+        .collect();
+    json!({
+        "id": t.api_id(),
+        "device": t.doc.device,
+        "origin": t.origin,
+        "via": t.via,
+        "node_name": t.doc.node_name,
+        "name": t.doc.name,
+        "area": t.area.to_string(),
+        "driver": t.doc.driver,
+        "interval_s": t.doc.interval_s,
+        "status": tree_status(t, now, cfg),
+        "reported_status": t.doc.status,
+        "described_at": t.received_ms,
+        "last_seen": t.last_data(),
+        "readings_total": null,
+        "errors": {},
+        "last_error": null,
+        "points": points,
+    })
 }
 
 fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
@@ -82,6 +245,9 @@ fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
         .unwrap_or(state.config.telemetry.default_interval);
     json!({
         "id": d.id,
+        "device": d.id,
+        "origin": null,
+        "node_name": state.node.name,
         "name": d.name,
         "area": d.area.to_string(),
         "driver": d.kind.label(),
@@ -97,16 +263,48 @@ fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
     })
 }
 
-async fn list(State(state): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// `local` (this node's devices), `tree` (the nodes' below) or `all` (the default).
+    #[serde(default, deserialize_with = "empty_as_none")]
+    scope: Option<String>,
+}
+
+/// This node's devices and the stations of every node below it, within the caller's area.
+async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let (local, below) = match q.scope.as_deref() {
+        None | Some("all") => (true, true),
+        Some("local") => (true, false),
+        Some("tree") => (false, true),
+        Some(_) => return Err(ApiError::invalid("scope", "scope is local, tree or all")),
+    };
     let now = state.clock.now_ms();
-    let mut devices: Vec<Value> = state
-        .telemetry
-        .devices
-        .all()
-        .iter()
-        .filter(|d| caller.can_reach(&d.area))
-        .map(|d| device_view(&state, d, now))
-        .collect();
+    let mut devices: Vec<Value> = if local {
+        state
+            .telemetry
+            .devices
+            .all()
+            .iter()
+            .filter(|d| caller.can_reach(&d.area))
+            .map(|d| device_view(&state, d, now))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    if below {
+        let stations = state.store.read(tree::stations).await?;
+        devices.extend(
+            stations
+                .iter()
+                .filter(|t| caller.can_reach(&t.area))
+                .map(|t| tree_view(t, now, &state.config.telemetry)),
+        );
+    }
     let directory = crate::areas::routes::directory(&state).await?;
     devices.iter_mut().for_each(|d| directory.annotate(d));
     Ok(Json(json!({ "devices": devices, "now": now })))
@@ -179,7 +377,7 @@ async fn readings(
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    let device = reachable(&state, &caller, &id)?;
+    let station = reachable(&state, &caller, &id).await?;
     let Some(metric) = q.metric.clone() else {
         return Err(ApiError::invalid(
             "metric",
@@ -187,23 +385,30 @@ async fn readings(
         ));
     };
     let range = parse_range(&q, state.clock.now_ms())?;
-    let device_id = device.id.clone();
     let m = metric.clone();
-    let (unit, points, truncated) = state
+    let (station, unit, points, truncated) = state
         .store
         .read(move |conn| {
-            let Some((series, unit)) = store::find_series(conn, &device_id, &m)? else {
-                return Ok::<_, StoreError>((None, json!([]), false));
+            let Some((series, unit, source)) = station.series(conn, &m)? else {
+                return Ok::<_, StoreError>((station, None, json!([]), false));
             };
             let (points, n) = match range.step_ms {
                 None => {
-                    let p = store::raw_range(conn, series, range.from, range.to, MAX_POINTS + 1)?;
+                    let p = store::raw_range_in(
+                        conn,
+                        source,
+                        series,
+                        range.from,
+                        range.to,
+                        MAX_POINTS + 1,
+                    )?;
                     let n = p.len();
                     (json!(p.into_iter().take(MAX_POINTS).collect::<Vec<_>>()), n)
                 }
                 Some(step) => {
-                    let p = store::aggregated_range(
+                    let p = store::aggregated_range_in(
                         conn,
+                        source,
                         series,
                         range.from,
                         range.to,
@@ -214,14 +419,14 @@ async fn readings(
                     (json!(p.into_iter().take(MAX_POINTS).collect::<Vec<_>>()), n)
                 }
             };
-            Ok((unit, points, n > MAX_POINTS))
+            Ok((station, unit, points, n > MAX_POINTS))
         })
         .await?;
     Ok(Json(json!({
-        "device": device.id,
+        "device": station.id(),
         "metric": metric,
-        "name": device.display_name(&metric),
-        "unit": unit.or_else(|| device.default_unit(&metric)),
+        "name": station.display_name(&metric),
+        "unit": unit.or_else(|| station.default_unit(&metric)),
         "from": range.from,
         "to": range.to,
         "step_s": range.step_ms.map(|s| s as f64 / 1000.0),
@@ -236,24 +441,14 @@ async fn readings_csv(
     Path(id): Path<String>,
     Query(q): Query<SeriesQuery>,
 ) -> Result<Response, ApiError> {
-    let device = reachable(&state, &caller, &id)?;
+    let station = reachable(&state, &caller, &id).await?;
     let range = parse_range(&q, state.clock.now_ms())?;
-    let mut metrics: Vec<String> = match q.metric.clone() {
+    let metrics: Vec<String> = match q.metric.clone() {
         Some(m) => vec![m],
-        None => {
-            let mut all: Vec<String> = device
-                .config
-                .points
-                .iter()
-                .map(|p| p.metric.clone())
-                .collect();
-            all.extend(state.telemetry.latest(&device.id).into_keys());
-            all
-        }
+        None => station.metrics(&state),
     };
-    metrics.sort();
-    metrics.dedup();
-    let device_id = device.id.clone();
+    let device_id = station.id();
+    let file_name = device_id.replace('@', "_");
     let body = state
         .store
         .read(move |conn| {
@@ -264,7 +459,7 @@ async fn readings_csv(
             }
             let mut rows = 0usize;
             for metric in metrics {
-                let Some((series, unit)) = store::find_series(conn, &device_id, &metric)? else {
+                let Some((series, unit, source)) = station.series(conn, &metric)? else {
                     continue;
                 };
                 let unit = crate::http::csv::field(unit.as_deref().unwrap_or(""));
@@ -275,7 +470,9 @@ async fn readings_csv(
                 let left = MAX_CSV_ROWS.saturating_sub(rows);
                 match range.step_ms {
                     None => {
-                        for p in store::raw_range(conn, series, range.from, range.to, left)? {
+                        for p in
+                            store::raw_range_in(conn, source, series, range.from, range.to, left)?
+                        {
                             let quality = serde_json::to_value(p.quality)
                                 .ok()
                                 .and_then(|v| v.as_str().map(String::from))
@@ -289,9 +486,9 @@ async fn readings_csv(
                         }
                     }
                     Some(step) => {
-                        for p in
-                            store::aggregated_range(conn, series, range.from, range.to, step, left)?
-                        {
+                        for p in store::aggregated_range_in(
+                            conn, source, series, range.from, range.to, step, left,
+                        )? {
                             out.push_str(&format!(
                                 "{},{dev},{met},{},{},{},{},{},{unit}\r\n",
                                 crate::clock::rfc3339_millis(p.t),
@@ -317,7 +514,7 @@ async fn readings_csv(
     );
     if let Ok(v) = HeaderValue::from_str(&format!(
         "attachment; filename=\"{}-readings.csv\"",
-        device.id
+        file_name
     )) {
         headers.insert(header::CONTENT_DISPOSITION, v);
     }

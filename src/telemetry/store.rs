@@ -105,8 +105,14 @@ pub fn insert_batch(
     let mut created = SeriesIds::default();
     let mut minute: HashMap<(i64, i64), Agg> = HashMap::new();
     let mut hour: HashMap<(i64, i64), Agg> = HashMap::new();
+    // Every new raw row and every minute it changes takes the next number of the readings
+    // sequence, which is what the stream up the tree follows (see `outbox`).
+    let first_seq: i64 = conn
+        .prepare_cached("SELECT last FROM outbox_seq WHERE id = 1")?
+        .query_row([], |r| r.get(0))?;
+    let mut seq = first_seq;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO telemetry_raw (series, t, value, quality) VALUES (?1, ?2, ?3, ?4)
+        "INSERT INTO telemetry_raw (series, t, value, quality, seq) VALUES (?1, ?2, ?3, ?4, ?5)
          ON CONFLICT DO NOTHING",
     )?;
     for (i, r) in readings.iter().enumerate() {
@@ -123,7 +129,15 @@ pub fn insert_batch(
                 id
             }
         };
-        if insert.execute(params![series, r.time_ms, r.value, quality_code(r.quality)])? == 1 {
+        if insert.execute(params![
+            series,
+            r.time_ms,
+            r.value,
+            quality_code(r.quality),
+            seq + 1
+        ])? == 1
+        {
+            seq += 1;
             out.new.push(i);
             if aggregable(r.quality) {
                 minute
@@ -136,16 +150,33 @@ pub fn insert_batch(
             }
         }
     }
-    for (table, aggs) in [("telemetry_minute", minute), ("telemetry_hour", hour)] {
-        let mut upsert = conn.prepare_cached(&format!(
-            "INSERT INTO {table} (series, bucket, min, max, sum, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT (series, bucket) DO UPDATE SET
-                 min = min(min, excluded.min), max = max(max, excluded.max),
-                 sum = sum + excluded.sum, count = count + excluded.count"
-        ))?;
-        for ((series, bucket), a) in aggs {
-            upsert.execute(params![series, bucket, a.min, a.max, a.sum, a.count])?;
-        }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO telemetry_minute (series, bucket, min, max, sum, count, seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (series, bucket) DO UPDATE SET
+             min = min(min, excluded.min), max = max(max, excluded.max),
+             sum = sum + excluded.sum, count = count + excluded.count, seq = excluded.seq",
+    )?;
+    // Oldest minutes take the lower numbers: an open minute (the newest) then holds back nothing
+    // that is already over (see `outbox::own_after`).
+    let mut minute: Vec<((i64, i64), Agg)> = minute.into_iter().collect();
+    minute.sort_unstable_by_key(|((series, bucket), _)| (*bucket, *series));
+    for ((series, bucket), a) in minute {
+        seq += 1;
+        upsert.execute(params![series, bucket, a.min, a.max, a.sum, a.count, seq])?;
+    }
+    let mut upsert = conn.prepare_cached(
+        "INSERT INTO telemetry_hour (series, bucket, min, max, sum, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (series, bucket) DO UPDATE SET
+             min = min(min, excluded.min), max = max(max, excluded.max),
+             sum = sum + excluded.sum, count = count + excluded.count",
+    )?;
+    for ((series, bucket), a) in hour {
+        upsert.execute(params![series, bucket, a.min, a.max, a.sum, a.count])?;
+    }
+    if seq != first_seq {
+        conn.prepare_cached("UPDATE outbox_seq SET last = ?1 WHERE id = 1")?
+            .execute([seq])?;
     }
     Ok(out)
 }
@@ -224,6 +255,13 @@ pub struct AggPoint {
     pub count: i64,
 }
 
+/// Whose readings a series id names: this node's (`telemetry_*`) or a node's below (`tree_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Local,
+    Tree,
+}
+
 /// At most `limit` raw readings in `from..to`, oldest first.
 pub fn raw_range(
     conn: &Connection,
@@ -232,7 +270,19 @@ pub fn raw_range(
     to: i64,
     limit: usize,
 ) -> Result<Vec<RawPoint>, StoreError> {
-    raw_points(conn, series, from, to, limit, false)
+    raw_points(conn, Source::Local, series, from, to, limit, false)
+}
+
+/// [`raw_range`] over either source.
+pub fn raw_range_in(
+    conn: &Connection,
+    source: Source,
+    series: i64,
+    from: i64,
+    to: i64,
+    limit: usize,
+) -> Result<Vec<RawPoint>, StoreError> {
+    raw_points(conn, source, series, from, to, limit, false)
 }
 
 /// The newest `limit` raw readings in `from..to`, oldest first: what a rule needs to pick up where
@@ -244,7 +294,7 @@ pub fn recent_range(
     to: i64,
     limit: usize,
 ) -> Result<Vec<RawPoint>, StoreError> {
-    let mut points = raw_points(conn, series, from, to, limit, true)?;
+    let mut points = raw_points(conn, Source::Local, series, from, to, limit, true)?;
     points.reverse();
     Ok(points)
 }
@@ -252,19 +302,22 @@ pub fn recent_range(
 /// At most `limit` raw readings in `from..to`, from the oldest or from the newest.
 fn raw_points(
     conn: &Connection,
+    source: Source,
     series: i64,
     from: i64,
     to: i64,
     limit: usize,
     newest_first: bool,
 ) -> Result<Vec<RawPoint>, StoreError> {
-    let mut stmt = conn.prepare_cached(if newest_first {
-        "SELECT t, value, quality FROM telemetry_raw
-         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t DESC LIMIT ?4"
-    } else {
-        "SELECT t, value, quality FROM telemetry_raw
-         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t LIMIT ?4"
-    })?;
+    let table = match source {
+        Source::Local => "telemetry_raw",
+        Source::Tree => "tree_raw",
+    };
+    let order = if newest_first { "DESC" } else { "" };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT t, value, quality FROM {table}
+         WHERE series = ?1 AND t >= ?2 AND t < ?3 ORDER BY t {order} LIMIT ?4"
+    ))?;
     let rows = stmt.query_map(params![series, from, to, limit as i64], |r| {
         Ok(RawPoint {
             t: r.get(0)?,
@@ -285,17 +338,37 @@ pub fn aggregated_range(
     step_ms: i64,
     limit: usize,
 ) -> Result<Vec<AggPoint>, StoreError> {
-    let sql = if step_ms % HOUR_MS == 0 {
-        "SELECT (bucket / ?4) * ?4 AS b, min(min), max(max), sum(sum), sum(count) FROM telemetry_hour
-         WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3 GROUP BY b ORDER BY b LIMIT ?5"
-    } else if step_ms % MINUTE_MS == 0 {
-        "SELECT (bucket / ?4) * ?4 AS b, min(min), max(max), sum(sum), sum(count) FROM telemetry_minute
-         WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3 GROUP BY b ORDER BY b LIMIT ?5"
-    } else {
-        "SELECT (t / ?4) * ?4 AS b, min(value), max(value), sum(value), count(*) FROM telemetry_raw
-         WHERE series = ?1 AND t >= ?2 AND t < ?3 AND quality IN (0, 2) GROUP BY b ORDER BY b LIMIT ?5"
+    aggregated_range_in(conn, Source::Local, series, from, to, step_ms, limit)
+}
+
+/// [`aggregated_range`] over either source; readings from below have no hour table, so whole
+/// hours come from their minutes.
+pub fn aggregated_range_in(
+    conn: &Connection,
+    source: Source,
+    series: i64,
+    from: i64,
+    to: i64,
+    step_ms: i64,
+    limit: usize,
+) -> Result<Vec<AggPoint>, StoreError> {
+    let (hour, minute, raw) = match source {
+        Source::Local => ("telemetry_hour", "telemetry_minute", "telemetry_raw"),
+        Source::Tree => ("tree_minute", "tree_minute", "tree_raw"),
     };
-    let mut stmt = conn.prepare_cached(sql)?;
+    let sql = if step_ms % HOUR_MS == 0 || step_ms % MINUTE_MS == 0 {
+        let table = if step_ms % HOUR_MS == 0 { hour } else { minute };
+        format!(
+            "SELECT (bucket / ?4) * ?4 AS b, min(min), max(max), sum(sum), sum(count) FROM {table}
+             WHERE series = ?1 AND bucket >= ?2 AND bucket < ?3 GROUP BY b ORDER BY b LIMIT ?5"
+        )
+    } else {
+        format!(
+            "SELECT (t / ?4) * ?4 AS b, min(value), max(value), sum(value), count(*) FROM {raw}
+             WHERE series = ?1 AND t >= ?2 AND t < ?3 AND quality IN (0, 2) GROUP BY b ORDER BY b LIMIT ?5"
+        )
+    };
+    let mut stmt = conn.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![series, from, to, step_ms, limit as i64], |r| {
         let sum: f64 = r.get(3)?;
         let count: i64 = r.get(4)?;
@@ -323,9 +396,15 @@ pub fn prune_step(
         PruneTable::Raw => ("telemetry_raw", "t"),
         PruneTable::Minute => ("telemetry_minute", "bucket"),
         PruneTable::Hour => ("telemetry_hour", "bucket"),
+        PruneTable::TreeRaw => ("tree_raw", "t"),
+        PruneTable::TreeMinute => ("tree_minute", "bucket"),
+    };
+    let series_table = match table {
+        PruneTable::TreeRaw | PruneTable::TreeMinute => "tree_series",
+        _ => "telemetry_series",
     };
     let series: Vec<i64> = conn
-        .prepare_cached("SELECT id FROM telemetry_series ORDER BY id")?
+        .prepare_cached(&format!("SELECT id FROM {series_table} ORDER BY id"))?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     let mut deleted = 0;
@@ -351,6 +430,9 @@ pub enum PruneTable {
     Raw,
     Minute,
     Hour,
+    /// Readings from the nodes below (see `tree`), kept as long as this node's own.
+    TreeRaw,
+    TreeMinute,
 }
 
 /// The oldest raw reading's time, across series.

@@ -12,27 +12,11 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::common::{
-    ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_tree_node, login, send_json,
+    ADMIN_PASSWORD, Server, Session, blocking_request, free_port, have, init_tree_node, login,
+    send_json,
 };
 use crate::sensors::{Killed, eventually, pty_pair};
 use serde_json::{Value, json};
-
-fn have(tool: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        assert!(
-            std::env::var("TOWNSHIP_REQUIRE_PEERS").is_err(),
-            "{tool} is required (tests/run.sh installs it)"
-        );
-        eprintln!("SKIPPED: {tool} is not installed (tests/run.sh installs it)");
-    }
-    ok
-}
 
 fn get_json(server: &Server, session: &Session, path: &str) -> Value {
     let (status, _, body) = blocking_request("GET", &server.url(path), &session.headers()).unwrap();

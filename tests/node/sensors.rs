@@ -13,27 +13,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    ADMIN_PASSWORD, Server, Session, blocking_request, free_port, init_node, login,
+    ADMIN_PASSWORD, Server, Session, blocking_request, free_port, have, init_node, login,
 };
 use serde_json::Value;
 use township_drivers::hj212;
-
-fn have(tool: &str, probe: &[&str]) -> bool {
-    let ok = Command::new(tool)
-        .args(probe)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            std::env::var("TOWNSHIP_REQUIRE_PEERS").is_err(),
-            "{tool} is required (tests/run.sh installs it)"
-        );
-        eprintln!("SKIPPED: {tool} is not installed (tests/run.sh installs it)");
-    }
-    ok
-}
 
 fn start(dir: &Path, config: &str) -> Server {
     std::fs::write(dir.join("township-node.toml"), config).unwrap();

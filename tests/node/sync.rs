@@ -870,26 +870,19 @@ fn enroll_at(parent: &std::path::Path, child: &std::path::Path, area: &str, name
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
-fn chains(server: &Server, session: &Session) -> Vec<Value> {
-    let (status, _, body) = blocking_request(
-        "GET",
-        &server.url("/api/v1/sync/chains"),
-        &session.headers(),
-    )
-    .unwrap();
-    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
-    serde_json::from_slice::<Value>(&body).unwrap()["chains"]
-        .as_array()
-        .unwrap()
-        .clone()
+/// A county, a township enrolled under it (城关镇) and a village under the township (王宅村), each
+/// pointed at the one above on a chosen port; none is running yet.
+struct ThreeLevels {
+    _tmp: tempfile::TempDir,
+    county: std::path::PathBuf,
+    township: std::path::PathBuf,
+    village: std::path::PathBuf,
+    county_port: u16,
+    township_port: u16,
+    village_id: String,
 }
 
-/// A township relays its village's audit chain to the county, but one entry was altered in the
-/// township's store on the way. The county checks every origin's chain against that node's key
-/// and flags the village's chain as broken at that entry (API, metric, audit), while the
-/// township's own chain stays intact.
-#[test]
-fn a_relayed_audit_entry_altered_on_its_way_up_is_flagged_at_the_county() {
+fn three_levels() -> ThreeLevels {
     let tmp = tempfile::tempdir().unwrap();
     let (county_port, township_port) = (free_port(), free_port());
     let county = init_tree_node(tmp.path(), "county", "330723", "county", None);
@@ -912,6 +905,46 @@ fn a_relayed_audit_entry_altered_on_its_way_up_is_flagged_at_the_county() {
     enroll_at(&county, &township, "330723001", "城关镇");
     enroll_at(&township, &village, "330723001001", "王宅村");
     let village_id = id_of(&village)["node_id"].as_str().unwrap().to_string();
+    ThreeLevels {
+        _tmp: tmp,
+        county,
+        township,
+        village,
+        county_port,
+        township_port,
+        village_id,
+    }
+}
+
+fn chains(server: &Server, session: &Session) -> Vec<Value> {
+    let (status, _, body) = blocking_request(
+        "GET",
+        &server.url("/api/v1/sync/chains"),
+        &session.headers(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<Value>(&body).unwrap()["chains"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A township relays its village's audit chain to the county, but one entry was altered in the
+/// township's store on the way. The county checks every origin's chain against that node's key
+/// and flags the village's chain as broken at that entry (API, metric, audit), while the
+/// township's own chain stays intact.
+#[test]
+fn a_relayed_audit_entry_altered_on_its_way_up_is_flagged_at_the_county() {
+    let ThreeLevels {
+        _tmp,
+        county,
+        township,
+        village,
+        county_port,
+        township_port,
+        village_id,
+    } = three_levels();
     let township_id = id_of(&township)["node_id"].as_str().unwrap().to_string();
 
     // The county is down; the village's chain reaches the township and checks out there.
@@ -997,4 +1030,180 @@ fn a_relayed_audit_entry_altered_on_its_way_up_is_flagged_at_the_county() {
         Some(1),
         "audited once: {audit}"
     );
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn sensors(server: &Server, session: &Session, query: &str) -> Vec<Value> {
+    let (status, _, body) = blocking_request(
+        "GET",
+        &server.url(&format!("/api/v1/sensors{query}")),
+        &session.headers(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    serde_json::from_slice::<Value>(&body).unwrap()["devices"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// A village's MQTT rain gauge reports through the village's broker; its description, minute
+/// aggregates and raw readings go up through the township to the county, which lists the station
+/// with its latest value and charts it by minute, while a county user of another township sees
+/// none of it.
+#[test]
+fn a_villages_readings_reach_the_county_through_the_township() {
+    if !have("mosquitto_pub", &["--help"]) {
+        return;
+    }
+    let ThreeLevels {
+        _tmp,
+        county,
+        township,
+        village,
+        county_port,
+        township_port,
+        village_id,
+    } = three_levels();
+    let config = village.join("township-node.toml");
+    let mut toml = std::fs::read_to_string(&config).unwrap_or_default();
+    toml.push_str(
+        r#"
+[mqtt]
+listen = "127.0.0.1:0"
+
+[[devices]]
+id = "rain-02"
+name = "王宅村雨量站"
+area = "330723001001"
+driver = "mqtt"
+username = "rain-02"
+password = "rain-02-secret-pw"
+format = "json"
+points = [ { metric = "rainfall", unit = "mm", min = 0.0, max = 200.0 } ]
+"#,
+    );
+    std::fs::write(&config, toml).unwrap();
+
+    let cs = serve_on(&county, county_port);
+    let _ts = serve_on(&township, township_port);
+    let mut _vs = serve_on(&village, free_port());
+    let addr = _vs.wait_for_line("mqtt broker listening on mqtt://", Duration::from_secs(10));
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    // Three readings in a minute that is over, one now.
+    let minute = (now_ms() / 60_000 - 3) * 60_000;
+    let now = now_ms() / 1000 * 1000;
+    for (ts, mm) in [
+        (minute + 5_000, 0.5),
+        (minute + 25_000, 1.0),
+        (minute + 45_000, 1.5),
+        (now, 2.5),
+    ] {
+        let out = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                host,
+                "-p",
+                port,
+                "-u",
+                "rain-02",
+                "-P",
+                "rain-02-secret-pw",
+                "-q",
+                "1",
+                "-t",
+                "sensors/rain-02",
+                "-m",
+                &format!(r#"{{"ts": {ts}, "rainfall": {mm}}}"#),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+
+    let ca = login(&cs.base, "admin", ADMIN_PASSWORD);
+    let id = format!("rain-02@{village_id}");
+    let mut station = Value::Null;
+    wait_for(
+        "the village's station and its readings at the county",
+        || {
+            station = sensors(&cs, &ca, "?scope=tree")
+                .into_iter()
+                .find(|d| d["id"] == id.as_str())
+                .unwrap_or(Value::Null);
+            station["points"][0]["latest"]["t"] == now
+        },
+    );
+    assert_eq!(station["name"], "王宅村雨量站", "{station}");
+    assert_eq!(station["area"], "330723001001");
+    assert_eq!(station["origin"], village_id.as_str());
+    assert_eq!(station["node_name"], "village");
+    assert_eq!(station["status"], "online", "{station}");
+    assert_eq!(station["points"][0]["unit"], "mm");
+    assert_eq!(station["points"][0]["latest"]["value"], 2.5);
+    // The closed minute, whole, once; and every raw reading of the window.
+    let path = format!(
+        "/api/v1/sensors/{}/readings?metric=rainfall&step=1m&from={minute}&to={}",
+        id.replace('@', "%40"),
+        minute + 60_000
+    );
+    let (status, _, body) = blocking_request("GET", &cs.url(&path), &ca.headers()).unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let series: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        series["points"].as_array().map(Vec::len),
+        Some(1),
+        "{series}"
+    );
+    assert_eq!(series["points"][0]["sum"], 3.0, "{series}");
+    assert_eq!(series["points"][0]["count"], 3, "{series}");
+    let raw = format!(
+        "/api/v1/sensors/{}/readings?metric=rainfall&from={minute}",
+        id.replace('@', "%40")
+    );
+    wait_for("all four raw readings at the county", || {
+        let (_, _, body) = blocking_request("GET", &cs.url(&raw), &ca.headers()).unwrap();
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        v["points"].as_array().map(Vec::len) == Some(4)
+    });
+    // The township sees its village's station too; its own list has no devices of its own.
+    let ta = login(&_ts.base, "admin", ADMIN_PASSWORD);
+    assert!(
+        sensors(&_ts, &ta, "")
+            .iter()
+            .any(|d| d["id"] == id.as_str())
+    );
+
+    // The township reports its link to the village: the county sees it, one level further down.
+    wait_for("the village's link at the county", || {
+        let (_, _, body) =
+            blocking_request("GET", &cs.url("/api/v1/nodes"), &ca.headers()).unwrap();
+        let nodes: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        nodes["below"].as_array().is_some_and(|below| {
+            below.iter().any(|n| {
+                n["node_id"] == village_id.as_str()
+                    && n["connected"] == true
+                    && n["name"] == "王宅村"
+            })
+        })
+    });
+
+    // A county user of another township sees neither the station nor its readings.
+    let (status, _, body) = send_json(
+        "POST",
+        &cs.url("/api/v1/users"),
+        &ca.headers(),
+        &json!({"username": "other.town", "role": "township_staff", "area": "330723002",
+                "password": "Other-Town-Staff-1"}),
+    );
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&body));
+    let other = login(&cs.base, "other.town", "Other-Town-Staff-1");
+    assert!(sensors(&cs, &other, "").is_empty());
+    let (status, _, _) = blocking_request("GET", &cs.url(&raw), &other.headers()).unwrap();
+    assert_eq!(status, 404);
 }

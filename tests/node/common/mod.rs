@@ -487,3 +487,22 @@ pub fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Whether a peer tool is installed; where it is not, the test says it skipped, and fails instead
+/// when `TOWNSHIP_REQUIRE_PEERS` is set (as tests/run.sh does).
+pub fn have(tool: &str, probe: &[&str]) -> bool {
+    let ok = Command::new(tool)
+        .args(probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("TOWNSHIP_REQUIRE_PEERS").is_err(),
+            "{tool} is required (tests/run.sh installs it)"
+        );
+        eprintln!("SKIPPED: {tool} is not installed (tests/run.sh installs it)");
+    }
+    ok
+}
