@@ -346,6 +346,7 @@ impl AppState {
             clock: self.clock.clone(),
             config: self.config.clone(),
             node_name: self.node.name.clone(),
+            queue_raw: self.upstream.is_some() && !self.config.sync.raw_readings_window.is_zero(),
             shutdown: self.shutdown.clone(),
         }
     }

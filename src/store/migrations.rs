@@ -564,17 +564,15 @@ fn v19_audit_chains(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 }
 
 /// Readings and link reports up the tree (see `telemetry::outbox`, `telemetry::tree` and
-/// `sync::links`). This node's minute aggregates and raw readings get a sequence number from one
-/// counter, bumped on every write, so a stream cursor finds what changed since; station
-/// descriptions and link reports get theirs from the same counter.
+/// `sync::links`). This node's minute aggregates get a sequence number from one counter, bumped on
+/// every write, so a stream cursor finds what changed since; raw readings to ship are queued under
+/// numbers from the same counter, and station descriptions and link reports get theirs from it too.
 /// Readings from below land in their own tables, keyed by origin so one village's `rain-01` is not
 /// another's. Minute rows already stored are numbered now, so a node that upgrades ships its history;
 /// raw readings from before the upgrade stay local.
 fn v20_readings_upstream(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
-        "ALTER TABLE telemetry_raw ADD COLUMN seq INTEGER;
-        CREATE INDEX telemetry_raw_seq ON telemetry_raw (seq) WHERE seq IS NOT NULL;
-        ALTER TABLE telemetry_minute ADD COLUMN seq INTEGER;
+        "ALTER TABLE telemetry_minute ADD COLUMN seq INTEGER;
         UPDATE telemetry_minute SET seq = m.n FROM (
             SELECT series, bucket, row_number() OVER (ORDER BY bucket, series) AS n FROM telemetry_minute
         ) AS m WHERE m.series = telemetry_minute.series AND m.bucket = telemetry_minute.bucket;
@@ -584,6 +582,15 @@ fn v20_readings_upstream(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             last INTEGER NOT NULL
         ) STRICT;
         INSERT INTO outbox_seq (id, last) SELECT 1, count(*) FROM telemetry_minute;
+        -- Raw readings waiting to go up (only on a node with an upstream, and only until the
+        -- upstream confirms them or they leave the raw window): a queue, not a column on every
+        -- reading, so the readings table stays as small and fast as before.
+        CREATE TABLE raw_outbox (
+            seq    INTEGER PRIMARY KEY,
+            series INTEGER NOT NULL,
+            t      INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX raw_outbox_t ON raw_outbox (t);
         -- What this node says about its own stations, as last shipped.
         CREATE TABLE telemetry_stations (
             device  TEXT PRIMARY KEY,

@@ -27,6 +27,8 @@ pub struct LinkDoc {
     pub node_id: String,
     pub name: String,
     pub area: String,
+    /// `connected`, `offline` or `refused` (see `status::LinkStatus::state`).
+    pub state: String,
     pub connected: bool,
     pub revoked: bool,
     pub last_seen_ms: Option<i64>,
@@ -34,7 +36,13 @@ pub struct LinkDoc {
     pub pending_in: u64,
     pub pending_out: u64,
     pub last_error: Option<String>,
+    /// When the report was made, rounded down to ten minutes: a report that changes nothing else is
+    /// still sent that often, so the node above can tell a current report from an old one.
+    pub as_of_ms: i64,
 }
+
+/// How often an unchanged report is sent again.
+const REPORT_AGAIN_MS: i64 = 10 * 60_000;
 
 /// Stores the reports that changed, each under the next number of the outbox sequence.
 pub fn describe(conn: &Connection, links: &[LinkDoc]) -> Result<usize, StoreError> {
@@ -176,12 +184,15 @@ pub async fn report(rt: &Runtime) -> Result<usize, StoreError> {
         return Ok(0);
     }
     let (_, live) = rt.status.snapshot();
+    let now = rt.clock.now_ms();
     let docs: Vec<LinkDoc> = peers
         .into_iter()
         .map(|p| {
             let link = live.get(&p.node_id).cloned().unwrap_or_default();
             LinkDoc {
+                state: link.state().to_string(),
                 connected: link.connected,
+                as_of_ms: now.div_euclid(REPORT_AGAIN_MS) * REPORT_AGAIN_MS,
                 revoked: p.revoked_ms.is_some(),
                 last_seen_ms: minute(p.last_seen_ms),
                 version: p.version,
@@ -220,6 +231,8 @@ mod tests {
                 node_id: node_id.into(),
                 name: "王宅村".into(),
                 area: area.into(),
+                state: "connected".into(),
+                as_of_ms: 0,
                 connected: true,
                 revoked: false,
                 last_seen_ms: Some(60_000),

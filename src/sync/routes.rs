@@ -81,7 +81,7 @@ async fn list_nodes(
                 "node_id": p.node_id, "public_key": p.public_key, "area_name": names.name(&p.area),
                 "area": p.area, "name": p.name,
                 "enrolled_ms": p.enrolled_ms, "revoked": p.revoked_ms.is_some(), "revoked_ms": p.revoked_ms,
-                "connected": link.connected, "last_seen_ms": p.last_seen_ms, "version": p.version,
+                "connected": link.connected, "state": link.state(), "last_seen_ms": p.last_seen_ms, "version": p.version,
                 "pending_out": link.pending_out, "pending_in": link.pending_in,
                 "acked_seq": p.acked_seq, "last_error": p.last_error.or(link.last_error),
                 "chain": chains.get(&p.node_id),
@@ -89,20 +89,32 @@ async fn list_nodes(
         })
         .collect();
     // Nodes further down, as the nodes above them report their links (see `links`).
+    let names_of: std::collections::HashMap<String, String> = nodes
+        .iter()
+        .filter_map(|n| {
+            Some((
+                n["node_id"].as_str()?.to_string(),
+                n["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
     let below: Vec<serde_json::Value> = reported
         .into_iter()
         .map(|r| {
             let d = r.doc;
             json!({
                 "node_id": d.node_id, "name": d.name, "area": d.area, "area_name": names.name(&d.area),
-                "reported_by": r.origin, "via": r.via, "reported_ms": r.received_ms,
-                "connected": d.connected, "revoked": d.revoked, "last_seen_ms": d.last_seen_ms,
+                "reported_by": r.origin, "reported_by_name": names_of.get(&r.origin), "via": r.via,
+                "via_name": names_of.get(&r.via), "reported_ms": r.received_ms, "as_of_ms": d.as_of_ms,
+                "state": d.state, "connected": d.connected, "revoked": d.revoked, "last_seen_ms": d.last_seen_ms,
                 "version": d.version, "pending_in": d.pending_in, "pending_out": d.pending_out,
                 "last_error": d.last_error, "chain": chains.get(&d.node_id),
             })
         })
         .collect();
-    Ok(Json(json!({ "nodes": nodes, "below": below })))
+    Ok(Json(
+        json!({ "nodes": nodes, "below": below, "now": state.clock.now_ms() }),
+    ))
 }
 
 /// The audit chains of the nodes below, as checked here: broken ones first, each with the node's

@@ -207,6 +207,23 @@ pub fn land_readings(
     Ok(landed)
 }
 
+/// The upstream confirmed `origin`'s `stream` up to `upto`: the cursor moves, and what this node
+/// queued of its own for it (raw readings) is dropped.
+pub fn ack_from_upstream(
+    conn: &Connection,
+    own: &str,
+    upstream: &str,
+    origin: &str,
+    stream: &str,
+    upto: i64,
+) -> Result<(), StoreError> {
+    record_ack(conn, upstream, origin, stream, upto)?;
+    if origin == own {
+        outbox::confirmed(conn, stream, upto)?;
+    }
+    Ok(())
+}
+
 fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -232,7 +249,7 @@ pub async fn next_batch(rt: &Runtime, upstream: &str) -> Option<Frame> {
                 let (own, peer) = (rt.node.node_id.clone(), upstream.to_string());
                 if let Err(e) = rt
                     .store
-                    .write(move |conn| record_ack(conn, &peer, &own, stream, upto))
+                    .write(move |conn| ack_from_upstream(conn, &own, &peer, &own, stream, upto))
                     .await
                 {
                     tracing::warn!(error = %e, "could not move a stream cursor");
@@ -325,9 +342,11 @@ pub async fn handle(
         } => {
             *streaming = false;
             if stream == AUDIT || tree::is_tree_stream(&stream) {
-                let peer_id = peer.node_id.clone();
+                let (peer_id, own) = (peer.node_id.clone(), rt.node.node_id.clone());
                 rt.store
-                    .write(move |conn| record_ack(conn, &peer_id, &origin, &stream, upto))
+                    .write(move |conn| {
+                        ack_from_upstream(conn, &own, &peer_id, &origin, &stream, upto)
+                    })
                     .await?;
             }
             Ok(Vec::new())

@@ -11,7 +11,7 @@ use township_drivers::{Quality, Reading};
 use township_sync::AreaCode;
 use township_sync::engine::{Frame, StreamRecord};
 
-use super::streams::{Next, land_readings, next_batch_in, record_ack};
+use super::streams::{Next, ack_from_upstream, land_readings, next_batch_in};
 use crate::telemetry::{outbox, store, tree};
 
 /// A small deterministic generator (splitmix64), so a failing seed replays exactly.
@@ -107,9 +107,15 @@ fn offer(sender: &Node, upstream: &Node, link: &mut Link, now: i64, rng: &mut Rn
                 }
                 return;
             }
-            Next::Skip { stream, upto } => {
-                record_ack(&sender.conn, upstream.id, sender.id, stream, upto).unwrap()
-            }
+            Next::Skip { stream, upto } => ack_from_upstream(
+                &sender.conn,
+                sender.id,
+                upstream.id,
+                sender.id,
+                stream,
+                upto,
+            )
+            .unwrap(),
             Next::Nothing => return,
         }
     }
@@ -174,7 +180,7 @@ fn acknowledge(sender: &Node, upstream: &Node, link: &mut Link, rng: &mut Rng) {
     else {
         unreachable!()
     };
-    record_ack(&sender.conn, upstream.id, &origin, &stream, upto).unwrap();
+    ack_from_upstream(&sender.conn, sender.id, upstream.id, &origin, &stream, upto).unwrap();
     link.streaming = false;
 }
 
@@ -278,7 +284,7 @@ fn run(seed: u64) {
                         }
                     })
                     .collect();
-                let inserted = store::insert_batch(&village.conn, &batch, &known).unwrap();
+                let inserted = store::insert_batch(&village.conn, &batch, &known, true).unwrap();
                 for (key, id) in inserted.new_series {
                     known.insert(key, id);
                 }

@@ -272,6 +272,9 @@ pub struct Runtime {
     pub config: Arc<crate::config::Config>,
     /// This node's name, which its stations' descriptions carry up the tree.
     pub node_name: String,
+    /// Whether raw readings are queued for an upstream (the node has one and
+    /// `sync.raw_readings_window` is not 0).
+    pub queue_raw: bool,
     pub shutdown: tokio_util::sync::CancellationToken,
 }
 
@@ -309,13 +312,14 @@ async fn commit_group(state: &Runtime, group: Vec<Batch>) {
     }
     let readings = t.admit(readings, now);
     let known = t.series.lock().map(|c| Arc::clone(&c)).unwrap_or_default();
+    let queue_raw = state.queue_raw;
     let result = if readings.is_empty() {
         Ok((readings, store::Inserted::default()))
     } else {
         state
             .store
             .write(move |conn| {
-                let inserted = store::insert_batch(conn, &readings, &known)?;
+                let inserted = store::insert_batch(conn, &readings, &known, queue_raw)?;
                 Ok::<_, StoreError>((readings, inserted))
             })
             .await
@@ -525,6 +529,20 @@ pub async fn prune(state: &Runtime, step_rows: usize) -> Result<u64, StoreError>
             }
             tokio::task::yield_now().await;
         }
+    }
+    // Raw readings queued for an upstream that has been away longer than the window.
+    let window = state.config.sync.raw_readings_window;
+    let cutoff = now.saturating_sub(ms(window));
+    loop {
+        let n = state
+            .store
+            .write(move |conn| store::prune_raw_outbox(conn, cutoff, step_rows))
+            .await?;
+        total += n as u64;
+        if n < step_rows || state.shutdown.is_cancelled() {
+            break;
+        }
+        tokio::task::yield_now().await;
     }
     // Over budget: the oldest raw hour goes first, until under budget. Aggregates are small and stay.
     let budget = cfg.disk_budget_mb.saturating_mul(1024 * 1024);

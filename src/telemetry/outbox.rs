@@ -124,6 +124,15 @@ pub fn keep_description<T: Serialize>(
     Ok(true)
 }
 
+/// The upstream has this node's `stream` up to `upto`: queued raw readings it has are dropped.
+pub fn confirmed(conn: &Connection, stream: &str, upto: i64) -> Result<(), StoreError> {
+    if stream == RAW {
+        conn.prepare_cached("DELETE FROM raw_outbox WHERE seq <= ?1")?
+            .execute([upto])?;
+    }
+    Ok(())
+}
+
 /// What this node has for one of its streams past a cursor.
 #[derive(Debug, PartialEq)]
 pub enum Own {
@@ -200,28 +209,47 @@ pub fn own_after(
                 return Ok(Own::Nothing);
             }
             let since = now_ms.saturating_sub(raw_window_ms);
+            // A queued reading whose row retention already pruned comes back without a value.
             let mut stmt = conn.prepare_cached(
-                "SELECT r.seq, s.device, s.metric, s.unit, r.t, r.value, r.quality
-                 FROM telemetry_raw r JOIN telemetry_series s ON s.id = r.series
-                 WHERE r.seq > ?1 ORDER BY r.seq LIMIT ?2",
+                "SELECT o.seq, s.device, s.metric, s.unit, o.t, r.value, r.quality
+                 FROM raw_outbox o JOIN telemetry_series s ON s.id = o.series
+                 LEFT JOIN telemetry_raw r ON r.series = o.series AND r.t = o.t
+                 WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after, limit], |r| {
-                let doc = RawDoc {
-                    d: r.get(1)?,
-                    m: r.get(2)?,
-                    u: r.get(3)?,
-                    t: r.get(4)?,
-                    v: r.get(5)?,
-                    q: r.get(6)?,
-                };
-                Ok((r.get::<_, i64>(0)?, doc))
+                let value: Option<f64> = r.get(5)?;
+                let quality: Option<i64> = r.get(6)?;
+                let doc = value.zip(quality).map(|(v, q)| RawDoc {
+                    d: String::new(),
+                    m: String::new(),
+                    u: None,
+                    t: 0,
+                    v,
+                    q,
+                });
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    doc,
+                ))
             })?;
             let mut out = Vec::new();
             let mut last = None;
             for row in rows {
-                let (seq, doc) = row?;
+                let (seq, device, metric, unit, t, doc) = row?;
                 last = Some(seq);
-                if doc.t >= since {
+                let Some(doc) = doc else { continue };
+                if t >= since {
+                    let doc = RawDoc {
+                        d: device,
+                        m: metric,
+                        u: unit,
+                        t,
+                        ..doc
+                    };
                     out.push(StreamRecord {
                         seq,
                         payload: encode(&doc)?,
@@ -285,6 +313,7 @@ mod tests {
             &conn,
             &[reading(0, 1.0), reading(30_000, 2.0), reading(61_000, 5.0)],
             &SeriesIds::default(),
+            false,
         )
         .unwrap();
         // At 90 s the second minute is still open: only the first goes.
@@ -301,6 +330,7 @@ mod tests {
             &conn,
             &[reading(45_000, 4.0)],
             &crate::telemetry::store::all_series(&conn).unwrap(),
+            false,
         )
         .unwrap();
         let again = minutes(own_after(&conn, MINUTES, cursor, 500, 121_000, 0).unwrap());
@@ -316,6 +346,7 @@ mod tests {
             &conn,
             &[reading(1_000, 1.0), reading(2_000, 2.0)],
             &SeriesIds::default(),
+            true,
         )
         .unwrap();
         assert_eq!(
@@ -323,6 +354,10 @@ mod tests {
             Own::Nothing,
             "a window of 0 sends no raw readings"
         );
+        let Own::Records(recent) = own_after(&conn, RAW, 0, 500, 5_000, 10_000).unwrap() else {
+            panic!("expected records")
+        };
+        assert_eq!(recent.len(), 2);
         let Own::SkipTo(to) = own_after(&conn, RAW, 0, 500, 100_000, 10_000).unwrap() else {
             panic!("expected a skip")
         };
@@ -330,10 +365,25 @@ mod tests {
             own_after(&conn, RAW, to, 500, 100_000, 10_000).unwrap(),
             Own::Nothing
         );
-        let Own::Records(recent) = own_after(&conn, RAW, 0, 500, 5_000, 10_000).unwrap() else {
-            panic!("expected records")
-        };
-        assert_eq!(recent.len(), 2);
+        // Confirmed readings leave the queue; the readings themselves stay.
+        confirmed(&conn, RAW, to).unwrap();
+        let queued: i64 = conn
+            .query_row("SELECT count(*) FROM raw_outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(queued, 0);
+        assert_eq!(crate::telemetry::store::raw_count(&conn).unwrap(), 2);
+        // A node without an upstream queues nothing.
+        insert_batch(
+            &conn,
+            &[reading(3_000, 3.0)],
+            &crate::telemetry::store::all_series(&conn).unwrap(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            own_after(&conn, RAW, to, 500, 5_000, 10_000).unwrap(),
+            Own::Nothing
+        );
     }
 
     #[test]

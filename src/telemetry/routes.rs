@@ -157,7 +157,12 @@ fn tree_status(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) 
     }
 }
 
-fn tree_view(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) -> Value {
+fn tree_view(
+    t: &TreeStation,
+    via_name: Option<&String>,
+    now: i64,
+    cfg: &super::config::TelemetryConfig,
+) -> Value {
     let station = Station::Tree(Box::new(t.clone()));
     let points: Vec<Value> = t
         .doc
@@ -193,6 +198,7 @@ fn tree_view(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) ->
         "device": t.doc.device,
         "origin": t.origin,
         "via": t.via,
+        "via_name": via_name,
         "node_name": t.doc.node_name,
         "name": t.doc.name,
         "area": t.area.to_string(),
@@ -297,12 +303,22 @@ async fn list(
         Vec::new()
     };
     if below {
-        let stations = state.store.read(tree::stations).await?;
+        let (stations, children) = state
+            .store
+            .read(|conn| {
+                Ok::<_, StoreError>((
+                    tree::stations(conn)?,
+                    crate::sync::registry::peers(conn, "downstream")?,
+                ))
+            })
+            .await?;
+        let names: std::collections::HashMap<String, String> =
+            children.into_iter().map(|p| (p.node_id, p.name)).collect();
         devices.extend(
             stations
                 .iter()
                 .filter(|t| caller.can_reach(&t.area))
-                .map(|t| tree_view(t, now, &state.config.telemetry)),
+                .map(|t| tree_view(t, names.get(&t.via), now, &state.config.telemetry)),
         );
     }
     let directory = crate::areas::routes::directory(&state).await?;

@@ -96,25 +96,31 @@ pub struct Inserted {
 
 /// Inserts readings, skipping any already stored (same series and time), and folds the new ones
 /// into the minute and hour aggregates. `known` is the caller's cache of series ids.
+///
+/// With `queue_raw` (a node with an upstream that ships raw readings) every new raw reading is also
+/// queued in `raw_outbox` for the upstream (see `outbox`).
 pub fn insert_batch(
     conn: &Connection,
     readings: &[Reading],
     known: &SeriesIds,
+    queue_raw: bool,
 ) -> Result<Inserted, StoreError> {
     let mut out = Inserted::default();
     let mut created = SeriesIds::default();
     let mut minute: HashMap<(i64, i64), Agg> = HashMap::new();
     let mut hour: HashMap<(i64, i64), Agg> = HashMap::new();
-    // Every new raw row and every minute it changes takes the next number of the readings
-    // sequence, which is what the stream up the tree follows (see `outbox`).
+    // Every minute a batch changes, and every raw reading queued for the upstream, takes the next
+    // number of the outbox sequence, which is what the streams up the tree follow (see `outbox`).
     let first_seq: i64 = conn
         .prepare_cached("SELECT last FROM outbox_seq WHERE id = 1")?
         .query_row([], |r| r.get(0))?;
     let mut seq = first_seq;
     let mut insert = conn.prepare_cached(
-        "INSERT INTO telemetry_raw (series, t, value, quality, seq) VALUES (?1, ?2, ?3, ?4, ?5)
+        "INSERT INTO telemetry_raw (series, t, value, quality) VALUES (?1, ?2, ?3, ?4)
          ON CONFLICT DO NOTHING",
     )?;
+    let mut queue =
+        conn.prepare_cached("INSERT INTO raw_outbox (seq, series, t) VALUES (?1, ?2, ?3)")?;
     for (i, r) in readings.iter().enumerate() {
         let series = match known
             .get(&r.device, &r.metric)
@@ -129,15 +135,11 @@ pub fn insert_batch(
                 id
             }
         };
-        if insert.execute(params![
-            series,
-            r.time_ms,
-            r.value,
-            quality_code(r.quality),
-            seq + 1
-        ])? == 1
-        {
-            seq += 1;
+        if insert.execute(params![series, r.time_ms, r.value, quality_code(r.quality)])? == 1 {
+            if queue_raw {
+                seq += 1;
+                queue.execute(params![seq, series, r.time_ms])?;
+            }
             out.new.push(i);
             if aggregable(r.quality) {
                 minute
@@ -435,6 +437,22 @@ pub enum PruneTable {
     TreeMinute,
 }
 
+/// Drops at most `max_rows` queued raw readings older than `cutoff_ms` (past the raw window: they
+/// would not be sent) and says how many went, so a queue for an upstream that is gone for weeks stays
+/// the size of the window.
+pub fn prune_raw_outbox(
+    conn: &Connection,
+    cutoff_ms: i64,
+    max_rows: usize,
+) -> Result<usize, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "DELETE FROM raw_outbox WHERE seq IN
+                 (SELECT seq FROM raw_outbox WHERE t < ?1 ORDER BY t LIMIT ?2)",
+        )?
+        .execute(params![cutoff_ms, max_rows as i64])?)
+}
+
 /// The oldest raw reading's time, across series.
 pub fn oldest_raw(conn: &Connection) -> Result<Option<i64>, StoreError> {
     let mut stmt = conn.prepare_cached(
@@ -487,10 +505,10 @@ mod tests {
             r(60_000, 4.0, Quality::Good),
             r(90_000, 99.0, Quality::OutOfRange),
         ];
-        let first = insert_batch(&conn, &batch, &SeriesIds::default()).unwrap();
+        let first = insert_batch(&conn, &batch, &SeriesIds::default(), false).unwrap();
         assert_eq!(first.new, vec![0, 1, 2, 3]);
         let known: SeriesIds = first.new_series.into_iter().collect();
-        let again = insert_batch(&conn, &batch, &known).unwrap();
+        let again = insert_batch(&conn, &batch, &known, false).unwrap();
         assert!(again.new.is_empty() && again.new_series.is_empty());
         let (series, _) = find_series(&conn, "rain-01", "rainfall").unwrap().unwrap();
         let minutes = aggregated_range(&conn, series, 0, HOUR_MS, MINUTE_MS, 100).unwrap();
@@ -526,7 +544,7 @@ mod tests {
     fn pruning_goes_in_bounded_steps_and_keeps_aggregates() {
         let (_d, conn) = db();
         let batch: Vec<Reading> = (0..1000).map(|i| r(i * 1000, 1.0, Quality::Good)).collect();
-        insert_batch(&conn, &batch, &SeriesIds::default()).unwrap();
+        insert_batch(&conn, &batch, &SeriesIds::default(), false).unwrap();
         assert_eq!(
             prune_step(&conn, PruneTable::Raw, 500_000, 100).unwrap(),
             100

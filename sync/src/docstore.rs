@@ -406,10 +406,11 @@ impl DocStore {
         doc.put(automerge::ROOT, SCOPE_KEY, scope.as_str())?;
         build(&mut doc)?;
         Self::commit_claimed(id, &mut doc, &[], author)?;
-        self.insert_new(conn, id, kind, scope, &mut doc)
+        self.insert_new(conn, id, kind, scope, &mut doc, None)
     }
 
     /// Stores a document this node has not had before, with a fresh sequence number, and projects it.
+    /// `loaded_from` is the bytes `doc` was loaded from whole, stored instead of saving it again.
     fn insert_new(
         &self,
         conn: &Connection,
@@ -417,8 +418,12 @@ impl DocStore {
         kind: &str,
         scope: &AreaCode,
         doc: &mut AutoCommit,
+        loaded_from: Option<&[u8]>,
     ) -> Result<DocMeta, DocError> {
-        let snapshot = doc.save();
+        let snapshot = match loaded_from {
+            Some(bytes) => bytes.to_vec(),
+            None => doc.save(),
+        };
         let heads = doc.get_heads();
         let seq = Self::next_seq(conn)?;
         let now = (self.now_ms)();
@@ -582,11 +587,21 @@ impl DocStore {
     ) -> Result<Merged, DocError> {
         match Self::meta(conn, id)? {
             None => {
-                let mut doc = guarded(id, || {
-                    let mut d = AutoCommit::new();
-                    d.load_incremental(bytes)?;
-                    Ok(d)
-                })?;
+                // Bytes that load as a whole document (what a peer sends for a record we have not
+                // seen: its snapshot and pending changes) are kept as they came: saving the
+                // document again would cost more than the rest of the merge. Anything else is
+                // read change by change and saved.
+                let (mut doc, verbatim) = match guarded(id, || AutoCommit::load(bytes)) {
+                    Ok(doc) => (doc, Some(bytes)),
+                    Err(_) => (
+                        guarded(id, || {
+                            let mut d = AutoCommit::new();
+                            d.load_incremental(bytes)?;
+                            Ok(d)
+                        })?,
+                        None,
+                    ),
+                };
                 check_new_changes(id, &mut doc, &[], sender, scope)?;
                 let stated_kind = crate::fields::text(&doc, KIND_KEY);
                 let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
@@ -598,7 +613,7 @@ impl DocStore {
                     )));
                 }
                 Ok(Merged::Changed(
-                    self.insert_new(conn, id, kind, scope, &mut doc)?,
+                    self.insert_new(conn, id, kind, scope, &mut doc, verbatim)?,
                 ))
             }
             Some((meta, _)) => {
@@ -1185,7 +1200,7 @@ impl DocStore {
         }
         doc.set_actor(self.actor.clone());
         let merged = match meta {
-            None => Merged::Changed(self.insert_new(conn, id, kind, scope, &mut doc)?),
+            None => Merged::Changed(self.insert_new(conn, id, kind, scope, &mut doc, None)?),
             Some(meta) => {
                 let bytes = doc.save_after(&before);
                 Merged::Changed(self.record_change(conn, meta, &mut doc, &bytes)?)
