@@ -71,6 +71,7 @@ const READY = {
   '/rules': '#rules-list, #rules-none',
   '/broadcasts': '#broadcasts-history-box h2',
   '/nodes': '#enroll-form',
+  '/county': '#cockpit[data-ready]',
   '/users': '#users-table',
   '/audit': '#audit-table tbody tr',
   '/incidents/new': '#report-form',

@@ -252,6 +252,17 @@ test('an admin adds a grid worker, sees it in the audit log, and signs out', asy
   await page.getByText('还没有登记下级节点。').waitFor();
   assert.equal(await page.locator('#link-state').textContent(), '本地运行', 'no upstream configured');
 
+  // The county overview, beside the nodes in the menu: its four sections load on their own, with no
+  // node enrolled the nodes section says so, and the incidents section says which period it covers.
+  await page.locator('#nav a[href="/county"]').click();
+  await page.getByRole('heading', { name: '数字驾驶舱' }).waitFor();
+  await page.locator('#cockpit[data-ready]').waitFor();
+  await page.locator('#cockpit-nodes-none', { hasText: '还没有登记下级节点。' }).waitFor();
+  assert.match(await page.locator('#cockpit-period').textContent(), /^近 30 天（\d{4}-\d{2}-\d{2} 起）/);
+  for (const id of ['cockpit-nodes', 'cockpit-incidents', 'cockpit-stations', 'cockpit-warnings']) {
+    assert.equal(await page.locator(`#${id}`).getAttribute('data-state'), 'ok', `${id} loaded`);
+  }
+
   await page.locator('#logout').click();
   await page.getByRole('heading', { name: '登录' }).waitFor();
   await page.goto(base + '/audit');

@@ -45,6 +45,7 @@ const report = { render: page(() => import('./pages/report.js'), 'render') };
 const incident = { render: page(() => import('./pages/incident.js'), 'render') };
 const indicators = { render: page(() => import('./pages/indicators.js'), 'render') };
 const nodes = { render: page(() => import('./pages/nodes.js'), 'render') };
+const cockpit = { render: page(() => import('./pages/cockpit.js'), 'render') };
 const sensorsList = { renderList: page(() => import('./pages/sensors-list.js'), 'renderList') };
 const sensorsStation = { renderStation: page(() => import('./pages/sensors-station.js'), 'renderStation') };
 const rules = { render: page(() => import('./pages/rules.js'), 'render') };
@@ -85,6 +86,9 @@ route('/tasks', guarded(incidents.renderTasks));
 route('/outbox', guarded(outboxPage.render));
 route('/indicators', guarded(indicators.render));
 route('/nodes', guarded(nodes.render, 'GET', '/api/v1/nodes'));
+// The county overview is for those who see the whole tree's nodes; each of its sections still copes
+// with a refusal of its own (a village admin signed in at the township).
+route('/county', guarded(cockpit.render, 'GET', '/api/v1/nodes'));
 // Every signed-in role sees sensors; the node shows each only the stations inside their area.
 route('/sensors', guarded(sensorsList.renderList));
 route('/sensors/:id', guarded(sensorsStation.renderStation));

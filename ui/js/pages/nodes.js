@@ -1,11 +1,15 @@
 // The nodes page (county IT, admin): downstream nodes with their health and lag, enrollment by public
-// key, and revocation; and the audit chains of every node below (villages relayed by a township
-// among them) as checked here, with an alarm at the top when one was tampered with.
+// key, and revocation; the nodes further down as the children report them (villages under a
+// township), grouped by the child they came through, each with the age of its report; and the audit
+// chains of every node below as checked here, with an alarm at the top when one was tampered with.
 import { getJson, postJson, del } from '../api.js';
 import { t } from '../i18n.js';
 import { el, clear, errorBox, markRequired } from '../dom.js';
-import { formatTime } from '../format.js';
-import { chainSummary, brokenFirst, countBroken, alarmKey, nodeLabel, viaLabel } from '../chains-logic.js';
+import { ago, formatTime, nodeNow } from '../format.js';
+import { chainSummary, brokenFirst, countBroken, alarmKey, nodeLabel, viaLabel, shortId } from '../chains-logic.js';
+import { belowGroups, linkBadgeSpec, reporter, treeNodes, REPORT_OUTDATED_MS } from '../cockpit-logic.js';
+
+const OUTDATED_MINUTES = Math.round(REPORT_OUTDATED_MS / 60e3);
 
 const CHAINS_ID = 'audit-chains';
 
@@ -52,6 +56,66 @@ function chainsTable(chains, byId) {
   return el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-labelledby': `${CHAINS_ID}-title` }, table);
 }
 
+// A refusal's reason is also in the row's error column; on the badge it is at hand where the eye is.
+function linkBadge(n) {
+  const b = linkBadgeSpec(n);
+  return el('span', { class: `badge${b.tone ? ` ${b.tone}` : ''}`, 'data-link-state': b.state, title: b.reason }, t(b.key));
+}
+
+// When a report from below was made and how long ago, marked when too old to be current; as before
+// (when it arrived) for a parent too old to say.
+function reportCell(n, tree) {
+  const by = reporter(n, tree);
+  const byLine = by ? el('span', { class: 'muted small report-by', title: by.id }, t('nodes.reported_by', { name: by.name || shortId(by.id) })) : null;
+  if (!n.report) return el('td', {}, formatTime(n.reported_ms), byLine);
+  return el('td', { class: n.outdated ? 'report-age outdated' : 'report-age', 'data-outdated': n.outdated ? '' : null },
+    el('span', { title: formatTime(n.report.at) }, t('nodes.report_age', { age: ago(n.report.at) })),
+    n.outdated ? el('span', { class: 'badge warn report-outdated', title: t('nodes.report_outdated_help', { minutes: OUTDATED_MINUTES }) }, t('nodes.report_outdated')) : null,
+    byLine);
+}
+
+// The nodes under the children, one table per child they came through, the disconnected and the
+// tampered first. What a child reports is as of its last report: the group says so when the child
+// itself is not connected, and when reports have not been renewed for longer than an unchanged one
+// takes to come again (the reporting node, or a link on the way, has stopped getting through). `now`
+// is this node's clock.
+function belowSection(data, now) {
+  const section = el('section', { class: 'card', id: 'nodes-below', 'aria-labelledby': 'nodes-below-title' },
+    el('h2', { id: 'nodes-below-title', 'data-i18n': 'nodes.below_title' }, t('nodes.below_title')),
+    el('p', { class: 'muted small', 'data-i18n': 'nodes.below_help' }, t('nodes.below_help')));
+  const groups = belowGroups(data, now);
+  const tree = treeNodes(data, now);
+  if (groups.length === 0) {
+    section.append(el('p', { class: 'muted', id: 'nodes-below-none' }, t('nodes.below_none')));
+    return section;
+  }
+  const head = ['nodes.name', 'nodes.state', 'nodes.chain', 'nodes.area_name', 'nodes.last_seen', 'nodes.pending_io', 'nodes.version', 'nodes.error', 'nodes.reported_at'];
+  groups.forEach((g, i) => {
+    const title = t('nodes.below_via', { name: g.name || shortId(g.via) });
+    const headingId = `nodes-below-${i}`;
+    const rows = g.rows.map((n) => {
+      const broken = n.chain && n.chain.intact === false;
+      return el('tr', { 'data-node': n.node_id, 'data-link-state': linkBadgeSpec(n).state, class: broken ? 'chain-broken' : null },
+        el('td', { title: n.node_id }, n.name || shortId(n.node_id)), el('td', {}, linkBadge(n)),
+        el('td', { class: 'chain' }, chainNode(n.chain, { short: true })),
+        el('td', { title: n.area }, n.area_name || n.area || '—'),
+        el('td', {}, formatTime(n.last_seen_ms)),
+        el('td', {}, `${n.pending_out ?? 0} / ${n.pending_in ?? 0}`),
+        el('td', {}, n.version || '—'),
+        el('td', { class: 'wrap' }, n.last_error || '—'),
+        reportCell(n, tree));
+    });
+    section.append(...[
+      el('h3', { id: headingId, class: 'below-via', 'data-via': g.via }, title),
+      g.stale ? el('p', { class: 'notice small below-stale' }, t('nodes.below_stale')) : null,
+      g.outdated ? el('p', { class: 'notice small below-outdated' }, t('nodes.below_outdated', { n: g.outdated, minutes: OUTDATED_MINUTES })) : null,
+      el('div', { class: 'scroll', tabindex: 0, role: 'region', 'aria-labelledby': headingId },
+        el('table', { class: 'table below-table' },
+          el('thead', {}, el('tr', {}, ...head.map((k) => el('th', {}, t(k))))), el('tbody', {}, ...rows)))].filter(Boolean));
+  });
+  return section;
+}
+
 // Why an answer is not a list: the request's error, or (an answer of another shape) that the node
 // could not be read.
 function failure(answer) {
@@ -82,6 +146,7 @@ export async function render(main) {
   };
 
   const list = el('section', { class: 'card' });
+  const belowSlot = el('div');
   const chainsTitle = el('h2', { id: `${CHAINS_ID}-title`, tabindex: -1, 'data-i18n': 'nodes.chains_title' }, t('nodes.chains_title'));
   const chainsBody = el('div');
   const chainsSection = el('section', { class: 'card chains', id: CHAINS_ID, 'aria-labelledby': `${CHAINS_ID}-title` },
@@ -89,6 +154,7 @@ export async function render(main) {
 
   const reload = async () => {
     clear(list);
+    clear(belowSlot);
     clear(chainsBody);
     // Both lists at once; the chains failing (an older node) leaves the nodes list as it was.
     const [nodesAnswer, chainsAnswer] = await Promise.allSettled([getJson('/api/v1/nodes'), getJson('/api/v1/sync/chains')]);
@@ -107,8 +173,7 @@ export async function render(main) {
       const head = ['nodes.name', 'nodes.chain', 'nodes.area_name', 'nodes.state', 'nodes.last_seen', 'nodes.pending', 'nodes.version', 'nodes.error', 'users.actions']
         .map((k) => el('th', {}, t(k)));
       const rows = brokenFirst(nodes, (n) => n.chain).map((n) => {
-        const state = n.revoked ? el('span', { class: 'badge bad' }, t('nodes.revoked'))
-          : n.connected ? el('span', { class: 'badge ok' }, t('nodes.connected')) : el('span', { class: 'badge' }, t('nodes.offline'));
+        const state = linkBadge(n);
         const actions = el('td');
         if (!n.revoked) {
           const revoke = el('button', { type: 'button', class: 'secondary small danger' }, t('nodes.revoke'));
@@ -119,13 +184,16 @@ export async function render(main) {
           actions.append(revoke);
         }
         const broken = n.chain && n.chain.intact === false;
-        return el('tr', { 'data-node': n.node_id, class: broken ? 'chain-broken' : null }, el('td', {}, n.name),
+        return el('tr', { 'data-node': n.node_id, 'data-link-state': linkBadgeSpec(n).state, class: broken ? 'chain-broken' : null }, el('td', {}, n.name),
           el('td', { class: 'chain' }, chainNode(n.chain)), el('td', { title: n.area }, n.area_name || n.area), el('td', {}, state),
           el('td', {}, formatTime(n.last_seen_ms)), el('td', {}, String(n.pending_out)), el('td', {}, n.version || '—'),
           el('td', { class: 'wrap' }, n.last_error || '—'), actions);
       });
       list.append(el('div', { class: 'scroll' }, el('table', { class: 'table', id: 'nodes-table' }, el('thead', {}, el('tr', {}, ...head)), el('tbody', {}, ...rows))));
     }
+
+    // Only where there are children: the nodes below are theirs to report.
+    if (nodes && nodes.length > 0) belowSlot.append(belowSection(nodesAnswer.value, nodeNow()));
 
     if (!chains) {
       chainsBody.append(errorBox(failure(chainsAnswer), reload));
@@ -156,6 +224,6 @@ export async function render(main) {
       error.textContent = err.message;
     }
   });
-  main.append(alarm, list, chainsSection, markRequired(form));
+  main.append(alarm, list, belowSlot, chainsSection, markRequired(form));
   await reload();
 }

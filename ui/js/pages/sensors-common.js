@@ -8,6 +8,16 @@ const STATUSES = ['online', 'stale', 'faulty', 'unknown'];
 // is enough.
 export const TICK_MS = 30e3;
 
+// The list's filters as last chosen, so the station page's way back returns to the same list. Kept
+// in the module, which lives as long as the page does: a fresh start begins with the whole list.
+let listQuery = '';
+export function rememberListQuery(query) {
+  listQuery = typeof query === 'string' ? query : '';
+}
+export function listHref() {
+  return `/sensors${listQuery}`;
+}
+
 export function formatValue(v) {
   if (typeof v !== 'number' || !Number.isFinite(v)) return '—';
   return String(Math.round(v * 1000) / 1000);
@@ -19,10 +29,24 @@ export function known(key) {
   return text === key ? null : text;
 }
 
-export function statusBadge(status) {
+// A station below is judged here from what arrives over the links, so its help says so: "stale" may
+// be the link as well as the station.
+export function statusBadge(status, { tree = false } = {}) {
   const s = STATUSES.includes(status) ? status : 'unknown';
-  return el('span', { class: `badge status status-${s}`, 'data-status': s, title: t(`sensors.status_help.${s}`) },
-    t(`sensors.status.${s}`));
+  const help = tree ? t(`sensors.status_help_tree.${s}`) : t(`sensors.status_help.${s}`);
+  return el('span', { class: `badge status status-${s}`, 'data-status': s, title: help }, t(`sensors.status.${s}`));
+}
+
+// Whose a station is, as a heading or a fact says it: the node's name, this node's marked as such.
+export function nodeName(name, { local = false, origin = null } = {}) {
+  const text = name || (origin ? origin.slice(0, 8) : '');
+  return local ? t('sensors.node_local', { name: text || t('sensors.this_node') }) : text || t('sensors.node_unnamed');
+}
+
+// The child a station below came through (sensors-logic.js viaOf), as the pages add it to the owning
+// node's name: "经 城关镇", the id cut short when the child's name is not known here.
+export function viaText(via) {
+  return via ? t('sensors.via', { name: via.name || via.id.slice(0, 8) }) : null;
 }
 
 export function driverLabel(driver) {
