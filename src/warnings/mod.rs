@@ -819,11 +819,19 @@ pub struct Filter {
 }
 
 pub fn list(conn: &Connection, viewer: &AreaCode, f: &Filter) -> Result<Vec<Row>, StoreError> {
+    // The state filter runs before the limit: an old warning still in force is never crowded out of
+    // `state=raised,issued` by two thousand newer ones that ended.
+    let states = if f.states.is_empty() {
+        String::new()
+    } else {
+        format!(",{},", f.states.join(","))
+    };
     let mut stmt = conn.prepare_cached(
         "SELECT doc_id, area, level, state, status, event, headline, rule_id, onset_ms, expires_ms, issued_ms, updated_ms
-         FROM warnings ORDER BY updated_ms DESC, doc_id LIMIT 2000",
+         FROM warnings WHERE ?1 = '' OR instr(?1, ',' || state || ',') > 0
+         ORDER BY updated_ms DESC, doc_id LIMIT 2000",
     )?;
-    let rows = stmt.query_map([], |r| {
+    let rows = stmt.query_map([states], |r| {
         Ok(Row {
             id: r.get(0)?,
             area: r.get(1)?,
@@ -947,5 +955,42 @@ impl Projection for WarningProjection {
     fn forget(&self, conn: &Connection, id: Uuid) -> Result<(), ProjectionError> {
         conn.execute("DELETE FROM warnings WHERE doc_id = ?1", [id.to_string()])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_warning_in_force_is_listed_behind_thousands_that_ended() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::store::migrations::migrate(&mut conn, std::path::Path::new(":memory:")).unwrap();
+        let insert = |id: String, state: &str, updated: i64| {
+            conn.execute(
+                "INSERT INTO warnings (doc_id, area, level, state, status, event, headline, updated_ms)
+                 VALUES (?1, '330723', 'red', ?2, 'Actual', 'flood', '洪水', ?3)",
+                rusqlite::params![id, state, updated],
+            )
+            .unwrap();
+        };
+        insert("in-force".into(), "issued", 0);
+        for i in 0..2100 {
+            insert(format!("ended-{i}"), "cleared", 1 + i);
+        }
+        let county: AreaCode = "330723".parse().unwrap();
+        let active = Filter {
+            states: vec!["raised".into(), "issued".into()],
+            ..Filter::default()
+        };
+        let rows = list(&conn, &county, &active).unwrap();
+        assert_eq!(
+            rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
+            ["in-force"]
+        );
+        assert_eq!(
+            list(&conn, &county, &Filter::default()).unwrap().len(),
+            2000
+        );
     }
 }
