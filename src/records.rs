@@ -246,11 +246,8 @@ pub fn record_verdict(
 ) -> Result<(), StoreError> {
     let id = meta.id.to_string();
     let previous: Option<String> = conn
-        .query_row(
-            "SELECT reason FROM record_verdicts WHERE doc_id = ?1",
-            [&id],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT reason FROM record_verdicts WHERE doc_id = ?1")?
+        .query_row([&id], |r| r.get(0))
         .optional()?;
     if previous.as_deref() == reason {
         return Ok(());
