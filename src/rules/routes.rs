@@ -209,7 +209,14 @@ async fn backtest(
             for device in devices {
                 if let Some((id, _)) = crate::telemetry::store::find_series(conn, &device, &metric)?
                 {
-                    let points = crate::telemetry::store::raw_range(conn, id, from, to, share)?;
+                    let points = crate::telemetry::store::raw_range(
+                        conn,
+                        crate::telemetry::store::Source::Local,
+                        id,
+                        from,
+                        to,
+                        share,
+                    )?;
                     out.push((device, points));
                 }
             }

@@ -128,7 +128,7 @@ pub struct Reported {
 
 /// Every reported link that still counts: its child enrolled here, unrevoked, over its area.
 pub fn below(conn: &Connection) -> Result<Vec<Reported>, StoreError> {
-    let children = tree::children(conn)?;
+    let children = tree::Children::load(conn)?;
     let mut stmt = conn.prepare_cached(
         "SELECT origin, via, area, received_ms, payload FROM tree_links ORDER BY area, node_id",
     )?;
@@ -150,10 +150,7 @@ pub fn below(conn: &Connection) -> Result<Vec<Reported>, StoreError> {
         ) else {
             continue;
         };
-        if children
-            .iter()
-            .any(|(id, child)| *id == via && child.contains(&area))
-        {
+        if children.vouch(&via, &area) {
             out.push(Reported {
                 origin,
                 via,
@@ -281,6 +278,16 @@ mod tests {
         )
         .unwrap();
         assert!(about_us.is_err());
+        for garbage in [&b"\x00\xff"[..], b"{}", br#"{"node_id":"x"}"#] {
+            let record = StreamRecord {
+                seq: 2,
+                payload: garbage.to_vec(),
+            };
+            assert_eq!(
+                land(&conn, &from, "township", &record, 0).unwrap(),
+                Err("not a link report")
+            );
+        }
         let listed = below(&conn).unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].doc.pending_out, 3);

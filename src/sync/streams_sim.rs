@@ -419,7 +419,7 @@ fn a_record_from_a_stream_never_described_is_refused_and_acknowledged() {
         0,
     )
     .unwrap();
-    assert_eq!((landed.stored, landed.upto), (0, Some(7)));
+    assert_eq!((landed.kept.len(), landed.upto), (0, Some(7)));
     let kept: i64 = township
         .conn
         .query_row("SELECT count(*) FROM stream_records", [], |r| r.get(0))

@@ -30,6 +30,21 @@ impl Device {
         self.config.points.iter().find(|p| p.metric == metric)
     }
 
+    /// The configured metrics in their order, then any others the device sent (`seen`), sorted.
+    pub fn metrics<'a>(&self, seen: impl Iterator<Item = &'a String>) -> Vec<String> {
+        let mut metrics: Vec<String> = self
+            .config
+            .points
+            .iter()
+            .map(|p| p.metric.clone())
+            .collect();
+        let mut others: Vec<String> = seen.filter(|m| !metrics.contains(m)).cloned().collect();
+        others.sort();
+        others.dedup();
+        metrics.extend(others);
+        metrics
+    }
+
     /// The configured name, else the HJ 212 factor table's (config first, then built in).
     pub fn display_name(&self, metric: &str) -> Option<String> {
         if let Some(name) = self.point(metric).and_then(|p| p.name.clone()) {

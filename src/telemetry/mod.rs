@@ -434,15 +434,7 @@ pub async fn describe_stations(state: &Runtime) -> Result<usize, StoreError> {
         .all()
         .iter()
         .map(|d| {
-            let mut metrics: Vec<String> =
-                d.config.points.iter().map(|p| p.metric.clone()).collect();
-            let mut seen: Vec<String> = t
-                .latest(&d.id)
-                .into_keys()
-                .filter(|m| !metrics.contains(m))
-                .collect();
-            seen.sort();
-            metrics.extend(seen);
+            let metrics = d.metrics(t.latest(&d.id).keys());
             outbox::StationDoc {
                 device: d.id.clone(),
                 name: d.name.clone(),

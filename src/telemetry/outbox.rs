@@ -217,39 +217,26 @@ pub fn own_after(
                  WHERE o.seq > ?1 ORDER BY o.seq LIMIT ?2",
             )?;
             let rows = stmt.query_map(params![after, limit], |r| {
-                let value: Option<f64> = r.get(5)?;
-                let quality: Option<i64> = r.get(6)?;
-                let doc = value.zip(quality).map(|(v, q)| RawDoc {
-                    d: String::new(),
-                    m: String::new(),
-                    u: None,
-                    t: 0,
-                    v,
-                    q,
-                });
+                let doc = RawDoc {
+                    d: r.get(1)?,
+                    m: r.get(2)?,
+                    u: r.get(3)?,
+                    t: r.get(4)?,
+                    v: 0.0,
+                    q: 0,
+                };
+                let value: Option<(f64, i64)> = r.get::<_, Option<f64>>(5)?.zip(r.get(6)?);
                 Ok((
                     r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, i64>(4)?,
-                    doc,
+                    value.map(|(v, q)| RawDoc { v, q, ..doc }),
                 ))
             })?;
             let mut out = Vec::new();
             let mut last = None;
             for row in rows {
-                let (seq, device, metric, unit, t, doc) = row?;
+                let (seq, doc) = row?;
                 last = Some(seq);
-                let Some(doc) = doc else { continue };
-                if t >= since {
-                    let doc = RawDoc {
-                        d: device,
-                        m: metric,
-                        u: unit,
-                        t,
-                        ..doc
-                    };
+                if let Some(doc) = doc.filter(|d| d.t >= since) {
                     out.push(StreamRecord {
                         seq,
                         payload: encode(&doc)?,

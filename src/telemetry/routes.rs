@@ -57,40 +57,22 @@ impl Station {
     fn display_name(&self, metric: &str) -> Option<String> {
         match self {
             Station::Local(d) => d.display_name(metric),
-            Station::Tree(t) => t
-                .doc
-                .points
-                .iter()
-                .find(|p| p.metric == metric)
-                .and_then(|p| p.name.clone()),
+            Station::Tree(t) => t.point(metric).and_then(|p| p.name.clone()),
         }
     }
 
     fn default_unit(&self, metric: &str) -> Option<String> {
         match self {
             Station::Local(d) => d.default_unit(metric),
-            Station::Tree(t) => t
-                .doc
-                .points
-                .iter()
-                .find(|p| p.metric == metric)
-                .and_then(|p| p.unit.clone()),
+            Station::Tree(t) => t.point(metric).and_then(|p| p.unit.clone()),
         }
     }
 
-    /// Every metric the station has: configured (or described) first, then any others seen.
+    /// Every metric the station has, sorted (the CSV's order).
     fn metrics(&self, state: &AppState) -> Vec<String> {
-        let mut all: Vec<String> = match self {
-            Station::Local(d) => {
-                let mut m: Vec<String> = d.config.points.iter().map(|p| p.metric.clone()).collect();
-                m.extend(state.telemetry.latest(&d.id).into_keys());
-                m
-            }
-            Station::Tree(t) => {
-                let mut m: Vec<String> = t.doc.points.iter().map(|p| p.metric.clone()).collect();
-                m.extend(t.series.iter().map(|s| s.metric.clone()));
-                m
-            }
+        let mut all = match self {
+            Station::Local(d) => d.metrics(state.telemetry.latest(&d.id).keys()),
+            Station::Tree(t) => t.metrics(),
         };
         all.sort();
         all.dedup();
@@ -139,16 +121,12 @@ async fn reachable(state: &AppState, caller: &Caller, id: &str) -> Result<Statio
 /// than a few intervals (at least three minutes, since minutes go up once they are over) has
 /// arrived, whether the station or the link is silent.
 fn tree_status(t: &TreeStation, now: i64, cfg: &super::config::TelemetryConfig) -> &'static str {
-    let Some(last) = t.last_data() else {
-        return if t.doc.status == "faulty" {
-            "faulty"
-        } else {
-            "unknown"
-        };
-    };
     if t.doc.status == "faulty" {
         return "faulty";
     }
+    let Some(last) = t.last_data() else {
+        return "unknown";
+    };
     let interval_ms = (t.doc.interval_s.max(1.0) * 1000.0 * cfg.stale_after) as i64;
     if now.saturating_sub(last) > interval_ms.max(180_000) {
         "stale"
@@ -163,27 +141,18 @@ fn tree_view(
     now: i64,
     cfg: &super::config::TelemetryConfig,
 ) -> Value {
-    let station = Station::Tree(Box::new(t.clone()));
     let points: Vec<Value> = t
-        .doc
-        .points
-        .iter()
-        .map(|p| p.metric.clone())
-        .chain(
-            t.series
-                .iter()
-                .filter(|s| !t.doc.points.iter().any(|p| p.metric == s.metric))
-                .map(|s| s.metric.clone()),
-        )
+        .metrics()
+        .into_iter()
         .map(|m| {
-            let p = t.doc.points.iter().find(|p| p.metric == m);
+            let p = t.point(&m);
             let series = t.series(&m);
             let unit = series
                 .and_then(|s| s.unit.clone())
-                .or_else(|| station.default_unit(&m));
+                .or_else(|| p.and_then(|p| p.unit.clone()));
             json!({
                 "metric": m,
-                "name": station.display_name(&m),
+                "name": p.and_then(|p| p.name.clone()),
                 "unit": unit,
                 "min": p.and_then(|p| p.min),
                 "max": p.and_then(|p| p.max),
@@ -218,10 +187,7 @@ fn tree_view(
 fn device_view(state: &AppState, d: &Device, now: i64) -> Value {
     let t = &state.telemetry;
     let latest = t.latest(&d.id);
-    let mut metrics: Vec<String> = d.config.points.iter().map(|p| p.metric.clone()).collect();
-    let mut seen: Vec<&String> = latest.keys().filter(|m| !metrics.contains(m)).collect();
-    seen.sort();
-    metrics.extend(seen.into_iter().cloned());
+    let metrics = d.metrics(latest.keys());
     let points: Vec<Value> = metrics
         .iter()
         .map(|m| {
@@ -410,7 +376,7 @@ async fn readings(
             };
             let (points, n) = match range.step_ms {
                 None => {
-                    let p = store::raw_range_in(
+                    let p = store::raw_range(
                         conn,
                         source,
                         series,
@@ -422,7 +388,7 @@ async fn readings(
                     (json!(p.into_iter().take(MAX_POINTS).collect::<Vec<_>>()), n)
                 }
                 Some(step) => {
-                    let p = store::aggregated_range_in(
+                    let p = store::aggregated_range(
                         conn,
                         source,
                         series,
@@ -486,8 +452,7 @@ async fn readings_csv(
                 let left = MAX_CSV_ROWS.saturating_sub(rows);
                 match range.step_ms {
                     None => {
-                        for p in
-                            store::raw_range_in(conn, source, series, range.from, range.to, left)?
+                        for p in store::raw_range(conn, source, series, range.from, range.to, left)?
                         {
                             let quality = serde_json::to_value(p.quality)
                                 .ok()
@@ -502,7 +467,7 @@ async fn readings_csv(
                         }
                     }
                     Some(step) => {
-                        for p in store::aggregated_range_in(
+                        for p in store::aggregated_range(
                             conn, source, series, range.from, range.to, step, left,
                         )? {
                             out.push_str(&format!(

@@ -264,19 +264,8 @@ pub enum Source {
     Tree,
 }
 
-/// At most `limit` raw readings in `from..to`, oldest first.
+/// At most `limit` raw readings of `source`'s series in `from..to`, oldest first.
 pub fn raw_range(
-    conn: &Connection,
-    series: i64,
-    from: i64,
-    to: i64,
-    limit: usize,
-) -> Result<Vec<RawPoint>, StoreError> {
-    raw_points(conn, Source::Local, series, from, to, limit, false)
-}
-
-/// [`raw_range`] over either source.
-pub fn raw_range_in(
     conn: &Connection,
     source: Source,
     series: i64,
@@ -332,20 +321,8 @@ fn raw_points(
 
 /// Buckets of `step_ms`, read from the coarsest table that divides the step: hour aggregates for
 /// whole hours, minute aggregates for whole minutes, raw readings otherwise.
+/// Readings from below have no hour table, so their whole hours come from their minutes.
 pub fn aggregated_range(
-    conn: &Connection,
-    series: i64,
-    from: i64,
-    to: i64,
-    step_ms: i64,
-    limit: usize,
-) -> Result<Vec<AggPoint>, StoreError> {
-    aggregated_range_in(conn, Source::Local, series, from, to, step_ms, limit)
-}
-
-/// [`aggregated_range`] over either source; readings from below have no hour table, so whole
-/// hours come from their minutes.
-pub fn aggregated_range_in(
     conn: &Connection,
     source: Source,
     series: i64,
@@ -511,7 +488,8 @@ mod tests {
         let again = insert_batch(&conn, &batch, &known, false).unwrap();
         assert!(again.new.is_empty() && again.new_series.is_empty());
         let (series, _) = find_series(&conn, "rain-01", "rainfall").unwrap().unwrap();
-        let minutes = aggregated_range(&conn, series, 0, HOUR_MS, MINUTE_MS, 100).unwrap();
+        let minutes =
+            aggregated_range(&conn, Source::Local, series, 0, HOUR_MS, MINUTE_MS, 100).unwrap();
         assert_eq!(minutes.len(), 2);
         assert_eq!(
             (
@@ -527,14 +505,15 @@ mod tests {
             (4.0, 1),
             "out-of-range values are not aggregated"
         );
-        let hours = aggregated_range(&conn, series, 0, HOUR_MS, HOUR_MS, 100).unwrap();
+        let hours =
+            aggregated_range(&conn, Source::Local, series, 0, HOUR_MS, HOUR_MS, 100).unwrap();
         assert_eq!(
             (hours[0].sum, hours[0].count, hours[0].mean),
             (7.0, 3, 7.0 / 3.0)
         );
-        let odd = aggregated_range(&conn, series, 0, HOUR_MS, 45_000, 100).unwrap();
+        let odd = aggregated_range(&conn, Source::Local, series, 0, HOUR_MS, 45_000, 100).unwrap();
         assert_eq!(odd.iter().map(|p| p.count).sum::<i64>(), 3);
-        let raw = raw_range(&conn, series, 0, HOUR_MS, 100).unwrap();
+        let raw = raw_range(&conn, Source::Local, series, 0, HOUR_MS, 100).unwrap();
         assert_eq!(raw.len(), 4);
         assert_eq!(raw[3].quality, Quality::OutOfRange);
         assert_eq!(latest_readings(&conn).unwrap()[0].value, 99.0);
@@ -561,7 +540,8 @@ mod tests {
         assert_eq!(total, 500);
         assert_eq!(raw_count(&conn).unwrap(), 500);
         let (series, _) = find_series(&conn, "rain-01", "rainfall").unwrap().unwrap();
-        let hours = aggregated_range(&conn, series, 0, HOUR_MS, HOUR_MS, 10).unwrap();
+        let hours =
+            aggregated_range(&conn, Source::Local, series, 0, HOUR_MS, HOUR_MS, 10).unwrap();
         assert_eq!(hours[0].count, 1000, "aggregates outlive raw readings");
     }
 }

@@ -33,7 +33,6 @@ pub struct FromBelow<'a> {
 /// What landing one batch did.
 #[derive(Debug, Default, PartialEq)]
 pub struct Landed {
-    pub stored: usize,
     /// Sequence numbers of the records stored (what a township relays further up).
     pub kept: Vec<i64>,
     /// The highest sequence number in the batch, stored or not: what the child hears acknowledged,
@@ -112,10 +111,7 @@ pub fn land(
             _ => Err("an unknown stream"),
         };
         match verdict {
-            Ok(()) => {
-                landed.stored += 1;
-                landed.kept.push(record.seq);
-            }
+            Ok(()) => landed.kept.push(record.seq),
             Err(reason) => landed.refuse(reason),
         }
     }
@@ -365,31 +361,60 @@ impl TreeStation {
             .max()
     }
 
+    /// The described metrics in their order, then any others readings came for.
+    pub fn metrics(&self) -> Vec<String> {
+        let described = self.doc.points.iter().map(|p| p.metric.clone());
+        let others = self
+            .series
+            .iter()
+            .filter(|s| self.point(&s.metric).is_none())
+            .map(|s| s.metric.clone());
+        described.chain(others).collect()
+    }
+
+    /// The point as its node described it.
+    pub fn point(&self, metric: &str) -> Option<&super::outbox::PointDoc> {
+        self.doc.points.iter().find(|p| p.metric == metric)
+    }
+
     pub fn series(&self, metric: &str) -> Option<&TreeSeries> {
         self.series.iter().find(|s| s.metric == metric)
     }
 }
 
-/// Children enrolled here and their areas: a station (or a link report) counts while its child is
-/// enrolled, unrevoked and over its area.
-pub fn children(conn: &Connection) -> Result<Vec<(String, AreaCode)>, StoreError> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT node_id, area FROM sync_peers WHERE relation = 'downstream' AND revoked_ms IS NULL",
-        )?
-        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-        .filter_map(|row| match row {
-            Ok((id, area)) => area.parse().ok().map(|a| Ok((id, a))),
-            Err(e) => Some(Err(e)),
-        })
-        .collect::<Result<_, _>>()?)
+/// Children enrolled here, unrevoked, with their areas: what vouches for a description from below
+/// where it is read.
+pub struct Children(Vec<(String, AreaCode)>);
+
+impl Children {
+    pub fn load(conn: &Connection) -> Result<Children, StoreError> {
+        Ok(Children(
+            conn.prepare_cached(
+                "SELECT node_id, area FROM sync_peers WHERE relation = 'downstream' AND revoked_ms IS NULL",
+            )?
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(|row| match row {
+                Ok((id, area)) => area.parse().ok().map(|a| Ok((id, a))),
+                Err(e) => Some(Err(e)),
+            })
+            .collect::<Result<_, _>>()?,
+        ))
+    }
+
+    /// Whether what came through child `via` for `area` still counts: the child is enrolled,
+    /// unrevoked and over that area.
+    pub fn vouch(&self, via: &str, area: &AreaCode) -> bool {
+        self.0
+            .iter()
+            .any(|(id, child)| id == via && child.contains(area))
+    }
 }
 
 fn read_stations(
     conn: &Connection,
     only: Option<(&str, &str)>,
 ) -> Result<Vec<TreeStation>, StoreError> {
-    let children = children(conn)?;
+    let children = Children::load(conn)?;
     let mut stmt = conn.prepare_cached(
         "SELECT origin, device, via, area, payload, received_ms FROM tree_stations
          WHERE (?1 IS NULL OR (origin = ?1 AND device = ?2)) ORDER BY area, origin, device",
@@ -411,16 +436,13 @@ fn read_stations(
     let mut out = Vec::new();
     for row in rows {
         let (origin, device, via, area, payload, received_ms) = row?;
-        let Ok(area) = area.parse::<AreaCode>() else {
+        let (Ok(area), Ok(doc)) = (
+            area.parse::<AreaCode>(),
+            serde_json::from_slice::<StationDoc>(&payload),
+        ) else {
             continue;
         };
-        let vouched = children
-            .iter()
-            .any(|(id, child_area)| *id == via && child_area.contains(&area));
-        let Ok(doc) = serde_json::from_slice::<StationDoc>(&payload) else {
-            continue;
-        };
-        if !vouched {
+        if !children.vouch(&via, &area) {
             continue;
         }
         let series = series_stmt
@@ -544,7 +566,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(st.stored, 1);
+        assert_eq!(st.kept.len(), 1);
         land(
             &conn,
             &from,
@@ -601,7 +623,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (out.stored, out.reason),
+            (out.kept.len(), out.reason),
             (0, Some("a station outside the sender's area"))
         );
         // Speaking for the neighbour, which is enrolled here itself.
@@ -639,7 +661,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!((out.stored, out.refused), (0, 2));
+        assert_eq!((out.kept.len(), out.refused), (0, 2));
         let n: i64 = conn
             .query_row(
                 "SELECT (SELECT count(*) FROM tree_stations) + (SELECT count(*) FROM tree_minute)

@@ -231,7 +231,7 @@ test('the incidents period is the last 30 days, and the page says so', () => {
   assert.equal(logic.periodFrom(now), now - 30 * 86400e3);
   assert.equal(logic.periodFrom(now, 7), now - 7 * 86400e3);
   assert.equal(say('zh-CN', 'cockpit.incidents_period', { days: 30, from: '2026-05-31' }),
-    '近 30 天（2026-05-31 起）上报的事件；超期只计其中至今仍超期未办结的。');
+    '近 30 天（2026-05-31 起）上报与办结的事件；超期为此刻所有超期未办结的事件，不论何时上报。');
   assert.match(say('en', 'cockpit.incidents_period', { days: 30, from: '2026-05-31' }), /last 30 days \(since 2026-05-31\)/);
 });
 
@@ -276,4 +276,16 @@ test('a section refused by the node says so without a retry; anything else offer
   assert.equal(logic.failureKind(new Error('boom')), 'failed');
   assert.equal(texts['zh-CN']['cockpit.forbidden'], '无权限查看');
   assert.equal(logic.REFRESH_MS, 30000);
+});
+
+test('overdue counts every incident open past its deadline now, not only those reported in the period', () => {
+  const period = { area: '330723', total: { reported: 5, closed: 2, overdue_open: 1 },
+    per_area: { '330723001': { reported: 5, closed: 2, overdue_open: 1 } } };
+  const allTime = { area: '330723', total: { reported: 90, closed: 80, overdue_open: 4 },
+    per_area: { '330723001': { reported: 60, overdue_open: 1 }, '330723002': { reported: 30, overdue_open: 3 } } };
+  const { rows, totals } = logic.withOverdueNow(logic.incidentRows(period), logic.incidentTotals(period), allTime);
+  assert.deepEqual(rows.map((r) => [r.area, r.reported, r.overdue]), [['330723002', 0, 3], ['330723001', 5, 1]]);
+  assert.deepEqual(totals, { reported: 5, closed: 2, overdue: 4, on_time_rate: null });
+  const none = logic.withOverdueNow([], logic.incidentTotals(null), null);
+  assert.deepEqual(none, { rows: [], totals: { reported: 0, closed: 0, overdue: 0, on_time_rate: null } });
 });

@@ -211,6 +211,24 @@ export function incidentTotals(data) {
   return measures(data && data.total);
 }
 
+// Overdue is a state now, not something that happened in the period: an incident reported 40 days
+// ago and still open past its deadline must count. `allTime` is the indicators answer from the
+// beginning; its open overdue counts replace the period's, per area and in total, and an area with
+// only old overdue incidents gets a row of its own.
+export function withOverdueNow(rows, totals, allTime) {
+  const per = allTime && allTime.per_area && typeof allTime.per_area === 'object' ? allTime.per_area : {};
+  const own = allTime && typeof allTime.area === 'string' ? allTime.area : null;
+  const overdueOf = (area) => measures(per[area]).overdue;
+  const merged = rows.map((r) => ({ ...r, overdue: overdueOf(r.area) }));
+  for (const area of Object.keys(per)) {
+    if (overdueOf(area) > 0 && !merged.some((r) => r.area === area)) {
+      merged.push({ area, own: area === own, reported: 0, closed: 0, overdue: overdueOf(area), on_time_rate: null });
+    }
+  }
+  merged.sort((a, b) => b.overdue - a.overdue || b.reported - a.reported || (a.area < b.area ? -1 : a.area > b.area ? 1 : 0));
+  return { rows: merged, totals: { ...totals, overdue: measures(allTime && allTime.total).overdue } };
+}
+
 // A rate as the page writes it: 0.875 → "87.5%"; no rate (nothing with a deadline yet) → "—".
 export function percent(rate) {
   return Number.isFinite(rate) ? `${Math.round(rate * 1000) / 10}%` : '—';

@@ -740,7 +740,7 @@ export default {
   'cockpit.outdated_note': 'Nodes whose report has not been renewed for over {minutes} minutes: {n}. They may be out of date.',
   'cockpit.to_nodes': 'Manage nodes →',
   'cockpit.incidents_title': 'Incidents and overdue by township',
-  'cockpit.incidents_period': 'Incidents reported in the last {days} days (since {from}); overdue counts those of them still open past their deadline.',
+  'cockpit.incidents_period': 'Incidents reported and closed in the last {days} days (since {from}); overdue counts every incident open past its deadline now, however old.',
   'cockpit.overdue': 'Overdue',
   'cockpit.own_area': '(this level)',
   'cockpit.overdue_link': 'See the overdue incidents there',

@@ -740,7 +740,7 @@ export default {
   'cockpit.outdated_note': '有 {n} 个节点的报告超过 {minutes} 分钟没有更新，可能已经过时。',
   'cockpit.to_nodes': '节点管理 →',
   'cockpit.incidents_title': '各乡镇事件与超期',
-  'cockpit.incidents_period': '近 {days} 天（{from} 起）上报的事件；超期只计其中至今仍超期未办结的。',
+  'cockpit.incidents_period': '近 {days} 天（{from} 起）上报与办结的事件；超期为此刻所有超期未办结的事件，不论何时上报。',
   'cockpit.overdue': '超期未办结',
   'cockpit.own_area': '（本级）',
   'cockpit.overdue_link': '查看该地超期事件',

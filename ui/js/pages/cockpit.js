@@ -1,5 +1,5 @@
 // The county overview (数字驾驶舱, /county) for the node-wide roles: on one screen the link health of
-// the whole tree, incidents and overdue by township over the last 30 days, the stations in trouble
+// the whole tree, incidents by township over the last 30 days with every one overdue now, the stations in trouble
 // and the standing warnings. Each section loads on its own, so a refusal (403) or a failure in one
 // leaves the others readable; everything is read again every 30 s while the page is shown. Cards stack
 // on a phone and sit in a grid on a staff PC; no charts library, only text, tables and counts.
@@ -15,7 +15,7 @@ import { statusBadge, nodeName, viaText } from './sensors-common.js';
 import {
   REFRESH_MS, INCIDENT_DAYS, ROW_LIMIT, REPORT_OUTDATED_MS, linkState, linkBadgeSpec, chainBroken, treeNodes, worstFirst,
   linkCounts, viaName, periodFrom,
-  incidentRows, incidentTotals, percent, stationCounts, troubledStations, activeWarnings, warningSince, levelCounts,
+  incidentRows, incidentTotals, withOverdueNow, percent, stationCounts, troubledStations, activeWarnings, warningSince, levelCounts,
   LEVELS, failureKind,
 } from '../cockpit-logic.js';
 
@@ -215,12 +215,13 @@ function incidentsSection(view) {
   const read = async () => {
     // The node's clock (as the sensors answer set it), so "30 days" is the node's 30 days.
     const from = periodFrom(nodeNow(), INCIDENT_DAYS);
-    const [data, dir] = await Promise.all([getJson(`/api/v1/indicators?from=${from}`), loadAreas()]);
-    return { data, dir };
+    // Overdue counts every open incident past its deadline, however old: a second answer from the start.
+    const [data, allTime, dir] = await Promise.all([
+      getJson(`/api/v1/indicators?from=${from}`), getJson('/api/v1/indicators?from=0'), loadAreas()]);
+    return { data, allTime, dir };
   };
-  const draw = ({ data, dir }) => {
-    const total = incidentTotals(data);
-    const rows = incidentRows(data);
+  const draw = ({ data, allTime, dir }) => {
+    const { rows, totals: total } = withOverdueNow(incidentRows(data), incidentTotals(data), allTime);
     const period = el('p', { class: 'muted small', id: 'cockpit-period' },
       t('cockpit.incidents_period', { days: INCIDENT_DAYS, from: formatTime(data.from_ms).slice(0, 10) }));
     const tiles = counts([
