@@ -1153,8 +1153,9 @@ impl Projection for IncidentProjection {
     ) -> Result<(), ProjectionError> {
         let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
         let f = &folded.state;
-        let category = fields::text(doc, "category").unwrap_or_default();
-        let created_ms = fields::int(doc, "created_ms").unwrap_or(meta.created_ms);
+        let root = fields::Fields::root(doc);
+        let category = root.text("category").unwrap_or_default();
+        let created_ms = root.int("created_ms").unwrap_or(meta.created_ms);
         let due = due(
             self.categories.iter().find(|c| c.name == category),
             created_ms,
@@ -1193,16 +1194,16 @@ impl Projection for IncidentProjection {
                 meta.id.to_string(),
                 meta.scope.as_str(),
                 category,
-                fields::text(doc, "title").unwrap_or_default(),
-                fields::text(doc, "description").unwrap_or_default(),
+                root.text("title").unwrap_or_default(),
+                root.text("description").unwrap_or_default(),
                 f.current().as_str(),
                 reporter,
                 f.lead_department,
                 if f.assist_departments.is_empty() { String::new() } else { format!(",{},", f.assist_departments.join(",")) },
                 f.assignee,
-                fields::float(doc, "lat"),
-                fields::float(doc, "lon"),
-                fields::text(doc, "place"),
+                root.float("lat"),
+                root.float("lon"),
+                root.text("place"),
                 f.escalated,
                 created_ms,
                 meta.updated_ms,

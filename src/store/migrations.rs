@@ -34,6 +34,7 @@ const MIGRATIONS: &[Migration] = &[
     v18_incident_duplicates,
     v19_audit_chains,
     v20_readings_upstream,
+    v21_deferred_search_index,
 ];
 
 /// The schema version this binary writes.
@@ -657,6 +658,40 @@ fn v20_readings_upstream(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             quality INTEGER NOT NULL,
             PRIMARY KEY (series, t)
         ) STRICT, WITHOUT ROWID;",
+    )
+}
+
+/// The incidents' full-text index is brought up to date once per write transaction (see
+/// `store::search_index`): the triggers only note which rows changed and what the index held.
+fn v21_deferred_search_index(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE incidents_fts_pending (
+            row         INTEGER PRIMARY KEY,
+            -- 1: the index holds (title, description) below for this row, to be removed first
+            indexed     INTEGER NOT NULL,
+            title       TEXT,
+            description TEXT
+        ) STRICT;
+        DROP TRIGGER incidents_fts_insert;
+        DROP TRIGGER incidents_fts_delete;
+        DROP TRIGGER incidents_fts_update;
+        -- Only the first note of a row between flushes counts: it has what the index holds. (Not
+        -- OR IGNORE: an upsert on incidents would override a trigger's conflict clause.)
+        CREATE TRIGGER incidents_fts_insert AFTER INSERT ON incidents BEGIN
+            INSERT INTO incidents_fts_pending (row, indexed)
+            SELECT new.row, 0 WHERE NOT EXISTS (SELECT 1 FROM incidents_fts_pending WHERE row = new.row);
+        END;
+        CREATE TRIGGER incidents_fts_delete AFTER DELETE ON incidents BEGIN
+            INSERT INTO incidents_fts_pending (row, indexed, title, description)
+            SELECT old.row, 1, old.title, old.description
+            WHERE NOT EXISTS (SELECT 1 FROM incidents_fts_pending WHERE row = old.row);
+        END;
+        CREATE TRIGGER incidents_fts_update AFTER UPDATE OF title, description ON incidents
+        WHEN old.title IS NOT new.title OR old.description IS NOT new.description BEGIN
+            INSERT INTO incidents_fts_pending (row, indexed, title, description)
+            SELECT old.row, 1, old.title, old.description
+            WHERE NOT EXISTS (SELECT 1 FROM incidents_fts_pending WHERE row = old.row);
+        END;",
     )
 }
 

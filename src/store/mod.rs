@@ -7,6 +7,7 @@
 //! work in the same batch, and no job is acknowledged before its batch is durably committed.
 
 pub mod migrations;
+mod search_index;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -100,6 +101,16 @@ fn configure(conn: &Connection, config: &StoreConfig, writer: bool) -> Result<()
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Records and everything acknowledged to a person must survive a power cut.
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // The checkpointer thread folds the WAL back into the database file (see `writer`); the
+        // writer does it itself only if the WAL grows past this (pages of 4 KiB), as a safety net.
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            writer::WAL_PAGES_BEFORE_WRITER_CHECKPOINTS,
+        )?;
+        // temp_store stays at its default on purpose: statement journals then live in one 64 KiB
+        // buffer and spill to a file only beyond it, where temp_store=MEMORY builds them from 1 KiB
+        // chunks, which cost the writer a tenth of its time in a cold sync.
     }
     Ok(())
 }
@@ -115,6 +126,18 @@ fn open_write_connection(
     }
     let conn = Connection::open_with_flags(path, flags)?;
     configure(&conn, config, true)?;
+    Ok(conn)
+}
+
+/// The connection that folds the WAL back into the database file, beside the writer.
+fn open_checkpoint_connection(path: &Path, config: &StoreConfig) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    configure(&conn, config, false)?;
+    // A checkpoint that reports done must have reached the disk.
+    conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
 }
 
@@ -162,8 +185,10 @@ impl Store {
         let write_metrics = Arc::new(WriteMetrics::default());
         let (tx, rx) = mpsc::channel(config.write_batch_max.max(1) * 4);
         let commits = tokio::sync::watch::Sender::new(0);
+        let checkpointer = open_checkpoint_connection(path, config)?;
         let thread = writer::spawn(
             conn,
+            checkpointer,
             rx,
             config.write_batch_max.max(1),
             write_metrics.clone(),
@@ -340,6 +365,57 @@ mod tests {
 
     fn config() -> StoreConfig {
         StoreConfig::default()
+    }
+
+    #[tokio::test]
+    async fn the_wal_is_folded_back_beside_the_writer_and_the_search_index_kept_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let store = Store::create(&path, &config()).unwrap();
+        let before = std::fs::metadata(&path).unwrap().len();
+        // 2 MiB: far below the WAL size at which the writer would checkpoint by itself.
+        store
+            .write(|c| {
+                c.execute_batch("CREATE TABLE big (v BLOB)")?;
+                c.execute("INSERT INTO big (v) VALUES (zeroblob(2097152))", [])?;
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&path).unwrap().len() < before + 2_097_152 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the checkpointer never folded the WAL into the database file"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        // An incident written through the writer is found by search once its batch committed.
+        store
+            .write(|c| {
+                c.execute(
+                    "INSERT INTO incidents (id, area, category, title, description, state, reporter,
+                        assist_departments, escalated, created_ms, updated_ms, due_state, conflicts)
+                     VALUES ('i1', '330723001001', '环境卫生', '河道垃圾堆积', '', 'reported', 'u', '', 0, 1, 1, 'ok', 0)",
+                    [],
+                )?;
+                Ok::<(), StoreError>(())
+            })
+            .await
+            .unwrap();
+        let found: i64 = store
+            .read(|c| {
+                Ok::<i64, StoreError>(c.query_row(
+                    "SELECT count(*) FROM incidents_fts WHERE incidents_fts MATCH '河道垃圾'",
+                    [],
+                    |r| r.get(0),
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(found, 1);
+        store.close().await;
     }
 
     #[tokio::test]

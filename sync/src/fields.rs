@@ -65,6 +65,65 @@ pub fn all_texts(doc: &AutoCommit, key: &str) -> Vec<String> {
         .collect()
 }
 
+/// A map's visible fields read in one pass. A projection reads a dozen fields of each record, and
+/// looking each one up on its own cost more than reading them all at once (a tenth of the county's
+/// CPU in a cold sync).
+#[derive(Debug, Default)]
+pub struct Fields(Vec<(String, ScalarValue)>);
+
+impl Fields {
+    /// The scalar fields of the root map (objects are left out; they are read where they are used).
+    pub fn root(doc: &AutoCommit) -> Fields {
+        Fields::of(doc, &automerge::ROOT)
+    }
+
+    pub fn of(doc: &AutoCommit, obj: &ObjId) -> Fields {
+        Fields(
+            doc.map_range(obj, ..)
+                .filter_map(|item| match item.value.into_value() {
+                    Value::Scalar(s) => Some((item.key.into_owned(), s.into_owned())),
+                    Value::Object(_) => None,
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&ScalarValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    pub fn text(&self, key: &str) -> Option<String> {
+        match self.get(key)? {
+            ScalarValue::Str(s) => Some(s.to_string()),
+            _ => None,
+        }
+    }
+
+    pub fn int(&self, key: &str) -> Option<i64> {
+        match *self.get(key)? {
+            ScalarValue::Int(i) => Some(i),
+            ScalarValue::Uint(u) => i64::try_from(u).ok(),
+            ScalarValue::Timestamp(t) => Some(t),
+            _ => None,
+        }
+    }
+
+    pub fn float(&self, key: &str) -> Option<f64> {
+        match *self.get(key)? {
+            ScalarValue::F64(f) => Some(f),
+            ScalarValue::Int(i) => Some(i as f64),
+            _ => None,
+        }
+    }
+
+    pub fn boolean(&self, key: &str) -> Option<bool> {
+        match *self.get(key)? {
+            ScalarValue::Boolean(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +147,27 @@ mod tests {
         assert_eq!(boolean(&a, "ok"), Some(true));
         assert_eq!(text(&a, "missing"), None);
         assert_eq!(int(&a, "title"), None);
+    }
+
+    #[test]
+    fn one_pass_reads_agree_with_single_reads() {
+        let mut a = AutoCommit::new().with_actor(automerge::ActorId::from([1u8; 16]));
+        a.put(automerge::ROOT, "title", "路灯损坏").unwrap();
+        a.put(automerge::ROOT, "n", 3).unwrap();
+        a.put(automerge::ROOT, "lat", 28.9).unwrap();
+        a.put(automerge::ROOT, "ok", false).unwrap();
+        a.put_object(automerge::ROOT, "list", automerge::ObjType::List)
+            .unwrap();
+        let mut b = a.fork().with_actor(automerge::ActorId::from([2u8; 16]));
+        a.put(automerge::ROOT, "title", "路灯不亮").unwrap();
+        b.put(automerge::ROOT, "title", "路灯坏了").unwrap();
+        a.merge(&mut b).unwrap();
+        let f = Fields::root(&a);
+        for key in ["title", "n", "lat", "ok", "list", "missing"] {
+            assert_eq!(f.text(key), text(&a, key), "{key}");
+            assert_eq!(f.int(key), int(&a, key), "{key}");
+            assert_eq!(f.float(key), float(&a, key), "{key}");
+            assert_eq!(f.boolean(key), boolean(&a, key), "{key}");
+        }
     }
 }
