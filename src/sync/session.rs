@@ -24,6 +24,8 @@ const TICK: Duration = Duration::from_secs(3);
 /// Frames already received that one write job handles at most, and their bytes.
 const MAX_FRAMES_PER_JOB: usize = 32;
 const MAX_BYTES_PER_JOB: usize = 4 * 1024 * 1024;
+/// Frame bytes read ahead while a write job runs; loaded records take several times as much memory.
+const MAX_BYTES_AHEAD: usize = 1024 * 1024;
 
 /// Tells a peer its handshake is refused, counts the refusal per client address (auditing the
 /// first of each window), and returns the reason as the session's error.
@@ -228,6 +230,10 @@ pub async fn run<S: FrameIo>(
     let mut look = true;
     let mut last_heard = tokio::time::Instant::now();
     let mut last_ping = tokio::time::Instant::now();
+    // Frames read while the writer stored the batch before, their records already loaded.
+    let mut ahead: std::collections::VecDeque<Frame> = std::collections::VecDeque::new();
+    let mut ahead_bytes = 0usize;
+    let mut peer_closed = false;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -258,9 +264,17 @@ pub async fn run<S: FrameIo>(
                 sender.send(io, &request).await?;
             }
         }
+        if ahead.is_empty() && peer_closed {
+            return Ok(());
+        }
+        let mut received: Option<Vec<Frame>> = None;
         tokio::select! {
             () = cancel.cancelled() => return Err(SessionError::ClosedHere),
-            incoming = io.recv_frame() => {
+            () = std::future::ready(()), if !ahead.is_empty() => {
+                ahead_bytes = 0;
+                received = Some(ahead.drain(..).collect());
+            }
+            incoming = io.recv_frame(), if ahead.is_empty() && !peer_closed => {
                 let bytes = match incoming {
                     None => return Ok(()),
                     Some(Err(e)) => return Err(e),
@@ -271,7 +285,6 @@ pub async fn run<S: FrameIo>(
                 // fsync) for a run of batches instead of one each.
                 let mut frames = vec![engine::decode(&bytes)?];
                 let mut queued = bytes.len();
-                let mut closed = false;
                 while frames.len() < MAX_FRAMES_PER_JOB && queued < MAX_BYTES_PER_JOB {
                     match io.recv_frame().now_or_never() {
                         Some(Some(Ok(b))) => {
@@ -280,61 +293,13 @@ pub async fn run<S: FrameIo>(
                         }
                         Some(Some(Err(e))) => return Err(e),
                         Some(None) => {
-                            closed = true;
+                            peer_closed = true;
                             break;
                         }
                         None => break,
                     }
                 }
-                let (docs, ctx, from) = (docs.clone(), rt.write_ctx.clone(), peer_id.clone());
-                let (l, outcome, st) = rt
-                    .store
-                    .write(move |conn| {
-                        let mut l = link;
-                        let mut all = engine::Outcome::default();
-                        for frame in frames {
-                            let outcome = l.receive(conn, &docs, frame)?;
-                            for (id, reason) in &outcome.refused {
-                                ctx.audit(
-                                    conn,
-                                    Event::new(&format!("node:{from}"), "sync.refused", &format!("record/{id}"))
-                                        .detail(json!({"reason": reason})),
-                                )?;
-                            }
-                            all.frames.extend(outcome.frames);
-                            all.changed.extend(outcome.changed);
-                            all.blobs.extend(outcome.blobs);
-                        }
-                        let st = link_state(&l, conn)?;
-                        Ok::<_, StoreError>((l, all, st))
-                    })
-                    .await?;
-                link = l;
-                state = st;
-                for meta in &outcome.changed {
-                    rt.write_ctx.saw(meta);
-                }
-                for f in &outcome.frames {
-                    sender.send(io, f).await?;
-                }
-                if !outcome.blobs.is_empty() || !outcome.changed.is_empty() {
-                    look = true;
-                }
-                for frame in outcome.blobs {
-                    let replies = match frame {
-                        Frame::StreamBatch { .. } | Frame::StreamAck { .. } => {
-                            streams::handle(rt, &peer, frame, &mut streaming).await?
-                        }
-                        other => attachments::handle(rt, &peer, other, &mut blobs).await?,
-                    };
-                    for reply in &replies {
-                        sender.send(io, reply).await?;
-                    }
-                }
-                if closed {
-                    return Ok(());
-                }
-                rt.status.update(status_key.as_deref(), |l| l.last_success_ms = Some(rt.clock.now_ms()));
+                received = Some(preloaded(frames).await?);
             }
             changed = commits.changed() => {
                 if changed.is_err() {
@@ -404,5 +369,94 @@ pub async fn run<S: FrameIo>(
                 }
             }
         }
+        let Some(frames) = received else {
+            continue;
+        };
+        let (docs, ctx, from) = (docs.clone(), rt.write_ctx.clone(), peer_id.clone());
+        let write = rt.store.write(move |conn| {
+            let mut l = link;
+            let mut all = engine::Outcome::default();
+            for frame in frames {
+                let outcome = l.receive(conn, &docs, frame)?;
+                for (id, reason) in &outcome.refused {
+                    ctx.audit(
+                        conn,
+                        Event::new(
+                            &format!("node:{from}"),
+                            "sync.refused",
+                            &format!("record/{id}"),
+                        )
+                        .detail(json!({"reason": reason})),
+                    )?;
+                }
+                all.frames.extend(outcome.frames);
+                all.changed.extend(outcome.changed);
+                all.blobs.extend(outcome.blobs);
+            }
+            let st = link_state(&l, conn)?;
+            Ok::<_, StoreError>((l, all, st))
+        });
+        // While the writer stores this batch, the next frames are read and their records
+        // loaded on another core, so the writer goes straight on to them.
+        tokio::pin!(write);
+        let (l, outcome, st) = loop {
+            tokio::select! {
+                done = &mut write => break done?,
+                incoming = io.recv_frame(), if !peer_closed && ahead_bytes < MAX_BYTES_AHEAD => {
+                    match incoming {
+                        None => peer_closed = true,
+                        Some(Err(e)) => return Err(e),
+                        Some(Ok(b)) => {
+                            last_heard = tokio::time::Instant::now();
+                            ahead_bytes += b.len();
+                            ahead.extend(preloaded(vec![engine::decode(&b)?]).await?);
+                        }
+                    }
+                }
+            }
+        };
+        link = l;
+        state = st;
+        for meta in &outcome.changed {
+            rt.write_ctx.saw(meta);
+        }
+        for f in &outcome.frames {
+            sender.send(io, f).await?;
+        }
+        if !outcome.blobs.is_empty() || !outcome.changed.is_empty() {
+            look = true;
+        }
+        for frame in outcome.blobs {
+            let replies = match frame {
+                Frame::StreamBatch { .. } | Frame::StreamAck { .. } => {
+                    streams::handle(rt, &peer, frame, &mut streaming).await?
+                }
+                other => attachments::handle(rt, &peer, other, &mut blobs).await?,
+            };
+            for reply in &replies {
+                sender.send(io, reply).await?;
+            }
+        }
+        if peer_closed && ahead.is_empty() {
+            return Ok(());
+        }
+        rt.status.update(status_key.as_deref(), |l| {
+            l.last_success_ms = Some(rt.clock.now_ms())
+        });
     }
+}
+
+/// Loads the whole records in `frames` on the blocking pool, beside the writer.
+async fn preloaded(mut frames: Vec<Frame>) -> Result<Vec<Frame>, SessionError> {
+    if !frames.iter().any(|f| matches!(f, Frame::Records { .. })) {
+        return Ok(frames);
+    }
+    tokio::task::spawn_blocking(move || {
+        for frame in &mut frames {
+            engine::preload(frame);
+        }
+        frames
+    })
+    .await
+    .map_err(|e| SessionError::Protocol(format!("loading records failed: {e}")))
 }

@@ -261,6 +261,38 @@ fn guarded<T>(
     }
 }
 
+/// A record's bytes loaded as a whole document ahead of the write job that merges them, on a thread
+/// beside the writer: loading is the largest share of storing a record seen for the first time, and
+/// the writer is the one thread every record waits for. Only ever paired with the bytes it came from
+/// (it travels in the same [`crate::engine::WholeRecord`]).
+#[derive(Clone)]
+pub struct Preloaded(AutoCommit);
+
+impl Preloaded {
+    /// The document, or `None` when the bytes are not a whole document (or automerge panicked on
+    /// them): the merge then reads them as it always did, and refuses what it refused before.
+    pub fn load(bytes: &[u8]) -> Option<Preloaded> {
+        guarded(Uuid::nil(), || AutoCommit::load(bytes))
+            .ok()
+            .map(Preloaded)
+    }
+}
+
+impl std::fmt::Debug for Preloaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Preloaded")
+    }
+}
+
+/// A cache of the bytes beside it: two records are equal when their bytes are.
+impl PartialEq for Preloaded {
+    fn eq(&self, _: &Preloaded) -> bool {
+        true
+    }
+}
+
+impl Eq for Preloaded {}
+
 /// Outcome of merging changes received from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Merged {
@@ -589,13 +621,33 @@ impl DocStore {
         scope: &AreaCode,
         bytes: &[u8],
     ) -> Result<Merged, DocError> {
+        self.merge_remote_preloaded(conn, sender, id, kind, scope, bytes, None)
+    }
+
+    /// [`Self::merge_remote`] with `bytes` already loaded as a whole document by
+    /// [`Preloaded::load`] (used only if the record is new here). Every check runs as without it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn merge_remote_preloaded(
+        &self,
+        conn: &Connection,
+        sender: Sender<'_>,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        bytes: &[u8],
+        preloaded: Option<Preloaded>,
+    ) -> Result<Merged, DocError> {
         match Self::meta(conn, id)? {
             None => {
                 // Bytes that load as a whole document (what a peer sends for a record we have not
                 // seen: its snapshot and pending changes) are kept as they came: saving the
                 // document again would cost more than the rest of the merge. Anything else is
                 // read change by change and saved.
-                let (mut doc, verbatim) = match guarded(id, || AutoCommit::load(bytes)) {
+                let loaded = match preloaded {
+                    Some(Preloaded(doc)) => Ok(doc),
+                    None => guarded(id, || AutoCommit::load(bytes)),
+                };
+                let (mut doc, verbatim) = match loaded {
                     Ok(doc) => (doc, Some(bytes)),
                     Err(_) => (
                         guarded(id, || {

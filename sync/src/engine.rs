@@ -63,6 +63,19 @@ pub struct WholeRecord {
     pub scope: String,
     #[serde(with = "serde_bytes_compat")]
     pub bytes: Vec<u8>,
+    /// `bytes` loaded already, off the writer thread ([`preload`]); never on the wire.
+    #[serde(skip)]
+    pub loaded: Option<crate::docstore::Preloaded>,
+}
+
+/// Loads the whole records in `frame` as documents, so the writer only has to check and store them.
+/// CPU work meant for a thread beside the writer while it stores the batch before.
+pub fn preload(frame: &mut Frame) {
+    if let Frame::Records { records } = frame {
+        for r in records.iter_mut() {
+            r.loaded = crate::docstore::Preloaded::load(&r.bytes);
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -740,6 +753,7 @@ impl Link {
                 kind: meta.kind,
                 scope: meta.scope.to_string(),
                 bytes: stored,
+                loaded: None,
             });
         }
         if !records.is_empty() {
@@ -775,7 +789,15 @@ impl Link {
                 self.refuse(out, r.id, reason);
                 continue;
             }
-            match store.merge_remote(conn, self.peer.sender(), r.id, &r.kind, &scope, &r.bytes) {
+            match store.merge_remote_preloaded(
+                conn,
+                self.peer.sender(),
+                r.id,
+                &r.kind,
+                &scope,
+                &r.bytes,
+                r.loaded,
+            ) {
                 Ok(Merged::Changed(meta)) => out.changed.push(meta),
                 Ok(Merged::Unchanged) => {}
                 Err(e) if e.is_refusal() => {
@@ -1556,14 +1578,18 @@ mod tests {
                 peer("330723001001", Relation::Downstream),
                 0,
             );
-            let frame = Frame::Records {
+            let mut frame = Frame::Records {
                 records: vec![WholeRecord {
                     id: meta.id,
                     kind: "note".into(),
                     scope: scope.to_string(),
                     bytes: DocStore::stored_bytes(&v_conn, meta.id).unwrap().unwrap(),
+                    loaded: None,
                 }],
             };
+            // Loaded beside the writer, as a session does: every check still runs.
+            preload(&mut frame);
+            assert!(matches!(&frame, Frame::Records { records } if records[0].loaded.is_some()));
             let out = down.receive(&t_conn, &t_store, frame).unwrap();
             assert_eq!(out.refused.len(), 1, "{author:?} in {scope}");
             assert!(out.changed.is_empty());
@@ -1594,6 +1620,7 @@ mod tests {
                 kind: "note".into(),
                 scope: "330723001001001".into(),
                 bytes: DocStore::stored_bytes(&v_conn, meta.id).unwrap().unwrap(),
+                loaded: None,
             }],
         };
         let out = down.receive(&t_conn, &t_store, lying).unwrap();
