@@ -401,6 +401,9 @@ pub async fn run<S: FrameIo>(
         tokio::pin!(write);
         let (l, outcome, st) = loop {
             tokio::select! {
+                // The job goes to the writer at its first poll, so it is polled first, always:
+                // otherwise a frame already waiting could be loaded before the job was even queued.
+                biased;
                 done = &mut write => break done?,
                 incoming = io.recv_frame(), if !peer_closed && ahead_bytes < MAX_BYTES_AHEAD => {
                     match incoming {
