@@ -1924,6 +1924,34 @@ mod tests {
             let _ = decode(&encoded[..cut.min(encoded.len())]);
         }
 
+        /// A whole record damaged on its way (a byte changed, the end cut off), loaded beside the
+        /// writer as a session does: received without a panic, and stored only if it still loads
+        /// as a record its sender may write.
+        #[test]
+        fn damaged_whole_records_loaded_ahead_never_panic(flip in 0usize..4096, bit in 0u8..8, cut in 0usize..4096) {
+            let (v_conn, v_store, v_area) = node("330723001001", 1);
+            let (t_conn, t_store, t_area) = node("330723001", 2);
+            let meta = v_store
+                .create(&v_conn, &Author::node(v_area.clone()), "note", &v_area, |d| {
+                    Ok(d.put(automerge::ROOT, "t", "河道垃圾堆积").map(|_| ())?)
+                })
+                .unwrap();
+            let mut bytes = DocStore::stored_bytes(&v_conn, meta.id).unwrap().unwrap();
+            let at = flip % bytes.len();
+            bytes[at] ^= 1 << bit;
+            bytes.truncate(cut.max(1).min(bytes.len()));
+            let mut frame = Frame::Records { records: vec![WholeRecord {
+                id: meta.id, kind: "note".into(), scope: v_area.to_string(), bytes, loaded: None,
+            }] };
+            preload(&mut frame);
+            let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
+            let out = down.receive(&t_conn, &t_store, frame);
+            prop_assert!(out.is_ok());
+            let out = out.unwrap();
+            let stored = DocStore::meta(&t_conn, meta.id).unwrap().is_some();
+            prop_assert_eq!(stored, out.refused.is_empty());
+        }
+
         #[test]
         fn garbage_sync_messages_are_refused_not_fatal(message in prop::collection::vec(any::<u8>(), 0..300)) {
             let (t_conn, t_store, t_area) = node("330723001", 2);
