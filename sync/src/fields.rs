@@ -18,14 +18,31 @@ pub fn text(doc: &AutoCommit, key: &str) -> Option<String> {
 }
 
 pub fn text_in(doc: &AutoCommit, obj: &ObjId, key: &str) -> Option<String> {
-    match scalar(doc, obj, key)? {
+    as_text(&scalar(doc, obj, key)?)
+}
+
+pub fn int(doc: &AutoCommit, key: &str) -> Option<i64> {
+    as_int(&scalar(doc, &automerge::ROOT, key)?)
+}
+
+pub fn float(doc: &AutoCommit, key: &str) -> Option<f64> {
+    as_float(&scalar(doc, &automerge::ROOT, key)?)
+}
+
+pub fn boolean(doc: &AutoCommit, key: &str) -> Option<bool> {
+    as_boolean(&scalar(doc, &automerge::ROOT, key)?)
+}
+
+// One reading of each type, shared by single reads and [`Fields`].
+fn as_text(value: &ScalarValue) -> Option<String> {
+    match value {
         ScalarValue::Str(s) => Some(s.to_string()),
         _ => None,
     }
 }
 
-pub fn int(doc: &AutoCommit, key: &str) -> Option<i64> {
-    match scalar(doc, &automerge::ROOT, key)? {
+fn as_int(value: &ScalarValue) -> Option<i64> {
+    match *value {
         ScalarValue::Int(i) => Some(i),
         ScalarValue::Uint(u) => i64::try_from(u).ok(),
         ScalarValue::Timestamp(t) => Some(t),
@@ -33,16 +50,16 @@ pub fn int(doc: &AutoCommit, key: &str) -> Option<i64> {
     }
 }
 
-pub fn float(doc: &AutoCommit, key: &str) -> Option<f64> {
-    match scalar(doc, &automerge::ROOT, key)? {
+fn as_float(value: &ScalarValue) -> Option<f64> {
+    match *value {
         ScalarValue::F64(f) => Some(f),
         ScalarValue::Int(i) => Some(i as f64),
         _ => None,
     }
 }
 
-pub fn boolean(doc: &AutoCommit, key: &str) -> Option<bool> {
-    match scalar(doc, &automerge::ROOT, key)? {
+fn as_boolean(value: &ScalarValue) -> Option<bool> {
+    match *value {
         ScalarValue::Boolean(b) => Some(b),
         _ => None,
     }
@@ -93,34 +110,19 @@ impl Fields {
     }
 
     pub fn text(&self, key: &str) -> Option<String> {
-        match self.get(key)? {
-            ScalarValue::Str(s) => Some(s.to_string()),
-            _ => None,
-        }
+        as_text(self.get(key)?)
     }
 
     pub fn int(&self, key: &str) -> Option<i64> {
-        match *self.get(key)? {
-            ScalarValue::Int(i) => Some(i),
-            ScalarValue::Uint(u) => i64::try_from(u).ok(),
-            ScalarValue::Timestamp(t) => Some(t),
-            _ => None,
-        }
+        as_int(self.get(key)?)
     }
 
     pub fn float(&self, key: &str) -> Option<f64> {
-        match *self.get(key)? {
-            ScalarValue::F64(f) => Some(f),
-            ScalarValue::Int(i) => Some(i as f64),
-            _ => None,
-        }
+        as_float(self.get(key)?)
     }
 
     pub fn boolean(&self, key: &str) -> Option<bool> {
-        match *self.get(key)? {
-            ScalarValue::Boolean(b) => Some(b),
-            _ => None,
-        }
+        as_boolean(self.get(key)?)
     }
 }
 
