@@ -93,6 +93,11 @@ pub struct AppInner {
     pub data_dir: std::path::PathBuf,
     /// HTTPS on the LAN, once [`open`] has loaded the certificates (never for one-off commands).
     pub tls: std::sync::OnceLock<Arc<crate::tls::LanTls>>,
+    /// The emergency-broadcast platform link, once [`open`] has loaded its keys (`[ebd] ebrid`).
+    pub ebd: std::sync::OnceLock<crate::ebd::Runtime>,
+    /// Where the link's follow-up requests wait for its reporter, taken when it starts.
+    pub ebd_follow_ups:
+        std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::ebd::report::FollowUp>>>,
 }
 
 impl Deref for AppState {
@@ -221,6 +226,8 @@ impl AppState {
                 pa_counters: Arc::default(),
                 data_dir,
                 tls: std::sync::OnceLock::new(),
+                ebd: std::sync::OnceLock::new(),
+                ebd_follow_ups: std::sync::Mutex::new(None),
             }),
         }
     }
@@ -437,6 +444,7 @@ pub fn spawn_background(state: &AppState) {
             .read(|conn| {
                 let mut all = crate::incidents::referenced_blobs(conn)?;
                 all.extend(crate::broadcast::referenced_blobs(conn)?);
+                all.extend(crate::ebd::referenced_blobs(conn)?);
                 Ok::<_, StoreError>(all)
             })
             .await
@@ -636,6 +644,11 @@ pub fn start_broadcasts(state: &AppState) {
     state
         .tasks
         .spawn(crate::broadcast::engine::run(state.broadcast_runtime()));
+    if let Some(rt) = state.ebd.get()
+        && let Some(rx) = state.ebd_follow_ups.lock().ok().and_then(|mut s| s.take())
+    {
+        state.tasks.spawn(crate::ebd::report::run(rt.clone(), rx));
+    }
     state.tasks.spawn(crate::broadcast::auto::run(
         state.broadcast_runtime(),
         state.warnings.clone(),
@@ -662,6 +675,12 @@ pub async fn open_with_clock(
     let opened = open_store(dir, config, clock).await?;
     if opened.state.config.http.https_listen.is_some()
         && let Err(e) = open_lan_tls(&opened.state).await
+    {
+        opened.state.store.close().await;
+        return Err(e);
+    }
+    if opened.state.config.ebd.ebrid.is_some()
+        && let Err(e) = open_ebd(&opened.state).await
     {
         opened.state.store.close().await;
         return Err(e);
@@ -706,6 +725,38 @@ async fn open_lan_tls(state: &AppState) -> Result<(), NodeError> {
         audit_tls_issue(state, &lan.certs(), reason).await;
     }
     let _ = state.tls.set(Arc::new(lan));
+    Ok(())
+}
+
+/// Loads the emergency-broadcast link: the node's SM2 key, the trusted platform certificates (each
+/// checked against a CA: a wrong one refuses the start, saying which), and the id sequence.
+async fn open_ebd(state: &AppState) -> Result<(), NodeError> {
+    let config = &state.config.ebd;
+    let Some(ebrid) = config.ebrid.clone() else {
+        return Ok(());
+    };
+    let key = crate::ebd::open_key(&state.data_dir)?;
+    let trust = crate::ebd::Trust::load(config)?;
+    let ids = state.store.read(crate::ebd::Ids::load).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let runtime = crate::ebd::Runtime {
+        store: state.store.clone(),
+        ctx: state.write_ctx(),
+        blobs: state.blobs.clone(),
+        config: Arc::new(config.clone()),
+        ebrid: ebrid.into(),
+        key: Arc::new(key),
+        trust: Arc::new(trust),
+        ids: Arc::new(ids),
+        outputs: state.pa_outputs.clone(),
+        counters: Arc::default(),
+        follow_ups: tx,
+        shutdown: state.shutdown.clone(),
+    };
+    let _ = state.ebd.set(runtime);
+    if let Ok(mut slot) = state.ebd_follow_ups.lock() {
+        *slot = Some(rx);
+    }
     Ok(())
 }
 

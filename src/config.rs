@@ -83,6 +83,8 @@ pub struct Config {
     pub simulator: crate::telemetry::config::SimulatorConfig,
     /// The sensors this node reads.
     pub devices: Vec<crate::telemetry::config::DeviceConfig>,
+    /// The county's emergency-broadcast platform (应急广播), this node as its adaptor.
+    pub ebd: crate::ebd::EbdConfig,
 }
 
 /// CAP 1.2 messages this node emits for its warnings.
@@ -494,6 +496,7 @@ impl Default for Config {
             telemetry: Default::default(),
             simulator: Default::default(),
             devices: Vec::new(),
+            ebd: Default::default(),
         }
     }
 }
@@ -588,6 +591,9 @@ impl Config {
             crate::cap::feeds::check(feed)
                 .map_err(|(key, message)| invalid(&format!("cap.feeds[{i}].{key}"), &message))?;
         }
+        self.ebd
+            .check()
+            .map_err(|(key, message)| invalid(key, &message))?;
         Ok(self)
     }
 

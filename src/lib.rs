@@ -22,6 +22,7 @@
 //! - [`broadcast`]: broadcasts to the loudspeakers as records, their safety rules, the playback engine.
 //! - [`pa`]: the loudspeaker outputs and zones, speech synthesis, audio checks.
 //! - [`cap`]: CAP 1.2 messages for warnings, signed, and their Atom feed.
+//! - [`ebd`]: the emergency-broadcast platform link (EBD/EBM, SM2): signed orders in, reports out.
 //! - [`audit`]: the hash-chained, signed audit log.
 //! - [`sync`]: enrolment, the sync WebSocket, sessions, streams, attachments and the upstream link.
 //! - [`control`]: the local control socket the CLI uses while the node runs.
@@ -45,6 +46,7 @@ pub mod config;
 pub mod control;
 pub mod demo;
 pub mod doctor;
+pub mod ebd;
 pub mod http;
 pub mod incidents;
 pub mod invalid;

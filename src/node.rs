@@ -26,6 +26,8 @@ pub const CONFIG_FILE: &str = "township-node.toml";
 pub enum NodeError {
     #[error(transparent)]
     CapKey(#[from] crate::cap::sign::KeyError),
+    #[error(transparent)]
+    Ebd(#[from] crate::ebd::EbdError),
     #[error("the LAN certificate: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(
@@ -197,6 +199,9 @@ async fn populate(
     NodeKey::write_new_file(&dir.key(), &pkcs8)?;
     // Made here so a new node starts with it; nodes made before CAP make theirs at their next start.
     crate::cap::CapKey::load_or_create(dir.root())?;
+    // Made now so the operator can register it with the emergency-broadcast platform before
+    // `[ebd]` is configured.
+    crate::ebd::open_key(dir.root())?;
     let info = NodeInfo {
         node_id: key.node_id().to_string(),
         public_key: key.public_key().to_string(),

@@ -35,17 +35,18 @@ need_debian_packages() {
 # the mosquitto broker and its command-line clients, and Python for the pymodbus slave.
 # xmllint (libxml2-utils) validates CAP against the OASIS schema; xmlsec1 verifies its signatures and
 # signs the inbound alerts of the feed tests with keys openssl makes. espeak-ng speaks for the
-# loudspeakers.
-need_debian_packages socat mosquitto mosquitto-clients libxml2-utils xmlsec1 openssl espeak-ng
+# loudspeakers; lame makes the MP3s the emergency-broadcast platform simulator attaches.
+need_debian_packages socat mosquitto mosquitto-clients libxml2-utils xmlsec1 openssl espeak-ng lame
 command -v python3 >/dev/null || need_debian_packages python3 python3-pip
 need_python_packages() {
-  if python3 -c "import pymodbus, serial, paho.mqtt; assert pymodbus.__version__ == '3.16.1'" 2>/dev/null; then
+  if python3 -c "import pymodbus, serial, paho.mqtt, gmssl; assert pymodbus.__version__ == '3.16.1'" 2>/dev/null; then
     return 0
   fi
-  log "installing pymodbus, pyserial and paho-mqtt from PyPI"
-  python3 -m pip install --quiet --disable-pip-version-check "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0" \
+  # gmssl: the emergency-broadcast platform simulator's own SM2/SM3 (tests/interop/ebd_platform.py).
+  log "installing pymodbus, pyserial, paho-mqtt and gmssl from PyPI"
+  python3 -m pip install --quiet --disable-pip-version-check "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0" "gmssl==3.2.2" \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages \
-      "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0"
+      "pymodbus==3.16.1" "pyserial==3.5" "paho-mqtt==2.2.0" "gmssl==3.2.2"
 }
 need_python_packages
 # With the peers installed, a sensor test that cannot find one fails instead of skipping.

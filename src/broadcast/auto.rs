@@ -126,6 +126,7 @@ pub fn on_warning(
                 rt.ctx.area.clone()
             },
             content,
+            origin: Default::default(),
         },
     )?;
     Ok(Some(id))

@@ -685,6 +685,9 @@ pub fn signed_by<'k>(
 pub struct NewBroadcast {
     pub scope: AreaCode,
     pub content: Content,
+    /// Where the order came from, kept in the signed request (an emergency-broadcast platform
+    /// order's EBMID, EBDID, sender and package hash: see [`crate::ebd`]). Empty for people and rules.
+    pub origin: BTreeMap<String, String>,
 }
 
 /// Creates a broadcast with its `request` transition, signed by this node.
@@ -709,7 +712,9 @@ pub fn create(
         actor.role.as_str(),
         Action::Request.as_str(),
     );
+    t.data = new.origin.clone();
     let detail = json!({
+        "origin": new.origin,
         "zones": content.zones, "mode": content.mode, "level": content.level,
         "repeat": content.repeat, "text": content.text, "warning": content.warning,
         "corrects": content.corrects, "needs_second": content.needs_second, "rule": content.rule,
@@ -963,6 +968,17 @@ pub fn referenced_blobs(
     let mut stmt = conn.prepare("SELECT DISTINCT audio FROM broadcasts WHERE audio IS NOT NULL")?;
     let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A broadcast's state as the projection holds it (`None`: no such broadcast here).
+pub fn state_of(conn: &Connection, id: Uuid) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT state FROM broadcasts WHERE doc_id = ?1",
+            [id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
 /// The first broadcast audio this node lacks, skipping `skip` (for the sync link to fetch: an

@@ -351,7 +351,18 @@ async fn create(
     let (ctx, actor) = (state.write_ctx(), caller.actor.clone());
     let id = state
         .store
-        .write(move |conn| super::create(conn, &ctx, &actor, NewBroadcast { scope, content }))
+        .write(move |conn| {
+            super::create(
+                conn,
+                &ctx,
+                &actor,
+                NewBroadcast {
+                    scope,
+                    content,
+                    origin: Default::default(),
+                },
+            )
+        })
         .await?;
     let view = load_view(&state, &caller.actor, id).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
@@ -428,6 +439,7 @@ async fn transition(
                 NewBroadcast {
                     scope: loaded.meta.scope.clone(),
                     content: correction_content,
+                    origin: Default::default(),
                 },
             )?;
             data.insert("correction".to_string(), correction_id.to_string());

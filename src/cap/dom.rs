@@ -22,7 +22,7 @@ fn err(s: impl Into<String>) -> CapError {
 }
 
 #[derive(Debug)]
-pub(super) enum Node {
+pub(crate) enum Node {
     Element(Element),
     Text(String),
     /// Target and data.
@@ -30,23 +30,23 @@ pub(super) enum Node {
 }
 
 #[derive(Debug, Default)]
-pub(super) struct Element {
+pub(crate) struct Element {
     /// The qualified name as written (`ds:Signature`).
-    pub(super) name: String,
+    pub(crate) name: String,
     /// Attributes as written, namespace declarations included, values unescaped and normalised.
-    pub(super) attrs: Vec<(String, String)>,
-    pub(super) children: Vec<Node>,
+    pub(crate) attrs: Vec<(String, String)>,
+    pub(crate) children: Vec<Node>,
 }
 
 impl Element {
-    pub(super) fn prefix(&self) -> &str {
+    pub(crate) fn prefix(&self) -> &str {
         self.name.split_once(':').map_or("", |(p, _)| p)
     }
-    pub(super) fn local(&self) -> &str {
+    pub(crate) fn local(&self) -> &str {
         self.name.split_once(':').map_or(&self.name, |(_, l)| l)
     }
     /// This element's own namespace declarations, as (prefix, uri); the default one has prefix "".
-    pub(super) fn declarations(&self) -> impl Iterator<Item = (&str, &str)> {
+    pub(crate) fn declarations(&self) -> impl Iterator<Item = (&str, &str)> {
         self.attrs.iter().filter_map(|(k, v)| {
             if k == "xmlns" {
                 Some(("", v.as_str()))
@@ -55,19 +55,19 @@ impl Element {
             }
         })
     }
-    pub(super) fn elements(&self) -> impl Iterator<Item = &Element> {
+    pub(crate) fn elements(&self) -> impl Iterator<Item = &Element> {
         self.children.iter().filter_map(|c| match c {
             Node::Element(e) => Some(e),
             _ => None,
         })
     }
-    pub(super) fn attr(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     }
-    pub(super) fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.children
             .iter()
             .filter_map(|c| match c {
@@ -79,9 +79,9 @@ impl Element {
 }
 
 /// In-scope namespaces while walking down: (prefix, uri), innermost last.
-pub(super) type Scope = Vec<(String, String)>;
+pub(crate) type Scope = Vec<(String, String)>;
 
-pub(super) fn lookup<'a>(scope: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
+pub(crate) fn lookup<'a>(scope: &'a [(String, String)], prefix: &str) -> Option<&'a str> {
     if prefix == "xml" {
         return Some(XML_NS);
     }
@@ -93,7 +93,7 @@ pub(super) fn lookup<'a>(scope: &'a [(String, String)], prefix: &str) -> Option<
 }
 
 /// The namespace of `el`, with the declarations of its ancestors in `scope` (its own not yet).
-pub(super) fn namespace_of<'a>(el: &'a Element, scope: &'a [(String, String)]) -> Option<&'a str> {
+pub(crate) fn namespace_of<'a>(el: &'a Element, scope: &'a [(String, String)]) -> Option<&'a str> {
     let prefix = el.prefix();
     el.declarations()
         .find(|(p, _)| *p == prefix)
@@ -102,7 +102,7 @@ pub(super) fn namespace_of<'a>(el: &'a Element, scope: &'a [(String, String)]) -
 }
 
 /// Character and predefined entity references; anything else refuses the document.
-pub(super) fn resolve_ref(name: &str) -> Option<char> {
+pub(crate) fn resolve_ref(name: &str) -> Option<char> {
     if let Some(num) = name.strip_prefix('#') {
         let code = match num.strip_prefix('x') {
             Some(hex) => u32::from_str_radix(hex, 16).ok()?,
@@ -157,13 +157,13 @@ fn attribute_value(raw: &str) -> Result<String, CapError> {
 }
 
 /// The document's nodes outside the root (processing instructions) and its root.
-pub(super) struct Document {
-    pub(super) before: Vec<Node>,
-    pub(super) root: Element,
-    pub(super) after: Vec<Node>,
+pub(crate) struct Document {
+    pub(crate) before: Vec<Node>,
+    pub(crate) root: Element,
+    pub(crate) after: Vec<Node>,
 }
 
-pub(super) fn parse(xml: &str) -> Result<Document, CapError> {
+pub(crate) fn parse(xml: &str) -> Result<Document, CapError> {
     let mut reader = quick_xml::Reader::from_str(xml);
     let mut stack: Vec<Element> = Vec::new();
     let (mut before, mut after) = (Vec::new(), Vec::new());

@@ -14,7 +14,7 @@
 //!
 //! Certainty is `Observed` for warnings a rule raised from readings, `Likely` otherwise.
 
-mod dom;
+pub(crate) mod dom;
 pub mod feeds;
 pub mod inbound;
 mod routes;

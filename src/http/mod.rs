@@ -65,6 +65,11 @@ pub fn app(state: AppState) -> Router {
     // id, then tracing, metrics, compression, security headers, problem details, panics, timeout.
     let hosts = std::sync::Arc::new(AllowedHosts::new(&http.tls_names));
     let csp = content_security_policy(state.config.map.external_origin().as_deref());
+    // The emergency-broadcast platform's endpoint is authorised by each package's signature,
+    // not by a session or token, so it is mounted outside the access check.
+    let ebd = crate::ebd::routes(&state)
+        .map(|r| r.route_layer(middleware::from_fn(label_route)))
+        .unwrap_or_default();
     all_routes(&state.config)
         .into_router()
         // Inside the access check, so the caller is known; a retried POST is answered from here.
@@ -74,6 +79,7 @@ pub fn app(state: AppState) -> Router {
         ))
         .route_layer(middleware::from_fn_with_state(state.clone(), access::authorize))
         .route_layer(middleware::from_fn(label_route))
+        .merge(ebd)
         .fallback(ui::fallback)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -166,6 +166,9 @@ pub async fn metrics(
             .pa_counters
             .render(&state.pa_outputs, state.clock.now_ms()),
     );
+    if let Some(ebd) = state.ebd.get() {
+        body.push_str(&ebd.counters.render());
+    }
     let mut response = body.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -35,6 +35,7 @@ const MIGRATIONS: &[Migration] = &[
     v19_audit_chains,
     v20_readings_upstream,
     v21_deferred_search_index,
+    v22_emergency_broadcast_packages,
 ];
 
 /// The schema version this binary writes.
@@ -692,6 +693,49 @@ fn v21_deferred_search_index(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             SELECT old.row, 1, old.title, old.description
             WHERE NOT EXISTS (SELECT 1 FROM incidents_fts_pending WHERE row = old.row);
         END;",
+    )
+}
+
+/// The emergency-broadcast platform link (`ebd`): packages seen (replays are refused), the highest
+/// signature counter per platform certificate, this node's own id and counter sequence, and the
+/// platform orders it plays with the state last reported for each.
+fn v22_emergency_broadcast_packages(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "CREATE TABLE ebd_seen (
+            ebdid       TEXT PRIMARY KEY,
+            ebd_type    TEXT NOT NULL,
+            src_ebrid   TEXT NOT NULL,
+            received_ms INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        CREATE TABLE ebd_counters (
+            cert_sn      TEXT PRIMARY KEY,
+            last_counter INTEGER NOT NULL,
+            updated_ms   INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        -- One row: the last EBDID sequence number and signature counter this node used.
+        CREATE TABLE ebd_sequence (
+            id           INTEGER PRIMARY KEY CHECK (id = 1),
+            last_seq     INTEGER NOT NULL,
+            last_counter INTEGER NOT NULL
+        ) STRICT;
+        CREATE TABLE ebd_orders (
+            ebm_id          TEXT PRIMARY KEY,
+            ebdid           TEXT NOT NULL,
+            broadcast_id    TEXT,
+            msg_type        INTEGER NOT NULL,
+            src_ebrid       TEXT NOT NULL,
+            reply_url       TEXT,
+            package_sha256  TEXT NOT NULL,
+            title           TEXT NOT NULL,
+            received_ms     INTEGER NOT NULL,
+            -- The BrdStateCode last acknowledged by the platform, and what it was when it changed.
+            reported_state  INTEGER,
+            state           INTEGER NOT NULL,
+            state_desc      TEXT NOT NULL,
+            state_ms        INTEGER NOT NULL
+        ) STRICT, WITHOUT ROWID;
+        CREATE INDEX ebd_orders_unreported ON ebd_orders (state_ms) WHERE reported_state IS NOT state;
+        CREATE INDEX ebd_orders_broadcast ON ebd_orders (broadcast_id);",
     )
 }
 

@@ -12,6 +12,7 @@ mod cap;
 mod cap_feeds;
 mod cli;
 mod crash;
+mod ebd;
 mod graceful;
 mod hostile;
 mod http;
