@@ -13,7 +13,6 @@ use base64::Engine as _;
 use sm2::dsa::signature::{Signer as _, Verifier as _};
 use sm2::dsa::{Signature, SigningKey, VerifyingKey};
 use sm2::elliptic_curve::sec1::{EncodedPoint, ToEncodedPoint};
-use sm2::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding};
 
 /// The user id every observed implementation hashes into Z_A (GM/T 0009's default).
 pub const DEFAULT_ID: &str = "1234567812345678";
@@ -209,28 +208,25 @@ impl NodeSmKey {
         }
     }
 
-    /// Reads the key from its PKCS#8 PEM file, or makes one there (mode 0600) when there is none.
+    /// Reads the key (the private scalar as 64 hex digits) from its file, or makes one there (mode
+    /// 0600) when there is none.
     pub fn load_or_create(path: &Path) -> Result<(NodeSmKey, bool), SmError> {
         let fail = |message: String| SmError::KeyFile {
             path: path.display().to_string(),
             message,
         };
         match std::fs::read_to_string(path) {
-            Ok(pem) => {
-                let secret = sm2::SecretKey::from_pkcs8_pem(&pem)
-                    .map_err(|e| fail(format!("not an SM2 PKCS#8 key: {e}")))?;
-                let key = SigningKey::new(DEFAULT_ID, &secret)
-                    .map_err(|e| fail(format!("unusable key: {e}")))?;
+            Ok(text) => {
+                let secret =
+                    hex::decode(text.trim()).map_err(|_| fail("not 64 hex digits".into()))?;
+                let key = SigningKey::from_slice(DEFAULT_ID, &secret)
+                    .map_err(|_| fail("not a valid SM2 private key".into()))?;
                 Ok((NodeSmKey::from_signing_key(key), false))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = NodeSmKey::generate()?;
-                let secret = sm2::SecretKey::from_bytes(&key.key.to_bytes())
-                    .map_err(|e| fail(format!("unusable key: {e}")))?;
-                let pem = secret
-                    .to_pkcs8_pem(LineEnding::LF)
-                    .map_err(|e| fail(format!("cannot encode the key: {e}")))?;
-                write_private(path, pem.as_bytes()).map_err(|e| fail(e.to_string()))?;
+                let text = format!("{}\n", hex::encode(key.key.to_bytes()));
+                write_private(path, text.as_bytes()).map_err(|e| fail(e.to_string()))?;
                 Ok((key, true))
             }
             Err(e) => Err(fail(e.to_string())),
@@ -263,11 +259,25 @@ impl NodeSmKey {
         raw
     }
 
-    /// The public key as a PEM SubjectPublicKeyInfo.
+    /// The public key as a PEM SubjectPublicKeyInfo (id-ecPublicKey on the SM2 curve,
+    /// 1.2.156.10197.1.301), as `openssl pkey -pubin` reads it.
     pub fn public_pem(&self) -> String {
-        sm2::PublicKey::from(self.key.verifying_key())
-            .to_public_key_pem(LineEnding::LF)
-            .unwrap_or_default()
+        // SEQUENCE { SEQUENCE { OID 1.2.840.10045.2.1, OID 1.2.156.10197.1.301 }, BIT STRING 04‖X‖Y }
+        const PREFIX: [u8; 26] = [
+            0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01, 0x06,
+            0x08, 0x2A, 0x81, 0x1C, 0xCF, 0x55, 0x01, 0x82, 0x2D, 0x03, 0x42, 0x00,
+        ];
+        let point = self.key.verifying_key().to_encoded_point(false);
+        let mut der = PREFIX.to_vec();
+        der.extend_from_slice(point.as_bytes());
+        let body = base64::engine::general_purpose::STANDARD.encode(der);
+        let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
+        for line in body.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END PUBLIC KEY-----\n");
+        pem
     }
 
     /// The public key's X ‖ Y, hex.
@@ -384,6 +394,23 @@ mod tests {
         assert!(verify_package(&cert, b"<EBD/>", &value));
         assert!(!verify_package(&cert, b"<EBD/ >", &value));
         assert!(key.public_pem().starts_with("-----BEGIN PUBLIC KEY-----"));
+        // OpenSSL reads the PEM as an SM2 key with the same point, where it is installed.
+        let pem_path = dir.path().join("pub.pem");
+        std::fs::write(&pem_path, key.public_pem()).expect("pem");
+        if let Ok(out) = std::process::Command::new("openssl")
+            .args(["pkey", "-pubin", "-noout", "-text", "-in"])
+            .arg(&pem_path)
+            .output()
+        {
+            let text = String::from_utf8_lossy(&out.stdout).replace([' ', '\n', ':'], "");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(text.contains("SM2"), "{text}");
+            assert!(text.contains(&format!("04{}", key.public_hex())), "{text}");
+        }
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
