@@ -241,6 +241,7 @@ pub fn cancel(
     rt: &Runtime,
     conn: &Connection,
     ebm: &Ebm,
+    ebdid: &str,
 ) -> Result<Result<(), String>, OrderError> {
     let target = ebm.related_ebm_id.as_deref().unwrap_or(&ebm.ebm_id);
     let found: Option<Option<String>> = conn
@@ -258,7 +259,11 @@ pub fn cancel(
         return Ok(Ok(()));
     };
     let system = Actor::system(rt.ctx.area.clone());
-    match broadcast::act(conn, &rt.ctx, &system, id, Action::Cancel, BTreeMap::new()) {
+    // The cancel names the platform message that asked for it, like the request does.
+    let mut data = BTreeMap::new();
+    data.insert("ebd_ebm_id".to_string(), ebm.ebm_id.clone());
+    data.insert("ebd_ebdid".to_string(), ebdid.to_string());
+    match broadcast::act(conn, &rt.ctx, &system, id, Action::Cancel, data) {
         Ok(_) => Ok(Ok(())),
         // Already over (played, refused or cancelled): the state report says which.
         Err(BroadcastError::Conflict(_)) => Ok(Ok(())),

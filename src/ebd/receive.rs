@@ -367,14 +367,16 @@ fn apply(
         follow_up,
     };
     let applied = match &checked.request {
-        Request::Order { ebm, .. } if ebm.msg_type == 2 => match orders::cancel(rt, conn, ebm)? {
-            Ok(()) => ok(None),
-            Err(why) => Applied {
-                code: 5,
-                desc: format!("{}：{why}", package::result_desc(5)),
-                follow_up: None,
-            },
-        },
+        Request::Order { ebm, .. } if ebm.msg_type == 2 => {
+            match orders::cancel(rt, conn, ebm, &header.ebdid)? {
+                Ok(()) => ok(None),
+                Err(why) => Applied {
+                    code: 5,
+                    desc: format!("{}：{why}", package::result_desc(5)),
+                    follow_up: None,
+                },
+            }
+        }
         Request::Order { ebm, audio } => {
             let audio = match (audio, audio_sha) {
                 (Some(a), Some(sha)) => Some(orders::AudioRef {

@@ -337,6 +337,20 @@ trusted_certs = ["{cert}"]
     let rows = broadcasts(&server, &admin);
     assert_eq!(rows.len(), 1, "{rows:?}");
     assert_eq!(rows[0]["level"], "red", "{rows:?}");
+    // The broadcast keeps the platform's ids in its signed request.
+    let id = rows[0]["id"].as_str().unwrap();
+    let (_, _, detail) = blocking_request(
+        "GET",
+        &server.url(&format!("/api/v1/broadcasts/{id}")),
+        &admin.headers(),
+    )
+    .unwrap();
+    let detail: Value = serde_json::from_slice(&detail).unwrap();
+    let request = &detail["transitions"][0];
+    assert_eq!(request["action"], "request", "{detail}");
+    assert_eq!(request["actor"], "system", "{detail}");
+    assert_eq!(request["data"]["ebd_ebm_id"], ebm_id.as_str(), "{detail}");
+    assert_eq!(request["data"]["ebd_ebdid"], order["ebdid"], "{detail}");
 
     // The same package again is a replay: refused, audited, nothing new plays.
     let replay = platform(&[
