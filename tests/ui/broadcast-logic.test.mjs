@@ -149,3 +149,28 @@ test('daily times are read as typed, with Chinese punctuation, sorted and checke
   assert.deepEqual(body.schedule, ['07:30']);
   assert.equal(logic.orderBody({ text: 'x', zones: ['a'], mode: 'live', level: 'red', repeat: 1, schedule: ['07:30'] }).schedule, undefined);
 });
+
+test('an order of the emergency-broadcast platform is known by the ids in its signed request', () => {
+  // As GET /api/v1/broadcasts/{id} shows one (src/ebd/receive.rs `origin`, src/broadcast/mod.rs `transition_json`).
+  const request = { id: 't1', action: 'request', actor: 'system', role: 'system', at_ms: 1, data: {
+    ebd_ebm_id: '433072300000001010101012026120100001',
+    ebd_ebdid: '10433072300000001010101010000000000000042',
+    ebd_src: '43307230000000101010101',
+    ebd_package: 'ab'.repeat(32),
+  } };
+  const start = { id: 't2', action: 'start', actor: 'system', role: 'system', at_ms: 2, data: {} };
+  assert.deepEqual(logic.platformOrigin({ transitions: [request, start] }), {
+    ebmId: '433072300000001010101012026120100001',
+    src: '43307230000000101010101',
+    ebdid: '10433072300000001010101010000000000000042',
+  });
+  // A rule's order is the node's own (system, no platform ids); a person's never counts as the platform's.
+  assert.equal(logic.platformOrigin({ transitions: [{ ...request, data: {} }, start] }), null);
+  assert.equal(logic.platformOrigin({ transitions: [{ ...request, actor: 'zhang', role: 'township_staff' }] }), null);
+  assert.equal(logic.platformOrigin({ transitions: [{ ...request, data: { ebd_ebm_id: '' } }] }), null);
+  assert.equal(logic.platformOrigin({ transitions: [{ ...request, data: undefined }] }), null);
+  // A list row has no transitions; a missing sender stays missing rather than made up.
+  assert.equal(logic.platformOrigin({ id: 'b', requester: 'system' }), null);
+  assert.equal(logic.platformOrigin(null), null);
+  assert.deepEqual(logic.platformOrigin({ transitions: [{ ...request, data: { ebd_ebm_id: 'x' } }] }), { ebmId: 'x', src: null, ebdid: null });
+});

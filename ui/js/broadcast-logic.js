@@ -94,8 +94,6 @@ export function orderProblem({ text, zones, hasAudio, repeat }) {
   return null;
 }
 
-// The POST /api/v1/broadcasts body, exactly: text left out when an audio message follows (the node
-// then waits for it instead of speaking anything), warning and start_at only when given.
 // Times of day for a routine programme, as typed ("07:30, 18:00" or with Chinese commas): the
 // valid ones, sorted and without repeats, and the ones that are not times.
 export function parseSchedule(typed) {
@@ -114,6 +112,8 @@ export function parseSchedule(typed) {
   return { times: times.sort(), bad };
 }
 
+// The POST /api/v1/broadcasts body, exactly: text left out when an audio message follows (the node
+// then waits for it instead of speaking anything), warning and start_at only when given.
 export function orderBody({ text, zones, mode, level, repeat, warning, startAt, hasAudio, schedule }) {
   const body = {};
   const trimmed = (text || '').trim();
@@ -184,8 +184,17 @@ export function sortReceipts(receipts) {
   return [...(receipts || [])].sort((a, b) => (a.zone === b.zone ? String(a.output).localeCompare(String(b.output)) : String(a.zone).localeCompare(String(b.zone))));
 }
 
-// The text of a correction as src/broadcast/mod.rs `correction_text` writes it, to show before it
-// is sent: the first 60 characters of the original quoted, then the note.
+// Where an order came from when the county's emergency-broadcast platform (应急广播平台) sent it:
+// the node keeps the platform's EBMID, the package's EBDID and the sender's EBRID in the `request`
+// transition it signs as "system" (src/ebd/receive.rs `origin`). { ebmId, src, ebdid }, or null for
+// an order a person or a rule made.
+export function platformOrigin(broadcast) {
+  const request = (broadcast?.transitions || []).find((tr) => tr.action === 'request');
+  const data = request?.actor === 'system' ? request.data || {} : {};
+  if (typeof data.ebd_ebm_id !== 'string' || !data.ebd_ebm_id) return null;
+  return { ebmId: data.ebd_ebm_id, src: data.ebd_src || null, ebdid: data.ebd_ebdid || null };
+}
+
 // What a correction says, as src/broadcast/mod.rs `correction_text` writes it. The person's note is
 // kept with the correction in the record, never spoken: a correction plays without a second
 // person, so it may only say what the node writes for it.

@@ -18,7 +18,7 @@ import {
   LEVELS, MODES, HISTORY, MAX_TEXT, MAX_REPEAT, MAX_RECORDING_MS, isActive, isLive, spokenText, charCount,
   reachable, groupZones, healthCounts, healthText, confirmMatches, orderProblem, orderBody, warningPrefill,
   pickRecorderType, recordingName, acceptableAudio, clock, splitList, sortReceipts, correctionText, startAtFrom,
-  parseSchedule,
+  parseSchedule, platformOrigin,
 } from '../broadcast-logic.js';
 
 const LIST_REFRESH_MS = 5000;
@@ -704,7 +704,7 @@ export async function renderDetail(main, { id }) {
       stateLine.replaceChildren(el('span', { class: `state-badge bstate-${b.state}` }, stateName(b.state)));
     }
     if (changed('body', [b.text, b.spoken_text, b.audio, b.void, b.mode])) paintBody(live);
-    if (changed('facts', [b.zones, b.repeat, b.start_at, b.expires_at, b.requester, b.approver, b.needs_second, b.started_ms, b.ended_ms, b.warning, b.corrects, b.correction, b.rule, b.area, b.state])) paintFacts();
+    if (changed('facts', [b.zones, b.repeat, b.start_at, b.expires_at, b.requester, platformOrigin(b), b.approver, b.needs_second, b.started_ms, b.ended_ms, b.warning, b.corrects, b.correction, b.rule, b.area, b.state])) paintFacts();
     if (changed('actions', [b.allowed_actions, b.state, b.needs_second, Boolean(b.text || b.audio)])) paintActions();
     if (changed('receipts', [b.receipts, b.receipt_log, b.zones, b.state])) paintReceipts();
     if (changed('timeline', b.transitions)) paintTimeline();
@@ -739,7 +739,15 @@ export async function renderDetail(main, { id }) {
     fact('broadcasts.repeat_fact', b.repeat ? fill('broadcasts.times', { n: b.repeat }) : null);
     fact('broadcasts.start', b.start_at ? formatTime(Date.parse(b.start_at)) : null);
     fact('broadcasts.expires', b.expires_at ? formatTime(Date.parse(b.expires_at)) : null);
-    fact('broadcasts.requester', b.requester);
+    // An order of the emergency-broadcast platform says so, with its ids, instead of "system".
+    const origin = platformOrigin(b);
+    if (origin) {
+      fact('broadcasts.origin', t('broadcasts.from_platform'));
+      fact('broadcasts.ebm_id', origin.ebmId);
+      fact('broadcasts.ebd_src', origin.src);
+    } else {
+      fact('broadcasts.requester', b.requester);
+    }
     fact('broadcasts.approver', b.approver || (b.needs_second ? t('broadcasts.approver_pending') : t('broadcasts.approver_none')));
     fact('broadcasts.started', b.started_ms ? formatTime(b.started_ms, { seconds: true }) : null);
     fact('broadcasts.ended', b.ended_ms ? formatTime(b.ended_ms, { seconds: true }) : null);
@@ -851,12 +859,19 @@ export async function renderDetail(main, { id }) {
   }
 
   function paintTimeline() {
+    const fromPlatform = Boolean(platformOrigin(b));
+    const who = (tr) => {
+      if (tr.actor !== 'system') return tr.actor;
+      // The platform's request and its cancel carry the EBMID that asked for them.
+      const platformAction = tr.action === 'request' ? fromPlatform : Boolean(tr.data?.ebd_ebm_id);
+      return platformAction ? t('broadcasts.from_platform') : t('broadcasts.by_node');
+    };
     timelineBox.replaceChildren(el('h2', {}, t('broadcasts.timeline')),
       el('ol', { class: 'timeline' }, ...(b.transitions || []).map((tr) => {
         const data = tr.data || {};
         return el('li', {},
           el('strong', {}, t(`baction.${tr.action}`)),
-          ` · ${tr.actor === 'system' ? t('broadcasts.by_node') : tr.actor} · ${formatTime(tr.at_ms, { seconds: true })}`,
+          ` · ${who(tr)} · ${formatTime(tr.at_ms, { seconds: true })}`,
           data.note ? ` · ${data.note}` : '',
           data.reason ? ` · ${data.reason}` : '',
           data.correction ? el('span', {}, ' · ', el('a', { href: `/broadcasts/${data.correction}`, 'data-link': true }, t('broadcasts.open_correction'))) : null);
