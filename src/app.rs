@@ -735,6 +735,14 @@ async fn open_ebd(state: &AppState) -> Result<(), NodeError> {
     let Some(ebrid) = config.ebrid.clone() else {
         return Ok(());
     };
+    // Mounting the endpoint over an existing route would stop the router at start.
+    if crate::http::all_routes(&state.config)
+        .table()
+        .iter()
+        .any(|(_, path)| *path == config.receive_path)
+    {
+        return Err(crate::ebd::EbdError::PathTaken(config.receive_path.clone()).into());
+    }
     let key = crate::ebd::open_key(&state.data_dir)?;
     let trust = crate::ebd::Trust::load(config)?;
     let ids = state.store.read(crate::ebd::Ids::load).await?;

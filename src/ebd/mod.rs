@@ -150,6 +150,10 @@ pub enum EbdError {
         sn: CertSn,
         issuer: CertSn,
     },
+    #[error(
+        "[ebd] receive_path {0} is already a route of the node; choose another, such as /ebd/receive"
+    )]
+    PathTaken(String),
     #[error("[ebd] the node's SM2 key: {0}")]
     Key(sm::SmError),
     #[error("[ebd] cannot write {path}: {source}")]

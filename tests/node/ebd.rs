@@ -747,3 +747,32 @@ fn a_trusted_certificate_no_ca_issued_refuses_the_start_saying_which() {
         "{err}"
     );
 }
+
+#[test]
+fn a_receive_path_that_is_already_a_route_refuses_the_start() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = init_tree_node(tmp.path(), "node", "330723001", "township", None);
+    let ca = sm::NodeSmKey::generate().unwrap();
+    let ca_path = tmp.path().join("ca.cert");
+    std::fs::write(&ca_path, ca.certificate()).unwrap();
+    std::fs::write(
+        dir.join("township-node.toml"),
+        format!(
+            "[ebd]\nebrid = \"{NODE_EBRID}\"\nreceive_path = \"/healthz\"\nca_certs = [\"{c}\"]\ntrusted_certs = [\"{c}\"]\n",
+            c = ca_path.display()
+        ),
+    )
+    .unwrap();
+    let out = crate::common::command(&[
+        "serve",
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .output()
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("already a route of the node"), "{err}");
+}
