@@ -282,6 +282,11 @@ impl Ids {
         u32::try_from(Ids::bump(&self.last_counter, floor, u64::from(u32::MAX))).unwrap_or(u32::MAX)
     }
 
+    /// Whether ids were issued since the last [`Self::persist`].
+    pub fn moved(&self) -> bool {
+        self.persisted_seq.load(Ordering::SeqCst) != self.last_seq.load(Ordering::SeqCst)
+    }
+
     /// Writes the sequence and counter, if they moved since the last time.
     pub fn persist(&self, conn: &Connection) -> Result<(), StoreError> {
         let seq = self.last_seq.load(Ordering::SeqCst);

@@ -296,15 +296,15 @@ fn code_of(conn: &Connection, broadcast: Uuid) -> Result<Option<(i64, String)>, 
     Ok(Some((code, state_desc(code).to_string())))
 }
 
-/// Brings every open order's state up to date; returns how many changed.
-pub fn refresh(conn: &Connection, now_ms: i64) -> Result<usize, StoreError> {
+/// The open orders whose state moved: (EBMID, new BrdStateCode, its description).
+pub fn moved_states(conn: &Connection) -> Result<Vec<(String, i64, String)>, StoreError> {
     let mut stmt = conn.prepare(
         "SELECT ebm_id, broadcast_id, state FROM ebd_orders WHERE state < 3 AND broadcast_id IS NOT NULL",
     )?;
     let open: Vec<(String, String, i64)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<Result<_, _>>()?;
-    let mut changed = 0;
+    let mut moved = Vec::new();
     for (ebm_id, broadcast, state) in open {
         let Ok(id) = Uuid::parse_str(&broadcast) else {
             continue;
@@ -312,14 +312,25 @@ pub fn refresh(conn: &Connection, now_ms: i64) -> Result<usize, StoreError> {
         if let Some((code, desc)) = code_of(conn, id)?
             && code != state
         {
-            conn.execute(
-                "UPDATE ebd_orders SET state = ?2, state_desc = ?3, state_ms = ?4 WHERE ebm_id = ?1",
-                params![ebm_id, code, desc, now_ms],
-            )?;
-            changed += 1;
+            moved.push((ebm_id, code, desc));
         }
     }
-    Ok(changed)
+    Ok(moved)
+}
+
+/// Records the states [`moved_states`] found.
+pub fn set_states(
+    conn: &Connection,
+    moved: &[(String, i64, String)],
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    for (ebm_id, code, desc) in moved {
+        conn.execute(
+            "UPDATE ebd_orders SET state = ?2, state_desc = ?3, state_ms = ?4 WHERE ebm_id = ?1",
+            params![ebm_id, code, desc, now_ms],
+        )?;
+    }
+    Ok(())
 }
 
 /// Whether any order is still open or has a state the platform has not acknowledged.

@@ -321,20 +321,39 @@ async fn report_states(rt: &Runtime, backoff: &mut HashMap<String, (i64, Duratio
             return;
         }
     }
-    let pending = match rt
+    // Looked at on a reader; the writer is woken only when a state really moved.
+    let looked = rt
         .store
-        .write(move |conn| {
-            orders::refresh(conn, now)?;
-            orders::unreported(conn)
+        .read(|conn| {
+            Ok::<_, crate::store::StoreError>((
+                orders::moved_states(conn)?,
+                orders::unreported(conn)?,
+            ))
         })
-        .await
-    {
-        Ok(p) => p,
+        .await;
+    let (moved, mut pending) = match looked {
+        Ok(l) => l,
         Err(e) => {
             tracing::warn!(error = %e, "could not read the platform orders' states");
             return;
         }
     };
+    if !moved.is_empty() {
+        pending = match rt
+            .store
+            .write(move |conn| {
+                orders::set_states(conn, &moved, now)?;
+                orders::unreported(conn)
+            })
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record the platform orders' states");
+                return;
+            }
+        };
+    }
     backoff.retain(|id, _| pending.iter().any(|p| &p.ebm_id == id));
     for order in pending {
         if backoff.get(&order.ebm_id).is_some_and(|(at, _)| *at > now) {
@@ -380,14 +399,14 @@ async fn report_states(rt: &Runtime, backoff: &mut HashMap<String, (i64, Duratio
             }
         }
     }
-    let ids = rt.ids.clone();
-    if let Err(e) = rt.store.write(move |conn| ids.persist(conn)).await {
-        tracing::warn!(error = %e, "could not persist the EBD id sequence");
-    }
+    persist_ids(rt).await;
 }
 
 /// Writes the id sequence when heartbeats or answers moved it (every minute at most).
 async fn persist_ids(rt: &Runtime) {
+    if !rt.ids.moved() {
+        return;
+    }
     let ids = rt.ids.clone();
     if let Err(e) = rt.store.write(move |conn| ids.persist(conn)).await {
         tracing::warn!(error = %e, "could not persist the EBD id sequence");
@@ -402,18 +421,23 @@ pub async fn run(rt: Runtime, mut follow_ups: tokio::sync::mpsc::Receiver<Follow
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persist = tokio::time::interval(Duration::from_secs(60));
     persist.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let changed = rt.ctx.records_changed.clone();
+    // Woken by the store's commit signal, a watch every listener sees (the records Notify wakes
+    // one waiter, and the playback engine and the warning events wait on it). Commits come in
+    // bursts on a busy node: one look per burst, at most every 200 ms.
+    let mut commits = rt.store.commits();
     let mut backoff = HashMap::new();
-    // Record changes come in bursts on a busy node: one look per burst, at most every 200 ms.
     let mut last_look = tokio::time::Instant::now();
     loop {
-        let wait_changes = tokio::time::sleep_until(last_look + Duration::from_millis(200));
+        let settle = tokio::time::sleep_until(last_look + Duration::from_millis(200));
         tokio::select! {
             () = rt.shutdown.cancelled() => break,
             _ = beat.tick() => heartbeat(&rt).await,
             _ = persist.tick() => persist_ids(&rt).await,
             Some(f) = follow_ups.recv() => answer(&rt, f).await,
-            () = async { wait_changes.await; changed.notified().await } => {
+            changed = async { settle.await; commits.changed().await } => {
+                if changed.is_err() {
+                    break;
+                }
                 last_look = tokio::time::Instant::now();
                 report_states(&rt, &mut backoff).await;
             }
