@@ -679,9 +679,7 @@ pub async fn open_with_clock(
         opened.state.store.close().await;
         return Err(e);
     }
-    if opened.state.config.ebd.ebrid.is_some()
-        && let Err(e) = open_ebd(&opened.state).await
-    {
+    if let Err(e) = open_ebd(&opened.state).await {
         opened.state.store.close().await;
         return Err(e);
     }
@@ -728,8 +726,9 @@ async fn open_lan_tls(state: &AppState) -> Result<(), NodeError> {
     Ok(())
 }
 
-/// Loads the emergency-broadcast link: the node's SM2 key, the trusted platform certificates (each
-/// checked against a CA: a wrong one refuses the start, saying which), and the id sequence.
+/// Loads the emergency-broadcast link when `[ebd] ebrid` is set: the node's SM2 key, the trusted
+/// platform certificates (each checked against a CA: a wrong one refuses the start, saying which),
+/// and the id sequence.
 async fn open_ebd(state: &AppState) -> Result<(), NodeError> {
     let config = &state.config.ebd;
     let Some(ebrid) = config.ebrid.clone() else {

@@ -659,6 +659,7 @@ mod tests {
         let m = |n: &str| tar::Member {
             name: n.into(),
             bytes: b"x",
+            offset: 0,
         };
         let files = sort_members(vec![m("EBDB_1.xml"), m("EBDR_a.mp3"), m("EBDS_EBDB_1.xml")])
             .expect("files");

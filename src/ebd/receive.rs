@@ -30,10 +30,10 @@ pub struct Receipt {
     pub sender: Option<String>,
 }
 
-/// An attached audio file, checked.
+/// An attached audio file, checked: where it lies in the package (taken from there without a copy).
 #[derive(Debug, Clone)]
 pub struct Audio {
-    pub bytes: Vec<u8>,
+    pub range: std::ops::Range<usize>,
     pub mime: &'static str,
     pub duration_ms: i64,
 }
@@ -54,9 +54,8 @@ pub enum Request {
         end_ms: Option<i64>,
     },
     Heartbeat,
-    Receipt {
-        code: Option<String>,
-    },
+    /// A result notification (an `EBDResponse` in a new connection): nothing to do but take it.
+    Receipt,
 }
 
 /// A package that passed every check that needs no database.
@@ -142,7 +141,7 @@ fn attached_audio(ebm: &Ebm, files: &package::Files<'_>) -> Result<Option<Audio>
         let (mime, duration) = crate::pa::audio::probe(member.bytes)
             .map_err(|e| PackageError::Other(format!("the audio `{}`: {e}", aux.desc)))?;
         return Ok(Some(Audio {
-            bytes: member.bytes.to_vec(),
+            range: member.offset..member.offset + member.bytes.len(),
             mime,
             duration_ms: i64::try_from(duration.as_millis()).unwrap_or(i64::MAX),
         }));
@@ -228,6 +227,9 @@ pub fn check(trust: &Trust, archive: &[u8]) -> Result<Checked, Box<Refused>> {
         "OMDRequest" => {
             let omd_type = package::leaf(body, "OMDType")
                 .ok_or_else(|| fail(PackageError::Missing("no OMDType".into())))?;
+            if !orders::OMD_TYPES.contains(&omd_type.as_str()) {
+                return Err(fail(PackageError::Other("不支持的OMDType".into())));
+            }
             let params = package::child(body, "Params");
             let time = |name: &str| -> Result<Option<i64>, Box<Refused>> {
                 match params
@@ -247,9 +249,14 @@ pub fn check(trust: &Trust, archive: &[u8]) -> Result<Checked, Box<Refused>> {
             }
         }
         "ConnectionCheck" => Request::Heartbeat,
-        "EBDResponse" => Request::Receipt {
-            code: package::leaf(body, "ResultCode"),
-        },
+        "EBDResponse" => {
+            tracing::debug!(
+                related = ?header.related_ebdid,
+                code = ?package::leaf(body, "ResultCode"),
+                "a result notification from the emergency-broadcast platform"
+            );
+            Request::Receipt
+        }
         other => {
             return Err(fail(PackageError::Other(format!(
                 "an adaptor does not take {other} packages"
@@ -383,7 +390,7 @@ fn apply(
                     sha256: sha.to_string(),
                     mime: a.mime,
                     duration_ms: a.duration_ms,
-                    len: a.bytes.len(),
+                    len: a.range.len(),
                 }),
                 _ => None,
             };
@@ -407,25 +414,15 @@ fn apply(
             omd_type,
             start_ms,
             end_ms,
-        } => {
-            if !orders::OMD_TYPES.contains(&omd_type.as_str()) {
-                Applied {
-                    code: 5,
-                    desc: format!("{}：不支持的OMDType", package::result_desc(5)),
-                    follow_up: None,
-                }
-            } else {
-                ok(Some(FollowUp::Omd {
-                    omd_type: omd_type.clone(),
-                    start_ms: *start_ms,
-                    end_ms: *end_ms,
-                    reply_url,
-                    related: header.ebdid.clone(),
-                    dest: header.src_ebrid.clone(),
-                }))
-            }
-        }
-        Request::Heartbeat | Request::Receipt { .. } => ok(None),
+        } => ok(Some(FollowUp::Omd {
+            omd_type: omd_type.clone(),
+            start_ms: *start_ms,
+            end_ms: *end_ms,
+            reply_url,
+            related: header.ebdid.clone(),
+            dest: header.src_ebrid.clone(),
+        })),
+        Request::Heartbeat | Request::Receipt => ok(None),
     };
     rt.ids.persist(conn)?;
     Ok(applied)
@@ -504,7 +501,7 @@ async fn accepted_receipt(rt: &Runtime, checked: Checked, archive: axum::body::B
         && ebm.msg_type != 2
     {
         let blobs = rt.blobs.clone();
-        let audio_bytes = audio.as_ref().map(|a| a.bytes.clone());
+        let audio_bytes = audio.as_ref().map(|a| archive.slice(a.range.clone()));
         let stored = tokio::task::spawn_blocking(move || {
             let p = blobs.put(&archive)?;
             let a = audio_bytes.map(|b| blobs.put(&b)).transpose()?;
@@ -520,23 +517,24 @@ async fn accepted_receipt(rt: &Runtime, checked: Checked, archive: axum::body::B
             Err(e) => return other(&e),
         }
     }
+    // A failed job is rolled back whole: an order that could not be stored is not remembered as
+    // seen either, so the platform's resending it is not refused as a replay.
     let rt2 = rt.clone();
     let result = rt
         .store
         .write(move |conn| {
-            let applied = apply(
+            apply(
                 &rt2,
                 conn,
                 &checked,
                 package_sha.as_deref(),
                 package_len,
                 audio_sha.as_deref(),
-            );
-            Ok::<_, StoreError>(applied)
+            )
         })
         .await;
     match result {
-        Ok(Ok(applied)) => {
+        Ok(applied) => {
             if let Some(f) = applied.follow_up
                 && rt.follow_ups.try_send(f).is_err()
             {
@@ -548,10 +546,6 @@ async fn accepted_receipt(rt: &Runtime, checked: Checked, archive: axum::body::B
                 related,
                 sender,
             }
-        }
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "an emergency-broadcast order could not be stored");
-            other(&e)
         }
         Err(e) => {
             tracing::warn!(error = %e, "an emergency-broadcast order could not be stored");

@@ -24,11 +24,13 @@ pub enum TarError {
     Duplicate(String),
 }
 
-/// One member: its name and bytes.
+/// One member: its name, its bytes, and where they start in the archive (so a caller holding the
+/// archive as shared bytes can keep a member without copying it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Member<'a> {
     pub name: String,
     pub bytes: &'a [u8],
+    pub offset: usize,
 }
 
 fn octal(field: &[u8]) -> Option<u64> {
@@ -123,6 +125,7 @@ pub fn read(archive: &[u8]) -> Result<Vec<Member<'_>>, TarError> {
         members.push(Member {
             name,
             bytes: &archive[start..start + size],
+            offset: start,
         });
         at = start + size.div_ceil(BLOCK) * BLOCK;
     }
@@ -201,6 +204,8 @@ mod tests {
         assert_eq!(members[0].name, "EBDB_1.xml");
         assert_eq!(members[0].bytes, b"<EBD/>");
         assert_eq!(members[1].bytes, big.as_slice());
+        let at = members[1].offset;
+        assert_eq!(&tar[at..at + big.len()], big.as_slice());
     }
 
     #[test]

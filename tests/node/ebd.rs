@@ -78,6 +78,10 @@ fn broadcasts(server: &Server, admin: &crate::common::Session) -> Vec<Value> {
 }
 
 fn post_package(server: &Server, tar_bytes: &[u8]) -> (u16, Vec<u8>) {
+    post_to(&server.url("/ebd/receive"), tar_bytes)
+}
+
+fn post_to(url: &str, tar_bytes: &[u8]) -> (u16, Vec<u8>) {
     let boundary = "----ebdtestboundary";
     let mut body = format!(
         "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"EBDT_x.tar\"\r\nContent-Type: application/octet-stream\r\n\r\n"
@@ -86,13 +90,8 @@ fn post_package(server: &Server, tar_bytes: &[u8]) -> (u16, Vec<u8>) {
     body.extend_from_slice(tar_bytes);
     body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     let ct = format!("multipart/form-data; boundary={boundary}");
-    let (status, _, answer) = blocking_send(
-        "POST",
-        &server.url("/ebd/receive"),
-        &[("content-type", ct.as_str())],
-        &body,
-    )
-    .expect("post");
+    let (status, _, answer) =
+        blocking_send("POST", url, &[("content-type", ct.as_str())], &body).expect("post");
     (status, answer)
 }
 
@@ -775,4 +774,142 @@ fn a_receive_path_that_is_already_a_route_refuses_the_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already a route of the node"), "{err}");
+}
+
+/// A node with `[ebd]` trusting `platform`'s self-signed certificate.
+fn platform_node(parent: &Path, platform: &Platform) -> PathBuf {
+    let dir = init_tree_node(parent, "node", "330723001", "township", None);
+    let cert_path = parent.join("platform.cert");
+    std::fs::write(&cert_path, platform.key.certificate()).unwrap();
+    std::fs::write(
+        dir.join("township-node.toml"),
+        format!(
+            "[ebd]\nebrid = \"{NODE_EBRID}\"\nca_certs = [\"{c}\"]\ntrusted_certs = [\"{c}\"]\n",
+            c = cert_path.display()
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn receipt_desc(body: &[u8]) -> String {
+    let members = tar::read(body).expect("the receipt is a tar");
+    let files = package::sort_members(members).expect("files");
+    let text = String::from_utf8_lossy(files.ebdb).to_string();
+    text.split("<ResultDesc>")
+        .nth(1)
+        .and_then(|t| t.split('<').next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn an_order_that_cannot_be_stored_is_not_remembered_as_seen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let platform = Platform {
+        key: sm::NodeSmKey::generate().unwrap(),
+    };
+    let dir = platform_node(tmp.path(), &platform);
+    let node_cert = dir.join("ebd/node.cert");
+    let id = |n: u64| format!("10{PLATFORM_EBRID}{n:016}");
+    let time = "2026-12-01 10:00:00";
+    let ebm_id = "23307230000000101010101202612010100";
+    {
+        let server = Server::start(&dir, &[], &[]);
+        let order = platform.ebdb(&id(1), "EBM", &ebm_body(ebm_id, "330723001000"), time);
+        let (_, answer) = post_package(&server, &platform.signed(&id(1), &order, 10, &[]));
+        assert_eq!(receipt_code(&node_cert, &answer), 1);
+    }
+    // The order's broadcast is gone from under it (as if lost), so cancelling it fails in the
+    // middle of the write job.
+    {
+        let db = rusqlite::Connection::open(dir.join("township.db")).unwrap();
+        let changed = db
+            .execute(
+                "UPDATE ebd_orders SET broadcast_id = '00000000-0000-4000-8000-000000000000' WHERE ebm_id = ?1",
+                [ebm_id],
+            )
+            .unwrap();
+        assert_eq!(changed, 1);
+    }
+    let server = Server::start(&dir, &[], &[]);
+    let cancel_body = format!(
+        "<EBMVersion>1</EBMVersion><EBMID>23307230000000101010101202612010101</EBMID><RelatedInfo><EBMID>{ebm_id}</EBMID></RelatedInfo><MsgBasicInfo><MsgType>2</MsgType></MsgBasicInfo>"
+    );
+    let cancel = platform.ebdb(&id(2), "EBM", &cancel_body, time);
+    let package = platform.signed(&id(2), &cancel, 11, &[]);
+    let (_, first) = post_package(&server, &package);
+    assert_eq!(receipt_code(&node_cert, &first), 5);
+    assert!(
+        !receipt_desc(&first).contains("重复"),
+        "{}",
+        receipt_desc(&first)
+    );
+    // Sent again, it is the same failure, not a replay: the failed job left no trace.
+    let (_, again) = post_package(&server, &package);
+    assert_eq!(receipt_code(&node_cert, &again), 5);
+    assert!(
+        !receipt_desc(&again).contains("重复"),
+        "{}",
+        receipt_desc(&again)
+    );
+    drop(server);
+    let db = rusqlite::Connection::open(dir.join("township.db")).unwrap();
+    let seen: i64 = db
+        .query_row(
+            "SELECT count(*) FROM ebd_seen WHERE ebdid = ?1",
+            [id(2)],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(seen, 0);
+}
+
+#[test]
+fn the_same_order_posted_at_once_from_many_connections_is_taken_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let platform = Platform {
+        key: sm::NodeSmKey::generate().unwrap(),
+    };
+    let dir = platform_node(tmp.path(), &platform);
+    let node_cert = dir.join("ebd/node.cert");
+    let server = Server::start(&dir, &[], &[]);
+    let ebdid = format!("10{PLATFORM_EBRID}{:016}", 7);
+    let order = platform.ebdb(
+        &ebdid,
+        "EBM",
+        &ebm_body("23307230000000101010101202612010200", "330723001000"),
+        "2026-12-01 10:00:00",
+    );
+    let package = platform.signed(&ebdid, &order, 20, &[]);
+    // 16 copies of the signed package and 16 connections of garbage, all at once.
+    let url = server.url("/ebd/receive");
+    let codes: Vec<u8> = std::thread::scope(|s| {
+        let copies: Vec<_> = (0..16)
+            .map(|_| s.spawn(|| post_to(&url, &package)))
+            .collect();
+        let garbage: Vec<_> = (0..16)
+            .map(|i| {
+                let url = &url;
+                s.spawn(move || post_to(url, &vec![i as u8; 4096]))
+            })
+            .collect();
+        for g in garbage {
+            let (status, answer) = g.join().unwrap();
+            assert_eq!(status, 200);
+            assert_eq!(receipt_code(&node_cert, &answer), 2);
+        }
+        copies
+            .into_iter()
+            .map(|c| {
+                let (status, answer) = c.join().unwrap();
+                assert_eq!(status, 200);
+                receipt_code(&node_cert, &answer)
+            })
+            .collect()
+    });
+    assert_eq!(codes.iter().filter(|c| **c == 1).count(), 1, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 5).count(), 15, "{codes:?}");
+    let admin = login(&server.url(""), "admin", ADMIN_PASSWORD);
+    assert_eq!(broadcasts(&server, &admin).len(), 1);
 }
