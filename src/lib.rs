@@ -29,6 +29,7 @@
 //! - [`http`]: router assembly, middleware, problem details, the embedded UI.
 //! - [`map`]: the maps' base layer (MBTiles served by the node, or a tile URL) and area outlines.
 //! - [`metrics`]: the Prometheus registry.
+//! - [`outbound`]: outgoing HTTP to servers outside the trust boundary (CAP feeds, the EBD platform).
 //! - [`logging`]: log set-up and the wrapper for untrusted strings in log lines.
 //! - [`doctor`]: the data-directory checks behind `township-node doctor`.
 
@@ -54,6 +55,7 @@ pub mod logging;
 pub mod map;
 pub mod metrics;
 pub mod node;
+pub mod outbound;
 pub mod pa;
 pub mod records;
 pub mod rules;

@@ -19,6 +19,34 @@ use crate::config::StoreConfig;
 use crate::store::{self, DB_FILE, Store, StoreError};
 
 pub const KEY_FILE: &str = "node.key";
+
+/// Writes `bytes` to `path` through a temporary file beside it, an fsync and a rename (and an fsync
+/// of the directory), so a crash never leaves half a key or certificate; the file has `mode` from
+/// its first byte. The keys and certificates under the data directory are written with this.
+pub fn write_file_atomically(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("the path has no directory"))?;
+    fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)?;
+    // A temporary file left by a crash keeps the mode it was made with: set it again.
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
 pub const LOCK_FILE: &str = "township-node.lock";
 pub const CONFIG_FILE: &str = "township-node.toml";
 

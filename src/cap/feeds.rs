@@ -11,14 +11,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 use quick_xml::events::Event;
 use serde::Serialize;
 
 use super::verify::TrustedKey;
 use crate::auth::actor::Actor;
 use crate::config::CapFeed;
+use crate::outbound::{self, OutboundError, Target};
 use crate::records::WriteCtx;
 use crate::store::Store;
 
@@ -58,83 +59,6 @@ pub fn check(feed: &CapFeed) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// Where a request goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Target {
-    host: String,
-    port: u16,
-    /// Path and query, starting with `/`.
-    path: String,
-}
-
-impl Target {
-    fn parse(url: &str) -> Option<Target> {
-        let rest = url.strip_prefix("http://")?;
-        let (authority, path) = match rest.find(['/', '?']) {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return None;
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse() {
-                Ok(port) => (h, port),
-                Err(_) if authority.starts_with('[') && authority.ends_with(']') => (authority, 80),
-                Err(_) => return None,
-            },
-            _ => (authority, 80),
-        };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return None;
-        }
-        let path = if path.starts_with('?') {
-            format!("/{path}")
-        } else {
-            path.to_string()
-        };
-        Some(Target {
-            host: host.to_string(),
-            port,
-            path,
-        })
-    }
-
-    fn url(&self) -> String {
-        if self.port == 80 {
-            format!("http://{}{}", self.host, self.path)
-        } else {
-            format!("http://{}:{}{}", self.host, self.port, self.path)
-        }
-    }
-
-    /// `href` read relative to this address.
-    fn join(&self, href: &str) -> Option<Target> {
-        let href = href.trim();
-        if href.starts_with("http://") {
-            return Target::parse(href);
-        }
-        if href.contains("://") || href.starts_with("//") {
-            return None;
-        }
-        let path = if href.starts_with('/') {
-            href.to_string()
-        } else {
-            let dir = self
-                .path
-                .split(['?', '#'])
-                .next()
-                .and_then(|p| p.rsplit_once('/'))
-                .map_or("", |(d, _)| d);
-            format!("{dir}/{href}")
-        };
-        Some(Target {
-            path,
-            ..self.clone()
-        })
-    }
-}
-
 /// Why a fetch failed: the next poll may fare better either way, but only a `Refused` document is
 /// worth remembering as done.
 #[derive(Debug, thiserror::Error)]
@@ -146,68 +70,23 @@ enum FetchError {
 }
 
 async fn get_once(target: &Target, max: usize) -> Result<(u16, Option<String>, Bytes), FetchError> {
-    let unreachable = |what: &str, e: &dyn std::fmt::Display| {
-        FetchError::Unreachable(format!("{what} {}: {e}", target.url()))
-    };
-    let stream =
-        tokio::net::TcpStream::connect((target.host.trim_matches(['[', ']']), target.port))
-            .await
-            .map_err(|e| unreachable("cannot connect to", &e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable("cannot talk HTTP to", &e))?;
-    let driver = tokio::spawn(connection);
-    let host = if target.port == 80 {
-        target.host.clone()
-    } else {
-        format!("{}:{}", target.host, target.port)
-    };
-    let request = hyper::Request::get(target.path.as_str())
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "township-node")
-        .header(
-            hyper::header::ACCEPT,
-            "application/cap+xml, application/atom+xml, application/rss+xml, application/xml;q=0.9",
-        )
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| FetchError::Refused(format!("bad address {}: {e}", target.url())))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| unreachable("no answer from", &e))?;
-    let status = response.status().as_u16();
-    let location = response
-        .headers()
-        .get(hyper::header::LOCATION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let declared = response
-        .headers()
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
-        driver.abort();
-        return Err(FetchError::Refused(format!(
-            "{} is larger than {max} bytes",
-            target.url()
-        )));
-    }
-    let body = Limited::new(response.into_body(), max)
-        .collect()
-        .await
-        .map_err(|e| {
-            // Too large is the document's fault; a connection that broke off is worth another try.
-            if e.is::<http_body_util::LengthLimitError>() {
-                FetchError::Refused(format!("{} is larger than {max} bytes", target.url()))
-            } else {
-                FetchError::Unreachable(format!("{} broke off: {e}", target.url()))
-            }
-        })?
-        .to_bytes();
-    driver.abort();
-    Ok((status, location, body))
+    let accept = HeaderValue::from_static(
+        "application/cap+xml, application/atom+xml, application/rss+xml, application/xml;q=0.9",
+    );
+    let answer = outbound::exchange(
+        target,
+        hyper::Method::GET,
+        &[(hyper::header::ACCEPT, accept)],
+        Bytes::new(),
+        max,
+    )
+    .await
+    .map_err(|e| match e {
+        // Too large is the document's fault; a connection that broke off is worth another try.
+        OutboundError::TooLarge { .. } => FetchError::Refused(e.to_string()),
+        OutboundError::Unreachable(m) => FetchError::Unreachable(m),
+    })?;
+    Ok((answer.status, answer.location, answer.body))
 }
 
 /// GETs `target`, following a few `http://` redirects, within [`REQUEST_DEADLINE`].
@@ -604,32 +483,6 @@ async fn audit_refusal(rt: &Runtime, feed: &str, url: &str, reason: &str) {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn addresses_are_read_and_joined() {
-        let t = Target::parse("http://feed.example:8080/cap/feed.atom?x=1").unwrap();
-        assert_eq!((t.host.as_str(), t.port), ("feed.example", 8080));
-        assert_eq!(t.path, "/cap/feed.atom?x=1");
-        assert_eq!(
-            t.join("a/1.xml").unwrap().url(),
-            "http://feed.example:8080/cap/a/1.xml"
-        );
-        assert_eq!(
-            t.join("/b.xml").unwrap().url(),
-            "http://feed.example:8080/b.xml"
-        );
-        assert_eq!(
-            t.join("http://other/c.xml").unwrap().url(),
-            "http://other/c.xml"
-        );
-        assert!(t.join("https://other/c.xml").is_none());
-        assert!(t.join("file:///etc/passwd").is_none());
-        assert!(Target::parse("https://x/").is_none());
-        assert!(Target::parse("http://user@x/").is_none());
-        assert!(Target::parse("http://x:notaport/").is_none());
-        assert_eq!(Target::parse("http://[::1]:81/f").unwrap().port, 81);
-        assert_eq!(Target::parse("http://x").unwrap().path, "/");
-    }
 
     #[test]
     fn atom_and_rss_links_are_found() {

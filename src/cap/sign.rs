@@ -62,21 +62,7 @@ impl CapKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                     .map_err(|_| KeyError::Random)?;
-                let tmp = path.with_extension("tmp");
-                {
-                    use std::io::Write;
-                    use std::os::unix::fs::OpenOptionsExt;
-                    let mut f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .mode(0o600)
-                        .open(&tmp)
-                        .map_err(io)?;
-                    f.write_all(doc.as_ref()).map_err(io)?;
-                    f.sync_all().map_err(io)?;
-                }
-                std::fs::rename(&tmp, &path).map_err(io)?;
+                crate::node::write_file_atomically(&path, doc.as_ref(), 0o600).map_err(io)?;
                 tracing::debug!(path = %path.display(), "made the CAP signing key");
                 doc.as_ref().to_vec()
             }

@@ -112,7 +112,7 @@ impl EbdConfig {
             ));
         }
         if let Some(url) = &self.platform_url
-            && report::Target::parse(url).is_none()
+            && crate::outbound::Target::parse(url).is_none()
         {
             return Err((
                 "ebd.platform_url",
@@ -218,9 +218,11 @@ pub fn open_key(data_dir: &std::path::Path) -> Result<NodeSmKey, EbdError> {
     ] {
         let path = data_dir.join(file);
         if std::fs::read(&path).ok().as_deref() != Some(bytes.as_slice()) {
-            std::fs::write(&path, &bytes).map_err(|source| EbdError::Export {
-                path: path.display().to_string(),
-                source,
+            crate::node::write_file_atomically(&path, &bytes, 0o644).map_err(|source| {
+                EbdError::Export {
+                    path: path.display().to_string(),
+                    source,
+                }
             })?;
         }
     }

@@ -9,11 +9,12 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 
 use super::package::{self, PackageError};
 use super::{Runtime, orders, sm, tar};
+use crate::outbound::{self, OutboundError, Target};
 
 /// GD/J 083's test plan gives a platform 20 s to answer.
 const POST_DEADLINE: Duration = Duration::from_secs(20);
@@ -40,49 +41,6 @@ pub enum FollowUp {
         related: String,
         dest: String,
     },
-}
-
-/// An `http://host[:port]/path` address.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    host: String,
-    port: u16,
-    path: String,
-}
-
-impl Target {
-    pub fn parse(url: &str) -> Option<Target> {
-        let rest = url.trim().strip_prefix("http://")?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
-        };
-        if authority.is_empty() || authority.contains('@') {
-            return None;
-        }
-        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-            let (ip, after) = v6.split_once(']')?;
-            let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().ok()?,
-                None if after.is_empty() => 80,
-                None => return None,
-            };
-            (format!("[{ip}]"), port)
-        } else {
-            match authority.rsplit_once(':') {
-                Some((h, p)) => (h.to_string(), p.parse().ok()?),
-                None => (authority.to_string(), 80),
-            }
-        };
-        if host.is_empty() || path.contains(char::is_whitespace) {
-            return None;
-        }
-        Some(Target {
-            host,
-            port,
-            path: path.to_string(),
-        })
-    }
 }
 
 /// Why a post did not get its acknowledgement. Every kind is worth another try later.
@@ -113,41 +71,25 @@ fn multipart(ebdid: &str, tar: &[u8]) -> (String, Vec<u8>) {
 }
 
 async fn post_once(target: &Target, ebdid: &str, tar: &[u8]) -> Result<Bytes, SendError> {
-    let unreachable = |what: &str, e: &dyn std::fmt::Display| {
-        SendError::Unreachable(format!("{what} {}:{}: {e}", target.host, target.port))
-    };
-    let stream =
-        tokio::net::TcpStream::connect((target.host.trim_matches(['[', ']']), target.port))
-            .await
-            .map_err(|e| unreachable("cannot connect to", &e))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| unreachable("cannot talk HTTP to", &e))?;
-    let driver = tokio::spawn(connection);
-    let host = format!("{}:{}", target.host, target.port);
     let (content_type, body) = multipart(ebdid, tar);
-    let request = hyper::Request::post(target.path.as_str())
-        .header(hyper::header::HOST, host)
-        .header(hyper::header::USER_AGENT, "township-node")
-        .header(hyper::header::CONTENT_TYPE, content_type)
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| SendError::Unreachable(format!("bad address: {e}")))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| unreachable("no answer from", &e))?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_RECEIPT_BYTES)
-        .collect()
-        .await
-        .map_err(|e| unreachable("the answer broke off from", &e))?
-        .to_bytes();
-    driver.abort();
-    if status != 200 {
-        return Err(SendError::Status(status));
+    let content_type = HeaderValue::from_str(&content_type)
+        .map_err(|e| SendError::Unreachable(format!("bad content type: {e}")))?;
+    let answer = outbound::exchange(
+        target,
+        hyper::Method::POST,
+        &[(hyper::header::CONTENT_TYPE, content_type)],
+        Bytes::from(body),
+        MAX_RECEIPT_BYTES,
+    )
+    .await
+    .map_err(|e| match e {
+        OutboundError::Unreachable(m) => SendError::Unreachable(m),
+        OutboundError::TooLarge { .. } => SendError::Receipt(e.to_string()),
+    })?;
+    if answer.status != 200 {
+        return Err(SendError::Status(answer.status));
     }
-    Ok(body)
+    Ok(answer.body)
 }
 
 /// Checks a receipt: a tar with an `EBDResponse` for `ebdid`, signed by a trusted certificate if
@@ -448,32 +390,4 @@ pub async fn run(rt: Runtime, mut follow_ups: tokio::sync::mpsc::Receiver<Follow
         }
     }
     persist_ids(&rt).await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn platform_addresses_parse() {
-        let t = Target::parse("http://county-platform:7500/ebd").expect("url");
-        assert_eq!(
-            (t.host.as_str(), t.port, t.path.as_str()),
-            ("county-platform", 7500, "/ebd")
-        );
-        let t = Target::parse("http://10.0.0.1").expect("url");
-        assert_eq!((t.port, t.path.as_str()), (80, "/"));
-        let t = Target::parse("http://[::1]:81/x").expect("url");
-        assert_eq!((t.host.as_str(), t.port), ("[::1]", 81));
-        for bad in [
-            "https://x",
-            "ftp://x",
-            "http://",
-            "http://u@h/",
-            "http://h:99999/",
-            "http://h/a b",
-        ] {
-            assert!(Target::parse(bad).is_none(), "{bad}");
-        }
-    }
 }

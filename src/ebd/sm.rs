@@ -226,7 +226,8 @@ impl NodeSmKey {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = NodeSmKey::generate()?;
                 let text = format!("{}\n", hex::encode(key.key.to_bytes()));
-                write_private(path, text.as_bytes()).map_err(|e| fail(e.to_string()))?;
+                crate::node::write_file_atomically(path, text.as_bytes(), 0o600)
+                    .map_err(|e| fail(e.to_string()))?;
                 Ok((key, true))
             }
             Err(e) => Err(fail(e.to_string())),
@@ -289,24 +290,6 @@ impl NodeSmKey {
 pub fn sm3_digest(bytes: &[u8]) -> [u8; 32] {
     use sm3::Digest as _;
     sm3::Sm3::digest(bytes).into()
-}
-
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -12,9 +12,8 @@
 //! validity), so nothing has to parse X.509 to decide whether to renew.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -189,17 +188,8 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
 /// Writes `bytes` to `path` through a temporary file and a rename, so a crash never leaves half a
 /// key; `secret` files are 0600 from their first byte.
 fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), TlsError> {
-    let tmp = path.with_extension("tmp");
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    options.mode(if secret { 0o600 } else { 0o644 });
-    let mut file = options.open(&tmp).map_err(io(&tmp))?;
-    file.write_all(bytes).map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    if secret {
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).map_err(io(&tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io(path))
+    crate::node::write_file_atomically(path, bytes, if secret { 0o600 } else { 0o644 })
+        .map_err(io(path))
 }
 
 fn read_text(path: &Path) -> Result<Option<String>, TlsError> {
