@@ -140,6 +140,16 @@ fn insert_order(
     Ok(())
 }
 
+/// The origin fields an order's broadcast keeps in its signed request.
+fn origin(header: &Header, ebm: &Ebm, package_sha: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("ebd_ebm_id".to_string(), ebm.ebm_id.clone()),
+        ("ebd_ebdid".to_string(), header.ebdid.clone()),
+        ("ebd_src".to_string(), header.src_ebrid.clone()),
+        ("ebd_package".to_string(), package_sha.to_string()),
+    ])
+}
+
 /// Turns a verified EBM (MsgType 1, 3, 4 or 5) into a broadcast on this node's zones in its areas.
 /// An EBMID already here is not ordered twice (a platform resending the order with a new EBDID).
 pub fn play(
@@ -161,6 +171,8 @@ pub fn play(
         return Ok(existing.and_then(|b| Uuid::parse_str(&b).ok()));
     }
     let now = rt.ctx.now_ms();
+    // The package is kept for the audit whether or not anything of this node's is named.
+    crate::blobs::register(conn, package_sha, package_len, "application/x-tar", now)?;
     let targets = target_areas(&rt.ctx.area, &ebm.area_codes);
     let Some(scope) = broadcast::common_area(&targets) else {
         insert_order(
@@ -211,10 +223,9 @@ pub fn play(
         NewBroadcast {
             scope,
             content,
-            origin: super::receive::origin(header, ebm, package_sha),
+            origin: origin(header, ebm, package_sha),
         },
     )?;
-    crate::blobs::register(conn, package_sha, package_len, "application/x-tar", now)?;
     if let Some(audio) = audio {
         crate::blobs::register(conn, &audio.sha256, audio.len, audio.mime, now)?;
         let mut data = BTreeMap::new();

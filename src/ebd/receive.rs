@@ -6,8 +6,6 @@
 //! flood of garbage never reaches the writer; what must be atomic (the replay check, the order and
 //! the audit entry) runs in one write job. A signature that fails and a replay are audited.
 
-use std::collections::BTreeMap;
-
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::json;
 
@@ -552,16 +550,6 @@ async fn accepted_receipt(rt: &Runtime, checked: Checked, archive: axum::body::B
             other(&"the node could not store the order")
         }
     }
-}
-
-/// The origin fields an order's broadcast keeps in its signed request.
-pub fn origin(header: &Header, ebm: &Ebm, package_sha: &str) -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    m.insert("ebd_ebm_id".into(), ebm.ebm_id.clone());
-    m.insert("ebd_ebdid".into(), header.ebdid.clone());
-    m.insert("ebd_src".into(), header.src_ebrid.clone());
-    m.insert("ebd_package".into(), package_sha.to_string());
-    m
 }
 
 #[cfg(test)]

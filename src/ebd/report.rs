@@ -254,23 +254,15 @@ async fn answer(rt: &Runtime, follow_up: FollowUp) {
 /// Brings order states up to date and reports each change not yet acknowledged.
 async fn report_states(rt: &Runtime, backoff: &mut HashMap<String, (i64, Duration)>) {
     let now = rt.ctx.now_ms();
-    // Most seconds there is nothing to do; a read says so without waking the writer.
-    match rt.store.read(orders::needs_work).await {
-        Ok(false) => return,
-        Ok(true) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "could not read the platform orders' states");
-            return;
-        }
-    }
-    // Looked at on a reader; the writer is woken only when a state really moved.
+    // Looked at on a reader; most seconds there is nothing to do, and the writer is woken only
+    // when a state really moved.
     let looked = rt
         .store
         .read(|conn| {
-            Ok::<_, crate::store::StoreError>((
-                orders::moved_states(conn)?,
-                orders::unreported(conn)?,
-            ))
+            if !orders::needs_work(conn)? {
+                return Ok::<_, crate::store::StoreError>((Vec::new(), Vec::new()));
+            }
+            Ok((orders::moved_states(conn)?, orders::unreported(conn)?))
         })
         .await;
     let (moved, mut pending) = match looked {
