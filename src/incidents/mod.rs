@@ -1178,57 +1178,86 @@ impl Projection for IncidentProjection {
             _ => None,
         };
         let score = rating(doc).and_then(|r| r["score"].as_i64());
-        conn.prepare_cached("INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department, assist_departments,
-                assignee, lat, lon, place, escalated, created_ms, updated_ms, accepted_ms, dispatched_ms, resolved_ms, closed_ms,
-                rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts, duplicate_of)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29)
-             ON CONFLICT(id) DO UPDATE SET area = excluded.area, category = excluded.category, title = excluded.title,
-                description = excluded.description, state = excluded.state, reporter = excluded.reporter,
-                lead_department = excluded.lead_department, assist_departments = excluded.assist_departments,
-                assignee = excluded.assignee, lat = excluded.lat, lon = excluded.lon, place = excluded.place,
-                escalated = excluded.escalated, updated_ms = excluded.updated_ms, accepted_ms = excluded.accepted_ms,
-                dispatched_ms = excluded.dispatched_ms, resolved_ms = excluded.resolved_ms, closed_ms = excluded.closed_ms,
-                rejected_ms = excluded.rejected_ms, due_start_ms = excluded.due_start_ms, due_ms = excluded.due_ms,
-                due_kind = excluded.due_kind, due_state = excluded.due_state, on_time = excluded.on_time,
-                rating = excluded.rating, conflicts = excluded.conflicts, duplicate_of = excluded.duplicate_of")?.execute(params![
-                meta.id.to_string(),
-                meta.scope.as_str(),
-                category,
-                root.text("title").unwrap_or_default(),
-                root.text("description").unwrap_or_default(),
-                f.current().as_str(),
-                reporter,
-                f.lead_department,
-                if f.assist_departments.is_empty() { String::new() } else { format!(",{},", f.assist_departments.join(",")) },
-                f.assignee,
-                root.float("lat"),
-                root.float("lon"),
-                root.text("place"),
-                f.escalated,
-                created_ms,
-                meta.updated_ms,
-                f.accepted_ms,
-                f.dispatched_ms,
-                f.resolved_ms,
-                f.closed_ms,
-                f.rejected_ms,
-                due.map(|d| d.0),
-                due.map(|d| d.1),
-                due.map(|d| d.2),
-                due_state_now,
-                on_time,
-                score,
-                folded.conflicts.len() as i64,
-                f.duplicate_of,
-            ],
-        )?;
+        let title = root.text("title").unwrap_or_default();
+        let description = root.text("description").unwrap_or_default();
+        let id = meta.id.to_string();
+        let row = params![
+            id,
+            meta.scope.as_str(),
+            category,
+            title,
+            description,
+            f.current().as_str(),
+            reporter,
+            f.lead_department,
+            if f.assist_departments.is_empty() {
+                String::new()
+            } else {
+                format!(",{},", f.assist_departments.join(","))
+            },
+            f.assignee,
+            root.float("lat"),
+            root.float("lon"),
+            root.text("place"),
+            f.escalated,
+            created_ms,
+            meta.updated_ms,
+            f.accepted_ms,
+            f.dispatched_ms,
+            f.resolved_ms,
+            f.closed_ms,
+            f.rejected_ms,
+            due.map(|d| d.0),
+            due.map(|d| d.1),
+            due.map(|d| d.2),
+            due_state_now,
+            on_time,
+            score,
+            folded.conflicts.len() as i64,
+            f.duplicate_of,
+        ];
+        // No upsert and no trigger: either makes the write a multi-write statement, which SQLite
+        // runs with a statement journal (see store::search_index). The search index is noted here.
+        let held: Option<(i64, String, String)> = conn
+            .prepare_cached("SELECT row, title, description FROM incidents WHERE id = ?1")?
+            .query_row([&id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        match held {
+            None => {
+                conn.prepare_cached("INSERT INTO incidents (id, area, category, title, description, state, reporter, lead_department,
+                        assist_departments, assignee, lat, lon, place, escalated, created_ms, updated_ms, accepted_ms, dispatched_ms,
+                        resolved_ms, closed_ms, rejected_ms, due_start_ms, due_ms, due_kind, due_state, on_time, rating, conflicts, duplicate_of)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25,
+                        ?26, ?27, ?28, ?29)")?
+                    .execute(row)?;
+                crate::store::search_index::note_inserted(conn, conn.last_insert_rowid())?;
+            }
+            Some((held_row, held_title, held_description)) => {
+                if held_title != title || held_description != description {
+                    crate::store::search_index::note_changed(
+                        conn,
+                        held_row,
+                        &held_title,
+                        &held_description,
+                    )?;
+                }
+                // ?15 (created_ms) stays as first projected.
+                conn.prepare_cached("UPDATE incidents SET area = ?2, category = ?3, title = ?4, description = ?5, state = ?6,
+                        reporter = ?7, lead_department = ?8, assist_departments = ?9, assignee = ?10, lat = ?11, lon = ?12,
+                        place = ?13, escalated = ?14, updated_ms = ?16, accepted_ms = ?17, dispatched_ms = ?18, resolved_ms = ?19,
+                        closed_ms = ?20, rejected_ms = ?21, due_start_ms = ?22, due_ms = ?23, due_kind = ?24, due_state = ?25,
+                        on_time = ?26, rating = ?27, conflicts = ?28, duplicate_of = ?29
+                     WHERE id = ?1")?
+                    .execute(row)?;
+            }
+        }
         conn.prepare_cached("DELETE FROM incident_attachments WHERE incident_id = ?1")?
-            .execute([meta.id.to_string()])?;
+            .execute([&id])?;
         for a in read_attachments(doc, authors) {
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO incident_attachments (incident_id, sha256) VALUES (?1, ?2)",
             )?
-            .execute(params![meta.id.to_string(), a.sha256])?;
+            .execute(params![&id, a.sha256])?;
         }
         Ok(())
     }
@@ -1236,5 +1265,69 @@ impl Projection for IncidentProjection {
     fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
         conn.execute_batch("DELETE FROM incident_attachments; DELETE FROM incidents;")?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use automerge::ActorId;
+    use township_sync::Author;
+    use township_sync::docstore::DocStore;
+
+    fn found(conn: &Connection, term: &str) -> i64 {
+        conn.query_row(
+            "SELECT count(*) FROM incidents_fts WHERE incidents_fts MATCH ?1",
+            [term],
+            |r| r.get(0),
+        )
+        .unwrap()
+    }
+
+    /// The projection notes its own rows for the search index (no trigger does): a new incident,
+    /// a changed title, and a rebuild all reach the index, and what the index held is removed.
+    #[test]
+    fn the_projection_keeps_the_search_index_up_to_date_through_edits_and_rebuilds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let mut conn = Connection::open(&path).unwrap();
+        crate::store::migrations::migrate(&mut conn, &path).unwrap();
+        let docs = DocStore::new(
+            ActorId::from([7u8; 16]),
+            vec![IncidentProjection::shared(Vec::new())],
+            || 1_000,
+        );
+        let author = Author::node("330723001001".parse().unwrap());
+        let scope: AreaCode = "330723001001".parse().unwrap();
+        let meta = docs
+            .create(&conn, &author, KIND, &scope, |d| {
+                d.put(automerge::ROOT, "title", "河道垃圾堆积")?;
+                d.put(automerge::ROOT, "description", "请尽快处理")?;
+                d.put(automerge::ROOT, "category", "环境卫生")?;
+                Ok(())
+            })
+            .unwrap();
+        crate::store::search_index::flush(&conn).unwrap();
+        assert_eq!(found(&conn, "河道垃圾"), 1);
+
+        docs.change(&conn, &author, meta.id, |d| {
+            d.put(automerge::ROOT, "title", "河道漂浮物")?;
+            Ok(())
+        })
+        .unwrap();
+        crate::store::search_index::flush(&conn).unwrap();
+        assert_eq!(found(&conn, "河道垃圾"), 0, "the old title left the index");
+        assert_eq!(found(&conn, "漂浮物"), 1);
+        assert_eq!(found(&conn, "请尽快"), 1, "the unchanged description stays");
+
+        assert_eq!(docs.rebuild_projections(&conn).unwrap(), 1);
+        crate::store::search_index::flush(&conn).unwrap();
+        assert_eq!(found(&conn, "漂浮物"), 1);
+        assert_eq!(found(&conn, "河道垃圾"), 0);
+        conn.execute(
+            "INSERT INTO incidents_fts (incidents_fts, rank) VALUES ('integrity-check', 1)",
+            [],
+        )
+        .unwrap();
     }
 }

@@ -36,6 +36,7 @@ const MIGRATIONS: &[Migration] = &[
     v20_readings_upstream,
     v21_deferred_search_index,
     v22_emergency_broadcast_packages,
+    v23_search_index_noted_by_the_projection,
 ];
 
 /// The schema version this binary writes.
@@ -736,6 +737,18 @@ fn v22_emergency_broadcast_packages(tx: &Transaction<'_>) -> rusqlite::Result<()
         ) STRICT, WITHOUT ROWID;
         CREATE INDEX ebd_orders_unreported ON ebd_orders (state_ms) WHERE reported_state IS NOT state;
         CREATE INDEX ebd_orders_broadcast ON ebd_orders (broadcast_id);",
+    )
+}
+
+/// The incidents projection notes its own inserts and title or description changes for the search
+/// index (`store::search_index::note_inserted`, `note_changed`). A trigger on a table makes every
+/// insert or update of it a multi-write statement, and SQLite then copies each page it touches into a
+/// statement journal first: a sixth of the county's writer in a cold sync. Deletes are rare (a
+/// projection rebuilt, a record forgotten) and keep their trigger.
+fn v23_search_index_noted_by_the_projection(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        "DROP TRIGGER incidents_fts_insert;
+        DROP TRIGGER incidents_fts_update;",
     )
 }
 

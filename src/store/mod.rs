@@ -7,7 +7,7 @@
 //! work in the same batch, and no job is acknowledged before its batch is durably committed.
 
 pub mod migrations;
-mod search_index;
+pub(crate) mod search_index;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -400,6 +400,7 @@ mod tests {
                      VALUES ('i1', '330723001001', '环境卫生', '河道垃圾堆积', '', 'reported', 'u', '', 0, 1, 1, 'ok', 0)",
                     [],
                 )?;
+                search_index::note_inserted(c, c.last_insert_rowid())?;
                 Ok::<(), StoreError>(())
             })
             .await

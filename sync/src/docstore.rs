@@ -341,11 +341,12 @@ impl DocStore {
     }
 
     fn next_seq(conn: &Connection) -> Result<i64, DocError> {
-        Ok(conn
-            .prepare_cached(
-                "UPDATE doc_counters SET value = value + 1 WHERE name = 'seq' RETURNING value",
-            )?
-            .query_row([], |r| r.get(0))?)
+        // Read, then set: RETURNING would make the update a multi-write statement, which SQLite runs
+        // with a statement journal. Only the writer's connection writes, inside its transaction.
+        let next = Self::current_seq(conn)? + 1;
+        conn.prepare_cached("UPDATE doc_counters SET value = ?1 WHERE name = 'seq'")?
+            .execute([next])?;
+        Ok(next)
     }
 
     /// The highest sequence number issued so far.
