@@ -230,9 +230,10 @@ pub async fn run<S: FrameIo>(
     let mut look = true;
     let mut last_heard = tokio::time::Instant::now();
     let mut last_ping = tokio::time::Instant::now();
-    // Frames read while the writer stored the batch before, their records already loaded.
-    let mut ahead: std::collections::VecDeque<Frame> = std::collections::VecDeque::new();
-    let mut ahead_bytes = 0usize;
+    // Frames read ahead of the writer, in the order they arrived: `loaded` (their records loaded
+    // while the writer stored the batch before) and then `unloaded` (read, not yet loaded), each
+    // with its size on the wire.
+    let mut ahead = ReadAhead::default();
     let mut peer_closed = false;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -271,8 +272,7 @@ pub async fn run<S: FrameIo>(
         tokio::select! {
             () = cancel.cancelled() => return Err(SessionError::ClosedHere),
             () = std::future::ready(()), if !ahead.is_empty() => {
-                ahead_bytes = 0;
-                received = Some(ahead.drain(..).collect());
+                received = Some(ahead.next_job().await?);
             }
             incoming = io.recv_frame(), if ahead.is_empty() && !peer_closed => {
                 let bytes = match incoming {
@@ -281,16 +281,13 @@ pub async fn run<S: FrameIo>(
                     Some(Ok(b)) => b,
                 };
                 last_heard = tokio::time::Instant::now();
-                // Frames that already arrived are handled in the same write job: one commit (one
-                // fsync) for a run of batches instead of one each.
-                let mut frames = vec![engine::decode(&bytes)?];
-                let mut queued = bytes.len();
-                while frames.len() < MAX_FRAMES_PER_JOB && queued < MAX_BYTES_PER_JOB {
+                // Frames that already arrived are queued together. The writer starts on the first
+                // run of them as soon as its records are loaded; the rest are loaded while it
+                // stores that, and go in the next job, many to one commit (one fsync).
+                ahead.push(engine::decode(&bytes)?, bytes.len());
+                while ahead.len() < MAX_FRAMES_PER_JOB && ahead.bytes < MAX_BYTES_PER_JOB {
                     match io.recv_frame().now_or_never() {
-                        Some(Some(Ok(b))) => {
-                            queued += b.len();
-                            frames.push(engine::decode(&b)?);
-                        }
+                        Some(Some(Ok(b))) => ahead.push(engine::decode(&b)?, b.len()),
                         Some(Some(Err(e))) => return Err(e),
                         Some(None) => {
                             peer_closed = true;
@@ -299,7 +296,7 @@ pub async fn run<S: FrameIo>(
                         None => break,
                     }
                 }
-                received = Some(preloaded(frames).await?);
+                received = Some(ahead.next_job().await?);
             }
             changed = commits.changed() => {
                 if changed.is_err() {
@@ -405,14 +402,16 @@ pub async fn run<S: FrameIo>(
                 // otherwise a frame already waiting could be loaded before the job was even queued.
                 biased;
                 done = &mut write => break done?,
-                incoming = io.recv_frame(), if !peer_closed && ahead_bytes < MAX_BYTES_AHEAD => {
+                // Frames already read are loaded before more are read.
+                () = std::future::ready(()), if !ahead.unloaded.is_empty() => ahead.load_one().await?,
+                incoming = io.recv_frame(), if !peer_closed && ahead.bytes < MAX_BYTES_AHEAD => {
                     match incoming {
                         None => peer_closed = true,
                         Some(Err(e)) => return Err(e),
                         Some(Ok(b)) => {
                             last_heard = tokio::time::Instant::now();
-                            ahead_bytes += b.len();
-                            ahead.extend(preloaded(vec![engine::decode(&b)?]).await?);
+                            ahead.push(engine::decode(&b)?, b.len());
+                            ahead.load_one().await?;
                         }
                     }
                 }
@@ -446,6 +445,60 @@ pub async fn run<S: FrameIo>(
         rt.status.update(status_key.as_deref(), |l| {
             l.last_success_ms = Some(rt.clock.now_ms())
         });
+    }
+}
+
+/// Frames read ahead of the writer (see the session loop).
+#[derive(Default)]
+struct ReadAhead {
+    loaded: std::collections::VecDeque<(Frame, usize)>,
+    unloaded: std::collections::VecDeque<(Frame, usize)>,
+    /// Wire bytes of both queues.
+    bytes: usize,
+}
+
+impl ReadAhead {
+    fn is_empty(&self) -> bool {
+        self.loaded.is_empty() && self.unloaded.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.loaded.len() + self.unloaded.len()
+    }
+
+    fn push(&mut self, frame: Frame, wire_bytes: usize) {
+        self.bytes += wire_bytes;
+        self.unloaded.push_back((frame, wire_bytes));
+    }
+
+    /// Loads the records of the first unloaded frame on the blocking pool.
+    async fn load_one(&mut self) -> Result<(), SessionError> {
+        if let Some((frame, size)) = self.unloaded.pop_front() {
+            for frame in preloaded(vec![frame]).await? {
+                self.loaded.push_back((frame, size));
+            }
+        }
+        Ok(())
+    }
+
+    /// The frames for the next write job, in order: every loaded one; or, when none is, the
+    /// unloaded ones up to and including the first that carries records, loaded now. The writer
+    /// then waits for one frame's loading, never for the whole queue's.
+    async fn next_job(&mut self) -> Result<Vec<Frame>, SessionError> {
+        if !self.loaded.is_empty() {
+            self.bytes -= self.loaded.iter().map(|(_, size)| size).sum::<usize>();
+            return Ok(self.loaded.drain(..).map(|(frame, _)| frame).collect());
+        }
+        let mut run = Vec::new();
+        while let Some((frame, size)) = self.unloaded.pop_front() {
+            self.bytes -= size;
+            let records = matches!(frame, Frame::Records { .. });
+            run.push(frame);
+            if records {
+                break;
+            }
+        }
+        preloaded(run).await
     }
 }
 
