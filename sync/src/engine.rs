@@ -789,6 +789,9 @@ impl Link {
                 self.refuse(out, r.id, reason);
                 continue;
             }
+            // Stored with exactly the heads the manifest named (a record new here, as in a catch-up):
+            // held, without looking at the row again.
+            let mut held = false;
             match store.merge_remote_preloaded(
                 conn,
                 self.peer.sender(),
@@ -798,7 +801,13 @@ impl Link {
                 &r.bytes,
                 r.loaded,
             ) {
-                Ok(Merged::Changed(meta)) => out.changed.push(meta),
+                Ok(Merged::Changed(meta)) => {
+                    held = self
+                        .wanted
+                        .get(&r.id)
+                        .is_some_and(|heads| same_heads(&meta.heads, heads));
+                    out.changed.push(meta);
+                }
                 Ok(Merged::Unchanged) => {}
                 Err(e) if e.is_refusal() => {
                     self.refuse(out, r.id, e.to_string());
@@ -807,7 +816,11 @@ impl Link {
                 Err(e) => return Err(e),
             }
             self.whole.remove(&r.id);
-            self.settle(conn, store, r.id)?;
+            if held {
+                self.held(r.id);
+            } else {
+                self.settle(conn, store, r.id)?;
+            }
             // Changes that were still waiting for their dependencies at the sender: fetch the rest
             // through automerge's sync.
             if self.wanted.contains_key(&r.id) {
@@ -990,13 +1003,18 @@ impl Link {
         if let Some(heads) = self.wanted.get(&id)
             && store.has_heads(conn, id, heads)?
         {
-            self.wanted.remove(&id);
-            self.whole.remove(&id);
-            for missing in self.incoming.values_mut() {
-                missing.remove(&id);
-            }
+            self.held(id);
         }
         Ok(())
+    }
+
+    /// Marks a record held: no longer wanted, and no longer missing from any batch.
+    fn held(&mut self, id: Uuid) {
+        self.wanted.remove(&id);
+        self.whole.remove(&id);
+        for missing in self.incoming.values_mut() {
+            missing.remove(&id);
+        }
     }
 
     fn acks(&mut self) -> Vec<Frame> {
