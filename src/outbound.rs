@@ -28,13 +28,19 @@ impl Target {
         if authority.is_empty() || authority.contains('@') {
             return None;
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => match p.parse() {
-                Ok(port) => (h, port),
-                Err(_) if authority.starts_with('[') && authority.ends_with(']') => (authority, 80),
-                Err(_) => return None,
-            },
-            _ => (authority, 80),
+        // An IPv6 host is bracketed; any other host has no colon but the one before the port.
+        let (host, port) = if authority.starts_with('[') {
+            let end = authority.find(']')? + 1;
+            let port = match &authority[end..] {
+                "" => 80,
+                after => after.strip_prefix(':')?.parse().ok()?,
+            };
+            (&authority[..end], port)
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, p.parse().ok()?),
+                None => (authority, 80),
+            }
         };
         let bad = |s: &str| s.chars().any(|c| c.is_whitespace() || c.is_control());
         if host.is_empty() || bad(host) || bad(path) {
@@ -227,6 +233,8 @@ mod tests {
         assert_eq!((t.port, t.path.as_str()), (80, "/"));
         let t = Target::parse("http://[::1]:81/x").expect("url");
         assert_eq!((t.host.as_str(), t.port), ("[::1]", 81));
+        let t = Target::parse("http://[::1]/x").expect("url");
+        assert_eq!((t.host.as_str(), t.port), ("[::1]", 80));
         for bad in [
             "https://x",
             "ftp://x",
@@ -234,6 +242,9 @@ mod tests {
             "http://u@h/",
             "http://h:99999/",
             "http://h/a b",
+            "http://::1/",
+            "http://[::1/",
+            "http://[::1]x/",
         ] {
             assert!(Target::parse(bad).is_none(), "{bad}");
         }

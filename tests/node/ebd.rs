@@ -514,20 +514,10 @@ fn raw_link_header(name: &str, size_field: &[u8], kind: u8, link: &str) -> Vec<u
 #[test]
 fn hostile_packages_get_the_code_they_earn_and_nothing_plays_or_lands_on_disk() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = init_tree_node(tmp.path(), "node", "330723001", "township", None);
     let platform = Platform {
         key: sm::NodeSmKey::generate().unwrap(),
     };
-    let cert_path = tmp.path().join("platform.cert");
-    std::fs::write(&cert_path, platform.key.certificate()).unwrap();
-    std::fs::write(
-        dir.join("township-node.toml"),
-        format!(
-            "[ebd]\nebrid = \"{NODE_EBRID}\"\nca_certs = [\"{c}\"]\ntrusted_certs = [\"{c}\"]\n",
-            c = cert_path.display()
-        ),
-    )
-    .unwrap();
+    let dir = platform_node(tmp.path(), &platform);
     let before: Vec<_> = std::fs::read_dir(tmp.path())
         .unwrap()
         .flatten()
