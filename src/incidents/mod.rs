@@ -1129,33 +1129,72 @@ impl IncidentProjection {
     }
 }
 
-impl Projection for IncidentProjection {
-    fn kind(&self) -> &'static str {
-        KIND
-    }
+/// What the incidents projection reads from a record: all its rows need but the store's times. Read
+/// on the writer for an edit, and beside it for a record new here ([`Projection::read`]).
+struct IncidentFields {
+    state: Folded,
+    conflicts: i64,
+    reporter: String,
+    category: String,
+    created_ms: Option<i64>,
+    title: String,
+    description: String,
+    lat: Option<f64>,
+    lon: Option<f64>,
+    place: Option<String>,
+    score: Option<i64>,
+    /// The attachments' hashes.
+    attachments: Vec<String>,
+}
 
-    /// Transitions, comments and attachments are only ever added: from below, nothing in them is
-    /// removed or changed.
-    fn append_only(&self) -> &'static [&'static str] {
-        &[
-            township_sync::workflow::TRANSITIONS_KEY,
-            "comments",
-            "attachments",
-        ]
+impl IncidentFields {
+    fn read(scope: &AreaCode, doc: &AutoCommit, authors: &Authors) -> IncidentFields {
+        let (folded, reporter) = fold_doc(doc, authors, scope);
+        let root = fields::Fields::root(doc);
+        IncidentFields {
+            conflicts: folded.conflicts.len() as i64,
+            state: folded.state,
+            reporter,
+            category: root.text("category").unwrap_or_default(),
+            created_ms: root.int("created_ms"),
+            title: root.text("title").unwrap_or_default(),
+            description: root.text("description").unwrap_or_default(),
+            lat: root.float("lat"),
+            lon: root.float("lon"),
+            place: root.text("place"),
+            score: rating(doc).and_then(|r| r["score"].as_i64()),
+            attachments: read_attachments(doc, authors)
+                .into_iter()
+                .map(|a| a.sha256)
+                .collect(),
+        }
     }
+}
 
-    fn project(
+impl IncidentProjection {
+    /// The incident's rows from what was read of its record; `meta` gives the store's times.
+    fn write_row(
         &self,
         conn: &Connection,
         meta: &DocMeta,
-        doc: &AutoCommit,
-        authors: &Authors,
+        read: IncidentFields,
     ) -> Result<(), ProjectionError> {
-        let (folded, reporter) = fold_doc(doc, authors, &meta.scope);
-        let f = &folded.state;
-        let root = fields::Fields::root(doc);
-        let category = root.text("category").unwrap_or_default();
-        let created_ms = root.int("created_ms").unwrap_or(meta.created_ms);
+        let IncidentFields {
+            state: f,
+            conflicts,
+            reporter,
+            category,
+            created_ms,
+            title,
+            description,
+            lat,
+            lon,
+            place,
+            score,
+            attachments,
+        } = read;
+        let f = &f;
+        let created_ms = created_ms.unwrap_or(meta.created_ms);
         let due = due(
             self.categories.iter().find(|c| c.name == category),
             created_ms,
@@ -1177,9 +1216,6 @@ impl Projection for IncidentProjection {
             }
             _ => None,
         };
-        let score = rating(doc).and_then(|r| r["score"].as_i64());
-        let title = root.text("title").unwrap_or_default();
-        let description = root.text("description").unwrap_or_default();
         let id = meta.id.to_string();
         let row = params![
             id,
@@ -1196,9 +1232,9 @@ impl Projection for IncidentProjection {
                 format!(",{},", f.assist_departments.join(","))
             },
             f.assignee,
-            root.float("lat"),
-            root.float("lon"),
-            root.text("place"),
+            lat,
+            lon,
+            place,
             f.escalated,
             created_ms,
             meta.updated_ms,
@@ -1213,7 +1249,7 @@ impl Projection for IncidentProjection {
             due_state_now,
             on_time,
             score,
-            folded.conflicts.len() as i64,
+            conflicts,
             f.duplicate_of,
         ];
         // No upsert and no trigger: either makes the write a multi-write statement, which SQLite
@@ -1253,13 +1289,60 @@ impl Projection for IncidentProjection {
         }
         conn.prepare_cached("DELETE FROM incident_attachments WHERE incident_id = ?1")?
             .execute([&id])?;
-        for a in read_attachments(doc, authors) {
+        for sha256 in attachments {
             conn.prepare_cached(
                 "INSERT OR IGNORE INTO incident_attachments (incident_id, sha256) VALUES (?1, ?2)",
             )?
-            .execute(params![&id, a.sha256])?;
+            .execute(params![&id, sha256])?;
         }
         Ok(())
+    }
+}
+
+impl Projection for IncidentProjection {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    /// Transitions, comments and attachments are only ever added: from below, nothing in them is
+    /// removed or changed.
+    fn append_only(&self) -> &'static [&'static str] {
+        &[
+            township_sync::workflow::TRANSITIONS_KEY,
+            "comments",
+            "attachments",
+        ]
+    }
+
+    fn project(
+        &self,
+        conn: &Connection,
+        meta: &DocMeta,
+        doc: &AutoCommit,
+        authors: &Authors,
+    ) -> Result<(), ProjectionError> {
+        self.write_row(conn, meta, IncidentFields::read(&meta.scope, doc, authors))
+    }
+
+    fn read(
+        &self,
+        scope: &AreaCode,
+        doc: &AutoCommit,
+        authors: &Authors,
+    ) -> Option<township_sync::docstore::ProjectionInput> {
+        Some(Box::new(IncidentFields::read(scope, doc, authors)))
+    }
+
+    fn write(
+        &self,
+        conn: &Connection,
+        meta: &DocMeta,
+        input: township_sync::docstore::ProjectionInput,
+    ) -> Result<(), ProjectionError> {
+        let fields = input.downcast::<IncidentFields>().map_err(|_| {
+            ProjectionError("the incidents projection was handed another kind's reading".into())
+        })?;
+        self.write_row(conn, meta, *fields)
     }
 
     fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
@@ -1282,6 +1365,153 @@ mod tests {
             |r| r.get(0),
         )
         .unwrap()
+    }
+
+    /// Every column of an incident's rows, as text.
+    fn incident_rows(conn: &Connection, id: Uuid) -> Vec<String> {
+        let mut stmt = conn
+            .prepare("SELECT * FROM incidents WHERE id = ?1")
+            .unwrap();
+        let columns = stmt.column_count();
+        let mut out: Vec<String> = stmt
+            .query_row([id.to_string()], |r| {
+                Ok((0..columns)
+                    .map(|i| format!("{:?}", r.get::<_, rusqlite::types::Value>(i).unwrap()))
+                    .collect::<Vec<_>>())
+            })
+            .unwrap();
+        let mut attachments = conn
+            .prepare("SELECT sha256 FROM incident_attachments WHERE incident_id = ?1")
+            .unwrap();
+        out.extend(
+            attachments
+                .query_map([id.to_string()], |r| r.get::<_, String>(0))
+                .unwrap()
+                .map(Result::unwrap),
+        );
+        out
+    }
+
+    /// A record new here is read beside the writer and written on it; its rows must be exactly
+    /// those of the same record read on the writer.
+    #[test]
+    fn an_incident_read_ahead_projects_the_same_rows_as_one_read_on_the_writer() {
+        let village: AreaCode = "330723001001".parse().unwrap();
+        let staff = Author::person(
+            "330723001".parse().unwrap(),
+            township_sync::author::Person {
+                name: "zhang".into(),
+                role: "township_staff".into(),
+                area: "330723001".parse().unwrap(),
+            },
+        );
+        let reporter = Author::person(
+            village.clone(),
+            township_sync::author::Person {
+                name: "li".into(),
+                role: "grid_worker".into(),
+                area: village.clone(),
+            },
+        );
+        let categories = vec![Category {
+            name: "环境卫生".into(),
+            accept_within: std::time::Duration::from_secs(3600),
+            resolve_within: std::time::Duration::from_secs(86_400),
+            auto_escalate: false,
+        }];
+        let dir = tempfile::tempdir().unwrap();
+        let open = |name: &str, actor: u8| {
+            let path = dir.path().join(name);
+            let mut conn = Connection::open(&path).unwrap();
+            crate::store::migrations::migrate(&mut conn, &path).unwrap();
+            let docs = DocStore::new(
+                ActorId::from([actor; 16]),
+                vec![IncidentProjection::shared(categories.clone())],
+                || 5_000,
+            );
+            (conn, docs)
+        };
+        let (source, source_docs) = open("source.db", 1);
+        let meta = source_docs
+            .create(&source, &reporter, KIND, &village, |d| {
+                d.put(automerge::ROOT, "title", "河道垃圾堆积")?;
+                d.put(automerge::ROOT, "description", "桥下约两吨")?;
+                d.put(automerge::ROOT, "category", "环境卫生")?;
+                d.put(automerge::ROOT, "lat", 28.61)?;
+                d.put(automerge::ROOT, "lon", 120.08)?;
+                d.put(automerge::ROOT, "place", "东溪桥")?;
+                d.put(automerge::ROOT, "reporter", "li")?;
+                d.put(automerge::ROOT, "created_ms", 1_000)?;
+                township_sync::workflow::init(d)?;
+                d.put_object(automerge::ROOT, "comments", ObjType::List)?;
+                let list = d.put_object(automerge::ROOT, "attachments", ObjType::List)?;
+                let photo = d.insert_object(&list, 0, ObjType::Map)?;
+                d.put(&photo, "sha256", "ab".repeat(32))?;
+                d.put(&photo, "size", 1_234)?;
+                d.put(&photo, "content_type", "image/jpeg")?;
+                Ok(())
+            })
+            .unwrap();
+        for (i, action) in ["accept", "dispatch"].into_iter().enumerate() {
+            let mut t = township_sync::workflow::Transition {
+                id: Uuid::now_v7().to_string(),
+                at: township_sync::hlc::Timestamp {
+                    wall_ms: 2_000 + i as u64,
+                    counter: 0,
+                },
+                actor: "zhang".into(),
+                role: "township_staff".into(),
+                action: action.into(),
+                data: Default::default(),
+                written: Default::default(),
+            };
+            if action == "dispatch" {
+                t.data.insert("department".into(), "水利站".into());
+                t.data
+                    .insert("assist_departments".into(), "环卫所,派出所".into());
+            }
+            source_docs
+                .change(&source, &staff, meta.id, move |d| {
+                    Ok(township_sync::workflow::append(d, &t)?)
+                })
+                .unwrap();
+        }
+        let bytes = DocStore::stored_bytes(&source, meta.id).unwrap().unwrap();
+
+        let (ahead, ahead_docs) = open("ahead.db", 2);
+        let (direct, direct_docs) = open("direct.db", 3);
+        let preloaded = ahead_docs.preload(KIND, village.as_str(), &bytes);
+        assert!(preloaded.is_some());
+        for (conn, docs, preloaded) in [
+            (&ahead, &ahead_docs, preloaded),
+            (&direct, &direct_docs, None),
+        ] {
+            docs.merge_remote_preloaded(
+                conn,
+                township_sync::docstore::Sender::Trusted,
+                meta.id,
+                KIND,
+                &village,
+                &bytes,
+                preloaded,
+            )
+            .unwrap();
+        }
+        let rows = incident_rows(&ahead, meta.id);
+        assert_eq!(rows, incident_rows(&direct, meta.id));
+        for expected in [
+            "河道垃圾堆积",
+            "东溪桥",
+            "dispatched",
+            "水利站",
+            "li",
+            &"ab".repeat(32),
+        ] {
+            assert!(
+                rows.iter().any(|c| c.contains(expected)),
+                "{expected} in {rows:?}"
+            );
+        }
     }
 
     /// The projection notes its own rows for the search index (no trigger does): a new incident,

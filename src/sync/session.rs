@@ -233,7 +233,7 @@ pub async fn run<S: FrameIo>(
     // Frames read ahead of the writer, in the order they arrived: `loaded` (their records loaded
     // while the writer stored the batch before) and then `unloaded` (read, not yet loaded), each
     // with its size on the wire.
-    let mut ahead = ReadAhead::default();
+    let mut ahead = ReadAhead::new(docs.clone());
     let mut peer_closed = false;
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + TICK, TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -449,8 +449,9 @@ pub async fn run<S: FrameIo>(
 }
 
 /// Frames read ahead of the writer (see the session loop).
-#[derive(Default)]
 struct ReadAhead {
+    /// The store the records are read for (its projections read them ahead).
+    docs: DocStore,
     loaded: std::collections::VecDeque<(Frame, usize)>,
     unloaded: std::collections::VecDeque<(Frame, usize)>,
     /// Wire bytes of both queues.
@@ -458,6 +459,15 @@ struct ReadAhead {
 }
 
 impl ReadAhead {
+    fn new(docs: DocStore) -> ReadAhead {
+        ReadAhead {
+            docs,
+            loaded: Default::default(),
+            unloaded: Default::default(),
+            bytes: 0,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.loaded.is_empty() && self.unloaded.is_empty()
     }
@@ -474,7 +484,7 @@ impl ReadAhead {
     /// Loads the records of the first unloaded frame on the blocking pool.
     async fn load_one(&mut self) -> Result<(), SessionError> {
         if let Some((frame, size)) = self.unloaded.pop_front() {
-            for frame in preloaded(vec![frame]).await? {
+            for frame in preloaded(&self.docs, vec![frame]).await? {
                 self.loaded.push_back((frame, size));
             }
         }
@@ -498,21 +508,56 @@ impl ReadAhead {
                 break;
             }
         }
-        preloaded(run).await
+        preloaded(&self.docs, run).await
     }
 }
 
-/// Loads the whole records in `frames` on the blocking pool, beside the writer.
-async fn preloaded(mut frames: Vec<Frame>) -> Result<Vec<Frame>, SessionError> {
-    if !frames.iter().any(|f| matches!(f, Frame::Records { .. })) {
-        return Ok(frames);
+/// Reads the whole records in `frames` ahead on the blocking pool, beside the writer. Each frame's
+/// records are shared out over as many threads as there are cores: on one thread, reading a
+/// catch-up's records kept a core busy while the writer waited for it.
+async fn preloaded(docs: &DocStore, frames: Vec<Frame>) -> Result<Vec<Frame>, SessionError> {
+    let mut out = Vec::with_capacity(frames.len());
+    for frame in frames {
+        out.push(match frame {
+            Frame::Records { records } => Frame::Records {
+                records: read_ahead(docs, records).await?,
+            },
+            other => other,
+        });
     }
-    tokio::task::spawn_blocking(move || {
-        for frame in &mut frames {
-            engine::preload(frame);
-        }
-        frames
-    })
-    .await
-    .map_err(|e| SessionError::Protocol(format!("loading records failed: {e}")))
+    Ok(out)
+}
+
+/// Threads one frame's records are read on at most.
+fn read_ahead_threads() -> usize {
+    static THREADS: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
+        std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    });
+    *THREADS
+}
+
+async fn read_ahead(
+    docs: &DocStore,
+    mut records: Vec<engine::WholeRecord>,
+) -> Result<Vec<engine::WholeRecord>, SessionError> {
+    let share = records.len().div_ceil(read_ahead_threads()).max(1);
+    let mut reading = Vec::new();
+    while !records.is_empty() {
+        let rest = records.split_off(share.min(records.len()));
+        let mut chunk = std::mem::replace(&mut records, rest);
+        let docs = docs.clone();
+        reading.push(tokio::task::spawn_blocking(move || {
+            engine::preload_records(&docs, &mut chunk);
+            chunk
+        }));
+    }
+    let mut out = Vec::new();
+    for chunk in reading {
+        out.extend(
+            chunk
+                .await
+                .map_err(|e| SessionError::Protocol(format!("loading records failed: {e}")))?,
+        );
+    }
+    Ok(out)
 }

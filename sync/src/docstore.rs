@@ -168,6 +168,34 @@ pub trait Projection: Send + Sync {
         doc: &AutoCommit,
         authors: &Authors,
     ) -> Result<(), ProjectionError>;
+    /// The part of [`Projection::project`] that only reads the document, for a record new here whose
+    /// bytes were loaded beside the writer ([`DocStore::preload`]): what it returns is handed to
+    /// [`Projection::write`] on the writer instead of the document. Reading a record's fields was
+    /// half of the writer's time in a cold sync, and the writer is the thread every record waits
+    /// for. `None` (the default) keeps the document for `project`.
+    ///
+    /// `scope` is the record's envelope scope, which the merge checks against the document's own.
+    fn read(
+        &self,
+        _scope: &AreaCode,
+        _doc: &AutoCommit,
+        _authors: &Authors,
+    ) -> Option<ProjectionInput> {
+        None
+    }
+    /// Writes the rows for a record from what [`Projection::read`] returned for it. Only called for
+    /// a projection whose `read` returned something.
+    fn write(
+        &self,
+        _conn: &Connection,
+        _meta: &DocMeta,
+        _input: ProjectionInput,
+    ) -> Result<(), ProjectionError> {
+        Err(ProjectionError(format!(
+            "the {} projection reads no records ahead",
+            self.kind()
+        )))
+    }
     /// Removes every row this projection owns (before a rebuild).
     fn clear(&self, conn: &Connection) -> Result<(), ProjectionError>;
     /// Removes the rows of one record this node no longer holds.
@@ -261,21 +289,32 @@ fn guarded<T>(
     }
 }
 
-/// A record's bytes loaded as a whole document ahead of the write job that merges them, on a thread
-/// beside the writer: loading is the largest share of storing a record seen for the first time, and
-/// the writer is the one thread every record waits for. Only ever paired with the bytes it came from
-/// (it travels in the same [`crate::engine::WholeRecord`]).
-#[derive(Clone)]
-pub struct Preloaded(AutoCommit);
+/// What [`Projection::read`] takes from a document for [`Projection::write`]; each projection
+/// knows its own type.
+pub type ProjectionInput = Box<dyn std::any::Any + Send + Sync>;
 
-impl Preloaded {
-    /// The document, or `None` when the bytes are not a whole document (or automerge panicked on
-    /// them): the merge then reads them as it always did, and refuses what it refused before.
-    pub fn load(bytes: &[u8]) -> Option<Preloaded> {
-        guarded(Uuid::nil(), || AutoCommit::load(bytes))
-            .ok()
-            .map(Preloaded)
-    }
+/// A record's bytes read as a whole document ahead of the write job that merges them, on a thread
+/// beside the writer ([`DocStore::preload`]): loading and reading are most of the cost of storing a
+/// record seen for the first time, and the writer is the one thread every record waits for. What the
+/// merge needs of the document is kept; the document itself only where a projection reads it on the
+/// writer. Only ever paired with the bytes it came from (it travels in the same
+/// [`crate::engine::WholeRecord`]), and used only if the record is new here.
+pub struct Preloaded {
+    heads: Vec<ChangeHash>,
+    /// Every change's hash and message (its author claim), for the merge rule on claims.
+    claims: Vec<(ChangeHash, Option<String>)>,
+    stated_kind: Option<String>,
+    stated_scope: Option<String>,
+    for_projection: ForProjection,
+}
+
+enum ForProjection {
+    /// The kind has no projection.
+    Nothing,
+    /// What the kind's projection read from the document.
+    Read(ProjectionInput),
+    /// The document, for a projection that reads it on the writer.
+    Document(Box<AutoCommit>),
 }
 
 impl std::fmt::Debug for Preloaded {
@@ -283,15 +322,6 @@ impl std::fmt::Debug for Preloaded {
         f.write_str("Preloaded")
     }
 }
-
-/// A cache of the bytes beside it: two records are equal when their bytes are.
-impl PartialEq for Preloaded {
-    fn eq(&self, _: &Preloaded) -> bool {
-        true
-    }
-}
-
-impl Eq for Preloaded {}
 
 /// Outcome of merging changes received from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,13 +487,27 @@ impl DocStore {
             Some(bytes) => bytes.to_vec(),
             None => doc.save(),
         };
-        let heads = doc.get_heads();
+        let meta = self.insert_row(conn, id, kind, scope, doc.get_heads(), &snapshot)?;
+        self.project(conn, &meta, doc)?;
+        Ok(meta)
+    }
+
+    /// The `documents` row of a record new here, with a fresh sequence number.
+    fn insert_row(
+        &self,
+        conn: &Connection,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        heads: Vec<ChangeHash>,
+        snapshot: &[u8],
+    ) -> Result<DocMeta, DocError> {
         let seq = Self::next_seq(conn)?;
         let now = (self.now_ms)();
         conn.prepare_cached("INSERT INTO documents (id, kind, scope, heads, seq, snapshot, pending_changes, created_ms, updated_ms)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, 0, ?7, ?7)")?.execute(params![id.to_string(), kind, scope.as_str(), encode_heads(&heads), seq, snapshot, now],
         )?;
-        let meta = DocMeta {
+        Ok(DocMeta {
             id,
             kind: kind.to_string(),
             scope: scope.clone(),
@@ -471,8 +515,46 @@ impl DocStore {
             seq,
             created_ms: now,
             updated_ms: now,
+        })
+    }
+
+    /// [`Self::insert_new`] for a record read ahead by [`Self::preload`], with the same checks as a
+    /// record read here: the claims of every change, then the envelope. Its bytes are stored as they
+    /// came (they loaded as a whole document).
+    #[allow(clippy::too_many_arguments)]
+    fn insert_preloaded(
+        &self,
+        conn: &Connection,
+        sender: Sender<'_>,
+        id: Uuid,
+        kind: &str,
+        scope: &AreaCode,
+        bytes: &[u8],
+        preloaded: Preloaded,
+    ) -> Result<DocMeta, DocError> {
+        let Preloaded {
+            heads,
+            claims,
+            stated_kind,
+            stated_scope,
+            for_projection,
+        } = preloaded;
+        check_claims(id, &claims, sender, scope)?;
+        check_envelope(id, kind, scope, stated_kind, stated_scope)?;
+        let meta = self.insert_row(conn, id, kind, scope, heads, bytes)?;
+        let projected = match (for_projection, self.projections.get(kind)) {
+            (ForProjection::Read(input), Some(p)) => p.write(conn, &meta, input),
+            (ForProjection::Document(mut doc), Some(p)) => {
+                let authors = Authors::of(&mut doc);
+                p.project(conn, &meta, &doc, &authors)
+            }
+            // Ruled out by `read_ahead_for`.
+            _ => Ok(()),
         };
-        self.project(conn, &meta, doc)?;
+        projected.map_err(|e| DocError::Projection {
+            kind: kind.to_string(),
+            message: e.0,
+        })?;
         Ok(meta)
     }
 
@@ -625,8 +707,61 @@ impl DocStore {
         self.merge_remote_preloaded(conn, sender, id, kind, scope, bytes, None)
     }
 
-    /// [`Self::merge_remote`] with `bytes` already loaded as a whole document by
-    /// [`Preloaded::load`] (used only if the record is new here). Every check runs as without it.
+    /// Reads `bytes` of a record of `kind` in `scope` as a whole document, and takes from it what
+    /// merging it as a new record needs, including what the kind's projection reads. Meant for a
+    /// thread beside the writer; the document is dropped there too unless a projection reads it on
+    /// the writer. `None` when the bytes are not a whole document (or automerge panicked on them):
+    /// the merge then reads them as it always did, and refuses what it refused before.
+    pub fn preload(&self, kind: &str, scope: &str, bytes: &[u8]) -> Option<Preloaded> {
+        let mut doc = guarded(Uuid::nil(), || AutoCommit::load(bytes)).ok()?;
+        catch_unwind(AssertUnwindSafe(|| {
+            let claims = doc
+                .get_changes_meta(&[])
+                .into_iter()
+                .map(|m| (m.hash, m.message.map(std::borrow::Cow::into_owned)))
+                .collect();
+            let stated_kind = crate::fields::text(&doc, KIND_KEY);
+            let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
+            let heads = doc.get_heads();
+            // Read only for what the merge will accept: the envelope must match the document.
+            let matching = (stated_kind.as_deref() == Some(kind)
+                && stated_scope.as_deref() == Some(scope))
+            .then(|| scope.parse::<AreaCode>().ok())
+            .flatten();
+            let for_projection = match (self.projections.get(kind), matching) {
+                (None, _) => ForProjection::Nothing,
+                (Some(p), Some(scope)) => {
+                    let authors = Authors::of(&mut doc);
+                    match p.read(&scope, &doc, &authors) {
+                        Some(input) => ForProjection::Read(input),
+                        None => ForProjection::Document(Box::new(doc)),
+                    }
+                }
+                (Some(_), None) => ForProjection::Document(Box::new(doc)),
+            };
+            Preloaded {
+                heads,
+                claims,
+                stated_kind,
+                stated_scope,
+                for_projection,
+            }
+        }))
+        .ok()
+    }
+
+    /// Whether `preloaded` was read for this store's projection of `kind` (by a clone of this
+    /// store): otherwise the record is read again on the writer.
+    fn read_ahead_for(&self, kind: &str, preloaded: &Preloaded) -> bool {
+        matches!(
+            (&preloaded.for_projection, self.projections.get(kind)),
+            (ForProjection::Nothing, None)
+                | (ForProjection::Read(_) | ForProjection::Document(_), Some(_))
+        )
+    }
+
+    /// [`Self::merge_remote`] with `bytes` already read by [`Self::preload`] (used only if the record
+    /// is new here). Every check runs as without it.
     #[allow(clippy::too_many_arguments)]
     pub fn merge_remote_preloaded(
         &self,
@@ -640,15 +775,16 @@ impl DocStore {
     ) -> Result<Merged, DocError> {
         match Self::meta(conn, id)? {
             None => {
+                if let Some(preloaded) = preloaded.filter(|p| self.read_ahead_for(kind, p)) {
+                    return self
+                        .insert_preloaded(conn, sender, id, kind, scope, bytes, preloaded)
+                        .map(Merged::Changed);
+                }
                 // Bytes that load as a whole document (what a peer sends for a record we have not
                 // seen: its snapshot and pending changes) are kept as they came: saving the
                 // document again would cost more than the rest of the merge. Anything else is
                 // read change by change and saved.
-                let loaded = match preloaded {
-                    Some(Preloaded(doc)) => Ok(doc),
-                    None => guarded(id, || AutoCommit::load(bytes)),
-                };
-                let (mut doc, verbatim) = match loaded {
+                let (mut doc, verbatim) = match guarded(id, || AutoCommit::load(bytes)) {
                     Ok(doc) => (doc, Some(bytes)),
                     Err(_) => (
                         guarded(id, || {
@@ -660,15 +796,13 @@ impl DocStore {
                     ),
                 };
                 check_new_changes(id, &mut doc, &[], sender, scope)?;
-                let stated_kind = crate::fields::text(&doc, KIND_KEY);
-                let stated_scope = crate::fields::text(&doc, SCOPE_KEY);
-                if stated_kind.as_deref() != Some(kind)
-                    || stated_scope.as_deref() != Some(scope.as_str())
-                {
-                    return Err(DocError::Invalid(format!(
-                        "record {id}: its content says kind {stated_kind:?} scope {stated_scope:?}, the envelope {kind} {scope}"
-                    )));
-                }
+                check_envelope(
+                    id,
+                    kind,
+                    scope,
+                    crate::fields::text(&doc, KIND_KEY),
+                    crate::fields::text(&doc, SCOPE_KEY),
+                )?;
                 Ok(Merged::Changed(
                     self.insert_new(conn, id, kind, scope, &mut doc, verbatim)?,
                 ))
@@ -950,17 +1084,50 @@ fn check_new_changes(
     sender: Sender<'_>,
     scope: &AreaCode,
 ) -> Result<(), DocError> {
+    if matches!(sender, Sender::Trusted) {
+        return Ok(());
+    }
+    let claims: Vec<(ChangeHash, Option<String>)> = doc
+        .get_changes_meta(before)
+        .into_iter()
+        .map(|m| (m.hash, m.message.map(std::borrow::Cow::into_owned)))
+        .collect();
+    check_claims(id, &claims, sender, scope)
+}
+
+/// [`check_new_changes`] on changes already listed: (hash, message) of each.
+fn check_claims(
+    id: Uuid,
+    claims: &[(ChangeHash, Option<String>)],
+    sender: Sender<'_>,
+    scope: &AreaCode,
+) -> Result<(), DocError> {
     let Sender::Below(sender_area) = sender else {
         return Ok(());
     };
-    for meta in doc.get_changes_meta(before) {
-        if let Err(e) = crate::author::check_from_below(meta.message.as_deref(), sender_area, scope)
-        {
+    for (hash, message) in claims {
+        if let Err(e) = crate::author::check_from_below(message.as_deref(), sender_area, scope) {
             return Err(DocError::Invalid(format!(
-                "record {id}: change {}: {e}",
-                meta.hash
+                "record {id}: change {hash}: {e}"
             )));
         }
+    }
+    Ok(())
+}
+
+/// A record new here must say inside itself the kind and scope its envelope gives it: the row is
+/// stored under the envelope's, and every later merge trusts the row.
+fn check_envelope(
+    id: Uuid,
+    kind: &str,
+    scope: &AreaCode,
+    stated_kind: Option<String>,
+    stated_scope: Option<String>,
+) -> Result<(), DocError> {
+    if stated_kind.as_deref() != Some(kind) || stated_scope.as_deref() != Some(scope.as_str()) {
+        return Err(DocError::Invalid(format!(
+            "record {id}: its content says kind {stated_kind:?} scope {stated_scope:?}, the envelope {kind} {scope}"
+        )));
     }
     Ok(())
 }
@@ -1490,6 +1657,179 @@ mod tests {
             store_b
                 .merge_remote(&conn_b, Sender::Trusted, meta.id, "note", &other, &a_bytes)
                 .is_err()
+        );
+    }
+
+    /// The title projection split in two, as the incidents projection is: read ahead, then written.
+    struct ReadAheadTitles {
+        reads: Mutex<usize>,
+        writes: Mutex<usize>,
+    }
+
+    impl Projection for ReadAheadTitles {
+        fn kind(&self) -> &'static str {
+            "note"
+        }
+        fn project(
+            &self,
+            conn: &Connection,
+            meta: &DocMeta,
+            doc: &AutoCommit,
+            authors: &Authors,
+        ) -> Result<(), ProjectionError> {
+            let input = self.read(&meta.scope, doc, authors).unwrap();
+            self.write(conn, meta, input)
+        }
+        fn read(
+            &self,
+            scope: &AreaCode,
+            doc: &AutoCommit,
+            _authors: &Authors,
+        ) -> Option<ProjectionInput> {
+            *self.reads.lock().unwrap() += 1;
+            let title = crate::fields::text(doc, "title").unwrap_or_default();
+            Some(Box::new(format!("{title} @{scope}")))
+        }
+        fn write(
+            &self,
+            conn: &Connection,
+            meta: &DocMeta,
+            input: ProjectionInput,
+        ) -> Result<(), ProjectionError> {
+            *self.writes.lock().unwrap() += 1;
+            let title = input
+                .downcast::<String>()
+                .map_err(|_| ProjectionError("not a title".into()))?;
+            conn.execute(
+                "INSERT INTO notes (id, title) VALUES (?1, ?2)",
+                params![meta.id.to_string(), *title],
+            )?;
+            Ok(())
+        }
+        fn clear(&self, conn: &Connection) -> Result<(), ProjectionError> {
+            conn.execute("DELETE FROM notes", [])?;
+            Ok(())
+        }
+    }
+
+    fn read_ahead_node() -> (Connection, DocStore, Arc<ReadAheadTitles>) {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(SCHEMA).unwrap();
+        conn.execute_batch("CREATE TABLE notes (id TEXT PRIMARY KEY, title TEXT)")
+            .unwrap();
+        let projection = Arc::new(ReadAheadTitles {
+            reads: Mutex::new(0),
+            writes: Mutex::new(0),
+        });
+        let store = DocStore::new(ActorId::from([8u8; 16]), vec![projection.clone()], || 3_000);
+        (conn, store, projection)
+    }
+
+    fn row(conn: &Connection, id: Uuid) -> (String, String, String, i64, Vec<u8>, String) {
+        conn.query_row(
+            "SELECT d.kind, d.scope, d.heads, d.seq, d.snapshot, n.title FROM documents d JOIN notes n ON n.id = d.id WHERE d.id = ?1",
+            [id.to_string()],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_record_read_ahead_is_stored_and_projected_as_one_read_on_the_writer() {
+        let (source, source_store, _) = setup();
+        let scope: AreaCode = "330723001".parse().unwrap();
+        let village: AreaCode = "330723001001".parse().unwrap();
+        let mut bytes = Vec::new();
+        for (i, (who, at)) in [(&village, &village), (&scope, &scope)]
+            .into_iter()
+            .enumerate()
+        {
+            let meta = source_store
+                .create(&source, &Author::node((*who).clone()), "note", at, |d| {
+                    Ok(d.put(automerge::ROOT, "title", format!("河道 {i}"))
+                        .map(|_| ())?)
+                })
+                .unwrap();
+            bytes.push((
+                meta.id,
+                at.clone(),
+                DocStore::stored_bytes(&source, meta.id).unwrap().unwrap(),
+            ));
+        }
+        let (ahead, ahead_store, projection) = read_ahead_node();
+        let (direct, direct_store, _) = read_ahead_node();
+        for (id, at, b) in &bytes {
+            let preloaded = ahead_store.preload("note", at.as_str(), b);
+            assert!(preloaded.is_some());
+            ahead_store
+                .merge_remote_preloaded(&ahead, Sender::Trusted, *id, "note", at, b, preloaded)
+                .unwrap();
+            direct_store
+                .merge_remote(&direct, Sender::Trusted, *id, "note", at, b)
+                .unwrap();
+            assert_eq!(row(&ahead, *id), row(&direct, *id));
+        }
+        assert_eq!(*projection.reads.lock().unwrap(), 2);
+        assert_eq!(*projection.writes.lock().unwrap(), 2);
+
+        // Every check still runs on what was read ahead. From the village, a record claimed by the
+        // township's node is refused, and so is one whose envelope disagrees with its content.
+        let (below, below_store, _) = read_ahead_node();
+        let (forged_id, forged_scope, forged) = &bytes[1];
+        let (own_id, own_scope, own) = &bytes[0];
+        for (id, envelope_scope, b, sender, why) in [
+            (
+                forged_id,
+                forged_scope,
+                forged,
+                Sender::Below(&village),
+                "claims the township's node",
+            ),
+            // Even from the trusted upstream.
+            (
+                own_id,
+                forged_scope,
+                own,
+                Sender::Trusted,
+                "is the village's",
+            ),
+        ] {
+            let preloaded = below_store.preload("note", envelope_scope.as_str(), b);
+            let result = below_store.merge_remote_preloaded(
+                &below,
+                sender,
+                *id,
+                "note",
+                envelope_scope,
+                b,
+                preloaded,
+            );
+            assert!(
+                matches!(result, Err(DocError::Invalid(_))),
+                "{why}: {result:?}"
+            );
+            assert!(DocStore::meta(&below, *id).unwrap().is_none(), "{why}");
+        }
+        let preloaded = below_store.preload("other-kind", own_scope.as_str(), own);
+        assert!(
+            below_store
+                .merge_remote_preloaded(
+                    &below,
+                    Sender::Below(&village),
+                    *own_id,
+                    "note",
+                    own_scope,
+                    own,
+                    preloaded
+                )
+                .is_ok(),
+            "read for another kind: read again on the writer"
+        );
+        assert_eq!(row(&below, *own_id).5, format!("河道 0 @{own_scope}"));
+        assert!(
+            below_store
+                .preload("note", own_scope.as_str(), b"garbage")
+                .is_none()
         );
     }
 

@@ -56,7 +56,7 @@ pub struct ManifestEntry {
 }
 
 /// A record as its sender stores it, for a receiver that has never seen it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct WholeRecord {
     pub id: Uuid,
     pub kind: String,
@@ -68,13 +68,40 @@ pub struct WholeRecord {
     pub loaded: Option<crate::docstore::Preloaded>,
 }
 
-/// Loads the whole records in `frame` as documents, so the writer only has to check and store them.
-/// CPU work meant for a thread beside the writer while it stores the batch before.
-pub fn preload(frame: &mut Frame) {
-    if let Frame::Records { records } = frame {
-        for r in records.iter_mut() {
-            r.loaded = crate::docstore::Preloaded::load(&r.bytes);
+/// `loaded` is a cache of `bytes`: a copy reads them again, and two records are equal when the rest is.
+impl Clone for WholeRecord {
+    fn clone(&self) -> WholeRecord {
+        WholeRecord {
+            id: self.id,
+            kind: self.kind.clone(),
+            scope: self.scope.clone(),
+            bytes: self.bytes.clone(),
+            loaded: None,
         }
+    }
+}
+
+impl PartialEq for WholeRecord {
+    fn eq(&self, other: &WholeRecord) -> bool {
+        (self.id, &self.kind, &self.scope, &self.bytes)
+            == (other.id, &other.kind, &other.scope, &other.bytes)
+    }
+}
+
+impl Eq for WholeRecord {}
+
+/// Reads the whole records in `frame` ahead ([`DocStore::preload`]), so the writer only has to check
+/// and store them. CPU work meant for a thread beside the writer while it stores the batch before.
+pub fn preload(store: &DocStore, frame: &mut Frame) {
+    if let Frame::Records { records } = frame {
+        preload_records(store, records);
+    }
+}
+
+/// [`preload`] for some of a frame's records (a share of them, on one of several threads).
+pub fn preload_records(store: &DocStore, records: &mut [WholeRecord]) {
+    for r in records.iter_mut() {
+        r.loaded = store.preload(&r.kind, &r.scope, &r.bytes);
     }
 }
 
@@ -1606,7 +1633,7 @@ mod tests {
                 }],
             };
             // Loaded beside the writer, as a session does: every check still runs.
-            preload(&mut frame);
+            preload(&t_store, &mut frame);
             assert!(matches!(&frame, Frame::Records { records } if records[0].loaded.is_some()));
             let out = down.receive(&t_conn, &t_store, frame).unwrap();
             assert_eq!(out.refused.len(), 1, "{author:?} in {scope}");
@@ -1961,7 +1988,7 @@ mod tests {
             let mut frame = Frame::Records { records: vec![WholeRecord {
                 id: meta.id, kind: "note".into(), scope: v_area.to_string(), bytes, loaded: None,
             }] };
-            preload(&mut frame);
+            preload(&t_store, &mut frame);
             let mut down = Link::new(t_area, peer("330723001001", Relation::Downstream), 0);
             let out = down.receive(&t_conn, &t_store, frame);
             prop_assert!(out.is_ok());
