@@ -395,10 +395,7 @@ impl DocStore {
         if let Some(p) = self.projections.get(meta.kind.as_str()) {
             let authors = Authors::of(doc);
             p.project(conn, meta, doc, &authors)
-                .map_err(|e| DocError::Projection {
-                    kind: meta.kind.clone(),
-                    message: e.0,
-                })?;
+                .map_err(|e| projection_failed(&meta.kind, e))?;
         }
         Ok(())
     }
@@ -539,22 +536,24 @@ impl DocStore {
             stated_scope,
             for_projection,
         } = preloaded;
-        check_claims(id, &claims, sender, scope)?;
+        check_claims(
+            id,
+            claims
+                .iter()
+                .map(|(hash, message)| (*hash, message.as_deref())),
+            sender,
+            scope,
+        )?;
         check_envelope(id, kind, scope, stated_kind, stated_scope)?;
         let meta = self.insert_row(conn, id, kind, scope, heads, bytes)?;
-        let projected = match (for_projection, self.projections.get(kind)) {
-            (ForProjection::Read(input), Some(p)) => p.write(conn, &meta, input),
-            (ForProjection::Document(mut doc), Some(p)) => {
-                let authors = Authors::of(&mut doc);
-                p.project(conn, &meta, &doc, &authors)
-            }
-            // Ruled out by `read_ahead_for`.
-            _ => Ok(()),
-        };
-        projected.map_err(|e| DocError::Projection {
-            kind: kind.to_string(),
-            message: e.0,
-        })?;
+        match (for_projection, self.projections.get(kind)) {
+            (ForProjection::Read(input), Some(p)) => p
+                .write(conn, &meta, input)
+                .map_err(|e| projection_failed(kind, e))?,
+            (ForProjection::Document(mut doc), _) => self.project(conn, &meta, &mut doc)?,
+            // The kind has no projection (`read_ahead_for` pairs the rest).
+            _ => {}
+        }
         Ok(meta)
     }
 
@@ -1007,10 +1006,7 @@ impl DocStore {
     /// documents projected; corrupt ones are quarantined and skipped.
     pub fn rebuild_projections(&self, conn: &Connection) -> Result<usize, DocError> {
         for p in self.projections.values() {
-            p.clear(conn).map_err(|e| DocError::Projection {
-                kind: p.kind().into(),
-                message: e.0,
-            })?;
+            p.clear(conn).map_err(|e| projection_failed(p.kind(), e))?;
         }
         let ids: Vec<String> = conn
             .prepare("SELECT id FROM documents WHERE quarantined IS NULL ORDER BY seq")?
@@ -1057,10 +1053,8 @@ impl DocStore {
                     continue;
                 }
                 if let Ok(uuid) = id.parse() {
-                    p.forget(conn, uuid).map_err(|e| DocError::Projection {
-                        kind: p.kind().into(),
-                        message: e.0,
-                    })?;
+                    p.forget(conn, uuid)
+                        .map_err(|e| projection_failed(p.kind(), e))?;
                 }
                 conn.prepare_cached("DELETE FROM documents WHERE id = ?1")?
                     .execute([&id])?;
@@ -1087,18 +1081,19 @@ fn check_new_changes(
     if matches!(sender, Sender::Trusted) {
         return Ok(());
     }
-    let claims: Vec<(ChangeHash, Option<String>)> = doc
-        .get_changes_meta(before)
-        .into_iter()
-        .map(|m| (m.hash, m.message.map(std::borrow::Cow::into_owned)))
-        .collect();
-    check_claims(id, &claims, sender, scope)
+    let changes = doc.get_changes_meta(before);
+    check_claims(
+        id,
+        changes.iter().map(|m| (m.hash, m.message.as_deref())),
+        sender,
+        scope,
+    )
 }
 
 /// [`check_new_changes`] on changes already listed: (hash, message) of each.
-fn check_claims(
+fn check_claims<'a>(
     id: Uuid,
-    claims: &[(ChangeHash, Option<String>)],
+    claims: impl IntoIterator<Item = (ChangeHash, Option<&'a str>)>,
     sender: Sender<'_>,
     scope: &AreaCode,
 ) -> Result<(), DocError> {
@@ -1106,7 +1101,7 @@ fn check_claims(
         return Ok(());
     };
     for (hash, message) in claims {
-        if let Err(e) = crate::author::check_from_below(message.as_deref(), sender_area, scope) {
+        if let Err(e) = crate::author::check_from_below(message, sender_area, scope) {
             return Err(DocError::Invalid(format!(
                 "record {id}: change {hash}: {e}"
             )));
@@ -1130,6 +1125,14 @@ fn check_envelope(
         )));
     }
     Ok(())
+}
+
+/// A projection's failure, named by its kind, as the store reports it.
+fn projection_failed(kind: &str, e: ProjectionError) -> DocError {
+    DocError::Projection {
+        kind: kind.to_string(),
+        message: e.0,
+    }
 }
 
 /// Changes from below waiting for their dependencies, per record, at most.
